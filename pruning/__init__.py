@@ -1,0 +1,21 @@
+"""Structural pruning of diffusion models: SD, SDXL and FLUX denoisers.
+
+The public API (a contract: code outside this package uses these names)::
+
+    from pruning import (load_pipeline, catalog, PruningPlan, masked, slim, export,
+                         load_pruned, generate_latents)
+"""
+
+from .catalog import catalog
+from .errors import ExportError, ModelLoadError, PlanError, PruningError
+from .export import export, load_pruned
+from .loading import Handle, load_pipeline
+from .masks import masked
+from .plan import PruningPlan
+from .sampling import generate_images, generate_latents
+from .slim import slim
+
+__all__ = [
+    "load_pipeline", "Handle", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
+    "generate_latents", "generate_images", "PruningError", "ModelLoadError", "PlanError", "ExportError",
+]

@@ -1,0 +1,336 @@
+"""What can be pruned in a denoiser: operators (LD-Pruner granularity) and structures.
+
+``discover(denoiser)`` walks the module tree once and returns typed specs; ``catalog``
+turns them into two DataFrames with params and MACs at a reference resolution. The same
+specs drive masking (``masks.py``) and surgery (``slim.py``), so the three always agree on
+what a head, a neuron or a channel group is.
+
+>>> from pruning.testing import tiny_pipeline
+>>> ops, structs = catalog(tiny_pipeline("sd").unet)
+>>> sorted(set(ops["kind"]))
+['attn1', 'attn2', 'ff', 'resnet', 'transformer']
+>>> sorted(set(structs["kind"]))
+['group', 'head', 'neuron']
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+
+import pandas as pd
+from diffusers.models.activations import GEGLU, GELU, ApproximateGELU
+from diffusers.models.attention import BasicTransformerBlock, FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.transformers.transformer_flux import (
+    FluxAttention,
+    FluxSingleTransformerBlock,
+    FluxTransformerBlock,
+)
+from torch import nn
+
+from .metrics import example_inputs, is_flux, module_macs
+
+FINE_KINDS = ("attn1", "attn2", "ff", "resnet", "attn", "ff_context")
+BLOCK_KINDS = ("transformer", "resnet", "double_block", "single_block")
+STRUCTURE_KINDS = ("head", "neuron", "group")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Unit ``u`` of a structure owns indices ``offset + u*unit_size ... +unit_size`` of ``param`` along ``dim``."""
+
+    param: str
+    dim: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A prunable family of units (heads, neurons, channel groups) owned by one module."""
+
+    fqn: str
+    kind: str  # head | neuron | group
+    component: str  # attn1 | attn2 | attn | single_attn | ff | ff_context | proj_mlp | resnet
+    units: int
+    unit_size: int
+    cuts: tuple[Cut, ...]
+    mac_parts: tuple[tuple[str, int], ...]  # (module fqn, extent): a unit removes macs * unit_size / extent
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A removable operator: its residual branch can contribute nothing (or only its shortcut)."""
+
+    fqn: str
+    kind: str  # attn1 | attn2 | ff | resnet | transformer | attn | ff_context | double_block | single_block
+    kept: tuple[str, ...] = ()  # submodules that survive removal (a resnet's conv_shortcut)
+
+    @property
+    def granularity(self) -> str:
+        fine, block = self.kind in FINE_KINDS, self.kind in BLOCK_KINDS
+        return "both" if fine and block else ("fine" if fine else "block")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    operators: dict[str, Operator]
+    structures: dict[str, Structure]
+    family_hint: str  # "unet" | "flux"
+
+
+_DISCOVERY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CATALOG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def discover(denoiser: nn.Module) -> Discovery:
+    """Operators and structures of ``denoiser`` keyed by FQN (cached per module object)."""
+    if denoiser in _DISCOVERY:
+        return _DISCOVERY[denoiser]
+    ops: dict[str, Operator] = {}
+    structs: dict[str, Structure] = {}
+    for name, mod in denoiser.named_modules():
+        if isinstance(mod, Transformer2DModel):
+            ops[name] = Operator(name, "transformer")
+        elif isinstance(mod, BasicTransformerBlock):
+            for child in ("attn1", "attn2", "ff"):
+                if getattr(mod, child, None) is not None:
+                    ops[f"{name}.{child}"] = Operator(f"{name}.{child}", child)
+        elif isinstance(mod, ResnetBlock2D):
+            if not (mod.up or mod.down):
+                kept = ("conv_shortcut",) if mod.conv_shortcut is not None else ()
+                ops[name] = Operator(name, "resnet", kept)
+            structs[name] = _resnet_structure(name, mod)
+        elif isinstance(mod, FluxTransformerBlock):
+            ops[name] = Operator(name, "double_block")
+            for child in ("attn", "ff", "ff_context"):
+                ops[f"{name}.{child}"] = Operator(f"{name}.{child}", child)
+        elif isinstance(mod, FluxSingleTransformerBlock):
+            ops[name] = Operator(name, "single_block")
+            structs[f"{name}.attn"] = _single_heads(name, mod)
+            structs[f"{name}.proj_mlp"] = _single_mlp(name, mod)
+        elif isinstance(mod, (Attention, FluxAttention)) and not getattr(mod, "pre_only", False):
+            s = _attention_structure(name, mod)
+            if s is not None:
+                structs[name] = s
+        elif isinstance(mod, FeedForward):
+            s = _ffn_structure(name, mod)
+            if s is not None:
+                structs[name] = s
+    found = Discovery(ops, structs, "flux" if is_flux(denoiser) else "unet")
+    _DISCOVERY[denoiser] = found
+    return found
+
+
+def _linear_cuts(prefix: str, linears: list[tuple[str, nn.Linear]], dim: int, offset: int = 0) -> list[Cut]:
+    cuts = []
+    for name, lin in linears:
+        cuts.append(Cut(f"{prefix}.{name}.weight", dim, offset))
+        if dim == 0 and lin.bias is not None:
+            cuts.append(Cut(f"{prefix}.{name}.bias", 0, offset))
+    return cuts
+
+
+def _attention_structure(name: str, attn: nn.Module) -> Structure | None:
+    inner, heads = attn.to_q.out_features, attn.heads
+    if attn.to_k.out_features != inner or attn.to_v.out_features != inner or inner % heads:
+        return None  # grouped-query or unusual layouts: not prunable by heads
+    rows = [("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v)]
+    cols = [("to_out.0", attn.to_out[0])]
+    component = name.rsplit(".", 1)[-1]
+    if getattr(attn, "add_q_proj", None) is not None:  # FLUX joint attention: one head spans both streams
+        rows += [("add_q_proj", attn.add_q_proj), ("add_k_proj", attn.add_k_proj), ("add_v_proj", attn.add_v_proj)]
+        cols += [("to_add_out", attn.to_add_out)]
+    cuts = _linear_cuts(name, rows, 0) + _linear_cuts(name, cols, 1)
+    return Structure(name, "head", component, heads, inner // heads, tuple(cuts), ((name, inner),))
+
+
+def _single_heads(name: str, block: FluxSingleTransformerBlock) -> Structure:
+    attn = block.attn
+    inner, heads = attn.to_q.out_features, attn.heads
+    rows = [("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v)]
+    cuts = _linear_cuts(f"{name}.attn", rows, 0) + [Cut(f"{name}.proj_out.weight", 1, 0)]
+    parts = ((f"{name}.attn", inner), (f"{name}.proj_out", block.proj_out.in_features))
+    return Structure(f"{name}.attn", "head", "single_attn", heads, inner // heads, tuple(cuts), parts)
+
+
+def _single_mlp(name: str, block: FluxSingleTransformerBlock) -> Structure:
+    mlp = block.proj_mlp.out_features
+    attn_width = block.proj_out.in_features - mlp
+    cuts = _linear_cuts(name, [("proj_mlp", block.proj_mlp)], 0) + [Cut(f"{name}.proj_out.weight", 1, attn_width)]
+    parts = ((f"{name}.proj_mlp", mlp), (f"{name}.proj_out", block.proj_out.in_features))
+    return Structure(f"{name}.proj_mlp", "neuron", "proj_mlp", mlp, 1, tuple(cuts), parts)
+
+
+def _ffn_structure(name: str, ff: FeedForward) -> Structure | None:
+    act, out = ff.net[0], ff.net[2]
+    if not isinstance(act, (GELU, GEGLU, ApproximateGELU)) or not isinstance(out, nn.Linear):
+        return None
+    inner = out.in_features
+    cuts = _linear_cuts(name, [("net.0.proj", act.proj)], 0)
+    if isinstance(act, GEGLU):  # proj holds [hidden | gate]: a neuron is one row of each half
+        cuts += _linear_cuts(name, [("net.0.proj", act.proj)], 0, offset=inner)
+    cuts += _linear_cuts(name, [("net.2", out)], 1)
+    return Structure(name, "neuron", name.rsplit(".", 1)[-1], inner, 1, tuple(cuts), ((name, inner),))
+
+
+def _resnet_structure(name: str, res: ResnetBlock2D) -> Structure:
+    channels, groups = res.conv1.out_channels, res.norm2.num_groups
+    cuts = [Cut(f"{name}.conv1.weight", 0), Cut(f"{name}.norm2.weight", 0), Cut(f"{name}.norm2.bias", 0)]
+    cuts += [Cut(f"{name}.conv1.bias", 0)] if res.conv1.bias is not None else []
+    parts = [(f"{name}.conv1", channels), (f"{name}.conv2", channels)]
+    if res.time_emb_proj is not None:
+        halves = 2 if res.time_embedding_norm == "scale_shift" else 1
+        for h in range(halves):  # scale_shift: [scale | shift], a channel is one row of each
+            cuts += _linear_cuts(name, [("time_emb_proj", res.time_emb_proj)], 0, offset=h * channels)
+        parts.append((f"{name}.time_emb_proj", channels))
+    cuts.append(Cut(f"{name}.conv2.weight", 1))
+    return Structure(name, "group", "resnet", groups, channels // groups, tuple(cuts), tuple(parts))
+
+
+# --------------------------------------------------------------------------- positions
+
+
+_POS = re.compile(r"^(down_blocks|up_blocks|transformer_blocks|single_transformer_blocks)\.(\d+)")
+_STAGE = {"down_blocks": "down", "up_blocks": "up", "transformer_blocks": "double",
+          "single_transformer_blocks": "single"}
+
+
+def position(fqn: str, n_levels: int = 0) -> dict:
+    """Block position of an FQN: stage, level (resolution level for UNets), and a block label.
+
+    >>> position("up_blocks.1.attentions.0.transformer_blocks.0.attn2", n_levels=4)
+    {'stage': 'up', 'level': 2, 'block': 'up.1'}
+    >>> position("single_transformer_blocks.7.attn")
+    {'stage': 'single', 'level': 7, 'block': 'single.7'}
+    """
+    if fqn.startswith("mid_block"):
+        return {"stage": "mid", "level": max(n_levels - 1, 0), "block": "mid"}
+    m = _POS.match(fqn)
+    if not m:
+        return {"stage": "other", "level": 0, "block": "other"}
+    stage, idx = _STAGE[m.group(1)], int(m.group(2))
+    level = n_levels - 1 - idx if stage == "up" else idx
+    return {"stage": stage, "level": level, "block": f"{stage}.{idx}"}
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+def _get(root: nn.Module, fqn: str) -> nn.Module:
+    return root.get_submodule(fqn) if fqn else root
+
+
+def unit_params(denoiser: nn.Module, s: Structure, within: bool = False) -> int:
+    """Parameters removed per unit of ``s`` (``within``: only those inside the owning module)."""
+    params = dict(denoiser.named_parameters())
+    cuts = [c for c in s.cuts if not within or c.param.startswith(s.fqn + ".")]
+    return sum(params[c.param].numel() // params[c.param].shape[c.dim] * s.unit_size for c in cuts)
+
+
+def unit_macs(macs: dict[str, int], s: Structure) -> float:
+    """MACs removed per unit of ``s`` (exact: every part is linear in the unit count)."""
+    return sum(macs.get(fqn, 0) * s.unit_size / extent for fqn, extent in s.mac_parts)
+
+
+def operator_params(denoiser: nn.Module, op: Operator) -> int:
+    """Parameters removed when ``op`` is removed (all of it but the kept shortcut)."""
+    mod = _get(denoiser, op.fqn)
+    kept = sum(sum(p.numel() for p in mod.get_submodule(k).parameters()) for k in op.kept)
+    return sum(p.numel() for p in mod.parameters()) - kept
+
+
+def operator_macs(macs: dict[str, int], op: Operator) -> int:
+    return macs.get(op.fqn, 0) - sum(macs.get(f"{op.fqn}.{k}", 0) for k in op.kept)
+
+
+def _execution_order(denoiser: nn.Module, fqns: list[str], inputs: dict) -> tuple[dict[str, int], dict[str, int]]:
+    """Order in which modules first run in a meta forward (depth for heatmap rows)."""
+    order: dict[str, int] = {}
+    handles = []
+    for fqn in fqns:
+        def hook(_m, _a, fqn=fqn):
+            order.setdefault(fqn, len(order))
+        handles.append(_get(denoiser, fqn).register_forward_pre_hook(hook))
+    try:
+        macs = module_macs(denoiser, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return order, macs
+
+
+def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: int | None = None):
+    """``(operators, structures)`` DataFrames for ``denoiser`` at a reference input size.
+
+    operators: fqn, kind, granularity, stage, level, block, depth, params, macs, param_share,
+    mac_share. structures: one row per prunable module: fqn, kind (head/neuron/group),
+    component, units, unit_size, module_params, fixed_params (module params no unit owns: lost
+    too when a structure that is not an operator is emptied), unit_params, unit_macs, params (prunable),
+    macs (prunable), param_share, mac_share and the same position columns.
+    ``sample_size`` is the latent side (defaults: UNet ``config.sample_size``, FLUX 128).
+    """
+    key = (sample_size, text_len)
+    cached = _CATALOG.get(denoiser, {})
+    if key in cached:
+        return cached[key][0].copy(), cached[key][1].copy()
+    found = discover(denoiser)
+    inputs = example_inputs(denoiser, device="meta", sample_size=sample_size, text_len=text_len)
+    owners = sorted({*found.operators, *(s.fqn for s in found.structures.values())})
+    order, macs = _execution_order(denoiser, owners, inputs)
+    total_p = sum(p.numel() for p in denoiser.parameters())
+    total_m = macs[""] or 1
+    n_levels = len(getattr(denoiser, "down_blocks", []))
+
+    op_rows = []
+    for op in found.operators.values():
+        p, m = operator_params(denoiser, op), operator_macs(macs, op)
+        op_rows.append(dict(fqn=op.fqn, kind=op.kind, granularity=op.granularity, **position(op.fqn, n_levels),
+                            depth=order.get(op.fqn, -1), params=p, macs=m,
+                            param_share=p / total_p, mac_share=m / total_m))
+    st_rows = []
+    for s in found.structures.values():
+        up, um = unit_params(denoiser, s), unit_macs(macs, s)
+        module_p = sum(q.numel() for q in _get(denoiser, s.fqn).parameters())
+        in_module = sum(c.param.startswith(s.fqn + ".") for c in s.cuts) and unit_params(denoiser, s, within=True)
+        st_rows.append(dict(fqn=s.fqn, kind=s.kind, component=s.component, units=s.units, unit_size=s.unit_size,
+                            **position(s.fqn, n_levels), depth=order.get(s.fqn, -1),
+                            module_params=module_p, fixed_params=module_p - in_module * s.units,
+                            unit_params=up, unit_macs=um,
+                            params=up * s.units, macs=um * s.units,
+                            param_share=up * s.units / total_p, mac_share=um * s.units / total_m))
+    ops_df = pd.DataFrame(op_rows).sort_values("depth", kind="stable").reset_index(drop=True)
+    st_df = pd.DataFrame(st_rows).sort_values("depth", kind="stable").reset_index(drop=True)
+    ops_df.attrs.update(total_params=total_p, total_macs=total_m)
+    st_df.attrs.update(total_params=total_p, total_macs=total_m)
+    _CATALOG.setdefault(denoiser, {})[key] = (ops_df, st_df)
+    return ops_df.copy(), st_df.copy()
+
+
+def kind_shares(denoiser: nn.Module, structures: pd.DataFrame | None = None) -> dict[str, float]:
+    """Share of the denoiser's params held by attention, FFN, resnet and FLUX single-block MLP modules.
+
+    These are the figures of DESIGN.md section 3 (module params, not only the prunable part).
+    """
+    st = structures if structures is not None else catalog(denoiser)[1]
+    total = sum(p.numel() for p in denoiser.parameters())
+    groups = {
+        "attention": st["kind"] == "head",
+        "ffn": st["component"].isin(["ff", "ff_context"]),
+        "resnet": st["component"] == "resnet",
+        "proj_mlp": st["component"] == "proj_mlp",
+    }
+    return {k: float(st.loc[mask, "module_params"].sum()) / total for k, mask in groups.items()}
+
+
+def total_params(denoiser: nn.Module) -> int:
+    return sum(p.numel() for p in denoiser.parameters())
+
+
+__all__ = [
+    "Cut", "Structure", "Operator", "Discovery", "discover", "catalog", "kind_shares", "position",
+    "unit_params", "unit_macs", "operator_params", "operator_macs", "total_params",
+]

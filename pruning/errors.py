@@ -1,0 +1,25 @@
+"""Exceptions with messages that name the offending thing (an FQN, a path, a value).
+
+>>> raise PlanError("unknown FQN 'down_blocks.9.attentions.0'")
+Traceback (most recent call last):
+...
+pruning.errors.PlanError: unknown FQN 'down_blocks.9.attentions.0'
+"""
+
+from __future__ import annotations
+
+
+class PruningError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ModelLoadError(PruningError, OSError):
+    """A model source could not be loaded: unknown id, missing folder, offline Hub, unsupported class."""
+
+
+class PlanError(PruningError, ValueError):
+    """A plan does not fit a denoiser: unknown FQN, index out of range, family mismatch, bad value."""
+
+
+class ExportError(PruningError, OSError):
+    """An export folder is missing, corrupt, or does not match its plan."""

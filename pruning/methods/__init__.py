@@ -1,0 +1,1 @@
+"""Scoring methods: LD-Pruner operator sweeps, EcoDiff masks, Diff-Pruning Taylor importance."""

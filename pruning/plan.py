@@ -1,0 +1,210 @@
+"""PruningPlan: the one object passed between every stage, with a JSON round-trip.
+
+A plan names what to remove by FQN strings only: removed operators, and the *kept* unit
+indices of each structure it prunes (structures it does not mention stay whole).
+
+>>> plan = PruningPlan(family="sd", base="tiny:sd", removed_operators=("mid_block.resnets.0",),
+...                    kept_heads={"down_blocks.0.attentions.0.transformer_blocks.0.attn1": (0, 1)})
+>>> PruningPlan.from_json(plan.to_json()) == plan
+True
+>>> plan.kept_heads["down_blocks.0.attentions.0.transformer_blocks.0.attn1"]
+(0, 1)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+from .catalog import catalog, discover
+from .errors import PlanError
+
+SCHEMA_VERSION = 1
+FAMILIES = ("sd", "sdxl", "flux")
+_KIND_FIELD = {"head": "kept_heads", "neuron": "kept_neurons", "group": "kept_groups"}
+
+
+def _frozen_map(m: Mapping[str, Any] | None) -> Mapping[str, tuple[int, ...]]:
+    return MappingProxyType({str(k): tuple(int(i) for i in v) for k, v in sorted((m or {}).items())})
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What to remove from one base denoiser. Immutable; use ``replace`` to derive new plans."""
+
+    family: str
+    base: str  # model_ref of the base model: "hub:<id>@<sha>", "local:<path>@<hash>", "bundled:<name>@<hash>"
+    removed_operators: tuple[str, ...] = ()
+    kept_heads: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    kept_neurons: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    kept_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise PlanError(f"plan family {self.family!r} is not one of {FAMILIES}")
+        object.__setattr__(self, "removed_operators", tuple(sorted(set(map(str, self.removed_operators)))))
+        for name in _KIND_FIELD.values():
+            object.__setattr__(self, name, _frozen_map(getattr(self, name)))
+        object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance or {})))
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "family": self.family,
+            "base": self.base,
+            "removed_operators": list(self.removed_operators),
+            "kept_heads": {k: list(v) for k, v in self.kept_heads.items()},
+            "kept_neurons": {k: list(v) for k, v in self.kept_neurons.items()},
+            "kept_groups": {k: list(v) for k, v in self.kept_groups.items()},
+            "provenance": _jsonable(dict(self.provenance)),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PruningPlan:
+        if not isinstance(d, Mapping):
+            raise PlanError(f"a plan must be a JSON object, got {type(d).__name__}")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PlanError(f"plan schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        missing = [k for k in ("family", "base") if k not in d]
+        if missing:
+            raise PlanError(f"plan is missing field(s) {missing}")
+        unknown = set(d) - {"schema_version", "family", "base", "removed_operators", *(_KIND_FIELD.values()),
+                            "provenance"}
+        if unknown:
+            raise PlanError(f"plan has unknown field(s) {sorted(unknown)}")
+        return cls(family=d["family"], base=d["base"], removed_operators=tuple(d.get("removed_operators", ())),
+                   kept_heads=d.get("kept_heads", {}), kept_neurons=d.get("kept_neurons", {}),
+                   kept_groups=d.get("kept_groups", {}), provenance=d.get("provenance", {}))
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), indent=kw.pop("indent", 2), **kw)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"plan is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------ queries
+
+    def kept(self, kind: str) -> Mapping[str, tuple[int, ...]]:
+        """The kept-index map for a structure kind: 'head', 'neuron' or 'group'."""
+        return getattr(self, _KIND_FIELD[kind])
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.removed_operators or self.kept_heads or self.kept_neurons or self.kept_groups)
+
+    def with_provenance(self, **info) -> PruningPlan:
+        stamp = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        return replace(self, provenance={**self.provenance, **stamp, **info})
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self, denoiser: nn.Module, family: str | None = None) -> None:
+        """Raise ``PlanError`` naming the FQN or index that does not fit ``denoiser``."""
+        if family is not None and family != self.family:
+            raise PlanError(f"plan is for family {self.family!r} (base {self.base}), model is {family!r}")
+        found = discover(denoiser)
+        if (found.family_hint == "flux") != (self.family == "flux"):
+            kind = "a FLUX transformer" if found.family_hint == "flux" else "a UNet"
+            raise PlanError(f"plan is for family {self.family!r} but the denoiser is {kind}")
+        for fqn in self.removed_operators:
+            if fqn not in found.operators:
+                raise PlanError(f"unknown operator FQN {fqn!r} (not a removable operator of this denoiser)")
+        for kind, field_name in _KIND_FIELD.items():
+            for fqn, kept in getattr(self, field_name).items():
+                s = found.structures.get(fqn)
+                if s is None or s.kind != kind:
+                    raise PlanError(f"{field_name}: unknown {kind} structure FQN {fqn!r}")
+                if len(set(kept)) != len(kept):
+                    raise PlanError(f"{field_name}[{fqn!r}]: duplicate indices {list(kept)}")
+                bad = [i for i in kept if not 0 <= i < s.units]
+                if bad:
+                    raise PlanError(f"{field_name}[{fqn!r}]: index {bad[0]} out of range 0..{s.units - 1}")
+
+    def normalized(self, denoiser: nn.Module) -> PruningPlan:
+        """Validated, canonical plan: emptied structures become operator removals; entries inside
+        removed operators and fully kept structures are dropped.
+
+        Structures that are not operators themselves (FLUX single-block heads and ``proj_mlp``)
+        may be emptied completely: they then contribute nothing.
+        """
+        self.validate(denoiser)
+        found = discover(denoiser)
+        removed = set(self.removed_operators)
+        kept_maps = {}
+        for kind, field_name in _KIND_FIELD.items():
+            kept_maps[field_name] = {}
+            for fqn, kept in getattr(self, field_name).items():
+                if not kept and fqn in found.operators:
+                    removed.add(fqn)
+                elif len(kept) < found.structures[fqn].units:
+                    kept_maps[field_name][fqn] = tuple(sorted(kept))
+        removed = {r for r in removed if not any(_inside(r, other) for other in removed if other != r)}
+        for m in kept_maps.values():
+            for fqn in [f for f in m if any(_inside(f, r) or f == r for r in removed)]:
+                del m[fqn]
+        return replace(self, removed_operators=tuple(removed), **kept_maps)
+
+    # ------------------------------------------------------------------ accounting
+
+    def summary(self, denoiser: nn.Module, **catalog_kw) -> dict:
+        """Predicted params and MACs removed, absolute and as fractions of the denoiser.
+
+        The figures are computed from the catalog (per-unit costs), not by slimming; tests
+        check that ``slim`` removes exactly this much.
+        """
+        plan = self.normalized(denoiser)
+        ops, st = catalog(denoiser, **catalog_kw)
+        total_p, total_m = ops.attrs["total_params"], ops.attrs["total_macs"]
+        op_rows = ops.set_index("fqn")
+        p_ops = int(op_rows.loc[list(plan.removed_operators), "params"].sum()) if plan.removed_operators else 0
+        m_ops = float(op_rows.loc[list(plan.removed_operators), "macs"].sum()) if plan.removed_operators else 0.0
+        by_kind = {"operator": p_ops}
+        p_st, m_st = 0, 0.0
+        st_rows = st.set_index("fqn")
+        for kind in _KIND_FIELD:
+            p_kind = 0
+            for fqn, kept in plan.kept(kind).items():
+                row = st_rows.loc[fqn]
+                n = int(row["units"]) - len(kept)
+                p_kind += n * int(row["unit_params"]) + (0 if kept else int(row["fixed_params"]))
+                m_st += n * float(row["unit_macs"])
+            by_kind[kind] = p_kind
+            p_st += p_kind
+        p, m = p_ops + p_st, m_ops + m_st
+        return {
+            "params_total": total_p, "params_removed": p, "params_fraction": p / total_p,
+            "macs_total": total_m, "macs_removed": round(m), "macs_fraction": m / total_m,
+            "params_removed_by_kind": by_kind,
+            "operators_removed": len(plan.removed_operators),
+            "structures_pruned": sum(len(plan.kept(k)) for k in _KIND_FIELD),
+        }
+
+
+def _inside(fqn: str, parent: str) -> bool:
+    return fqn.startswith(parent + ".")
+
+
+def _jsonable(x):
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)

@@ -1,0 +1,156 @@
+"""Physical surgery: ``slim(denoiser, plan)`` returns a new, smaller module.
+
+Two passes over a deep copy (the input is never mutated):
+
+1. tensors: every parameter touched by a pruned structure is sliced once, with one keep-mask
+   per (parameter, dim) built from the structures' ``Cut`` specs (so a FLUX single block's
+   ``proj_out`` loses head columns and MLP columns in the same slice);
+2. attributes: a registry of cutters keyed by module type brings each module's attributes
+   (``heads``, ``inner_dim``, ``in_features``, ``num_groups``, ...) in line with its tensors.
+
+Removed operators are replaced by the stand-ins of ``replacements.py``. Works on the meta
+device too (no weights are allocated).
+
+>>> import torch
+>>> from pruning.testing import tiny_pipeline
+>>> from pruning.plan import PruningPlan
+>>> unet = tiny_pipeline("sd").unet
+>>> attn = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+>>> small = slim(unet, PruningPlan(family="sd", base="tiny:sd", kept_heads={attn: (0,)}))
+>>> small.get_submodule(attn).heads, unet.get_submodule(attn).heads > 1
+(1, True)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_flux import FluxAttention, FluxSingleTransformerBlock
+from torch import nn
+
+from .catalog import Structure, discover
+from .plan import PruningPlan
+from .replacements import EmptyAttention, replacement_for
+
+CUTTERS: dict[type, Callable[[nn.Module, dict[str, Structure]], None]] = {}
+
+
+def register_cutter(*types: type):
+    """Register a function that updates a module's attributes after its tensors were sliced."""
+    def wrap(fn):
+        for t in types:
+            CUTTERS[t] = fn
+        return fn
+    return wrap
+
+
+def slim(denoiser: nn.Module, plan: PruningPlan) -> nn.Module:
+    """A physically slimmed copy of ``denoiser`` following ``plan`` (validated and normalized)."""
+    plan = plan.normalized(denoiser)
+    found = discover(denoiser)
+    new = copy.deepcopy(denoiser)
+    keep_masks = _keep_masks(new, found.structures, plan)
+    _slice_parameters(new, keep_masks)
+    owned: dict[str, dict[str, Structure]] = defaultdict(dict)
+    for kind in ("head", "neuron", "group"):
+        for fqn in plan.kept(kind):
+            s = found.structures[fqn]
+            owned[_owner_of(s)][kind] = s
+    _sync_leaves(new, owned)
+    for fqn, structures in sorted(owned.items()):
+        module = new.get_submodule(fqn)
+        cutter = next((fn for t, fn in CUTTERS.items() if isinstance(module, t)), None)
+        if cutter is None:
+            raise TypeError(f"no cutter registered for {type(module).__name__} at {fqn!r}")
+        cutter(module, structures)
+    for fqn in plan.removed_operators:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = new.get_submodule(parent_name) if parent_name else new
+        setattr(parent, child, replacement_for(getattr(parent, child), found.operators[fqn].kind))
+    new.pruning_plan = plan  # plain attribute for introspection; not part of the state_dict
+    return new
+
+
+def _owner_of(s: Structure) -> str:
+    """The module whose cutter updates the attributes for ``s``."""
+    return s.fqn.rsplit(".", 1)[0] if s.component in ("single_attn", "proj_mlp") else s.fqn
+
+
+def _keep_masks(model: nn.Module, structures: dict[str, Structure], plan: PruningPlan) -> dict[str, dict]:
+    params = dict(model.named_parameters())
+    masks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+    for kind in ("head", "neuron", "group"):
+        for fqn, kept in plan.kept(kind).items():
+            s = structures[fqn]
+            removed = sorted(set(range(s.units)) - set(kept))
+            for cut in s.cuts:
+                size = params[cut.param].shape[cut.dim]
+                mask = masks[cut.param].setdefault(cut.dim, torch.ones(size, dtype=torch.bool))
+                for u in removed:
+                    start = cut.offset + u * s.unit_size
+                    mask[start:start + s.unit_size] = False
+    return masks
+
+
+def _slice_parameters(model: nn.Module, keep_masks: dict[str, dict[int, torch.Tensor]]) -> None:
+    for name, dims in keep_masks.items():
+        owner_name, _, pname = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        old = getattr(owner, pname)
+        t = old.detach()
+        for dim, keep in dims.items():
+            t = t.index_select(dim, keep.nonzero().flatten().to(t.device))
+        setattr(owner, pname, nn.Parameter(t.contiguous(), requires_grad=old.requires_grad))
+
+
+def _sync_leaves(model: nn.Module, owners) -> None:
+    """Linear / Conv2d / GroupNorm attributes follow their (sliced) weights."""
+    for owner in owners:
+        for _, m in model.get_submodule(owner).named_modules():
+            if isinstance(m, nn.Linear):
+                m.out_features, m.in_features = m.weight.shape
+            elif isinstance(m, nn.Conv2d):
+                m.out_channels, m.in_channels = m.weight.shape[:2]
+            elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+                m.num_channels = m.weight.shape[0]
+
+
+@register_cutter(Attention, FluxAttention)
+def _cut_attention(attn: nn.Module, s: dict[str, Structure]) -> None:
+    _set_heads(attn, s["head"].unit_size)
+
+
+def _set_heads(attn: nn.Module, head_dim: int) -> None:
+    inner = attn.to_q.weight.shape[0]
+    attn.heads = inner // head_dim
+    attn.inner_dim = inner
+    if hasattr(attn, "inner_kv_dim"):
+        attn.inner_kv_dim = inner
+
+
+@register_cutter(FeedForward)
+def _cut_ffn(ff: FeedForward, s: dict[str, Structure]) -> None:
+    pass  # a FeedForward keeps all its sizes in its Linear layers, which _sync_leaves updates
+
+
+@register_cutter(FluxSingleTransformerBlock)
+def _cut_single(block: FluxSingleTransformerBlock, s: dict[str, Structure]) -> None:
+    attn_width = block.attn.to_q.weight.shape[0]
+    if "head" in s:
+        _set_heads(block.attn, s["head"].unit_size)
+        if attn_width == 0:  # every head pruned: the MLP half of proj_out is all that is left
+            block.attn = EmptyAttention()
+    block.mlp_hidden_dim = block.proj_mlp.weight.shape[0]
+    if hasattr(block.proj_out, "_tp_packed_row_blocks"):
+        block.proj_out._tp_packed_row_blocks = [attn_width, block.mlp_hidden_dim]
+
+
+@register_cutter(ResnetBlock2D)
+def _cut_resnet(res: ResnetBlock2D, s: dict[str, Structure]) -> None:
+    res.norm2.num_groups = res.norm2.num_channels // s["group"].unit_size
