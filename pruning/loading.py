@@ -1,0 +1,327 @@
+"""Load a diffusion pipeline from a bundled name, a local diffusers folder or a Hub id.
+
+Everything downstream takes a :class:`Handle`: the pipeline, its family, its denoiser and a
+stable ``model_ref`` string (content hash or commit) that plans and caches key on.
+
+>>> from pruning.testing import tiny_pipeline
+>>> h = handle_from_pipe(tiny_pipeline("flux"), model_ref="tiny:flux")
+>>> h.family, h.denoiser_name, h.defaults["resolution"], h.defaults["steps"]
+('flux', 'transformer', 32, 4)
+>>> load_pipeline("no-such-model")
+Traceback (most recent call last):
+...
+pruning.errors.ModelLoadError: 'no-such-model' is not a bundled model (tiny-shapes-flux, tiny-shapes-sd), an existing folder or a Hub id ('org/name' or 'org/name@revision')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pruning.errors import ModelLoadError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED: dict[str, Path] = {
+    "tiny-shapes-sd": ASSETS / "tiny-shapes-sd",
+    "tiny-shapes-flux": ASSETS / "tiny-shapes-flux",
+}
+_TRAIN_ARCH = {"tiny-shapes-sd": "sd", "tiny-shapes-flux": "flux"}
+
+# model_index.json `_class_name` -> family. Text-to-image pipelines only.
+SUPPORTED_CLASSES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "FluxPipeline": "flux",
+}
+FAMILY_DEFAULTS = {
+    "sd": {"steps": 50, "guidance": 7.5, "resolution": 512},
+    "sdxl": {"steps": 30, "guidance": 5.0, "resolution": 1024},
+    "flux": {"steps": 28, "guidance": 3.5, "resolution": 1024},
+}
+SMALL_DENOISER_PARAMS = 50_000_000  # below this, a test/toy model: default to 4 steps
+HUB_TIMEOUT_S = 8.0  # metadata call; an unreachable Hub must fail well within 10 s
+DEFAULTS_FILE = "pruning_defaults.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Handle:
+    """A loaded pipeline and what the rest of the library needs to know about it."""
+
+    pipe: Any
+    family: str  # "sd" | "sdxl" | "flux"
+    denoiser: torch.nn.Module  # pipe.unet or pipe.transformer
+    model_ref: str  # stable: "bundled:<name>@<hash>", "local:<path>@<hash>", "hub:<id>@<sha>"
+    source: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    defaults: dict = field(default_factory=dict)  # steps, guidance, resolution (+ extras)
+
+    @property
+    def denoiser_name(self) -> str:
+        """``"transformer"`` for FLUX, ``"unet"`` otherwise: the pipeline component name."""
+        return "transformer" if self.family == "flux" else "unet"
+
+
+def family_of(pipe, source: str | None = None) -> str:
+    """The family of a pipeline instance, from its class.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> family_of(tiny_pipeline("sdxl"))
+    'sdxl'
+    >>> family_of(object(), source="x")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.ModelLoadError: unsupported pipeline class 'object' (from 'x'); supported: FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    for cls, family in ((StableDiffusionXLPipeline, "sdxl"), (StableDiffusionPipeline, "sd"),
+                        (FluxPipeline, "flux")):
+        if isinstance(pipe, cls):
+            return family
+    raise _unsupported(type(pipe).__name__, source if source is not None else repr(pipe)[:80])
+
+
+def _unsupported(class_name: str, source: str) -> ModelLoadError:
+    return ModelLoadError(f"unsupported pipeline class {class_name!r} (from {source!r}); "
+                          f"supported: {', '.join(sorted(SUPPORTED_CLASSES))}")
+
+
+def _default_settings(pipe, family: str, denoiser: torch.nn.Module) -> dict:
+    """Family defaults, with the resolution the model was configured for."""
+    defaults = dict(FAMILY_DEFAULTS[family])
+    vae_factor = getattr(pipe, "vae_scale_factor", 8)
+    if family == "flux":  # the transformer has no sample size; the VAE's is in pixels
+        res, factor = getattr(pipe.vae.config, "sample_size", None), 1
+        tok = getattr(pipe, "tokenizer_2", None)
+        defaults["max_sequence_length"] = min(512, int(getattr(tok, "model_max_length", 512)))
+    else:  # the UNet's sample size is in latent pixels
+        res, factor = denoiser.config.sample_size, vae_factor
+    if isinstance(res, (list, tuple)):
+        res = res[0]
+    if res:
+        defaults["resolution"] = int(res) * factor
+    if sum(p.numel() for p in denoiser.parameters()) < SMALL_DENOISER_PARAMS:
+        defaults["steps"] = 4
+    return defaults
+
+
+def handle_from_pipe(pipe, *, model_ref: str, source: str | None = None,
+                     defaults: dict | None = None) -> Handle:
+    """Wrap an already built pipeline (tests, in-memory models) in a :class:`Handle`.
+
+    ``defaults`` override the family defaults key by key.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd", defaults={"guidance": 1.0})
+    >>> h.defaults == {"steps": 4, "guidance": 1.0, "resolution": 32}, h.source
+    (True, 'tiny:sd')
+    """
+    family = family_of(pipe, source or model_ref)
+    denoiser = pipe.transformer if family == "flux" else pipe.unet
+    param = next(denoiser.parameters())
+    settings = {**_default_settings(pipe, family, denoiser), **(defaults or {})}
+    return Handle(pipe=pipe, family=family, denoiser=denoiser, model_ref=model_ref,
+                  source=source if source is not None else model_ref,
+                  device=param.device, dtype=param.dtype, defaults=settings)
+
+
+# ---------------------------------------------------------------- content hashes
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def folder_hash(folder: str | os.PathLike, length: int = 12) -> str:
+    """Short sha256 of a diffusers folder's contents: relative paths and file bytes.
+
+    Hidden files and folders are skipped; mtimes play no part (only to cache file digests).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "model_index.json").write_text("{}")
+    >>> a = folder_hash(d); os.utime(d / "model_index.json", (0, 0)); a == folder_hash(d)
+    True
+    >>> _ = (d / "model_index.json").write_text('{"a": 1}'); a == folder_hash(d)
+    False
+    """
+    root = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + _file_sha256(path).encode() + b"\n")
+    return h.hexdigest()[:length]
+
+
+# ---------------------------------------------------------------- loading
+def _read_class_name(index_file: Path, source: str) -> str:
+    try:
+        class_name = json.loads(index_file.read_text())["_class_name"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot read '_class_name' from {index_file} (from {source!r}): {e}") from e
+    if class_name not in SUPPORTED_CLASSES:
+        raise _unsupported(class_name, source)
+    return class_name
+
+
+def _read_defaults(folder: Path) -> dict | None:
+    path = folder / DEFAULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"invalid JSON in {path}: {e}") from e
+
+
+def _from_pretrained(name_or_path: str, class_name: str, source: str, dtype, **kwargs):
+    from diffusers import DiffusionPipeline
+
+    if SUPPORTED_CLASSES[class_name] == "sd":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return DiffusionPipeline.from_pretrained(
+            name_or_path, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs)
+    except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError variously
+        raise ModelLoadError(f"failed to load pipeline from {source!r}: {type(e).__name__}: {e}") from e
+
+
+def _is_pathlike(source: str) -> bool:
+    return (source.startswith((".", "/", "~")) or "\\" in source or source.endswith("/")
+            or source.count("/") > 1 or os.path.isabs(source))
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants as hc
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return bool(hc.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
+
+
+def _model_info(repo_id: str, revision: str | None, timeout: float):
+    """Hub metadata (a seam for tests)."""
+    from huggingface_hub import HfApi
+
+    return HfApi().model_info(repo_id, revision=revision, timeout=timeout)
+
+
+def _load_local(folder: Path, source: str, dtype):
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{str(folder)!r} (from {source!r}) is not a diffusers folder: "
+                             "no model_index.json")
+    class_name = _read_class_name(index, source)
+    return _from_pretrained(str(folder), class_name, source, dtype), _read_defaults(folder)
+
+
+def _load_hub(source: str, dtype):
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id, _, revision = source.partition("@")
+    revision = revision or None
+    if not _HUB_ID.match(repo_id):
+        raise ModelLoadError(f"{source!r} is not a valid Hub id ('org/name' or 'org/name@revision')")
+    sha, reason = None, None
+    if _hub_offline():
+        reason = "the Hub is offline (HF_HUB_OFFLINE=1)"
+    else:
+        try:
+            sha = _model_info(repo_id, revision, HUB_TIMEOUT_S).sha
+        except RevisionNotFoundError as e:
+            raise ModelLoadError(f"revision {revision!r} not found for Hub model {repo_id!r} "
+                                 f"(from {source!r})") from e
+        except GatedRepoError as e:
+            raise ModelLoadError(f"Hub model {repo_id!r} is gated: accept its license and log in "
+                                 f"(HF_TOKEN) (from {source!r})") from e
+        except RepositoryNotFoundError as e:
+            raise ModelLoadError(f"unknown Hub model {repo_id!r} (from {source!r}): no such repository, "
+                                 "or it is private") from e
+        except HfHubHTTPError as e:
+            raise ModelLoadError(f"Hub error for {source!r}: {e}") from e
+        except Exception as e:  # connection refused, DNS failure, timeout
+            reason = f"the Hub is unreachable ({type(e).__name__}: {e})"
+    if sha is None:  # offline or unreachable: the local cache is the only option
+        cached = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
+        if not isinstance(cached, str):
+            raise ModelLoadError(f"{source!r} is not in the local Hugging Face cache and {reason}")
+        snapshot = Path(cached).parent  # .../snapshots/<commit sha>/
+        class_name = _read_class_name(Path(cached), source)
+        pipe = _from_pretrained(repo_id, class_name, source, dtype, revision=revision,
+                                local_files_only=True)
+        return pipe, snapshot.name, _read_defaults(snapshot)
+    try:
+        index = hf_hub_download(repo_id, "model_index.json", revision=sha)
+    except Exception as e:
+        raise ModelLoadError(f"Hub model {source!r} has no model_index.json: not a diffusers "
+                             f"pipeline ({type(e).__name__})") from e
+    class_name = _read_class_name(Path(index), source)
+    pipe = _from_pretrained(repo_id, class_name, source, dtype, revision=sha)
+    try:  # optional; most repos have none
+        hf_hub_download(repo_id, DEFAULTS_FILE, revision=sha)
+    except Exception:
+        pass
+    return pipe, sha, _read_defaults(Path(index).parent)
+
+
+def load_pipeline(source: str, *, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> Handle:
+    """Load ``source``: a bundled name, a local diffusers folder, or a Hub id ``org/name[@rev]``.
+
+    Weights are loaded from safetensors only; remote code is never run. The class in
+    ``model_index.json`` is checked before any weight is read. ``<folder>/pruning_defaults.json``
+    (steps, guidance, resolution, ...) overrides the family defaults. Default: CPU, fp32.
+    """
+    source = str(source)
+    device = torch.device(device or "cpu")
+    dtype = dtype or torch.float32
+    if source in BUNDLED:
+        folder = BUNDLED[source]
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"bundled model {source!r} is missing: no diffusers folder at {folder}; train it with "
+                f"`python -m pruning.tiny train --arch {_TRAIN_ARCH[source]}`")
+        pipe, defaults = _load_local(folder, source, dtype)
+        model_ref = f"bundled:{source}@{folder_hash(folder)}"
+    elif os.path.exists(os.path.expanduser(source)):
+        folder = Path(os.path.expanduser(source)).resolve()
+        if not folder.is_dir():
+            raise ModelLoadError(f"{source!r} is a file, not a diffusers folder")
+        pipe, defaults = _load_local(folder, source, dtype)
+        model_ref = f"local:{folder}@{folder_hash(folder)}"
+    elif _is_pathlike(source):
+        raise ModelLoadError(f"local folder {source!r} does not exist")
+    elif "/" in source:
+        pipe, sha, defaults = _load_hub(source, dtype)
+        model_ref = f"hub:{source.partition('@')[0]}@{sha}"
+    else:
+        raise ModelLoadError(
+            f"{source!r} is not a bundled model ({', '.join(sorted(BUNDLED))}), an existing folder "
+            "or a Hub id ('org/name' or 'org/name@revision')")
+    pipe.to(device=device)
+    pipe.set_progress_bar_config(disable=True)
+    return handle_from_pipe(pipe, model_ref=model_ref, source=source, defaults=defaults)
