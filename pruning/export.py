@@ -159,7 +159,9 @@ def _load_weights(path: Path, expected_sha: str | None) -> dict[str, torch.Tenso
     if expected_sha is not None and sha256_file(path) != expected_sha:
         raise ExportError(f"sha256 mismatch for {str(path)!r}: the file is corrupt or was changed")
     try:
-        return load_file(str(path))
+        # clone: fresh, aligned storage, so CPU kernels take the same paths as for the
+        # in-memory model (unaligned buffers can change float rounding in gemv paths)
+        return {k: v.clone() for k, v in load_file(str(path)).items()}
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"corrupt safetensors file {str(path)!r}: {e}") from e
 
