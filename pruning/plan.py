@@ -147,7 +147,7 @@ class PruningPlan:
         found = discover(denoiser)
         removed = set(self.removed_operators)
         kept_maps = {}
-        for kind, field_name in _KIND_FIELD.items():
+        for field_name in _KIND_FIELD.values():
             kept_maps[field_name] = {}
             for fqn, kept in getattr(self, field_name).items():
                 if not kept and fqn in found.operators:

@@ -1,0 +1,174 @@
+"""``python -m pruning``: commands run in-process through ``main(argv)`` on a saved tiny SD."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pruning.catalog import catalog
+from pruning.cli import COMMANDS, main
+from pruning.export import load_pruned
+from pruning.loading import load_pipeline
+from pruning.plan import PruningPlan
+from pruning.testing import tiny_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def help_proc():
+    """``python -m pruning --help`` in a subprocess, started first so its imports overlap the other tests."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pruning", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    yield proc
+    proc.kill()
+    proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "tiny-sd"
+    tiny_pipeline("sd").save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd_handle(sd_folder):
+    return load_pipeline(str(sd_folder))
+
+
+@pytest.fixture(scope="module")
+def plan_file(sd_folder, sd_handle):
+    plan = PruningPlan(family="sd", base=sd_handle.model_ref, removed_operators=("mid_block.resnets.0",),
+                       kept_heads={ATTN: (0,)})
+    path = sd_folder.parent / "plan.json"
+    path.write_text(plan.to_json())
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_text(capsys, sd_folder, sd_handle):
+    code, out, err = run(capsys, "info", "--model", sd_folder)
+    assert code == 0, err
+    params = sum(p.numel() for p in sd_handle.denoiser.parameters())
+    assert "family:     sd" in out and sd_handle.model_ref in out
+    assert f"({params:,})" in out
+    for word in ("operators by kind", "structures by kind", "resnet", "head", "neuron", "group", "attention"):
+        assert word in out
+
+
+def test_info_json_matches_catalog(capsys, sd_folder, sd_handle):
+    code, out, _ = run(capsys, "info", "--model", sd_folder, "--json", "--sample-size", 16)
+    assert code == 0
+    facts = json.loads(out)
+    assert facts["sample_size"] == 16 and facts["resolution"] == 32
+    ops, st = catalog(sd_handle.denoiser, sample_size=16)
+    assert facts["params"] == ops.attrs["total_params"] and facts["macs"] == ops.attrs["total_macs"]
+    assert facts["macs"] > 3 * catalog(sd_handle.denoiser, sample_size=8)[0].attrs["total_macs"]
+    assert facts["family"] == "sd" and facts["model_ref"] == sd_handle.model_ref
+    for kind, rows in ops.groupby("kind"):
+        assert facts["operators"][kind]["count"] == len(rows)
+        assert facts["operators"][kind]["macs"] == rows["macs"].sum()
+    for kind, rows in st.groupby("kind"):
+        assert facts["structures"][kind]["units"] == rows["units"].sum()
+        assert facts["structures"][kind]["params"] == rows["params"].sum()
+    assert set(facts["kind_shares"]) == {"attention", "ffn", "resnet", "proj_mlp"}
+
+
+def test_info_reference_sd15(capsys):
+    code, out, _ = run(capsys, "info", "--reference", "sd15")
+    assert code == 0
+    assert "859.5M params" in out and "resnet 62.6%" in out and "ffn 17.3%" in out
+
+
+def test_generate_original_only(capsys, sd_folder, tmp_path):
+    code, out, err = run(capsys, "generate", "--model", sd_folder, "--prompt", "a red circle",
+                         "--seed", 0, "--seed", 3, "--steps", 1, "--out", tmp_path / "imgs")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "imgs")) == ["original_p0_seed0.png", "original_p0_seed3.png"]
+    assert Image.open(tmp_path / "imgs" / "original_p0_seed0.png").size == (32, 32)
+    assert "original" in out and "MACs" in out
+
+
+def test_generate_with_plan(capsys, sd_folder, plan_file, tmp_path):
+    code, out, err = run(capsys, "generate", "--model", sd_folder, "--prompt", "a", "--prompt", "b",
+                         "--steps", 1, "--plan", plan_file, "--out", tmp_path)
+    assert code == 0, err
+    assert "warning" not in err  # the plan was made for this model
+    names = {f"{v}_p{i}_seed0.png" for v in ("original", "pruned") for i in (0, 1)}
+    assert set(os.listdir(tmp_path)) == names
+    pruned = next(line for line in out.splitlines() if line.startswith("pruned"))
+    assert "removed" in pruned
+
+
+def test_export_then_load_pruned(capsys, sd_folder, sd_handle, plan_file, tmp_path):
+    out_dir = tmp_path / "export"
+    code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir)
+    assert code == 0, err
+    assert str(out_dir) in out
+    small = load_pruned(out_dir)
+    removed = sum(p.numel() for p in sd_handle.denoiser.parameters()) - sum(p.numel() for p in small.parameters())
+    assert removed > 0 and f"{removed:,} removed" in out
+    # exporting again needs --overwrite
+    code, _, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir)
+    assert code == 2 and "already exists" in err
+
+
+def _assert_one_line_error(code, err, culprit):
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert culprit in err
+
+
+def test_bad_model(capsys, tmp_path):
+    code, _, err = run(capsys, "info", "--model", tmp_path / "missing")
+    _assert_one_line_error(code, err, "missing")
+    code, _, err = run(capsys, "info", "--model", "no-such-model")
+    _assert_one_line_error(code, err, "no-such-model")
+
+
+def test_bad_plan_path(capsys, sd_folder, tmp_path):
+    code, _, err = run(capsys, "export", "--model", sd_folder, "--plan", tmp_path / "nope.json",
+                       "--out", tmp_path / "x")
+    _assert_one_line_error(code, err, "nope.json")
+    assert not (tmp_path / "x").exists()
+
+
+def test_plan_for_another_family(capsys, sd_folder, tmp_path):
+    plan = tmp_path / "flux_plan.json"
+    plan.write_text(PruningPlan(family="flux", base="tiny:flux").to_json())
+    code, _, err = run(capsys, "generate", "--model", sd_folder, "--prompt", "a", "--plan", plan,
+                       "--out", tmp_path / "imgs")
+    _assert_one_line_error(code, err, "flux_plan.json")
+    assert "'flux'" in err
+
+
+def test_usage_errors(capsys):
+    _assert_one_line_error(*run(capsys, "info")[::2], "--model")
+    _assert_one_line_error(*run(capsys, "info", "--reference", "sd99")[::2], "sd99")
+    _assert_one_line_error(*run(capsys, "frobnicate")[::2], "frobnicate")
+    _assert_one_line_error(*run(capsys, "generate", "--model", "x", "--prompt", "a", "--steps", "0",
+                                "--out", "o")[::2], "--steps")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_subcommand_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and "usage:" in out
+
+
+def test_module_help_subprocess(help_proc):
+    out, err = help_proc.communicate(timeout=120)
+    assert help_proc.returncode == 0, err
+    assert all(name in out for name in ("info", "generate", "export"))
