@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROG = "python -m pruning"
-COMMAND_MODULES: tuple[str, ...] = ()  # e.g. "pruning.methods.ldpruner": imported to register commands
+COMMAND_MODULES: tuple[str, ...] = (  # imported when the parser is built, to register their commands
+    "pruning.methods.ecodiff_cli",
+)
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -111,7 +113,7 @@ def load_plan(path: str, handle):
     except PlanError as e:
         raise PlanError(f"plan {path!r} does not fit model {handle.source!r}: {e}") from e
     if not same_base(plan.base, handle.model_ref):
-        warn(f"plan {path!r} was made for {plan.base!r}, not {handle.model_ref!r}; applying it anyway")
+        raise PlanError(f"plan {path!r} was made for {plan.base!r}, not for model {handle.model_ref!r}")
     return plan
 
 

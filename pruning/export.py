@@ -77,7 +77,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     folder = Path(folder).expanduser().resolve()
     if folder.exists() and not overwrite:
         raise ExportError(f"export folder {str(folder)!r} already exists (pass overwrite=True to replace it)")
-    plan.validate(handle.denoiser, family=handle.family)
+    _check_base(plan, handle, "given to export")
     plan = plan.normalized(handle.denoiser)
     small = denoiser if denoiser is not None else slim(handle.denoiser, plan)
     name = handle.denoiser_name

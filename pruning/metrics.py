@@ -190,3 +190,50 @@ def compare(original: nn.Module, slim: nn.Module, *, latency: bool = True, **inp
         row["latency_slim"] = denoiser_latency(slim, **input_kw)
         row["latency_ratio"] = row["latency_slim"] / row["latency_original"]
     return row
+
+
+class SavedTensorMeter:
+    """Peak bytes held by autograd for backward (``saved_tensors_hooks``), while active.
+
+    Each saved tensor counts from when the graph saves it until the graph frees it, so a
+    graph that is backpropagated and dropped step by step peaks at one step's worth.
+
+    >>> meter = SavedTensorMeter()
+    >>> x = torch.ones(1000, requires_grad=True)
+    >>> with meter:
+    ...     y = (x * x).sum()
+    >>> meter.peak >= 4000
+    True
+    """
+
+    def __init__(self):
+        self.live = 0
+        self.peak = 0
+
+    def _pack(self, t: torch.Tensor):
+        import weakref
+
+        holder = _Saved(t)
+        n = t.numel() * t.element_size()
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(holder, self._release, n)
+        return holder
+
+    def _release(self, n: int) -> None:
+        self.live -= n
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda h: h.tensor)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+class _Saved:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor

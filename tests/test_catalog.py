@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pruning import catalog, slim
 from pruning.catalog import discover, kind_shares

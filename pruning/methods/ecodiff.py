@@ -172,15 +172,17 @@ def recon_grads(denoiser, traj: Trajectory, target: torch.Tensor, gates: GateSet
                 checkpointing: str = "timestep") -> float:
     """Accumulate d MSE(z_T, target) / d lambda into the gates' ``.grad``; return the MSE.
 
-    ``noise[i]`` is the gate noise of step i (reused in the replay).
+    ``noise[i]`` is the gate noise of step i (reused in the replay). Only the gates receive
+    gradients (``inputs=``), never the denoiser's parameters.
     """
+    lambdas = [g.log_alpha for g in gates.gates]
     if checkpointing == "none":  # full autograd through all T steps: for checks and memory baselines
         z = traj.z0
         for i in range(traj.steps):
             with gated(denoiser, gates.values(noise[i])):
                 z = step(denoiser, traj, i, z)
         loss = torch.nn.functional.mse_loss(traj.unpack(z), target)
-        loss.backward()
+        loss.backward(inputs=lambdas)
         return loss.item()
     with torch.no_grad():  # 1. rollout: keep only the latents
         zs = [traj.z0]
@@ -194,7 +196,7 @@ def recon_grads(denoiser, traj: Trajectory, target: torch.Tensor, gates: GateSet
         z_in = zs[i].detach().requires_grad_(i > 0)
         with gated(denoiser, gates.values(noise[i])):
             z_out = step(denoiser, traj, i, z_in)
-        torch.autograd.backward(z_out, grad_tensors=grad_z)
+        torch.autograd.backward(z_out, grad_tensors=grad_z, inputs=lambdas + ([z_in] if i > 0 else []))
         grad_z = z_in.grad if i > 0 else None
         del z_out
     return loss.item()

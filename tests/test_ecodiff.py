@@ -1,0 +1,158 @@
+"""EcoDiff: checkpointed gradients equal naive ones, O(1) memory in T, binarization, bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from pruning.errors import ExportError, PlanError, PruningError
+from pruning.masks import GateSet
+from pruning.methods.ecodiff import EcoDiffSettings, MaskState, optimize, recon_grads, to_plan
+from pruning.metrics import SavedTensorMeter
+from pruning.rollout import prepare, rollout
+
+PROMPTS = ["a red circle at the top left", "a blue square at the bottom right"]
+
+
+def _gates(handle, seed=0):
+    gates = GateSet.for_denoiser(handle.denoiser, kinds=("head", "neuron", "group"), gate="sigmoid", init=1.0)
+    g = torch.Generator().manual_seed(seed)
+    for gate in gates.gates:
+        gate.log_alpha.data += torch.randn(gate.log_alpha.shape, generator=g)  # gates well inside (0, 1)
+    return gates
+
+
+def _grads(handle, traj, target, checkpointing):
+    gates = _gates(handle)
+    noise = [gates.noise() for _ in range(traj.steps)]
+    loss = recon_grads(handle.denoiser, traj, target, gates, noise, checkpointing)
+    return loss, torch.cat([g.log_alpha.grad for g in gates.gates])
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("steps", [2, 5])
+def test_checkpointed_gradients_equal_naive(request, family, steps):
+    handle = request.getfixturevalue(f"tiny_{family}")
+    traj = prepare(handle, PROMPTS, [0, 1], steps=steps)
+    with torch.no_grad():
+        target = traj.unpack(rollout(handle.denoiser, traj)[-1]) + 0.05  # a loss with real gradients
+    flags = [p.requires_grad for p in handle.denoiser.parameters()]
+    for p in handle.denoiser.parameters():
+        p.requires_grad_(False)
+    try:
+        loss_naive, naive = _grads(handle, traj, target, "none")
+        loss_ckpt, ckpt = _grads(handle, traj, target, "timestep")
+    finally:
+        for p, f in zip(handle.denoiser.parameters(), flags):
+            p.requires_grad_(f)
+    assert loss_naive == pytest.approx(loss_ckpt, rel=1e-6)
+    assert naive.abs().max() > 0
+    torch.testing.assert_close(ckpt, naive, rtol=1e-4, atol=1e-4 * naive.abs().max().item())
+
+
+def test_saved_memory_is_constant_in_T(tiny_sd):
+    def peak(steps, checkpointing):
+        traj = prepare(tiny_sd, PROMPTS[:1], [0], steps=steps)
+        target = torch.zeros_like(traj.unpack(traj.z0))
+        gates = _gates(tiny_sd)
+        with SavedTensorMeter() as meter:
+            recon_grads(tiny_sd.denoiser, traj, target, gates, [None] * steps, checkpointing)
+        return meter.peak
+
+    c2, c8, n8 = peak(2, "timestep"), peak(8, "timestep"), peak(8, "none")
+    assert c8 <= 1.05 * c2  # one step of activations, whatever T
+    assert n8 >= 6 * c8  # naive autograd keeps every step
+
+
+def test_settings_are_checked(tiny_sd):
+    with pytest.raises(PruningError, match="non-empty list of prompt"):
+        optimize(tiny_sd, EcoDiffSettings(prompts=[]))
+    with pytest.raises(PruningError, match="steps T must be >= 1, got 0"):
+        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, steps=0))
+    with pytest.raises(PruningError, match="at least one structure kind"):
+        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, kinds=()))
+    with pytest.raises(PruningError, match="'channels'"):
+        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, kinds=("channels",)))
+    with pytest.raises(PruningError, match="regularizer 'l2'"):
+        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, regularizer="l2"))
+
+
+@pytest.fixture(scope="module")
+def state(tiny_sd):
+    s = EcoDiffSettings(prompts=PROMPTS * 2, steps=3, epochs=2, batch_size=2, kinds=("head", "neuron", "group"))
+    return optimize(tiny_sd, s, progress=False)
+
+
+def test_optimize_history_and_no_mutation(tiny_sd, state):
+    hist = state.history
+    assert len(hist) == 4 and {"step", "loss", "recon", "reg", "kept_head", "kept_neuron", "kept_group"} <= set(hist)
+    assert (hist["kept_head"] <= 1).all() and not state.partial
+    assert all(p.requires_grad for p in tiny_sd.denoiser.parameters())  # flags restored
+    assert all(p.grad is None for p in tiny_sd.denoiser.parameters())  # nothing accumulated in the model
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+@pytest.mark.parametrize("target", [0.1, 0.3])
+def test_to_plan_hits_target(tiny_sd, state, scope, target):
+    from pruning import slim
+    from pruning.metrics import count_params
+
+    plan = to_plan(tiny_sd, state, target_sparsity=target, scope=scope)
+    measured = 1 - count_params(slim(tiny_sd.denoiser, plan)) / count_params(tiny_sd.denoiser)
+    assert abs(measured - target) <= 0.01
+    assert plan.provenance["method"] == "ecodiff"
+
+
+def test_to_plan_threshold(tiny_sd, state):
+    lowest = min(v.min().item() for v in state.lambdas.values())
+    assert to_plan(tiny_sd, state, threshold=lowest - 1).is_empty
+    assert not to_plan(tiny_sd, state, threshold=float("inf")).is_empty
+
+
+def test_to_plan_bad_input(tiny_sd, tiny_flux, state):
+    for bad in (0, 1, -0.1, 1.5):
+        with pytest.raises(PlanError, match=f"target sparsity {bad}"):
+            to_plan(tiny_sd, state, target_sparsity=bad)
+    heads_only = MaskState({f: v for f, v in state.lambdas.items() if state.kinds[f] == "head"},
+                           state.kinds, state.history, state.model_ref, "sd", state.settings)
+    with pytest.raises(PlanError, match=r"not reachable with kinds \['head'\]"):
+        to_plan(tiny_sd, heads_only, target_sparsity=0.9)
+    other = MaskState({"down_blocks.7.attn1": torch.zeros(2)}, {"down_blocks.7.attn1": "head"},
+                      state.history, "x", "sd", {})
+    with pytest.raises(PlanError, match="down_blocks.7.attn1"):
+        to_plan(tiny_sd, other, target_sparsity=0.2)
+    with pytest.raises(PlanError, match="family 'sd'"):
+        to_plan(tiny_flux, state, target_sparsity=0.2)
+
+
+def test_mask_state_round_trip(state, tmp_path):
+    path = state.save(tmp_path / "mask.safetensors")
+    again = MaskState.load(path)
+    assert again.model_ref == state.model_ref and again.kinds == state.kinds
+    assert all(torch.equal(again.lambdas[k], v) for k, v in state.lambdas.items())
+    assert again.history.shape == state.history.shape
+    path.write_bytes(b"garbage")
+    with pytest.raises(ExportError, match="mask.safetensors"):
+        MaskState.load(path)
+
+
+def test_stop_returns_partial_state(tiny_sd):
+    stop = threading.Event()
+    s = EcoDiffSettings(prompts=PROMPTS * 2, steps=2, epochs=3, batch_size=2)
+    state = optimize(tiny_sd, s, progress=lambda done, total, row: stop.set(), stop=stop)
+    assert state.partial and len(state.history) == 1
+    again = optimize(tiny_sd, s)  # the next run works and completes
+    assert not again.partial and len(again.history) == 6
+
+
+def test_cli_ecodiff_then_prune(tiny_sd, tmp_path):
+    from pruning.cli import main
+
+    folder = tmp_path / "model"
+    tiny_sd.pipe.save_pretrained(folder, safe_serialization=True)
+    mask = tmp_path / "mask.safetensors"
+    assert main(["ecodiff", "--model", str(folder), "--prompt", "a red circle", "--prompt", "a blue square",
+                 "--steps", "2", "--epochs", "1", "--batch-size", "2", "--out", str(mask)]) == 0
+    assert MaskState.load(mask).lambdas
