@@ -1,0 +1,46 @@
+"""The benchmark rows: id -> (module, title). Add a row with one ``register`` line.
+
+A row's module exposes ``run(quick: bool = False) -> dict`` (``quick`` is optional: rows
+whose ``run`` takes no argument are called without it). Modules are imported only when run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    module: str
+    title: str
+    func: str = "run"
+
+    def load(self) -> Callable[..., dict]:
+        return getattr(importlib.import_module(self.module), self.func)
+
+    def run(self, quick: bool = False) -> dict:
+        fn = self.load()
+        return fn(quick=quick) if "quick" in inspect.signature(fn).parameters else fn()
+
+
+ROWS: dict[str, Row] = {}
+
+
+def register(id: str, module: str, title: str, func: str = "run", optional: bool = False) -> None:
+    """Add a row; an ``optional`` one only when its module can be found."""
+    if optional and importlib.util.find_spec(module) is None:
+        return
+    ROWS[id] = Row(id, module, title, func)
+
+
+register("P1", "benchmarks.p1_slimming", "slimming is real")
+register("P4", "benchmarks.p4_masks", "masks overhead")
+register("P3", "benchmarks.p3_sweep", "sweep efficiency")
+register("G1", "benchmarks.tiny_generation", "tiny-model generation", optional=True)
+register("P2", "benchmarks.p2_checkpointing", "time-step checkpointing memory")
+register("E1", "benchmarks.p2_checkpointing", "EcoDiff run time, T=10, 8 prompts", func="run_e1")
