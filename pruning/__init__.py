@@ -7,15 +7,17 @@ The public API (a contract: code outside this package uses these names)::
 """
 
 from .catalog import catalog
+from .compare import compare_methods
 from .errors import ExportError, ModelLoadError, PlanError, PruningError
 from .export import export, load_pruned
 from .loading import Handle, load_pipeline
 from .masks import masked
 from .plan import PruningPlan
+from .recover import RecoverSettings, recover
 from .sampling import generate_images, generate_latents
 from .slim import slim
 
 __all__ = [
     "load_pipeline", "Handle", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
-    "generate_latents", "generate_images", "PruningError", "ModelLoadError", "PlanError", "ExportError",
+    "generate_latents", "generate_images", "recover", "RecoverSettings", "compare_methods", "PruningError", "ModelLoadError", "PlanError", "ExportError",
 ]

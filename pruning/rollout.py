@@ -148,25 +148,35 @@ def _prepare_flux(handle, pipe, scheduler, prompts, gens, steps, guidance, res, 
                       vae_scale_factor=pipe.vae_scale_factor, meta=meta)
 
 
-def step(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -> torch.Tensor:
-    """One denoising step from z_i; a pure function of its inputs (and the denoiser's gates)."""
+def raw_outputs(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -> list[torch.Tensor]:
+    """The denoiser's raw outputs at step i, exactly as the pipeline calls it: one output for
+    the (CFG-doubled) batch, or [conditional, negative] for FLUX true CFG."""
     t, sched = traj.timesteps[i], traj.scheduler
     if traj.family == "flux":
         timestep = t.expand(z.shape[0]).to(z.dtype) / 1000
-        pred = denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.cond)[0]
+        outs = [denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.cond)[0]]
         if traj.mode == "true_cfg":
-            neg = denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.neg_cond)[0]
-            pred = neg + traj.guidance * (pred - neg)
+            outs.append(denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.neg_cond)[0])
+        return outs
+    x = torch.cat([z, z]) if traj.mode == "cfg" else z  # (2B, C, H, W) for CFG
+    sched._step_index = i
+    x = sched.scale_model_input(x, t)
+    return [denoiser(x, t, return_dict=False, **traj.cond)[0]]
+
+
+def step(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -> torch.Tensor:
+    """One denoising step from z_i; a pure function of its inputs (and the denoiser's gates)."""
+    outs = raw_outputs(denoiser, traj, i, z)
+    if traj.mode == "true_cfg":
+        pred = outs[1] + traj.guidance * (outs[0] - outs[1])
+    elif traj.mode == "cfg":
+        uncond, text = outs[0].chunk(2)
+        pred = uncond + traj.guidance * (text - uncond)
     else:
-        x = torch.cat([z, z]) if traj.mode == "cfg" else z  # (2B, C, H, W) for CFG
-        sched._step_index = i
-        x = sched.scale_model_input(x, t)
-        pred = denoiser(x, t, return_dict=False, **traj.cond)[0]
-        if traj.mode == "cfg":
-            uncond, text = pred.chunk(2)
-            pred = uncond + traj.guidance * (text - uncond)
+        pred = outs[0]
+    sched = traj.scheduler
     sched._step_index = i  # the scheduler keeps no other state across steps
-    return sched.step(pred, t, z, return_dict=False)[0]
+    return sched.step(pred, traj.timesteps[i], z, return_dict=False)[0]
 
 
 def rollout(denoiser: torch.nn.Module, traj: Trajectory, z: torch.Tensor | None = None,
