@@ -1,0 +1,111 @@
+"""Diff-Pruning: the threshold rule, Taylor importance by hand, recovery, the comparison table."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+
+from pruning import PruningPlan, RecoverSettings, recover
+from pruning.catalog import discover
+from pruning.errors import PruningError
+from pruning.methods.diffpruning import (
+    TaylorSettings,
+    ThresholdRule,
+    _clean_latents,
+    _loss_at,
+    importance,
+    timesteps_used,
+    to_plan,
+)
+
+
+def test_threshold_rule_on_hand_built_losses():
+    # L_max rises to 10 at the second step; 0.4 < 0.05 * 10 stops the run at index 4 (included)
+    losses = [6.0, 10.0, 3.0, 0.6, 0.4, 0.1, 20.0]
+    assert timesteps_used(losses, thr=0.05) == [0, 1, 2, 3, 4]
+    assert timesteps_used(losses, thr=0.0) == list(range(7))  # thr 0: never stops early
+    assert timesteps_used([1.0, 0.9, 0.5, 0.2], thr=0.5) == [0, 1, 2, 3]
+    rule = ThresholdRule(0.5)
+    assert [rule.keep_going(x) for x in (2.0, 1.5, 0.9)] == [True, True, False]
+    with pytest.raises(PruningError, match="threshold thr 1.5"):
+        ThresholdRule(1.5)
+
+
+def test_importance_equals_hand_computed_taylor(tiny_sd):
+    settings = TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=1000, kinds=("head",))
+    df = importance(tiny_sd, settings, progress=False)
+    assert df.attrs["timesteps"] == [0]  # stride 1000: only t = 0
+    fqn = next(f for f, s in discover(tiny_sd.denoiser).structures.items() if s.kind == "head")
+    s = discover(tiny_sd.denoiser).structures[fqn]
+
+    # by hand: the same loss on a copy of the model, .backward(), then |w * grad| per head
+    model = copy.deepcopy(tiny_sd.denoiser)
+    twin = copy.copy(tiny_sd)
+    twin.denoiser = model
+    x0, cond, _ = _clean_latents(tiny_sd, settings)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(settings.noise_seed))
+    _loss_at(twin, x0, noise, cond, 0).backward()
+    attn = model.get_submodule(fqn)
+    hd = s.unit_size
+    for h in range(s.units):
+        rows = slice(h * hd, (h + 1) * hd)
+        want = sum((lin.weight[rows] * lin.weight.grad[rows]).abs().sum() for lin in (attn.to_q, attn.to_k, attn.to_v))
+        want = want + (attn.to_out[0].weight[:, rows] * attn.to_out[0].weight.grad[:, rows]).abs().sum()
+        for lin in (attn.to_q, attn.to_k, attn.to_v):
+            if lin.bias is not None:
+                want = want + (lin.bias[rows] * lin.bias.grad[rows]).abs().sum()
+        got = df[(df["fqn"] == fqn) & (df["index"] == h)]["importance"].item()
+        assert got == pytest.approx(want.item(), rel=1e-4)
+    assert all(p.grad is None for p in tiny_sd.denoiser.parameters())  # the model got no gradients
+
+
+def test_importance_table_and_plan(tiny_handle):
+    df = importance(tiny_handle, TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=250),
+                    progress=False)
+    found = discover(tiny_handle.denoiser).structures
+    assert len(df) == sum(s.units for s in found.values())
+    assert (df["importance"] >= 0).all() and df["importance"].sum() > 0
+    assert 1 <= len(df.attrs["timesteps"]) <= 4 and len(df.attrs["losses"]) == len(df.attrs["timesteps"])
+    plan = to_plan(tiny_handle, df, target_sparsity=0.2)
+    assert abs(plan.summary(tiny_handle.denoiser)["params_fraction"] - 0.2) <= 0.01
+    assert plan.provenance["method"] == "taylor"
+
+
+def test_importance_stop_and_bad_input(tiny_sd):
+    stop = threading.Event()
+    df = importance(tiny_sd, TaylorSettings(prompts=["a red circle"], steps=2, stride=100, thr=0.0),
+                    progress=lambda done, total, info: stop.set(), stop=stop)
+    assert df.attrs["partial"] and df.attrs["timesteps"] == [0]
+    with pytest.raises(PruningError, match="prompts .* or images"):
+        importance(tiny_sd, TaylorSettings())
+    with pytest.raises(PruningError, match="stride must be >= 1, got 0"):
+        importance(tiny_sd, TaylorSettings(prompts=["a"], stride=0))
+    with pytest.raises(PruningError, match="'rows'"):
+        importance(tiny_sd, TaylorSettings(prompts=["a"], kinds=("rows",)))
+
+
+def test_importance_from_user_images(tiny_sd, tmp_path):
+    from PIL import Image
+
+    for i, color in enumerate([(255, 0, 0), (0, 0, 255)]):
+        Image.new("RGB", (32, 32), color).save(tmp_path / f"{i}.png")
+    df = importance(tiny_sd, TaylorSettings(images=str(tmp_path), stride=500, kinds=("neuron",)), progress=False)
+    assert set(df["kind"]) == {"neuron"} and df["importance"].sum() > 0
+    with pytest.raises(PruningError, match="no PNG/JPEG images"):
+        importance(tiny_sd, TaylorSettings(images=str(tmp_path / "empty")), progress=False)
+
+
+def test_recover_trains_only_the_copy(tiny_sd):
+    fqn = next(f for f, s in discover(tiny_sd.denoiser).structures.items() if s.kind == "neuron")
+    plan = PruningPlan(family="sd", base=tiny_sd.model_ref, kept_neurons={fqn: [0, 1]})
+    before = {k: v.clone() for k, v in tiny_sd.denoiser.state_dict().items()}
+    small = recover(tiny_sd, plan, RecoverSettings(prompts=["a red circle", "a blue square"], steps=2, iters=20,
+                                                   lr=1e-3), progress=False)
+    assert small.recovery["iters"] == 20 and not small.recovery["partial"]
+    assert all(torch.equal(before[k], v) for k, v in tiny_sd.denoiser.state_dict().items())
+    losses = small.recovery["losses"]
+    assert sum(losses[-5:]) < sum(losses[:5])  # distillation makes progress
+    assert all(p.grad is None for p in small.parameters())
