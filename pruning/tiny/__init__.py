@@ -1,0 +1,38 @@
+"""The bundled tiny shapes models: synthetic data set, model configs and training.
+
+Train with ``python -m pruning.tiny train --arch sd|flux`` (see `pruning.tiny.train` for the
+recipe). Importing this package loads no model and trains nothing.
+
+>>> from pruning.tiny import heldout_prompts, BUNDLED
+>>> len(heldout_prompts()) >= 64, sorted(BUNDLED)
+(True, ['tiny-shapes-flux', 'tiny-shapes-sd'])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import (
+    ALL_PROMPTS,
+    BACKGROUNDS,
+    COLORS,
+    HELDOUT_PROMPTS,
+    POSITIONS,
+    SHAPES,
+    TRAIN_PROMPTS,
+    caption,
+    heldout_prompts,
+    make_images,
+    parse_caption,
+    render,
+    train_prompts,
+)
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# bundled name -> diffusers folder (each has a pruning_defaults.json: steps, guidance, resolution, ...)
+BUNDLED = {"tiny-shapes-sd": ASSETS / "tiny-shapes-sd", "tiny-shapes-flux": ASSETS / "tiny-shapes-flux"}
+
+__all__ = [
+    "ALL_PROMPTS", "ASSETS", "BACKGROUNDS", "BUNDLED", "COLORS", "HELDOUT_PROMPTS", "POSITIONS", "SHAPES",
+    "TRAIN_PROMPTS", "caption", "heldout_prompts", "make_images", "parse_caption", "render", "train_prompts",
+]

@@ -1,0 +1,163 @@
+"""Configs and builders of the tiny shapes models (tokenizers, text encoders, VAE, denoisers).
+
+All components are built from scratch with seeded initialization; nothing is downloaded.
+Text encoders stay frozen at their random initialization (distinct embeddings per prompt).
+
+>>> tok = clip_tokenizer()
+>>> tok.tokenize("a red circle")
+['a</w>', 'red</w>', 'circle</w>']
+>>> tok.model_max_length
+16
+>>> t5 = t5_tokenizer()
+>>> t5.tokenize("a red circle")
+['▁a', '▁red', '▁circle']
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .data import WORDS
+
+MAX_LENGTH = 16  # tokens; every caption fits (13 with BOS/EOS)
+TEXT_DIM = 64
+
+CLIP_SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+T5_SPECIAL = ["<pad>", "</s>", "<unk>"]
+
+CLIP_CONFIG = dict(
+    hidden_size=TEXT_DIM, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+    max_position_embeddings=MAX_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    hidden_act="quick_gelu", projection_dim=TEXT_DIM,
+)
+T5_CONFIG = dict(
+    d_model=TEXT_DIM, d_kv=32, d_ff=128, num_layers=2, num_heads=2, relative_attention_num_buckets=8,
+    feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+)
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[8, 16, 32, 64], norm_num_groups=4, shift_factor=0.0,
+)
+UNET_CONFIG = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    block_out_channels=[32, 64], norm_num_groups=8, attention_head_dim=4,  # = 4 heads (diffusers naming)
+    cross_attention_dim=TEXT_DIM,
+)
+FLUX_CONFIG = dict(
+    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=32,
+    num_attention_heads=4, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+    guidance_embeds=False, axes_dims_rope=[8, 12, 12],
+)
+# v-prediction on a zero-terminal-SNR schedule: pure noise at the first step (dark/bright backgrounds work)
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+    prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+)
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+
+
+def clip_tokenizer():
+    """A CLIPTokenizer whose vocabulary is the data set's words (one token per word)."""
+    from transformers import CLIPTokenizer
+
+    vocab = {t: i for i, t in enumerate(CLIP_SPECIAL)}
+    merges: list[tuple[str, str]] = []
+    pieces = set(vocab)
+
+    def add(tok):
+        if tok not in vocab:
+            vocab[tok] = len(vocab)
+
+    for c in sorted({ch for w in WORDS for ch in w}):  # single characters, then whole words
+        add(c)
+        add(c + "</w>")
+    for w in WORDS:
+        add(w + "</w>")
+    # merges chaining characters into words, left to right; repaired until every word is one token
+    for w in WORDS:
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = parts[0]
+        for p in parts[1:]:
+            if (cur, p) not in merges:
+                merges.append((cur, p))
+            cur = cur + p
+            add(cur)
+            pieces.add(cur)
+    for _ in range(10):
+        tok = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MAX_LENGTH,
+                            unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+        bad = False
+        for w in WORDS:
+            parts = tok.tokenize(w)
+            if len(parts) > 1:
+                bad = True
+                cur = parts[0]
+                for p in parts[1:]:
+                    merges.append((cur, p))
+                    cur = cur + p
+                    add(cur)
+        if not bad:
+            return tok
+    raise RuntimeError("could not build one-token-per-word merges")
+
+
+def t5_tokenizer():
+    """A T5 (unigram) tokenizer whose vocabulary is the data set's words."""
+    from transformers import T5Tokenizer
+
+    vocab = [(t, 0.0) for t in T5_SPECIAL] + [("▁" + w, -1.0) for w in WORDS]
+    vocab += [(c, -10.0) for c in sorted({ch for w in WORDS for ch in w})] + [("▁", -10.0)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=MAX_LENGTH)
+
+
+def clip_text_encoder(seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=len(clip_tokenizer().get_vocab()), **CLIP_CONFIG)
+    return CLIPTextModel(cfg).eval().requires_grad_(False)
+
+
+def t5_text_encoder(seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed + 1)
+    cfg = T5Config(vocab_size=len(t5_tokenizer().get_vocab()), **T5_CONFIG)
+    return T5EncoderModel(cfg).eval().requires_grad_(False)
+
+
+def vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed + 2)
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def unet(seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed + 3)
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def flux_transformer(seed: int = 0):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed + 4)
+    return FluxTransformer2DModel(**FLUX_CONFIG)
+
+
+def sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SD_SCHEDULER)
+
+
+def flux_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)

@@ -1,0 +1,373 @@
+"""Training of the bundled tiny shapes models, on CPU, from a seed.
+
+Recipe (all seeded; `python -m pruning.tiny train --arch sd|flux` runs every stage it needs):
+
+1. **VAE** (`AutoencoderKL`, factor 8, 4 latent channels, blocks 8/16/32/64, 4 groups, 0.69M
+   params): images rendered on the fly from the *training* prompts (random jitter), batch 16,
+   random 8-aligned 32x32 crops, decoder fed the posterior mean + 0.05 noise, loss (L1 + MSE)
+   on [-1, 1] pixels weighted 11x on the shape's pixels + 1e-6 KL; two cosine cycles
+   (`VAE_CYCLES`: 1500 steps at peak lr 1e-3, then 1000 at 2e-3, fresh AdamW). Afterwards
+   `scaling_factor` = 1 / std of the posterior means (`shift_factor` 0). Then the encoder is
+   frozen (the latent space is final) and the decoder alone is fine-tuned on full 64x64 images
+   (`DECODER_CYCLE`: 600 steps, peak lr 1e-3), which can run alongside the denoisers.
+2. **Latent cache**: `PER_PROMPT` jittered images per training prompt, encoded (posterior mean,
+   scaled); text embeddings of every training prompt and of "" from the frozen, randomly
+   initialized text encoders (computed with the pipeline's own `encode_prompt`).
+3. **Denoiser**, on the cached latents, batch 64, AdamW lr 1e-3 (200 warm-up steps, cosine to
+   1e-4), grad clip 1, EMA 0.999 (the EMA weights ship), caption dropout 10% (prompt -> "").
+   - `sd`: `UNet2DConditionModel` (blocks 32/64, 4 heads, GEGLU, 8 groups), v-prediction on a
+     scaled-linear schedule rescaled to zero terminal SNR; sampled with `DDIMScheduler`
+     (trailing spacing) and classic classifier-free guidance (`guidance_scale`).
+   - `flux`: `FluxTransformer2DModel` (2 double + 2 single blocks, 4 heads of 32, no guidance
+     embedding), rectified flow (x_t = (1 - s) x0 + s noise, target noise - x0, s logit-normal);
+     sampled with `FlowMatchEulerDiscreteScheduler` and **true CFG**: pass
+     `true_cfg_scale=guidance, negative_prompt=""` and `max_sequence_length=16` to `FluxPipeline`.
+4. **Defaults**: a small grid of steps x guidance on the 64 held-out prompts (seeds 0..63);
+   the best mean accuracy is written to `pruning_defaults.json` next to the pipeline.
+
+>>> VAE_CYCLES, PER_PROMPT, DENOISER_STEPS
+(((1500, 0.001), (1000, 0.002)), 48, {'sd': 4000, 'flux': 4000})
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import models as M
+from .data import HELDOUT_PROMPTS, TRAIN_PROMPTS, make_images, render
+
+SEED = 0
+VAE_CYCLES = ((1500, 1e-3), (1000, 2e-3))  # (steps, peak lr) per cosine cycle
+DECODER_CYCLE = (600, 1e-3)  # then the decoder alone, encoder frozen
+VAE_BATCH = 16
+VAE_CROP = int(os.environ.get('PRUNING_TINY_VAE_CROP', 32))
+VAE_FG_WEIGHT = 10.0
+VAE_LATENT_NOISE = 0.05
+PER_PROMPT = 48
+BATCH = 64
+DENOISER_STEPS = {"sd": 4000, "flux": 4000}
+LR = 1e-3
+WARMUP = 200
+EMA = 0.999
+DROPOUT = 0.1
+GRID_STEPS = (10, 20, 30)
+GRID_GUIDANCE = (1.0, 2.0, 3.0, 5.0)
+WORKDIR = Path(os.environ.get("PRUNING_TINY_WORKDIR", "/tmp/pruning-tiny"))
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+NAMES = {"sd": "tiny-shapes-sd", "flux": "tiny-shapes-flux"}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _lr(step: int, total: int) -> float:
+    if step < WARMUP:
+        return LR * (step + 1) / WARMUP
+    p = (step - WARMUP) / max(1, total - WARMUP)
+    return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, 64, 64)
+
+
+def _vae_cycle(vae, steps: int, lr: float, seed: int, reseed: bool = True) -> None:
+    """One cosine cycle of VAE training (fresh AdamW, rng seeded by `seed`)."""
+    from ..quality import shape_task_accuracy, to_uint8
+
+    if reseed:
+        torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    check, check_caps = make_images(HELDOUT_PROMPTS[:32], per_prompt=1, seed=99)
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps) * lr / LR
+        imgs = np.stack([render(rng.choice(TRAIN_PROMPTS), seed=rng.randrange(1 << 30)) for _ in range(VAE_BATCH)])
+        x = _to_tensor(imgs)
+        if VAE_CROP:  # a random 8-aligned crop: same local task, a quarter of the compute
+            i, j = rng.randrange(0, 64 - VAE_CROP + 1, 8), rng.randrange(0, 64 - VAE_CROP + 1, 8)
+            x = x[:, :, i : i + VAE_CROP, j : j + VAE_CROP]
+        bg = _to_tensor(imgs[:, :1, :1]).flatten(1)[:, :, None, None]  # (B, 3, 1, 1) corner = background
+        weight = 1.0 + VAE_FG_WEIGHT * ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()  # the shape matters
+        post = vae.encode(x).latent_dist
+        z = post.mean + VAE_LATENT_NOISE * torch.randn_like(post.mean)
+        rec = vae.decode(z).sample
+        err = rec - x
+        loss = (weight * (err.abs() + err.pow(2))).mean() / weight.mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            with torch.no_grad():
+                r = vae.decode(vae.encode(_to_tensor(check)).latent_dist.mean).sample
+            acc = shape_task_accuracy(to_uint8((r / 2 + 0.5).clamp(0, 1)), check_caps)
+            _log(f"vae step {step} loss {loss.item():.4f} recon acc color {acc['color']:.2f} shape "
+                 f"{acc['shape']:.2f} position {acc['position']:.2f} ({time.time() - t0:.0f}s)")
+
+
+def _decoder_cycle(vae, steps: int, lr: float, seed: int) -> None:
+    """Fine-tune the decoder only (encoder frozen, so the latent space is final), full 64x64 images."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for q in params:
+        q.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    check, check_caps = make_images(HELDOUT_PROMPTS[:32], per_prompt=1, seed=99)
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps) * lr / LR
+        imgs = np.stack([render(rng.choice(TRAIN_PROMPTS), seed=rng.randrange(1 << 30)) for _ in range(VAE_BATCH)])
+        x = _to_tensor(imgs)
+        bg = x[:, :, :1, :1]
+        weight = 1.0 + VAE_FG_WEIGHT * ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z + VAE_LATENT_NOISE * torch.randn_like(z)).sample
+        err = rec - x
+        loss = (weight * (err.abs() + err.pow(2))).mean() / weight.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"decoder step {step} loss {loss.item():.4f} recon {_recon_acc(vae, check, check_caps)} "
+                 f"({time.time() - t0:.0f}s)")
+    vae.requires_grad_(False)
+
+
+def _recon_acc(vae, images, captions) -> str:
+    from ..quality import shape_task_accuracy, to_uint8
+
+    with torch.no_grad():
+        r = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mean).sample
+    acc = shape_task_accuracy(to_uint8((r / 2 + 0.5).clamp(0, 1)), captions)
+    return " ".join(f"{k} {acc[k]:.2f}" for k in ("color", "shape", "position"))
+
+
+def _set_scaling(vae, seed: int = SEED) -> None:
+    imgs, _ = make_images(TRAIN_PROMPTS, per_prompt=2, seed=seed + 7)
+    with torch.no_grad():
+        mean = torch.cat([vae.encode(_to_tensor(imgs[i : i + 128])).latent_dist.mean for i in range(0, len(imgs), 128)])
+    vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+
+
+def train_vae(seed: int = SEED):
+    """Train the shared VAE (the cycles of VAE_CYCLES in turn); returns it with `scaling_factor` set."""
+    t0 = time.time()
+    vae = M.vae(seed)
+    for c, (steps, lr) in enumerate(VAE_CYCLES):
+        vae.train().requires_grad_(True)
+        _vae_cycle(vae, steps, lr, seed + c, reseed=c > 0)  # cycle 0 continues the init's torch rng
+    vae.eval().requires_grad_(False)
+    _set_scaling(vae, seed)
+    _decoder_cycle(vae, *DECODER_CYCLE, seed + len(VAE_CYCLES))  # latents are fixed from here on
+    vae.eval().requires_grad_(False)
+    _log(f"vae done in {time.time() - t0:.0f}s, scaling_factor {vae.config.scaling_factor:.4f}")
+    return vae
+
+
+def components(vae, seed: int = SEED) -> dict:
+    """The shared, frozen components (VAE, CLIP, T5 and their tokenizers)."""
+    return {
+        "vae": vae,
+        "text_encoder": M.clip_text_encoder(seed),
+        "tokenizer": M.clip_tokenizer(),
+        "text_encoder_2": M.t5_text_encoder(seed),
+        "tokenizer_2": M.t5_tokenizer(),
+    }
+
+
+def build_pipeline(arch: str, denoiser, comps: dict):
+    """Assemble a StableDiffusionPipeline or FluxPipeline around `denoiser`."""
+    if arch == "sd":
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=denoiser,
+            scheduler=M.sd_scheduler(), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    from diffusers import FluxPipeline
+
+    return FluxPipeline(
+        scheduler=M.flux_scheduler(), vae=comps["vae"], text_encoder=comps["text_encoder"],
+        tokenizer=comps["tokenizer"], text_encoder_2=comps["text_encoder_2"], tokenizer_2=comps["tokenizer_2"],
+        transformer=denoiser,
+    )
+
+
+def cache_latents(vae, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scaled latents (N, 4, 8, 8), prompt index (N,)) of PER_PROMPT images per training prompt."""
+    imgs, _ = make_images(TRAIN_PROMPTS, per_prompt=PER_PROMPT, seed=seed + 1)
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(_to_tensor(imgs[i : i + 256])).latent_dist.mean for i in range(0, len(imgs), 256)])
+    lat = (lat - vae.config.shift_factor) * vae.config.scaling_factor
+    idx = torch.arange(len(TRAIN_PROMPTS)).repeat_interleave(PER_PROMPT)
+    return lat, idx
+
+
+@torch.no_grad()
+def text_embeddings(arch: str, pipe) -> dict:
+    """Embeddings of TRAIN_PROMPTS + [""] (the last row is the empty prompt), as the pipeline computes them."""
+    prompts = TRAIN_PROMPTS + [""]
+    if arch == "sd":
+        emb, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
+        return {"emb": emb}
+    emb, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=M.MAX_LENGTH)
+    return {"emb": emb, "pooled": pooled}
+
+
+def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, threads: int | None = None):
+    """Train the SD UNet or the FLUX transformer on cached latents; returns the pipeline (EMA weights)."""
+    from diffusers import DDPMScheduler, FluxPipeline
+
+    if threads:
+        torch.set_num_threads(threads)
+    steps = steps or DENOISER_STEPS[arch]
+    comps = components(vae, seed)
+    model = M.unet(seed) if arch == "sd" else M.flux_transformer(seed)
+    pipe = build_pipeline(arch, model, comps)
+    text = text_embeddings(arch, pipe)
+    lat, pidx = cache_latents(vae, seed)
+    empty = len(TRAIN_PROMPTS)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    noise_sched = DDPMScheduler(**{k: v for k, v in M.SD_SCHEDULER.items() if k != "set_alpha_to_one"})
+    img_ids = FluxPipeline._prepare_latent_image_ids(BATCH, 4, 4, "cpu", torch.float32)  # (16, 3)
+    txt_ids = torch.zeros(M.MAX_LENGTH, 3)
+    g = torch.Generator().manual_seed(seed + 10)
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        for grp in opt.param_groups:
+            grp["lr"] = _lr(step, steps)
+        i = torch.randint(len(lat), (BATCH,), generator=g)
+        x0, p = lat[i], pidx[i].clone()
+        p[torch.rand(BATCH, generator=g) < DROPOUT] = empty
+        noise = torch.randn(x0.shape, generator=g)
+        if arch == "sd":
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (BATCH,), generator=g)
+            xt = noise_sched.add_noise(x0, noise, t)
+            pred = model(xt, t, text["emb"][p]).sample
+            target = noise_sched.get_velocity(x0, noise, t)
+        else:
+            s = torch.sigmoid(torch.randn(BATCH, generator=g))  # logit-normal sigma in (0, 1)
+            xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
+            pred = model(
+                hidden_states=FluxPipeline._pack_latents(xt, BATCH, 4, 8, 8), timestep=s,
+                pooled_projections=text["pooled"][p], encoder_hidden_states=text["emb"][p],
+                txt_ids=txt_ids, img_ids=img_ids,
+            ).sample  # (B, 16 tokens, 16)
+            target = FluxPipeline._pack_latents(noise - x0, BATCH, 4, 8, 8)
+        loss = (pred - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(EMA, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else ema[k].copy_(v)
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"{arch} step {step} loss {loss.item():.4f} lr {_lr(step, steps):.2e} ({time.time() - t0:.0f}s)")
+    model.load_state_dict(ema)
+    model.eval().requires_grad_(False)
+    _log(f"{arch} denoiser done in {time.time() - t0:.0f}s")
+    return pipe
+
+
+def choose_defaults(arch: str, pipe, prompts=HELDOUT_PROMPTS) -> tuple[dict, list[dict]]:
+    """Grid over steps x guidance on the held-out prompts; returns (best defaults, all rows)."""
+    from ..quality import evaluate
+
+    seeds = list(range(len(prompts)))
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    for steps in GRID_STEPS:
+        for guidance in GRID_GUIDANCE:
+            acc = evaluate(pipe, prompts, seeds, steps=steps, guidance=guidance)
+            row = {"steps": steps, "guidance": guidance, **{k: acc[k] for k in ("color", "shape", "position", "all")}}
+            _log(f"{arch} grid {row}")
+            rows.append(row)
+    # best mean accuracy; ties go to fewer steps (cheaper), then lower guidance
+    best = max(rows, key=lambda r: (round(r["color"] + r["shape"] + r["position"] + r["all"], 6), -r["steps"], -r["guidance"]))
+    defaults = {"steps": best["steps"], "guidance": best["guidance"], "resolution": 64}
+    if arch == "flux":
+        defaults.update(guidance_mode="true_cfg", negative_prompt="", max_sequence_length=M.MAX_LENGTH)
+    else:
+        defaults.update(guidance_mode="cfg")
+    return defaults, rows
+
+
+def save(arch: str, pipe, defaults: dict, info: dict, out: Path | None = None) -> Path:
+    out = Path(out or ASSETS / NAMES[arch])
+    pipe.save_pretrained(out, safe_serialization=True)
+    with open(out / "pruning_defaults.json", "w") as f:
+        json.dump({**defaults, "training": info}, f, indent=1)
+    return out
+
+
+def vae_path() -> Path:
+    return WORKDIR / "vae"
+
+
+def get_vae(seed: int = SEED, threads: int | None = None):
+    """The trained VAE from the work dir, training (and saving) it first if needed."""
+    from diffusers import AutoencoderKL
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = vae_path()
+    if (path / "config.json").exists():
+        return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False), None
+    t0 = time.time()
+    vae = train_vae(seed=seed)
+    vae.save_pretrained(path, safe_serialization=True)
+    secs = time.time() - t0
+    (path / "train_seconds.txt").write_text(f"{secs:.1f}\n")
+    return vae, secs
+
+
+def train(arch: str, seed: int = SEED, steps: int | None = None, threads: int | None = None, out=None) -> Path:
+    """Everything for one bundled model: VAE (if not cached), denoiser, defaults, save."""
+    torch.manual_seed(seed)
+    vae, vae_secs = get_vae(seed)
+    if vae_secs is None and (vae_path() / "train_seconds.txt").exists():
+        vae_secs = float((vae_path() / "train_seconds.txt").read_text())
+    t0 = time.time()
+    pipe = train_denoiser(arch, vae, steps=steps, seed=seed, threads=threads)
+    den_secs = time.time() - t0
+    defaults, rows = choose_defaults(arch, pipe)
+    info = {"seed": seed, "vae_seconds": round(vae_secs or 0, 1), "denoiser_seconds": round(den_secs, 1),
+            "denoiser_steps": steps or DENOISER_STEPS[arch], "grid": rows}
+    path = save(arch, pipe, defaults, info, out)
+    _log(f"saved {path}: {defaults}")
+    return path
+
+
+def redo_defaults(path) -> dict:
+    """Re-run the defaults grid for a saved model folder and rewrite its `pruning_defaults.json`."""
+    from ..quality import load_bundled, pipeline_family
+
+    pipe, old = load_bundled(path)
+    defaults, rows = choose_defaults(pipeline_family(pipe), pipe)
+    info = {**old.get("training", {}), "grid": rows}
+    with open(Path(path) / "pruning_defaults.json", "w") as f:
+        json.dump({**defaults, "training": info}, f, indent=1)
+    _log(f"{path}: {defaults}")
+    return defaults
