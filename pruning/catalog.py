@@ -231,6 +231,12 @@ def unit_params(denoiser: nn.Module, s: Structure, within: bool = False) -> int:
     return sum(params[c.param].numel() // params[c.param].shape[c.dim] * s.unit_size for c in cuts)
 
 
+def unit_view(t, cut: Cut, s: Structure):
+    """The slice of ``t`` (shaped like ``cut.param``) owned by the units of ``s``, as (units, -1)."""
+    part = t.narrow(cut.dim, cut.offset, s.units * s.unit_size).movedim(cut.dim, 0)  # (units*unit_size, ...)
+    return part.reshape(s.units, -1)  # (units, unit_size * rest)
+
+
 def unit_macs(macs: dict[str, int], s: Structure) -> float:
     """MACs removed per unit of ``s`` (exact: every part is linear in the unit count)."""
     return sum(macs.get(fqn, 0) * s.unit_size / extent for fqn, extent in s.mac_parts)
@@ -332,5 +338,5 @@ def total_params(denoiser: nn.Module) -> int:
 
 __all__ = [
     "Cut", "Structure", "Operator", "Discovery", "discover", "catalog", "kind_shares", "position",
-    "unit_params", "unit_macs", "operator_params", "operator_macs", "total_params",
+    "unit_params", "unit_macs", "unit_view", "operator_params", "operator_macs", "total_params",
 ]

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..catalog import discover
+from ..catalog import discover, unit_view
 from ..errors import PruningError
 from ..plan import PruningPlan
 from ..rollout import prepare, rollout
@@ -188,8 +188,7 @@ def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=KINDS) -> dict[s
         score = torch.zeros(s.units)
         for c in s.cuts:
             wg = (params[c.param].detach().float() * grads[c.param].float()).abs()
-            wg = wg.narrow(c.dim, c.offset, s.units * s.unit_size).movedim(c.dim, 0)
-            score += wg.reshape(s.units, -1).sum(1).cpu()  # (units, unit_size * rest)
+            score += unit_view(wg, c, s).sum(1).cpu()
         out[fqn] = score
     return out
 

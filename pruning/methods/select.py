@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..catalog import catalog, discover
+from ..catalog import catalog, discover, unit_view
 from ..errors import PlanError
 from ..plan import PruningPlan
 
@@ -154,9 +154,7 @@ def magnitude_scores(handle, kinds=KINDS) -> dict[str, torch.Tensor]:
             continue
         sq = torch.zeros(s.units)
         for c in s.cuts:
-            w = params[c.param].detach().float()
-            w = w.narrow(c.dim, c.offset, s.units * s.unit_size).movedim(c.dim, 0)
-            sq += w.reshape(s.units, -1).pow(2).sum(1).cpu()  # (units, unit_size * rest)
+            sq += unit_view(params[c.param].detach().float(), c, s).pow(2).sum(1).cpu()
         out[fqn] = sq.sqrt()
     return out
 
