@@ -112,14 +112,14 @@ def run(quick: bool = False) -> dict:
 
 
 def run_e1(quick: bool = False) -> dict:
-    """E1: wall time of one EcoDiff optimization, T=10, 8 prompts (batch 4, 1 epoch)."""
+    """E1: wall time of one EcoDiff optimization, T=10, 8 prompts (default epochs and batch)."""
     from pruning.methods.ecodiff import EcoDiffSettings, optimize
     from pruning.tiny import heldout_prompts
 
     torch.set_num_threads(2)
     handle = _handle()
     prompts = list(heldout_prompts())[: 2 if quick else 8]
-    settings = EcoDiffSettings(prompts=prompts, steps=2 if quick else 10, epochs=1, batch_size=4)
+    settings = EcoDiffSettings(prompts=prompts, steps=2 if quick else 10, epochs=1 if quick else 4)
     t0 = time.perf_counter()
     state = optimize(handle, settings, progress=False)
     seconds = time.perf_counter() - t0

@@ -32,7 +32,7 @@ from diffusers.models.transformers.transformer_flux import (
 )
 from torch import nn
 
-from .metrics import example_inputs, is_flux, module_macs
+from .metrics import example_inputs, is_flux, meta_twin, module_macs
 
 FINE_KINDS = ("attn1", "attn2", "ff", "resnet", "attn", "ff_context")
 BLOCK_KINDS = ("transformer", "resnet", "double_block", "single_block")
@@ -254,19 +254,14 @@ def operator_macs(macs: dict[str, int], op: Operator) -> int:
 
 
 def _execution_order(denoiser: nn.Module, fqns: list[str], inputs: dict) -> tuple[dict[str, int], dict[str, int]]:
-    """Order in which modules first run in a meta forward (depth for heatmap rows)."""
+    """Order in which modules first run in a meta forward (depth for heatmap rows), and MACs."""
     order: dict[str, int] = {}
-    handles = []
+    twin = meta_twin(denoiser)  # hooks go on the twin: the real model is never touched
     for fqn in fqns:
         def hook(_m, _a, fqn=fqn):
             order.setdefault(fqn, len(order))
-        handles.append(_get(denoiser, fqn).register_forward_pre_hook(hook))
-    try:
-        macs = module_macs(denoiser, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return order, macs
+        _get(twin, fqn).register_forward_pre_hook(hook)
+    return order, module_macs(denoiser, inputs, twin=twin)
 
 
 def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: int | None = None):

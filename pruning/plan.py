@@ -55,6 +55,12 @@ class PruningPlan:
             object.__setattr__(self, name, _frozen_map(getattr(self, name)))
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance or {})))
 
+    def __copy__(self) -> PruningPlan:
+        return self  # immutable: copies may share it
+
+    def __deepcopy__(self, memo) -> PruningPlan:
+        return self
+
     # ------------------------------------------------------------------ (de)serialisation
 
     def to_dict(self) -> dict:

@@ -60,9 +60,9 @@ class EcoDiffSettings:
     steps: int | None = None  # T; default from the model
     guidance: float | None = None
     resolution: int | None = None
-    epochs: int = 2
+    epochs: int = 4
     batch_size: int = 4
-    lr: dict = field(default_factory=lambda: {"head": 0.2, "neuron": 0.2, "group": 0.2})
+    lr: dict = field(default_factory=lambda: {"head": 0.5, "neuron": 0.5, "group": 0.5})
     beta: float = 0.1
     regularizer: str = "l0"
     gate: str = "hard_concrete"
@@ -237,7 +237,7 @@ def optimize(handle, settings: EcoDiffSettings, *, progress: Callable | None = N
     groups: dict[str, list] = {}
     for fqn, g in zip(gates.fqns, gates.gates):
         groups.setdefault(kinds[fqn], []).append(g.log_alpha)
-    opt = torch.optim.AdamW([{"params": ps, "lr": float(settings.lr.get(k, 0.2))} for k, ps in groups.items()],
+    opt = torch.optim.AdamW([{"params": ps, "lr": float(settings.lr.get(k, 0.5))} for k, ps in groups.items()],
                             weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     rows, partial = [], False
