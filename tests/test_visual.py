@@ -1,0 +1,62 @@
+"""visual/: Plotly figures from DataFrames, without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import plotly.graph_objects as go
+
+import visual
+from pruning.catalog import catalog
+
+
+def test_visual_does_not_import_torch():
+    code = "import sys, visual; assert 'torch' not in sys.modules, 'visual imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_operator_heatmap_rows_in_depth_order(tiny_sd):
+    ops, _ = catalog(tiny_sd.denoiser)
+    df = ops.assign(score=range(len(ops)))
+    fig = visual.operator_heatmap(df.sample(frac=1, random_state=0))  # input order must not matter
+    heat = fig.data[0]
+    assert isinstance(fig, go.Figure) and heat.type == "heatmap" and fig.layout.height == 560
+    rows = list(heat.y)
+    assert rows[0].startswith("down.0") and rows[-1].startswith("up.2") and any(r.startswith("mid") for r in rows)
+    assert rows.index("mid · 0") < rows.index("up.0 · 0")
+    assert list(heat.x) == ["resnet", "attn1", "attn2", "ff", "transformer"]
+    i, j = rows.index("mid · 0"), list(heat.x).index("resnet")
+    assert heat.customdata[i][j][0] == "mid_block.resnets.0" and "params" in heat.hovertemplate
+    assert int((~pd.isna(pd.DataFrame(heat.z))).sum().sum()) == len(ops)  # one cell per operator
+
+
+def test_flux_rows_are_double_then_single(tiny_flux):
+    ops, st = catalog(tiny_flux.denoiser)
+    fig = visual.operator_heatmap(ops.assign(score=1.0))
+    assert list(fig.data[0].y) == ["double.0", "double.1", "single.0", "single.1"]
+    per = st.assign(importance=1.0)
+    assert set(visual.structure_heatmap(per).data[0].x) == set(st["component"])
+
+
+def test_mask_plots():
+    hist = pd.DataFrame({"step": [0, 1, 2], "loss": [1.0, 0.5, 0.2], "recon": [0.9, 0.4, 0.1],
+                         "kept_head": [1.0, 0.8, 0.6], "kept_group": [1.0, 0.9, 0.9]})
+    fig = visual.loss_plot(hist)
+    assert [t.name for t in fig.data] == ["loss", "recon", "expected sparsity (head)", "expected sparsity (group)"]
+    assert list(fig.data[2].y) == [0.0, 0.19999999999999996, 0.4]
+    kept = pd.DataFrame({"fqn": ["down_blocks.0.resnets.0", "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+                                 "up_blocks.1.resnets.0"], "kind": ["group", "head", "group"],
+                         "kept": [0.5, 0.25, 1.0], "depth": [0, 1, 9]})
+    fig = visual.mask_sparsity_plot(kept)
+    assert {t.name for t in fig.data} == {"group", "head"}
+    assert list(fig.layout.xaxis.categoryarray) == ["down.0 · 0", "up.1 · 0"]
+    assert visual.loss_plot(pd.DataFrame()).layout.height == 480  # empty history: still a figure
+
+
+def test_quality_vs_sparsity_sorted_per_method():
+    df = pd.DataFrame({"method": ["a", "a", "b"], "sparsity": [0.3, 0.1, 0.2], "psnr": [20.0, 30.0, 25.0]})
+    fig = visual.quality_vs_sparsity(df, "psnr")
+    assert [t.name for t in fig.data] == ["a", "b"] and list(fig.data[0].x) == [0.1, 0.3]
+    assert len(visual.quality_vs_sparsity(df, "accuracy").data) == 0  # missing metric: empty axes

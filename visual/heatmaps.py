@@ -1,0 +1,120 @@
+"""Per-layer heatmaps: rows are layers in depth order, columns are operator kinds or components.
+
+A *layer* groups what sits at one place in the denoiser: resnet ``i`` and attention ``i`` of a
+UNet block share the row ``down.0 · 0``; FLUX blocks are ``double.3`` and ``single.7``.
+
+>>> layer_of("down_blocks.1.attentions.0.transformer_blocks.0.attn2")
+'down.1 · 0'
+>>> layer_of("up_blocks.2.attentions.1.transformer_blocks.3.ff"), layer_of("mid_block.resnets.1")
+('up.2 · 1.3', 'mid · 1')
+>>> layer_of("single_transformer_blocks.7.proj_mlp"), layer_of("conv_in")
+('single.7', 'conv_in')
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+HEIGHT = 560
+KIND_ORDER = ("resnet", "attn1", "attn2", "ff", "transformer", "attn", "ff_context", "double_block",
+              "single_attn", "proj_mlp", "single_block")
+_UNET = re.compile(r"^(down|up)_blocks\.(\d+)\.(?:resnets|attentions)\.(\d+)(?:\.transformer_blocks\.(\d+))?")
+_MID = re.compile(r"^mid_block\.(?:resnets|attentions)\.(\d+)(?:\.transformer_blocks\.(\d+))?")
+_FLUX = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)")
+
+
+def layer_of(fqn: str) -> str:
+    """The heatmap row of an operator or structure FQN (see the module docstring)."""
+    if m := _UNET.match(fqn):
+        stage, block, i, j = m.groups()
+        return f"{stage}.{block} · {i}" + (f".{j}" if j not in (None, "0") else "")
+    if m := _MID.match(fqn):
+        i, j = m.groups()
+        return f"mid · {i}" + (f".{j}" if j not in (None, "0") else "")
+    if m := _FLUX.match(fqn):
+        return f"{'double' if m.group(1) == 'transformer_blocks' else 'single'}.{m.group(2)}"
+    return fqn
+
+
+def _columns(values) -> list[str]:
+    seen = list(dict.fromkeys(values))
+    return [k for k in KIND_ORDER if k in seen] + [k for k in seen if k not in KIND_ORDER]
+
+
+def _grid(df: pd.DataFrame, column: str, value: str, extras: list[str]):
+    """(rows, cols, z, customdata): one cell per (layer, column); rows by first depth."""
+    df = df.copy()
+    df["layer"] = df["fqn"].map(layer_of)
+    order = df["depth"] if "depth" in df.columns else pd.Series(range(len(df)), index=df.index)
+    rows = list(df.assign(_o=order).groupby("layer", sort=False)["_o"].min().sort_values(kind="stable").index)
+    cols = _columns(df[column])
+    z = np.full((len(rows), len(cols)), np.nan)
+    custom = np.full((len(rows), len(cols), 1 + len(extras)), None, dtype=object)
+    r_idx, c_idx = {r: i for i, r in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
+    for rec in df.to_dict("records"):
+        i, j = r_idx[rec["layer"]], c_idx[rec[column]]
+        if np.isnan(z[i, j]):
+            z[i, j] = float(rec[value])
+            custom[i, j] = [rec["fqn"], *(rec.get(e) for e in extras)]
+    return rows, cols, z, custom
+
+
+def _figure(rows, cols, z, custom, hover: str, title: str, colorbar: str, reverse: bool) -> go.Figure:
+    fig = go.Figure(go.Heatmap(
+        z=z, x=cols, y=rows, customdata=custom, hovertemplate=hover + "<extra></extra>",
+        colorscale="Viridis", reversescale=reverse, colorbar={"title": colorbar}, hoverongaps=False))
+    fig.update_layout(title=title, height=HEIGHT, margin={"l": 110, "r": 20, "t": 50, "b": 40}, plot_bgcolor="white",
+                      yaxis={"autorange": "reversed", "type": "category", "title": "layer (depth order)",
+                             "showgrid": False},
+                      xaxis={"type": "category", "title": None, "showgrid": False})
+    return fig
+
+
+def operator_heatmap(scores: pd.DataFrame, value: str = "score", title: str | None = None) -> go.Figure:
+    """LD-Pruner scores per layer (rows) and operator kind (columns); low = prunable.
+
+    ``scores`` needs fqn, kind and ``value``; params and depth are used when present.
+
+    >>> df = pd.DataFrame({"fqn": ["down_blocks.0.resnets.0", "down_blocks.0.attentions.0.transformer_blocks.0.ff"],
+    ...                    "kind": ["resnet", "ff"], "score": [1.0, 0.2], "params": [100, 50], "depth": [0, 1]})
+    >>> fig = operator_heatmap(df)
+    >>> list(fig.data[0].y), list(fig.data[0].x), fig.layout.height
+    (['down.0 · 0'], ['resnet', 'ff'], 560)
+    """
+    df = scores if "params" in scores.columns else scores.assign(params=None)
+    rows, cols, z, custom = _grid(df, "kind", value, ["params"])
+    hover = f"%{{customdata[0]}}<br>{value}: %{{z:.4g}}<br>params: %{{customdata[1]:,}}"
+    return _figure(rows, cols, z, custom, hover, title or f"Operator importance ({value}; low = prunable)",
+                   value, reverse=True)
+
+
+def structure_heatmap(units: pd.DataFrame, value: str = "importance", title: str | None = None) -> go.Figure:
+    """Per-structure values (e.g. mean Taylor importance per unit) by layer and component.
+
+    ``units`` has one row per structure: fqn, component and ``value`` (optionally units, depth).
+
+    >>> df = pd.DataFrame({"fqn": ["mid_block.resnets.0", "mid_block.attentions.0.transformer_blocks.0.attn1"],
+    ...                    "component": ["resnet", "attn1"], "importance": [3.0, 1.5], "units": [8, 2]})
+    >>> structure_heatmap(df).data[0].z.shape
+    (1, 2)
+    """
+    df = units if "units" in units.columns else units.assign(units=None)
+    rows, cols, z, custom = _grid(df, "component", value, ["units"])
+    hover = f"%{{customdata[0]}}<br>{value}: %{{z:.4g}}<br>units: %{{customdata[1]}}"
+    return _figure(rows, cols, z, custom, hover, title or f"Structure importance ({value}; high = keep)",
+                   value, reverse=False)
+
+
+def placeholder(title: str = "Run a method to see this plot", height: int = HEIGHT) -> go.Figure:
+    """An empty figure of fixed height (keeps the layout still before the first run).
+
+    >>> placeholder().layout.height
+    560
+    """
+    fig = go.Figure()
+    fig.update_layout(title=title, height=height, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
