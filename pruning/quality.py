@@ -105,7 +105,9 @@ def describe(image) -> dict:
     """
     a = to_uint8([image])[0].astype(np.float32)
     h, w, _ = a.shape
-    border = np.concatenate([a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3), a[:, -2:].reshape(-1, 3)])
+    border = np.concatenate(
+        [a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3), a[:, -2:].reshape(-1, 3)]
+    )
     bg = np.median(border, axis=0)
     out = {"color": None, "shape": None, "position": None, "background": None, "area": 0}
     if np.mean(np.linalg.norm(border - bg, axis=1) < FG_DIST / 2) < 0.75:
@@ -223,16 +225,37 @@ def load_bundled(path):
     return pipe, defaults
 
 
+def _pipe_and_defaults(obj) -> tuple:
+    """(pipeline, defaults) from a pipeline or a loading Handle (anything with .pipe and .defaults)."""
+    if hasattr(obj, "pipe") and hasattr(obj, "defaults"):
+        return obj.pipe, dict(obj.defaults or {})
+    d = getattr(obj, "pruning_defaults", None)
+    if d is None:  # a bundled folder loaded with plain from_pretrained
+        name = getattr(obj, "name_or_path", None)
+        d = read_defaults(name) if name and Path(str(name)).is_dir() else {}
+    return obj, dict(d)
+
+
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int | None = None,
-             guidance: float | None = None, batch_size: int = 64) -> dict:
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int = 64,
+) -> dict:
     """Generate with per-image seeds at the pipeline's defaults: {"latents": (B, C, h, w), "images": uint8}.
+
+    `pipe` is a pipeline or a loading Handle; defaults come from the Handle, `pipe.pruning_defaults`
+    or the folder's `pruning_defaults.json`.
 
     Latents are the final denoised latents, unpacked for FLUX and in the denoiser's (scaled) space.
     """
+    pipe, d = _pipe_and_defaults(pipe)
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
-    d = getattr(pipe, "pruning_defaults", None) or {}
     steps = int(steps or d.get("steps", 20))
     guidance = float(guidance if guidance is not None else d.get("guidance", 3.0))
     res = int(d.get("resolution", 64))
@@ -243,9 +266,13 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int | None = 
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in ss]
         kw = dict(num_inference_steps=steps, generator=gens, height=res, width=res, output_type="latent")
         if family == "flux":
-            lat = pipe(ps, negative_prompt=[d.get("negative_prompt", "")] * len(ps) if guidance > 1 else None,
-                       true_cfg_scale=guidance, max_sequence_length=int(d.get("max_sequence_length", 16)),
-                       **kw).images
+            if d.get("guidance_mode", "true_cfg") == "true_cfg":  # the bundled tiny FLUX
+                neg = [d.get("negative_prompt", "")] * len(ps) if guidance > 1 else None
+                kw.update(negative_prompt=neg, true_cfg_scale=guidance)
+            else:  # FLUX.1-dev style embedded guidance
+                kw.update(guidance_scale=guidance)
+            seq = int(d.get("max_sequence_length", 16))  # the tiny FLUX is trained on 16 T5 tokens
+            lat = pipe(ps, max_sequence_length=seq, **kw).images
             lat = pipe._unpack_latents(lat, res, res, pipe.vae_scale_factor)  # (B, C, h, w)
         else:
             lat = pipe(ps, guidance_scale=guidance, **kw).images
@@ -256,7 +283,9 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int | None = 
     return {"latents": torch.cat(lats), "images": np.concatenate(imgs)}
 
 
-def evaluate(pipe, prompts: list[str], seeds: list[int], reference=None, *, steps=None, guidance=None) -> dict:
+def evaluate(
+    pipe, prompts: list[str], seeds: list[int], reference=None, *, steps=None, guidance=None
+) -> dict:
     """Task accuracy of `pipe` on shapes prompts, and, against `reference` (a pipeline, or
     {"latents", "images"} generated for the same prompts and seeds), latent MSE and image PSNR.
 
@@ -267,7 +296,11 @@ def evaluate(pipe, prompts: list[str], seeds: list[int], reference=None, *, step
     res = shape_task_accuracy(out["images"], prompts)
     res.update(out)
     if reference is not None:
-        ref = reference if isinstance(reference, dict) else generate(reference, prompts, seeds, steps=steps, guidance=guidance)
+        ref = (
+            reference
+            if isinstance(reference, dict)
+            else generate(reference, prompts, seeds, steps=steps, guidance=guidance)
+        )
         res["latent_mse"] = latent_mse(out["latents"], ref["latents"])
         res["psnr"] = psnr(out["images"], ref["images"])
     return res

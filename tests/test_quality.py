@@ -38,8 +38,11 @@ def test_failures_score_low(ground_truth):
         assert r["all"] <= 0.05 and r["color"] <= 0.1 and r["shape"] <= 0.1, r
     # wrong color: the same image judged against a prompt with another color
     names = list(tiny.COLORS)
-    wrong = [p.replace(f"a {c} ", f"a {names[(names.index(c) + 1) % len(names)]} ", 1)
-             for p in prompts[:n] for c in [tiny.parse_caption(p)["color"]]]
+    wrong = [
+        p.replace(f"a {c} ", f"a {names[(names.index(c) + 1) % len(names)]} ", 1)
+        for p in prompts[:n]
+        for c in [tiny.parse_caption(p)["color"]]
+    ]
     r = quality.shape_task_accuracy(images[:n], wrong)
     assert r["color"] == 0.0 and r["all"] == 0.0 and r["shape"] >= 0.98
 

@@ -21,7 +21,12 @@ def test_split_is_fixed_disjoint_and_covers_attributes():
     assert len(held) >= 64 and len(set(held)) == len(held)
     assert not set(held) & set(tiny.train_prompts())
     assert held == tiny.heldout_prompts()  # fixed
-    assert len(tiny.SHAPES) >= 3 and len(tiny.COLORS) >= 6 and len(tiny.POSITIONS) >= 4 and len(tiny.BACKGROUNDS) >= 2
+    assert (
+        len(tiny.SHAPES) >= 3
+        and len(tiny.COLORS) >= 6
+        and len(tiny.POSITIONS) >= 4
+        and len(tiny.BACKGROUNDS) >= 2
+    )
     train = [data.parse_caption(p) for p in tiny.train_prompts()]
     for p in held:  # every attribute pair of a held-out prompt was seen in training
         h = data.parse_caption(p)

@@ -33,6 +33,19 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 BUNDLED = {"tiny-shapes-sd": ASSETS / "tiny-shapes-sd", "tiny-shapes-flux": ASSETS / "tiny-shapes-flux"}
 
 __all__ = [
-    "ALL_PROMPTS", "ASSETS", "BACKGROUNDS", "BUNDLED", "COLORS", "HELDOUT_PROMPTS", "POSITIONS", "SHAPES",
-    "TRAIN_PROMPTS", "caption", "heldout_prompts", "make_images", "parse_caption", "render", "train_prompts",
+    "ALL_PROMPTS",
+    "ASSETS",
+    "BACKGROUNDS",
+    "BUNDLED",
+    "COLORS",
+    "HELDOUT_PROMPTS",
+    "POSITIONS",
+    "SHAPES",
+    "TRAIN_PROMPTS",
+    "caption",
+    "heldout_prompts",
+    "make_images",
+    "parse_caption",
+    "render",
+    "train_prompts",
 ]

@@ -17,7 +17,9 @@ def main(argv=None) -> None:
     tr.add_argument("--out", default=None, help="output folder (default: assets/tiny-shapes-<arch>)")
     va = sub.add_parser("vae", help="train only the shared VAE into the work dir")
     va.add_argument("--threads", type=int, default=None)
-    de = sub.add_parser("defaults", help="re-run the steps x guidance grid of a saved model, rewrite its defaults")
+    de = sub.add_parser(
+        "defaults", help="re-run the steps x guidance grid of a saved model, rewrite its defaults"
+    )
     de.add_argument("path")
     ev = sub.add_parser("eval", help="held-out accuracy of a saved model at its defaults")
     ev.add_argument("path")

@@ -134,7 +134,9 @@ def render(text: str, seed: int = 0) -> np.ndarray:
         draw.rectangle([s * (cx - h), s * (cy - h), s * (cx + h), s * (cy + h)], fill=fill)
     else:  # upward triangle whose bounding box is centered on (cx, cy)
         h = rng.uniform(11.0, 13.5)
-        draw.polygon([(s * cx, s * (cy - h)), (s * (cx + h), s * (cy + h)), (s * (cx - h), s * (cy + h))], fill=fill)
+        draw.polygon(
+            [(s * cx, s * (cy - h)), (s * (cx + h), s * (cy + h)), (s * (cx - h), s * (cy + h))], fill=fill
+        )
     img = img.resize((RESOLUTION, RESOLUTION), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.uint8).copy()
 

@@ -26,36 +26,77 @@ CLIP_SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 T5_SPECIAL = ["<pad>", "</s>", "<unk>"]
 
 CLIP_CONFIG = dict(
-    hidden_size=TEXT_DIM, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-    max_position_embeddings=MAX_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    hidden_act="quick_gelu", projection_dim=TEXT_DIM,
+    hidden_size=TEXT_DIM,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=MAX_LENGTH,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+    hidden_act="quick_gelu",
+    projection_dim=TEXT_DIM,
 )
 T5_CONFIG = dict(
-    d_model=TEXT_DIM, d_kv=32, d_ff=128, num_layers=2, num_heads=2, relative_attention_num_buckets=8,
-    feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    d_model=TEXT_DIM,
+    d_kv=32,
+    d_ff=128,
+    num_layers=2,
+    num_heads=2,
+    relative_attention_num_buckets=8,
+    feed_forward_proj="gated-gelu",
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
 )
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[8, 16, 32, 64], norm_num_groups=4, shift_factor=0.0,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    sample_size=64,
+    layers_per_block=1,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[8, 16, 32, 64],
+    norm_num_groups=4,
+    shift_factor=0.0,
 )
 UNET_CONFIG = dict(
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
     down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    block_out_channels=[32, 64], norm_num_groups=8, attention_head_dim=4,  # = 4 heads (diffusers naming)
+    block_out_channels=[32, 64],
+    norm_num_groups=8,
+    attention_head_dim=4,  # = 4 heads (diffusers naming)
     cross_attention_dim=TEXT_DIM,
 )
 FLUX_CONFIG = dict(
-    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=32,
-    num_attention_heads=4, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
-    guidance_embeds=False, axes_dims_rope=[8, 12, 12],
+    patch_size=1,
+    in_channels=16,
+    num_layers=2,
+    num_single_layers=2,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=TEXT_DIM,
+    pooled_projection_dim=TEXT_DIM,
+    guidance_embeds=False,
+    axes_dims_rope=[8, 12, 12],
 )
 # v-prediction on a zero-terminal-SNR schedule: pure noise at the first step (dark/bright backgrounds work)
 SD_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-    prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    num_train_timesteps=1000,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    prediction_type="v_prediction",
+    rescale_betas_zero_snr=True,
+    timestep_spacing="trailing",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
 )
 FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
 
@@ -88,8 +129,13 @@ def clip_tokenizer():
             add(cur)
             pieces.add(cur)
     for _ in range(10):
-        tok = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MAX_LENGTH,
-                            unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+        tok = CLIPTokenizer(
+            vocab=dict(vocab),
+            merges=list(merges),
+            model_max_length=MAX_LENGTH,
+            unk_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+        )
         bad = False
         for w in WORDS:
             parts = tok.tokenize(w)
