@@ -109,3 +109,20 @@ def test_recover_trains_only_the_copy(tiny_sd):
     losses = small.recovery["losses"]
     assert sum(losses[-5:]) < sum(losses[:5])  # distillation makes progress
     assert all(p.grad is None for p in small.parameters())
+
+
+def test_cli_taylor_then_prune(tiny_sd, tmp_path):
+    import json
+
+    from pruning.cli import main
+
+    folder = tmp_path / "model"
+    tiny_sd.pipe.save_pretrained(folder, safe_serialization=True)
+    table, plan = tmp_path / "taylor.csv", tmp_path / "plan.json"
+    assert main(["taylor", "--model", str(folder), "--prompt", "a red circle", "--prompt", "a blue square",
+                 "--steps", "2", "--stride", "500", "--out", str(table)]) == 0
+    assert main(["prune", "--model", str(folder), "--taylor", str(table), "--target-sparsity", "0.2",
+                 "--out", str(plan)]) == 0
+    assert json.loads(plan.read_text())["provenance"]["method"] == "taylor"
+    assert main(["prune", "--model", str(folder), "--taylor", str(plan), "--target-sparsity", "0.2",
+                 "--out", str(tmp_path / "x.json")]) == 2  # not an importance table: a clean error

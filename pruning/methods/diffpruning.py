@@ -250,6 +250,19 @@ def scores_to_tensors(handle, scores: pd.DataFrame) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_importance(path: str | Path) -> pd.DataFrame:
+    """An importance table written by ``python -m pruning taylor`` (CSV with fqn, index, importance)."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise PruningError(f"cannot read importance table {str(path)!r}: {e}") from e
+    missing = {"fqn", "index", "importance"} - set(df.columns)
+    if missing:
+        raise PruningError(f"{str(path)!r} is not an importance table: missing columns {sorted(missing)}")
+    return df
+
+
 def to_plan(handle, scores: pd.DataFrame, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
     """Remove the least important units until ``target_sparsity`` of params is removed."""
     check_sparsity(target_sparsity)

@@ -111,6 +111,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--scores", metavar="PATH", help="an LD-Pruner scores table from `sweep`")
     source.add_argument("--mask", metavar="PATH", help="an EcoDiff mask from `ecodiff` (.safetensors)")
+    source.add_argument("--taylor", metavar="PATH", help="a Diff-Pruning importance table from `taylor` (.csv)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-sparsity", type=_fraction, metavar="F",
                         help="remove the lowest-scoring operators until this fraction of params is gone")
@@ -119,7 +120,8 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PLAN_JSON", help="where to write the plan")
 
 
-@add_command("prune", help="a pruning plan from LD-Pruner scores or an EcoDiff mask", arguments=_prune_args)
+@add_command("prune", help="a pruning plan from LD-Pruner scores, an EcoDiff mask or Taylor importance",
+             arguments=_prune_args)
 def cmd_prune(args) -> int:
     from pathlib import Path
 
@@ -127,13 +129,16 @@ def cmd_prune(args) -> int:
     from pruning.methods import ldpruner
 
     h = load_handle(args)
-    if args.mask:
-        from pruning.methods import ecodiff
+    if args.mask or args.taylor:
+        from pruning.methods import diffpruning, ecodiff
 
         if args.target_sparsity is None:
-            raise PlanError("a mask is binarized to --target-sparsity (not --target-macs or --operators)")
-        state = ecodiff.MaskState.load(args.mask)
-        plan = ecodiff.to_plan(h, state, target_sparsity=args.target_sparsity)
+            raise PlanError("unit scores are cut at --target-sparsity (not --target-macs or --operators)")
+        if args.mask:
+            plan = ecodiff.to_plan(h, ecodiff.MaskState.load(args.mask), target_sparsity=args.target_sparsity)
+        else:
+            plan = diffpruning.to_plan(h, diffpruning.read_importance(args.taylor),
+                                       target_sparsity=args.target_sparsity)
         frac = plan.summary(h.denoiser)
         sel = {"params_fraction": frac["params_fraction"], "macs_fraction": frac["macs_fraction"]}
         what = f"{frac['structures_pruned']} structures pruned, {frac['operators_removed']} operators removed"
