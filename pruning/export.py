@@ -105,7 +105,11 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if folder.exists():  # overwrite: swap in, then drop the old one
             old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(folder, old)
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except BaseException:
+                os.replace(old, folder)  # keep the previous export
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, folder)
@@ -217,6 +221,7 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
             return small
         if base is None:
             pipe = _load_export_pipeline(path, manifest, small, dtype)
+            pipe.to(device=device or "cpu")
             ref = f"pruned:{plan.base}#{_plan_hash(plan)}"
             defaults = _read_json(path / DEFAULTS_FILE)
             return handle_from_pipe(pipe, model_ref=ref, source=str(path), defaults=defaults)

@@ -68,9 +68,11 @@ def _gate_points(denoiser: nn.Module, s: Structure) -> list[tuple[nn.Module, str
     return [(get(s.fqn).conv2, "pre", 1)]  # resnet groups: (B, C, H, W) input of conv2
 
 
-def _gate_hooks(denoiser: nn.Module, gates: Mapping[str, torch.Tensor | Callable[[], torch.Tensor]]) -> list:
+def _gate_hooks(denoiser: nn.Module, gates: Mapping[str, torch.Tensor | Callable[[], torch.Tensor]],
+                handles: list) -> None:
+    """Register the gate hooks, appending each handle as soon as it exists (so a bad FQN
+    part-way leaves nothing behind once the caller removes ``handles``)."""
     found = discover(denoiser)
-    handles = []
     for fqn in gates:
         s = found.structures.get(fqn)
         if s is None:
@@ -90,7 +92,6 @@ def _gate_hooks(denoiser: nn.Module, gates: Mapping[str, torch.Tensor | Callable
                 def post(_m, _args, out, s=s, dim=dim, value=value):
                     return out * _expand(value(), s.unit_size, out, dim)
                 handles.append(module.register_forward_hook(post))
-    return handles
 
 
 # --------------------------------------------------------------------------- operator skips
@@ -113,16 +114,14 @@ class _ForwardOverride:
             self.module.forward = self.saved
 
 
-def _skip_handles(denoiser: nn.Module, fqns) -> list:
+def _skip_handles(denoiser: nn.Module, fqns, handles: list) -> None:
     found = discover(denoiser)
-    handles = []
     for fqn in fqns:
         op = found.operators.get(fqn)
         if op is None:
             raise KeyError(f"no removable operator named {fqn!r} in this denoiser")
         module = denoiser.get_submodule(fqn)
         handles.append(_ForwardOverride(module, replacement_for(module, op.kind).forward))
-    return handles
 
 
 # --------------------------------------------------------------------------- context managers
@@ -138,8 +137,8 @@ def gated(
     read at every forward so callers may update it) and operator ``skips``; restore on exit."""
     handles = []
     try:
-        handles += _skip_handles(denoiser, skips)
-        handles += _gate_hooks(denoiser, gates or {})
+        _skip_handles(denoiser, skips, handles)
+        _gate_hooks(denoiser, gates or {}, handles)
         yield denoiser
     finally:
         for h in reversed(handles):

@@ -50,7 +50,8 @@ class PruningPlan:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise PlanError(f"plan family {self.family!r} is not one of {FAMILIES}")
-        object.__setattr__(self, "removed_operators", tuple(sorted(set(map(str, self.removed_operators)))))
+        ops = (self.removed_operators,) if isinstance(self.removed_operators, str) else self.removed_operators
+        object.__setattr__(self, "removed_operators", tuple(sorted(set(map(str, ops)))))
         for name in _KIND_FIELD.values():
             object.__setattr__(self, name, _frozen_map(getattr(self, name)))
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance or {})))

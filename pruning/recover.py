@@ -78,27 +78,29 @@ def recover(handle, plan: PruningPlan, settings: RecoverSettings, *, denoiser: t
     gen = torch.Generator().manual_seed(settings.seed)
     losses, partial = [], False
     flags = [(p, p.requires_grad) for p in student.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(True)
-    for it in tqdm(range(settings.iters), desc="recover", disable=progress is False):
-        if stop is not None and stop.is_set():
-            partial = True
-            break
-        b = int(torch.randint(len(data), (1,), generator=gen))
-        traj, zs = data[b]
-        i = int(torch.randint(traj.steps, (1,), generator=gen))
-        with torch.no_grad():
-            want = raw_outputs(teacher, traj, i, zs[i])
-        got = raw_outputs(student, traj, i, zs[i])
-        loss = sum(torch.nn.functional.mse_loss(g, w) for g, w in zip(got, want)) / len(got)
+    try:
+        for p, _ in flags:
+            p.requires_grad_(True)
+        for it in tqdm(range(settings.iters), desc="recover", disable=progress is False):
+            if stop is not None and stop.is_set():
+                partial = True
+                break
+            b = int(torch.randint(len(data), (1,), generator=gen))
+            traj, zs = data[b]
+            i = int(torch.randint(traj.steps, (1,), generator=gen))
+            with torch.no_grad():
+                want = raw_outputs(teacher, traj, i, zs[i])
+            got = raw_outputs(student, traj, i, zs[i])
+            loss = sum(torch.nn.functional.mse_loss(g, w) for g, w in zip(got, want)) / len(got)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if callable(progress):
+                progress(it + 1, settings.iters, {"loss": losses[-1]})
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if callable(progress):
-            progress(it + 1, settings.iters, {"loss": losses[-1]})
-    for p, flag in flags:
-        p.requires_grad_(flag)
-    opt.zero_grad(set_to_none=True)
     student.recovery = {"iters": len(losses), "losses": losses, "partial": partial}
     return student

@@ -31,6 +31,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscr
 
 from .sampling import _batch, _guidance_kwargs, call_pipe
 
+FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
 PURE_SCHEDULERS = (DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
 
 
@@ -136,7 +137,8 @@ def _prepare_flux(handle, pipe, scheduler, prompts, gens, steps, guidance, res, 
     mu = calculate_shift(z.shape[1], c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
                          c.get("base_shift", 0.5), c.get("max_shift", 1.15))
     timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-    g = torch.full([1], guidance, device=device, dtype=torch.float32).expand(z.shape[0]) \
+    embedded = guidance if mode == "embedded" else FLUX_DEFAULT_GUIDANCE  # true CFG: the pipeline's default
+    g = torch.full([1], embedded, device=device, dtype=torch.float32).expand(z.shape[0]) \
         if den.config.guidance_embeds else None
     cond = dict(guidance=g, pooled_projections=pooled, encoder_hidden_states=pe, txt_ids=text_ids, img_ids=img_ids)
     neg = None

@@ -156,3 +156,9 @@ def test_cli_ecodiff_then_prune(tiny_sd, tmp_path):
     assert main(["ecodiff", "--model", str(folder), "--prompt", "a red circle", "--prompt", "a blue square",
                  "--steps", "2", "--epochs", "1", "--batch-size", "2", "--out", str(mask)]) == 0
     assert MaskState.load(mask).lambdas
+
+
+def test_mask_from_other_weights_is_refused(tiny_sd, state):
+    other = MaskState(state.lambdas, state.kinds, state.history, "local:/elsewhere@0123456789ab", "sd", {})
+    with pytest.raises(PlanError, match="elsewhere"):
+        to_plan(tiny_sd, other, target_sparsity=0.2)

@@ -92,3 +92,17 @@ def test_gated_names_unknown_structure(tiny_sd):
     with pytest.raises(KeyError, match="not.a.structure"):
         with gated(tiny_sd.denoiser, {"not.a.structure": torch.ones(1)}):
             pass
+
+
+def test_bad_fqn_part_way_leaves_no_hooks(tiny_sd):
+    den = tiny_sd.denoiser
+    snap = _snapshot(den)
+    good = next(iter(discover(den).structures))
+    ops = [next(iter(discover(den).operators)), "no.such.operator"]
+    with pytest.raises(KeyError, match="no.such.operator"):
+        with gated(den, {}, skips=ops):
+            pass
+    with pytest.raises(KeyError, match="bogus"):
+        with gated(den, {good: torch.zeros(discover(den).structures[good].units), "bogus": torch.ones(1)}):
+            pass
+    assert _snapshot(den) == snap

@@ -114,3 +114,8 @@ def test_summary_fractions(tiny_handle):
     assert s["params_removed"] == sum(s["params_removed_by_kind"].values())
     empty = PruningPlan(family=tiny_handle.family, base="x").summary(tiny_handle.denoiser)
     assert empty["params_removed"] == 0 and empty["macs_removed"] == 0
+
+
+def test_a_single_fqn_string_is_one_operator(tiny_sd):
+    op = next(iter(discover(tiny_sd.denoiser).operators))
+    assert PruningPlan(family="sd", base="x", removed_operators=op).removed_operators == (op,)

@@ -80,7 +80,7 @@ class TaylorSettings:
     def validate(self) -> None:
         if not self.prompts and self.images is None:
             raise PruningError("Taylor importance needs prompts (data-free) or images")
-        if self.seeds is not None and len(self.seeds) != len(self.prompts):
+        if self.seeds is not None and len(self.seeds) != (len(self.prompts) or len(self.seeds)):
             raise PruningError(f"{len(self.seeds)} seeds for {len(self.prompts)} prompts; they must pair up")
         if self.stride < 1:
             raise PruningError(f"timestep stride must be >= 1, got {self.stride}")
@@ -134,7 +134,9 @@ def _clean_latents(handle, s: TaylorSettings):
     res = int(s.resolution or handle.defaults["resolution"])
     if s.images is not None:
         images = _load_images(s.images, res)
-        prompts = list(s.prompts) if len(s.prompts) == len(images) else [""] * len(images)
+        if s.prompts and len(s.prompts) != len(images):
+            raise PruningError(f"{len(s.prompts)} captions for {len(images)} images; give one per image or none")
+        prompts = list(s.prompts) if s.prompts else [""] * len(images)
     else:
         prompts = list(s.prompts)
     seeds = list(s.seeds) if s.seeds is not None else list(range(len(prompts)))
@@ -215,8 +217,9 @@ def importance(handle, settings: TaylorSettings, *, progress: Callable | None = 
                 partial = True
                 break
             loss = _loss_at(handle, x0, noise, cond, t)
-            for n, gr in zip(params, torch.autograd.grad(loss, list(params.values()))):
-                grads[n] += gr.float()
+            for n, gr in zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
+                if gr is not None:  # a weight outside this forward (e.g. a skipped branch) gets nothing
+                    grads[n] += gr.float()
             used.append(t)
             losses.append(loss.item())
             if callable(progress):

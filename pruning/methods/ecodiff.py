@@ -291,6 +291,10 @@ def check_state(handle, state: MaskState) -> None:
             raise PlanError(f"mask names {fqn!r}, which is not a prunable structure of {handle.model_ref}")
         if lam.numel() != s.units:
             raise PlanError(f"mask for {fqn!r} has {lam.numel()} units, the model has {s.units}")
+    from ..export import same_base
+
+    if not same_base(state.model_ref, handle.model_ref):
+        raise PlanError(f"mask was learned on {state.model_ref!r}, not on {handle.model_ref!r}")
 
 
 def to_plan(handle, state: MaskState, *, target_sparsity: float | None = None, scope: str = "global",
