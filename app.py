@@ -35,6 +35,8 @@ from pruning.app_support import (
 )
 from pruning.errors import PruningError
 from pruning.loading import BUNDLED
+from pruning.methods.ecodiff import DEFAULT_EPOCHS as ECO_DEFAULT_EPOCHS
+from pruning.methods.ecodiff import DEFAULT_LR as ECO_DEFAULT_LR
 from pruning.plan import PruningPlan
 from pruning.reference import PIPELINES
 
@@ -447,12 +449,12 @@ def build_app() -> gr.Blocks:
                 eco_prompts = gr.Textbox(PROMPTS, lines=4, label="prompts (one per line)", scale=3)
                 with gr.Column(scale=2):
                     eco_steps = gr.Number(0, precision=0, label="steps T (0 = model default)")
-                    eco_epochs = gr.Slider(1, 50, value=4, step=1, label="epochs")
+                    eco_epochs = gr.Slider(1, 50, value=ECO_DEFAULT_EPOCHS, step=1, label="epochs")
                     eco_batch = gr.Slider(1, 16, value=4, step=1, label="batch size")
             with gr.Row():
                 eco_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron"], label="mask")
                 eco_beta = gr.Number(0.1, label="beta (regularizer weight)")
-                eco_lr = gr.Number(0.2, label="learning rate")
+                eco_lr = gr.Number(ECO_DEFAULT_LR, label="learning rate")
             with gr.Row():
                 eco_run, eco_stop = gr.Button("Run optimization", variant="primary"), gr.Button("Stop")
             with gr.Row():

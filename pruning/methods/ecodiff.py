@@ -47,6 +47,8 @@ from ..plan import PruningPlan
 from ..rollout import Trajectory, prepare, rollout, step
 from .select import KINDS, SCOPES, check_sparsity, plan_from_unit_scores
 
+DEFAULT_LR = 0.5  # per structure kind; lr 0.2 for 2 epochs lost to random on tiny-shapes-sd
+DEFAULT_EPOCHS = 4
 REGULARIZERS = ("l0", "l1")
 CHECKPOINTING = ("timestep", "none")
 
@@ -60,9 +62,9 @@ class EcoDiffSettings:
     steps: int | None = None  # T; default from the model
     guidance: float | None = None
     resolution: int | None = None
-    epochs: int = 4
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 4
-    lr: dict = field(default_factory=lambda: {"head": 0.5, "neuron": 0.5, "group": 0.5})
+    lr: dict = field(default_factory=lambda: dict.fromkeys(KINDS, DEFAULT_LR))
     beta: float = 0.1
     regularizer: str = "l0"
     gate: str = "hard_concrete"
@@ -237,7 +239,7 @@ def optimize(handle, settings: EcoDiffSettings, *, progress: Callable | None = N
     groups: dict[str, list] = {}
     for fqn, g in zip(gates.fqns, gates.gates):
         groups.setdefault(kinds[fqn], []).append(g.log_alpha)
-    opt = torch.optim.AdamW([{"params": ps, "lr": float(settings.lr.get(k, 0.5))} for k, ps in groups.items()],
+    opt = torch.optim.AdamW([{"params": ps, "lr": float(settings.lr.get(k, DEFAULT_LR))} for k, ps in groups.items()],
                             weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     rows, partial = [], False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import add_command, add_model_args, load_handle, positive_int
+from .ecodiff import DEFAULT_EPOCHS, DEFAULT_LR
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -18,9 +19,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, help="denoising steps T (default: the model's)")
     p.add_argument("--guidance", type=float)
     p.add_argument("--resolution", type=positive_int)
-    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS)
     p.add_argument("--batch-size", type=positive_int, default=4)
-    p.add_argument("--lr", type=float, default=0.5, help="learning rate for every kind")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="learning rate for every kind")
     p.add_argument("--beta", type=float, default=0.1, help="regularizer weight")
     p.add_argument("--regularizer", choices=("l0", "l1"), default="l0")
     p.add_argument("--gate", choices=("hard_concrete", "sigmoid"), default="hard_concrete")

@@ -114,9 +114,7 @@ def _vae_cycle(vae, steps: int, lr: float, seed: int, reseed: bool = True) -> No
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps) * lr / LR
-        imgs = np.stack(
-            [render(rng.choice(TRAIN_PROMPTS), seed=rng.randrange(1 << 30)) for _ in range(VAE_BATCH)]
-        )
+        imgs = _render_batch(rng)
         x = _to_tensor(imgs)
         if VAE_CROP:  # a random 8-aligned crop: same local task, a quarter of the compute
             i, j = rng.randrange(0, 64 - VAE_CROP + 1, 8), rng.randrange(0, 64 - VAE_CROP + 1, 8)
@@ -158,9 +156,7 @@ def _decoder_cycle(vae, steps: int, lr: float, seed: int) -> None:
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps) * lr / LR
-        imgs = np.stack(
-            [render(rng.choice(TRAIN_PROMPTS), seed=rng.randrange(1 << 30)) for _ in range(VAE_BATCH)]
-        )
+        imgs = _render_batch(rng)
         x = _to_tensor(imgs)
         bg = x[:, :, :1, :1]
         weight = 1.0 + VAE_FG_WEIGHT * ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()
@@ -197,6 +193,11 @@ def _set_scaling(vae, seed: int = SEED) -> None:
             [vae.encode(_to_tensor(imgs[i : i + 128])).latent_dist.mean for i in range(0, len(imgs), 128)]
         )
     vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+
+
+def _render_batch(rng: random.Random) -> np.ndarray:
+    """VAE_BATCH jittered renders of random training prompts: (B, 64, 64, 3) uint8."""
+    return np.stack([render(rng.choice(TRAIN_PROMPTS), seed=rng.randrange(1 << 30)) for _ in range(VAE_BATCH)])
 
 
 def train_vae(seed: int = SEED):
