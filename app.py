@@ -1,8 +1,12 @@
-"""Gradio app: load a diffusion model, score what can be pruned, look, select, compare, export.
+"""Gradio app: load a diffusion model, score what can be pruned, see how much can go, select,
+compare, export.
 
-Wiring only: each callback reads widgets, calls ``pruning`` / ``visual`` and returns. Models
-live in ``CACHE`` (never loaded at import time, never mutated for one user); session state
-holds plain data (dicts, records). Run: ``python app.py``.
+Wiring only: each callback reads widgets, calls ``pruning`` / ``app_support`` / ``visual`` and
+returns. Models live in ``CACHE`` (never loaded at import time, never mutated for one user);
+session state holds plain data. Every run of the shared model is owned by its request
+(``app_support.runs.owned``): Stop, a cancelled job, a closed tab or the time limit ends it.
+Errors are toasts that leave what is on screen (``show_progress_on`` a status line). Run:
+``python app.py``.
 """
 
 from __future__ import annotations
@@ -10,33 +14,35 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import queue
 import threading
+from dataclasses import fields
 
 import gradio as gr
 import pandas as pd
 
 import visual
-from pruning.app_support import (
+from app_support import format as fmt
+from app_support import guide, results
+from app_support.cache import TINY_RANDOM, ModelCache
+from app_support.comparison import compare_images, difference, display_pair, metrics_table
+from app_support.exports import cleanup, export_zip
+from app_support.runs import Runs, check_count, check_size, owned
+from app_support.tables import (
     COLUMNS,
     DATATYPES,
-    DTYPES,
-    TINY_RANDOM,
-    ModelCache,
-    StopEvents,
-    compare_images,
-    export_zip,
-    model_summary,
+    MODES,
+    empty_table,
     plan_from_table,
+    refresh_kept,
     selection_table,
-    structure_means,
     totals,
     unit_kept_table,
 )
+from pruning import methods
 from pruning.errors import PruningError
-from pruning.loading import BUNDLED
-from pruning.methods.ecodiff import DEFAULT_EPOCHS as ECO_DEFAULT_EPOCHS
-from pruning.methods.ecodiff import DEFAULT_LR as ECO_DEFAULT_LR
+from pruning.facts import model_facts
+from pruning.loading import BUNDLED, DTYPES
+from pruning.methods import Scores
 from pruning.plan import PruningPlan
 from pruning.reference import PIPELINES
 
@@ -49,32 +55,40 @@ except ImportError:  # off Spaces: a no-op, usable as @GPU and @GPU(duration=...
         return fn if callable(fn) else (lambda f: f)
 
 DEFAULT_MODEL = os.environ.get("PRUNING_DEFAULT_MODEL", "tiny-shapes-sd")
-PRESETS = [p["hub_id"] for p in PIPELINES.values()]
-MODELS = [*BUNDLED, *PRESETS, *TINY_RANDOM]
-PROMPTS = ("a red circle at the top left on a white background\n"
-           "a blue square at the bottom right on a black background\n"
-           "a yellow triangle in the center on a gray background\n"
-           "a green circle at the top right on a black background")
-METHODS = ["ldpruner", "ecodiff", "taylor", "magnitude", "random"]
-CSS = "#compare img { image-rendering: pixelated; }"  # tiny models make small images: keep pixels sharp
-CACHE = ModelCache()
-TRACK, PROGRESS = gr.Progress(track_tqdm=True), gr.Progress()  # gradio's per-call progress markers
-STOPS = StopEvents()
+MODELS = [*BUNDLED, *(p["hub_id"] for p in PIPELINES.values()), *TINY_RANDOM]
+PROMPTS = "\n".join(guide.EXAMPLE_PROMPTS["shapes"])
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+.tab-wrapper .tab-container, .tab-container[role=tablist] { flex-wrap: wrap !important; height: auto !important; }
+.tab-wrapper .overflow-menu { display: none !important; }
+.status { min-height: 1.6em; }
+"""
+CACHE, RUNS = ModelCache(), Runs()
+PROGRESS = gr.Progress()  # gradio's per-call progress marker (a default argument it replaces)
+EMPTY = {  # tables before their first result: the real headers, never gradio's "1 2 3"
+    "kinds": pd.DataFrame(columns=["what", "kind", "count", "params", "share of params", "share of MACs"]),
+    "scores": pd.DataFrame(columns=["rank", "operator / structure", "kind", "score (low = prunable)"]),
+    "totals": pd.DataFrame(columns=["what", "removed", "of", "fraction"]),
+    "metrics": pd.DataFrame(columns=["figure", "original", "pruned", "change / meaning"]),
+    "quality": pd.DataFrame(columns=["method", "target", "params removed", "MACs", "latent MSE (lower = closer)",
+                                     "PSNR dB (higher = closer)"]),
+}
+UI = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}  # cheap: never waits on model work
+RUN = {"concurrency_id": "model", "concurrency_limit": 1}  # shared models: one job at a time
 
 
-# --------------------------------------------------------------------------- plumbing
+def _skip(n: int) -> tuple:
+    return tuple(gr.skip() for _ in range(n))
 
 
 def _message(e: Exception) -> str:
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
     if isinstance(e, (PruningError, ValueError, OSError)):
-        return str(e) or type(e).__name__
+        return " ".join(str(e).split()) or type(e).__name__
     return f"unexpected {type(e).__name__}: {e}"
 
 
 def friendly(fn):
-    """Every error becomes a ``gr.Error`` toast (never a traceback), for functions and generators."""
+    """Every error becomes a ``gr.Error`` toast naming the problem (never a traceback)."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*a, **k):
@@ -83,7 +97,7 @@ def friendly(fn):
             except gr.Error:
                 raise
             except Exception as e:
-                raise gr.Error(_message(e)) from e
+                raise gr.Error(_message(e), print_exception=False) from e
         return gen
 
     @functools.wraps(fn)
@@ -93,13 +107,13 @@ def friendly(fn):
         except gr.Error:
             raise
         except Exception as e:
-            raise gr.Error(_message(e)) from e
+            raise gr.Error(_message(e), print_exception=False) from e
     return wrapper
 
 
 def _handle(model: dict | None):
     if not model:
-        raise gr.Error("Load a model first (Model tab).")
+        raise gr.Error("Load a model first (Model tab).", print_exception=False)
     return CACHE.get(model["source"], model["device"], model["dtype"])
 
 
@@ -107,309 +121,393 @@ def _sid(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-def _prompts(text: str) -> list[str]:
+def _prompts(text) -> list[str]:
     prompts = [p.strip() for p in str(text or "").splitlines() if p.strip()]
     if not prompts:
-        raise gr.Error("Give at least one prompt (one per line).")
-    return prompts
+        raise gr.Error("Give at least one prompt (one per line).", print_exception=False)
+    return check_count("prompts", prompts)
 
 
 def _steps(x) -> int | None:
-    return int(x) if x and int(x) > 0 else None
+    n = check_size("steps", x if x not in (None, "") else 0) if x not in (None, "", 0, 0.0) else None
+    return n
 
 
-def _plan(model, plan_dict) -> PruningPlan:
+def _plan(plan_dict) -> PruningPlan:
     if not plan_dict:
-        raise gr.Error("No plan yet: tick operators or structures in the Select tab (or pre-fill it).")
+        raise gr.Error("No plan yet: tick what to remove in Select and compare (or pre-fill it).",
+                       print_exception=False)
     return PruningPlan.from_dict(plan_dict)
 
 
-def _frame(state: dict | None) -> pd.DataFrame | None:
-    if not state:
-        return None
-    df = pd.DataFrame(state["records"])
-    df.attrs = dict(state.get("attrs", {}))
-    return df
+def _run(h, work, request, clicked, progress, desc: str):
+    """Forward an owned run: yields None while it works (the request can end then), the result last."""
+    for msg in owned(work, runs=RUNS, session=_sid(request), lock=CACHE.lock(h), clicked_at=clicked):
+        if msg[0] == "progress":
+            progress((msg[1], msg[2]), desc=desc)
+            yield msg
+        elif msg[0] == "done":
+            yield msg
+        else:
+            yield None
 
 
-def _plain(df: pd.DataFrame) -> dict:
-    return {"records": df.to_dict("records"), "attrs": {k: v for k, v in df.attrs.items()}}
+def stamp():
+    """A run button's click time (unqueued), so a Stop pressed while the run still waits stops it."""
+    return RUNS.clicked()
+
+
+def stop_run(request: gr.Request):
+    """Stop this session's runs: the running one ends after its current step; queued ones never start."""
+    n = RUNS.stop(_sid(request))
+    gr.Info("Stopping the current run..." if n else "Stop noted: a run waiting in the queue will not start.")
 
 
 # --------------------------------------------------------------------------- heavy work (GPU on Spaces)
 
 
-@GPU(duration=120)
-def _sweep_gpu(h, settings, stop):
-    from pruning.methods import ldpruner
-
-    return ldpruner.sweep(h, settings, stop=stop)
-
-
 @GPU(duration=300)
-def _ecodiff_gpu(h, settings, stop, report):
-    from pruning.methods import ecodiff
-
-    return ecodiff.optimize(h, settings, progress=report, stop=stop)
+def _score(h, method, settings, control):
+    return methods.get(method).score(h, settings, control=control)
 
 
 @GPU(duration=120)
-def _taylor_gpu(h, settings, stop):
-    from pruning.methods import diffpruning
-
-    return diffpruning.importance(h, settings, stop=stop)
-
-
-@GPU(duration=60)
-def _compare_gpu(h, plan, prompt, seed, steps, stop):
-    return compare_images(h, plan, prompt, seed, steps=steps, stop=stop)
+def _compare(h, plan, prompt, seed, steps, control):
+    return compare_images(h, plan, prompt, seed, steps=steps, control=control)
 
 
 @GPU(duration=600)
-def _quality_gpu(h, sparsities, methods, settings, stop, report):
-    from pruning.compare import compare_methods as run
+def _quality(h, sparsities, chosen, settings, control):
+    from pruning.compare import compare_methods
 
-    return run(h, sparsities, methods, settings=settings, stop=stop, progress=report)
+    return compare_methods(h, sparsities, chosen, settings=settings, control=control)
 
 
 @GPU(duration=300)
-def _export_gpu(h, plan, full_pipeline, recover_iters, prompts, steps):
+def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, control):
     small = None
     if recover_iters:
         from pruning.recover import RecoverSettings, recover
 
-        small = recover(h, plan, RecoverSettings(prompts=prompts, iters=int(recover_iters), steps=steps))
-    return export_zip(h, plan, full_pipeline=full_pipeline, denoiser=small)
+        small = recover(h, plan, RecoverSettings(prompts=prompts, iters=recover_iters, steps=steps), control=control)
+        if small.recovery["partial"]:
+            raise gr.Error(f"Export stopped during recovery ({control.reason}); nothing was exported.",
+                           print_exception=False)
+    return export_zip(h, plan, session=session, full_pipeline=full_pipeline, denoiser=small)
 
 
-# --------------------------------------------------------------------------- callbacks
+# --------------------------------------------------------------------------- 1. model
+
+
+def _cleared(h, note: str):
+    """Every result output reset for a new model (nothing of the previous model stays on screen)."""
+    empty = f"No results for {results.model_label(h)} yet."
+    ops = selection_table(h, "operators")
+    return (
+        {}, None, None, None,  # results, plan, comparison table, last method
+        visual.placeholder(f"{empty} Run a method above."), visual.placeholder("EcoDiff's curves appear here."),
+        EMPTY["scores"], note,
+        gr.update(choices=list(ops["fqn"]), value=[]),
+        ops, "operators", EMPTY["totals"], visual.placeholder(empty),
+        None, None, None, gr.update(value=None, visible=False), EMPTY["metrics"], "",
+        visual.placeholder(f"No comparison for {results.model_label(h)} yet."), EMPTY["quality"], "",
+        "No plan yet.", gr.update(visible=False), gr.update(visible=False), "",
+    )
 
 
 @friendly
-def load_model(source, device, dtype, progress=TRACK):
+def load_model(source, device, dtype, progress=PROGRESS):
+    progress(0.1, desc=f"loading {source}")
     h = CACHE.get(str(source or "").strip(), device, dtype)
-    info, kinds = model_summary(h)
-    shares = ", ".join(f"{k} {v:.1%}" for k, v in info["shares"].items() if v)
-    md = (f"**{info['model_ref']}**: family `{info['family']}` ({info['denoiser']}), "
-          f"{info['params'] / 1e6:.3f} M params, {info['macs'] / 1e9:.4f} GMACs per denoiser call at {info['resolution']} px, "
-          f"{info['device']} / {info['dtype']}; defaults: {info['steps']} steps, guidance {info['guidance']}, "
-          f"{info['resolution']} px. Param shares: {shares}.")
-    model = {"source": str(source).strip(), "device": device, "dtype": dtype, "model_ref": h.model_ref}
-    ops = list(selection_table(h, "operators")["fqn"])
-    return (model, md, kinds, gr.update(choices=ops, value=[]), selection_table(h, "operators"), "operators",
-            None, None, None, None)
+    f = model_facts(h)
+    shares = ", ".join(f"{k} {v:.1%}" for k, v in f["kind_shares"].items() if v)
+    md = (f"### {results.model_label(h)}\nfamily `{f['family']}` ({f['denoiser_class']}): "
+          f"**{fmt.count(f['params'])} params**, **{fmt.count(f['macs'], 'MACs')}** per denoiser call at "
+          f"{f['resolution']} px, on {f['device']} / {f['dtype']}. Generates with {f['steps']} steps, guidance "
+          f"{f['guidance']:g}. Parameter shares: {shares}.\n\n{guide.estimates(h)}")
+    kinds = pd.DataFrame(
+        [{"what": "operator", "kind": k, "count": r["count"], "params": fmt.count(r["params"]),
+          "share of params": fmt.percent(r["param_share"]), "share of MACs": fmt.percent(r["mac_share"])}
+         for k, r in f["operators"].items()] +
+        [{"what": "structure", "kind": k, "count": r["count"], "params": fmt.count(r["params"]),
+          "share of params": fmt.percent(r["param_share"]), "share of MACs": ""}
+         for k, r in f["structures"].items()])
+    model = {"source": h.source, "device": str(h.device), "dtype": f["dtype"], "model_ref": h.model_ref}
+    with CACHE.lock(h):  # the estimate times the shared denoiser
+        steps = guide.STEPS.format(estimates=guide.estimates(h))
+    return (model, md, kinds, f"Loaded {results.model_label(h)}.", steps,
+            *_cleared(h, f"Ready: {results.model_label(h)}. Pick a method and press Run."))
 
 
-def stop_run(request: gr.Request):
-    """Set this session's stop event: the running loop ends after its current step."""
-    STOPS.get(_sid(request)).set()
+# --------------------------------------------------------------------------- 2. score
+
+
+def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
+              stride, thr, ty_kinds, base_kinds):
+    m = methods.get(method)
+    names = {f.name for f in fields(m.Settings)}
+    values = {"prompts": _prompts(prompts) if not m.data_free else None, "steps": _steps(steps)}
+    per = {
+        "ldpruner": dict(n_gen=check_size("n_gen", n_gen), granularity=granularity, operators=operators or None),
+        "ecodiff": dict(epochs=check_size("epochs", epochs), batch_size=check_size("batch_size", batch),
+                        kinds=eco_kinds, beta=beta, lr=lr),
+        "taylor": dict(stride=check_size("stride", stride), thr=thr, kinds=ty_kinds),
+        "magnitude": dict(kinds=base_kinds), "random": dict(kinds=base_kinds),
+    }.get(method, {})
+    values.update(per)
+    return m.settings(**{k: v for k, v in values.items() if k in names and v is not None})
 
 
 @friendly
-def run_sweep(model, prompts, n_gen, steps, granularity, operators, request: gr.Request,
-              progress=TRACK):
-    from pruning.methods import ldpruner
-
+def run_score(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
+              stride, thr, ty_kinds, base_kinds, store, clicked, request: gr.Request, progress=PROGRESS):
     h = _handle(model)
-    settings = ldpruner.SweepSettings(prompts=tuple(_prompts(prompts)), n_gen=int(n_gen), steps=_steps(steps),
-                                      granularity=granularity, operators=tuple(operators) or None)
-    df = _sweep_gpu(h, settings, STOPS.fresh(_sid(request)))
-    note = f"{df.attrs['scored']} of {df.attrs['total']} operators scored" + (
-        " (stopped: partial results)" if df.attrs["partial"] else "")
-    shown = df[["rank", "fqn", "kind", "params", "mac_share", "avg_dist", "std_dist", "score"]].round(5)
-    return shown, visual.operator_heatmap(df) if len(df) else visual.placeholder(note), _plain(df), note
-
-
-def _mask_state(h, eco: dict):
-    import torch
-
-    from pruning.methods.ecodiff import MaskState
-
-    return MaskState({f: torch.tensor(v) for f, v in eco["lambdas"].items()}, eco["kinds"],
-                     pd.DataFrame(eco["history"]), eco["model_ref"], eco["family"], eco["settings"], eco["partial"])
-
-
-def _eco_view(h, eco: dict, target, scope):
-    from pruning.methods import ecodiff
-
-    plan = ecodiff.to_plan(h, _mask_state(h, eco), target_sparsity=float(target), scope=scope)
-    s = totals(h, plan)
-    md = (f"At target {float(target):.0%} ({scope}): removes {s['params_fraction']:.1%} of params and "
-          f"{s['macs_fraction']:.1%} of MACs; {s['structures_pruned']} structures pruned, "
-          f"{s['operators_removed']} emptied." + (" Mask from a stopped run." if eco["partial"] else ""))
-    title = f"Kept fraction per layer at {float(target):.0%} sparsity"
-    kept = unit_kept_table(h, plan)
-    return visual.mask_sparsity_plot(kept[kept["kind"].isin(set(eco["kinds"].values()))], title=title), md
+    settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
+                         beta, lr, stride, thr, ty_kinds, base_kinds)
+    live, scores = [], None
+    for msg in _run(h, lambda c: _score(h, method, settings, c), request, clicked, progress, method):
+        if msg and msg[0] == "done":
+            scores = msg[1]
+        elif msg and method == "ecodiff":
+            live.append(msg[3])
+            yield (*_skip(2), visual.loss_plot(pd.DataFrame(live), subtitle=results.model_label(h)), *_skip(4))
+        else:
+            yield _skip(7)
+    store = {**(store or {}), method: scores.to_dict()}
+    loss = visual.loss_plot(pd.DataFrame(scores.info.get("history", [])), subtitle=results.subtitle(h, scores)) \
+        if method == "ecodiff" else gr.skip()
+    yield (results.score_table(h, scores), results.heatmap(h, scores), loss, store, method,
+           results.status(h, scores), gr.update(value=method))
 
 
 @friendly
-def run_ecodiff(model, prompts, steps, epochs, batch, kinds, beta, lr, target, scope, request: gr.Request,
-                progress=PROGRESS):
-    from pruning.methods.ecodiff import EcoDiffSettings
-
+def show_method(model, method, store):
+    """Switching methods shows that method's own last result (or says there is none)."""
+    groups = [gr.update(visible=method == k) for k in ("ldpruner", "ecodiff", "taylor")]
+    base = gr.update(visible=method in ("magnitude", "random"))
+    m = methods.get(method)
+    if not model:
+        return (*groups, base, gr.skip(), gr.skip(), f"{m.title}: {m.summary}", gr.update(visible=method == "ecodiff"))
     h = _handle(model)
-    settings = EcoDiffSettings(prompts=_prompts(prompts), steps=_steps(steps), epochs=int(epochs),
-                               batch_size=int(batch), kinds=tuple(kinds), beta=float(beta),
-                               lr={k: float(lr) for k in ("head", "neuron", "group")})
-    settings.validate()
-    stop, updates, box = STOPS.fresh(_sid(request)), queue.Queue(), {}
-
-    def work():
-        try:
-            box["state"] = _ecodiff_gpu(h, settings, stop, lambda d, t, row: updates.put((d, t, row)))
-        except Exception as e:  # re-raised below, in the request's thread
-            box["error"] = e
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    rows = []
-    while worker.is_alive() or not updates.empty():
-        try:
-            done, total, row = updates.get(timeout=0.3)
-        except queue.Empty:
-            continue
-        rows.append(row)
-        progress((done, total), desc="EcoDiff")
-        yield visual.loss_plot(pd.DataFrame(rows)), gr.skip(), gr.skip(), gr.skip()
-    if "error" in box:
-        raise box["error"]
-    st = box["state"]
-    eco = {"lambdas": {f: v.tolist() for f, v in st.lambdas.items()}, "kinds": st.kinds,
-           "history": st.history.to_dict("records"), "model_ref": st.model_ref, "family": st.family,
-           "settings": st.settings, "partial": st.partial}
-    if not len(st.history):
-        yield visual.loss_plot(st.history), gr.skip(), eco, "Stopped before the first step."
-        return
-    fig, md = _eco_view(h, eco, target, scope)
-    yield visual.loss_plot(st.history), fig, eco, md
+    if method in (store or {}):
+        s = Scores.from_dict(store[method])
+        return (*groups, base, results.score_table(h, s), results.heatmap(h, s),
+                f"{m.summary}\n\n{results.status(h, s)}", gr.update(visible=method == "ecodiff"))
+    return (*groups, base, EMPTY["scores"], visual.placeholder(f"No {m.title} scores for {results.model_label(h)} yet."),
+            f"{m.title}: {m.summary}", gr.update(visible=method == "ecodiff"))
 
 
-@friendly
-def eco_plan(model, eco, target, scope):
-    if not eco:
-        raise gr.Error("Run the mask optimization first.")
-    return _eco_view(_handle(model), eco, target, scope)
+# --------------------------------------------------------------------------- 3. select and compare
 
 
-@friendly
-def run_taylor(model, prompts, steps, stride, thr, kinds, request: gr.Request,
-               progress=TRACK):
-    from pruning.methods.diffpruning import TaylorSettings
-
-    h = _handle(model)
-    settings = TaylorSettings(prompts=_prompts(prompts), steps=_steps(steps), stride=int(stride), thr=float(thr),
-                              kinds=tuple(kinds))
-    df = _taylor_gpu(h, settings, STOPS.fresh(_sid(request)))
-    if not len(df):
-        return visual.placeholder("Stopped before the first timestep"), None, "No scores."
-    per = structure_means(h, df)
-    note = f"Timesteps used: {df.attrs['timesteps']}" + (" (stopped: partial)" if df.attrs["partial"] else "")
-    return visual.structure_heatmap(per, title="Taylor importance (mean per unit; low = prunable)"), _plain(df), note
-
-
-def _unit_scores(h, method, ld, eco, taylor) -> dict:
-    """Per-unit scores (higher = keep) of a structure method, as {fqn: tensor}."""
-    import torch
-
-    from pruning.methods import diffpruning, select
-
-    if method == "ecodiff":
-        if not eco:
-            raise gr.Error("Run the mask optimization (EcoDiff tab) first.")
-        return {f: torch.tensor(v) for f, v in eco["lambdas"].items()}
-    if method == "taylor":
-        if not taylor:
-            raise gr.Error("Run Taylor importance (Diff-Pruning tab) first.")
-        return diffpruning.scores_to_tensors(h, _frame(taylor))
-    return select.magnitude_scores(h) if method == "magnitude" else select.random_scores(h)
-
-
-def _plan_maker(h, method, ld, eco, taylor):
-    """sparsity -> PruningPlan for ``method``, from this session's scores."""
-    from pruning.methods import diffpruning, ecodiff, ldpruner, select
-
-    if method == "ldpruner":
-        if not ld:
-            raise gr.Error("Run the operator sweep (LD-Pruner tab) first.")
-        return lambda sp: ldpruner.plan_from_scores(h, _frame(ld), target_sparsity=sp)
-    scores = _unit_scores(h, method, ld, eco, taylor)  # checks that the method has run
-    if method == "ecodiff":
-        return lambda sp: ecodiff.to_plan(h, _mask_state(h, eco), target_sparsity=sp)
-    if method == "taylor":
-        return lambda sp: diffpruning.to_plan(h, _frame(taylor), target_sparsity=sp)
-    return lambda sp: select.plan_from_unit_scores(h, scores, target_sparsity=sp, provenance={"method": method})
+def _scores_for(h, method, store) -> Scores:
+    m = methods.get(method)
+    if method in (store or {}):
+        return Scores.from_dict(store[method])
+    if m.data_free:
+        return m.score(h)
+    raise gr.Error(f"Run {m.title} in the Score tab first (or pre-fill from magnitude, which needs no run).",
+                   print_exception=False)
 
 
 def _totals_view(h, plan):
     s = totals(h, plan)
-    df = pd.DataFrame({"what": ["params", "MACs"], "removed": [s["params_removed"], s["macs_removed"]],
-                       "total": [s["params_total"], s["macs_total"]],
-                       "fraction": [round(s["params_fraction"], 4), round(s["macs_fraction"], 4)]})
+    df = pd.DataFrame({"what": ["params", "MACs per denoiser call"],
+                       "removed": [fmt.count(s["params_removed"]), fmt.count(s["macs_removed"])],
+                       "of": [fmt.count(s["params_total"]), fmt.count(s["macs_total"])],
+                       "fraction": [fmt.percent(s["params_fraction"]), fmt.percent(s["macs_fraction"])]})
     return df, plan.to_dict()
 
 
+def _kept_plot(h, plan, label: str):
+    kept = unit_kept_table(h, plan)
+    return visual.mask_sparsity_plot(kept, title="Kept fraction per layer under your plan",
+                                     subtitle=f"{results.model_label(h)} · {label}")
+
+
 @friendly
-def prefill(model, method, target, ld, eco, taylor):
+def target_range(model, method, store):
+    """The target slider stops at what the method can reach (and says why)."""
+    if not model:
+        return gr.skip(), gr.skip()
     h = _handle(model)
-    plan = _plan_maker(h, method, ld, eco, taylor)(float(target))
-    mode = "operators" if method == "ldpruner" else "structures"
-    scores = ({r["fqn"]: r["score"] for r in ld["records"]} if method == "ldpruner" else
-              {f: float(v.float().mean()) for f, v in _unit_scores(h, method, ld, eco, taylor).items()})
+    m = methods.get(method)
+    scores = Scores.from_dict(store[method]) if method in (store or {}) else (m.score(h) if m.data_free else None)
+    top, why = results.slider_max(h, scores)
+    note = why or f"Run {m.title} in the Score tab to pre-fill from it."
+    return gr.update(maximum=top), note
+
+
+@friendly
+def prefill(model, method, target, scope, store):
+    h = _handle(model)
+    scores = _scores_for(h, method, store)
+    top, why = results.slider_max(h, scores)
+    if float(target) > top + 1e-9:
+        raise gr.Error(f"Target {float(target):.0%} is out of reach. {why}", print_exception=False)
+    plan = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope)
+    mode = "operators" if scores.level == "operator" else "structures"
+    score_map = dict(zip(scores.per_structure()["fqn"], scores.per_structure()["score"]))
     df, plan_dict = _totals_view(h, plan)
-    return selection_table(h, mode, plan, scores), mode, df, plan_dict
+    label = f"{methods.get(method).title} at {float(target):.0%} ({scope})"
+    return selection_table(h, mode, plan, score_map), mode, df, plan_dict, _kept_plot(h, plan, label)
 
 
 @friendly
 def change_mode(model, mode):
     h = _handle(model)
     empty = PruningPlan(family=h.family, base=h.model_ref)
-    return selection_table(h, mode), *_totals_view(h, empty)
+    return selection_table(h, mode), *_totals_view(h, empty), _kept_plot(h, empty, "nothing selected")
 
 
 @friendly
 def plan_totals(model, mode, table):
     h = _handle(model)
-    return _totals_view(h, plan_from_table(h, mode, pd.DataFrame(table)))
+    if not isinstance(table, pd.DataFrame):
+        raise gr.Error("The selection table must be a table (headers and rows).", print_exception=False)
+    plan = plan_from_table(h, mode, table)
+    return refresh_kept(h, mode, table), *_totals_view(h, plan), _kept_plot(h, plan, "your selection")
+
+
+def _pair_outputs(out: dict, view: str):
+    a, b = display_pair(out["original"], out["pruned"])
+    side = view != "slider"
+    return (gr.update(value=a, visible=side), gr.update(value=b, visible=side),
+            gr.update(value=difference(out["original"], out["pruned"]), visible=side),
+            gr.update(value=(a, b), visible=not side))
 
 
 @friendly
-def generate(model, plan_dict, prompt, seed, steps, request: gr.Request, progress=TRACK):
+def generate(model, plan_dict, prompt, seed, steps, view, clicked, request: gr.Request, progress=PROGRESS):
     h = _handle(model)
-    out = _compare_gpu(h, _plan(model, plan_dict), prompt, int(seed), _steps(steps), STOPS.fresh(_sid(request)))
-    m = out["metrics"]
-    rows = [{"metric": k, "value": round(v, 6) if isinstance(v, float) else v} for k, v in m.items()]
-    return (out["original"], out["pruned"]), pd.DataFrame(rows)
+    plan, seed, steps = _plan(plan_dict), check_size("seed", seed), _steps(steps)
+    prompt = _prompts(prompt)[0]
+    out = None
+    for msg in _run(h, lambda c: _compare(h, plan, prompt, seed, steps, c), request, clicked, progress, "compare"):
+        if msg and msg[0] == "done":
+            out = msg[1]
+        else:
+            yield _skip(7)
+    pair = {"original": out["original"], "pruned": out["pruned"]}
+    caption = (f"**{results.model_label(h)}**, seed {seed}: left the original, middle the pruned model "
+               f"({fmt.percent(totals(h, plan)['params_fraction'])} of params removed), right their difference "
+               f"(x4, black = identical).")
+    yield (*_pair_outputs(out, view), metrics_table(out["metrics"]), pair, caption)
+
+
+def switch_view(view, pair):
+    if not pair:
+        return (gr.update(visible=view != "slider"),) * 3 + (gr.update(visible=view == "slider"),)
+    return _pair_outputs(pair, view)
+
+
+# --------------------------------------------------------------------------- 4. how much can I prune?
+
+
+def _sparsities(text) -> list[float]:
+    from pruning.compare import check_sparsities
+
+    items = [x for x in str(text or "").replace(";", ",").split(",") if x.strip()]
+    return check_sparsities(check_count("sparsities", items))
+
+
+def _quality_plot(table: dict | None, metric, plan_dict, model):
+    if not table:
+        return visual.placeholder("Run the comparison to see quality against sparsity.", height=420)
+    df = pd.DataFrame(table["records"])
+    done = df[df["method"] != "original"] if len(df) else df
+    if not len(done) or metric not in df.columns:
+        return visual.placeholder("Stopped before any method was evaluated." if table["attrs"].get("partial")
+                                  else f"No {metric} in this comparison.", height=420)
+    mark = None
+    if plan_dict and model:
+        mark = totals(_handle(model), _plan(plan_dict))["params_fraction"]
+    a = table["attrs"]
+    sub = (f"{table['label']} · {len(a['eval_prompts'])} prompts, seeds 0-{len(a['eval_prompts']) - 1}"
+           + (f" · STOPPED: {a.get('stopped')}" if a.get("partial") else ""))
+    return visual.quality_vs_sparsity(df, metric, subtitle=sub, mark=mark)
+
+
+def _quality_table(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"method": df["method"], "target": df["sparsity"].map(fmt.percent),
+                        "params removed": df.get("params_fraction", pd.Series(dtype=float)).map(fmt.percent),
+                        "MACs": df.get("macs", pd.Series(dtype=float)).map(lambda v: fmt.count(v))})
+    out["latent MSE (lower = closer)"] = df.get("latent_mse", pd.Series(dtype=float)).map(fmt.number)
+    out["PSNR dB (higher = closer)"] = df.get("psnr", pd.Series(dtype=float)).map(lambda v: fmt.number(v, 3))
+    if "acc_all" in df.columns:
+        out["task accuracy"] = df["acc_all"].map(fmt.percent)
+    if "error" in df.columns:
+        out["note"] = df["error"].fillna("")
+    return out
 
 
 @friendly
-def compare_methods(model, methods, sparsities, prompts, steps, metric, request: gr.Request,
-                    progress=TRACK):
-    h = _handle(model)
-    if not methods:
-        raise gr.Error("Pick at least one method.")
-    try:
-        sps = [float(x) for x in str(sparsities).replace(";", ",").split(",") if x.strip()]
-    except ValueError:
-        raise gr.Error(f"Sparsities must be comma-separated numbers in (0, 1), got {sparsities!r}") from None
-    if not sps or not all(0 < s < 1 for s in sps):
-        raise gr.Error(f"Sparsities must be comma-separated numbers in (0, 1), got {sparsities!r}")
+def run_quality(model, chosen, sparsities, prompts, steps, metric, store, plan_dict, clicked,
+                request: gr.Request, progress=PROGRESS):
     from pruning.compare import CompareSettings
 
-    prompts = _prompts(prompts)
-    settings = CompareSettings(eval_prompts=prompts, calib_prompts=prompts, steps=_steps(steps), random_draws=1,
-                               sweep={"n_gen": max(2, len(prompts))}, taylor={"stride": 100})
-    df = _quality_gpu(h, sps, list(methods), settings, STOPS.fresh(_sid(request)),
-                      lambda done, total, row: progress((done, total), desc="compare methods"))
-    return visual.quality_vs_sparsity(df, metric, x="params_fraction"), df.round(5)
+    h = _handle(model)
+    if not chosen:
+        raise gr.Error("Pick at least one method to compare.", print_exception=False)
+    sps = _sparsities(sparsities)
+    p = _prompts(prompts)
+    settings = CompareSettings(eval_prompts=p, calib_prompts=p, steps=_steps(steps), random_draws=1,
+                               method_settings={"ldpruner": {"n_gen": max(2, min(len(p), 8))},
+                                                "taylor": {"stride": 100}})
+    df = None
+    for msg in _run(h, lambda c: _quality(h, sps, list(chosen), settings, c), request, clicked, progress, "compare"):
+        if msg and msg[0] == "done":
+            df = msg[1]
+        else:
+            yield _skip(4)
+    table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h)}
+    note = (f"**Stopped** ({df.attrs.get('stopped')}): the finished rows are shown." if df.attrs.get("partial")
+            else f"Done: {len(df) - 1} plans evaluated on {len(p)} prompts.")
+    yield _quality_plot(table, metric, plan_dict, model), _quality_table(df), table, note
+
+
+def redraw_quality(table, metric, plan_dict, model):
+    return _quality_plot(table, metric, plan_dict, model)
+
+
+# --------------------------------------------------------------------------- 5. export
 
 
 @friendly
-def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps,
-                 progress=TRACK):
+def export_summary(model, plan_dict):
+    if not model or not plan_dict:
+        return "No plan yet: make one in **Select and compare** (pre-fill or tick rows)."
     h = _handle(model)
-    out = _export_gpu(h, _plan(model, plan_dict), bool(full_pipeline), int(recover_iters or 0),
-                      _prompts(prompts), _steps(steps))
-    return (gr.update(value=out["zip"], visible=True), gr.update(value=out["plan_json"], visible=True),
-            out["snippet"])
+    plan = _plan(plan_dict)
+    s = totals(h, plan)
+    how = plan.provenance.get("method", "manual")
+    return (f"Exports **{results.model_label(h)}** pruned by the plan from **{how}**: "
+            f"{s['operators_removed']} operators removed and {s['structures_pruned']} layers slimmed, "
+            f"**{fmt.percent(s['params_fraction'])} of the params** ({fmt.count(s['params_removed'])} of "
+            f"{fmt.count(s['params_total'])}) and {fmt.percent(s['macs_fraction'])} of the MACs per denoiser call.")
+
+
+@friendly
+def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps, clicked, request: gr.Request,
+                 progress=PROGRESS):
+    h = _handle(model)
+    plan, iters = _plan(plan_dict), check_size("recover_iters", recover_iters or 0)
+    rec_prompts = _prompts(prompts) if iters else None
+    out = None
+    work = lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c)  # noqa: E731
+    for msg in _run(h, work, request, clicked, progress, "export"):
+        if msg and msg[0] == "done":
+            out = msg[1]
+        else:
+            yield _skip(4)
+    yield (gr.update(value=out["zip"], visible=True), gr.update(value=out["plan_json"], visible=True),
+           out["snippet"], "Exported: download the zip, then follow the lines below.")
+
+
+def end_session(request: gr.Request):
+    """A closed tab: stop its runs and remove its exports."""
+    RUNS.stop(_sid(request))
+    cleanup(session=_sid(request))
 
 
 # --------------------------------------------------------------------------- layout
@@ -417,140 +515,177 @@ def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps,
 
 def build_app() -> gr.Blocks:
     """The Blocks app (no model is loaded here; the page's load event loads the default)."""
-    with gr.Blocks(title="Diffusion pruning explorer") as demo:
-        gr.Markdown("# Diffusion pruning explorer\nStructural pruning of SD, SDXL and FLUX denoisers: "
-                    "score with LD-Pruner, EcoDiff or Diff-Pruning, pick what to remove, compare, export.")
-        model = gr.State(None)
-        ld, eco, taylor, plan_state = gr.State(None), gr.State(None), gr.State(None), gr.State(None)
-        with gr.Tab("1. Model"):
-            with gr.Row():
-                source = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, scale=3,
-                                     label="Model: bundled, preset Hub id, any Hub id or local folder")
-                device = gr.Dropdown(["cpu", "cuda"], value="cpu", label="device", scale=1)
-                dtype = gr.Dropdown(list(DTYPES), value="float32", label="dtype", scale=1)
-            load_btn = gr.Button("Load", variant="primary")
-            info = gr.Markdown("No model loaded yet.")
-            kinds = gr.Dataframe(label="Catalog summary by kind", interactive=False)
-        with gr.Tab("2. Operator sweep (LD-Pruner)"):
-            with gr.Row():
-                ld_prompts = gr.Textbox(PROMPTS, lines=4, label="prompts (one per line)", scale=3)
-                with gr.Column(scale=2):
-                    n_gen = gr.Slider(2, 16, value=4, step=1, label="N_gen (samples per setting)")
-                    ld_steps = gr.Number(0, precision=0, label="steps (0 = model default)")
-                    granularity = gr.Radio(["fine", "block", "all"], value="fine", label="granularity")
-            ld_ops = gr.Dropdown([], multiselect=True, label="only these operators (empty = all)")
-            with gr.Row():
-                ld_run, ld_stop = gr.Button("Run sweep", variant="primary"), gr.Button("Stop")
-            ld_note = gr.Markdown()
-            ld_plot = gr.Plot(visual.placeholder(), label="importance heatmap")
-            ld_table = gr.Dataframe(label="scores (low = prunable)", interactive=False, max_height=360)
-        with gr.Tab("3. Mask optimization (EcoDiff)"):
-            with gr.Row():
-                eco_prompts = gr.Textbox(PROMPTS, lines=4, label="prompts (one per line)", scale=3)
-                with gr.Column(scale=2):
-                    eco_steps = gr.Number(0, precision=0, label="steps T (0 = model default)")
-                    eco_epochs = gr.Slider(1, 50, value=ECO_DEFAULT_EPOCHS, step=1, label="epochs")
-                    eco_batch = gr.Slider(1, 16, value=4, step=1, label="batch size")
-            with gr.Row():
-                eco_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron"], label="mask")
-                eco_beta = gr.Number(0.1, label="beta (regularizer weight)")
-                eco_lr = gr.Number(ECO_DEFAULT_LR, label="learning rate")
-            with gr.Row():
-                eco_run, eco_stop = gr.Button("Run optimization", variant="primary"), gr.Button("Stop")
-            with gr.Row():
-                eco_target = gr.Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity (params removed)")
-                eco_scope = gr.Radio(["global", "local"], value="global", label="scope")
-            eco_note = gr.Markdown()
-            with gr.Row():
-                eco_loss = gr.Plot(visual.placeholder(height=480), label="loss and expected sparsity")
-                eco_mask = gr.Plot(visual.placeholder(height=480), label="kept fraction per layer")
-        with gr.Tab("4. Taylor (Diff-Pruning)"):
-            with gr.Row():
-                ty_prompts = gr.Textbox(PROMPTS, lines=4, label="prompts (x0 generated from them)", scale=3)
-                with gr.Column(scale=2):
-                    ty_steps = gr.Number(0, precision=0, label="sampling steps (0 = model default)")
-                    ty_stride = gr.Slider(1, 500, value=100, step=1, label="timestep stride")
-                    ty_thr = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="threshold thr")
-                    ty_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron", "group"],
-                                                label="structures")
-            with gr.Row():
-                ty_run, ty_stop = gr.Button("Run Taylor importance", variant="primary"), gr.Button("Stop")
-            ty_note = gr.Markdown()
-            ty_plot = gr.Plot(visual.placeholder(), label="importance heatmap")
-        with gr.Tab("5. Select and compare"):
-            with gr.Row():
-                method = gr.Dropdown(METHODS, value="magnitude", label="pre-fill from")
-                target = gr.Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity")
-                fill_btn = gr.Button("Pre-fill")
-            mode = gr.Radio(["operators", "structures"], value="operators", label="table")
-            table = gr.Dataframe(label="tick what to remove (structures: 'kept' lists kept unit indices)",
-                                 interactive=True, max_height=360, datatype=DATATYPES,
-                                 value=pd.DataFrame(columns=COLUMNS))
-            with gr.Row():
-                plan_df = gr.Dataframe(pd.DataFrame(columns=["what", "removed", "total", "fraction"]),
-                                       label="plan totals (removed)", interactive=False, scale=2)
-                with gr.Accordion("plan (JSON)", open=False):
-                    plan_json = gr.JSON(label="pruning_plan.json")
-            with gr.Row():
-                prompt = gr.Textbox(PROMPTS.splitlines()[0], label="prompt", scale=3)
-                seed = gr.Number(0, precision=0, label="seed")
-                gen_steps = gr.Number(0, precision=0, label="steps (0 = default)")
-            gen_btn = gr.Button("Generate original vs pruned", variant="primary")
-            with gr.Row():
-                slider = gr.ImageSlider(label="original | pruned", height=360, type="pil", format="png",
-                                        elem_id="compare")
-                metrics = gr.Dataframe(label="comparison", interactive=False)
-            with gr.Accordion("Quality versus sparsity across methods", open=False):
+    H = guide.HELP
+    with gr.Blocks(title="Diffusion Pruning Explorer", delete_cache=(600, 3600)) as demo:
+        gr.Markdown(guide.INTRO)
+        with gr.Accordion("How it works, and the words used here", open=True):
+            steps_md = gr.Markdown(guide.STEPS.format(estimates=""))
+            gr.Markdown(guide.GLOSSARY)
+        model, store, plan_state, cmp_state, last_method = (gr.State(None), gr.State({}), gr.State(None),
+                                                            gr.State(None), gr.State(None))
+        clicked, pair_state = gr.State(None), gr.State(None)
+        with gr.Tabs():
+            with gr.Tab("1 · Model"):
                 with gr.Row():
-                    cmp_methods = gr.CheckboxGroup(METHODS, value=["magnitude", "random"], label="methods")
-                    cmp_sps = gr.Textbox("0.1, 0.2, 0.3", label="sparsities")
-                    cmp_metric = gr.Dropdown(["latent_mse", "psnr", "acc_all"], value="latent_mse", label="metric")
-                cmp_prompts = gr.Textbox(PROMPTS, lines=2, label="prompts: scored with and evaluated on (one per line)")
+                    source = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, scale=3,
+                                         label="model", info=H["model"])
+                    device = gr.Dropdown(["cpu", "cuda"], value="cpu", label="device", info=H["device"], scale=1)
+                    dtype = gr.Dropdown(list(DTYPES), value="float32", label="dtype", info=H["dtype"], scale=1)
+                load_btn = gr.Button("Load", variant="primary")
+                model_status = gr.Markdown("Loading the default model...", elem_classes="status")
+                info = gr.Markdown()
+                kinds = gr.Dataframe(EMPTY["kinds"], label="What can be pruned, by kind", interactive=False)
+            with gr.Tab("2 · Score"):
+                method_note = gr.Markdown()
+                method = gr.Radio([(methods.get(n).title, n) for n in methods.names()], value="magnitude",
+                                  label="method", info=H["method"])
                 with gr.Row():
-                    cmp_btn, cmp_stop = gr.Button("Compare methods"), gr.Button("Stop")
-                cmp_plot = gr.Plot(visual.placeholder(height=420))
-                cmp_table = gr.Dataframe(interactive=False)
-        with gr.Tab("6. Export"):
-            with gr.Row():
-                full = gr.Checkbox(True, label="full pipeline (VAE, text encoders...)")
-                rec_iters = gr.Number(0, precision=0, label="recovery finetune iterations (0 = none)")
-            exp_btn = gr.Button("Export", variant="primary")
-            with gr.Row():
-                dl_zip = gr.DownloadButton("Download model (.zip)", visible=False)
-                dl_json = gr.DownloadButton("Download pruning_plan.json", visible=False)
-            snippet = gr.Code(language="python", label="load it")
+                    sc_prompts = gr.Textbox(PROMPTS, lines=4, label="prompts", info=H["prompts"], scale=3)
+                    sc_steps = gr.Number(0, precision=0, label="steps", info=H["steps"], scale=1)
+                with gr.Group(visible=False) as ld_group:
+                    with gr.Row():
+                        n_gen = gr.Slider(2, 16, value=4, step=1, label="images per operator", info=H["n_gen"])
+                        granularity = gr.Radio(["fine", "block", "all"], value="fine", label="granularity",
+                                               info=H["granularity"])
+                    ld_ops = gr.Dropdown([], multiselect=True, label="only these operators", info=H["operators"])
+                with gr.Group(visible=False) as eco_group:
+                    with gr.Row():
+                        eco_epochs = gr.Slider(1, 50, value=methods.ecodiff.DEFAULT_EPOCHS, step=1, label="epochs",
+                                               info=H["epochs"])
+                        eco_batch = gr.Slider(1, 16, value=4, step=1, label="batch size", info=H["batch"])
+                        eco_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron"],
+                                                     label="gates on", info=H["kinds"])
+                        eco_beta = gr.Number(methods.ecodiff.DEFAULT_BETA, label="sparsity push", info=H["beta"])
+                        eco_lr = gr.Number(methods.ecodiff.DEFAULT_LR, label="learning rate", info=H["lr"])
+                with gr.Group(visible=False) as ty_group:
+                    with gr.Row():
+                        ty_stride = gr.Slider(1, 500, value=100, step=1, label="noise-level stride", info=H["stride"])
+                        ty_thr = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="stop threshold", info=H["thr"])
+                        ty_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron", "group"],
+                                                    label="units", info=H["taylor_kinds"])
+                with gr.Group(visible=True) as base_group:
+                    base_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron", "group"],
+                                                  label="units", info=H["kinds"])
+                with gr.Row():
+                    sc_run, sc_stop = gr.Button("Run", variant="primary"), gr.Button("Stop")
+                sc_status = gr.Markdown(elem_classes="status")
+                sc_plot = gr.Plot(visual.placeholder(), label="scores per layer")
+                eco_loss = gr.Plot(visual.placeholder("EcoDiff's curves appear here.", height=480), visible=False,
+                                   label="EcoDiff optimization")
+                sc_table = gr.Dataframe(EMPTY["scores"], label="most prunable first", interactive=False, max_height=360)
+            with gr.Tab("3 · Select and compare"):
+                with gr.Row():
+                    fill_method = gr.Dropdown([(methods.get(n).title, n) for n in methods.names()], value="magnitude",
+                                              label="pre-fill from", info=H["prefill"])
+                    target = gr.Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity", info=H["target"])
+                    scope = gr.Radio(["global", "local"], value="global", label="scope", info=H["scope"])
+                target_note = gr.Markdown(elem_classes="status")
+                fill_btn = gr.Button("Pre-fill the table")
+                mode = gr.Radio(list(MODES), value="operators", label="table", info=H["mode"])
+                table = gr.Dataframe(empty_table(), headers=COLUMNS, datatype=DATATYPES, interactive=True,
+                                     max_height=360, label="tick what to remove (structures: 'kept indices' lists "
+                                     "the units that stay; empty = remove all)")
+                with gr.Row():
+                    plan_df = gr.Dataframe(EMPTY["totals"], label="your plan removes", interactive=False, scale=2)
+                    with gr.Accordion("plan (JSON)", open=False):
+                        plan_json = gr.JSON(label="pruning_plan.json")
+                kept_plot = gr.Plot(visual.placeholder("Your plan's kept fraction per layer appears here.", height=480))
+                with gr.Row():
+                    prompt = gr.Textbox(guide.EXAMPLE_PROMPTS["shapes"][0], label="prompt", info=H["prompt"], scale=3)
+                    seed = gr.Number(0, precision=0, label="seed", info=H["seed"])
+                    gen_steps = gr.Number(0, precision=0, label="steps", info=H["steps"])
+                gr.Examples([[p] for p in guide.EXAMPLE_PROMPTS["shapes"]], [prompt], label="prompts for the shapes models")
+                gr.Examples([[p] for p in guide.EXAMPLE_PROMPTS["other"]], [prompt], label="prompts for other models")
+                with gr.Row():
+                    gen_btn = gr.Button("Generate original vs pruned", variant="primary", scale=3)
+                    view = gr.Radio(["side by side", "slider"], value="side by side", label="view", info=H["view"])
+                gen_status = gr.Markdown(elem_classes="status")
+                with gr.Row(equal_height=True):
+                    img_a = gr.Image(label="original", height=384, width=384, type="pil", format="png",
+                                     interactive=False, elem_classes="pixelated", elem_id="img-original")
+                    img_b = gr.Image(label="pruned", height=384, width=384, type="pil", format="png",
+                                     interactive=False, elem_classes="pixelated", elem_id="img-pruned")
+                    img_d = gr.Image(label="difference (x4)", height=384, width=384, type="pil", format="png",
+                                     interactive=False, elem_classes="pixelated", elem_id="img-diff")
+                slider = gr.ImageSlider(label="original | pruned", visible=False, type="pil", format="png",
+                                        elem_classes="pixelated", height=384)
+                metrics = gr.Dataframe(EMPTY["metrics"], label="original vs pruned", interactive=False)
+            with gr.Tab("4 · How much can I prune?"):
+                gr.Markdown("Each method scores the model once, is cut at every target, and the pruned models are "
+                            "compared with the original on the same prompts and seeds.")
+                with gr.Row():
+                    cmp_methods = gr.CheckboxGroup([(methods.get(n).title, n) for n in methods.names()],
+                                                   value=["magnitude", "random"], label="methods", info=H["cmp_methods"])
+                    cmp_sps = gr.Textbox("0.1, 0.2, 0.3", label="target sparsities", info=H["sparsities"])
+                cmp_prompts = gr.Textbox(PROMPTS, lines=3, label="prompts (scored with and evaluated on)",
+                                         info=H["prompts"])
+                with gr.Row():
+                    cmp_btn, cmp_stop = gr.Button("Compare", variant="primary"), gr.Button("Stop")
+                    metric = gr.Dropdown([(visual.METRICS[k][0], k) for k in ("latent_mse", "psnr", "acc_all")],
+                                         value="latent_mse", label="show", info=H["metric"])
+                cmp_status = gr.Markdown(elem_classes="status")
+                cmp_plot = gr.Plot(visual.placeholder("Run the comparison to see quality against sparsity.", 420))
+                cmp_table = gr.Dataframe(EMPTY["quality"], interactive=False, label="every plan, against the original")
+            with gr.Tab("5 · Export"):
+                exp_summary = gr.Markdown("No plan yet.")
+                with gr.Row():
+                    full = gr.Checkbox(True, label="full pipeline", info=H["full"])
+                    rec_iters = gr.Number(0, precision=0, label="recovery iterations", info=H["recover"])
+                exp_btn = gr.Button("Export", variant="primary")
+                exp_status = gr.Markdown(elem_classes="status")
+                with gr.Row():
+                    dl_zip = gr.DownloadButton("Download the model (.zip)", visible=False)
+                    dl_json = gr.DownloadButton("Download pruning_plan.json", visible=False)
+                snippet = gr.Code(language="shell", label="load it")
 
-        run = {"concurrency_id": "model", "concurrency_limit": 1}  # shared models: one job at a time
-        load_out = [model, info, kinds, ld_ops, table, mode, ld, eco, taylor, plan_state]
-        load_btn.click(load_model, [source, device, dtype], load_out, api_name="load_model", **run)
-        demo.load(load_model, [source, device, dtype], load_out, api_visibility="private", **run)
-        for btn in (ld_stop, eco_stop, ty_stop, cmp_stop):
-            btn.click(stop_run, None, None, api_name="stop" if btn is ld_stop else None,
-                      api_visibility="public" if btn is ld_stop else "private", concurrency_limit=None)
-        ld_run.click(run_sweep, [model, ld_prompts, n_gen, ld_steps, granularity, ld_ops],
-                     [ld_table, ld_plot, ld, ld_note], api_name="sweep", **run)
-        eco_run.click(run_ecodiff, [model, eco_prompts, eco_steps, eco_epochs, eco_batch, eco_kinds, eco_beta,
-                                    eco_lr, eco_target, eco_scope], [eco_loss, eco_mask, eco, eco_note],
-                      api_name="ecodiff", **run)
-        eco_target.release(eco_plan, [model, eco, eco_target, eco_scope], [eco_mask, eco_note],
-                           api_name="ecodiff_plan", **run)
-        ty_run.click(run_taylor, [model, ty_prompts, ty_steps, ty_stride, ty_thr, ty_kinds],
-                     [ty_plot, taylor, ty_note], api_name="taylor", **run)
-        fill_btn.click(prefill, [model, method, target, ld, eco, taylor], [table, mode, plan_df, plan_state],
-                       api_name="prefill", **run)
-        mode.input(change_mode, [model, mode], [table, plan_df, plan_state], api_name="table_mode", **run)
-        table.input(plan_totals, [model, mode, table], [plan_df, plan_state], api_name="plan_totals", **run)
-        plan_state.change(lambda p: p, plan_state, plan_json, api_visibility="private", queue=False)
-        gen_btn.click(generate, [model, plan_state, prompt, seed, gen_steps], [slider, metrics],
-                      api_name="generate", **run)
-        cmp_btn.click(compare_methods, [model, cmp_methods, cmp_sps, cmp_prompts, gen_steps, cmp_metric],
-                      [cmp_plot, cmp_table], api_name="compare_methods", **run)
-        exp_btn.click(export_model, [model, plan_state, full, rec_iters, ld_prompts, gen_steps],
-                      [dl_zip, dl_json, snippet], api_name="export", **run)
+        run = RUN
+        reset = [store, plan_state, cmp_state, last_method, sc_plot, eco_loss, sc_table, sc_status, ld_ops, table,
+                 mode, plan_df, kept_plot, img_a, img_b, img_d, slider, metrics, gen_status, cmp_plot, cmp_table,
+                 cmp_status, exp_summary, dl_zip, dl_json, snippet]
+        load_out = [model, info, kinds, model_status, steps_md, *reset]
+        load_btn.click(load_model, [source, device, dtype], load_out, api_name="load_model",
+                       show_progress_on=[model_status], **run)
+        demo.load(load_model, [source, device, dtype], load_out, api_visibility="private",
+                  show_progress_on=[model_status], **run)
+        demo.unload(end_session)
+        for btn in (sc_stop, cmp_stop):
+            btn.click(stop_run, None, None, api_name="stop" if btn is sc_stop else None,
+                      api_visibility="public" if btn is sc_stop else "private", queue=False)
+        method.change(show_method, [model, method, store],
+                      [ld_group, eco_group, ty_group, base_group, sc_table, sc_plot, method_note, eco_loss],
+                      api_visibility="private", **UI)
+        sc_inputs = [model, method, sc_prompts, sc_steps, n_gen, granularity, ld_ops, eco_epochs, eco_batch,
+                     eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, store, clicked]
+        sc_run.click(stamp, None, clicked, queue=False, api_visibility="private").then(
+            run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method],
+            api_name="score", show_progress_on=[sc_status], **run)
+        fill_method.change(target_range, [model, fill_method, store], [target, target_note],
+                           api_visibility="private", **UI)
+        fill_btn.click(prefill, [model, fill_method, target, scope, store], [table, mode, plan_df, plan_state, kept_plot],
+                       api_name="prefill", **UI)
+        mode.input(change_mode, [model, mode], [table, plan_df, plan_state, kept_plot], api_name="table_mode", **UI)
+        table.input(plan_totals, [model, mode, table], [table, plan_df, plan_state, kept_plot],
+                    api_name="plan_totals", trigger_mode="always_last", **UI)
+        plan_state.change(lambda p: p, plan_state, plan_json, api_visibility="private", **UI)
+        plan_state.change(export_summary, [model, plan_state], exp_summary, api_visibility="private", **UI)
+        gen_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
+            generate, [model, plan_state, prompt, seed, gen_steps, view, clicked],
+            [img_a, img_b, img_d, slider, metrics, pair_state, gen_status], api_name="generate",
+            show_progress_on=[gen_status], **run)
+        view.change(switch_view, [view, pair_state], [img_a, img_b, img_d, slider], api_visibility="private", **UI)
+        cmp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
+            run_quality, [model, cmp_methods, cmp_sps, cmp_prompts, gen_steps, metric, store, plan_state, clicked],
+            [cmp_plot, cmp_table, cmp_state, cmp_status], api_name="compare_methods",
+            show_progress_on=[cmp_status], **run)
+        metric.change(redraw_quality, [cmp_state, metric, plan_state, model], cmp_plot, api_name="redraw", **UI)
+        exp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
+            export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, clicked],
+            [dl_zip, dl_json, snippet, exp_status], api_name="export", show_progress_on=[exp_status], **run)
     return demo
 
 
 demo = build_app()
+
 
 def _warm(source: str = DEFAULT_MODEL) -> None:
     """Load the default model into the cache in the background, so the first page view is fast."""
@@ -567,5 +702,5 @@ if __name__ == "__main__":
     if not torch.cuda.is_available() or os.environ.get("PRUNING_THREADS"):
         torch.set_num_threads(int(os.environ.get("PRUNING_THREADS", "1")))
     threading.Thread(target=_warm, daemon=True).start()
-    demo.queue(default_concurrency_limit=1).launch(
+    demo.queue(default_concurrency_limit=1, max_size=64).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=False, css=CSS)

@@ -4,20 +4,34 @@ The public API (a contract: code outside this package uses these names)::
 
     from pruning import (load_pipeline, catalog, PruningPlan, masked, slim, export,
                          load_pruned, generate_latents)
+    from pruning.methods import ldpruner, ecodiff, diffpruning   # and the registry: methods.get("taylor")
+
+This package never imports gradio: the app lives beside it (``app.py``, ``app_support/``).
 """
 
 from .catalog import catalog
-from .compare import compare_methods
-from .errors import ExportError, ModelLoadError, PlanError, PruningError
+from .compare import CompareSettings, compare_methods
+from .errors import (
+    ExportError,
+    ModelLoadError,
+    PlanError,
+    PruningError,
+    RunDiverged,
+    RunStopped,
+    SettingsError,
+)
 from .export import export, load_pruned
 from .loading import Handle, load_pipeline
 from .masks import masked
 from .plan import PruningPlan
 from .recover import RecoverSettings, recover
+from .runs import RunControl
 from .sampling import generate_images, generate_latents
 from .slim import slim
 
 __all__ = [
     "load_pipeline", "Handle", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
-    "generate_latents", "generate_images", "recover", "RecoverSettings", "compare_methods", "PruningError", "ModelLoadError", "PlanError", "ExportError",
+    "generate_latents", "generate_images", "recover", "RecoverSettings", "compare_methods", "CompareSettings",
+    "RunControl", "PruningError", "ModelLoadError", "PlanError", "ExportError", "SettingsError", "RunStopped",
+    "RunDiverged",
 ]

@@ -36,7 +36,16 @@ from .metrics import example_inputs, is_flux, meta_twin, module_macs
 
 FINE_KINDS = ("attn1", "attn2", "ff", "resnet", "attn", "ff_context")
 BLOCK_KINDS = ("transformer", "resnet", "double_block", "single_block")
-STRUCTURE_KINDS = ("head", "neuron", "group")
+UNIT_KINDS = ("head", "neuron", "group")  # the kinds of prunable units, everywhere in the package
+
+
+def inside(fqn: str, parent: str) -> bool:
+    """``fqn`` is a submodule of ``parent`` (strictly).
+
+    >>> inside("mid_block.attentions.0.transformer_blocks.0.ff", "mid_block.attentions.0"), inside("a.b", "a.b")
+    (True, False)
+    """
+    return fqn.startswith(parent + ".")
 
 
 @dataclass(frozen=True)
@@ -327,11 +336,7 @@ def kind_shares(denoiser: nn.Module, structures: pd.DataFrame | None = None) -> 
     return {k: float(st.loc[mask, "module_params"].sum()) / total for k, mask in groups.items()}
 
 
-def total_params(denoiser: nn.Module) -> int:
-    return sum(p.numel() for p in denoiser.parameters())
-
-
 __all__ = [
     "Cut", "Structure", "Operator", "Discovery", "discover", "catalog", "kind_shares", "position",
-    "unit_params", "unit_macs", "unit_view", "operator_params", "operator_macs", "total_params",
+    "unit_params", "unit_macs", "unit_view", "operator_params", "operator_macs", "UNIT_KINDS", "inside",
 ]

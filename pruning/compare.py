@@ -1,7 +1,8 @@
 """One comparison table for every method at several sparsities (feeds the quality plot).
 
-Each method scores the model once; plans are then cut at every target sparsity, slimmed,
-and evaluated on the same prompts and seeds as the original: params, MACs, latent MSE and
+Each method of the registry scores the model once; its scores are then cut at every target
+sparsity, slimmed, and evaluated on the same prompts and seeds as the original: params, MACs
+(at the model's own generation size, the same figure as everywhere else), latent MSE and
 image PSNR against the original, and, on the bundled shapes models, task accuracy.
 
 >>> from pruning.testing import tiny_pipeline
@@ -16,135 +17,155 @@ image PSNR against the original, and, on the bundled shapes models, task accurac
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 
-from .errors import PruningError
+from . import validate
+from .catalog import UNIT_KINDS
+from .errors import PruningError, SettingsError
 from .metrics import count_params, total_macs
-from .quality import latent_mse, psnr, shape_task_accuracy
-from .sampling import decode_latents, generate_latents
+from .prompts import calibration_prompts, evaluation_prompts
+from .quality import evaluate
+from .runs import RunControl, as_control
+from .sampling import count_inputs
 from .slim import slim
 
-METHODS = ("ldpruner", "ecodiff", "taylor", "magnitude", "random")
-UNIT_KINDS = ("head", "neuron", "group")
+MAX_SPARSITIES = 20
+MAX_DRAWS = 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompareSettings:
-    eval_prompts: Sequence[str] | None = None  # default: 16 held-out shapes prompts
-    eval_seeds: Sequence[int] | None = None
-    calib_prompts: Sequence[str] | None = None  # what the methods score with; default: 8 other prompts
+    """Frozen and checked. ``method_settings`` maps a method name to its settings values (a dict)."""
+
+    eval_prompts: tuple[str, ...] | None = None  # default: 16 evaluation prompts of the model
+    eval_seeds: tuple[int, ...] | None = None
+    calib_prompts: tuple[str, ...] | None = None  # what the methods score with; default: 8 other prompts
     steps: int | None = None
     guidance: float | None = None
     random_draws: int = 3
-    sweep: dict = field(default_factory=dict)  # extra SweepSettings fields (n_gen, granularity, ...)
-    ecodiff: dict = field(default_factory=dict)  # extra EcoDiffSettings fields
-    taylor: dict = field(default_factory=dict)  # extra TaylorSettings fields
+    method_settings: Mapping[str, Mapping] = field(default_factory=dict)
+
+    def __post_init__(self):
+        v = validate
+        ev = None if self.eval_prompts is None else v.prompt_list(self.eval_prompts, "eval_prompts")
+        seeds = None if self.eval_seeds is None else v.seed_list(self.eval_seeds, "eval_seeds")
+        if seeds is not None and (ev is None or len(seeds) != len(ev)):
+            raise SettingsError(f"{len(seeds)} eval_seeds for {len(ev or ())} eval_prompts; they must pair up")
+        if not isinstance(self.method_settings, Mapping):
+            raise SettingsError("method_settings must map a method name to a dict of its settings")
+        values = {"eval_prompts": ev, "eval_seeds": seeds,
+                  "calib_prompts": None if self.calib_prompts is None else v.prompt_list(self.calib_prompts,
+                                                                                           "calib_prompts"),
+                  "steps": None if self.steps is None else v.steps(self.steps),
+                  "guidance": None if self.guidance is None else v.guidance(self.guidance),
+                  "random_draws": v.integer("random_draws", self.random_draws, lo=1, hi=MAX_DRAWS),
+                  "method_settings": {str(k): dict(val) for k, val in self.method_settings.items()}}
+        for k, val in values.items():
+            object.__setattr__(self, k, val)
 
 
-def _default_prompts(settings: CompareSettings) -> tuple[list[str], list[int], list[str]]:
-    from .tiny import heldout_prompts, train_prompts
+def check_sparsities(values) -> list[float]:
+    """1..20 distinct targets, each in (0, 1).
 
-    held = list(heldout_prompts())
-    ev = list(settings.eval_prompts or held[:16])
-    seeds = list(settings.eval_seeds or range(len(ev)))
-    calib = list(settings.calib_prompts or train_prompts()[:8])
-    return ev, seeds, calib
-
-
-def _is_shapes(prompts) -> bool:
-    from .tiny.data import parse_caption
-
-    try:
-        return all(parse_caption(p) for p in prompts)
-    except Exception:
-        return False
+    >>> check_sparsities([0.1, 1.5])
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: sparsities[1] must be a finite number in (0, 1), got 1.5
+    """
+    items = [values] if isinstance(values, (int, float, str)) else list(values)
+    if not items:
+        raise SettingsError("give at least one target sparsity in (0, 1)")
+    if len(items) > MAX_SPARSITIES:
+        raise SettingsError(f"{len(items)} sparsities, at most {MAX_SPARSITIES} in one comparison "
+                            "(each is a plan to slim and evaluate)")
+    return list(dict.fromkeys(validate.fraction(f"sparsities[{i}]", x) for i, x in enumerate(items)))
 
 
-def _scorers(handle, methods, calib, s: CompareSettings, stop):
-    """method -> function(target sparsity) -> plan (scores computed once per method)."""
-    from .methods import diffpruning, ecodiff, ldpruner
-    from .methods.select import magnitude_scores, plan_from_unit_scores, random_scores
-
-    out: dict[str, Callable] = {}
-    for m in methods:
-        if m == "ldpruner":
-            sw = ldpruner.sweep(handle, ldpruner.SweepSettings(
-                prompts=tuple(calib), **{"n_gen": max(2, len(calib)), "steps": s.steps, **s.sweep}), stop=stop)
-            out[m] = lambda t, sw=sw: ldpruner.plan_from_scores(handle, sw, target_sparsity=t)
-        elif m == "ecodiff":
-            st = ecodiff.optimize(handle, ecodiff.EcoDiffSettings(
-                prompts=calib, **{"steps": s.steps, "kinds": UNIT_KINDS, **s.ecodiff}), progress=False, stop=stop)
-            out[m] = lambda t, st=st: ecodiff.to_plan(handle, st, target_sparsity=t)
-        elif m == "taylor":
-            sc = diffpruning.importance(handle, diffpruning.TaylorSettings(
-                prompts=calib, **{"steps": s.steps, **s.taylor}), progress=False, stop=stop)
-            out[m] = lambda t, sc=sc: diffpruning.to_plan(handle, sc, target_sparsity=t)
-        elif m == "magnitude":
-            mag = magnitude_scores(handle, UNIT_KINDS)
-            out[m] = lambda t, mag=mag: plan_from_unit_scores(handle, mag, target_sparsity=t,
-                                                              provenance={"method": "magnitude"})
-        elif m == "random":
-            draws = [random_scores(handle, UNIT_KINDS, seed=d) for d in range(s.random_draws)]
-            out[m] = lambda t, draws=draws: [plan_from_unit_scores(handle, r, target_sparsity=t,
-                                                                   provenance={"method": "random"}) for r in draws]
-        else:
-            raise PruningError(f"unknown method {m!r}; choose from {METHODS}")
-    return out
+def _settings_for(method, handle, s: CompareSettings, calib: tuple[str, ...]):
+    """The method's settings: its defaults, the comparison's calibration prompts and steps, overrides."""
+    names = {f.name for f in fields(method.Settings)}
+    values = {k: v for k, v in (("prompts", calib), ("steps", s.steps)) if k in names and v is not None}
+    if method.name == "ldpruner":
+        values["n_gen"] = max(2, len(calib))
+    if "kinds" in names:
+        values["kinds"] = UNIT_KINDS
+    return method.settings(**{**values, **s.method_settings.get(method.name, {})})
 
 
-def _evaluate(handle, denoiser, prompts, seeds, ref, s: CompareSettings, shapes: bool) -> dict:
-    res = int(handle.defaults["resolution"])
-    sample = res // handle.pipe.vae_scale_factor
-    lat = generate_latents(handle, prompts, seeds, steps=s.steps, guidance=s.guidance, denoiser=denoiser)
-    images = decode_latents(handle, lat)
-    row = {"params": count_params(denoiser), "macs": total_macs(denoiser, sample_size=sample),
-           "latent_mse": latent_mse(lat, ref["latents"]) if ref else 0.0,
-           "psnr": psnr(images, ref["images"]) if ref else 100.0}
-    if shapes:
-        acc = shape_task_accuracy(images, prompts)
-        row.update({f"acc_{k}": acc[k] for k in ("color", "shape", "position", "all")})
-    return row, lat, images
+def _evaluate(handle, denoiser, prompts, seeds, ref, s: CompareSettings, control) -> dict:
+    out = evaluate(handle, prompts, seeds, denoiser=denoiser, reference=ref, steps=s.steps, guidance=s.guidance,
+                   control=control)
+    row = {"params": count_params(denoiser), "macs": total_macs(denoiser, **count_inputs(handle)),
+           "latent_mse": out.get("latent_mse", 0.0), "psnr": out.get("psnr", 100.0)}
+    if "all" in out:
+        row.update({f"acc_{k}": out[k] for k in ("color", "shape", "position", "all")})
+    return row, out
 
 
-def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] = METHODS, *,
-                    settings: CompareSettings | None = None, progress: Callable | None = None,
-                    stop: threading.Event | None = None) -> pd.DataFrame:
+def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] | None = None, *,
+                    settings: CompareSettings | None = None, control: RunControl | None = None) -> pd.DataFrame:
     """Long table: method, sparsity (target), params_fraction (measured), params, macs,
     latent_mse, psnr and (shapes models) acc_color/acc_shape/acc_position/acc_all.
-    Random rows are the mean of ``random_draws`` plans; an unreachable target gives a row
-    with ``error`` set instead of numbers."""
+
+    ``methods``: names in the registry (default: all). Random rows are the mean of
+    ``random_draws`` plans; an unreachable target gives a row with ``error`` set instead of
+    numbers. When ``control`` stops the run, the rows finished so far come back and
+    ``attrs["partial"]`` is True (``attrs["stopped"]`` says why).
+    """
+    from .methods import get, names
+
+    control = as_control(control)
     s = settings or CompareSettings()
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise PruningError(f"unknown method {unknown[0]!r}; choose from {METHODS}")
-    prompts, seeds, calib = _default_prompts(s)
-    shapes = _is_shapes(prompts)
-    base_row, lat, images = _evaluate(handle, handle.denoiser, prompts, seeds, None, s, shapes)
-    ref = {"latents": lat, "images": images}
-    total = base_row["params"]
-    rows = [{"method": "original", "sparsity": 0.0, "params_fraction": 0.0, **base_row}]
-    scorers = _scorers(handle, list(methods), calib, s, stop)
-    jobs = [(m, t) for m in methods for t in sparsities]
-    for n, (m, t) in enumerate(jobs):
-        if stop is not None and stop.is_set():
-            break
-        try:
-            plans = scorers[m](t)
-        except PruningError as e:
-            rows.append({"method": m, "sparsity": t, "error": str(e)})
-            continue
-        evals = [_evaluate(handle, slim(handle.denoiser, p), prompts, seeds, ref, s, shapes)[0]
-                 for p in (plans if isinstance(plans, list) else [plans])]
-        row = {k: float(np.mean([e[k] for e in evals])) for k in evals[0]}
-        row["params_fraction"] = 1 - row["params"] / total
-        rows.append({"method": m, "sparsity": t, **row})
-        if callable(progress):
-            progress(n + 1, len(jobs), rows[-1])
+    sps = check_sparsities(sparsities)
+    chosen = [get(m).name for m in (methods if methods is not None else names())]
+    if not chosen:
+        raise SettingsError("choose at least one method to compare")
+    prompts = list(s.eval_prompts or evaluation_prompts(handle.model_ref, 16))
+    seeds = list(s.eval_seeds or range(len(prompts)))
+    calib = tuple(s.calib_prompts or calibration_prompts(handle.model_ref, 8))
+    attrs = dict(model_ref=handle.model_ref, eval_prompts=prompts, eval_seeds=seeds, calib_prompts=list(calib),
+                 methods=chosen, sparsities=sps, partial=False)
+    rows = []
+    try:
+        base_row, ref = _evaluate(handle, handle.denoiser, prompts, seeds, None, s, control)
+        total = base_row["params"]
+        rows.append({"method": "original", "sparsity": 0.0, "params_fraction": 0.0, **base_row})
+        n_jobs, done = len(chosen) * len(sps), 0
+        for name in chosen:
+            method = get(name)
+            if control.stopped():
+                break
+            draws = range(s.random_draws) if name == "random" else [None]
+            scored = [method.score(handle, _settings_for(method, handle, s, calib) if d is None else
+                                   method.settings(seed=d), control=control) for d in draws]
+            if any(x.partial for x in scored) or control.stopped():
+                break
+            for t in sps:
+                if control.stopped():
+                    break
+                try:
+                    plans = [method.to_plan(handle, x, target_sparsity=t) for x in scored]
+                except PruningError as e:
+                    rows.append({"method": name, "sparsity": t, "error": str(e)})
+                    continue
+                evals = [_evaluate(handle, slim(handle.denoiser, p), prompts, seeds, ref, s, control)[0]
+                         for p in plans]
+                row = {k: float(np.mean([e[k] for e in evals])) for k in evals[0]}
+                row["params_fraction"] = 1 - row["params"] / total
+                rows.append({"method": name, "sparsity": t, **row})
+                done += 1
+                control.report(done, n_jobs, method=name, sparsity=t)
+    except PruningError as e:
+        if not control.stopped():
+            raise
+        attrs["error"] = str(e)
+    if control.stopped():
+        attrs.update(partial=True, stopped=control.reason)
     df = pd.DataFrame(rows)
-    df.attrs.update(model_ref=handle.model_ref, eval_prompts=prompts, eval_seeds=seeds, calib_prompts=calib)
+    df.attrs.update(attrs)
     return df
+

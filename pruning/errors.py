@@ -22,4 +22,20 @@ class PlanError(PruningError, ValueError):
 
 
 class ExportError(PruningError, OSError):
-    """An export folder is missing, corrupt, or does not match its plan."""
+    """An export folder is missing, corrupt, or does not match its plan; or an export cannot be written."""
+
+
+class SettingsError(PruningError, ValueError):
+    """A user-supplied value is out of range or of the wrong type (steps, seeds, prompts, paths...)."""
+
+
+class RunStopped(PruningError):
+    """A run was stopped (Stop, a cancelled or disconnected request, a time limit) before any result."""
+
+
+class RunDiverged(PruningError):
+    """An optimization produced a non-finite value; ``result`` holds the last finite state (or None)."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

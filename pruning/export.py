@@ -9,6 +9,8 @@ Layout of an export folder::
 
 ``load_pruned`` rebuilds the slim denoiser from the base config plus the plan on the meta
 device and loads the weights with ``strict=True`` (nothing is unpickled, no remote code).
+Writes are atomic (a temp folder renamed into place); ``overwrite`` replaces only a folder
+that is itself an earlier export, never anything else.
 
 >>> import tempfile, torch
 >>> from pruning.testing import tiny_pipeline
@@ -19,6 +21,10 @@ device and loads the weights with ``strict=True`` (nothing is unpickled, no remo
 >>> small = load_pruned(out)
 >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in h.denoiser.parameters())
 True
+>>> export(h, plan, tempfile.mkdtemp(), overwrite=True)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pruning.errors.ExportError: refusing to overwrite '...': it is not an earlier export (no pruning_plan.json of ours); nothing was deleted
 """
 
 from __future__ import annotations
@@ -37,34 +43,33 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ExportError, PlanError
+from .files import sha256_file, write_error
+from .loading import DEFAULTS_FILE, pipeline_from_pretrained, read_class_name, read_defaults, same_weights
+from .manifest import (
+    FORMAT,
+    MANIFEST,
+    WEIGHTS,
+    denoiser_classes,
+    is_export,
+    read_manifest,
+    verify_files,
+    weights_path,
+)
 from .plan import PruningPlan
 from .slim import slim
 
-MANIFEST = "pruning_plan.json"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-FORMAT = "pruning-export/1"
-DEFAULTS_FILE = "pruning_defaults.json"
 
-
-def _denoiser_classes() -> dict[str, type]:
-    """The only classes an export may name (never an arbitrary import path)."""
-    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-
-    return {"UNet2DConditionModel": UNet2DConditionModel, "FluxTransformer2DModel": FluxTransformer2DModel}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_file_checked(path: Path) -> str:
-    if not path.is_file():
-        raise ExportError(f"missing file {str(path)!r} listed in the export manifest")
-    return sha256_file(path)
+def check_target(folder: Path, overwrite: bool) -> None:
+    """Refuse an existing target unless ``overwrite`` and it is an earlier export (nothing is deleted)."""
+    if not folder.exists():
+        return
+    if not overwrite:
+        raise ExportError(f"export folder {str(folder)!r} already exists (pass overwrite=True to replace it)")
+    if not folder.is_dir() or not is_export(folder):
+        raise ExportError(f"refusing to overwrite {str(folder)!r}: it is not an earlier export (no {MANIFEST} "
+                          "of ours); nothing was deleted")
+    if folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
+        raise ExportError(f"refusing to overwrite {str(folder)!r}: it is the current directory or contains it")
 
 
 def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipeline: bool = False,
@@ -73,17 +78,18 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
 
     ``denoiser`` may be a slim (e.g. recovery-finetuned) module already built for ``plan``;
     by default ``slim(handle.denoiser, plan)`` is computed here. Returns the folder path.
+    A failed write (disk full, permissions) is one ``ExportError`` naming the path; the
+    previous export, if any, stays intact and no temp folder is left.
     """
     folder = Path(folder).expanduser().resolve()
-    if folder.exists() and not overwrite:
-        raise ExportError(f"export folder {str(folder)!r} already exists (pass overwrite=True to replace it)")
-    _check_base(plan, handle, "given to export")
+    check_target(folder, overwrite)
+    check_base(plan, handle, "given to export")
     plan = plan.normalized(handle.denoiser)
     small = denoiser if denoiser is not None else slim(handle.denoiser, plan)
     name = handle.denoiser_name
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).mkdir(parents=True)
         handle.denoiser.save_config(tmp / name)  # the base config: the plan says how to slim it
         state = {k: v.detach().contiguous().cpu() for k, v in small.state_dict().items()}
@@ -91,32 +97,33 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if full_pipeline:
             _save_other_components(handle, tmp)
         (tmp / DEFAULTS_FILE).write_text(json.dumps(handle.defaults, indent=2, default=str))
-        files = {p.relative_to(tmp).as_posix(): sha256_file(p)
-                 for p in sorted(tmp.rglob("*.safetensors"))}
-        manifest = {
-            "format": FORMAT,
-            "plan": plan.to_dict(),
-            "denoiser": {"name": name, "class": type(handle.denoiser).__name__},
-            "full_pipeline": full_pipeline,
-            "params": sum(v.numel() for v in state.values()),
-            "files": files,
-        }
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
+        manifest = {"format": FORMAT, "plan": plan.to_dict(),
+                    "denoiser": {"name": name, "class": type(handle.denoiser).__name__},
+                    "full_pipeline": full_pipeline, "params": sum(v.numel() for v in state.values()), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if folder.exists():  # overwrite: swap in, then drop the old one
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(folder, old)
-            try:
-                os.replace(tmp, folder)
-            except BaseException:
-                os.replace(old, folder)  # keep the previous export
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
+        _swap_in(tmp, folder)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, SafetensorError)) and not isinstance(e, ExportError):
+            raise write_error(folder, e) from None
         raise
     return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Rename ``tmp`` to ``folder``; an existing (checked) export is replaced only once ``tmp`` is complete."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        os.replace(old, folder)  # keep the previous export
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_other_components(handle, tmp: Path) -> None:
@@ -137,66 +144,44 @@ def _save_other_components(handle, tmp: Path) -> None:
 def read_plan(path: str | os.PathLike) -> tuple[PruningPlan, dict]:
     """A plan from a bare plan JSON or an export manifest; returns ``(plan, manifest or {})``."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise ExportError(f"cannot read plan file {str(path)!r}: {e}") from e
-    except json.JSONDecodeError as e:
-        raise ExportError(f"plan file {str(path)!r} is not valid JSON: {e}") from e
-    if isinstance(data, dict) and "plan" in data:
-        return PruningPlan.from_dict(data["plan"]), data
-    return PruningPlan.from_dict(data), {}
+    if path.is_dir():
+        return read_manifest(path)
+    if path.name == MANIFEST and is_export(path.parent):
+        return read_manifest(path.parent)
+    return PruningPlan.read(path), {}
 
 
-def same_base(a: str, b: str) -> bool:
-    """Two model refs name the same weights: equal, or the same content hash / commit after '@'.
-
-    >>> same_base("local:/a/x@abc123", "bundled:x@abc123"), same_base("hub:a/b@1", "hub:a/b@2")
-    (True, False)
-    """
-    return a == b or ("@" in a and "@" in b and a.rsplit("@", 1)[1] == b.rsplit("@", 1)[1])
-
-
-def _load_weights(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
+def _load_weights(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ExportError(f"missing weights file {str(path)!r}")
-    if expected_sha is not None and sha256_file(path) != expected_sha:
+    if sha256_file(path) != expected_sha:
         raise ExportError(f"sha256 mismatch for {str(path)!r}: the file is corrupt or was changed")
     try:
         # clone: fresh, aligned storage, so CPU kernels take the same paths as for the
         # in-memory model (unaligned buffers can change float rounding in gemv paths)
         return {k: v.clone() for k, v in load_file(str(path)).items()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ExportError(f"corrupt safetensors file {str(path)!r}: {e}") from e
+        raise ExportError(f"corrupt safetensors file {str(path)!r}: {e}") from None
 
 
 def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) -> nn.Module:
     """The slim denoiser of an export folder: base config + plan on meta, then strict weights."""
-    folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise ExportError(f"{str(folder)!r} is not a pruning export: no {MANIFEST}")
-    plan, manifest = read_plan(manifest_path)
-    if manifest.get("format") != FORMAT:
-        raise ExportError(f"{str(manifest_path)!r}: unknown export format {manifest.get('format')!r}")
-    info = manifest["denoiser"]
-    cls = _denoiser_classes().get(info.get("class"))
-    if cls is None:
-        raise ExportError(f"{str(manifest_path)!r}: unsupported denoiser class {info.get('class')!r}")
-    name = info["name"]
-    rel = f"{name}/{WEIGHTS}"
-    state = _load_weights(folder / rel, manifest.get("files", {}).get(rel))
+    folder = Path(folder).resolve()
+    plan, manifest = read_manifest(folder)
+    cls = denoiser_classes()[manifest["denoiser"]["class"]]
+    path = weights_path(folder, manifest)
+    state = _load_weights(path, manifest["files"][f"{manifest['denoiser']['name']}/{WEIGHTS}"])
     try:
-        config = cls.load_config(str(folder / name))
+        config = cls.load_config(str(path.parent))
     except Exception as e:
-        raise ExportError(f"cannot read the base config in {str(folder / name)!r}: {e}") from e
+        raise ExportError(f"cannot read the base config in {str(path.parent)!r}: {e}") from None
     with init_empty_weights():
         base = cls.from_config(config)
     small = slim(base, plan)  # structure only: meta tensors, no allocation
     try:
         small.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
-        raise ExportError(f"weights in {str(folder / rel)!r} do not match the plan: {e}") from e
+        raise ExportError(f"weights in {str(path)!r} do not match the plan: {' '.join(str(e).split())[:300]}") from None
     return small.to(device=device or "cpu", dtype=dtype) if dtype else small.to(device or "cpu")
 
 
@@ -215,34 +200,35 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
 
     path = Path(path)
     if path.is_dir():
-        small = load_pruned_denoiser(path, device=device, dtype=dtype)
-        plan, manifest = read_plan(path / MANIFEST)
-        if base is None and not manifest.get("full_pipeline"):
+        folder = path.resolve()
+        small = load_pruned_denoiser(folder, device=device, dtype=dtype)
+        plan, manifest = read_manifest(folder)
+        if base is None and not manifest["full_pipeline"]:
             return small
         if base is None:
-            pipe = _load_export_pipeline(path, manifest, small, dtype)
+            pipe = _load_export_pipeline(folder, manifest, small, dtype)
             pipe.to(device=device or "cpu")
-            ref = f"pruned:{plan.base}#{_plan_hash(plan)}"
-            defaults = _read_json(path / DEFAULTS_FILE)
-            return handle_from_pipe(pipe, model_ref=ref, source=str(path), defaults=defaults)
+            ref = f"pruned:{plan.base}#{plan_hash(plan)}"
+            return handle_from_pipe(pipe, model_ref=ref, source=str(folder), defaults=read_defaults(folder))
         handle = base if hasattr(base, "pipe") else load_pipeline(base, device=device, dtype=dtype)
-        _check_base(plan, handle, path)
+        check_base(plan, handle, path)
         return _with_denoiser(handle, small, plan)
     if not path.is_file():
         raise ExportError(f"{str(path)!r} is neither an export folder nor a plan file")
     if base is None:
         raise ExportError(f"re-applying plan file {str(path)!r} needs base=<model source or Handle>")
-    plan, _ = read_plan(path)
+    plan = PruningPlan.read(path)
     handle = base if hasattr(base, "pipe") else load_pipeline(base, device=device, dtype=dtype)
-    _check_base(plan, handle, path)
+    check_base(plan, handle, path)
     return _with_denoiser(handle, slim(handle.denoiser, plan), plan)
 
 
-def _check_base(plan: PruningPlan, handle, where) -> None:
+def check_base(plan: PruningPlan, handle, where) -> None:
+    """Refuse a plan for another family or other weights, or one that does not fit the denoiser."""
     if plan.family != handle.family:
         raise PlanError(f"plan {str(where)!r} is for family {plan.family!r}, model {handle.source!r} is "
                         f"{handle.family!r}")
-    if not same_base(plan.base, handle.model_ref):
+    if not same_weights(plan.base, handle.model_ref):
         raise PlanError(f"plan {str(where)!r} was made for {plan.base!r}, not for {handle.model_ref!r}")
     plan.validate(handle.denoiser, family=handle.family)
 
@@ -252,31 +238,24 @@ def _with_denoiser(handle, small: nn.Module, plan: PruningPlan):
 
     pipe = type(handle.pipe)(**{**handle.pipe.components, handle.denoiser_name: small})
     pipe.set_progress_bar_config(disable=True)
-    ref = f"pruned:{handle.model_ref}#{_plan_hash(plan)}"
+    ref = f"pruned:{handle.model_ref}#{plan_hash(plan)}"
     return handle_from_pipe(pipe, model_ref=ref, source=handle.source, defaults=handle.defaults)
 
 
 def _load_export_pipeline(folder: Path, manifest: dict, small: nn.Module, dtype):
-    from .loading import _from_pretrained, _read_class_name
-
-    for rel, sha in manifest.get("files", {}).items():
-        if sha256_file_checked(folder / rel) != sha:
-            raise ExportError(f"sha256 mismatch for {str(folder / rel)!r}: the file is corrupt or was changed")
-    class_name = _read_class_name(folder / "model_index.json", str(folder))
+    verify_files(folder, manifest)
+    class_name = read_class_name(folder / "model_index.json", str(folder))
     try:
-        pipe = _from_pretrained(str(folder), class_name, str(folder), dtype or torch.float32,
-                                **{manifest["denoiser"]["name"]: small})
+        pipe = pipeline_from_pretrained(str(folder), class_name, str(folder), dtype or torch.float32,
+                                        **{manifest["denoiser"]["name"]: small})
     except Exception as e:
-        raise ExportError(f"cannot load the pipeline components in {str(folder)!r}: {e}") from e
+        raise ExportError(f"cannot load the pipeline components in {str(folder)!r}: {e}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _plan_hash(plan: PruningPlan) -> str:
+def plan_hash(plan: PruningPlan) -> str:
+    """Short hash of what a plan removes (provenance excluded)."""
     d = plan.to_dict()
     d.pop("provenance", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

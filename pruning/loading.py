@@ -15,24 +15,21 @@ pruning.errors.ModelLoadError: 'no-such-model' is not a bundled model (tiny-shap
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pruning.errors import ModelLoadError
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED: dict[str, Path] = {
-    "tiny-shapes-sd": ASSETS / "tiny-shapes-sd",
-    "tiny-shapes-flux": ASSETS / "tiny-shapes-flux",
-}
-_TRAIN_ARCH = {"tiny-shapes-sd": "sd", "tiny-shapes-flux": "flux"}
+from . import validate
+from .bundled import BUNDLED, TRAIN_ARCH
+from .errors import ModelLoadError, SettingsError
+from .files import sha256_file
 
 # model_index.json `_class_name` -> family. Text-to-image pipelines only.
 SUPPORTED_CLASSES = {
@@ -49,6 +46,8 @@ SMALL_DENOISER_PARAMS = 50_000_000  # below this, a test/toy model: default to 4
 HUB_TIMEOUT_S = 8.0  # metadata call; an unreachable Hub must fail well within 10 s
 DEFAULTS_FILE = "pruning_defaults.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# dtype name -> torch dtype; every one loads, generates, scores and exports on CPU (torch >= 2.8)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -95,6 +94,87 @@ def _unsupported(class_name: str, source: str) -> ModelLoadError:
                           f"supported: {', '.join(sorted(SUPPORTED_CLASSES))}")
 
 
+def check_dtype(dtype) -> torch.dtype:
+    """A torch dtype from a name or a dtype; errors list the supported ones.
+
+    >>> check_dtype("bfloat16")
+    torch.bfloat16
+    >>> check_dtype("float64")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: dtype must be one of ['float32', 'float16', 'bfloat16'], got 'float64'
+    """
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else dtype
+    return DTYPES[validate.choice("dtype", name, tuple(DTYPES))]
+
+
+def check_device(device) -> torch.device:
+    """A device that exists on this machine; errors say what is available.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("foo")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: device 'foo' is not a torch device (use 'cpu', 'cuda' or 'cuda:N', 'mps')
+    """
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise SettingsError(f"device {device!r} is not a torch device (use 'cpu', 'cuda' or 'cuda:N', 'mps')") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError(f"device {device!r} is not available: this machine has no CUDA GPU; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SettingsError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError(f"device {device!r} is not available on this machine; use 'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise SettingsError(f"device {device!r} is not supported (use 'cpu', 'cuda' or 'mps')")
+    return dev
+
+
+def same_weights(a: str, b: str) -> bool:
+    """Two model refs name the same weights: equal, or the same content hash / commit after '@'.
+
+    >>> same_weights("local:/a/x@abc123", "bundled:x@abc123"), same_weights("hub:a/b@1", "hub:a/b@2")
+    (True, False)
+    """
+    return a == b or ("@" in a and "@" in b and a.rsplit("@", 1)[1] == b.rsplit("@", 1)[1])
+
+
+def check_defaults(d, where: str) -> dict:
+    """Validated generation defaults from a ``pruning_defaults.json`` (unknown keys are kept).
+
+    >>> check_defaults({"steps": 10, "guidance": "abc"}, "x/pruning_defaults.json")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.ModelLoadError: x/pruning_defaults.json: guidance must be a finite number in [0, 50], got 'abc'
+    """
+    if not isinstance(d, Mapping):
+        raise ModelLoadError(f"{where} must be a JSON object with steps, guidance, resolution..., "
+                             f"got a {type(d).__name__}")
+    out = dict(d)
+    checks = {
+        "steps": validate.steps,
+        "guidance": validate.guidance,
+        "resolution": lambda v, name: validate.integer(name, v, lo=8, hi=validate.LIMITS.max_resolution),
+        "guidance_mode": lambda v, name: validate.choice(name, v, ("cfg", "embedded", "true_cfg")),
+        "max_sequence_length": lambda v, name: validate.integer(name, v, lo=1, hi=512),
+    }
+    try:
+        for key, check in checks.items():
+            if key in d:
+                out[key] = check(d[key], name=key)
+        if d.get("negative_prompt") is not None and not isinstance(d["negative_prompt"], str):
+            raise SettingsError(f"negative_prompt must be a string, got {d['negative_prompt']!r}")
+    except SettingsError as e:
+        raise ModelLoadError(f"{where}: {e}") from None
+    return out
+
+
 def _default_settings(pipe, family: str, denoiser: torch.nn.Module) -> dict:
     """Family defaults, with the resolution the model was configured for."""
     defaults = dict(FAMILY_DEFAULTS[family])
@@ -128,10 +208,18 @@ def handle_from_pipe(pipe, *, model_ref: str, source: str | None = None,
     family = family_of(pipe, source or model_ref)
     denoiser = pipe.transformer if family == "flux" else pipe.unet
     param = next(denoiser.parameters())
-    settings = {**_default_settings(pipe, family, denoiser), **(defaults or {})}
-    return Handle(pipe=pipe, family=family, denoiser=denoiser, model_ref=model_ref,
-                  source=source if source is not None else model_ref,
-                  device=param.device, dtype=param.dtype, defaults=settings)
+    where = f"generation defaults of {source or model_ref!r}"
+    settings = {**_default_settings(pipe, family, denoiser), **check_defaults(defaults or {}, where)}
+    handle = Handle(pipe=pipe, family=family, denoiser=denoiser, model_ref=model_ref,
+                    source=source if source is not None else model_ref,
+                    device=param.device, dtype=param.dtype, defaults=settings)
+    from .sampling import spec  # sampling needs a Handle; the check needs sampling's rules
+
+    try:
+        spec(handle)
+    except SettingsError as e:
+        raise ModelLoadError(f"{where}: {e}") from None
+    return handle
 
 
 # ---------------------------------------------------------------- content hashes
@@ -142,11 +230,7 @@ def _file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()
+        _FILE_HASHES[key] = sha256_file(path)
     return _FILE_HASHES[key]
 
 
@@ -173,36 +257,62 @@ def folder_hash(folder: str | os.PathLike, length: int = 12) -> str:
 
 
 # ---------------------------------------------------------------- loading
-def _read_class_name(index_file: Path, source: str) -> str:
+def read_class_name(index_file: Path, source: str) -> str:
+    """The supported pipeline class named in a ``model_index.json`` (checked before any weight is read)."""
     try:
-        class_name = json.loads(index_file.read_text())["_class_name"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"cannot read '_class_name' from {index_file} (from {source!r}): {e}") from e
-    if class_name not in SUPPORTED_CLASSES:
-        raise _unsupported(class_name, source)
+        data = validate.read_json(index_file, "model_index.json")
+        class_name = data["_class_name"]
+    except (SettingsError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"cannot read '_class_name' from {index_file} (from {source!r}): {e}") from None
+    if not isinstance(class_name, str) or class_name not in SUPPORTED_CLASSES:
+        raise _unsupported(str(class_name), source)
     return class_name
 
 
-def _read_defaults(folder: Path) -> dict | None:
+def read_defaults(folder: Path) -> dict | None:
+    """The validated ``pruning_defaults.json`` of a model folder, or None when it has none."""
     path = folder / DEFAULTS_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ModelLoadError(f"invalid JSON in {path}: {e}") from e
+        data = validate.read_json(path, "generation defaults")
+    except SettingsError as e:
+        raise ModelLoadError(str(e)) from None
+    return check_defaults(data, str(path))
 
 
-def _from_pretrained(name_or_path: str, class_name: str, source: str, dtype, **kwargs):
+@contextlib.contextmanager
+def _quiet_library_logs():
+    """diffusers/transformers log their own line before raising; our error is the one line shown."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    saved = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (dlog, tlog)]
+    for log, _, _ in saved:
+        log.set_verbosity_error()
+        log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for log, level, bars in saved:
+            log.set_verbosity(level)
+            if bars:
+                log.enable_progress_bar()
+
+
+def pipeline_from_pretrained(name_or_path: str, class_name: str, source: str, dtype, **kwargs):
+    """``DiffusionPipeline.from_pretrained`` with safetensors only and no remote code."""
     from diffusers import DiffusionPipeline
 
     if SUPPORTED_CLASSES[class_name] == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        return DiffusionPipeline.from_pretrained(
-            name_or_path, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs)
+        with _quiet_library_logs():
+            return DiffusionPipeline.from_pretrained(
+                name_or_path, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs)
     except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError variously
-        raise ModelLoadError(f"failed to load pipeline from {source!r}: {type(e).__name__}: {e}") from e
+        msg = " ".join(str(e).split())
+        raise ModelLoadError(f"failed to load pipeline from {source!r}: {type(e).__name__}: {msg}") from None
 
 
 def _is_pathlike(source: str) -> bool:
@@ -229,8 +339,8 @@ def _load_local(folder: Path, source: str, dtype):
     if not index.is_file():
         raise ModelLoadError(f"{str(folder)!r} (from {source!r}) is not a diffusers folder: "
                              "no model_index.json")
-    class_name = _read_class_name(index, source)
-    return _from_pretrained(str(folder), class_name, source, dtype), _read_defaults(folder)
+    class_name = read_class_name(index, source)
+    return pipeline_from_pretrained(str(folder), class_name, source, dtype), read_defaults(folder)
 
 
 def _load_hub(source: str, dtype):
@@ -270,52 +380,55 @@ def _load_hub(source: str, dtype):
         if not isinstance(cached, str):
             raise ModelLoadError(f"{source!r} is not in the local Hugging Face cache and {reason}")
         snapshot = Path(cached).parent  # .../snapshots/<commit sha>/
-        class_name = _read_class_name(Path(cached), source)
-        pipe = _from_pretrained(repo_id, class_name, source, dtype, revision=revision,
-                                local_files_only=True)
-        return pipe, snapshot.name, _read_defaults(snapshot)
+        class_name = read_class_name(Path(cached), source)
+        pipe = pipeline_from_pretrained(repo_id, class_name, source, dtype, revision=revision,
+                                        local_files_only=True)
+        return pipe, snapshot.name, read_defaults(snapshot)
     try:
         index = hf_hub_download(repo_id, "model_index.json", revision=sha)
     except Exception as e:
         raise ModelLoadError(f"Hub model {source!r} has no model_index.json: not a diffusers "
                              f"pipeline ({type(e).__name__})") from e
-    class_name = _read_class_name(Path(index), source)
-    pipe = _from_pretrained(repo_id, class_name, source, dtype, revision=sha)
+    class_name = read_class_name(Path(index), source)
+    pipe = pipeline_from_pretrained(repo_id, class_name, source, dtype, revision=sha)
     try:  # optional; most repos have none
         hf_hub_download(repo_id, DEFAULTS_FILE, revision=sha)
     except Exception:
         pass
-    return pipe, sha, _read_defaults(Path(index).parent)
+    return pipe, sha, read_defaults(Path(index).parent)
 
 
 def load_pipeline(source: str, *, device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None) -> Handle:
+                  dtype: torch.dtype | str | None = None, allow_local: bool = True) -> Handle:
     """Load ``source``: a bundled name, a local diffusers folder, or a Hub id ``org/name[@rev]``.
 
     Weights are loaded from safetensors only; remote code is never run. The class in
     ``model_index.json`` is checked before any weight is read. ``<folder>/pruning_defaults.json``
     (steps, guidance, resolution, ...) overrides the family defaults. Default: CPU, fp32.
+    ``allow_local=False`` never reads a local path (a server that must not probe its files).
     """
-    source = str(source)
-    device = torch.device(device or "cpu")
-    dtype = dtype or torch.float32
+    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+        raise ModelLoadError(f"no model given ({source!r}): name a bundled model, a diffusers folder or a Hub id")
+    source = str(source).strip()
+    device = check_device(device)
+    dtype = check_dtype(dtype or torch.float32)
     if source in BUNDLED:
         folder = BUNDLED[source]
         if not (folder / "model_index.json").is_file():
             raise ModelLoadError(
                 f"bundled model {source!r} is missing: no diffusers folder at {folder}; train it with "
-                f"`python -m pruning.tiny train --arch {_TRAIN_ARCH[source]}`")
+                f"`python -m pruning.tiny train --arch {TRAIN_ARCH[source]}`")
         pipe, defaults = _load_local(folder, source, dtype)
         model_ref = f"bundled:{source}@{folder_hash(folder)}"
-    elif os.path.exists(os.path.expanduser(source)):
+    elif allow_local and (_is_pathlike(source) or os.path.exists(os.path.expanduser(source))):
+        if not os.path.exists(os.path.expanduser(source)):
+            raise ModelLoadError(f"local folder {source!r} does not exist")
         folder = Path(os.path.expanduser(source)).resolve()
         if not folder.is_dir():
             raise ModelLoadError(f"{source!r} is a file, not a diffusers folder")
         pipe, defaults = _load_local(folder, source, dtype)
         model_ref = f"local:{folder}@{folder_hash(folder)}"
-    elif _is_pathlike(source):
-        raise ModelLoadError(f"local folder {source!r} does not exist")
-    elif "/" in source:
+    elif "/" in source and not _is_pathlike(source):
         pipe, sha, defaults = _load_hub(source, dtype)
         model_ref = f"hub:{source.partition('@')[0]}@{sha}"
     else:

@@ -49,13 +49,14 @@ def example_inputs(
     sample_size: int | None = None,
     text_len: int | None = None,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
 ) -> dict:
     """Keyword arguments for one forward of ``denoiser`` (UNet2DConditionModel or FLUX).
 
     ``sample_size`` is the latent height = width (before FLUX's 2x2 packing). On the meta
-    device the tensors are empty; elsewhere they are seeded random values.
+    device the tensors are empty; elsewhere they are seeded random values. ``dtype`` defaults
+    to the denoiser's own (a bf16 model gets bf16 inputs).
 
     >>> from pruning.testing import tiny_pipeline
     >>> kw = example_inputs(tiny_pipeline("sd").unet, batch=2, device="meta")
@@ -64,6 +65,7 @@ def example_inputs(
     """
     cfg = denoiser.config
     device = torch.device(device) if device is not None else _device_of(denoiser)
+    dtype = dtype or _dtype_of(denoiser)
 
     def rand(*shape):
         if device.type == "meta":
@@ -111,6 +113,11 @@ def example_inputs(
 def _device_of(module: nn.Module) -> torch.device:
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    p = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32
 
 
 def meta_twin(module: nn.Module) -> nn.Module:
@@ -188,23 +195,6 @@ def denoiser_latency(denoiser: nn.Module, *, batch: int = 1, repeats: int = 7, *
     """Median seconds of one no-grad forward on random example inputs."""
     kw = example_inputs(denoiser, batch=batch, generator=torch.Generator().manual_seed(0), **input_kw)
     return median_latency(lambda: denoiser(**kw), repeats=repeats)
-
-
-def compare(original: nn.Module, slim: nn.Module, *, latency: bool = True, **input_kw) -> dict:
-    """Params, MACs and (optionally) median latency of a slim denoiser against its original."""
-    row = {
-        "params_original": count_params(original),
-        "params_slim": count_params(slim),
-        "macs_original": total_macs(original, **input_kw),
-        "macs_slim": total_macs(slim, **input_kw),
-    }
-    row["param_ratio"] = row["params_slim"] / row["params_original"]
-    row["mac_ratio"] = row["macs_slim"] / row["macs_original"]
-    if latency:
-        row["latency_original"] = denoiser_latency(original, **input_kw)
-        row["latency_slim"] = denoiser_latency(slim, **input_kw)
-        row["latency_ratio"] = row["latency_slim"] / row["latency_original"]
-    return row
 
 
 class SavedTensorMeter:

@@ -14,7 +14,7 @@ True
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -22,16 +22,43 @@ from typing import Any
 
 from torch import nn
 
-from .catalog import catalog, discover
-from .errors import PlanError
+from .catalog import UNIT_KINDS, catalog, discover, inside
+from .errors import PlanError, SettingsError
+from .validate import integer, parse_json, read_json
 
 SCHEMA_VERSION = 1
 FAMILIES = ("sd", "sdxl", "flux")
-_KIND_FIELD = {"head": "kept_heads", "neuron": "kept_neurons", "group": "kept_groups"}
+KEPT_FIELDS = {"head": "kept_heads", "neuron": "kept_neurons", "group": "kept_groups"}  # unit kind -> field
+assert tuple(KEPT_FIELDS) == UNIT_KINDS
 
 
-def _frozen_map(m: Mapping[str, Any] | None) -> Mapping[str, tuple[int, ...]]:
-    return MappingProxyType({str(k): tuple(int(i) for i in v) for k, v in sorted((m or {}).items())})
+def _frozen_map(name: str, m) -> Mapping[str, tuple[int, ...]]:
+    """``{fqn: (kept indices)}`` with strict types; errors name the field and the FQN."""
+    if m is None:
+        m = {}
+    if not isinstance(m, Mapping):
+        raise PlanError(f"{name} must be a map of FQN -> list of kept unit indices, got {type(m).__name__}")
+    out = {}
+    for fqn, kept in m.items():
+        if not isinstance(fqn, str) or not fqn:
+            raise PlanError(f"{name} has a key {fqn!r} that is not an FQN string")
+        if isinstance(kept, (str, bytes, Mapping)) or not isinstance(kept, (Sequence, set, frozenset)):
+            raise PlanError(f"{name}[{fqn!r}] must be a list of kept unit indices, got {kept!r}")
+        try:
+            out[fqn] = tuple(integer(f"{name}[{fqn!r}][{i}]", v, lo=0, strict=True) for i, v in enumerate(kept))
+        except SettingsError as e:
+            raise PlanError(str(e)) from None
+    return MappingProxyType(dict(sorted(out.items())))
+
+
+def _operators(value) -> tuple[str, ...]:
+    ops = (value,) if isinstance(value, str) else value
+    if ops is None or isinstance(ops, Mapping) or not isinstance(ops, (list, tuple, set, frozenset)):
+        raise PlanError(f"removed_operators must be a list of operator FQNs, got {value!r}")
+    for i, fqn in enumerate(ops):
+        if not isinstance(fqn, str) or not fqn:
+            raise PlanError(f"removed_operators[{i}] must be an operator FQN string, got {fqn!r}")
+    return tuple(sorted(set(ops)))
 
 
 @dataclass(frozen=True)
@@ -48,13 +75,20 @@ class PruningPlan:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
+        if not isinstance(self.family, str) or self.family not in FAMILIES:
             raise PlanError(f"plan family {self.family!r} is not one of {FAMILIES}")
-        ops = (self.removed_operators,) if isinstance(self.removed_operators, str) else self.removed_operators
-        object.__setattr__(self, "removed_operators", tuple(sorted(set(map(str, ops)))))
-        for name in _KIND_FIELD.values():
-            object.__setattr__(self, name, _frozen_map(getattr(self, name)))
-        object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance or {})))
+        if not isinstance(self.base, str) or not self.base:
+            raise PlanError(f"plan base must be a model ref string, got {self.base!r}")
+        if isinstance(self.schema_version, bool) or self.schema_version != SCHEMA_VERSION:
+            raise PlanError(f"plan schema_version {self.schema_version!r} is not supported "
+                            f"(expected {SCHEMA_VERSION})")
+        object.__setattr__(self, "removed_operators", _operators(self.removed_operators))
+        for name in KEPT_FIELDS.values():
+            object.__setattr__(self, name, _frozen_map(name, getattr(self, name)))
+        prov = self.provenance if self.provenance is not None else {}
+        if not isinstance(prov, Mapping):
+            raise PlanError(f"plan provenance must be a JSON object, got {type(prov).__name__}")
+        object.__setattr__(self, "provenance", MappingProxyType(dict(prov)))
 
     def __copy__(self) -> PruningPlan:
         return self  # immutable: copies may share it
@@ -70,9 +104,7 @@ class PruningPlan:
             "family": self.family,
             "base": self.base,
             "removed_operators": list(self.removed_operators),
-            "kept_heads": {k: list(v) for k, v in self.kept_heads.items()},
-            "kept_neurons": {k: list(v) for k, v in self.kept_neurons.items()},
-            "kept_groups": {k: list(v) for k, v in self.kept_groups.items()},
+            **{name: {k: list(v) for k, v in getattr(self, name).items()} for name in KEPT_FIELDS.values()},
             "provenance": _jsonable(dict(self.provenance)),
         }
 
@@ -81,18 +113,17 @@ class PruningPlan:
         if not isinstance(d, Mapping):
             raise PlanError(f"a plan must be a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version != SCHEMA_VERSION:
             raise PlanError(f"plan schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
         missing = [k for k in ("family", "base") if k not in d]
         if missing:
             raise PlanError(f"plan is missing field(s) {missing}")
-        unknown = set(d) - {"schema_version", "family", "base", "removed_operators", *(_KIND_FIELD.values()),
+        unknown = set(d) - {"schema_version", "family", "base", "removed_operators", *(KEPT_FIELDS.values()),
                             "provenance"}
         if unknown:
-            raise PlanError(f"plan has unknown field(s) {sorted(unknown)}")
-        return cls(family=d["family"], base=d["base"], removed_operators=tuple(d.get("removed_operators", ())),
-                   kept_heads=d.get("kept_heads", {}), kept_neurons=d.get("kept_neurons", {}),
-                   kept_groups=d.get("kept_groups", {}), provenance=d.get("provenance", {}))
+            raise PlanError(f"plan has unknown field(s) {sorted(map(str, unknown))}")
+        return cls(family=d["family"], base=d["base"], removed_operators=d.get("removed_operators", ()),
+                   **{name: d.get(name, {}) for name in KEPT_FIELDS.values()}, provenance=d.get("provenance", {}))
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), indent=kw.pop("indent", 2), **kw)
@@ -100,16 +131,32 @@ class PruningPlan:
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PlanError(f"plan is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+            return cls.from_dict(parse_json(text, "plan"))
+        except SettingsError as e:
+            raise PlanError(str(e)) from None
+
+    @classmethod
+    def read(cls, path) -> PruningPlan:
+        """A plan from a plan JSON file, or the plan inside an export manifest (``pruning_plan.json``).
+
+        Errors name the file: ``PlanError`` for bad content, also for unreadable or non-UTF-8 files.
+        """
+        try:
+            data = read_json(path, "plan file")
+        except SettingsError as e:
+            raise PlanError(str(e)) from None
+        if isinstance(data, Mapping) and "plan" in data and "format" in data:  # an export manifest
+            data = data["plan"]
+        try:
+            return cls.from_dict(data)
+        except PlanError as e:
+            raise PlanError(f"plan file {str(path)!r}: {e}") from None
 
     # ------------------------------------------------------------------ queries
 
     def kept(self, kind: str) -> Mapping[str, tuple[int, ...]]:
         """The kept-index map for a structure kind: 'head', 'neuron' or 'group'."""
-        return getattr(self, _KIND_FIELD[kind])
+        return getattr(self, KEPT_FIELDS[kind])
 
     @property
     def is_empty(self) -> bool:
@@ -132,7 +179,7 @@ class PruningPlan:
         for fqn in self.removed_operators:
             if fqn not in found.operators:
                 raise PlanError(f"unknown operator FQN {fqn!r} (not a removable operator of this denoiser)")
-        for kind, field_name in _KIND_FIELD.items():
+        for kind, field_name in KEPT_FIELDS.items():
             for fqn, kept in getattr(self, field_name).items():
                 s = found.structures.get(fqn)
                 if s is None or s.kind != kind:
@@ -154,16 +201,16 @@ class PruningPlan:
         found = discover(denoiser)
         removed = set(self.removed_operators)
         kept_maps = {}
-        for field_name in _KIND_FIELD.values():
+        for field_name in KEPT_FIELDS.values():
             kept_maps[field_name] = {}
             for fqn, kept in getattr(self, field_name).items():
                 if not kept and fqn in found.operators:
                     removed.add(fqn)
                 elif len(kept) < found.structures[fqn].units:
                     kept_maps[field_name][fqn] = tuple(sorted(kept))
-        removed = {r for r in removed if not any(_inside(r, other) for other in removed if other != r)}
+        removed = {r for r in removed if not any(inside(r, other) for other in removed if other != r)}
         for m in kept_maps.values():
-            for fqn in [f for f in m if any(_inside(f, r) or f == r for r in removed)]:
+            for fqn in [f for f in m if any(inside(f, r) or f == r for r in removed)]:
                 del m[fqn]
         return replace(self, removed_operators=tuple(removed), **kept_maps)
 
@@ -184,7 +231,7 @@ class PruningPlan:
         by_kind = {"operator": p_ops}
         p_st, m_st = 0, 0.0
         st_rows = st.set_index("fqn")
-        for kind in _KIND_FIELD:
+        for kind in UNIT_KINDS:
             p_kind = 0
             for fqn, kept in plan.kept(kind).items():
                 row = st_rows.loc[fqn]
@@ -199,12 +246,8 @@ class PruningPlan:
             "macs_total": total_m, "macs_removed": round(m), "macs_fraction": m / total_m,
             "params_removed_by_kind": by_kind,
             "operators_removed": len(plan.removed_operators),
-            "structures_pruned": sum(len(plan.kept(k)) for k in _KIND_FIELD),
+            "structures_pruned": sum(len(plan.kept(k)) for k in UNIT_KINDS),
         }
-
-
-def _inside(fqn: str, parent: str) -> bool:
-    return fqn.startswith(parent + ".")
 
 
 def _jsonable(x):

@@ -21,9 +21,6 @@ triangle ~0.5; with the top-vs-bottom width as a tie-breaker), position = centro
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
@@ -203,104 +200,38 @@ def psnr(images_a, images_b) -> float:
     return float(vals.mean())
 
 
-def pipeline_family(pipe) -> str:
-    """'flux' for a pipeline with a transformer, else 'sd'."""
-    return "flux" if getattr(pipe, "transformer", None) is not None else "sd"
+def evaluate(handle, prompts: list[str], seeds: list[int], *, denoiser=None, reference: dict | None = None,
+             steps: int | None = None, guidance: float | None = None, batch_size: int = 64,
+             control=None) -> dict:
+    """Generate with ``handle`` (or ``denoiser`` in its place) the one way the app does
+    (:mod:`pruning.sampling`), then measure.
 
-
-def read_defaults(path) -> dict:
-    """The `pruning_defaults.json` of a model folder ({} if there is none)."""
-    f = Path(path) / "pruning_defaults.json"
-    return json.loads(f.read_text()) if f.exists() else {}
-
-
-def load_bundled(path):
-    """Load a tiny shapes pipeline folder offline: (pipe, defaults); `pipe.pruning_defaults` is set too."""
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    defaults = read_defaults(path)
-    pipe.pruning_defaults = defaults
-    return pipe, defaults
-
-
-def _pipe_and_defaults(obj) -> tuple:
-    """(pipeline, defaults) from a pipeline or a loading Handle (anything with .pipe and .defaults)."""
-    if hasattr(obj, "pipe") and hasattr(obj, "defaults"):
-        return obj.pipe, dict(obj.defaults or {})
-    d = getattr(obj, "pruning_defaults", None)
-    if d is None:  # a bundled folder loaded with plain from_pretrained
-        name = getattr(obj, "name_or_path", None)
-        d = read_defaults(name) if name and Path(str(name)).is_dir() else {}
-    return obj, dict(d)
-
-
-@torch.no_grad()
-def generate(
-    pipe,
-    prompts: list[str],
-    seeds: list[int],
-    *,
-    steps: int | None = None,
-    guidance: float | None = None,
-    batch_size: int = 64,
-) -> dict:
-    """Generate with per-image seeds at the pipeline's defaults: {"latents": (B, C, h, w), "images": uint8}.
-
-    `pipe` is a pipeline or a loading Handle; defaults come from the Handle, `pipe.pruning_defaults`
-    or the folder's `pruning_defaults.json`.
-
-    Latents are the final denoised latents, unpacked for FLUX and in the denoiser's (scaled) space.
+    Returns {"latents", "images" (uint8), and on shapes captions "color", "shape", "position",
+    "background", "all", "per_image"}; with ``reference`` ({"latents", "images"} of the original
+    for the same prompts and seeds) also "latent_mse" and "psnr".
     """
-    pipe, d = _pipe_and_defaults(pipe)
+    from .sampling import decode_latents, generate_latents
+
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
-    steps = int(steps or d.get("steps", 20))
-    guidance = float(guidance if guidance is not None else d.get("guidance", 3.0))
-    res = int(d.get("resolution", 64))
-    family = pipeline_family(pipe)
     lats, imgs = [], []
     for i in range(0, len(prompts), batch_size):
-        ps, ss = list(prompts[i : i + batch_size]), seeds[i : i + batch_size]
-        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in ss]
-        kw = dict(num_inference_steps=steps, generator=gens, height=res, width=res, output_type="latent")
-        if family == "flux":
-            if d.get("guidance_mode", "true_cfg") == "true_cfg":  # the bundled tiny FLUX
-                neg = [d.get("negative_prompt", "")] * len(ps) if guidance > 1 else None
-                kw.update(negative_prompt=neg, true_cfg_scale=guidance)
-            else:  # FLUX.1-dev style embedded guidance
-                kw.update(guidance_scale=guidance)
-            seq = int(d.get("max_sequence_length", 16))  # the tiny FLUX is trained on 16 T5 tokens
-            lat = pipe(ps, max_sequence_length=seq, **kw).images
-            lat = pipe._unpack_latents(lat, res, res, pipe.vae_scale_factor)  # (B, C, h, w)
-        else:
-            lat = pipe(ps, guidance_scale=guidance, **kw).images
-        vae = pipe.vae
-        x = vae.decode(lat / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)).sample
-        lats.append(lat.float().cpu())
-        imgs.append(to_uint8((x / 2 + 0.5).clamp(0, 1)))
-    return {"latents": torch.cat(lats), "images": np.concatenate(imgs)}
-
-
-def evaluate(
-    pipe, prompts: list[str], seeds: list[int], reference=None, *, steps=None, guidance=None
-) -> dict:
-    """Task accuracy of `pipe` on shapes prompts, and, against `reference` (a pipeline, or
-    {"latents", "images"} generated for the same prompts and seeds), latent MSE and image PSNR.
-
-    Returns {"color", "shape", "position", "background", "all", "per_image", "latents", "images"}
-    plus "latent_mse" and "psnr" when a reference is given.
-    """
-    out = generate(pipe, prompts, seeds, steps=steps, guidance=guidance)
-    res = shape_task_accuracy(out["images"], prompts)
-    res.update(out)
+        z = generate_latents(handle, list(prompts[i:i + batch_size]), list(seeds[i:i + batch_size]), steps=steps,
+                             guidance=guidance, denoiser=denoiser, stop=control)
+        lats.append(z.float().cpu())
+        imgs.append(to_uint8(decode_latents(handle, z)))
+    out = {"latents": torch.cat(lats), "images": np.concatenate(imgs)}
+    if is_shapes_task(prompts):
+        out.update(shape_task_accuracy(out["images"], list(prompts)))
     if reference is not None:
-        ref = (
-            reference
-            if isinstance(reference, dict)
-            else generate(reference, prompts, seeds, steps=steps, guidance=guidance)
-        )
-        res["latent_mse"] = latent_mse(out["latents"], ref["latents"])
-        res["psnr"] = psnr(out["images"], ref["images"])
-    return res
+        out["latent_mse"] = latent_mse(out["latents"], reference["latents"])
+        out["psnr"] = psnr(out["images"], reference["images"])
+    return out
+
+
+def is_shapes_task(prompts) -> bool:
+    """Every prompt is a shapes caption the evaluator can check."""
+    try:
+        return all(parse_caption(p) for p in prompts)
+    except (KeyError, ValueError, AttributeError, TypeError):
+        return False

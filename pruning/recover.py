@@ -17,23 +17,30 @@ The original denoiser is only read, under ``no_grad``.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+import math
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from .errors import PruningError
+from . import validate
+from .errors import RunDiverged, SettingsError
+from .grads import requires_grad
 from .plan import PruningPlan
+from .prompts import calibration_prompts
 from .rollout import prepare, raw_outputs, rollout
+from .runs import RunControl, as_control
 from .slim import slim
 
+MAX_ITERS = 100_000
 
-@dataclass
+
+@dataclass(frozen=True)
 class RecoverSettings:
-    prompts: Sequence[str]
-    seeds: Sequence[int] | None = None
+    """Distillation settings (frozen; every value is checked here)."""
+
+    prompts: tuple[str, ...] | None = None  # default: the model's calibration prompts
+    seeds: tuple[int, ...] | None = None
     steps: int | None = None  # sampling steps of the teacher trajectories
     guidance: float | None = None
     resolution: int | None = None
@@ -42,21 +49,32 @@ class RecoverSettings:
     batch_size: int = 4  # prompts per trajectory batch
     seed: int = 0
 
-    def validate(self) -> None:
-        if not self.prompts:
-            raise PruningError("recovery needs at least one prompt")
-        if self.seeds is not None and len(self.seeds) != len(self.prompts):
-            raise PruningError(f"{len(self.seeds)} seeds for {len(self.prompts)} prompts; they must pair up")
-        if self.iters < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise PruningError(f"iters >= 0, lr > 0 and batch_size >= 1 required (got {self.iters}, {self.lr}, "
-                               f"{self.batch_size})")
+    def __post_init__(self):
+        v = validate
+        prompts = None if self.prompts is None else v.prompt_list(self.prompts)
+        seeds = None if self.seeds is None else v.seed_list(self.seeds)
+        if seeds is not None and (prompts is None or len(seeds) != len(prompts)):
+            raise SettingsError(f"{len(seeds)} seeds for {len(prompts or ())} prompts; they must pair up")
+        values = {"prompts": prompts, "seeds": seeds,
+                  "steps": None if self.steps is None else v.steps(self.steps),
+                  "guidance": None if self.guidance is None else v.guidance(self.guidance),
+                  "resolution": None if self.resolution is None else v.integer("resolution", self.resolution, lo=8,
+                                                                                 hi=v.LIMITS.max_resolution),
+                  "iters": v.integer("recovery iterations", self.iters, lo=0, hi=MAX_ITERS),
+                  "lr": v.number("recovery lr", self.lr, lo=0, hi=1, open_lo=True),
+                  "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
+                  "seed": v.seed("seed", self.seed)}
+        for k, val in values.items():
+            object.__setattr__(self, k, val)
 
 
-def _trajectories(handle, s: RecoverSettings):
-    prompts = list(s.prompts)
+def _trajectories(handle, s: RecoverSettings, control: RunControl):
+    prompts = list(s.prompts or calibration_prompts(handle.model_ref, 8))
     seeds = list(s.seeds) if s.seeds is not None else list(range(len(prompts)))
     data = []
     for i in range(0, len(prompts), s.batch_size):
+        if control.stopped():
+            break
         traj = prepare(handle, prompts[i:i + s.batch_size], seeds[i:i + s.batch_size], steps=s.steps,
                        guidance=s.guidance, resolution=s.resolution)
         with torch.no_grad():
@@ -64,43 +82,47 @@ def _trajectories(handle, s: RecoverSettings):
     return data
 
 
-def recover(handle, plan: PruningPlan, settings: RecoverSettings, *, denoiser: torch.nn.Module | None = None,
-            progress: Callable | None = None, stop: threading.Event | None = None) -> torch.nn.Module:
+def recover(handle, plan: PruningPlan, settings: RecoverSettings | None = None, *,
+            denoiser: torch.nn.Module | None = None, control: RunControl | None = None,
+            show_progress: bool = False) -> torch.nn.Module:
     """The slim denoiser for ``plan`` (or ``denoiser``), finetuned for ``settings.iters`` steps.
 
-    The returned module carries ``.recovery = {"iters", "losses", "partial"}``.
+    The returned module carries ``.recovery = {"iters", "losses", "partial"}``; a stopped run
+    returns what it reached. A non-finite loss raises ``RunDiverged`` (the copy is discarded;
+    the base model is never touched).
     """
-    settings.validate()
+    control = as_control(control)
+    settings = settings or RecoverSettings()
     teacher = handle.denoiser
     student = denoiser if denoiser is not None else slim(teacher, plan)
-    data = _trajectories(handle, settings)
-    opt = torch.optim.AdamW([p for p in student.parameters()], lr=settings.lr, weight_decay=0.0)
+    data = _trajectories(handle, settings, control)
+    losses, partial = [], control.stopped()
     gen = torch.Generator().manual_seed(settings.seed)
-    losses, partial = [], False
-    flags = [(p, p.requires_grad) for p in student.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(True)
-        for it in tqdm(range(settings.iters), desc="recover", disable=progress is False):
-            if stop is not None and stop.is_set():
-                partial = True
-                break
-            b = int(torch.randint(len(data), (1,), generator=gen))
-            traj, zs = data[b]
-            i = int(torch.randint(traj.steps, (1,), generator=gen))
-            with torch.no_grad():
-                want = raw_outputs(teacher, traj, i, zs[i])
-            got = raw_outputs(student, traj, i, zs[i])
-            loss = sum(torch.nn.functional.mse_loss(g, w) for g, w in zip(got, want)) / len(got)
+    params = list(student.parameters())
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    with requires_grad(params, True):
+        try:
+            for it in tqdm(range(settings.iters if data else 0), desc="recover", disable=not show_progress,
+                           leave=False):
+                if control.stopped():
+                    partial = True
+                    break
+                b = int(torch.randint(len(data), (1,), generator=gen))
+                traj, zs = data[b]
+                i = int(torch.randint(traj.steps, (1,), generator=gen))
+                with torch.no_grad():
+                    want = raw_outputs(teacher, traj, i, zs[i])
+                got = raw_outputs(student, traj, i, zs[i])
+                loss = sum(torch.nn.functional.mse_loss(g, w) for g, w in zip(got, want)) / len(got)
+                if not math.isfinite(loss.item()):
+                    raise RunDiverged(f"recovery diverged at iteration {it + 1} (loss {loss.item():.4g}); lower "
+                                      f"the learning rate (lr={settings.lr:g})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                control.report(it + 1, settings.iters, loss=losses[-1])
+        finally:
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if callable(progress):
-                progress(it + 1, settings.iters, {"loss": losses[-1]})
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        opt.zero_grad(set_to_none=True)
     student.recovery = {"iters": len(losses), "losses": losses, "partial": partial}
     return student

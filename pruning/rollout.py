@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
-from .sampling import _batch, _guidance_kwargs, call_pipe
+from .sampling import call_pipe, pair_samples, pipeline_kwargs, spec
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
 PURE_SCHEDULERS = (DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
@@ -78,18 +78,14 @@ def _pure_scheduler(handle, pipe):
 def prepare(handle, prompts: str | Sequence[str], seeds: int | Sequence[int], *, steps: int | None = None,
             guidance: float | None = None, resolution: int | None = None) -> Trajectory:
     """Conditioning, initial latents and timesteps for prompts paired with seeds."""
-    prompts, seeds = _batch(prompts, seeds)
-    d = handle.defaults
-    steps = int(steps if steps is not None else d["steps"])
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    guidance = float(guidance if guidance is not None else d["guidance"])
-    res = int(resolution if resolution is not None else d["resolution"])
+    prompts, seeds = pair_samples(prompts, seeds)
+    s = spec(handle, steps=steps, guidance=guidance, resolution=resolution)
+    steps, guidance, res = s.steps, s.guidance, s.resolution
     pipe, device = call_pipe(handle), handle.device  # a private scheduler; the modules are shared
     note = _pure_scheduler(handle, pipe)
     scheduler = pipe.scheduler
     gens = [torch.Generator(device if device.type != "mps" else "cpu").manual_seed(s) for s in seeds]
-    extra = _guidance_kwargs(handle, guidance, len(prompts))
+    extra = pipeline_kwargs(s, len(prompts))
     meta = {"scheduler": type(scheduler).__name__, **({"note": note} if note else {})}
     if handle.family == "flux":
         return _prepare_flux(handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta)

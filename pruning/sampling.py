@@ -20,24 +20,97 @@ from __future__ import annotations
 
 import copy
 import inspect
-import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from pruning.errors import PruningError
+from . import validate
+from .errors import RunStopped, SettingsError
+
+GUIDANCE_MODES = ("cfg", "embedded", "true_cfg")
 
 
-class GenerationStopped(PruningError):
+class GenerationStopped(RunStopped):
     """The ``stop`` event was set during a generation; no partial result is returned."""
 
 
-def _batch(prompts: str | Sequence[str], seeds: int | Sequence[int]) -> tuple[list[str], list[int]]:
-    seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
-    prompts = [prompts] * len(seeds) if isinstance(prompts, str) else list(prompts)
+def pair_samples(prompts: str | Sequence[str], seeds: int | Sequence[int]) -> tuple[list[str], list[int]]:
+    """Validated (prompts, seeds) paired one to one; one prompt string is repeated for every seed.
+    An empty prompt is allowed here (unconditional generation).
+
+    >>> pair_samples("a red circle", [0, 1])
+    (['a red circle', 'a red circle'], [0, 1])
+    >>> pair_samples(["a", "b"], [0])
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: got 2 prompts and 1 seeds; they must pair up
+    """
+    seeds = list(validate.seed_list(seeds))
+    prompts = [prompts] * len(seeds) if isinstance(prompts, str) else prompts
+    prompts = list(validate.prompt_list(prompts, allow_empty=True))
     if len(prompts) != len(seeds):
-        raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds; they must pair up")
+        raise SettingsError(f"got {len(prompts)} prompts and {len(seeds)} seeds; they must pair up")
     return prompts, seeds
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """How a model generates: steps, guidance, resolution and the family's extras, validated.
+
+    This is the one place that knows a model's generation defaults and, from them, the input
+    size that params and MACs are counted at (``count_inputs``).
+    """
+
+    steps: int
+    guidance: float
+    resolution: int
+    guidance_mode: str  # "cfg" (SD/SDXL), "embedded" (FLUX.1-dev style) or "true_cfg" (FLUX + negative)
+    negative_prompt: str | None
+    max_sequence_length: int | None  # FLUX T5 tokens
+    vae_scale_factor: int
+
+    def count_inputs(self) -> dict:
+        """``catalog`` / ``module_macs`` input size of one denoiser call at this resolution."""
+        return {"sample_size": self.resolution // self.vae_scale_factor, "text_len": self.max_sequence_length}
+
+
+def resolution_multiple(handle) -> int:
+    """Image sides must be a multiple of this: the VAE factor, x2 for FLUX's 2x2 latent patches."""
+    vae = int(getattr(handle.pipe, "vae_scale_factor", 8))
+    return vae * (2 if handle.family == "flux" else 1)
+
+
+def spec(handle, *, steps=None, guidance=None, resolution=None) -> GenerationSpec:
+    """The validated generation settings for ``handle``: unset values come from its defaults.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> h = handle_from_pipe(tiny_pipeline("flux"), model_ref="tiny:flux")
+    >>> s = spec(h, steps=2); (s.steps, s.resolution, s.guidance_mode, s.count_inputs())
+    (2, 32, 'embedded', {'sample_size': 8, 'text_len': 32})
+    >>> spec(h, resolution=20)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: resolution must be a multiple of 8 (the VAE's downscale factor x the patch size), got 20
+    """
+    d = handle.defaults
+    native = int(d["resolution"])
+    mode = d.get("guidance_mode", "embedded" if handle.family == "flux" else "cfg")
+    msl = int(d["max_sequence_length"]) if handle.family == "flux" and "max_sequence_length" in d else None
+    return GenerationSpec(
+        steps=validate.steps(d["steps"] if steps is None else steps),
+        guidance=validate.guidance(d["guidance"] if guidance is None else guidance),
+        resolution=validate.resolution(native if resolution is None else resolution,
+                                       multiple=resolution_multiple(handle), native=native),
+        guidance_mode=validate.choice("guidance_mode", mode, GUIDANCE_MODES),
+        negative_prompt=d.get("negative_prompt"), max_sequence_length=msl,
+        vae_scale_factor=int(getattr(handle.pipe, "vae_scale_factor", 8)))
+
+
+def count_inputs(handle, resolution: int | None = None) -> dict:
+    """Input size for counting params/MACs as ``handle`` generates (at ``resolution``)."""
+    return spec(handle, resolution=resolution).count_inputs()
 
 
 def call_pipe(handle, denoiser: torch.nn.Module | None = None):
@@ -64,35 +137,35 @@ def call_pipe(handle, denoiser: torch.nn.Module | None = None):
     return type(pipe)(**components)
 
 
-def _guidance_kwargs(handle, guidance: float, batch: int) -> dict:
-    """Pipeline kwargs for the guidance in ``handle.defaults``.
+def pipeline_kwargs(s: GenerationSpec, batch: int) -> dict:
+    """Pipeline call kwargs for the guidance of ``s``.
 
     ``guidance_mode``: "cfg" (SD/SDXL classifier-free guidance), "embedded" (FLUX.1-dev's
     distilled guidance, the FLUX default) or "true_cfg" (FLUX with a negative prompt, as the
     bundled tiny FLUX is trained). ``negative_prompt`` and FLUX's ``max_sequence_length`` are
     passed through when present.
     """
-    d = handle.defaults
-    mode = d.get("guidance_mode", "embedded" if handle.family == "flux" else "cfg")
-    kwargs = {"true_cfg_scale": guidance} if mode == "true_cfg" else {"guidance_scale": guidance}
-    if mode == "true_cfg" or (d.get("negative_prompt") is not None and mode == "cfg"):
-        kwargs["negative_prompt"] = [d.get("negative_prompt") or ""] * batch
-    if handle.family == "flux" and "max_sequence_length" in d:
-        kwargs["max_sequence_length"] = int(d["max_sequence_length"])
+    mode = s.guidance_mode
+    kwargs = {"true_cfg_scale": s.guidance} if mode == "true_cfg" else {"guidance_scale": s.guidance}
+    if mode == "true_cfg" or (s.negative_prompt is not None and mode == "cfg"):
+        kwargs["negative_prompt"] = [s.negative_prompt or ""] * batch
+    if s.max_sequence_length is not None:
+        kwargs["max_sequence_length"] = s.max_sequence_length
     return kwargs
 
 
 def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence[int], *,
                      steps: int | None = None, guidance: float | None = None,
                      resolution: int | None = None, denoiser: torch.nn.Module | None = None,
-                     progress: bool = False, stop: threading.Event | None = None,
+                     progress: bool = False, stop=None,
                      callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Final denoised latents ``(B, C, H, W)`` for prompts paired with seeds, in one batch.
 
     ``H = W = resolution // vae_scale_factor``. FLUX's packed ``(B, H/2 * W/2, 4C)`` output
     is unpacked to the same layout as SD's. Unset ``steps``/``guidance``/``resolution`` come
     from ``handle.defaults``. ``denoiser`` replaces the pipeline's for this call only.
-    ``stop`` is checked after each step and raises :class:`GenerationStopped`.
+    ``stop`` (anything with ``is_set()``: an Event, a :class:`~pruning.runs.RunControl`) is
+    checked after each step and raises :class:`GenerationStopped`.
     ``callback(step, timestep, latents)`` runs after each step (latents as the pipeline holds
     them: packed for FLUX).
 
@@ -104,6 +177,7 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
     True
     >>> torch.equal(a, generate_latents(h, ["a", "b"], [0, 1], steps=2))
     True
+    >>> import threading
     >>> ev = threading.Event(); ev.set()
     >>> try:
     ...     generate_latents(h, "a", 0, stop=ev)
@@ -111,11 +185,8 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
     ...     print(e)
     generation stopped
     """
-    prompts, seeds = _batch(prompts, seeds)
-    d = handle.defaults
-    steps = int(steps if steps is not None else d["steps"])
-    guidance = float(guidance if guidance is not None else d["guidance"])
-    resolution = int(resolution if resolution is not None else d["resolution"])
+    prompts, seeds = pair_samples(prompts, seeds)
+    s = spec(handle, steps=steps, guidance=guidance, resolution=resolution)
     if stop is not None and stop.is_set():
         raise GenerationStopped("generation stopped")
     pipe = call_pipe(handle, denoiser)
@@ -130,8 +201,8 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
 
     gen_device = handle.device if handle.device.type != "mps" else torch.device("cpu")
     out = pipe(
-        prompt=prompts, num_inference_steps=steps, **_guidance_kwargs(handle, guidance, len(prompts)),
-        height=resolution, width=resolution, output_type="latent",
+        prompt=prompts, num_inference_steps=s.steps, **pipeline_kwargs(s, len(prompts)),
+        height=s.resolution, width=s.resolution, output_type="latent",
         generator=[torch.Generator(gen_device).manual_seed(s) for s in seeds],
         callback_on_step_end=on_step_end,
     )
@@ -139,7 +210,7 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
         raise GenerationStopped("generation stopped")
     latents = out.images
     if handle.family == "flux":  # (B, N, 4C) -> (B, C, H, W)
-        latents = pipe._unpack_latents(latents, resolution, resolution, pipe.vae_scale_factor)
+        latents = pipe._unpack_latents(latents, s.resolution, s.resolution, pipe.vae_scale_factor)
     return latents
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pruning import quality, tiny
+from pruning.loading import load_pipeline
 
 N_PROMPTS = 24  # held-out subset, fixed seeds
 FLOORS = {"color": 0.9, "shape": 0.75, "position": 0.9, "all": 0.7}  # measured: >= 0.95 each
@@ -31,23 +32,23 @@ def offline():
 
 
 @pytest.fixture(scope="module")
-def sd():
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(str(tiny.BUNDLED["tiny-shapes-sd"]), use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.pruning_defaults = quality.read_defaults(tiny.BUNDLED["tiny-shapes-sd"])
-    return pipe
+def sd_handle():
+    return load_pipeline("tiny-shapes-sd")
 
 
 @pytest.fixture(scope="module")
-def flux():
-    from diffusers import FluxPipeline
+def flux_handle():
+    return load_pipeline("tiny-shapes-flux")
 
-    pipe = FluxPipeline.from_pretrained(str(tiny.BUNDLED["tiny-shapes-flux"]), use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.pruning_defaults = quality.read_defaults(tiny.BUNDLED["tiny-shapes-flux"])
-    return pipe
+
+@pytest.fixture(scope="module")
+def sd(sd_handle):
+    return sd_handle.pipe
+
+
+@pytest.fixture(scope="module")
+def flux(flux_handle):
+    return flux_handle.pipe
 
 
 @pytest.mark.parametrize("name", sorted(tiny.BUNDLED))
@@ -96,7 +97,7 @@ def test_flux_layout(flux, sd):
 
 @pytest.mark.parametrize("which", ["sd", "flux"])
 def test_quality_floors_on_heldout_subset(which, request):
-    pipe = request.getfixturevalue(which)
+    pipe = request.getfixturevalue(f"{which}_handle")  # generates exactly as the app and the CLI do
     prompts = tiny.heldout_prompts()[:N_PROMPTS]
     seeds = list(range(N_PROMPTS))
     r = quality.evaluate(pipe, prompts, seeds)
@@ -108,5 +109,6 @@ def test_quality_floors_on_heldout_subset(which, request):
         pipe, prompts[:4], seeds[:4], reference={"latents": r["latents"][:4], "images": r["images"][:4]}
     )
     assert r2["latent_mse"] < 1e-8 and r2["psnr"] > 60  # batch size changes float rounding only
-    r3 = quality.evaluate(pipe, prompts[:2], [5, 6], reference=pipe, steps=2)
+    ref = quality.evaluate(pipe, prompts[:2], [5, 6], steps=2)
+    r3 = quality.evaluate(pipe, prompts[:2], [5, 6], reference=ref, steps=2)
     assert r3["latent_mse"] == 0.0

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pruning.catalog import catalog
-from pruning.cli import COMMANDS, main
+from pruning.cli import build_parser, main
 from pruning.export import load_pruned
 from pruning.loading import load_pipeline
 from pruning.plan import PruningPlan
@@ -162,7 +162,7 @@ def test_usage_errors(capsys):
                                 "--out", "o")[::2], "--steps")
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", sorted(build_parser()._commands))
 def test_subcommand_help(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and "usage:" in out

@@ -8,9 +8,10 @@ import threading
 import pytest
 import torch
 
-from pruning import PruningPlan, RecoverSettings, recover
+from pruning import PruningPlan, RecoverSettings, methods, recover
 from pruning.catalog import discover
-from pruning.errors import PruningError
+from pruning.errors import PruningError, SettingsError
+from pruning.methods import Scores
 from pruning.methods.diffpruning import (
     TaylorSettings,
     ThresholdRule,
@@ -18,8 +19,14 @@ from pruning.methods.diffpruning import (
     _loss_at,
     importance,
     timesteps_used,
-    to_plan,
 )
+from pruning.runs import RunControl
+
+
+def to_plan(handle, df, **kw):
+    scores = Scores("taylor", "unit", df.rename(columns={"importance": "score"}), df.attrs["model_ref"],
+                    df.attrs["settings"])
+    return methods.to_plan(handle, scores, **kw)
 
 
 def test_threshold_rule_on_hand_built_losses():
@@ -30,13 +37,13 @@ def test_threshold_rule_on_hand_built_losses():
     assert timesteps_used([1.0, 0.9, 0.5, 0.2], thr=0.5) == [0, 1, 2, 3]
     rule = ThresholdRule(0.5)
     assert [rule.keep_going(x) for x in (2.0, 1.5, 0.9)] == [True, True, False]
-    with pytest.raises(PruningError, match="threshold thr 1.5"):
+    with pytest.raises(PruningError, match="threshold thr must be a finite number in \\[0, 1\\), got 1.5"):
         ThresholdRule(1.5)
 
 
 def test_importance_equals_hand_computed_taylor(tiny_sd):
     settings = TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=1000, kinds=("head",))
-    df = importance(tiny_sd, settings, progress=False)
+    df = importance(tiny_sd, settings)
     assert df.attrs["timesteps"] == [0]  # stride 1000: only t = 0
     fqn = next(f for f, s in discover(tiny_sd.denoiser).structures.items() if s.kind == "head")
     s = discover(tiny_sd.denoiser).structures[fqn]
@@ -63,8 +70,7 @@ def test_importance_equals_hand_computed_taylor(tiny_sd):
 
 
 def test_importance_table_and_plan(tiny_handle):
-    df = importance(tiny_handle, TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=250),
-                    progress=False)
+    df = importance(tiny_handle, TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=250))
     found = discover(tiny_handle.denoiser).structures
     assert len(df) == sum(s.units for s in found.values())
     assert (df["importance"] >= 0).all() and df["importance"].sum() > 0
@@ -77,14 +83,14 @@ def test_importance_table_and_plan(tiny_handle):
 def test_importance_stop_and_bad_input(tiny_sd):
     stop = threading.Event()
     df = importance(tiny_sd, TaylorSettings(prompts=["a red circle"], steps=2, stride=100, thr=0.0),
-                    progress=lambda done, total, info: stop.set(), stop=stop)
-    assert df.attrs["partial"] and df.attrs["timesteps"] == [0]
-    with pytest.raises(PruningError, match="prompts .* or images"):
-        importance(tiny_sd, TaylorSettings())
-    with pytest.raises(PruningError, match="stride must be >= 1, got 0"):
-        importance(tiny_sd, TaylorSettings(prompts=["a"], stride=0))
-    with pytest.raises(PruningError, match="'rows'"):
-        importance(tiny_sd, TaylorSettings(prompts=["a"], kinds=("rows",)))
+                    control=RunControl(stop, progress=lambda done, total, info: stop.set()))
+    assert df.attrs["partial"] and df.attrs["timesteps"] == [0] and df.attrs["stopped"] == "stopped"
+    with pytest.raises(SettingsError, match="timestep stride must be an integer in 1..1000, got 0"):
+        TaylorSettings(prompts=["a"], stride=0)
+    with pytest.raises(SettingsError, match="'rows'"):
+        TaylorSettings(prompts=["a"], kinds=("rows",))
+    with pytest.raises(SettingsError, match="thr must be a finite number"):
+        TaylorSettings(prompts=["a"], thr=float("nan"))
 
 
 def test_importance_from_user_images(tiny_sd, tmp_path):
@@ -92,10 +98,10 @@ def test_importance_from_user_images(tiny_sd, tmp_path):
 
     for i, color in enumerate([(255, 0, 0), (0, 0, 255)]):
         Image.new("RGB", (32, 32), color).save(tmp_path / f"{i}.png")
-    df = importance(tiny_sd, TaylorSettings(images=str(tmp_path), stride=500, kinds=("neuron",)), progress=False)
+    df = importance(tiny_sd, TaylorSettings(images=str(tmp_path), stride=500, kinds=("neuron",)))
     assert set(df["kind"]) == {"neuron"} and df["importance"].sum() > 0
     with pytest.raises(PruningError, match="no PNG/JPEG images"):
-        importance(tiny_sd, TaylorSettings(images=str(tmp_path / "empty")), progress=False)
+        importance(tiny_sd, TaylorSettings(images=str(tmp_path / "empty")))
 
 
 def test_recover_trains_only_the_copy(tiny_sd):
@@ -103,7 +109,7 @@ def test_recover_trains_only_the_copy(tiny_sd):
     plan = PruningPlan(family="sd", base=tiny_sd.model_ref, kept_neurons={fqn: [0, 1]})
     before = {k: v.clone() for k, v in tiny_sd.denoiser.state_dict().items()}
     small = recover(tiny_sd, plan, RecoverSettings(prompts=["a red circle", "a blue square"], steps=2, iters=20,
-                                                   lr=1e-3), progress=False)
+                                                   lr=1e-3))
     assert small.recovery["iters"] == 20 and not small.recovery["partial"]
     assert all(torch.equal(before[k], v) for k, v in tiny_sd.denoiser.state_dict().items())
     losses = small.recovery["losses"]
@@ -125,4 +131,4 @@ def test_cli_taylor_then_prune(tiny_sd, tmp_path):
                  "--out", str(plan)]) == 0
     assert json.loads(plan.read_text())["provenance"]["method"] == "taylor"
     assert main(["prune", "--model", str(folder), "--taylor", str(plan), "--target-sparsity", "0.2",
-                 "--out", str(tmp_path / "x.json")]) == 2  # not an importance table: a clean error
+                 "--out", str(tmp_path / "x.json")]) == 2  # not a scores file: a clean error

@@ -7,13 +7,21 @@ import threading
 import pytest
 import torch
 
-from pruning.errors import ExportError, PlanError, PruningError
+from pruning import methods
+from pruning.errors import PlanError, RunDiverged, SettingsError
 from pruning.masks import GateSet
-from pruning.methods.ecodiff import EcoDiffSettings, MaskState, optimize, recon_grads, to_plan
+from pruning.methods import Scores
+from pruning.methods.ecodiff import EcoDiffSettings, MaskState, optimize, recon_grads
+from pruning.methods.select import plan_from_unit_scores
 from pruning.metrics import SavedTensorMeter
 from pruning.rollout import prepare, rollout
+from pruning.runs import RunControl
 
 PROMPTS = ["a red circle at the top left", "a blue square at the bottom right"]
+
+
+def to_plan(handle, state: MaskState, **kw):
+    return methods.to_plan(handle, state.to_scores(), **kw)
 
 
 def _gates(handle, seed=0):
@@ -66,23 +74,26 @@ def test_saved_memory_is_constant_in_T(tiny_sd):
     assert n8 >= 6 * c8  # naive autograd keeps every step
 
 
-def test_settings_are_checked(tiny_sd):
-    with pytest.raises(PruningError, match="non-empty list of prompt"):
-        optimize(tiny_sd, EcoDiffSettings(prompts=[]))
-    with pytest.raises(PruningError, match="steps T must be >= 1, got 0"):
-        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, steps=0))
-    with pytest.raises(PruningError, match="at least one structure kind"):
-        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, kinds=()))
-    with pytest.raises(PruningError, match="'channels'"):
-        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, kinds=("channels",)))
-    with pytest.raises(PruningError, match="regularizer 'l2'"):
-        optimize(tiny_sd, EcoDiffSettings(prompts=PROMPTS, regularizer="l2"))
+def test_settings_are_checked():
+    """Frozen settings check every value when they are made (the caller cannot forget to)."""
+    for bad, match in ((dict(prompts=[]), "prompts is empty"),
+                       (dict(steps=0), r"steps T must be an integer in 1\.\.1000"),
+                       (dict(kinds=()), "kinds must name at least one"),
+                       (dict(kinds=("channels",)), "'channels'"),
+                       (dict(regularizer="l2"), "regularizer must be one of .*'l2'"),
+                       (dict(lr=float("nan")), "lr must be a finite number"),
+                       (dict(epochs=0), "epochs must be an integer in 1..100"),
+                       (dict(seeds=[0, 1, 2]), "3 seeds for 2 prompts")):
+        with pytest.raises(SettingsError, match=match):
+            EcoDiffSettings(**{"prompts": PROMPTS, **bad})
+    with pytest.raises(Exception, match="frozen|cannot assign"):
+        EcoDiffSettings(prompts=PROMPTS).lr = 1.0
 
 
 @pytest.fixture(scope="module")
 def state(tiny_sd):
     s = EcoDiffSettings(prompts=PROMPTS * 2, steps=3, epochs=2, batch_size=2, kinds=("head", "neuron", "group"))
-    return optimize(tiny_sd, s, progress=False)
+    return optimize(tiny_sd, s)
 
 
 def test_optimize_history_and_no_mutation(tiny_sd, state):
@@ -105,44 +116,49 @@ def test_to_plan_hits_target(tiny_sd, state, scope, target):
     assert plan.provenance["method"] == "ecodiff"
 
 
-def test_to_plan_threshold(tiny_sd, state):
+def test_threshold_cut(tiny_sd, state):
     lowest = min(v.min().item() for v in state.lambdas.values())
-    assert to_plan(tiny_sd, state, threshold=lowest - 1).is_empty
-    assert not to_plan(tiny_sd, state, threshold=float("inf")).is_empty
+    assert plan_from_unit_scores(tiny_sd, state.lambdas, threshold=lowest - 1).is_empty
+    assert not plan_from_unit_scores(tiny_sd, state.lambdas, threshold=1e9).is_empty
 
 
 def test_to_plan_bad_input(tiny_sd, tiny_flux, state):
     for bad in (0, 1, -0.1, 1.5):
-        with pytest.raises(PlanError, match=f"target sparsity {bad}"):
+        with pytest.raises(SettingsError, match=f"target sparsity must be a finite number in \\(0, 1\\), got {bad:g}"):
             to_plan(tiny_sd, state, target_sparsity=bad)
     heads_only = MaskState({f: v for f, v in state.lambdas.items() if state.kinds[f] == "head"},
                            state.kinds, state.history, state.model_ref, "sd", state.settings)
     with pytest.raises(PlanError, match=r"not reachable with kinds \['head'\]"):
         to_plan(tiny_sd, heads_only, target_sparsity=0.9)
     other = MaskState({"down_blocks.7.attn1": torch.zeros(2)}, {"down_blocks.7.attn1": "head"},
-                      state.history, "x", "sd", {})
+                      state.history, state.model_ref, "sd", {})
     with pytest.raises(PlanError, match="down_blocks.7.attn1"):
         to_plan(tiny_sd, other, target_sparsity=0.2)
-    with pytest.raises(PlanError, match="family 'sd'"):
+    with pytest.raises(PlanError, match="computed on 'tiny:sd', not on 'tiny:flux'"):
         to_plan(tiny_flux, state, target_sparsity=0.2)
+    with pytest.raises(SettingsError, match="scope must be one of"):
+        to_plan(tiny_sd, state, target_sparsity=0.2, scope="per-layer")
 
 
-def test_mask_state_round_trip(state, tmp_path):
-    path = state.save(tmp_path / "mask.safetensors")
-    again = MaskState.load(path)
-    assert again.model_ref == state.model_ref and again.kinds == state.kinds
-    assert all(torch.equal(again.lambdas[k], v) for k, v in state.lambdas.items())
-    assert again.history.shape == state.history.shape
+@pytest.mark.parametrize("suffix", [".safetensors", ".csv"])
+def test_scores_round_trip(state, tmp_path, suffix):
+    scores = state.to_scores()
+    path = scores.write(tmp_path / f"mask{suffix}")
+    again = Scores.read(path)
+    assert again.model_ref == state.model_ref and again.method == "ecodiff" and again.level == "unit"
+    got = again.unit_scores()
+    assert all(torch.equal(got[k], v) for k, v in state.lambdas.items())  # float32 lambdas, bit for bit
+    assert len(again.info["history"]) == len(state.history)
     path.write_bytes(b"garbage")
-    with pytest.raises(ExportError, match="mask.safetensors"):
-        MaskState.load(path)
+    with pytest.raises(SettingsError, match=f"mask{suffix}"):
+        Scores.read(path)
 
 
 def test_stop_returns_partial_state(tiny_sd):
     stop = threading.Event()
     s = EcoDiffSettings(prompts=PROMPTS * 2, steps=2, epochs=3, batch_size=2)
-    state = optimize(tiny_sd, s, progress=lambda done, total, row: stop.set(), stop=stop)
-    assert state.partial and len(state.history) == 1
+    state = optimize(tiny_sd, s, control=RunControl(stop, progress=lambda done, total, row: stop.set()))
+    assert state.partial and len(state.history) == 1 and state.stopped == "stopped"
     again = optimize(tiny_sd, s)  # the next run works and completes
     assert not again.partial and len(again.history) == 6
 
@@ -155,10 +171,28 @@ def test_cli_ecodiff_then_prune(tiny_sd, tmp_path):
     mask = tmp_path / "mask.safetensors"
     assert main(["ecodiff", "--model", str(folder), "--prompt", "a red circle", "--prompt", "a blue square",
                  "--steps", "2", "--epochs", "1", "--batch-size", "2", "--out", str(mask)]) == 0
-    assert MaskState.load(mask).lambdas
+    assert Scores.read(mask).method == "ecodiff"
 
 
 def test_mask_from_other_weights_is_refused(tiny_sd, state):
     other = MaskState(state.lambdas, state.kinds, state.history, "local:/elsewhere@0123456789ab", "sd", {})
     with pytest.raises(PlanError, match="elsewhere"):
         to_plan(tiny_sd, other, target_sparsity=0.2)
+
+
+def test_a_diverging_run_stops_with_the_last_finite_gates(tiny_sd, monkeypatch):
+    import pruning.methods.ecodiff as eco
+
+    calls, real = [], eco.recon_grads
+
+    def diverges_at_step_2(*a, **k):  # a loss that turns NaN, as a too-high learning rate does
+        calls.append(1)
+        loss = real(*a, **k)
+        return float("nan") if len(calls) == 2 else loss
+    monkeypatch.setattr(eco, "recon_grads", diverges_at_step_2)
+    s = EcoDiffSettings(prompts=PROMPTS, steps=2, epochs=3, batch_size=2)
+    with pytest.raises(RunDiverged, match="diverged at step 2") as e:
+        optimize(tiny_sd, s)
+    last = e.value.result
+    assert last.partial and len(last.history) == 1
+    assert all(torch.isfinite(v).all() for v in last.lambdas.values())

@@ -13,11 +13,13 @@ import torch
 
 import pruning.methods.ldpruner as ldp
 from pruning.catalog import catalog
-from pruning.errors import PlanError, PruningError
+from pruning.errors import PlanError, PruningError, SettingsError
 from pruning.masks import masked
+from pruning.methods import Scores
 from pruning.methods.ldpruner import SweepSettings, plan_from_scores, sweep
 from pruning.plan import PruningPlan
-from pruning.sampling import generate_latents
+from pruning.runs import RunControl
+from pruning.sampling import count_inputs, generate_latents
 
 RES = "mid_block.resnets.0"
 ATTN2 = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
@@ -73,8 +75,8 @@ def test_scores_match_latents_recomputed_by_hand(tiny_sd, monkeypatch):
 
 def test_table_columns_and_granularities(tiny_sd, tiny_flux):
     progress = []
-    df = sweep(tiny_flux, small(granularity="fine"), show_progress=False,
-               progress=lambda d, t, f: progress.append((d, t, f)))
+    control = RunControl(progress=lambda d, t, info: progress.append((d, t, info["fqn"])))
+    df = sweep(tiny_flux, small(granularity="fine"), show_progress=False, control=control)
     assert set(df["kind"]) == {"attn", "ff", "ff_context"} and len(df) == 6
     assert [p[0] for p in progress] == list(range(1, 7)) and {p[1] for p in progress} == {6}
     for col in ("operator", "fqn", "kind", "stage", "level", "block", "depth", "params", "mac_share",
@@ -94,8 +96,8 @@ def test_stop_returns_partial_then_full_sweep_equals_uninterrupted(tiny_sd):
     s = small(operators=(RES, ATTN2, FF, ATTN1))
     full = sweep(tiny_sd, s, show_progress=False)
     stop = threading.Event()
-    part = sweep(tiny_sd, s, stop=stop, show_progress=False,
-                 progress=lambda done, total, fqn: done == 2 and stop.set())
+    part = sweep(tiny_sd, s, show_progress=False,
+                 control=RunControl(stop, progress=lambda done, total, info: done == 2 and stop.set()))
     assert part.attrs["partial"] is True and len(part) == 2
     assert list(part["fqn"]) == list(full["fqn"][:2])
     assert sorted(part["rank"]) == [1, 2] and part["score"].notna().all()
@@ -106,7 +108,7 @@ def test_stop_returns_partial_then_full_sweep_equals_uninterrupted(tiny_sd):
     resumed = sweep(tiny_sd, s, resume=part, show_progress=False)
     pd.testing.assert_frame_equal(frame(resumed), frame(full))
     stop.set()  # set before the start: nothing scored
-    empty = sweep(tiny_sd, s, stop=stop, show_progress=False)
+    empty = sweep(tiny_sd, s, control=RunControl(stop), show_progress=False)
     assert empty.attrs["partial"] is True and len(empty) == 0
 
 
@@ -142,7 +144,7 @@ def test_plan_from_scores_greedy_to_target(tiny_sd):
     assert all(any(f.startswith(r + ".") or r.startswith(f + ".") for r in removed) for f in skipped)
 
     macs_plan = plan_from_scores(tiny_sd, scores, target_macs=0.3)
-    assert macs_plan.summary(tiny_sd.denoiser, **ldp.catalog_kwargs(tiny_sd))["macs_fraction"] >= 0.3
+    assert macs_plan.summary(tiny_sd.denoiser, **count_inputs(tiny_sd))["macs_fraction"] >= 0.3
     manual = plan_from_scores(tiny_sd, scores, operators=[RES, FF])
     assert manual.removed_operators == tuple(sorted([RES, FF]))
     assert manual.provenance["selection"]["mode"] == "manual"
@@ -151,18 +153,18 @@ def test_plan_from_scores_greedy_to_target(tiny_sd):
 def test_bad_input_names_the_problem(tiny_sd):
     with pytest.raises(PlanError, match="unknown operator 'mid_block.nope'"):
         sweep(tiny_sd, small(operators=("mid_block.nope",)), show_progress=False)
-    with pytest.raises(PruningError, match="prompt list is empty") as e:
+    with pytest.raises(PruningError, match="prompts is empty") as e:
         SweepSettings(prompts=[], n_gen=4)
     assert isinstance(e.value, ValueError)
     with pytest.raises(PruningError, match="N_gen must be at least 2"):
         SweepSettings(prompts=PROMPTS, n_gen=1)
-    with pytest.raises(PruningError, match="granularity 'coarse'"):
+    with pytest.raises(PruningError, match="granularity must be one of .*'coarse'"):
         SweepSettings(prompts=PROMPTS, n_gen=2, granularity="coarse")
     with pytest.raises(PruningError, match="n_gen=3 but 2 seeds"):
         SweepSettings(prompts=PROMPTS, n_gen=3, seeds=[0, 1])
     scores = _fake_scores(tiny_sd, "fine")
-    for bad in (0, 1, 1.5, -0.1):
-        with pytest.raises(PlanError, match=r"target_sparsity must be in \(0, 1\)"):
+    for bad in (0, 1, 1.5, -0.1, float("nan"), "abc"):
+        with pytest.raises(SettingsError, match=r"target_sparsity must be a finite number in \(0, 1\)"):
             plan_from_scores(tiny_sd, scores, target_sparsity=bad)
     two = scores[scores["fqn"].isin([ATTN2, ATTN1])]
     reach = PruningPlan(family="sd", base="x", removed_operators=(ATTN2, ATTN1)).summary(tiny_sd.denoiser)
@@ -170,7 +172,7 @@ def test_bad_input_names_the_problem(tiny_sd):
         plan_from_scores(tiny_sd, two, target_sparsity=0.5)
     with pytest.raises(PlanError, match="unknown operator 'up_blocks.9.resnets.0'"):
         plan_from_scores(tiny_sd, scores, operators=["up_blocks.9.resnets.0"])
-    with pytest.raises(PlanError, match="exactly one of"):
+    with pytest.raises(SettingsError, match="exactly one of"):
         plan_from_scores(tiny_sd, scores, target_sparsity=0.2, target_macs=0.2)
     with pytest.raises(PlanError, match="unknown operator 'transformer_blocks.0.attn'"):
         plan_from_scores(tiny_sd, _fake_scores(_tiny_flux_handle(), "fine"), target_sparsity=0.1)
@@ -192,7 +194,6 @@ def _tiny_flux_handle():
 
 
 def test_cli_sweep_then_prune(tmp_path, capsys):
-    import pruning.methods.ldpruner_cli  # noqa: F401  (registers the commands)
     from pruning.cli import main
     from pruning.testing import tiny_pipeline
 
@@ -202,9 +203,10 @@ def test_cli_sweep_then_prune(tmp_path, capsys):
     code = main(["sweep", "--model", str(folder), "--out", str(out), "--n-gen", "2", "--steps", "1",
                  "--prompts", *PROMPTS, "--granularity", "block"])
     assert code == 0, capsys.readouterr().err
-    df = ldp.read_scores(out)
+    scores = Scores.read(out)
+    df = scores.table
     assert len(df) == 18 and set(df["kind"]) == {"transformer", "resnet"}
-    assert df.attrs["settings"]["n_gen"] == 2 and df.attrs["partial"] is False
+    assert scores.settings["n_gen"] == 2 and scores.partial is False and scores.method == "ldpruner"
     plan_path = tmp_path / "plan.json"
     assert main(["prune", "--model", str(folder), "--scores", str(out), "--target-sparsity", "0.2",
                  "--out", str(plan_path)]) == 0
@@ -286,7 +288,6 @@ def test_lowest_scores_beat_random_and_highest(name):
 
 
 def test_cli_prune_from_ecodiff_mask(tmp_path, capsys):
-    import pruning.methods.ldpruner_cli  # noqa: F401
     from pruning.catalog import discover
     from pruning.cli import main
     from pruning.loading import load_pipeline
@@ -301,13 +302,13 @@ def test_cli_prune_from_ecodiff_mask(tmp_path, capsys):
     state = MaskState(lambdas={f: torch.randn(s.units, generator=gen) for f, s in structs.items()},
                       kinds={f: s.kind for f, s in structs.items()}, history=pd.DataFrame({"loss": [0.0]}),
                       model_ref=h.model_ref, family="sd", settings={})
-    mask = state.save(tmp_path / "mask.safetensors")
+    mask = state.to_scores().write(tmp_path / "mask.safetensors")
     out = tmp_path / "plan.json"
     assert main(["prune", "--model", str(folder), "--mask", str(mask), "--target-sparsity", "0.3",
                  "--out", str(out)]) == 0, capsys.readouterr().err
     plan = PruningPlan.from_json(out.read_text())
     assert plan.provenance["method"] == "ecodiff"
     assert plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.3, abs=0.01)
-    assert main(["prune", "--model", str(folder), "--mask", str(mask), "--scores", "x.csv",
-                 "--target-sparsity", "0.3", "--out", str(out)]) == 2
-    assert "not allowed with" in capsys.readouterr().err
+    assert main(["prune", "--model", str(folder), "--mask", str(mask), "--target-macs", "0.3",
+                 "--out", str(out)]) == 2
+    assert "cut them with --target-sparsity" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pruning.loading import load_pipeline
+from pruning.methods import Scores
 from pruning.methods import ldpruner as ldp
 from pruning.testing import tiny_pipeline
 
@@ -52,9 +53,10 @@ def test_two_process_sweep_equals_single_process(launched):
         pytest.fail(f"accelerate launch did not finish in 120 s: {proc.communicate()[0][-2000:]}")
     assert proc.returncode == 0, log[-3000:]
     assert "on 2 processes" in log  # really sharded, not one process
-    merged = ldp.read_scores(out)
-    assert merged.attrs["settings"] == single.attrs["settings"]
-    assert merged.attrs["model_ref"] == single.attrs["model_ref"] and merged.attrs["partial"] is False
+    scores = Scores.read(out)
+    merged = scores.table
+    assert scores.settings == single.attrs["settings"]
+    assert scores.model_ref == single.attrs["model_ref"] and scores.partial is False
     assert list(merged["fqn"]) == list(single["fqn"]) and len(merged) == 32
     for col in ("avg_dist", "std_dist", "score"):
         np.testing.assert_allclose(merged[col], single[col], rtol=0, atol=1e-6)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning import load_pipeline, recover, slim
+from pruning import load_pipeline, methods, recover, slim
 from pruning.loading import BUNDLED
 from pruning.methods import diffpruning, ecodiff, ldpruner
-from pruning.methods.select import magnitude_scores, plan_from_unit_scores, random_scores
+from pruning.methods.baselines import magnitude_scores, random_scores
+from pruning.methods.select import plan_from_unit_scores
 from pruning.quality import latent_mse, shape_task_accuracy
 from pruning.recover import RecoverSettings
 from pruning.sampling import decode_latents, generate_latents
@@ -56,9 +57,8 @@ def baselines(bench):
 
 
 def test_ecodiff_beats_random_magnitude_and_ldpruner(bench, baselines):
-    state = ecodiff.optimize(bench.h, ecodiff.EcoDiffSettings(prompts=bench.calib, kinds=KINDS, epochs=6),
-                             progress=False)
-    plan = ecodiff.to_plan(bench.h, state, target_sparsity=TARGET)
+    scores = methods.get("ecodiff").score(bench.h, ecodiff.EcoDiffSettings(prompts=bench.calib, kinds=KINDS, epochs=6))
+    plan = methods.to_plan(bench.h, scores, target_sparsity=TARGET)
     mse, acc = bench.evaluate(plan)
     sweep = ldpruner.sweep(bench.h, ldpruner.SweepSettings(prompts=tuple(bench.calib), n_gen=8), show_progress=False)
     ld_mse, _ = bench.evaluate(ldpruner.plan_from_scores(bench.h, sweep, target_sparsity=TARGET))
@@ -67,18 +67,18 @@ def test_ecodiff_beats_random_magnitude_and_ldpruner(bench, baselines):
 
 
 def test_taylor_beats_random_and_magnitude(bench, baselines):
-    scores = diffpruning.importance(bench.h, diffpruning.TaylorSettings(prompts=bench.calib), progress=False)
-    mse, acc = bench.evaluate(diffpruning.to_plan(bench.h, scores, target_sparsity=TARGET))
+    scores = methods.get("taylor").score(bench.h, diffpruning.TaylorSettings(prompts=bench.calib))
+    mse, acc = bench.evaluate(methods.to_plan(bench.h, scores, target_sparsity=TARGET))
     print(f"taylor {mse:.4f} (acc {acc:.2f}) {baselines}")
     assert mse < baselines["random"] and mse < baselines["magnitude"]
 
 
 def test_recovery_helps_a_30_percent_plan(bench):
-    scores = diffpruning.importance(bench.h, diffpruning.TaylorSettings(prompts=bench.calib), progress=False)
-    plan = diffpruning.to_plan(bench.h, scores, target_sparsity=0.3)
+    scores = methods.get("taylor").score(bench.h, diffpruning.TaylorSettings(prompts=bench.calib))
+    plan = methods.to_plan(bench.h, scores, target_sparsity=0.3)
     before_mse, before_acc = bench.evaluate(plan)
     teach = list(train_prompts())[:32]  # the original's trajectories for 32 training prompts
-    small = recover(bench.h, plan, RecoverSettings(prompts=teach, iters=200, lr=1e-4), progress=False)
+    small = recover(bench.h, plan, RecoverSettings(prompts=teach, iters=200, lr=1e-4))
     after_mse, after_acc = bench.evaluate(denoiser=small)
     print(f"recovery: mse {before_mse:.4f} -> {after_mse:.4f}, acc {before_acc:.2f} -> {after_acc:.2f}")
     assert after_mse < before_mse and after_acc >= before_acc

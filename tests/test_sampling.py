@@ -98,13 +98,13 @@ def test_decode_matches_the_pipeline(tiny_handle):
 
 def test_flux_true_cfg_mode(tiny_flux):
     from pruning.loading import handle_from_pipe
-    from pruning.sampling import _guidance_kwargs
+    from pruning.sampling import pipeline_kwargs, spec
 
     h = handle_from_pipe(tiny_flux.pipe, model_ref="x", defaults={
         "guidance_mode": "true_cfg", "negative_prompt": "", "max_sequence_length": 16})
-    assert _guidance_kwargs(h, 2.0, 2) == {"true_cfg_scale": 2.0, "negative_prompt": ["", ""],
-                                            "max_sequence_length": 16}
-    assert _guidance_kwargs(tiny_flux, 3.5, 1) == {"guidance_scale": 3.5, "max_sequence_length": 32}
+    assert pipeline_kwargs(spec(h, guidance=2.0), 2) == {"true_cfg_scale": 2.0, "negative_prompt": ["", ""],
+                                                         "max_sequence_length": 16}
+    assert pipeline_kwargs(spec(tiny_flux, guidance=3.5), 1) == {"guidance_scale": 3.5, "max_sequence_length": 32}
     off = generate_latents(h, PROMPTS[:2], [0, 1], steps=2, guidance=1.0)
     on = generate_latents(h, PROMPTS[:2], [0, 1], steps=2, guidance=3.0)
     assert not torch.allclose(on, off, atol=1e-4)

@@ -36,7 +36,7 @@ def test_flux_rows_are_double_then_single(tiny_flux):
     ops, st = catalog(tiny_flux.denoiser)
     fig = visual.operator_heatmap(ops.assign(score=1.0))
     assert list(fig.data[0].y) == ["double.0", "double.1", "single.0", "single.1"]
-    per = st.assign(importance=1.0)
+    per = st.assign(score=1.0)
     assert set(visual.structure_heatmap(per).data[0].x) == set(st["component"])
 
 
@@ -50,13 +50,30 @@ def test_mask_plots():
                                  "up_blocks.1.resnets.0"], "kind": ["group", "head", "group"],
                          "kept": [0.5, 0.25, 1.0], "depth": [0, 1, 9]})
     fig = visual.mask_sparsity_plot(kept)
-    assert {t.name for t in fig.data} == {"group", "head"}
+    assert {t.name for t in fig.data} == {"resnet channel groups", "attention heads"}
     assert list(fig.layout.xaxis.categoryarray) == ["down.0 · 0", "up.1 · 0"]
     assert visual.loss_plot(pd.DataFrame()).layout.height == 480  # empty history: still a figure
 
 
 def test_quality_vs_sparsity_sorted_per_method():
-    df = pd.DataFrame({"method": ["a", "a", "b"], "sparsity": [0.3, 0.1, 0.2], "psnr": [20.0, 30.0, 25.0]})
-    fig = visual.quality_vs_sparsity(df, "psnr")
+    df = pd.DataFrame({"method": ["a", "a", "b"], "params_fraction": [0.3, 0.1, 0.2], "psnr": [20.0, 30.0, 25.0]})
+    fig = visual.quality_vs_sparsity(df, "psnr", mark=0.25)
     assert [t.name for t in fig.data] == ["a", "b"] and list(fig.data[0].x) == [0.1, 0.3]
+    assert "higher is better" in fig.layout.yaxis.title.text and fig.layout.xaxis.range[0] < 0 < 0.25
+    assert any("your plan: 25%" in a.text for a in fig.layout.annotations)
     assert len(visual.quality_vs_sparsity(df, "accuracy").data) == 0  # missing metric: empty axes
+
+
+def test_one_colour_rule_and_rank_scale():
+    """Every heatmap draws the lowest score with the 'prunable' end, whatever the method; an
+    outlier does not flatten the other cells."""
+    ops = pd.DataFrame({"fqn": [f"down_blocks.0.resnets.{i}" for i in range(4)], "kind": ["resnet"] * 4,
+                        "score": [0.2, 17.0, 0.1, 0.3], "depth": range(4)})
+    heat = visual.operator_heatmap(ops).data[0]
+    z = pd.DataFrame(heat.z).to_numpy().flatten()
+    assert heat.colorscale[0][1].lower() == visual.PRUNABLE_COLOR and heat.zmin == 0
+    assert z[2] == 0.0 and z[1] == 1.0 and sorted(z) == [0.0, 1 / 3, 2 / 3, 1.0]  # rank, not value
+    assert "prune first" in heat.colorbar.ticktext[0]
+    st = pd.DataFrame({"fqn": ops["fqn"], "component": ["resnet"] * 4, "score": [5.0, 1.0, 3.0, 4.0]})
+    heat = visual.structure_heatmap(st).data[0]
+    assert pd.DataFrame(heat.z).to_numpy().flatten()[1] == 0.0 and [list(c) for c in heat.colorscale] == visual.COLORSCALE

@@ -1,5 +1,10 @@
 """Per-layer heatmaps: rows are layers in depth order, columns are operator kinds or components.
 
+**One colour rule for every method**: every score is "low = prunable", and every heatmap
+colours a cell by the *rank* of its score among the cells (so one outlier cannot flatten the
+rest), from ``PRUNABLE_COLOR`` (the lowest scores: remove first) to ``KEEP_COLOR`` (the
+highest: keep). Hovering shows the score itself.
+
 A *layer* groups what sits at one place in the denoiser: resnet ``i`` and attention ``i`` of a
 UNet block share the row ``down.0 · 0``; FLUX blocks are ``double.3`` and ``single.7``.
 
@@ -19,7 +24,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .theme import apply_theme
+
 HEIGHT = 560
+PRUNABLE_COLOR, MID_COLOR, KEEP_COLOR = "#e4572e", "#f3d9a4", "#2e5eaa"  # remove first ... keep
+COLORSCALE = [[0.0, PRUNABLE_COLOR], [0.5, MID_COLOR], [1.0, KEEP_COLOR]]
 KIND_ORDER = ("resnet", "attn1", "attn2", "ff", "transformer", "attn", "ff_context", "double_block",
               "single_attn", "proj_mlp", "single_block")
 _UNET = re.compile(r"^(down|up)_blocks\.(\d+)\.(?:resnets|attentions)\.(\d+)(?:\.transformer_blocks\.(\d+))?")
@@ -45,6 +54,22 @@ def _columns(values) -> list[str]:
     return [k for k in KIND_ORDER if k in seen] + [k for k in seen if k not in KIND_ORDER]
 
 
+def rank_scale(values: np.ndarray) -> np.ndarray:
+    """Scores -> their rank among the finite cells in [0, 1] (0 = lowest = most prunable); ties share.
+
+    >>> rank_scale(np.array([5.0, 17.0, 0.1, np.nan])).tolist()[:3]
+    [0.5, 1.0, 0.0]
+    """
+    out = np.full(values.shape, np.nan)
+    ok = np.isfinite(values)
+    if ok.sum() == 1:
+        out[ok] = 0.5
+    elif ok.any():
+        ranks = pd.Series(values[ok]).rank(method="average").to_numpy()
+        out[ok] = (ranks - 1) / (ok.sum() - 1)
+    return out
+
+
 def _grid(df: pd.DataFrame, column: str, value: str, extras: list[str]):
     """(rows, cols, z, customdata): one cell per (layer, column); rows by first depth."""
     df = df.copy()
@@ -53,68 +78,73 @@ def _grid(df: pd.DataFrame, column: str, value: str, extras: list[str]):
     rows = list(df.assign(_o=order).groupby("layer", sort=False)["_o"].min().sort_values(kind="stable").index)
     cols = _columns(df[column])
     z = np.full((len(rows), len(cols)), np.nan)
-    custom = np.full((len(rows), len(cols), 1 + len(extras)), None, dtype=object)
+    custom = np.full((len(rows), len(cols), 2 + len(extras)), None, dtype=object)
     r_idx, c_idx = {r: i for i, r in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
     for rec in df.to_dict("records"):
         i, j = r_idx[rec["layer"]], c_idx[rec[column]]
         if np.isnan(z[i, j]):
             z[i, j] = float(rec[value])
-            custom[i, j] = [rec["fqn"], *(rec.get(e) for e in extras)]
+            custom[i, j] = [rec["fqn"], float(rec[value]), *(rec.get(e) for e in extras)]
     return rows, cols, z, custom
 
 
-def _figure(rows, cols, z, custom, hover: str, title: str, colorbar: str, reverse: bool) -> go.Figure:
+def _figure(rows, cols, z, custom, hover: str, title: str, subtitle: str) -> go.Figure:
     fig = go.Figure(go.Heatmap(
-        z=z, x=cols, y=rows, customdata=custom, hovertemplate=hover + "<extra></extra>",
-        colorscale="Viridis", reversescale=reverse, colorbar={"title": colorbar}, hoverongaps=False))
-    fig.update_layout(title=title, height=HEIGHT, margin={"l": 110, "r": 20, "t": 50, "b": 40}, plot_bgcolor="white",
+        z=rank_scale(z), x=cols, y=rows, customdata=custom, hovertemplate=hover + "<extra></extra>",
+        colorscale=COLORSCALE, zmin=0, zmax=1, hoverongaps=False, xgap=1, ygap=1,
+        colorbar={"title": {"text": "score rank", "side": "right"}, "tickvals": [0, 0.5, 1], "len": 0.9,
+                  "ticktext": ["lowest:<br>prune first", "median", "highest:<br>keep"]}))
+    fig.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>" if subtitle else title},
+                      height=HEIGHT, margin={"l": 110, "r": 20, "t": 70, "b": 40},
                       yaxis={"autorange": "reversed", "type": "category", "title": "layer (depth order)",
                              "showgrid": False},
-                      xaxis={"type": "category", "title": None, "showgrid": False})
-    return fig
+                      xaxis={"type": "category", "title": None, "showgrid": False, "side": "top"})
+    return apply_theme(fig)
 
 
-def operator_heatmap(scores: pd.DataFrame, value: str = "score", title: str | None = None) -> go.Figure:
-    """LD-Pruner scores per layer (rows) and operator kind (columns); low = prunable.
+def operator_heatmap(scores: pd.DataFrame, value: str = "score", title: str | None = None,
+                     subtitle: str = "") -> go.Figure:
+    """Operator scores per layer (rows) and operator kind (columns), coloured by rank.
 
     ``scores`` needs fqn, kind and ``value``; params and depth are used when present.
 
     >>> df = pd.DataFrame({"fqn": ["down_blocks.0.resnets.0", "down_blocks.0.attentions.0.transformer_blocks.0.ff"],
     ...                    "kind": ["resnet", "ff"], "score": [1.0, 0.2], "params": [100, 50], "depth": [0, 1]})
     >>> fig = operator_heatmap(df)
-    >>> list(fig.data[0].y), list(fig.data[0].x), fig.layout.height
-    (['down.0 · 0'], ['resnet', 'ff'], 560)
+    >>> list(fig.data[0].y), list(fig.data[0].x), fig.data[0].z.tolist()
+    (['down.0 · 0'], ['resnet', 'ff'], [[1.0, 0.0]])
     """
     df = scores if "params" in scores.columns else scores.assign(params=None)
     rows, cols, z, custom = _grid(df, "kind", value, ["params"])
-    hover = f"%{{customdata[0]}}<br>{value}: %{{z:.4g}}<br>params: %{{customdata[1]:,}}"
-    return _figure(rows, cols, z, custom, hover, title or f"Operator importance ({value}; low = prunable)",
-                   value, reverse=True)
+    hover = "%{customdata[0]}<br>score: %{customdata[1]:.4g} (low = prunable)<br>params: %{customdata[2]:,}"
+    return _figure(rows, cols, z, custom, hover, title or "Operator scores (low = prunable)", subtitle)
 
 
-def structure_heatmap(units: pd.DataFrame, value: str = "importance", title: str | None = None) -> go.Figure:
-    """Per-structure values (e.g. mean Taylor importance per unit) by layer and component.
+def structure_heatmap(units: pd.DataFrame, value: str = "score", title: str | None = None,
+                      subtitle: str = "") -> go.Figure:
+    """Per-structure scores (e.g. the mean unit score) by layer and component, coloured by rank.
 
     ``units`` has one row per structure: fqn, component and ``value`` (optionally units, depth).
 
     >>> df = pd.DataFrame({"fqn": ["mid_block.resnets.0", "mid_block.attentions.0.transformer_blocks.0.attn1"],
-    ...                    "component": ["resnet", "attn1"], "importance": [3.0, 1.5], "units": [8, 2]})
-    >>> structure_heatmap(df).data[0].z.shape
-    (1, 2)
+    ...                    "component": ["resnet", "attn1"], "score": [3.0, 1.5], "units": [8, 2]})
+    >>> structure_heatmap(df).data[0].z.tolist()
+    [[1.0, 0.0]]
     """
     df = units if "units" in units.columns else units.assign(units=None)
     rows, cols, z, custom = _grid(df, "component", value, ["units"])
-    hover = f"%{{customdata[0]}}<br>{value}: %{{z:.4g}}<br>units: %{{customdata[1]}}"
-    return _figure(rows, cols, z, custom, hover, title or f"Structure importance ({value}; high = keep)",
-                   value, reverse=False)
+    hover = "%{customdata[0]}<br>mean unit score: %{customdata[1]:.4g} (low = prunable)<br>units: %{customdata[2]}"
+    return _figure(rows, cols, z, custom, hover, title or "Structure scores (low = prunable)", subtitle)
 
 
 def placeholder(title: str = "Run a method to see this plot", height: int = HEIGHT) -> go.Figure:
-    """An empty figure of fixed height (keeps the layout still before the first run).
+    """An empty figure of fixed height with a message (keeps the layout still before a run).
 
     >>> placeholder().layout.height
     560
     """
     fig = go.Figure()
-    fig.update_layout(title=title, height=height, xaxis={"visible": False}, yaxis={"visible": False})
-    return fig
+    fig.update_layout(height=height, xaxis={"visible": False}, yaxis={"visible": False},
+                      annotations=[{"text": title, "showarrow": False, "xref": "paper", "yref": "paper",
+                                    "x": 0.5, "y": 0.5, "font": {"size": 15}}])
+    return apply_theme(fig)

@@ -1,1 +1,62 @@
-"""Scoring methods: LD-Pruner operator sweeps, EcoDiff masks, Diff-Pruning Taylor importance."""
+"""The scoring methods and their registry: the app, the CLI and ``compare_methods`` iterate it.
+
+Adding a method is one new module defining a :class:`~pruning.methods.base.Method` (``METHOD``)
+plus one line in ``BUILTIN`` below; ``register`` adds one at run time (a plugin, a test).
+
+>>> names()
+['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random']
+>>> get("taylor").level, get("ldpruner").level
+('unit', 'operator')
+>>> get("obs")
+Traceback (most recent call last):
+...
+pruning.errors.SettingsError: method must be one of ['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random'], got 'obs'
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..validate import choice
+from .base import DIRECTION, Method, Scores, check_scores_fit
+
+BUILTIN = (  # module, attribute: in the order users see them
+    ("pruning.methods.ldpruner", "METHOD"),
+    ("pruning.methods.ecodiff", "METHOD"),
+    ("pruning.methods.diffpruning", "METHOD"),
+    ("pruning.methods.baselines", "MAGNITUDE"),
+    ("pruning.methods.baselines", "RANDOM"),
+)
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add (or replace) a method under ``method.name``."""
+    METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    METHODS.pop(name, None)
+
+
+def names() -> list[str]:
+    """Registered method names, in order."""
+    return list(METHODS)
+
+
+def get(name: str) -> Method:
+    """The method registered as ``name`` (errors list the registered ones)."""
+    return METHODS[choice("method", name, names())]
+
+
+def to_plan(handle, scores: Scores, *, target_sparsity: float, scope: str = "global"):
+    """Cut any method's scores at ``target_sparsity`` (dispatches on ``scores.method``)."""
+    return get(scores.method).to_plan(handle, scores, target_sparsity=target_sparsity, scope=scope)
+
+
+for _module, _attr in BUILTIN:
+    register(getattr(importlib.import_module(_module), _attr))
+
+__all__ = ["Method", "Scores", "DIRECTION", "METHODS", "register", "unregister", "names", "get", "to_plan",
+           "check_scores_fit"]

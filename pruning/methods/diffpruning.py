@@ -21,9 +21,8 @@ Gradients are taken with ``torch.autograd.grad``: nothing is accumulated in the 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +30,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..catalog import discover, unit_view
-from ..errors import PruningError
-from ..plan import PruningPlan
+from .. import validate
+from ..catalog import UNIT_KINDS, discover, unit_view
+from ..errors import RunDiverged, SettingsError
+from ..grads import requires_grad
+from ..prompts import calibration_prompts
 from ..rollout import prepare, rollout
-from .select import KINDS, SCOPES, check_sparsity, plan_from_unit_scores
+from ..runs import RunControl, as_control
+from ..sampling import spec
+from .base import Method, Scores, opt
+from .baselines import unit_table
 
 
 class ThresholdRule:
     """Keep accumulating while L_t >= thr * L_max (L_max over the timesteps seen so far)."""
 
     def __init__(self, thr: float = 0.05):
-        if not 0 <= thr < 1:
-            raise PruningError(f"threshold thr {thr!r} is outside [0, 1)")
-        self.thr, self.max_loss = thr, 0.0
+        self.thr = validate.number("threshold thr", thr, lo=0, hi=1, open_hi=True)
+        self.max_loss = 0.0
 
     def keep_going(self, loss: float) -> bool:
         self.max_loss = max(self.max_loss, loss)
@@ -61,37 +64,53 @@ def timesteps_used(losses: Sequence[float], thr: float = 0.05) -> list[int]:
     return used
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaylorSettings:
     """x0 from ``images`` (PIL images / arrays, or a folder of PNG/JPEG files) or, by default,
-    generated from ``prompts`` by the original model (data-free)."""
+    generated from ``prompts`` by the original model (data-free). Frozen; checked here."""
 
-    prompts: Sequence[str] = ()
-    seeds: Sequence[int] | None = None
-    images: Sequence | str | None = None
-    steps: int | None = None  # sampling steps for the data-free x0
-    guidance: float | None = None
-    resolution: int | None = None
-    stride: int = 50  # timestep stride over [0, num_train_timesteps)
-    thr: float = 0.05
-    kinds: Sequence[str] = KINDS
-    noise_seed: int = 0
+    prompts: tuple[str, ...] | None = opt(None, "prompts to generate the clean images from (default: the "
+                                          "model's calibration prompts); with images: their captions", "strs")
+    seeds: tuple[int, ...] | None = opt(None, "one seed per prompt (default 0, 1, ...)", "ints")
+    images: object = opt(None, "a folder of PNG/JPEG images to use instead of generated ones", "str")
+    steps: int | None = opt(None, "sampling steps for the generated images (default: the model's)", "int")
+    guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
+    resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
+    stride: int = opt(50, "timestep stride: score every stride-th of the 1000 training timesteps", "int")
+    thr: float = opt(0.05, "thr: stop once the loss falls below thr x its maximum (the paper: 0-0.1)", "float")
+    kinds: tuple[str, ...] = opt(UNIT_KINDS, "structures to score: head, neuron, group", "choices", UNIT_KINDS)
+    noise_seed: int = opt(0, "seed of the noise added to the clean images", "int")
 
-    def validate(self) -> None:
-        if not self.prompts and self.images is None:
-            raise PruningError("Taylor importance needs prompts (data-free) or images")
-        if self.seeds is not None and len(self.seeds) != (len(self.prompts) or len(self.seeds)):
-            raise PruningError(f"{len(self.seeds)} seeds for {len(self.prompts)} prompts; they must pair up")
-        if self.stride < 1:
-            raise PruningError(f"timestep stride must be >= 1, got {self.stride}")
-        ThresholdRule(self.thr)
-        bad = [k for k in self.kinds if k not in KINDS]
-        if not self.kinds or bad:
-            raise PruningError(f"structure kinds must be a non-empty subset of {KINDS}, got {list(self.kinds)}")
+    def __post_init__(self):
+        v = validate
+        prompts = None if self.prompts is None or (self.images is not None and not self.prompts) else \
+            v.prompt_list(self.prompts)
+        seeds = None if self.seeds is None else v.seed_list(self.seeds)
+        if seeds is not None and (prompts is None or len(seeds) != len(prompts)):
+            raise SettingsError(f"{len(seeds)} seeds for {len(prompts or ())} prompts; they must pair up")
+        images = self.images
+        if isinstance(images, (str, Path)):
+            images = str(images)
+        elif images is not None and not isinstance(images, (list, tuple)):
+            raise SettingsError(f"images must be a folder or a list of images, got {type(images).__name__}")
+        values = {
+            "prompts": prompts, "seeds": seeds, "images": images,
+            "steps": None if self.steps is None else v.steps(self.steps),
+            "guidance": None if self.guidance is None else v.guidance(self.guidance),
+            "resolution": None if self.resolution is None else v.integer("resolution", self.resolution, lo=8,
+                                                                           hi=v.LIMITS.max_resolution),
+            "stride": v.integer("timestep stride", self.stride, lo=1, hi=1000),
+            "thr": ThresholdRule(self.thr).thr,
+            "kinds": v.subset("kinds", self.kinds, UNIT_KINDS),
+            "noise_seed": v.seed("noise_seed", self.noise_seed),
+        }
+        for k, val in values.items():
+            object.__setattr__(self, k, val)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["prompts"], d["kinds"] = list(self.prompts), list(self.kinds)
+        d["prompts"] = list(self.prompts) if self.prompts is not None else None
+        d["kinds"] = list(self.kinds)
         d["seeds"] = list(self.seeds) if self.seeds is not None else None
         d["images"] = self.images if isinstance(self.images, str) else (
             f"{len(self.images)} images" if self.images is not None else None)
@@ -108,8 +127,14 @@ def _load_images(images, resolution: int) -> list:
         folder = Path(images)
         files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
         if not files:
-            raise PruningError(f"no PNG/JPEG images in folder {str(folder)!r}")
-        images = [Image.open(p).convert("RGB") for p in files]
+            raise SettingsError(f"no PNG/JPEG images in folder {str(folder)!r}")
+        if len(files) > validate.LIMITS.max_prompts:
+            raise SettingsError(f"folder {str(folder)!r} has {len(files)} images, at most "
+                                f"{validate.LIMITS.max_prompts} in one run")
+        try:
+            images = [Image.open(p).convert("RGB") for p in files]
+        except OSError as e:
+            raise SettingsError(f"cannot read an image in {str(folder)!r}: {e}") from None
     out = []
     for im in images:
         im = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, dtype=np.uint8))
@@ -131,14 +156,14 @@ def _encode(handle, images, resolution: int) -> torch.Tensor:
 
 def _clean_latents(handle, s: TaylorSettings):
     """(x0 as the denoiser consumes it, conditioning trajectory, prompts)."""
-    res = int(s.resolution or handle.defaults["resolution"])
+    res = spec(handle, resolution=s.resolution).resolution
     if s.images is not None:
         images = _load_images(s.images, res)
         if s.prompts and len(s.prompts) != len(images):
-            raise PruningError(f"{len(s.prompts)} captions for {len(images)} images; give one per image or none")
-        prompts = list(s.prompts) if s.prompts else [""] * len(images)
+            raise SettingsError(f"{len(s.prompts)} captions for {len(images)} images; give one per image or none")
+        prompts = list(s.prompts) if s.prompts else [""] * len(images)  # unconditional
     else:
-        prompts = list(s.prompts)
+        prompts = list(s.prompts or calibration_prompts(handle.model_ref, 8))
     seeds = list(s.seeds) if s.seeds is not None else list(range(len(prompts)))
     flux_embedded = handle.family == "flux" and handle.defaults.get("guidance_mode", "embedded") == "embedded"
     cond_guidance = handle.defaults["guidance"] if flux_embedded else 1.0  # conditional pass only, no CFG
@@ -180,7 +205,7 @@ def _unit_params(handle, kinds) -> dict[str, torch.nn.Parameter]:
     return {n: params[n] for n in sorted(names)}
 
 
-def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=KINDS) -> dict[str, torch.Tensor]:
+def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=UNIT_KINDS) -> dict[str, torch.Tensor]:
     """Per-unit sum |w * g| over the weights each unit owns (``grads``: param name -> dL/dw)."""
     params = dict(handle.denoiser.named_parameters())
     out = {}
@@ -195,25 +220,25 @@ def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=KINDS) -> dict[s
     return out
 
 
-def importance(handle, settings: TaylorSettings, *, progress: Callable | None = None,
-               stop: threading.Event | None = None) -> pd.DataFrame:
+def importance(handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None,
+               show_progress: bool = False) -> pd.DataFrame:
     """One row per unit: fqn, kind, component, index, importance. ``attrs`` hold the timesteps
-    used, their losses and whether ``stop`` cut the run short (``partial``)."""
-    settings.validate()
+    used, their losses and whether ``control`` cut the run short (``partial``)."""
+    control = as_control(control)
+    settings = settings or TaylorSettings()
+    if settings.prompts is None and settings.images is None:
+        settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
     x0, cond, _ = _clean_latents(handle, settings)
     g = torch.Generator().manual_seed(settings.noise_seed)
-    noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(x0.device, x0.dtype)
     params = _unit_params(handle, settings.kinds)
     grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     n_train = handle.pipe.scheduler.config.num_train_timesteps
     ts = list(range(0, n_train, settings.stride))
     rule, used, losses, partial = ThresholdRule(settings.thr), [], [], False
-    flags = [(p, p.requires_grad) for p in params.values()]
-    try:
-        for p in params.values():
-            p.requires_grad_(True)
-        for t in tqdm(ts, desc="Taylor", disable=progress is False):
-            if stop is not None and stop.is_set():
+    with requires_grad(params.values(), True):
+        for t in tqdm(ts, desc="Taylor", disable=not show_progress, leave=False):
+            if control.stopped():
                 partial = True
                 break
             loss = _loss_at(handle, x0, noise, cond, t)
@@ -222,56 +247,35 @@ def importance(handle, settings: TaylorSettings, *, progress: Callable | None = 
                     grads[n] += gr.float()
             used.append(t)
             losses.append(loss.item())
-            if callable(progress):
-                progress(len(used), len(ts), {"t": t, "loss": losses[-1]})
+            control.report(len(used), len(ts), t=t, loss=losses[-1])
             if not rule.keep_going(losses[-1]):
                 break
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    bad = [n for n, gr in grads.items() if not torch.isfinite(gr).all()]
+    if bad:
+        raise RunDiverged(f"Taylor importance: the gradient of {bad[0]!r} is not finite (loss {losses[-1]:.4g}); "
+                          "try float32 or fewer timesteps")
     scores = taylor_scores(handle, grads, settings.kinds) if used else {}
-    structures = discover(handle.denoiser).structures
-    rows = [{"fqn": f, "kind": structures[f].kind, "component": structures[f].component, "index": i,
-             "importance": float(v)} for f, sc in scores.items() for i, v in enumerate(sc.tolist())]
-    df = pd.DataFrame(rows, columns=["fqn", "kind", "component", "index", "importance"])
+    df = unit_table(handle, scores).rename(columns={"score": "importance"})
     df.attrs.update(timesteps=used, losses=losses, partial=partial, model_ref=handle.model_ref,
-                    settings=settings.to_dict(), method="taylor")
+                    settings=settings.to_dict(), method="taylor", stopped=control.reason if partial else None)
     return df
 
 
-def scores_to_tensors(handle, scores: pd.DataFrame) -> dict[str, torch.Tensor]:
-    """Importance table -> {fqn: (units,) tensor}; missing units of a listed structure count as 0."""
-    structures = discover(handle.denoiser).structures
-    out = {}
-    for fqn, grp in scores.groupby("fqn", sort=False):
-        if fqn not in structures:
-            raise PruningError(f"scores name {fqn!r}, which is not a prunable structure of {handle.model_ref}")
-        t = torch.zeros(structures[fqn].units)
-        t[torch.as_tensor(grp["index"].to_numpy().copy(), dtype=torch.long)] = torch.as_tensor(
-            grp["importance"].to_numpy().copy(), dtype=torch.float32)
-        out[fqn] = t
-    return out
+class Taylor(Method):
+    name = "taylor"
+    title = "Taylor importance (Diff-Pruning)"
+    summary = ("Adds noise to clean images at increasing timesteps and sums |weight x gradient| of the "
+               "denoising loss over each unit's weights: low importance = safe to remove.")
+    level = "unit"
+    Settings = TaylorSettings
+
+    def score(self, handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None) -> Scores:
+        df = importance(handle, settings, control=control)
+        info = {k: df.attrs[k] for k in ("timesteps", "losses")}
+        if df.attrs["partial"]:
+            info["stopped"] = df.attrs["stopped"]
+        return Scores(self.name, "unit", df.rename(columns={"importance": "score"}), handle.model_ref,
+                      df.attrs["settings"], df.attrs["partial"], info)
 
 
-def read_importance(path: str | Path) -> pd.DataFrame:
-    """An importance table written by ``python -m pruning taylor`` (CSV with fqn, index, importance)."""
-    path = Path(path)
-    try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError) as e:
-        raise PruningError(f"cannot read importance table {str(path)!r}: {e}") from e
-    missing = {"fqn", "index", "importance"} - set(df.columns)
-    if missing:
-        raise PruningError(f"{str(path)!r} is not an importance table: missing columns {sorted(missing)}")
-    return df
-
-
-def to_plan(handle, scores: pd.DataFrame, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
-    """Remove the least important units until ``target_sparsity`` of params is removed."""
-    check_sparsity(target_sparsity)
-    if scope not in SCOPES:
-        raise PruningError(f"unknown scope {scope!r}; choose one of {SCOPES}")
-    prov = {"method": "taylor", "settings": scores.attrs.get("settings", {}), "scope": scope,
-            "target_sparsity": target_sparsity, "timesteps": scores.attrs.get("timesteps", [])}
-    return plan_from_unit_scores(handle, scores_to_tensors(handle, scores), target_sparsity=target_sparsity,
-                                 scope=scope, provenance=prov)
+METHOD = Taylor()

@@ -28,76 +28,83 @@ is drawn once per step and reused in the replay.
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import math
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..catalog import discover
-from ..errors import ExportError, PlanError, PruningError
+from .. import validate
+from ..catalog import UNIT_KINDS, discover
+from ..errors import RunDiverged, SettingsError
+from ..grads import requires_grad
 from ..masks import GATE_TYPES, GateSet, gated
-from ..plan import PruningPlan
+from ..prompts import calibration_prompts
 from ..rollout import Trajectory, prepare, rollout, step
-from .select import KINDS, SCOPES, check_sparsity, plan_from_unit_scores
+from ..runs import RunControl, as_control
+from .base import Method, Scores, opt
 
-DEFAULT_LR = 0.5  # per structure kind; lr 0.2 for 2 epochs lost to random on tiny-shapes-sd
+DEFAULT_LR = 0.5  # lr 0.2 for 2 epochs lost to random on tiny-shapes-sd
 DEFAULT_EPOCHS = 4
+DEFAULT_BETA = 0.1
 REGULARIZERS = ("l0", "l1")
 CHECKPOINTING = ("timestep", "none")
+MAX_EPOCHS = 100
 
 
-@dataclass
+@dataclass(frozen=True)
 class EcoDiffSettings:
-    """What to optimize and how. ``lr`` maps a structure kind to its learning rate."""
+    """What to optimize and how (frozen; every value is checked here)."""
 
-    prompts: Sequence[str]
-    seeds: Sequence[int] | None = None  # default: 0..len(prompts)-1
-    steps: int | None = None  # T; default from the model
-    guidance: float | None = None
-    resolution: int | None = None
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 4
-    lr: dict = field(default_factory=lambda: dict.fromkeys(KINDS, DEFAULT_LR))
-    beta: float = 0.1
-    regularizer: str = "l0"
-    gate: str = "hard_concrete"
-    kinds: Sequence[str] = ("head", "neuron")
-    checkpointing: str = "timestep"
-    init: float = 3.0
-    seed: int = 0  # gate noise
+    prompts: tuple[str, ...] | None = opt(None, "prompts to optimize on (default: the model's calibration "
+                                          "prompts)", "strs")
+    seeds: tuple[int, ...] | None = opt(None, "one seed per prompt (default 0, 1, ...)", "ints")
+    steps: int | None = opt(None, "T: denoising steps of each rollout (default: the model's)", "int")
+    guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
+    resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
+    epochs: int = opt(DEFAULT_EPOCHS, f"passes over the prompts, 1..{MAX_EPOCHS}", "int")
+    batch_size: int = opt(4, "prompts per optimizer step", "int")
+    lr: float = opt(DEFAULT_LR, "learning rate of the gate logits (AdamW)", "float")
+    beta: float = opt(DEFAULT_BETA, "beta: weight of the sparsity regularizer (higher = sparser masks)", "float")
+    regularizer: str = opt("l0", "l0: expected kept fraction; l1: mean |lambda|", "choice", REGULARIZERS)
+    gate: str = opt("hard_concrete", "hard_concrete (the paper's noisy gates) or sigmoid", "choice",
+                    tuple(GATE_TYPES))
+    kinds: tuple[str, ...] = opt(("head", "neuron"), "structures to mask: head, neuron, group", "choices", UNIT_KINDS)
+    checkpointing: str = opt("timestep", "timestep: memory O(1) in T; none: plain autograd (for checks)",
+                             "choice", CHECKPOINTING)
+    init: float = opt(3.0, "initial gate logit lambda (3: the gates start open)", "float")
+    seed: int = opt(0, "seed of the gate noise", "int")
 
-    def validate(self) -> None:
-        if not self.prompts or any(not isinstance(p, str) for p in self.prompts):
-            raise PruningError("EcoDiff needs a non-empty list of prompt strings")
-        if self.seeds is not None and len(self.seeds) != len(self.prompts):
-            raise PruningError(f"{len(self.seeds)} seeds for {len(self.prompts)} prompts; they must pair up")
-        if self.steps is not None and int(self.steps) < 1:
-            raise PruningError(f"steps T must be >= 1, got {self.steps}")
-        if not self.kinds:
-            raise PruningError(f"choose at least one structure kind to mask from {KINDS}")
-        bad = [k for k in self.kinds if k not in KINDS]
-        if bad:
-            raise PruningError(f"unknown structure kind {bad[0]!r}; choose from {KINDS}")
-        for name, value, allowed in (("regularizer", self.regularizer, REGULARIZERS),
-                                     ("gate", self.gate, tuple(GATE_TYPES)),
-                                     ("checkpointing", self.checkpointing, CHECKPOINTING)):
-            if value not in allowed:
-                raise PruningError(f"unknown {name} {value!r}; choose one of {allowed}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise PruningError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
+    def __post_init__(self):
+        v = validate
+        prompts = None if self.prompts is None else v.prompt_list(self.prompts)
+        seeds = None if self.seeds is None else v.seed_list(self.seeds)
+        if seeds is not None and (prompts is None or len(seeds) != len(prompts)):
+            raise SettingsError(f"{len(seeds)} seeds for {len(prompts or ())} prompts; they must pair up")
+        values = {
+            "prompts": prompts, "seeds": seeds,
+            "steps": None if self.steps is None else v.steps(self.steps, name="steps T"),
+            "guidance": None if self.guidance is None else v.guidance(self.guidance),
+            "resolution": None if self.resolution is None else v.integer("resolution", self.resolution, lo=8,
+                                                                           hi=v.LIMITS.max_resolution),
+            "epochs": v.integer("epochs", self.epochs, lo=1, hi=MAX_EPOCHS),
+            "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
+            "lr": v.number("lr", self.lr, lo=0, hi=100, open_lo=True),
+            "beta": v.number("beta", self.beta, lo=0, hi=1e6),
+            "regularizer": v.choice("regularizer", self.regularizer, REGULARIZERS),
+            "gate": v.choice("gate", self.gate, tuple(GATE_TYPES)),
+            "kinds": v.subset("kinds", self.kinds, UNIT_KINDS),
+            "checkpointing": v.choice("checkpointing", self.checkpointing, CHECKPOINTING),
+            "init": v.number("init", self.init, lo=-50, hi=50),
+            "seed": v.seed("seed", self.seed),
+        }
+        for k, val in values.items():
+            object.__setattr__(self, k, val)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["prompts"], d["kinds"] = list(self.prompts), list(self.kinds)
-        d["seeds"] = list(self.seeds) if self.seeds is not None else None
-        return d
+        return {k: list(val) if isinstance(val, tuple) else val for k, val in d.items()}
 
 
 @dataclass
@@ -111,44 +118,15 @@ class MaskState:
     family: str
     settings: dict
     partial: bool = False
+    stopped: str | None = None
 
-    def save(self, path: str | Path) -> Path:
-        """safetensors with the lambdas; settings and history go in the string metadata."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": "pruning-mask/1", "model_ref": self.model_ref, "family": self.family,
-                "kinds": json.dumps(self.kinds), "settings": json.dumps(self.settings),
-                "history": self.history.to_json(orient="records"), "partial": json.dumps(self.partial)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.lambdas.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> MaskState:
-        path = Path(path)
-        if not path.is_file():
-            raise ExportError(f"mask file {str(path)!r} does not exist")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            lambdas = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ExportError(f"corrupt mask file {str(path)!r}: {e}") from e
-        if meta.get("format") != "pruning-mask/1":
-            raise ExportError(f"{str(path)!r} is not a pruning mask file (format {meta.get('format')!r})")
-        history = pd.DataFrame(json.loads(meta["history"]))
-        return cls(lambdas, json.loads(meta["kinds"]), history, meta["model_ref"], meta["family"],
-                   json.loads(meta["settings"]), json.loads(meta.get("partial", "false")))
-
-    def expected_kept(self) -> dict[str, float]:
-        """Kept fraction per kind if the gates were thresholded at lambda > 0."""
-        out: dict[str, list] = {}
-        for fqn, lam in self.lambdas.items():
-            out.setdefault(self.kinds[fqn], []).append((lam > 0).float())
-        return {k: float(torch.cat(v).mean()) for k, v in out.items()}
+    def to_scores(self) -> Scores:
+        """The unit scores (lambda: low = prunable) with the loss history in ``info``."""
+        rows = [{"fqn": f, "kind": self.kinds[f], "index": i, "score": float(v)}
+                for f, lam in self.lambdas.items() for i, v in enumerate(lam.tolist())]
+        info = {"history": self.history.to_dict("records"), **({"stopped": self.stopped} if self.stopped else {})}
+        return Scores("ecodiff", "unit", pd.DataFrame(rows, columns=["fqn", "kind", "index", "score"]),
+                      self.model_ref, self.settings, self.partial, info)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -204,20 +182,6 @@ def recon_grads(denoiser, traj: Trajectory, target: torch.Tensor, gates: GateSet
     return loss.item()
 
 
-def _frozen(denoiser):
-    """Context: the denoiser's params stop requiring grad; flags are restored on exit."""
-    class _Ctx:
-        def __enter__(self):
-            self.flags = [(p, p.requires_grad) for p in denoiser.parameters()]
-            for p, _ in self.flags:
-                p.requires_grad_(False)
-
-        def __exit__(self, *exc):
-            for p, flag in self.flags:
-                p.requires_grad_(flag)
-    return _Ctx()
-
-
 # --------------------------------------------------------------------------- optimization
 
 
@@ -228,88 +192,83 @@ def _batches(settings: EcoDiffSettings) -> list[tuple[list[str], list[int]]]:
     return [(prompts[i:i + b], seeds[i:i + b]) for i in range(0, len(prompts), b)]
 
 
-def optimize(handle, settings: EcoDiffSettings, *, progress: Callable | None = None,
-             stop: threading.Event | None = None) -> MaskState:
-    """Train the gates; returns the state reached (``partial=True`` if ``stop`` was set)."""
-    settings.validate()
+def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunControl | None = None,
+             show_progress: bool = False) -> MaskState:
+    """Train the gates; returns the state reached (``partial=True`` when ``control`` stopped it).
+
+    A non-finite loss or gate (a diverging run: too high a learning rate) ends the run with
+    :class:`~pruning.errors.RunDiverged`, whose ``result`` is the last finite state.
+    """
+    control = as_control(control)
+    settings = settings or EcoDiffSettings()
+    if settings.prompts is None:
+        settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
     den = handle.denoiser
     gates = GateSet.for_denoiser(den, kinds=tuple(settings.kinds), gate=settings.gate, init=settings.init)
     found = discover(den)
     kinds = {f: found.structures[f].kind for f in gates.fqns}
-    groups: dict[str, list] = {}
-    for fqn, g in zip(gates.fqns, gates.gates):
-        groups.setdefault(kinds[fqn], []).append(g.log_alpha)
-    opt = torch.optim.AdamW([{"params": ps, "lr": float(settings.lr.get(k, DEFAULT_LR))} for k, ps in groups.items()],
-                            weight_decay=0.0)
+    params = [g.log_alpha for g in gates.gates]
+    opt_ = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     rows, partial = [], False
-    with _frozen(den):
+    last_good = gates.lambdas()
+
+    def state(partial_: bool, lambdas=None) -> MaskState:
+        return MaskState(lambdas or gates.lambdas(), kinds, pd.DataFrame(rows), handle.model_ref, handle.family,
+                         settings.to_dict(), partial_, control.reason if partial_ else None)
+
+    with requires_grad(den.parameters(), False):
         data = []
         for prompts, seeds in _batches(settings):  # targets: computed once, unmasked
+            if control.stopped():
+                return state(True)
             traj = prepare(handle, prompts, seeds, steps=settings.steps, guidance=settings.guidance,
                            resolution=settings.resolution)
             with torch.no_grad():
                 data.append((traj, traj.unpack(rollout(den, traj)[-1])))
         total = settings.epochs * len(data)
-        bar = tqdm(total=total, desc="EcoDiff", disable=progress is False)
+        bar = tqdm(total=total, desc="EcoDiff", disable=not show_progress, leave=False)
         gates.train()
         for epoch in range(settings.epochs):
             for traj, target in data:
-                if stop is not None and stop.is_set():
+                if control.stopped():
                     partial = True
                     break
-                opt.zero_grad(set_to_none=True)
+                opt_.zero_grad(set_to_none=True)
                 noise = [gates.noise(gen) for _ in range(traj.steps)]
                 recon = recon_grads(den, traj, target, gates, noise, settings.checkpointing)
                 reg = regularizer(gates, settings.regularizer)
                 (settings.beta * reg).backward()
-                opt.step()
+                opt_.step()
+                lam = gates.lambdas()
+                if not math.isfinite(recon) or not all(torch.isfinite(v).all() for v in lam.values()):
+                    bar.close()
+                    raise RunDiverged(f"EcoDiff diverged at step {len(rows) + 1} (loss {recon:.4g}); lower the "
+                                      f"learning rate (lr={settings.lr:g})", result=state(True, last_good))
+                last_good = lam
                 row = {"step": len(rows), "epoch": epoch, "recon": recon, "reg": reg.item(),
                        "loss": recon + settings.beta * reg.item(),
                        **{f"kept_{k}": v for k, v in _kept_fraction(gates, kinds).items()}}
                 rows.append(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", recon=f"{recon:.4g}", reg=f"{row['reg']:.3f}")
-                if callable(progress):
-                    progress(len(rows), total, row)
+                control.report(len(rows), total, **row)
             if partial:
                 break
         bar.close()
-    return MaskState(gates.lambdas(), kinds, pd.DataFrame(rows), handle.model_ref, handle.family,
-                     settings.to_dict(), partial)
+    return state(partial)
 
 
-# --------------------------------------------------------------------------- binarization
+class EcoDiff(Method):
+    name = "ecodiff"
+    title = "Mask optimization (EcoDiff)"
+    summary = ("Learns one gate per head and FFN neuron so that the pruned model's final image stays close to "
+               "the original's, with a penalty that pushes gates to close: low gate = safe to remove.")
+    level = "unit"
+    Settings = EcoDiffSettings
+
+    def score(self, handle, settings: EcoDiffSettings | None = None, *, control: RunControl | None = None) -> Scores:
+        return optimize(handle, settings, control=control).to_scores()
 
 
-def check_state(handle, state: MaskState) -> None:
-    """Refuse a mask learned on other weights or naming structures this model lacks."""
-    if state.family != handle.family:
-        raise PlanError(f"mask is for family {state.family!r}, model {handle.source!r} is {handle.family!r}")
-    structures = discover(handle.denoiser).structures
-    for fqn, lam in state.lambdas.items():
-        s = structures.get(fqn)
-        if s is None:
-            raise PlanError(f"mask names {fqn!r}, which is not a prunable structure of {handle.model_ref}")
-        if lam.numel() != s.units:
-            raise PlanError(f"mask for {fqn!r} has {lam.numel()} units, the model has {s.units}")
-    from ..export import same_base
-
-    if not same_base(state.model_ref, handle.model_ref):
-        raise PlanError(f"mask was learned on {state.model_ref!r}, not on {handle.model_ref!r}")
-
-
-def to_plan(handle, state: MaskState, *, target_sparsity: float | None = None, scope: str = "global",
-            threshold: float | None = None) -> PruningPlan:
-    """Binarize: keep the top units by lambda (globally, or the same fraction per layer) so the
-    slimmed denoiser's param sparsity is within 1 point of ``target_sparsity``; or remove every
-    unit whose lambda is below ``threshold``."""
-    check_state(handle, state)
-    if threshold is None:
-        check_sparsity(target_sparsity)
-    if scope not in SCOPES:
-        raise PlanError(f"unknown scope {scope!r}; choose one of {SCOPES}")
-    prov = {"method": "ecodiff", "settings": state.settings, "scope": scope, "target_sparsity": target_sparsity,
-            "threshold": threshold, "mask_partial": state.partial}
-    return plan_from_unit_scores(handle, state.lambdas, target_sparsity=target_sparsity, scope=scope,
-                                 threshold=threshold, provenance=prov)
+METHOD = EcoDiff()

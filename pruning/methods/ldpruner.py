@@ -29,21 +29,24 @@ True
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from pruning.catalog import catalog, discover
-from pruning.errors import PlanError, PruningError
-from pruning.masks import masked
-from pruning.plan import PruningPlan
-from pruning.sampling import GenerationStopped, generate_latents
+from .. import validate
+from ..catalog import catalog
+from ..errors import PlanError, PruningError, SettingsError
+from ..masks import masked
+from ..plan import PruningPlan
+from ..prompts import calibration_prompts
+from ..runs import RunControl, as_control
+from ..sampling import GenerationStopped, count_inputs, generate_latents, spec
+from .base import Method, Scores, opt
+from .select import plan_from_operator_scores
 
 GRANULARITIES = ("fine", "block", "all")
 _GRANULARITY_ROWS = {"fine": ("fine", "both"), "block": ("block", "both"), "all": ("fine", "block", "both")}
@@ -51,10 +54,8 @@ POSITION_COLUMNS = ("stage", "level", "block", "depth")
 SCORE_COLUMNS = ("avg_dist", "std_dist", "score", "rank")
 COLUMNS = ("operator", "fqn", "kind", "granularity", *POSITION_COLUMNS, "params", "param_share", "macs",
            "mac_share", *SCORE_COLUMNS)
-
-
-class SweepSettingsError(PruningError, ValueError):
-    """Sweep settings that cannot work: no prompts, N_gen < 2, an unknown granularity..."""
+DEFAULT_N_GEN = 8
+MAX_N_GEN = 64  # samples per batch: every operator regenerates all of them
 
 
 # --------------------------------------------------------------------------- settings
@@ -66,11 +67,11 @@ class SweepSettings:
 
     Sample ``i`` (``i < n_gen``) pairs ``seeds[i]`` with ``prompts[i % len(prompts)]``
     (prompts are cycled over the seeds). Give ``seeds`` or ``n_gen`` (then the seeds are
-    ``0 .. n_gen-1``); without either, one sample per prompt. ``steps``/``guidance``/
-    ``resolution`` left at None take the model's defaults (see :meth:`resolved`).
-    ``granularity``: "fine" (attn1, attn2, ff, resnet; FLUX attn, ff, ff_context), "block"
-    (whole transformer, resnet and FLUX blocks) or "all". ``operators``, when given, is the
-    exact subset of operator FQNs to score (``granularity`` is then ignored).
+    ``0 .. n_gen-1``); without either, one sample per prompt (8 for the default prompts).
+    Unset ``prompts``/``steps``/``guidance``/``resolution`` take the model's defaults (see
+    :meth:`resolved`). ``granularity``: "fine" (attn1, attn2, ff, resnet; FLUX attn, ff,
+    ff_context), "block" (whole transformer, resnet and FLUX blocks) or "all". ``operators``,
+    when given, is the exact subset of operator FQNs to score (``granularity`` is then ignored).
 
     >>> s = SweepSettings(prompts=["a", "b", "c"], n_gen=4)
     >>> s.seeds, s.samples()
@@ -78,61 +79,63 @@ class SweepSettings:
     >>> SweepSettings(prompts=["a"], seeds=[7])
     Traceback (most recent call last):
     ...
-    pruning.methods.ldpruner.SweepSettingsError: N_gen must be at least 2 (the std over samples is undefined for 1), got 1 seed(s)
+    pruning.errors.SettingsError: N_gen must be at least 2 (the std over samples is undefined for 1), got 1 seed(s)
     """
 
-    prompts: tuple[str, ...]
-    seeds: tuple[int, ...] | None = None
-    n_gen: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    resolution: int | None = None
-    granularity: str = "fine"
-    operators: tuple[str, ...] | None = None
+    prompts: tuple[str, ...] | None = opt(None, "prompts, cycled over the samples (default: the model's "
+                                          "calibration prompts)", "strs")
+    seeds: tuple[int, ...] | None = opt(None, "explicit seeds (default 0 .. N_gen-1)", "ints")
+    n_gen: int | None = opt(None, f"N_gen: images generated per operator, 2..{MAX_N_GEN} (default "
+                            f"{DEFAULT_N_GEN}, or one per prompt)", "int")
+    steps: int | None = opt(None, "denoising steps (default: the model's)", "int")
+    guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
+    resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
+    granularity: str = opt("fine", "fine: attention, FFN and resnet branches; block: whole blocks; all: both",
+                           "choice", GRANULARITIES)
+    operators: tuple[str, ...] | None = opt(None, "score only these operator FQNs", "strs")
 
     def __post_init__(self):
-        prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(str(p) for p in (self.prompts or ()))
-        if not prompts:
-            raise SweepSettingsError("the prompt list is empty: give at least one prompt")
-        if any(not p.strip() for p in prompts):
-            raise SweepSettingsError(f"empty prompt in {list(prompts)}")
+        prompts = None if self.prompts is None else validate.prompt_list(self.prompts)
         if self.seeds is not None:
-            seeds = (int(self.seeds),) if isinstance(self.seeds, int) else tuple(int(s) for s in self.seeds)
-            if self.n_gen is not None and int(self.n_gen) != len(seeds):
-                raise SweepSettingsError(f"n_gen={self.n_gen} but {len(seeds)} seeds were given")
+            seeds = validate.seed_list(self.seeds)
+            if self.n_gen is not None and validate.integer("n_gen", self.n_gen) != len(seeds):
+                raise SettingsError(f"n_gen={self.n_gen} but {len(seeds)} seeds were given")
         else:
-            n = int(self.n_gen) if self.n_gen is not None else len(prompts)
-            seeds = tuple(range(max(n, 0)))
+            n = self.n_gen if self.n_gen is not None else (len(prompts) if prompts else DEFAULT_N_GEN)
+            seeds = tuple(range(validate.integer("N_gen", n, lo=0, hi=MAX_N_GEN)))
         if len(seeds) < 2:
-            raise SweepSettingsError("N_gen must be at least 2 (the std over samples is undefined for 1), "
-                                     f"got {len(seeds)} seed(s)")
-        if self.granularity not in GRANULARITIES:
-            raise SweepSettingsError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
-        for name in ("steps", "resolution"):
-            v = getattr(self, name)
-            if v is not None and int(v) < 1:
-                raise SweepSettingsError(f"{name} must be >= 1, got {v}")
+            raise SettingsError("N_gen must be at least 2 (the std over samples is undefined for 1), "
+                                f"got {len(seeds)} seed(s)")
+        if len(seeds) > MAX_N_GEN:
+            raise SettingsError(f"N_gen must be at most {MAX_N_GEN} (all samples go in one batch), got {len(seeds)}")
+        validate.choice("granularity", self.granularity, GRANULARITIES)
         ops = self.operators
         if ops is not None:
-            ops = (ops,) if isinstance(ops, str) else tuple(dict.fromkeys(str(o) for o in ops))
+            ops = (ops,) if isinstance(ops, str) else tuple(dict.fromkeys(ops))
+            if not ops or not all(isinstance(o, str) and o for o in ops):
+                raise SettingsError(f"operators must be a non-empty list of operator FQNs, got {self.operators!r}")
         object.__setattr__(self, "prompts", prompts)
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "n_gen", len(seeds))
         object.__setattr__(self, "operators", ops)
-        for name, cast in (("steps", int), ("guidance", float), ("resolution", int)):
+        for name, check in (("steps", validate.steps), ("guidance", validate.guidance)):
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, cast(getattr(self, name)))
+                object.__setattr__(self, name, check(getattr(self, name)))
+        if self.resolution is not None:
+            object.__setattr__(self, "resolution", validate.integer("resolution", self.resolution, lo=8,
+                                                                    hi=validate.LIMITS.max_resolution))
 
     def samples(self) -> tuple[list[str], list[int]]:
         """The (prompts, seeds) of the N_gen samples, paired one to one."""
+        if self.prompts is None:
+            raise SettingsError("no prompts: call resolved(handle) first to take the model's defaults")
         return [self.prompts[i % len(self.prompts)] for i in range(self.n_gen)], list(self.seeds)
 
     def resolved(self, handle) -> SweepSettings:
-        """A copy with unset steps/guidance/resolution filled from ``handle.defaults``."""
-        d = handle.defaults
-        return replace(self, steps=self.steps or int(d["steps"]),
-                       guidance=float(self.guidance if self.guidance is not None else d["guidance"]),
-                       resolution=self.resolution or int(d["resolution"]))
+        """A copy with unset prompts/steps/guidance/resolution filled from the model, checked for it."""
+        g = spec(handle, steps=self.steps, guidance=self.guidance, resolution=self.resolution)
+        prompts = self.prompts or calibration_prompts(handle.model_ref, self.n_gen)
+        return replace(self, prompts=prompts, steps=g.steps, guidance=g.guidance, resolution=g.resolution)
 
     def generation_key(self) -> tuple:
         """Everything the original latents depend on (not the operator selection)."""
@@ -162,7 +165,7 @@ def clear_cache() -> None:
         _ORIGINALS.clear()
 
 
-def original_latents(handle, settings: SweepSettings, *, stop: threading.Event | None = None) -> torch.Tensor:
+def original_latents(handle, settings: SweepSettings, *, stop=None) -> torch.Tensor:
     """The N_gen final latents of the unmodified model, generated once per (model ref, settings)."""
     s = settings.resolved(handle)
     key = (handle.model_ref, str(handle.device), str(handle.dtype), s.generation_key())
@@ -178,7 +181,7 @@ def original_latents(handle, settings: SweepSettings, *, stop: threading.Event |
     return z
 
 
-def _generate(handle, s: SweepSettings, stop: threading.Event | None = None) -> torch.Tensor:
+def _generate(handle, s: SweepSettings, stop=None) -> torch.Tensor:
     prompts, seeds = s.samples()
     z = generate_latents(handle, prompts, seeds, steps=s.steps, guidance=s.guidance, resolution=s.resolution,
                          stop=stop)
@@ -208,21 +211,13 @@ def ldpruner_score(original: torch.Tensor, modified: torch.Tensor) -> dict[str, 
 # --------------------------------------------------------------------------- the sweep
 
 
-def catalog_kwargs(handle, settings: SweepSettings | None = None) -> dict:
-    """``catalog``'s reference input size for the sweep's resolution (MAC shares at that size)."""
-    res = (settings.resolution if settings is not None else None) or int(handle.defaults["resolution"])
-    kw = {"sample_size": int(res) // int(getattr(handle.pipe, "vae_scale_factor", 8))}
-    if handle.family == "flux" and "max_sequence_length" in handle.defaults:
-        kw["text_len"] = int(handle.defaults["max_sequence_length"])
-    return kw
-
-
 def select_operators(handle, settings: SweepSettings) -> pd.DataFrame:
-    """The catalog rows (in catalog order) of the operators this sweep scores.
+    """The catalog rows (in catalog order) of the operators this sweep scores, with params and
+    MACs at the sweep's resolution.
 
     Raises ``PlanError`` naming an FQN that is not a removable operator of the denoiser.
     """
-    ops, _ = catalog(handle.denoiser, **catalog_kwargs(handle, settings))
+    ops, _ = catalog(handle.denoiser, **count_inputs(handle, settings.resolution))
     if settings.operators is None:
         return ops[ops["granularity"].isin(_GRANULARITY_ROWS[settings.granularity])].reset_index(drop=True)
     known = set(ops["fqn"])
@@ -251,9 +246,8 @@ def finalize_ranks(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def sweep(handle, settings: SweepSettings, *, progress: Callable[[int, int, str], None] | None = None,
-          stop: threading.Event | None = None, resume: pd.DataFrame | None = None,
-          show_progress: bool = True) -> pd.DataFrame:
+def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl | None = None,
+          resume: pd.DataFrame | None = None, show_progress: bool = True) -> pd.DataFrame:
     """Score each selected operator: remove it, regenerate the N_gen latents, compare.
 
     Returns one row per scored operator in catalog order: operator/fqn, kind, granularity,
@@ -262,22 +256,23 @@ def sweep(handle, settings: SweepSettings, *, progress: Callable[[int, int, str]
     ``partial`` (stopped early), ``settings`` (resolved, as a dict), ``model_ref``,
     ``scored``/``total``.
 
-    ``progress(done, total, fqn)`` is called after each operator; a tqdm bar runs over the
-    operators too (``show_progress``), so ``gr.Progress(track_tqdm=True)`` follows it.
-    When ``stop`` is set the sweep ends after the current operator (an interrupted
-    generation is discarded) and returns the rows scored so far with ``partial=True``.
-    ``resume``: a partial table from the same model and settings whose rows are reused.
+    ``control`` (:mod:`pruning.runs`) reports ``(done, total, {"fqn"})`` after each operator
+    and, once stopped, ends the sweep after the current operator (an interrupted generation
+    is discarded): the rows scored so far come back with ``partial=True``. A tqdm bar runs
+    over the operators too (``show_progress``). ``resume``: a partial table from the same
+    model and settings whose rows are reused.
     """
     from tqdm.auto import tqdm
 
-    s = settings.resolved(handle)
+    control = as_control(control)
+    s = (settings or SweepSettings()).resolved(handle)
     todo = select_operators(handle, s)
     total = len(todo)
     done_rows: dict[str, dict] = {}
     if resume is not None and len(resume):
         same = resume.attrs.get("settings", {}) == s.to_dict() and resume.attrs.get("model_ref") == handle.model_ref
         if not same:
-            raise SweepSettingsError("cannot resume: the partial table was made with other settings or another model")
+            raise SettingsError("cannot resume: the partial table was made with other settings or another model")
         done_rows = {r["fqn"]: r for r in resume.to_dict("records") if r["fqn"] in set(todo["fqn"])}
     results: dict[str, dict] = {}
     partial = False
@@ -289,23 +284,22 @@ def sweep(handle, settings: SweepSettings, *, progress: Callable[[int, int, str]
             if fqn in done_rows:
                 results[fqn] = {**row, **{k: done_rows[fqn][k] for k in ("avg_dist", "std_dist", "score")}}
             else:
-                if stop is not None and stop.is_set():
+                if control.stopped():
                     partial = True
                     break
                 try:
                     if z0 is None:
-                        z0 = original_latents(handle, s, stop=stop)
+                        z0 = original_latents(handle, s, stop=control)
                     plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=(fqn,))
                     with masked(handle.denoiser, plan):
-                        z = _generate(handle, s, stop=stop)
+                        z = _generate(handle, s, stop=control)
                 except GenerationStopped:
                     partial = True
                     break
                 results[fqn] = {**row, **ldpruner_score(z0, z)}
             bar.update(1)
             bar.set_postfix_str(fqn, refresh=False)
-            if progress is not None:
-                progress(i + 1, total, fqn)
+            control.report(i + 1, total, fqn=fqn)
     finally:
         bar.close()
     rows = pd.DataFrame([results[f] for f in todo["fqn"] if f in results], columns=[*todo.columns, *SCORE_COLUMNS[:3]])
@@ -341,116 +335,37 @@ def sweep_sharded(handle, settings: SweepSettings, *, state=None, show_progress:
 # --------------------------------------------------------------------------- selection
 
 
-def _inside(a: str, b: str) -> bool:
-    return a.startswith(b + ".")
-
-
-def _overlaps(fqn: str, removed: Sequence[str]) -> bool:
-    return any(_inside(fqn, r) or _inside(r, fqn) or fqn == r for r in removed)
-
-
 def plan_from_scores(handle, scores: pd.DataFrame, *, target_sparsity: float | None = None,
                      target_macs: float | None = None, operators: Sequence[str] | None = None) -> PruningPlan:
-    """A plan removing the lowest-scoring operators, or exactly the ``operators`` named.
-
-    ``target_sparsity`` / ``target_macs`` (one of them, in (0, 1)): remove operators in
-    increasing score order, skipping one nested in or containing an already removed one,
-    until that fraction of the denoiser's params (or MACs at the sweep's resolution),
-    measured with ``PruningPlan.summary``, is removed. ``operators``: manual selection.
-    Provenance records method "ldpruner", the sweep settings and the selection.
-    """
-    chosen = [x is not None for x in (target_sparsity, target_macs, operators)]
-    if sum(chosen) != 1:
-        raise PlanError("give exactly one of target_sparsity, target_macs or operators")
+    """A plan removing the lowest-scoring operators, or exactly the ``operators`` named (see
+    :func:`~pruning.methods.select.plan_from_operator_scores`). Provenance records method
+    "ldpruner" and the sweep settings."""
     if "fqn" not in scores.columns and "operator" in scores.columns:
         scores = scores.assign(fqn=scores["operator"])
-    for col in ("fqn", "score"):
-        if col not in scores.columns:
-            raise PlanError(f"the scores table has no {col!r} column (columns: {list(scores.columns)})")
     settings = dict(scores.attrs.get("settings") or {})
-    known = discover(handle.denoiser).operators
-    for fqn in scores["fqn"]:
-        if fqn not in known:
-            raise PlanError(f"unknown operator {fqn!r} in the scores table: not a removable operator of this "
-                            "denoiser (scores from another model?)")
-    cat_kw = catalog_kwargs(handle, SweepSettings.from_dict(settings) if settings.get("prompts") else None)
-
-    def make(removed, **selection):
-        plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(removed))
-        summ = plan.summary(handle.denoiser, **cat_kw)
-        return plan.with_provenance(
-            method="ldpruner", settings=settings, partial_scores=bool(scores.attrs.get("partial", False)),
-            selection={**selection, "params_fraction": summ["params_fraction"],
-                       "macs_fraction": summ["macs_fraction"]})
-
-    if operators is not None:
-        names = [operators] if isinstance(operators, str) else [str(o) for o in operators]
-        for fqn in names:
-            if fqn not in known:
-                raise PlanError(f"unknown operator {fqn!r}: not a removable operator of this denoiser")
-        return make(names, mode="manual", operators=names)
-
-    metric, target = ("params_fraction", target_sparsity) if target_sparsity is not None else \
-        ("macs_fraction", target_macs)
-    name = "target_sparsity" if target_sparsity is not None else "target_macs"
-    if not 0 < float(target) < 1:
-        raise PlanError(f"{name} must be in (0, 1), got {target}")
-    ordered = scores.reset_index(drop=True)
-    ordered = ordered.iloc[sorted(range(len(ordered)), key=lambda i: (float(ordered["score"].iloc[i]), i))]
-    removed: list[str] = []
-    reached = 0.0
-    for fqn in ordered["fqn"]:
-        if _overlaps(fqn, removed):
-            continue
-        removed.append(fqn)
-        plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(removed))
-        reached = plan.summary(handle.denoiser, **cat_kw)[metric]
-        if reached >= target:
-            return make(removed, mode=name, target=float(target))
-    what = "params" if metric == "params_fraction" else "MACs"
-    outer = [f for f in scores["fqn"] if not any(_inside(f, o) for o in scores["fqn"] if o != f)]
-    best = PruningPlan(family=handle.family, base=handle.model_ref,
-                       removed_operators=tuple(outer)).summary(handle.denoiser, **cat_kw)[metric] if outer else 0.0
-    raise PlanError(f"{name}={target} is not reachable with the {len(scores)} scored operators: removing them "
-                    f"removes at most {max(best, reached):.4f} of the denoiser's {what}")
+    prov = {"method": "ldpruner", "settings": settings, "partial_scores": bool(scores.attrs.get("partial", False))}
+    return plan_from_operator_scores(handle, scores, target_sparsity=target_sparsity, target_macs=target_macs,
+                                     operators=operators, provenance=prov, resolution=settings.get("resolution"))
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- the method
 
 
-def write_scores(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a sweep table as CSV (or Parquet for ``.parquet``) plus ``<path>.json`` with its attrs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        df.to_parquet(path, index=False)
-    else:
-        df.to_csv(path, index=False)
-    Path(f"{path}.json").write_text(json.dumps(df.attrs, indent=2) + "\n")
-    return path
+class LDPruner(Method):
+    name = "ldpruner"
+    title = "Operator sweep (LD-Pruner)"
+    summary = ("Removes each operator (an attention, FFN or resnet branch, or a whole block) in turn, "
+               "regenerates N_gen images and scores how far their latents move: low = safe to remove.")
+    level = "operator"
+    Settings = SweepSettings
+
+    def score(self, handle, settings: SweepSettings | None = None, *, control: RunControl | None = None,
+              show_progress: bool = False) -> Scores:
+        control = as_control(control)
+        df = sweep(handle, settings, control=control, show_progress=show_progress)
+        info = {"scored": df.attrs["scored"], "total": df.attrs["total"],
+                **({"stopped": control.reason} if df.attrs["partial"] else {})}
+        return Scores(self.name, "operator", df, handle.model_ref, df.attrs["settings"], df.attrs["partial"], info)
 
 
-def read_scores(path: str | Path) -> pd.DataFrame:
-    """Read a table written by :func:`write_scores` (attrs restored when ``<path>.json`` exists).
-
-    >>> import tempfile
-    >>> df = pd.DataFrame({"fqn": ["a.b"], "score": [1.5]}); df.attrs = {"partial": False}
-    >>> p = write_scores(df, Path(tempfile.mkdtemp()) / "scores.csv")
-    >>> back = read_scores(p); back.equals(df), back.attrs
-    (True, {'partial': False})
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PruningError(f"scores file {str(path)!r} does not exist")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    meta = Path(f"{path}.json")
-    if meta.is_file():
-        df.attrs = json.loads(meta.read_text())
-    return df
-
-
-__all__ = [
-    "SweepSettings", "SweepSettingsError", "sweep", "sweep_sharded", "plan_from_scores", "original_latents",
-    "ldpruner_score", "latent_stats", "select_operators", "clear_cache", "write_scores", "read_scores",
-    "GRANULARITIES",
-]
+METHOD = LDPruner()

@@ -1,42 +1,39 @@
-"""Turn per-unit scores (higher = more important) into a plan at a target param sparsity.
+"""Turn scores (low = prunable) into a plan at a target sparsity: the one selection rule that
+every method's ``to_plan`` uses.
 
-Shared by EcoDiff (scores = lambdas), Diff-Pruning (Taylor importance) and the baselines
-(weight magnitude, random). Sparsity is the fraction of the denoiser's params removed, as
-``PruningPlan.summary`` predicts it (and ``slim`` measures it).
+* unit scores (heads, neurons, channel groups): remove the lowest-scoring units, globally or
+  the same fraction per structure, until the target fraction of params is removed;
+* operator scores: remove operators in increasing score order (skipping one nested in, or
+  containing, an already removed one) until the target fraction of params or MACs is removed.
 
+Sparsity is the fraction of the denoiser's params removed, as ``PruningPlan.summary`` predicts
+it (and ``slim`` measures it).
+
+>>> import torch
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
+>>> from pruning.catalog import discover
 >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
->>> plan = plan_from_unit_scores(h, random_scores(h, kinds=("head", "neuron", "group")), target_sparsity=0.2)
+>>> g = torch.Generator().manual_seed(0)
+>>> scores = {f: torch.rand(s.units, generator=g) for f, s in discover(h.denoiser).structures.items()}
+>>> plan = plan_from_unit_scores(h, scores, target_sparsity=0.2)
 >>> abs(plan.summary(h.denoiser)["params_fraction"] - 0.2) <= 0.01
 True
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..catalog import catalog, discover, unit_view
-from ..errors import PlanError
+from .. import validate
+from ..catalog import UNIT_KINDS, catalog, discover, inside
+from ..errors import PlanError, SettingsError
 from ..plan import PruningPlan
+from ..sampling import count_inputs
 
 SCOPES = ("global", "local")
-KINDS = ("head", "neuron", "group")
-
-
-def check_sparsity(target: float) -> float:
-    """A target sparsity must lie in (0, 1).
-
-    >>> check_sparsity(1.2)
-    Traceback (most recent call last):
-    ...
-    pruning.errors.PlanError: target sparsity 1.2 is outside (0, 1)
-    """
-    if not isinstance(target, (int, float)) or not 0 < float(target) < 1:
-        raise PlanError(f"target sparsity {target!r} is outside (0, 1)")
-    return float(target)
 
 
 def _check_scores(handle, scores: Mapping[str, torch.Tensor]) -> None:
@@ -49,11 +46,12 @@ def _check_scores(handle, scores: Mapping[str, torch.Tensor]) -> None:
             raise PlanError(f"scores name {fqn!r}, which is not a prunable structure of {handle.model_ref}")
         if s.numel() != st.units:
             raise PlanError(f"scores for {fqn!r} have {s.numel()} units, the model has {st.units}")
+        validate.finite(f"scores[{fqn!r}]", s)
 
 
 def _plan(handle, kept: dict[str, list[int]], provenance: Mapping | None) -> PruningPlan:
     found = discover(handle.denoiser)
-    by_kind = {k: {} for k in KINDS}
+    by_kind = {k: {} for k in UNIT_KINDS}
     for fqn, idx in kept.items():
         by_kind[found.structures[fqn].kind][fqn] = sorted(idx)
     plan = PruningPlan(family=handle.family, base=handle.model_ref, kept_heads=by_kind["head"],
@@ -90,20 +88,20 @@ def plan_from_unit_scores(handle, scores: Mapping[str, torch.Tensor], *, target_
     units in every structure (per layer).
     """
     _check_scores(handle, scores)
-    if scope not in SCOPES:
-        raise PlanError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+    validate.choice("scope", scope, SCOPES)
     if threshold is not None:
+        threshold = validate.number("threshold", threshold)
         removed = [(f, i) for f, s in scores.items() for i, v in enumerate(s.flatten().tolist()) if v < threshold]
         return _plan(handle, _kept_after(scores, removed), provenance)
     if target_sparsity is None:
-        raise PlanError("give target_sparsity or threshold")
-    target = check_sparsity(target_sparsity)
+        raise SettingsError("give target_sparsity or threshold")
+    target = validate.fraction("target sparsity", target_sparsity)
     den = handle.denoiser
     everything = _plan(handle, {f: [] for f in scores}, None).summary(den)["params_fraction"]
     if target > everything + tolerance:
         kinds = sorted({discover(den).structures[f].kind for f in scores})
         raise PlanError(f"target sparsity {target:.3f} is not reachable with kinds {kinds}: removing all of "
-                        f"them removes {everything:.3f} of the params")
+                        f"them removes {everything:.3f} of the params (at most {everything:.0%})")
 
     def fraction_for(plan):
         return plan.summary(den)["params_fraction"]
@@ -142,25 +140,71 @@ def plan_from_unit_scores(handle, scores: Mapping[str, torch.Tensor], *, target_
     return _plan(handle, _kept_after(scores, order[:best]), provenance)
 
 
-# --------------------------------------------------------------------------- baselines
+# --------------------------------------------------------------------------- operators
 
 
-def magnitude_scores(handle, kinds=KINDS) -> dict[str, torch.Tensor]:
-    """Per-unit L2 norm of the weights a unit owns (the magnitude baseline)."""
-    params = dict(handle.denoiser.named_parameters())
-    out = {}
-    for fqn, s in discover(handle.denoiser).structures.items():
-        if s.kind not in kinds:
+def _overlaps(fqn: str, removed: Sequence[str]) -> bool:
+    return any(inside(fqn, r) or inside(r, fqn) or fqn == r for r in removed)
+
+
+def plan_from_operator_scores(handle, scores, *, target_sparsity: float | None = None,
+                              target_macs: float | None = None, operators: Sequence[str] | None = None,
+                              provenance: Mapping | None = None, resolution: int | None = None) -> PruningPlan:
+    """A plan removing the lowest-scoring operators, or exactly the ``operators`` named.
+
+    ``scores``: a table with ``fqn`` and ``score``. ``target_sparsity`` / ``target_macs`` (one
+    of them, in (0, 1)): remove operators in increasing score order, skipping one nested in or
+    containing an already removed one, until that fraction of the denoiser's params (or MACs
+    at ``resolution``), measured with ``PruningPlan.summary``, is removed. ``operators``:
+    manual selection. Provenance gets ``selection`` (mode, target, fractions reached).
+    """
+    chosen = [x is not None for x in (target_sparsity, target_macs, operators)]
+    if sum(chosen) != 1:
+        raise SettingsError("give exactly one of target_sparsity, target_macs or operators")
+    for col in ("fqn", "score"):
+        if col not in scores.columns:
+            raise PlanError(f"the scores table has no {col!r} column (columns: {list(scores.columns)})")
+    known = discover(handle.denoiser).operators
+    for fqn in scores["fqn"]:
+        if fqn not in known:
+            raise PlanError(f"unknown operator {fqn!r} in the scores table: not a removable operator of this "
+                            "denoiser (scores from another model?)")
+    for fqn, v in zip(scores["fqn"], scores["score"]):
+        validate.number(f"score of {fqn!r}", v)
+    cat_kw = count_inputs(handle, resolution)
+
+    def make(removed, **selection):
+        plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(removed))
+        summ = plan.summary(handle.denoiser, **cat_kw)
+        return plan.with_provenance(**{**(provenance or {}), "selection": {
+            **selection, "params_fraction": summ["params_fraction"], "macs_fraction": summ["macs_fraction"]}})
+
+    if operators is not None:
+        names = [operators] if isinstance(operators, str) else [str(o) for o in operators]
+        for fqn in names:
+            if fqn not in known:
+                raise PlanError(f"unknown operator {fqn!r}: not a removable operator of this denoiser")
+        return make(names, mode="manual", operators=names)
+
+    metric, target = ("params_fraction", target_sparsity) if target_sparsity is not None else \
+        ("macs_fraction", target_macs)
+    name = "target_sparsity" if target_sparsity is not None else "target_macs"
+    target = validate.fraction(name, target)
+    ordered = scores.reset_index(drop=True)
+    ordered = ordered.iloc[sorted(range(len(ordered)), key=lambda i: (float(ordered["score"].iloc[i]), i))]
+    removed: list[str] = []
+    reached = 0.0
+    for fqn in ordered["fqn"]:
+        if _overlaps(fqn, removed):
             continue
-        sq = torch.zeros(s.units)
-        for c in s.cuts:
-            sq += unit_view(params[c.param].detach().float(), c, s).pow(2).sum(1).cpu()
-        out[fqn] = sq.sqrt()
-    return out
-
-
-def random_scores(handle, kinds=KINDS, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Uniform random unit scores (the random baseline)."""
-    g = torch.Generator().manual_seed(seed)
-    return {fqn: torch.rand(s.units, generator=g) for fqn, s in sorted(discover(handle.denoiser).structures.items())
-            if s.kind in kinds}
+        removed.append(fqn)
+        plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(removed))
+        reached = plan.summary(handle.denoiser, **cat_kw)[metric]
+        if reached >= target:
+            return make(removed, mode=name, target=float(target))
+    what = "params" if metric == "params_fraction" else "MACs"
+    outer = [f for f in scores["fqn"] if not any(inside(f, o) for o in scores["fqn"] if o != f)]
+    best = PruningPlan(family=handle.family, base=handle.model_ref,
+                       removed_operators=tuple(outer)).summary(handle.denoiser, **cat_kw)[metric] if outer else 0.0
+    raise PlanError(f"{name}={target} is not reachable with the {len(scores)} scored operators: removing them "
+                    f"removes at most {max(best, reached):.4f} of the denoiser's {what}")

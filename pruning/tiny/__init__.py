@@ -10,8 +10,7 @@ recipe). Importing this package loads no model and trains nothing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..bundled import ASSETS, BUNDLED  # bundled name -> diffusers folder (with its pruning_defaults.json)
 from .data import (
     ALL_PROMPTS,
     BACKGROUNDS,
@@ -27,10 +26,6 @@ from .data import (
     render,
     train_prompts,
 )
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-# bundled name -> diffusers folder (each has a pruning_defaults.json: steps, guidance, resolution, ...)
-BUNDLED = {"tiny-shapes-sd": ASSETS / "tiny-shapes-sd", "tiny-shapes-flux": ASSETS / "tiny-shapes-flux"}
 
 __all__ = [
     "ALL_PROMPTS",

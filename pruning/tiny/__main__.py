@@ -14,7 +14,7 @@ def main(argv=None) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--steps", type=int, default=None, help="denoiser steps (default: the documented recipe)")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (1 to train both at once)")
-    tr.add_argument("--out", default=None, help="output folder (default: assets/tiny-shapes-<arch>)")
+    tr.add_argument("--out", default=None, help="output folder (default: pruning/assets/tiny-shapes-<arch>)")
     va = sub.add_parser("vae", help="train only the shared VAE into the work dir")
     va.add_argument("--threads", type=int, default=None)
     de = sub.add_parser(
@@ -33,10 +33,10 @@ def main(argv=None) -> None:
     elif args.cmd == "defaults":
         T.redo_defaults(args.path)
     else:
-        from ..quality import evaluate, load_bundled
+        from ..loading import load_pipeline
+        from ..quality import evaluate
 
-        pipe, defaults = load_bundled(args.path)
-        res = evaluate(pipe, T.HELDOUT_PROMPTS, list(range(len(T.HELDOUT_PROMPTS))))
+        res = evaluate(load_pipeline(args.path), T.HELDOUT_PROMPTS, list(range(len(T.HELDOUT_PROMPTS))))
         print(json.dumps({k: res[k] for k in ("color", "shape", "position", "all")}, indent=1))
 
 

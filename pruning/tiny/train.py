@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bundled import ASSETS  # package data: pruning/assets/<name>
 from . import models as M
 from .data import HELDOUT_PROMPTS, TRAIN_PROMPTS, make_images, render
 
@@ -82,7 +83,6 @@ DROPOUT = 0.1
 GRID_STEPS = (10, 20, 30)
 GRID_GUIDANCE = (1.0, 2.0, 3.0, 5.0)
 WORKDIR = Path(os.environ.get("PRUNING_TINY_WORKDIR", "/tmp/pruning-tiny"))
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 NAMES = {"sd": "tiny-shapes-sd", "flux": "tiny-shapes-flux"}
 
 
@@ -341,16 +341,26 @@ def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, t
     return pipe
 
 
+def _handle(arch: str, pipe, defaults: dict | None = None):
+    """A Handle for a freshly trained pipeline, generating the way the app does."""
+    from ..loading import handle_from_pipe
+
+    base = {"resolution": 64, **({"guidance_mode": "true_cfg", "negative_prompt": "",
+                                  "max_sequence_length": M.MAX_LENGTH} if arch == "flux" else {"guidance_mode": "cfg"})}
+    return handle_from_pipe(pipe, model_ref=f"training:{arch}", defaults={**base, **(defaults or {})})
+
+
 def choose_defaults(arch: str, pipe, prompts=HELDOUT_PROMPTS) -> tuple[dict, list[dict]]:
     """Grid over steps x guidance on the held-out prompts; returns (best defaults, all rows)."""
     from ..quality import evaluate
 
     seeds = list(range(len(prompts)))
     pipe.set_progress_bar_config(disable=True)
+    handle = _handle(arch, pipe)
     rows = []
     for steps in GRID_STEPS:
         for guidance in GRID_GUIDANCE:
-            acc = evaluate(pipe, prompts, seeds, steps=steps, guidance=guidance)
+            acc = evaluate(handle, prompts, seeds, steps=steps, guidance=guidance)
             row = {
                 "steps": steps,
                 "guidance": guidance,
@@ -434,10 +444,11 @@ def train(
 
 def redo_defaults(path) -> dict:
     """Re-run the defaults grid for a saved model folder and rewrite its `pruning_defaults.json`."""
-    from ..quality import load_bundled, pipeline_family
+    from ..loading import load_pipeline, read_defaults
 
-    pipe, old = load_bundled(path)
-    defaults, rows = choose_defaults(pipeline_family(pipe), pipe)
+    h = load_pipeline(str(path))
+    old = read_defaults(Path(path)) or {}
+    defaults, rows = choose_defaults("flux" if h.family == "flux" else "sd", h.pipe)
     info = {**old.get("training", {}), "grid": rows}
     with open(Path(path) / "pruning_defaults.json", "w") as f:
         json.dump({**defaults, "training": info}, f, indent=1)

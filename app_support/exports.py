@@ -1,0 +1,118 @@
+"""Zipped exports for download, with a bounded footprint, and the lines that load them.
+
+Each export lives in its own folder under ``EXPORTS`` (``PRUNING_EXPORT_DIR``); folders older
+than an hour, beyond ``PRUNING_EXPORT_MAX_MB`` in total (oldest first), or of a session that
+has ended are removed. Only folders this module created (they carry a marker file) are ever
+deleted. The zip unpacks to ``pruned-model/``, the folder the snippet loads.
+
+>>> from app_support.cache import ModelCache
+>>> from pruning.plan import PruningPlan
+>>> import tempfile
+>>> h = ModelCache().get("tiny-random-sd")
+>>> plan = PruningPlan(family="sd", base=h.model_ref, removed_operators=("mid_block.resnets.0",))
+>>> out = export_zip(h, plan, session="doc", root=Path(tempfile.mkdtemp()))
+>>> import zipfile; sorted(zipfile.ZipFile(out["zip"]).namelist())[0]
+'pruned-model/'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from pruning.export import export
+from pruning.loading import Handle
+from pruning.plan import PruningPlan
+
+EXPORTS = Path(os.environ.get("PRUNING_EXPORT_DIR", Path(tempfile.gettempdir()) / "pruning-exports"))
+MAX_AGE_S = 3600
+MAX_BYTES = int(float(os.environ.get("PRUNING_EXPORT_MAX_MB", "2048")) * 2**20)
+MARKER = ".pruning-app-export"  # only folders with this file are ever removed
+FOLDER = "pruned-model"
+
+
+def _ours(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted((d for d in root.iterdir() if d.is_dir() and (d / MARKER).is_file()),
+                  key=lambda d: d.stat().st_mtime)
+
+
+def _size(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def cleanup(root: Path = EXPORTS, *, max_age_s: float = MAX_AGE_S, max_bytes: int = MAX_BYTES,
+            session: str | None = None) -> int:
+    """Remove our export folders that are too old, over the size cap (oldest first), or of
+    ``session``; returns how many were removed."""
+    removed = 0
+    folders = _ours(root)
+    sizes = {d: _size(d) for d in folders}
+    total = sum(sizes.values())
+    for d in folders:
+        stale = time.time() - d.stat().st_mtime > max_age_s
+        of_session = session is not None and (d / MARKER).read_text().strip() == session
+        if stale or of_session or total > max_bytes:
+            shutil.rmtree(d, ignore_errors=True)
+            total -= sizes[d]
+            removed += 1
+    return removed
+
+
+def install_line() -> str:
+    """How to install the loader: ``PRUNING_INSTALL``, this Space's repo, or this checkout."""
+    if os.environ.get("PRUNING_INSTALL"):
+        return os.environ["PRUNING_INSTALL"]
+    if os.environ.get("SPACE_ID"):
+        return f'pip install "pruning @ git+https://huggingface.co/spaces/{os.environ["SPACE_ID"]}"'
+    return f'pip install "{Path(__file__).resolve().parent.parent}"'
+
+
+SNIPPET = """\
+# 1. install the loader (the `pruning` package: diffusers, safetensors, no pickles)
+{install}
+# 2. unzip the download: it holds one folder, {folder}/
+unzip {zip_name}
+# 3. load and generate
+python - <<'PY'
+from pruning import generate_images, load_pruned
+{load}
+PY
+"""
+LOAD_PIPELINE = """\
+pruned = load_pruned("{folder}")  # the pipeline with the slim {denoiser}
+image = generate_images(pruned, ["{prompt}"], [0])[0]
+image.save("pruned.png")"""
+LOAD_DENOISER = """\
+{denoiser} = load_pruned("{folder}")  # the slim {denoiser} alone
+pruned = load_pruned("{folder}", base="{base}")  # with the base model's other components
+image = generate_images(pruned, ["{prompt}"], [0])[0]
+image.save("pruned.png")"""
+
+
+def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline: bool = True, denoiser=None,
+               prompt: str = "a red circle at the top left on a white background", root: Path = EXPORTS) -> dict:
+    """Export ``plan``, zip it, write the bare plan JSON; returns {"zip", "plan_json", "snippet"}."""
+    root.mkdir(parents=True, exist_ok=True)
+    cleanup(root)
+    work = root / f"{session[:12]}-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    (work / MARKER).write_text(session)
+    try:
+        export(handle, plan, work / FOLDER, full_pipeline=full_pipeline, denoiser=denoiser)
+        zip_path = shutil.make_archive(str(work / FOLDER), "zip", root_dir=work, base_dir=FOLDER)
+        plan_json = work / "pruning_plan.json"
+        plan_json.write_text(plan.to_json())
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    template = LOAD_PIPELINE if full_pipeline else LOAD_DENOISER
+    load = template.format(folder=FOLDER, denoiser=handle.denoiser_name, prompt=prompt, base=handle.source)
+    snippet = SNIPPET.format(install=install_line(), folder=FOLDER, zip_name=Path(zip_path).name, load=load)
+    cleanup(root)
+    return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet}

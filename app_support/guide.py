@@ -1,0 +1,121 @@
+"""The words of the app: the opening guide, help for every setting (plain words, the paper's
+name in brackets), and rough run-time estimates measured on this device.
+
+>>> "operator" in GLOSSARY and "structure" in GLOSSARY
+True
+>>> estimate_text({"ldpruner": 12.0, "magnitude": 0.1})
+'ldpruner about 12 s, magnitude under a second'
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import format as fmt
+
+INTRO = """\
+# Diffusion Pruning Explorer
+**Structural pruning** removes whole parts of a diffusion model's denoiser (attention heads, feed-forward
+neurons, channel groups, or entire blocks) so the model gets physically smaller and faster. The question is
+*which* parts can go without changing the images much. This app answers it for the loaded model, with three
+published methods and two baselines, and lets you leave with the smaller model.
+"""
+
+STEPS = """\
+**The four steps**
+1. **Model**: the bundled `tiny-shapes-sd` is loaded already (a 1 M-parameter model that draws coloured shapes
+   and runs on a CPU). Switch to another model at any time.
+2. **Score** what can be removed. Start with **magnitude** (instant, no images needed) to see the flow, then
+   **LD-Pruner** (removes each operator in turn and watches the images), **EcoDiff** (learns on/off gates) or
+   **Taylor** (gradients of the training loss). {estimates}
+3. **How much can I prune?** compares every method at several sizes against the original, and **Select and
+   compare** lets you pick what to remove (by target or by hand) and see the same prompt and seed before and after.
+4. **Export** the slimmed model (safetensors and a JSON plan) with the two lines that load it.
+"""
+
+GLOSSARY = """\
+**Words used here.** An **operator** is a whole branch that can be switched off: a self-attention (`attn1`), a
+cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block (`resnet`) or a whole block. A
+**structure** is a layer whose small **units** can be removed one by one: attention **heads**, FFN **neurons**,
+and resnet channel **groups**. **Sparsity** is the fraction of the denoiser's parameters removed. Every score in
+this app means the same: **low = prunable** (remove first), drawn in orange; high = keep, drawn in blue.
+"""
+
+HELP = {
+    "model": "A bundled tiny model (offline), a preset, or any Hub id such as org/name (needs internet).",
+    "device": "Where the model runs. cpu works everywhere; cuda needs an NVIDIA GPU on the server.",
+    "dtype": "Number format of the weights. float32 is exact; bfloat16 and float16 halve memory (on a CPU they "
+             "are slower).",
+    "method": "How parts are scored. All scores mean low = prunable.",
+    "prompts": "One prompt per line. The method generates images from these to see what matters.",
+    "n_gen": "Images generated for each operator [N_gen in the LD-Pruner paper]. More = steadier scores, slower.",
+    "steps": "Denoising steps per image. 0 = the model's default.",
+    "granularity": "fine: attention, FFN and resnet branches one by one; block: whole blocks; all: both.",
+    "operators": "Score only these operators (empty = all of the chosen granularity).",
+    "epochs": "Passes over the prompts while learning the gates.",
+    "batch": "Prompts per learning step.",
+    "kinds": "Which units get a gate: attention heads, FFN neurons, resnet channel groups.",
+    "beta": "How hard the gates are pushed to close [beta in the EcoDiff paper]. Higher = sparser, less faithful.",
+    "lr": "Learning rate of the gates. Too high and the run diverges (it then stops with a message).",
+    "stride": "Score every n-th of the 1000 noise levels [timestep stride, Diff-Pruning]. Larger = faster.",
+    "thr": "Stop once the loss falls below this fraction of its maximum [thr in Diff-Pruning, 0-0.1].",
+    "taylor_kinds": "Which units get an importance score.",
+    "prefill": "Fill the table from a method's scores, cut at the target.",
+    "target": "Fraction of the denoiser's parameters to remove. The slider stops at what the method can reach.",
+    "scope": "global: rank all units together; local: remove the same fraction in every layer.",
+    "mode": "operators: switch off whole branches; structures: keep chosen units of each layer.",
+    "prompt": "What to draw. On the shapes models: '<color> <shape> at/in the <position> on a <color> background'.",
+    "seed": "The same seed gives the same starting noise to the original and the pruned model.",
+    "view": "side by side (default), or a slider over one image.",
+    "cmp_methods": "Methods to compare (each scores the model once, then is cut at every sparsity).",
+    "sparsities": "Fractions of parameters to remove, comma-separated, each between 0 and 1.",
+    "metric": "What the plot shows; it redraws from the last comparison without re-running it.",
+    "full": "Also save the VAE, text encoders and scheduler, so the export loads on its own.",
+    "recover": "Optional short finetune of the slim model towards the original's outputs (0 = none).",
+}
+
+EXAMPLE_PROMPTS = {
+    "shapes": ["a red circle at the top left on a white background",
+               "a blue square at the bottom right on a black background",
+               "a yellow triangle in the center on a gray background",
+               "a green circle at the top right on a black background"],
+    "other": ["a photo of a red sports car parked on a city street",
+              "a bowl of fresh fruit on a wooden kitchen table",
+              "a lighthouse on a rocky coast at sunset"],
+}
+
+
+def estimate_seconds(handle, *, n_gen: int = 4, epochs: int = 4, prompts: int = 4, stride: int = 100) -> dict:
+    """Rough wall times of each method at the app's default settings, from one timed batch."""
+    from pruning.catalog import catalog
+    from pruning.metrics import denoiser_latency
+    from pruning.sampling import count_inputs, spec
+
+    s = spec(handle)
+    cfg = 2 if s.guidance > 1 else 1
+    t = denoiser_latency(handle.denoiser, batch=n_gen * cfg, repeats=3, **count_inputs(handle))  # one step
+    ops = len(catalog(handle.denoiser, **count_inputs(handle))[0].query("granularity != 'block'"))
+    gen = s.steps * t
+    return {"magnitude": 0.1, "random": 0.1, "ldpruner": (ops + 1) * gen,
+            "ecodiff": gen * (1 + 3 * epochs) * max(1, prompts // 4),
+            "taylor": gen + 3 * t * min(1000 // stride, 10)}
+
+
+def estimate_text(est: dict) -> str:
+    return ", ".join(f"{m} " + ("under a second" if v < 1 else f"about {fmt.seconds(v)}") for m, v in est.items())
+
+
+def device_note(handle) -> str:
+    return f"{'a GPU' if handle.device.type == 'cuda' else 'this CPU'} ({str(handle.dtype).removeprefix('torch.')})"
+
+
+def estimates(handle, max_params: int = 100_000_000) -> str:
+    """The guide's line on run times (timed here for small models; skipped for big ones on a CPU)."""
+    from pruning.metrics import count_params
+
+    if handle.device.type == "cpu" and count_params(handle.denoiser) > max_params:
+        return "On this CPU a model this size takes minutes per image: use a GPU for the methods that generate."
+    with torch.no_grad():
+        est = estimate_seconds(handle)
+    return (f"On {device_note(handle)}, with the default settings: {estimate_text(est)}; comparing all "
+            "methods takes about as long as running them all.")

@@ -1,0 +1,118 @@
+"""Views of a method's scores, each labelled with the model, method and settings that made it:
+the heatmap, the score table, the status line, and the largest sparsity the scores can reach.
+
+>>> from app_support.cache import ModelCache
+>>> from pruning.methods import get
+>>> h = ModelCache().get("tiny-random-sd")
+>>> s = get("magnitude").score(h)
+>>> 0.5 < reachable(h, s) < 1, "magnitude" in subtitle(h, s)
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+import visual
+from pruning.catalog import UNIT_KINDS, catalog, discover, inside
+from pruning.loading import Handle
+from pruning.methods import Scores, get
+from pruning.plan import PruningPlan
+from pruning.sampling import count_inputs
+
+from . import format as fmt
+from .tables import structure_scores
+
+_SHOWN = {"prompts": "prompts", "n_gen": "N_gen", "steps": "steps", "granularity": "granularity",
+          "epochs": "epochs", "beta": "beta", "lr": "lr", "kinds": "kinds", "stride": "stride", "thr": "thr"}
+
+
+def model_label(handle: Handle) -> str:
+    return f"{handle.source} ({handle.model_ref.split('@')[-1][:8]}, {str(handle.dtype).removeprefix('torch.')})"
+
+
+def settings_line(settings: dict) -> str:
+    parts = []
+    for key, name in _SHOWN.items():
+        v = settings.get(key)
+        if v is None:
+            continue
+        if key == "prompts":
+            parts.append(f"{len(v)} prompts")
+        elif isinstance(v, (list, tuple)):
+            parts.append(f"{name} {'/'.join(map(str, v))}")
+        else:
+            parts.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
+    return ", ".join(parts)
+
+
+def subtitle(handle: Handle, scores: Scores) -> str:
+    stop = f" · STOPPED: {scores.info.get('stopped', 'partial')}" if scores.partial else ""
+    return f"{model_label(handle)} · {get(scores.method).title} · {settings_line(scores.settings)}{stop}"
+
+
+def heatmap(handle: Handle, scores: Scores):
+    """The per-layer heatmap of any method's scores (operators, or the mean unit score per structure)."""
+    title = f"{get(scores.method).title}: scores per layer (low = prunable)"
+    if not len(scores.table):
+        return visual.placeholder(f"{get(scores.method).title}: stopped before the first result")
+    if scores.level == "operator":
+        ops, _ = catalog(handle.denoiser, **count_inputs(handle))
+        df = scores.table[["fqn", "score"]].merge(ops[["fqn", "kind", "params", "depth"]], on="fqn")
+        return visual.operator_heatmap(df, title=title, subtitle=subtitle(handle, scores))
+    per = structure_scores(handle, scores.per_structure())
+    return visual.structure_heatmap(per, title=title.replace("scores per layer", "mean unit score per layer"),
+                                    subtitle=subtitle(handle, scores))
+
+
+def score_table(handle: Handle, scores: Scores, rows: int = 60) -> pd.DataFrame:
+    """The lowest-scoring rows first (most prunable), numbers formatted."""
+    if scores.level == "operator":
+        ops, _ = catalog(handle.denoiser, **count_inputs(handle))
+        df = scores.table[["fqn", "score"]].merge(ops[["fqn", "kind", "params"]], on="fqn")
+        df = df.sort_values("score", kind="stable").head(rows)
+        return pd.DataFrame({"rank": range(1, len(df) + 1), "operator": df["fqn"], "kind": df["kind"],
+                             "score (low = prunable)": df["score"].map(fmt.number),
+                             "params": df["params"].map(fmt.count)})
+    found = discover(handle.denoiser).structures
+    per = scores.per_structure().sort_values("score", kind="stable").head(rows)
+    return pd.DataFrame({"rank": range(1, len(per) + 1), "structure": per["fqn"],
+                         "kind": [found[f].kind for f in per["fqn"]], "units": per["units"],
+                         "mean unit score (low = prunable)": per["score"].map(fmt.number)})
+
+
+def status(handle: Handle, scores: Scores) -> str:
+    what = "operators" if scores.level == "operator" else "units"
+    n = len(scores.table)
+    total = scores.info.get("total")
+    done = f"{n} of {total} {what} scored" if total else f"{n} {what} scored"
+    if scores.partial:
+        return f"**Stopped** ({scores.info.get('stopped', 'partial')}): {done}; the finished part is shown."
+    return f"Done: {done} on {model_label(handle)}."
+
+
+def reachable(handle: Handle, scores: Scores) -> float:
+    """The largest fraction of params a plan from ``scores`` can remove (everything it scores)."""
+    fqns = list(dict.fromkeys(scores.table["fqn"]))
+    if scores.level == "operator":
+        outer = [f for f in fqns if not any(inside(f, o) for o in fqns if o != f)]
+        plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(outer))
+    else:
+        found = discover(handle.denoiser).structures
+        kept = {k: {f: () for f in fqns if found[f].kind == k} for k in UNIT_KINDS}
+        plan = PruningPlan(family=handle.family, base=handle.model_ref, kept_heads=kept["head"],
+                           kept_neurons=kept["neuron"], kept_groups=kept["group"])
+    return plan.summary(handle.denoiser, **count_inputs(handle))["params_fraction"]
+
+
+def slider_max(handle: Handle, scores: Scores | None) -> tuple[float, str]:
+    """(slider maximum, why) for cutting ``scores``: a hair below what is reachable."""
+    if scores is None:
+        return 0.9, ""
+    top = math.floor(reachable(handle, scores) * 100 - 1e-9) / 100
+    top = max(0.01, min(0.95, top))
+    kinds = sorted(set(scores.table["kind"])) if "kind" in scores.table.columns else []
+    what = f"its {', '.join(kinds)} units" if scores.level == "unit" and kinds else "the operators it scored"
+    return top, f"{get(scores.method).title} can remove at most {top:.0%} of the params ({what})."

@@ -1,0 +1,84 @@
+"""``python -m pruning <command>``: the library, headless. One module per command group:
+
+* :mod:`~pruning.cli.inspect`: ``info``, ``generate``
+* :mod:`~pruning.cli.score`: ``score <method>`` for every registered method, with the paper
+  names as shortcuts (``sweep`` = LD-Pruner, ``ecodiff``, ``taylor``), and ``prune``
+* :mod:`~pruning.cli.outputs`: ``export``, ``recover``
+* :mod:`~pruning.cli.compare`: ``compare``
+
+Every :class:`~pruning.errors.PruningError`, ``OSError`` and usage error ends as one line on
+stderr and exit code 2, never a traceback. Nothing heavy is imported until a handler runs.
+
+>>> main(["info"])
+2
+>>> {"export", "generate", "info", "score", "prune", "compare"} <= set(build_parser()._commands)
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .common import COMMANDS, Parser, UsageError, one_line
+
+PROG = "python -m pruning"
+GROUPS = ("pruning.cli.inspect", "pruning.cli.score", "pruning.cli.outputs", "pruning.cli.compare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with one subparser per registered command (the groups register themselves)."""
+    for module in GROUPS:
+        importlib.import_module(module)
+    parser = Parser(prog=PROG, description="Structural pruning of diffusion models (SD, SDXL, FLUX).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
+    sub.required = True
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.arguments(p)
+        p.set_defaults(_run=cmd.run)
+    parser._commands = dict(COMMANDS)
+    return parser
+
+
+def _quiet() -> None:
+    """No progress bars or info logs from diffusers/transformers (errors still raise)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    for log in (dlog, tlog):
+        log.set_verbosity_error()
+        log.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 2 usage or pruning error, 130 interrupted)."""
+    from ..errors import PruningError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"{one_line(e)} (see --help)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    if not args.verbose:
+        _quiet()
+    try:
+        return int(args._run(args) or 0)
+    except BrokenPipeError:  # e.g. `| head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (PruningError, OSError) as e:
+        print(f"pruning {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback
+        print(f"pruning {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,144 @@
+"""What every command shares: the command registry, ``--model``/``--plan`` arguments, loading,
+numbers for humans, and options generated from a settings dataclass.
+
+>>> human(859520964), human(401636720640), human(999)
+('859.5M', '401.6G', '999')
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A bad command line (raised instead of argparse's print-usage-and-exit)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def add_command(name: str, *, help: str, arguments: Callable[[argparse.ArgumentParser], None]):
+    """Decorator: register ``run(args) -> int`` as ``python -m pruning <name>``."""
+    def wrap(run):
+        COMMANDS[name] = Command(name, help, arguments, run)
+        return run
+    return wrap
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# ----------------------------------------------------------------------------- shared arguments
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model`` (bundled name, folder or Hub id), ``--device``, ``--dtype``."""
+    from ..loading import DTYPES
+
+    p.add_argument("--model", required=True, metavar="SRC",
+                   help="bundled name (tiny-shapes-sd, tiny-shapes-flux), a diffusers folder or a Hub id org/name[@rev]")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="weights dtype (default: float32; float16/bfloat16 also run on CPU, more slowly)")
+
+
+def add_plan_arg(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--plan", required=required, metavar="PLAN_JSON",
+                   help="a pruning plan JSON, or an export's pruning_plan.json")
+
+
+def add_out_file(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--out", required=True, metavar="PATH", help=help)
+
+
+def load_handle(args: argparse.Namespace):
+    """The :class:`~pruning.loading.Handle` for ``args.model``/``--device``/``--dtype``."""
+    from ..loading import load_pipeline
+
+    return load_pipeline(args.model, device=args.device, dtype=args.dtype)
+
+
+def load_plan(path: str, handle):
+    """Read the plan at ``path`` and check it fits ``handle``; errors name the plan file."""
+    from ..errors import PlanError
+    from ..export import check_base, read_plan
+
+    plan, _ = read_plan(path)
+    try:
+        check_base(plan, handle, path)
+    except PlanError as e:
+        raise PlanError(f"plan {path!r} does not fit model {handle.source!r}: {e}") from None
+    return plan
+
+
+def writable(path: str, what: str = "output file") -> Path:
+    """Check an output file path before any work starts (not a folder, parent writable)."""
+    from ..files import check_writable_file
+
+    return check_writable_file(path, what)
+
+
+def human(n: float) -> str:
+    """``1234567 -> '1.23M'``."""
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            value = n / div
+            return f"{value:.1f}{unit}" if abs(value) >= 100 else f"{value:.3g}{unit}"
+    return f"{n:g}"
+
+
+# ----------------------------------------------------------------------------- settings as options
+
+
+_TYPES = {"int": int, "float": float, "str": str, "ints": int, "strs": str}
+
+
+def add_settings_args(p: argparse.ArgumentParser, settings_cls, *, skip: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per user-facing field of ``settings_cls`` (help and defaults from the
+    dataclass, so the CLI never copies them). Values are checked by the settings class."""
+    from ..methods.base import settings_fields
+
+    for f in settings_fields(settings_cls):
+        if f["name"] in skip:
+            continue
+        flag = "--" + f["name"].replace("_", "-")
+        kind, default = f["kind"], f["default"]
+        shown = f" (default: {list(default) if isinstance(default, tuple) else default})" if default is not None else ""
+        kw = {"dest": f["name"], "default": None, "help": f["help"] + shown}
+        if kind in ("strs", "ints"):
+            kw.update(nargs="+", type=_TYPES[kind], metavar=kind[:-1].upper())
+        elif kind == "choices":
+            kw.update(nargs="+", choices=list(f["choices"]), metavar="KIND")
+        elif kind == "choice":
+            kw.update(choices=list(f["choices"]))
+        else:
+            kw.update(type=_TYPES.get(kind, str), metavar=kind.upper())
+        p.add_argument(flag, **kw)
+        if f["name"] == "prompts":  # --prompt TEXT, repeatable, as in `generate`
+            p.add_argument("--prompt", action="append", dest="prompts", help=argparse.SUPPRESS)
+
+
+def settings_from_args(method, args: argparse.Namespace, **extra):
+    """The method's settings from the generated options (unset ones keep the class defaults)."""
+    from ..methods.base import settings_fields
+
+    values = {f["name"]: getattr(args, f["name"]) for f in settings_fields(method.Settings)
+              if getattr(args, f["name"], None) is not None}
+    return method.settings(**{**values, **extra})

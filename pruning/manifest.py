@@ -1,0 +1,127 @@
+"""The export manifest (``pruning_plan.json``): its schema, and every path in it confined to the
+export folder. Nothing in a manifest is trusted before :func:`read_manifest` has checked it.
+
+Schema (``format: "pruning-export/1"``)::
+
+    plan           a PruningPlan as JSON
+    denoiser       {"name": "unet" | "transformer", "class": "UNet2DConditionModel" | "FluxTransformer2DModel"}
+    full_pipeline  bool
+    params         int, the slim denoiser's parameter count
+    files          {relative path: sha256 hex} for every .safetensors file in the folder
+
+>>> import tempfile, json
+>>> d = Path(tempfile.mkdtemp())
+>>> _ = (d / MANIFEST).write_text(json.dumps({"format": FORMAT}))
+>>> read_manifest(d)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pruning.errors.ExportError: ...pruning_plan.json: missing field(s) ['denoiser', 'files', 'full_pipeline', 'params', 'plan']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import ExportError, PlanError, SettingsError
+from .files import sha256_file
+from .plan import PruningPlan
+from .validate import inside, read_json
+
+MANIFEST = "pruning_plan.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+FORMAT = "pruning-export/1"
+DENOISERS = {"unet": "UNet2DConditionModel", "transformer": "FluxTransformer2DModel"}  # component -> class
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_FIELDS = ("format", "plan", "denoiser", "full_pipeline", "params", "files")
+
+
+def denoiser_classes() -> dict[str, type]:
+    """The only classes an export may name (never an arbitrary import path)."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    return {"UNet2DConditionModel": UNet2DConditionModel, "FluxTransformer2DModel": FluxTransformer2DModel}
+
+
+def is_export(folder: str | Path) -> bool:
+    """True when ``folder`` holds a manifest of ours (what ``overwrite`` may replace)."""
+    try:
+        data = read_json(Path(folder) / MANIFEST, "export manifest")
+    except SettingsError:
+        return False
+    return isinstance(data, Mapping) and data.get("format") == FORMAT
+
+
+def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
+    """``(plan, manifest)`` of an export folder, validated; errors name the manifest and the field."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ExportError(f"{str(folder)!r} is not a pruning export: no {MANIFEST}")
+    where = str(path)
+    try:
+        m = read_json(path, "export manifest")
+    except SettingsError as e:
+        raise ExportError(str(e)) from None
+    if not isinstance(m, Mapping):
+        raise ExportError(f"{where}: the manifest must be a JSON object, got {type(m).__name__}")
+    if m.get("format") != FORMAT:
+        raise ExportError(f"{where}: unknown export format {m.get('format')!r} (expected {FORMAT!r})")
+    missing = sorted(set(_FIELDS) - set(m))
+    if missing:
+        raise ExportError(f"{where}: missing field(s) {missing}")
+    unknown = sorted(set(m) - set(_FIELDS))
+    if unknown:
+        raise ExportError(f"{where}: unknown field(s) {unknown}")
+    try:
+        plan = PruningPlan.from_dict(m["plan"])
+    except PlanError as e:
+        raise ExportError(f"{where}: plan: {e}") from None
+    den = m["denoiser"]
+    if not isinstance(den, Mapping) or set(den) != {"name", "class"}:
+        raise ExportError(f"{where}: 'denoiser' must be {{'name': ..., 'class': ...}}, got {den!r}")
+    if DENOISERS.get(den["name"]) != den["class"]:
+        raise ExportError(f"{where}: unsupported denoiser {den['name']!r} of class {den['class']!r} "
+                          f"(supported: {DENOISERS})")
+    if (den["name"] == "transformer") != (plan.family == "flux"):
+        raise ExportError(f"{where}: denoiser {den['name']!r} does not fit a {plan.family!r} plan")
+    if not isinstance(m["full_pipeline"], bool):
+        raise ExportError(f"{where}: 'full_pipeline' must be true or false, got {m['full_pipeline']!r}")
+    if isinstance(m["params"], bool) or not isinstance(m["params"], int) or m["params"] < 0:
+        raise ExportError(f"{where}: 'params' must be a parameter count, got {m['params']!r}")
+    files = m["files"]
+    if not isinstance(files, Mapping) or not files:
+        raise ExportError(f"{where}: 'files' must map every weights file to its sha256 (an export without "
+                          "hashes is refused)")
+    for rel, sha in files.items():
+        if not isinstance(sha, str) or not _SHA.match(sha):
+            raise ExportError(f"{where}: files[{rel!r}] is not a sha256 hex digest: {sha!r}")
+        try:
+            inside(rel, folder)
+        except SettingsError as e:
+            raise ExportError(f"{where}: files: {e}") from None
+    weights = f"{den['name']}/{WEIGHTS}"
+    if weights not in files:
+        raise ExportError(f"{where}: 'files' has no hash for the denoiser weights {weights!r}")
+    return plan, dict(m)
+
+
+def verify_files(folder: str | Path, manifest: Mapping) -> None:
+    """Every listed file exists and matches its hash, and no unlisted ``.safetensors`` is present."""
+    folder = Path(folder).resolve()
+    listed = {inside(rel, folder) for rel in manifest["files"]}
+    for rel, sha in manifest["files"].items():
+        path = inside(rel, folder)
+        if not path.is_file():
+            raise ExportError(f"missing file {str(path)!r} listed in the export manifest")
+        if sha256_file(path) != sha:
+            raise ExportError(f"sha256 mismatch for {str(path)!r}: the file is corrupt or was changed")
+    extra = sorted(str(p) for p in folder.rglob("*.safetensors") if p.resolve() not in listed)
+    if extra:
+        raise ExportError(f"{str(folder)!r} holds weights the manifest does not list: {extra[0]!r}")
+
+
+def weights_path(folder: str | Path, manifest: Mapping) -> Path:
+    """The denoiser weights file, resolved inside ``folder``."""
+    return inside(f"{manifest['denoiser']['name']}/{WEIGHTS}", folder)

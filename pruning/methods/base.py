@@ -1,0 +1,301 @@
+"""The method protocol: every scorer is a :class:`Method` with frozen, self-validating settings,
+one result type (:class:`Scores`, "low = prunable"), one ``to_plan`` and the run convention of
+:mod:`pruning.runs`.
+
+A method scores either whole **operators** (LD-Pruner) or the **units** of structures (heads,
+neurons, channel groups: EcoDiff, Taylor, magnitude, random). ``to_plan`` cuts any result at a
+target sparsity (fraction of the denoiser's params removed), globally or per layer for units.
+
+>>> import pandas as pd
+>>> s = Scores("magnitude", "unit", pd.DataFrame({"fqn": ["a.attn1", "a.attn1"], "index": [0, 1],
+...            "score": [0.5, 2.0]}), model_ref="tiny:sd", settings={})
+>>> Scores.from_dict(s.to_dict()).unit_scores()["a.attn1"].tolist()
+[0.5, 2.0]
+>>> Scores("x", "unit", pd.DataFrame({"fqn": ["a"], "index": [0], "score": [float("nan")]}), "tiny:sd", {})
+Traceback (most recent call last):
+...
+pruning.errors.SettingsError: x scores: 'a' unit 0 has a non-finite score (nan)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+
+from ..errors import PlanError, SettingsError
+from ..loading import same_weights
+from ..plan import PruningPlan
+from ..runs import RunControl
+from ..validate import choice, fraction, read_json
+
+DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
+LEVELS = ("operator", "unit")
+SCOPES = ("global", "local")
+FORMAT = "pruning-scores/1"
+_REQUIRED = {"operator": ("fqn", "score"), "unit": ("fqn", "index", "score")}
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=str))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What a method found, as plain data: one row per operator or per unit, ``score`` low = prunable.
+
+    ``info`` holds method extras (EcoDiff's loss history, Taylor's timesteps); ``partial`` is set
+    when the run stopped early (``info["stopped"]`` says why).
+    """
+
+    method: str
+    level: str  # "operator" | "unit"
+    table: pd.DataFrame
+    model_ref: str
+    settings: Mapping = field(default_factory=dict)
+    partial: bool = False
+    info: Mapping = field(default_factory=dict)
+    direction: ClassVar[str] = DIRECTION
+
+    def __post_init__(self):
+        what = f"{self.method} scores"
+        choice(f"{what} level", self.level, LEVELS)
+        missing = [c for c in _REQUIRED[self.level] if c not in self.table.columns]
+        if missing:
+            raise SettingsError(f"{what}: the table has no {missing} column(s) (columns: {list(self.table.columns)})")
+        table = self.table.reset_index(drop=True)
+        if table["fqn"].map(lambda f: not isinstance(f, str) or not f).any():
+            raise SettingsError(f"{what}: every fqn must be a non-empty string")
+        try:
+            values = pd.to_numeric(table["score"], errors="raise").astype("float64")
+        except (TypeError, ValueError) as e:
+            raise SettingsError(f"{what}: the score column is not numeric ({e})") from None
+        bad = ~values.map(math.isfinite)
+        if bad.any():
+            i = int(bad.idxmax())
+            where = f"{table['fqn'][i]!r}" + (f" unit {table['index'][i]}" if self.level == "unit" else "")
+            raise SettingsError(f"{what}: {where} has a non-finite score ({values[i]})")
+        table["score"] = values
+        if self.level == "unit":
+            idx = pd.to_numeric(table["index"], errors="coerce")
+            if idx.isna().any() or (idx % 1 != 0).any() or (idx < 0).any():
+                raise SettingsError(f"{what}: the index column must hold unit indices >= 0")
+            table["index"] = idx.astype("int64")
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "settings", _jsonable(dict(self.settings or {})))
+        object.__setattr__(self, "info", _jsonable(dict(self.info or {})))
+
+    # ------------------------------------------------------------------ views
+
+    def unit_scores(self, units: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
+        """``{fqn: (units,) scores}`` of a unit-level result; with ``units`` (fqn -> unit count),
+        each tensor has that length and units without a row score 0."""
+        if self.level != "unit":
+            raise SettingsError(f"{self.method} scores whole operators, not units")
+        out = {}
+        for fqn, grp in self.table.groupby("fqn", sort=False):
+            n = int(units[fqn]) if units is not None else int(grp["index"].max()) + 1
+            t = torch.zeros(n, dtype=torch.float32)
+            t[torch.as_tensor(grp["index"].to_numpy().copy())] = torch.as_tensor(grp["score"].to_numpy().copy(),
+                                                                                  dtype=torch.float32)
+            out[fqn] = t
+        return out
+
+    def per_structure(self) -> pd.DataFrame:
+        """One row per operator, or per structure with the mean unit score (fqn, score, units)."""
+        if self.level == "operator":
+            return self.table[["fqn", "score"]].assign(units=1)
+        g = self.table.groupby("fqn", sort=False)["score"]
+        return pd.DataFrame({"score": g.mean(), "units": g.size()}).reset_index()
+
+    # ------------------------------------------------------------------ plain data and files
+
+    def meta(self) -> dict:
+        return {"format": FORMAT, "method": self.method, "level": self.level, "model_ref": self.model_ref,
+                "settings": self.settings, "partial": self.partial, "info": self.info, "direction": DIRECTION}
+
+    def to_dict(self) -> dict:
+        """JSON-able: for ``gr.State`` and APIs."""
+        return {**self.meta(), "records": _jsonable(self.table.to_dict("records"))}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], what: str = "scores") -> Scores:
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise SettingsError(f"{what} are not {FORMAT} data (format {d.get('format') if isinstance(d, Mapping) else None!r})")
+        records = d.get("records")
+        if not isinstance(records, list):
+            raise SettingsError(f"{what} have no records list")
+        return cls._from_meta(d, pd.DataFrame(records), what)
+
+    @classmethod
+    def _from_meta(cls, m: Mapping, table: pd.DataFrame, what: str) -> Scores:
+        for key, typ in (("method", str), ("level", str), ("model_ref", str), ("settings", Mapping),
+                         ("partial", bool), ("info", Mapping)):
+            if not isinstance(m.get(key), typ):
+                raise SettingsError(f"{what}: field {key!r} must be a {typ.__name__}, got {m.get(key)!r}")
+        try:
+            return cls(m["method"], m["level"], table, m["model_ref"], m["settings"], m["partial"], m["info"])
+        except SettingsError as e:
+            raise SettingsError(f"{what}: {e}") from None
+
+    def write(self, path: str | Path) -> Path:
+        """``.csv`` / ``.parquet`` plus ``<path>.json`` (the metadata), or one ``.safetensors`` file
+        (unit scores as tensors, metadata inside). Written atomically."""
+        from ..files import atomic_write
+
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            tensors = {f: t.contiguous() for f, t in self.unit_scores().items()}
+            with atomic_write(path) as tmp:
+                save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(self.meta())})
+            return path
+        with atomic_write(path) as tmp:
+            if path.suffix == ".parquet":
+                self.table.to_parquet(tmp, index=False)
+            else:
+                self.table.to_csv(tmp, index=False)
+        with atomic_write(Path(f"{path}.json")) as tmp:
+            tmp.write_text(json.dumps(self.meta(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> Scores:
+        """Read what :meth:`write` wrote; every problem is one ``SettingsError`` naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise SettingsError(f"scores file {str(path)!r} does not exist")
+        what = f"scores file {str(path)!r}"
+        if path.suffix == ".safetensors":
+            return cls._read_safetensors(path, what)
+        meta_path = Path(f"{path}.json")
+        if not meta_path.is_file():
+            raise SettingsError(f"{what} has no {meta_path.name} beside it (written by `python -m pruning score`)")
+        meta = read_json(meta_path, "scores metadata")
+        if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
+            raise SettingsError(f"{str(meta_path)!r} is not {FORMAT} metadata")
+        try:
+            table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        except Exception as e:  # pandas raises many types for garbage (ParserError, UnicodeDecodeError, ...)
+            raise SettingsError(f"{what} is not a readable table: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+        return cls._from_meta(meta, table, what)
+
+    @classmethod
+    def _read_safetensors(cls, path: Path, what: str) -> Scores:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = (f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
+        if meta.get("format") != FORMAT:
+            raise SettingsError(f"{what} is not a {FORMAT} file (format {meta.get('format')!r})")
+        from ..validate import parse_json
+
+        m = parse_json(meta.get("meta", ""), f"{what} metadata")
+        if not isinstance(m, Mapping):
+            raise SettingsError(f"{what}: its metadata is not a JSON object")
+        rows = [{"fqn": f, "index": i, "score": float(v)} for f, t in tensors.items() for i, v in
+                enumerate(t.flatten().tolist())]
+        return cls._from_meta(m, pd.DataFrame(rows, columns=["fqn", "index", "score"]), what)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings_fields(settings_cls) -> list[dict]:
+    """The user-facing fields of a settings dataclass: name, default, help, kind, choices (for the
+    CLI's generated options and the app's controls)."""
+    out = []
+    for f in fields(settings_cls):
+        if f.metadata.get("hidden"):
+            continue
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        out.append({"name": f.name, "default": default, "help": f.metadata.get("help", ""),
+                    "kind": f.metadata.get("kind", "str"), "choices": f.metadata.get("choices")})
+    return out
+
+
+def opt(default, help: str, kind: str, choices=None, **extra):
+    """A settings field with its user-facing help (shown by the CLI and the app)."""
+    return field(default=default, metadata={"help": help, "kind": kind, "choices": choices, **extra})
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class Method:
+    """A scoring method. Subclasses set the class attributes and implement :meth:`score`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]  # e.g. "Operator sweep (LD-Pruner)"
+    summary: ClassVar[str]  # one plain-words sentence for the app and ``--help``
+    level: ClassVar[str]  # "operator" | "unit"
+    Settings: ClassVar[type]
+    data_free: ClassVar[bool] = False  # True: no generation needed; scoring takes well under a second
+
+    def settings(self, **values) -> Any:
+        """Validated settings (unknown names are refused)."""
+        known = {f.name for f in fields(self.Settings)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(f"{self.name} has no setting(s) {unknown}; it has {sorted(known)}")
+        return self.Settings(**values)
+
+    def score(self, handle, settings=None, *, control: RunControl | None = None) -> Scores:
+        raise NotImplementedError
+
+    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
+        """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone."""
+        from .select import plan_from_operator_scores, plan_from_unit_scores
+
+        check_scores_fit(handle, scores)
+        target = fraction("target sparsity", target_sparsity)
+        choice("scope", scope, SCOPES)
+        prov = {"method": scores.method, "settings": dict(scores.settings), "scope": scope,
+                "target_sparsity": target, "partial_scores": scores.partial}
+        if scores.level == "operator":
+            if scope != "global":
+                raise SettingsError(f"scope {scope!r} needs unit scores; {scores.method} scores whole operators")
+            return plan_from_operator_scores(handle, scores.table, target_sparsity=target, provenance=prov)
+        return plan_from_unit_scores(handle, unit_scores_for(handle, scores), target_sparsity=target, scope=scope,
+                                     provenance=prov)
+
+
+def unit_scores_for(handle, scores: Scores) -> dict[str, torch.Tensor]:
+    """Unit scores sized to ``handle``'s structures (checked with :func:`check_scores_fit`)."""
+    from ..catalog import discover
+
+    check_scores_fit(handle, scores)
+    found = discover(handle.denoiser).structures
+    return scores.unit_scores({f: found[f].units for f in scores.table["fqn"].unique()})
+
+
+def check_scores_fit(handle, scores: Scores) -> None:
+    """Refuse scores made on other weights, or naming parts this denoiser lacks."""
+    from ..catalog import discover
+
+    if not same_weights(scores.model_ref, handle.model_ref):
+        raise PlanError(f"{scores.method} scores were computed on {scores.model_ref!r}, not on {handle.model_ref!r}")
+    found = discover(handle.denoiser)
+    known = found.operators if scores.level == "operator" else found.structures
+    for fqn in scores.table["fqn"].unique():
+        if fqn not in known:
+            what = "removable operator" if scores.level == "operator" else "prunable structure"
+            raise PlanError(f"{scores.method} scores name {fqn!r}, which is not a {what} of {handle.model_ref}")
+    if scores.level == "unit":
+        top = scores.table.groupby("fqn")["index"].max()
+        for fqn, i in top.items():
+            if i >= found.structures[fqn].units:
+                raise PlanError(f"{scores.method} scores for {fqn!r} name unit {i}, the model has "
+                                f"{found.structures[fqn].units} (0..{found.structures[fqn].units - 1})")

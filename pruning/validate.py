@@ -1,0 +1,350 @@
+"""The one validation layer for user-supplied values: the library, the CLI and the app all call it.
+
+Every check returns the clean value or raises :class:`~pruning.errors.SettingsError` (a
+``ValueError``) whose message names the value, its limit and why the limit exists. Nothing
+is silently clamped, truncated or rounded.
+
+>>> integer("steps", 4.0, lo=1, hi=LIMITS.max_steps)
+4
+>>> integer("steps", 0, lo=1, hi=LIMITS.max_steps)
+Traceback (most recent call last):
+...
+pruning.errors.SettingsError: steps must be an integer in 1..1000, got 0
+>>> integer("index", 1.7, lo=0)
+Traceback (most recent call last):
+...
+pruning.errors.SettingsError: index must be an integer >= 0, got 1.7
+>>> number("guidance", float("nan"), lo=0, hi=LIMITS.max_guidance)
+Traceback (most recent call last):
+...
+pruning.errors.SettingsError: guidance must be a finite number in [0, 50], got nan
+>>> seed_list([0, 2**70])
+Traceback (most recent call last):
+...
+pruning.errors.SettingsError: seeds[1] must be an integer in 0..9223372036854775807 (torch generators take 63-bit seeds), got 1180591620717411303424
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SettingsError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds on what one call may ask for, and why (quoted in the errors)."""
+
+    max_steps: int = 1000  # the schedulers are trained on 1000 timesteps; more steps only repeat them
+    max_guidance: float = 50.0  # far beyond any useful guidance; larger values only saturate images
+    max_seed: int = 2**63 - 1  # torch.Generator.manual_seed takes 63-bit seeds
+    max_prompts: int = 256  # prompts (samples) in one call
+    max_prompt_chars: int = 2000  # CLIP reads 77 tokens and T5 512; longer text is cut by the tokenizer
+    resolution_factor: int = 4  # at most 4x the model's native side: memory grows with the square
+    max_resolution: int = 4096
+    max_json_bytes: int = 16 * 2**20  # plan, manifest, scores side files
+    max_json_depth: int = 32
+
+
+LIMITS = Limits()
+
+
+def _is_int_like(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _range_text(lo, hi, *, integer: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {lo}..{hi}" if integer else f"in [{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f">= {lo}" if integer else f">= {lo:g}"
+    if hi is not None:
+        return f"<= {hi}" if integer else f"<= {hi:g}"
+    return ""
+
+
+def integer(name: str, value, *, lo: int | None = None, hi: int | None = None, why: str = "",
+            strict: bool = False) -> int:
+    """An integer in [lo, hi]. Integral floats (``4.0``) and digit strings pass unless ``strict``;
+    bools, fractions, NaN and other types never do.
+
+    >>> integer("seed", "7"), integer("n", 3, lo=1, hi=3)
+    (7, 3)
+    >>> integer("kept index", 2.0, strict=True)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: kept index must be an integer, got 2.0
+    """
+    rng = _range_text(lo, hi, integer=True)
+    what = f"{name} must be an integer" + (f" {rng}" if rng else "") + (f" ({why})" if why else "")
+    if _is_int_like(value):
+        out = int(value)
+    elif strict or isinstance(value, bool) or value is None:
+        raise SettingsError(f"{what}, got {value!r}")
+    elif isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
+        out = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        out = int(value.strip())
+    else:
+        raise SettingsError(f"{what}, got {value!r}")
+    if (lo is not None and out < lo) or (hi is not None and out > hi):
+        raise SettingsError(f"{what}, got {out}")
+    return out
+
+
+def number(name: str, value, *, lo: float | None = None, hi: float | None = None, open_lo: bool = False,
+           open_hi: bool = False, why: str = "") -> float:
+    """A finite float in [lo, hi] (``open_lo``/``open_hi`` exclude the ends).
+
+    >>> number("lr", "0.5", lo=0, open_lo=True)
+    0.5
+    >>> number("target sparsity", 1.5, lo=0, hi=1, open_lo=True, open_hi=True)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: target sparsity must be a finite number in (0, 1), got 1.5
+    """
+    left, right = "(" if open_lo else "[", ")" if open_hi else "]"
+    if lo is not None and hi is not None:
+        rng = f"in {left}{lo:g}, {hi:g}{right}"
+    elif lo is not None:
+        rng = f"{'>' if open_lo else '>='} {lo:g}"
+    elif hi is not None:
+        rng = f"{'<' if open_hi else '<='} {hi:g}"
+    else:
+        rng = ""
+    what = "must be a finite number" + (f" {rng}" if rng else "") + (f" ({why})" if why else "")
+    if isinstance(value, bool) or value is None:
+        raise SettingsError(f"{name} {what}, got {value!r}")
+    try:
+        out = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError, OverflowError):
+        raise SettingsError(f"{name} {what}, got {value!r}") from None
+    bad = not math.isfinite(out)
+    bad = bad or (lo is not None and (out < lo or (open_lo and out == lo)))
+    bad = bad or (hi is not None and (out > hi or (open_hi and out == hi)))
+    if bad:
+        raise SettingsError(f"{name} {what}, got {out:g}")
+    return out
+
+
+def fraction(name: str, value) -> float:
+    """A fraction strictly inside (0, 1), e.g. a target sparsity."""
+    return number(name, value, lo=0, hi=1, open_lo=True, open_hi=True)
+
+
+def choice(name: str, value, choices: Sequence[str]) -> str:
+    """One of ``choices``.
+
+    >>> choice("scope", "per-layer", ("global", "local"))
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: scope must be one of ['global', 'local'], got 'per-layer'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise SettingsError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def subset(name: str, values, choices: Sequence[str], *, allow_empty: bool = False) -> tuple[str, ...]:
+    """A duplicate-free tuple of items of ``choices`` (a single string is one item)."""
+    items = (values,) if isinstance(values, str) else tuple(values or ())
+    for v in items:
+        choice(f"{name} item", v, choices)
+    if not items and not allow_empty:
+        raise SettingsError(f"{name} must name at least one of {list(choices)}")
+    return tuple(dict.fromkeys(items))
+
+
+def seed(name: str, value) -> int:
+    return integer(name, value, lo=0, hi=LIMITS.max_seed, why="torch generators take 63-bit seeds")
+
+
+def seed_list(values, name: str = "seeds") -> tuple[int, ...]:
+    """Seeds, each in 0..2**63-1; a single int is one seed."""
+    items = [values] if _is_int_like(values) or isinstance(values, str) else list(values)
+    return tuple(seed(f"{name}[{i}]", v) for i, v in enumerate(items))
+
+
+def prompt_list(values, name: str = "prompts", *, allow_empty: bool = False,
+                limits: Limits = LIMITS) -> tuple[str, ...]:
+    """1..max_prompts prompts of at most max_prompt_chars characters; a string is one prompt.
+    Blank prompts are refused unless ``allow_empty`` (unconditional generation).
+
+    >>> prompt_list("a red circle")
+    ('a red circle',)
+    >>> prompt_list(["a", "  "])
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: prompts[1] is empty: every prompt needs some text
+    """
+    items = [values] if isinstance(values, str) else (list(values) if isinstance(values, Iterable) else None)
+    if items is None:
+        raise SettingsError(f"{name} must be a list of strings, got {type(values).__name__}")
+    if not items:
+        raise SettingsError(f"{name} is empty: give at least one prompt")
+    if len(items) > limits.max_prompts:
+        raise SettingsError(f"{name}: {len(items)} prompts, at most {limits.max_prompts} in one call")
+    out = []
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise SettingsError(f"{name}[{i}] must be a string, got {type(p).__name__}")
+        if not p.strip() and not allow_empty:
+            raise SettingsError(f"{name}[{i}] is empty: every prompt needs some text")
+        if len(p) > limits.max_prompt_chars:
+            raise SettingsError(f"{name}[{i}] has {len(p)} characters, at most {limits.max_prompt_chars} "
+                                "(the text encoders read far fewer tokens)")
+        out.append(p)
+    return tuple(out)
+
+
+def steps(value, name: str = "steps") -> int:
+    return integer(name, value, lo=1, hi=LIMITS.max_steps, why="the schedulers have 1000 training timesteps")
+
+
+def guidance(value, name: str = "guidance") -> float:
+    return number(name, value, lo=0, hi=LIMITS.max_guidance)
+
+
+def resolution(value, *, multiple: int, native: int, name: str = "resolution") -> int:
+    """An image side in pixels: a multiple of ``multiple`` (VAE factor x patch size), at least
+    one multiple and at most ``resolution_factor`` x the model's native side (and 4096).
+
+    >>> resolution(64, multiple=8, native=64)
+    64
+    >>> resolution(12, multiple=8, native=64)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: resolution must be a multiple of 8 (the VAE's downscale factor x the patch size), got 12
+    >>> resolution(100000, multiple=8, native=512)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: resolution must be an integer in 8..2048 (4x the model's native 512 px at most: memory grows with the square), got 100000
+    """
+    hi = min(LIMITS.max_resolution, LIMITS.resolution_factor * int(native))
+    hi -= hi % multiple
+    out = integer(name, value, lo=multiple, hi=max(hi, multiple),
+                  why=f"{LIMITS.resolution_factor}x the model's native {native} px at most: memory grows with the square")
+    if out % multiple:
+        raise SettingsError(f"{name} must be a multiple of {multiple} (the VAE's downscale factor x the patch "
+                            f"size), got {out}")
+    return out
+
+
+# --------------------------------------------------------------------------- tensors and files
+
+
+def finite(name: str, tensor) -> None:
+    """Refuse a tensor with NaN or infinite entries, naming where the first one is.
+
+    >>> import torch
+    >>> finite("scores['a.b']", torch.tensor([1.0, float("nan")]))
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: scores['a.b'] has a non-finite value (nan) at index 1
+    """
+    import torch
+
+    t = torch.as_tensor(tensor)
+    if t.is_floating_point():
+        bad = (~torch.isfinite(t)).flatten().nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise SettingsError(f"{name} has a non-finite value ({float(t.flatten()[i])}) at index {i}")
+
+
+def read_json(path: str | os.PathLike, what: str, *, limits: Limits = LIMITS):
+    """Parse a JSON file: UTF-8, at most ``max_json_bytes``, nested at most ``max_json_depth``;
+    errors name ``what`` and the path. NaN/Infinity literals are refused.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "x.json"; _ = p.write_bytes(b"\\xff\\xfe")
+    >>> read_json(p, "plan file")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: plan file '...x.json' is not UTF-8 text: ...
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > limits.max_json_bytes:
+            raise SettingsError(f"{what} {str(path)!r} has {size} bytes, at most {limits.max_json_bytes}")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SettingsError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{what} {str(path)!r} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    return parse_json(text, f"{what} {str(path)!r}", limits=limits)
+
+
+def parse_json(text: str, what: str, *, limits: Limits = LIMITS):
+    """``json.loads`` with the depth limit and without NaN/Infinity; errors name ``what``.
+
+    >>> parse_json("[" * 40 + "]" * 40, "plan")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: plan is nested deeper than 32 levels
+    """
+    depth = _max_depth(text)
+    if depth > limits.max_json_depth:
+        raise SettingsError(f"{what} is nested deeper than {limits.max_json_depth} levels")
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not allowed")
+    try:
+        return json.loads(text, parse_constant=no_constants)
+    except (ValueError, RecursionError) as e:
+        raise SettingsError(f"{what} is not valid JSON: {e}") from None
+
+
+def _max_depth(text: str) -> int:
+    """Bracket nesting depth outside strings (cheap, before json.loads can recurse)."""
+    depth = best = 0
+    in_str = escape = False
+    for ch in text:
+        if in_str:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """``path`` resolved (symlinks followed) and checked to lie inside ``root``.
+
+    >>> inside("unet/x.safetensors", "/exports/a")
+    PosixPath('/exports/a/unet/x.safetensors')
+    >>> inside("../outside/unet", "/exports/a")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: path '../outside/unet' leaves its folder '/exports/a'
+    """
+    root = Path(root).resolve()
+    p = Path(path)
+    full = (p if p.is_absolute() else root / p).resolve()
+    if full != root and root not in full.parents:
+        raise SettingsError(f"path {str(path)!r} leaves its folder {str(root)!r}")
+    return full
+
+
+__all__ = [
+    "Limits", "LIMITS", "integer", "number", "fraction", "choice", "subset", "seed", "seed_list", "prompt_list",
+    "steps", "guidance", "resolution", "finite", "read_json", "parse_json", "inside",
+]
