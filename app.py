@@ -26,6 +26,7 @@ from app_support import guide, results
 from app_support.cache import TINY_RANDOM, ModelCache
 from app_support.comparison import compare_images, difference, display_pair, metrics_table
 from app_support.exports import cleanup, export_zip
+from app_support.inputs import Number, Slider, Table
 from app_support.runs import Runs, check_count, check_size, owned
 from app_support.tables import (
     COLUMNS,
@@ -506,7 +507,7 @@ def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps,
 
 def end_session(request: gr.Request):
     """A closed tab: stop its runs and remove its exports."""
-    RUNS.stop(_sid(request))
+    RUNS.stop(_sid(request), "the session closed")
     cleanup(session=_sid(request))
 
 
@@ -541,26 +542,26 @@ def build_app() -> gr.Blocks:
                                   label="method", info=H["method"])
                 with gr.Row():
                     sc_prompts = gr.Textbox(PROMPTS, lines=4, label="prompts", info=H["prompts"], scale=3)
-                    sc_steps = gr.Number(0, precision=0, label="steps", info=H["steps"], scale=1)
+                    sc_steps = Number(0, precision=0, label="steps", info=H["steps"], scale=1)
                 with gr.Group(visible=False) as ld_group:
                     with gr.Row():
-                        n_gen = gr.Slider(2, 16, value=4, step=1, label="images per operator", info=H["n_gen"])
+                        n_gen = Slider(2, 16, value=4, step=1, label="images per operator", info=H["n_gen"])
                         granularity = gr.Radio(["fine", "block", "all"], value="fine", label="granularity",
                                                info=H["granularity"])
                     ld_ops = gr.Dropdown([], multiselect=True, label="only these operators", info=H["operators"])
                 with gr.Group(visible=False) as eco_group:
                     with gr.Row():
-                        eco_epochs = gr.Slider(1, 50, value=methods.ecodiff.DEFAULT_EPOCHS, step=1, label="epochs",
+                        eco_epochs = Slider(1, 50, value=methods.ecodiff.DEFAULT_EPOCHS, step=1, label="epochs",
                                                info=H["epochs"])
-                        eco_batch = gr.Slider(1, 16, value=4, step=1, label="batch size", info=H["batch"])
+                        eco_batch = Slider(1, 16, value=4, step=1, label="batch size", info=H["batch"])
                         eco_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron"],
                                                      label="gates on", info=H["kinds"])
-                        eco_beta = gr.Number(methods.ecodiff.DEFAULT_BETA, label="sparsity push", info=H["beta"])
-                        eco_lr = gr.Number(methods.ecodiff.DEFAULT_LR, label="learning rate", info=H["lr"])
+                        eco_beta = Number(methods.ecodiff.DEFAULT_BETA, label="sparsity push", info=H["beta"])
+                        eco_lr = Number(methods.ecodiff.DEFAULT_LR, label="learning rate", info=H["lr"])
                 with gr.Group(visible=False) as ty_group:
                     with gr.Row():
-                        ty_stride = gr.Slider(1, 500, value=100, step=1, label="noise-level stride", info=H["stride"])
-                        ty_thr = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="stop threshold", info=H["thr"])
+                        ty_stride = Slider(1, 500, value=100, step=1, label="noise-level stride", info=H["stride"])
+                        ty_thr = Slider(0.0, 0.5, value=0.05, step=0.01, label="stop threshold", info=H["thr"])
                         ty_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron", "group"],
                                                     label="units", info=H["taylor_kinds"])
                 with gr.Group(visible=True) as base_group:
@@ -577,14 +578,15 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     fill_method = gr.Dropdown([(methods.get(n).title, n) for n in methods.names()], value="magnitude",
                                               label="pre-fill from", info=H["prefill"])
-                    target = gr.Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity", info=H["target"])
+                    target = Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity", info=H["target"])
                     scope = gr.Radio(["global", "local"], value="global", label="scope", info=H["scope"])
                 target_note = gr.Markdown(elem_classes="status")
                 fill_btn = gr.Button("Pre-fill the table")
                 mode = gr.Radio(list(MODES), value="operators", label="table", info=H["mode"])
-                table = gr.Dataframe(empty_table(), headers=COLUMNS, datatype=DATATYPES, interactive=True,
-                                     max_height=360, label="tick what to remove (structures: 'kept indices' lists "
-                                     "the units that stay; empty = remove all)")
+                gr.Markdown("Tick what to remove. In the structures table, **kept indices** lists the units of a "
+                            "ticked layer that stay (empty = remove them all); **kept units** follows your ticks.")
+                table = Table(empty_table(), headers=COLUMNS, datatype=DATATYPES, interactive=True,
+                              max_height=360, label="selection: tick what to remove", elem_id="selection")
                 with gr.Row():
                     plan_df = gr.Dataframe(EMPTY["totals"], label="your plan removes", interactive=False, scale=2)
                     with gr.Accordion("plan (JSON)", open=False):
@@ -592,8 +594,8 @@ def build_app() -> gr.Blocks:
                 kept_plot = gr.Plot(visual.placeholder("Your plan's kept fraction per layer appears here.", height=480))
                 with gr.Row():
                     prompt = gr.Textbox(guide.EXAMPLE_PROMPTS["shapes"][0], label="prompt", info=H["prompt"], scale=3)
-                    seed = gr.Number(0, precision=0, label="seed", info=H["seed"])
-                    gen_steps = gr.Number(0, precision=0, label="steps", info=H["steps"])
+                    seed = Number(0, precision=0, label="seed", info=H["seed"])
+                    gen_steps = Number(0, precision=0, label="steps", info=H["steps"])
                 gr.Examples([[p] for p in guide.EXAMPLE_PROMPTS["shapes"]], [prompt], label="prompts for the shapes models")
                 gr.Examples([[p] for p in guide.EXAMPLE_PROMPTS["other"]], [prompt], label="prompts for other models")
                 with gr.Row():
@@ -630,7 +632,7 @@ def build_app() -> gr.Blocks:
                 exp_summary = gr.Markdown("No plan yet.")
                 with gr.Row():
                     full = gr.Checkbox(True, label="full pipeline", info=H["full"])
-                    rec_iters = gr.Number(0, precision=0, label="recovery iterations", info=H["recover"])
+                    rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
                 exp_btn = gr.Button("Export", variant="primary")
                 exp_status = gr.Markdown(elem_classes="status")
                 with gr.Row():
@@ -703,4 +705,4 @@ if __name__ == "__main__":
         torch.set_num_threads(int(os.environ.get("PRUNING_THREADS", "1")))
     threading.Thread(target=_warm, daemon=True).start()
     demo.queue(default_concurrency_limit=1, max_size=64).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=False, css=CSS)
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True, css=CSS)

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from pruning.errors import SettingsError
+from pruning.errors import RunStopped, SettingsError
 from pruning.runs import RunControl
 from pruning.validate import integer
 
@@ -73,23 +73,25 @@ def check_count(name: str, items) -> list:
 class Runs:
     """Per-session stop bookkeeping: running controls and the time of the last Stop press."""
 
-    def __init__(self):
+    def __init__(self, keep: int = 200):
         self._lock = threading.Lock()
         self._stopped_at: dict[str, float] = {}
         self._active: dict[str, set[RunControl]] = {}
+        self.log: list[dict] = []  # finished runs: session, reason, stopped_at, ended_at (monotonic)
+        self._keep = keep
 
     @staticmethod
     def clicked() -> float:
         """The click stamp of a run button (stored in the session's state before the run queues)."""
         return time.monotonic()
 
-    def stop(self, session: str) -> int:
+    def stop(self, session: str, reason: str = "stopped") -> int:
         """Stop the session's running runs and those clicked before now; returns how many were running."""
         with self._lock:
             self._stopped_at[session] = time.monotonic()
             active = list(self._active.get(session, ()))
         for control in active:
-            control.stop("stopped")
+            control.stop(reason)
         return len(active)
 
     def start(self, session: str, clicked_at: float | None = None,
@@ -97,13 +99,20 @@ class Runs:
         control = RunControl(time_limit=time_limit)
         with self._lock:
             if clicked_at is not None and self._stopped_at.get(session, float("-inf")) >= clicked_at:
-                control.stop("stopped before it started")
+                control.stop("Stop was pressed while it waited in the queue")
             self._active.setdefault(session, set()).add(control)
         return control
 
     def end(self, session: str, control: RunControl) -> None:
         with self._lock:
             self._active.get(session, set()).discard(control)
+
+    def finished(self, session: str, control: RunControl) -> None:
+        """Record that a run's work has returned (its worker no longer touches the model)."""
+        with self._lock:
+            self.log.append({"session": session, "reason": control.reason, "stopped_at": control.stopped_at,
+                             "ended_at": time.monotonic()})
+            del self.log[:-self._keep]
 
     def running(self, session: str) -> int:
         with self._lock:
@@ -123,10 +132,13 @@ def owned(work: Callable[[RunControl], object], *, runs: Runs, session: str, loc
     def target():
         try:
             with lock:  # the shared model: one run at a time, even after a cancelled request
+                if control.stopped():  # Stop pressed while this run waited in the queue
+                    raise RunStopped(f"{control.reason}: the run did not start")
                 box["result"] = work(control)
         except BaseException as e:  # re-raised in the request's thread
             box["error"] = e
         finally:
+            runs.finished(session, control)
             updates.put(("end",))
 
     worker = threading.Thread(target=target, daemon=True, name=f"run-{session[:8]}")

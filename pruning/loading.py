@@ -435,6 +435,7 @@ def load_pipeline(source: str, *, device: str | torch.device | None = None,
         raise ModelLoadError(
             f"{source!r} is not a bundled model ({', '.join(sorted(BUNDLED))}), an existing folder "
             "or a Hub id ('org/name' or 'org/name@revision')")
-    pipe.to(device=device)
+    # diffusers warns that float16 "cannot run" on CPU; it does (torch >= 2.8), only more slowly
+    pipe.to(device=device, silence_dtype_warnings=True)
     pipe.set_progress_bar_config(disable=True)
     return handle_from_pipe(pipe, model_ref=model_ref, source=source, defaults=defaults)

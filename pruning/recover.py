@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import validate
-from .errors import RunDiverged, SettingsError
+from .errors import RunDiverged, RunStopped, SettingsError
 from .grads import requires_grad
 from .plan import PruningPlan
 from .prompts import calibration_prompts
@@ -77,9 +77,22 @@ def _trajectories(handle, s: RecoverSettings, control: RunControl):
             break
         traj = prepare(handle, prompts[i:i + s.batch_size], seeds[i:i + s.batch_size], steps=s.steps,
                        guidance=s.guidance, resolution=s.resolution)
-        with torch.no_grad():
-            data.append((traj, [z.detach() for z in rollout(handle.denoiser, traj)[:-1]]))
+        try:
+            with torch.no_grad():
+                data.append((traj, [z.detach() for z in rollout(handle.denoiser, traj, control=control)[:-1]]))
+        except RunStopped:
+            break
     return data
+
+
+def _float32_masters(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """What AdamW updates: ``params`` themselves when all are float32, else float32 copies that
+    are written back after each step. Updating float16/bfloat16 weights directly loses most
+    steps (an lr 1e-4 step is below half a bfloat16 ulp of a typical weight) and float16 Adam
+    state underflows to NaN."""
+    if all(p.dtype == torch.float32 for p in params):
+        return params
+    return [p.detach().float().clone() for p in params]
 
 
 def recover(handle, plan: PruningPlan, settings: RecoverSettings | None = None, *,
@@ -99,7 +112,10 @@ def recover(handle, plan: PruningPlan, settings: RecoverSettings | None = None, 
     losses, partial = [], control.stopped()
     gen = torch.Generator().manual_seed(settings.seed)
     params = list(student.parameters())
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    masters = _float32_masters(params)
+    opt = torch.optim.AdamW(masters, lr=settings.lr, weight_decay=0.0)
+    fp16 = any(p.dtype == torch.float16 for p in params)  # loss scaling: fp16 gradients underflow
+    scaler = torch.amp.GradScaler(params[0].device.type if params else "cpu", enabled=fp16)
     with requires_grad(params, True):
         try:
             for it in tqdm(range(settings.iters if data else 0), desc="recover", disable=not show_progress,
@@ -113,16 +129,26 @@ def recover(handle, plan: PruningPlan, settings: RecoverSettings | None = None, 
                 with torch.no_grad():
                     want = raw_outputs(teacher, traj, i, zs[i])
                 got = raw_outputs(student, traj, i, zs[i])
-                loss = sum(torch.nn.functional.mse_loss(g, w) for g, w in zip(got, want)) / len(got)
+                loss = sum(torch.nn.functional.mse_loss(g.float(), w.float()) for g, w in zip(got, want)) / len(got)
                 if not math.isfinite(loss.item()):
                     raise RunDiverged(f"recovery diverged at iteration {it + 1} (loss {loss.item():.4g}); lower "
                                       f"the learning rate (lr={settings.lr:g})")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                if masters is not params:  # low-precision grads -> the float32 masters
+                    for m, p in zip(masters, params):
+                        m.grad, p.grad = (None if p.grad is None else p.grad.float()), None
+                scaler.step(opt)  # with fp16: unscaled first; skipped when a gradient overflowed
+                scaler.update()
+                if masters is not params:
+                    with torch.no_grad():
+                        for m, p in zip(masters, params):
+                            p.copy_(m)
                 losses.append(loss.item())
                 control.report(it + 1, settings.iters, loss=losses[-1])
         finally:
             opt.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
     student.recovery = {"iters": len(losses), "losses": losses, "partial": partial}
     return student

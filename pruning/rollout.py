@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
+from .errors import RunStopped
 from .sampling import call_pipe, pair_samples, pipeline_kwargs, spec
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
@@ -178,9 +179,15 @@ def step(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -
 
 
 def rollout(denoiser: torch.nn.Module, traj: Trajectory, z: torch.Tensor | None = None,
-            start: int = 0) -> list[torch.Tensor]:
-    """All latents [z_start, ..., z_T] of a full denoising run (keeps the graph if grad is on)."""
+            start: int = 0, control=None) -> list[torch.Tensor]:
+    """All latents [z_start, ..., z_T] of a full denoising run (keeps the graph if grad is on).
+
+    ``control`` (anything with ``is_set()``) is checked before every step: a stop raises
+    :class:`~pruning.errors.RunStopped`.
+    """
     zs = [traj.z0 if z is None else z]
     for i in range(start, traj.steps):
+        if control is not None and control.is_set():
+            raise RunStopped(getattr(control, "reason", None) or "stopped")
         zs.append(step(denoiser, traj, i, zs[-1]))
     return zs

@@ -35,15 +35,16 @@ class RunControl:
         self.deadline = None if time_limit is None else time.monotonic() + float(time_limit)
         self.time_limit = time_limit
         self.reason: str | None = None
+        self.stopped_at: float | None = None  # time.monotonic() of the first stop
 
     def stopped(self) -> bool:
         """True once stopped or past the time limit (``reason`` says which)."""
         if self.event.is_set():
             self.reason = self.reason or "stopped"
+            self.stopped_at = self.stopped_at or time.monotonic()
             return True
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.reason = f"time limit of {self.time_limit:g} s reached"
-            self.event.set()
+            self.stop(f"time limit of {self.time_limit:g} s reached")
             return True
         return False
 
@@ -51,6 +52,7 @@ class RunControl:
 
     def stop(self, reason: str = "stopped") -> None:
         self.reason = self.reason or reason
+        self.stopped_at = self.stopped_at or time.monotonic()
         self.event.set()
 
     def report(self, done: int, total: int, **info) -> None:

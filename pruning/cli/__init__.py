@@ -22,6 +22,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .common import COMMANDS, Parser, UsageError, one_line
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     if not args.verbose:
         _quiet()
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         return int(args._run(args) or 0)
     except BrokenPipeError:  # e.g. `| head`: stop quietly
@@ -82,3 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback
         print(f"pruning {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if argv is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)  # called in-process (tests, scripts): give Ctrl-C back

@@ -45,6 +45,16 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def work_done() -> None:
+    """The command's work is complete (files written): from here on Ctrl-C is ignored, so an
+    interrupt during the report or the interpreter's shutdown prints no traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ----------------------------------------------------------------------------- shared arguments
 
 

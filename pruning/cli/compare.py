@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_command, add_model_args, load_handle, writable
+from .common import add_command, add_model_args, load_handle, work_done, writable
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,7 @@ def cmd_compare(args) -> int:
     df = compare_methods(handle, sparsities, args.methods, settings=settings)
     with atomic_write(out) as tmp:
         df.to_csv(tmp, index=False)
+    work_done()
     print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"wrote {out}")
     return 0

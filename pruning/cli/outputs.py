@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_command, add_model_args, add_plan_arg, human, load_handle, load_plan
+from .common import add_command, add_model_args, add_plan_arg, human, load_handle, load_plan, work_done
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +34,7 @@ def cmd_export(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     folder = export(h, plan, args.out, full_pipeline=args.full_pipeline, overwrite=args.overwrite)
+    work_done()
     _report(folder, count_params(h.denoiser), " (full pipeline)" if args.full_pipeline else "")
     return 0
 
@@ -68,6 +69,7 @@ def cmd_recover(args) -> int:
     small = recover(handle, plan, settings)
     losses = small.recovery["losses"]
     folder = export(handle, plan, args.out, full_pipeline=args.full_pipeline, denoiser=small, overwrite=args.overwrite)
+    work_done()
     note = f" (recovered for {len(losses)} steps, loss {losses[0]:.4g} -> {losses[-1]:.4g})" if losses else ""
     _report(folder, count_params(handle.denoiser), note)
     return 0

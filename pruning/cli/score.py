@@ -30,6 +30,7 @@ from .common import (
     human,
     load_handle,
     settings_from_args,
+    work_done,
     writable,
 )
 
@@ -95,6 +96,7 @@ def run_score(args, name: str) -> int:
     finally:
         bar.close()
     scores.write(out)
+    work_done()
     _report(scores, out)
     return 0
 
@@ -197,6 +199,7 @@ def cmd_prune(args) -> int:
     s = plan.summary(h.denoiser, **count_inputs(h))
     with atomic_write(out) as tmp:
         tmp.write_text(plan.to_json() + "\n")
+    work_done()
     print(f"plan      {s['operators_removed']} operators removed, {s['structures_pruned']} structures pruned: "
           f"{s['params_fraction']:.1%} of params ({human(s['params_removed'])}), "
           f"{s['macs_fraction']:.1%} of MACs")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import validate
 from ..catalog import UNIT_KINDS, discover, unit_view
-from ..errors import RunDiverged, SettingsError
+from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..prompts import calibration_prompts
 from ..rollout import prepare, rollout
@@ -154,7 +154,7 @@ def _encode(handle, images, resolution: int) -> torch.Tensor:
     return z
 
 
-def _clean_latents(handle, s: TaylorSettings):
+def _clean_latents(handle, s: TaylorSettings, control=None):
     """(x0 as the denoiser consumes it, conditioning trajectory, prompts)."""
     res = spec(handle, resolution=s.resolution).resolution
     if s.images is not None:
@@ -172,7 +172,7 @@ def _clean_latents(handle, s: TaylorSettings):
         return _encode(handle, images, res), cond, prompts
     gen = prepare(handle, prompts, seeds, steps=s.steps, guidance=s.guidance, resolution=res)
     with torch.no_grad():
-        return rollout(handle.denoiser, gen)[-1], cond, prompts
+        return rollout(handle.denoiser, gen, control=control)[-1], cond, prompts
 
 
 def _loss_at(handle, x0, noise, cond, t: int) -> torch.Tensor:
@@ -228,7 +228,13 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     settings = settings or TaylorSettings()
     if settings.prompts is None and settings.images is None:
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
-    x0, cond, _ = _clean_latents(handle, settings)
+    try:
+        x0, cond, _ = _clean_latents(handle, settings, control)
+    except RunStopped:  # stopped while generating the clean images: nothing scored
+        df = unit_table(handle, {}).rename(columns={"score": "importance"})
+        df.attrs.update(timesteps=[], losses=[], partial=True, model_ref=handle.model_ref,
+                        settings=settings.to_dict(), method="taylor", stopped=control.reason)
+        return df
     g = torch.Generator().manual_seed(settings.noise_seed)
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(x0.device, x0.dtype)
     params = _unit_params(handle, settings.kinds)

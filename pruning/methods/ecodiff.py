@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import validate
 from ..catalog import UNIT_KINDS, discover
-from ..errors import RunDiverged, SettingsError
+from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..masks import GATE_TYPES, GateSet, gated
 from ..prompts import calibration_prompts
@@ -149,37 +149,69 @@ def regularizer(gates: GateSet, kind: str = "l0") -> torch.Tensor:
 
 
 def recon_grads(denoiser, traj: Trajectory, target: torch.Tensor, gates: GateSet, noise: list[dict],
-                checkpointing: str = "timestep") -> float:
+                checkpointing: str = "timestep", control: RunControl | None = None) -> float:
     """Accumulate d MSE(z_T, target) / d lambda into the gates' ``.grad``; return the MSE.
 
     ``noise[i]`` is the gate noise of step i (reused in the replay). Only the gates receive
-    gradients (``inputs=``), never the denoiser's parameters.
+    gradients (``inputs=``), never the denoiser's parameters. ``control`` is checked at every
+    denoising step (forward and replay): a stop raises ``RunStopped`` and the step is discarded.
     """
+    def check():
+        if control is not None and control.stopped():
+            raise RunStopped(control.reason or "stopped")
+
     lambdas = [g.log_alpha for g in gates.gates]
     if checkpointing == "none":  # full autograd through all T steps: for checks and memory baselines
         z = traj.z0
         for i in range(traj.steps):
+            check()
             with gated(denoiser, gates.values(noise[i])):
                 z = step(denoiser, traj, i, z)
-        loss = torch.nn.functional.mse_loss(traj.unpack(z), target)
-        loss.backward(inputs=lambdas)
+        z32 = z.float()
+        loss = torch.nn.functional.mse_loss(traj.unpack(z32), target.float())
+        (grad_z,) = torch.autograd.grad(loss, z32, retain_graph=True)
+        _backward_scaled(z, grad_z, lambdas)
         return loss.item()
     with torch.no_grad():  # 1. rollout: keep only the latents
         zs = [traj.z0]
         for i in range(traj.steps):
+            check()
             with gated(denoiser, gates.values(noise[i])):
                 zs.append(step(denoiser, traj, i, zs[-1]))
-    z_final = zs[-1].detach().requires_grad_(True)  # 2. loss -> d loss / d z_T
-    loss = torch.nn.functional.mse_loss(traj.unpack(z_final), target)
+    z_final = zs[-1].detach().float().requires_grad_(True)  # 2. loss -> d loss / d z_T (float32)
+    loss = torch.nn.functional.mse_loss(traj.unpack(z_final), target.float())
     (grad_z,) = torch.autograd.grad(loss, z_final)
     for i in reversed(range(traj.steps)):  # 3. reverse replay, one step in memory at a time
+        check()
         z_in = zs[i].detach().requires_grad_(i > 0)
         with gated(denoiser, gates.values(noise[i])):
             z_out = step(denoiser, traj, i, z_in)
-        torch.autograd.backward(z_out, grad_tensors=grad_z, inputs=lambdas + ([z_in] if i > 0 else []))
-        grad_z = z_in.grad if i > 0 else None
+        grad_z = _backward_scaled(z_out, grad_z, lambdas, z_in if i > 0 else None)
         del z_out
     return loss.item()
+
+
+def _backward_scaled(out: torch.Tensor, grad_out: torch.Tensor, lambdas: list[torch.Tensor],
+                     wrt: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Backpropagate ``grad_out`` (float32) from ``out`` into the gates' ``.grad``; return
+    d loss / d ``wrt`` in float32 (None without ``wrt``).
+
+    d MSE / d z is about 1e-7 to 1e-6 per element on real latents, below float16's normal range: in a
+    float16 denoiser's backward most of it would flush to zero and the gates would not learn.
+    So ``grad_out`` is scaled by a power of two that brings its largest entry into [1, 2)
+    (exact in every float format, so float32 results are unchanged) and the float32 gate
+    gradients are unscaled. The denoiser's weights get no gradient, so nothing sums over
+    positions at that scale except the gates' own (float32) gradients.
+    """
+    m = grad_out.abs().max().item()
+    scale = 2.0 ** -math.floor(math.log2(m)) if 0 < m < math.inf else 1.0
+    inputs = lambdas + ([wrt] if wrt is not None else [])
+    grads = torch.autograd.grad(out, inputs, grad_outputs=(grad_out * scale).to(out.dtype), allow_unused=True)
+    for lam, g in zip(lambdas, grads):
+        if g is not None:
+            g = g.float() / scale
+            lam.grad = g if lam.grad is None else lam.grad + g
+    return grads[-1].float() / scale if wrt is not None else None
 
 
 # --------------------------------------------------------------------------- optimization
@@ -224,8 +256,11 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
                 return state(True)
             traj = prepare(handle, prompts, seeds, steps=settings.steps, guidance=settings.guidance,
                            resolution=settings.resolution)
-            with torch.no_grad():
-                data.append((traj, traj.unpack(rollout(den, traj)[-1])))
+            try:
+                with torch.no_grad():
+                    data.append((traj, traj.unpack(rollout(den, traj, control=control)[-1])))
+            except RunStopped:
+                return state(True)
         total = settings.epochs * len(data)
         bar = tqdm(total=total, desc="EcoDiff", disable=not show_progress, leave=False)
         gates.train()
@@ -236,7 +271,11 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
                     break
                 opt_.zero_grad(set_to_none=True)
                 noise = [gates.noise(gen) for _ in range(traj.steps)]
-                recon = recon_grads(den, traj, target, gates, noise, settings.checkpointing)
+                try:
+                    recon = recon_grads(den, traj, target, gates, noise, settings.checkpointing, control)
+                except RunStopped:  # mid-step: that step's gradients are discarded
+                    partial = True
+                    break
                 reg = regularizer(gates, settings.regularizer)
                 (settings.beta * reg).backward()
                 opt_.step()

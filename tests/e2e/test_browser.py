@@ -41,7 +41,7 @@ def test_new_user_flow(page, app_url, tmp_path):
     shot(page, "2-score")
 
     page.get_by_role("tab", name="3 · Select and compare").click()
-    table = page.locator(".block").filter(has_text="tick what to remove").last
+    table = page.locator("#selection")
     boxes = table.get_by_test_id("checkbox")  # nth(0) is the header's "select all"
     boxes.nth(1).wait_for()
     for i in (1, 3):
