@@ -246,6 +246,32 @@ def unit_view(t, cut: Cut, s: Structure):
     return part.reshape(s.units, -1)  # (units, unit_size * rest)
 
 
+def unit_totals(denoiser: nn.Module, per_param, kinds=UNIT_KINDS) -> dict:
+    """``{fqn: (units,) tensor}``: for every structure of ``kinds``, the sum over the weights each
+    unit owns of ``per_param(name, param)`` (a tensor shaped like the parameter), in float32 on CPU.
+
+    >>> import torch
+    >>> from pruning.testing import tiny_pipeline
+    >>> unet = tiny_pipeline("sd").unet
+    >>> counts = unit_totals(unet, lambda n, p: torch.ones_like(p), kinds=("head",))
+    >>> s = discover(unet).structures[next(iter(counts))]
+    >>> int(counts[s.fqn][0]) == unit_params(unet, s)
+    True
+    """
+    import torch
+
+    params = dict(denoiser.named_parameters())
+    out = {}
+    for fqn, s in discover(denoiser).structures.items():
+        if s.kind not in kinds:
+            continue
+        total = torch.zeros(s.units)
+        for c in s.cuts:
+            total += unit_view(per_param(c.param, params[c.param]).detach().float(), c, s).sum(1).cpu()
+        out[fqn] = total
+    return out
+
+
 def unit_macs(macs: dict[str, int], s: Structure) -> float:
     """MACs removed per unit of ``s`` (exact: every part is linear in the unit count)."""
     return sum(macs.get(fqn, 0) * s.unit_size / extent for fqn, extent in s.mac_parts)
@@ -338,5 +364,6 @@ def kind_shares(denoiser: nn.Module, structures: pd.DataFrame | None = None) -> 
 
 __all__ = [
     "Cut", "Structure", "Operator", "Discovery", "discover", "catalog", "kind_shares", "position",
-    "unit_params", "unit_macs", "unit_view", "operator_params", "operator_macs", "UNIT_KINDS", "inside",
+    "unit_params", "unit_macs", "unit_view", "unit_totals", "operator_params", "operator_macs", "UNIT_KINDS",
+    "inside",
 ]

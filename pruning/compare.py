@@ -51,17 +51,14 @@ class CompareSettings:
 
     def __post_init__(self):
         v = validate
-        ev = None if self.eval_prompts is None else v.prompt_list(self.eval_prompts, "eval_prompts")
-        seeds = None if self.eval_seeds is None else v.seed_list(self.eval_seeds, "eval_seeds")
-        if seeds is not None and (ev is None or len(seeds) != len(ev)):
-            raise SettingsError(f"{len(seeds)} eval_seeds for {len(ev or ())} eval_prompts; they must pair up")
         if not isinstance(self.method_settings, Mapping):
             raise SettingsError("method_settings must map a method name to a dict of its settings")
-        values = {"eval_prompts": ev, "eval_seeds": seeds,
+        ev = v.sampling_fields(prompts=self.eval_prompts, seeds=self.eval_seeds, steps=self.steps,
+                               guidance=self.guidance)
+        values = {"eval_prompts": ev["prompts"], "eval_seeds": ev["seeds"], "steps": ev["steps"],
+                  "guidance": ev["guidance"],
                   "calib_prompts": None if self.calib_prompts is None else v.prompt_list(self.calib_prompts,
                                                                                            "calib_prompts"),
-                  "steps": None if self.steps is None else v.steps(self.steps),
-                  "guidance": None if self.guidance is None else v.guidance(self.guidance),
                   "random_draws": v.integer("random_draws", self.random_draws, lo=1, hi=MAX_DRAWS),
                   "method_settings": {str(k): dict(val) for k, val in self.method_settings.items()}}
         for k, val in values.items():

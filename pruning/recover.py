@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import validate
-from .errors import RunDiverged, RunStopped, SettingsError
+from .errors import RunDiverged, RunStopped
 from .grads import requires_grad
 from .plan import PruningPlan
 from .prompts import calibration_prompts
@@ -51,15 +51,8 @@ class RecoverSettings:
 
     def __post_init__(self):
         v = validate
-        prompts = None if self.prompts is None else v.prompt_list(self.prompts)
-        seeds = None if self.seeds is None else v.seed_list(self.seeds)
-        if seeds is not None and (prompts is None or len(seeds) != len(prompts)):
-            raise SettingsError(f"{len(seeds)} seeds for {len(prompts or ())} prompts; they must pair up")
-        values = {"prompts": prompts, "seeds": seeds,
-                  "steps": None if self.steps is None else v.steps(self.steps),
-                  "guidance": None if self.guidance is None else v.guidance(self.guidance),
-                  "resolution": None if self.resolution is None else v.integer("resolution", self.resolution, lo=8,
-                                                                                 hi=v.LIMITS.max_resolution),
+        values = {**v.sampling_fields(prompts=self.prompts, seeds=self.seeds, steps=self.steps,
+                                      guidance=self.guidance, resolution=self.resolution),
                   "iters": v.integer("recovery iterations", self.iters, lo=0, hi=MAX_ITERS),
                   "lr": v.number("recovery lr", self.lr, lo=0, hi=1, open_lo=True),
                   "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),

@@ -236,6 +236,29 @@ def resolution(value, *, multiple: int, native: int, name: str = "resolution") -
     return out
 
 
+def sampling_fields(*, prompts=None, seeds=None, steps=None, guidance=None, resolution=None,
+                    steps_name: str = "steps") -> dict:
+    """The generation fields every settings class shares, checked (None stays None = the model's
+    default); seeds, when given, pair one to one with the prompts.
+
+    >>> sampling_fields(prompts=["a", "b"], seeds=[3, 4], steps=2.0)["steps"]
+    2
+    >>> sampling_fields(prompts=["a"], seeds=[1, 2])
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: 2 seeds for 1 prompts; they must pair up
+    """
+    prompts = None if prompts is None else prompt_list(prompts)
+    seeds = None if seeds is None else seed_list(seeds)
+    if seeds is not None and (prompts is None or len(seeds) != len(prompts)):
+        raise SettingsError(f"{len(seeds)} seeds for {len(prompts or ())} prompts; they must pair up")
+    return {"prompts": prompts, "seeds": seeds,
+            "steps": None if steps is None else globals()["steps"](steps, name=steps_name),
+            "guidance": None if guidance is None else globals()["guidance"](guidance),
+            "resolution": None if resolution is None else integer("resolution", resolution, lo=8,
+                                                                    hi=LIMITS.max_resolution)}
+
+
 # --------------------------------------------------------------------------- tensors and files
 
 
@@ -346,5 +369,5 @@ def inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
 
 __all__ = [
     "Limits", "LIMITS", "integer", "number", "fraction", "choice", "subset", "seed", "seed_list", "prompt_list",
-    "steps", "guidance", "resolution", "finite", "read_json", "parse_json", "inside",
+    "steps", "guidance", "resolution", "sampling_fields", "finite", "read_json", "parse_json", "inside",
 ]

@@ -51,3 +51,18 @@ def tiny_flux():
 @pytest.fixture(scope="session", params=FAMILIES)
 def tiny_handle(request):
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory):
+    """The tiny SD pipeline saved as a diffusers folder (safetensors), for the CLI and loading."""
+    folder = tmp_path_factory.mktemp("saved") / "tiny-sd"
+    tiny_pipeline("sd").save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sd_handle(sd_folder):
+    from pruning.loading import load_pipeline
+
+    return load_pipeline(str(sd_folder))

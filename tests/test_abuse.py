@@ -57,20 +57,13 @@ def tree(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("abuse") / "tiny-sd"
-    tiny_pipeline("sd").save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sd(sd_folder):
-    return load_pipeline(str(sd_folder))
+def sd(sd_handle):
+    return sd_handle
 
 
 @pytest.fixture(scope="module")
 def plan_file(sd, sd_folder):
-    path = sd_folder.parent / "plan.json"
+    path = sd_folder.parent / "abuse-plan.json"
     path.write_text(PruningPlan(family="sd", base=sd.model_ref, removed_operators=("mid_block.resnets.0",)).to_json())
     return path
 

@@ -12,9 +12,7 @@ from PIL import Image
 from pruning.catalog import catalog
 from pruning.cli import build_parser, main
 from pruning.export import load_pruned
-from pruning.loading import load_pipeline
 from pruning.plan import PruningPlan
-from pruning.testing import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
@@ -29,18 +27,6 @@ def help_proc():
     yield proc
     proc.kill()
     proc.communicate()
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli") / "tiny-sd"
-    tiny_pipeline("sd").save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sd_handle(sd_folder):
-    return load_pipeline(str(sd_folder))
 
 
 @pytest.fixture(scope="module")

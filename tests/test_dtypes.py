@@ -45,8 +45,9 @@ SMALL = {"batch": 2, "sample_size": 8, "text_len": 8}
 #   flux          6.1e-5     0
 #   tiny-shapes-sd 1.08e-3   3.45e-3
 #   tiny-shapes-flux 2.5e-4  8.2e-4
-# The real-size SD 1.5 UNet (random weights, 16x16 latent, 3 plans) gives 1.2-1.4e-3 (fp16) and
-# 1.0-1.15e-2 (bf16). Tolerance = 3 x max(worst, eps of the dtype), rounded up.
+# The real-size SD 1.5 UNet (random weights, 16x16 latent, batch 1) is never exactly equal: 1.2-1.4e-3
+# in fp16 (3 plans) and 0.99-1.15e-2 in bf16 (10 plans), so these tolerances hold at real size with
+# about 2x to spare. Tolerance = 3 x max(worst, eps of the dtype), rounded up.
 TOLERANCE = {
     ("sd", torch.float16): 4e-3, ("sd", torch.bfloat16): 2.5e-2,
     ("sdxl", torch.float16): 3.5e-3, ("sdxl", torch.bfloat16): 2.4e-2,

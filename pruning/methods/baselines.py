@@ -21,23 +21,15 @@ import pandas as pd
 import torch
 
 from .. import validate
-from ..catalog import UNIT_KINDS, discover, unit_view
+from ..catalog import UNIT_KINDS, discover, unit_totals
 from ..runs import RunControl
 from .base import Method, Scores, opt
 
 
 def magnitude_scores(handle, kinds=UNIT_KINDS) -> dict[str, torch.Tensor]:
     """Per-unit L2 norm of the weights a unit owns (the magnitude baseline)."""
-    params = dict(handle.denoiser.named_parameters())
-    out = {}
-    for fqn, s in discover(handle.denoiser).structures.items():
-        if s.kind not in kinds:
-            continue
-        sq = torch.zeros(s.units)
-        for c in s.cuts:
-            sq += unit_view(params[c.param].detach().float(), c, s).pow(2).sum(1).cpu()
-        out[fqn] = sq.sqrt()
-    return out
+    squares = unit_totals(handle.denoiser, lambda name, w: w.detach().float().pow(2), kinds)
+    return {fqn: sq.sqrt() for fqn, sq in squares.items()}
 
 
 def random_scores(handle, kinds=UNIT_KINDS, seed: int = 0) -> dict[str, torch.Tensor]:

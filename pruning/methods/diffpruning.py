@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import validate
-from ..catalog import UNIT_KINDS, discover, unit_view
+from ..catalog import UNIT_KINDS, discover, unit_totals
 from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..prompts import calibration_prompts
@@ -83,22 +83,16 @@ class TaylorSettings:
 
     def __post_init__(self):
         v = validate
-        prompts = None if self.prompts is None or (self.images is not None and not self.prompts) else \
-            v.prompt_list(self.prompts)
-        seeds = None if self.seeds is None else v.seed_list(self.seeds)
-        if seeds is not None and (prompts is None or len(seeds) != len(prompts)):
-            raise SettingsError(f"{len(seeds)} seeds for {len(prompts or ())} prompts; they must pair up")
+        captionless = self.images is not None and not self.prompts  # user images without captions
         images = self.images
         if isinstance(images, (str, Path)):
             images = str(images)
         elif images is not None and not isinstance(images, (list, tuple)):
             raise SettingsError(f"images must be a folder or a list of images, got {type(images).__name__}")
         values = {
-            "prompts": prompts, "seeds": seeds, "images": images,
-            "steps": None if self.steps is None else v.steps(self.steps),
-            "guidance": None if self.guidance is None else v.guidance(self.guidance),
-            "resolution": None if self.resolution is None else v.integer("resolution", self.resolution, lo=8,
-                                                                           hi=v.LIMITS.max_resolution),
+            **v.sampling_fields(prompts=None if captionless else self.prompts, seeds=self.seeds, steps=self.steps,
+                                guidance=self.guidance, resolution=self.resolution),
+            "images": images,
             "stride": v.integer("timestep stride", self.stride, lo=1, hi=1000),
             "thr": ThresholdRule(self.thr).thr,
             "kinds": v.subset("kinds", self.kinds, UNIT_KINDS),
@@ -207,17 +201,7 @@ def _unit_params(handle, kinds) -> dict[str, torch.nn.Parameter]:
 
 def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=UNIT_KINDS) -> dict[str, torch.Tensor]:
     """Per-unit sum |w * g| over the weights each unit owns (``grads``: param name -> dL/dw)."""
-    params = dict(handle.denoiser.named_parameters())
-    out = {}
-    for fqn, s in discover(handle.denoiser).structures.items():
-        if s.kind not in kinds:
-            continue
-        score = torch.zeros(s.units)
-        for c in s.cuts:
-            wg = (params[c.param].detach().float() * grads[c.param].float()).abs()
-            score += unit_view(wg, c, s).sum(1).cpu()
-        out[fqn] = score
-    return out
+    return unit_totals(handle.denoiser, lambda name, w: (w.detach().float() * grads[name].float()).abs(), kinds)
 
 
 def importance(handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None,

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import validate
 from ..catalog import UNIT_KINDS, discover
-from ..errors import RunDiverged, RunStopped, SettingsError
+from ..errors import RunDiverged, RunStopped
 from ..grads import requires_grad
 from ..masks import GATE_TYPES, GateSet, gated
 from ..prompts import calibration_prompts
@@ -78,16 +78,9 @@ class EcoDiffSettings:
 
     def __post_init__(self):
         v = validate
-        prompts = None if self.prompts is None else v.prompt_list(self.prompts)
-        seeds = None if self.seeds is None else v.seed_list(self.seeds)
-        if seeds is not None and (prompts is None or len(seeds) != len(prompts)):
-            raise SettingsError(f"{len(seeds)} seeds for {len(prompts or ())} prompts; they must pair up")
         values = {
-            "prompts": prompts, "seeds": seeds,
-            "steps": None if self.steps is None else v.steps(self.steps, name="steps T"),
-            "guidance": None if self.guidance is None else v.guidance(self.guidance),
-            "resolution": None if self.resolution is None else v.integer("resolution", self.resolution, lo=8,
-                                                                           hi=v.LIMITS.max_resolution),
+            **v.sampling_fields(prompts=self.prompts, seeds=self.seeds, steps=self.steps, guidance=self.guidance,
+                                resolution=self.resolution, steps_name="steps T"),
             "epochs": v.integer("epochs", self.epochs, lo=1, hi=MAX_EPOCHS),
             "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
             "lr": v.number("lr", self.lr, lo=0, hi=100, open_lo=True),

@@ -118,12 +118,8 @@ class SweepSettings:
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "n_gen", len(seeds))
         object.__setattr__(self, "operators", ops)
-        for name, check in (("steps", validate.steps), ("guidance", validate.guidance)):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, check(getattr(self, name)))
-        if self.resolution is not None:
-            object.__setattr__(self, "resolution", validate.integer("resolution", self.resolution, lo=8,
-                                                                    hi=validate.LIMITS.max_resolution))
+        for name in ("steps", "guidance", "resolution"):
+            object.__setattr__(self, name, validate.sampling_fields(**{name: getattr(self, name)})[name])
 
     def samples(self) -> tuple[list[str], list[int]]:
         """The (prompts, seeds) of the N_gen samples, paired one to one."""
