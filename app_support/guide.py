@@ -44,8 +44,8 @@ this app means the same: **low = prunable** (remove first), drawn in orange; hig
 HELP = {
     "model": "A bundled tiny model (offline), a preset, or any Hub id such as org/name (needs internet).",
     "device": "Where the model runs. cpu works everywhere; cuda needs an NVIDIA GPU on the server.",
-    "dtype": "Number format of the weights. float32 is exact; bfloat16 and float16 halve memory (on a CPU they "
-             "are slower).",
+    "dtype": "Number format of the weights. float32 is exact; bfloat16 and float16 halve memory on a GPU. On a "
+             "CPU all three work: bfloat16 is fast if the CPU has bf16 instructions, float16 is about 10x slower.",
     "method": "How parts are scored. All scores mean low = prunable.",
     "prompts": "One prompt per line. The method generates images from these to see what matters.",
     "n_gen": "Images generated for each operator [N_gen in the LD-Pruner paper]. More = steadier scores, slower.",

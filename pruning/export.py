@@ -182,7 +182,9 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
         small.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         raise ExportError(f"weights in {str(path)!r} do not match the plan: {' '.join(str(e).split())[:300]}") from None
-    return small.to(device=device or "cpu", dtype=dtype) if dtype else small.to(device or "cpu")
+    if dtype is not None and any(p.dtype != dtype for p in small.parameters() if p.is_floating_point()):
+        small = small.to(dtype=dtype)  # only when the saved weights are in another dtype
+    return small.to(device or "cpu")
 
 
 def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
@@ -207,7 +209,7 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
             return small
         if base is None:
             pipe = _load_export_pipeline(folder, manifest, small, dtype)
-            pipe.to(device=device or "cpu")
+            pipe.to(device=device or "cpu", silence_dtype_warnings=True)
             ref = f"pruned:{plan.base}#{plan_hash(plan)}"
             return handle_from_pipe(pipe, model_ref=ref, source=str(folder), defaults=read_defaults(folder))
         handle = base if hasattr(base, "pipe") else load_pipeline(base, device=device, dtype=dtype)
