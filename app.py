@@ -60,9 +60,15 @@ MODELS = [*BUNDLED, *(p["hub_id"] for p in PIPELINES.values()), *TINY_RANDOM]
 PROMPTS = "\n".join(guide.EXAMPLE_PROMPTS["shapes"])
 CSS = """
 .pixelated img { image-rendering: pixelated; }
-.tab-wrapper .tab-container, .tab-container[role=tablist] { flex-wrap: wrap !important; height: auto !important; }
-.tab-wrapper .overflow-menu { display: none !important; }
+#pair { flex-wrap: nowrap !important; }
+#pair > * { flex: 1 1 0 !important; min-width: 0 !important; }
+#img-diff { max-width: 50%; }
 .status { min-height: 1.6em; }
+.status > [data-testid="status-tracker"]:has(.error) { display: none !important; }  /* the toast says it */
+@media (max-width: 600px) {
+  .tab-container button { padding-left: 6px !important; padding-right: 6px !important; font-size: 13px !important; }
+  #img-diff { max-width: 100%; }
+}
 """
 CACHE, RUNS = ModelCache(), Runs()
 PROGRESS = gr.Progress()  # gradio's per-call progress marker (a default argument it replaces)
@@ -213,6 +219,7 @@ def _cleared(h, note: str):
         None, None, None, gr.update(value=None, visible=False), EMPTY["metrics"], "",
         visual.placeholder(f"No comparison for {results.model_label(h)} yet."), EMPTY["quality"], "",
         "No plan yet.", gr.update(visible=False), gr.update(visible=False), "",
+        gr.update(value="magnitude"), gr.update(maximum=0.9, value=0.2), "",  # pre-fill method, target, its note
     )
 
 
@@ -277,8 +284,8 @@ def run_score(model, method, prompts, steps, n_gen, granularity, operators, epoc
     store = {**(store or {}), method: scores.to_dict()}
     loss = visual.loss_plot(pd.DataFrame(scores.info.get("history", [])), subtitle=results.subtitle(h, scores)) \
         if method == "ecodiff" else gr.skip()
-    yield (results.score_table(h, scores), results.heatmap(h, scores), loss, store, method,
-           results.status(h, scores), gr.update(value=method))
+    yield (gr.update(value=results.score_table(h, scores), label=results.table_label(h, scores)),
+           results.heatmap(h, scores), loss, store, method, results.status(h, scores), gr.update(value=method))
 
 
 @friendly
@@ -292,7 +299,8 @@ def show_method(model, method, store):
     h = _handle(model)
     if method in (store or {}):
         s = Scores.from_dict(store[method])
-        return (*groups, base, results.score_table(h, s), results.heatmap(h, s),
+        return (*groups, base, gr.update(value=results.score_table(h, s), label=results.table_label(h, s)),
+                results.heatmap(h, s),
                 f"{m.summary}\n\n{results.status(h, s)}", gr.update(visible=method == "ecodiff"))
     return (*groups, base, EMPTY["scores"], visual.placeholder(f"No {m.title} scores for {results.model_label(h)} yet."),
             f"{m.title}: {m.summary}", gr.update(visible=method == "ecodiff"))
@@ -351,7 +359,11 @@ def prefill(model, method, target, scope, store):
     score_map = dict(zip(scores.per_structure()["fqn"], scores.per_structure()["score"]))
     df, plan_dict = _totals_view(h, plan)
     label = f"{methods.get(method).title} at {float(target):.0%} ({scope})"
-    return selection_table(h, mode, plan, score_map), mode, df, plan_dict, _kept_plot(h, plan, label)
+    reached = totals(h, plan)["params_fraction"]
+    note = (f"Pre-filled from {methods.get(method).title}: your target {float(target):.0%}, the plan removes "
+            f"{reached:.1%} of the params" + (" (whole operators overshoot the target)." if mode == "operators"
+                                              and reached > float(target) + 0.005 else "."))
+    return selection_table(h, mode, plan, score_map), mode, df, plan_dict, _kept_plot(h, plan, label), note
 
 
 @friendly
@@ -390,10 +402,11 @@ def generate(model, plan_dict, prompt, seed, steps, view, clicked, request: gr.R
         else:
             yield _skip(7)
     pair = {"original": out["original"], "pruned": out["pruned"]}
-    caption = (f"**{results.model_label(h)}**, seed {seed}: left the original, middle the pruned model "
-               f"({fmt.percent(totals(h, plan)['params_fraction'])} of params removed), right their difference "
+    caption = (f"**{results.model_label(h)}**, seed {seed}: left the original, right the pruned model "
+               f"({fmt.percent(totals(h, plan)['params_fraction'])} of params removed), below their difference "
                f"(x4, black = identical).")
-    yield (*_pair_outputs(out, view), metrics_table(out["metrics"]), pair, caption)
+    label = f"original vs pruned: {results.model_label(h)}, seed {seed}"
+    yield (*_pair_outputs(out, view), gr.update(value=metrics_table(out["metrics"]), label=label), pair, caption)
 
 
 def switch_view(view, pair):
@@ -414,7 +427,8 @@ def _sparsities(text) -> list[float]:
 
 def _quality_plot(table: dict | None, metric, plan_dict, model):
     if not table:
-        return visual.placeholder("Run the comparison to see quality against sparsity.", height=420)
+        whose = f"No comparison for {results.model_label(_handle(model))} yet. " if model else ""
+        return visual.placeholder(f"{whose}Run the comparison to see quality against sparsity.", height=420)
     df = pd.DataFrame(table["records"])
     done = df[df["method"] != "original"] if len(df) else df
     if not len(done) or metric not in df.columns:
@@ -425,7 +439,7 @@ def _quality_plot(table: dict | None, metric, plan_dict, model):
         mark = totals(_handle(model), _plan(plan_dict))["params_fraction"]
     a = table["attrs"]
     sub = (f"{table['label']} · {len(a['eval_prompts'])} prompts, seeds 0-{len(a['eval_prompts']) - 1}"
-           + (f" · STOPPED: {a.get('stopped')}" if a.get("partial") else ""))
+           + (" · STOPPED" if a.get("partial") else ""))
     return visual.quality_vs_sparsity(df, metric, subtitle=sub, mark=mark)
 
 
@@ -462,9 +476,12 @@ def run_quality(model, chosen, sparsities, prompts, steps, metric, store, plan_d
         else:
             yield _skip(4)
     table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h)}
-    note = (f"**Stopped** ({df.attrs.get('stopped')}): the finished rows are shown." if df.attrs.get("partial")
+    why = "" if df.attrs.get("stopped") in (None, "stopped") else f" ({df.attrs['stopped']})"
+    note = (f"**Stopped**{why}: the finished rows are shown." if df.attrs.get("partial")
             else f"Done: {len(df) - 1} plans evaluated on {len(p)} prompts.")
-    yield _quality_plot(table, metric, plan_dict, model), _quality_table(df), table, note
+    yield (_quality_plot(table, metric, plan_dict, model),
+           gr.update(value=_quality_table(df), label=f"every plan against the original: {results.model_label(h)}"),
+           table, note)
 
 
 def redraw_quality(table, metric, plan_dict, model):
@@ -525,18 +542,21 @@ def build_app() -> gr.Blocks:
         model, store, plan_state, cmp_state, last_method = (gr.State(None), gr.State({}), gr.State(None),
                                                             gr.State(None), gr.State(None))
         clicked, pair_state = gr.State(None), gr.State(None)
-        with gr.Tabs():
-            with gr.Tab("1 · Model"):
+        with gr.Tabs() as tabs:
+            with gr.Tab("1 Model", id="model"):
+                gr.Markdown("### 1. Load a model")
                 with gr.Row():
                     source = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, scale=3,
                                          label="model", info=H["model"])
                     device = gr.Dropdown(["cpu", "cuda"], value="cpu", label="device", info=H["device"], scale=1)
                     dtype = gr.Dropdown(list(DTYPES), value="float32", label="dtype", info=H["dtype"], scale=1)
                 load_btn = gr.Button("Load", variant="primary")
-                model_status = gr.Markdown("Loading the default model...", elem_classes="status")
+                model_status = gr.Markdown("Loading the default model...", elem_classes="status", elem_id="model-status")
                 info = gr.Markdown()
                 kinds = gr.Dataframe(EMPTY["kinds"], label="What can be pruned, by kind", interactive=False)
-            with gr.Tab("2 · Score"):
+                next_1 = gr.Button("Next: score what can be removed →", size="sm")
+            with gr.Tab("2 Score", id="score"):
+                gr.Markdown("### 2. Score what can be removed")
                 method_note = gr.Markdown()
                 method = gr.Radio([(methods.get(n).title, n) for n in methods.names()], value="magnitude",
                                   label="method", info=H["method"])
@@ -569,18 +589,20 @@ def build_app() -> gr.Blocks:
                                                   label="units", info=H["kinds"])
                 with gr.Row():
                     sc_run, sc_stop = gr.Button("Run", variant="primary"), gr.Button("Stop")
-                sc_status = gr.Markdown(elem_classes="status")
-                sc_plot = gr.Plot(visual.placeholder(), label="scores per layer")
+                sc_status = gr.Markdown(elem_classes="status", elem_id="score-status")
+                sc_plot = gr.Plot(visual.placeholder(), label="scores per layer", elem_id="score-plot")
                 eco_loss = gr.Plot(visual.placeholder("EcoDiff's curves appear here.", height=480), visible=False,
                                    label="EcoDiff optimization")
                 sc_table = gr.Dataframe(EMPTY["scores"], label="most prunable first", interactive=False, max_height=360)
-            with gr.Tab("3 · Select and compare"):
+                next_2 = gr.Button("Next: select what to remove →", size="sm")
+            with gr.Tab("3 Select", id="select"):
+                gr.Markdown("### 3. Select what to remove, and compare the original and the pruned model")
                 with gr.Row():
                     fill_method = gr.Dropdown([(methods.get(n).title, n) for n in methods.names()], value="magnitude",
                                               label="pre-fill from", info=H["prefill"])
                     target = Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity", info=H["target"])
                     scope = gr.Radio(["global", "local"], value="global", label="scope", info=H["scope"])
-                target_note = gr.Markdown(elem_classes="status")
+                target_note = gr.Markdown(elem_classes="status", elem_id="target-note")
                 fill_btn = gr.Button("Pre-fill the table")
                 mode = gr.Radio(list(MODES), value="operators", label="table", info=H["mode"])
                 gr.Markdown("Tick what to remove. In the structures table, **kept indices** lists the units of a "
@@ -591,9 +613,11 @@ def build_app() -> gr.Blocks:
                     plan_df = gr.Dataframe(EMPTY["totals"], label="your plan removes", interactive=False, scale=2)
                     with gr.Accordion("plan (JSON)", open=False):
                         plan_json = gr.JSON(label="pruning_plan.json")
-                kept_plot = gr.Plot(visual.placeholder("Your plan's kept fraction per layer appears here.", height=480))
+                kept_plot = gr.Plot(visual.placeholder("Your plan's kept fraction per layer appears here.", height=480),
+                                    elem_id="kept-plot")
                 with gr.Row():
-                    prompt = gr.Textbox(guide.EXAMPLE_PROMPTS["shapes"][0], label="prompt", info=H["prompt"], scale=3)
+                    prompt = gr.Textbox(guide.EXAMPLE_PROMPTS["shapes"][0], label="prompt", info=H["prompt"], scale=3,
+                                        elem_id="prompt")
                     seed = Number(0, precision=0, label="seed", info=H["seed"])
                     gen_steps = Number(0, precision=0, label="steps", info=H["steps"])
                 gr.Examples([[p] for p in guide.EXAMPLE_PROMPTS["shapes"]], [prompt], label="prompts for the shapes models")
@@ -601,20 +625,22 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     gen_btn = gr.Button("Generate original vs pruned", variant="primary", scale=3)
                     view = gr.Radio(["side by side", "slider"], value="side by side", label="view", info=H["view"])
-                gen_status = gr.Markdown(elem_classes="status")
-                with gr.Row(equal_height=True):
-                    img_a = gr.Image(label="original", height=384, width=384, type="pil", format="png",
-                                     interactive=False, elem_classes="pixelated", elem_id="img-original")
-                    img_b = gr.Image(label="pruned", height=384, width=384, type="pil", format="png",
-                                     interactive=False, elem_classes="pixelated", elem_id="img-pruned")
-                    img_d = gr.Image(label="difference (x4)", height=384, width=384, type="pil", format="png",
-                                     interactive=False, elem_classes="pixelated", elem_id="img-diff")
+                gen_status = gr.Markdown(elem_classes="status", elem_id="gen-status")
+                with gr.Row(elem_id="pair"):  # never wraps: the two images stay side by side, the same size
+                    img_a = gr.Image(label="original", type="pil", format="png", interactive=False, min_width=0,
+                                     elem_classes="pixelated", elem_id="img-original")
+                    img_b = gr.Image(label="pruned", type="pil", format="png", interactive=False, min_width=0,
+                                     elem_classes="pixelated", elem_id="img-pruned")
+                img_d = gr.Image(label="difference (x4, black = identical)", type="pil", format="png",
+                                 interactive=False, elem_classes="pixelated", elem_id="img-diff")
                 slider = gr.ImageSlider(label="original | pruned", visible=False, type="pil", format="png",
-                                        elem_classes="pixelated", height=384)
+                                        elem_classes="pixelated", elem_id="slider")
                 metrics = gr.Dataframe(EMPTY["metrics"], label="original vs pruned", interactive=False)
-            with gr.Tab("4 · How much can I prune?"):
-                gr.Markdown("Each method scores the model once, is cut at every target, and the pruned models are "
-                            "compared with the original on the same prompts and seeds.")
+                next_3 = gr.Button("Next: how much can I prune? →", size="sm")
+            with gr.Tab("4 How much?", id="quality"):
+                gr.Markdown("### 4. How much can I prune?\nEach method scores the model once, is cut at every target, "
+                            "and the pruned models are compared with the original on the same prompts and seeds. "
+                            "Your own plan (from Select) is marked on the plot.")
                 with gr.Row():
                     cmp_methods = gr.CheckboxGroup([(methods.get(n).title, n) for n in methods.names()],
                                                    value=["magnitude", "random"], label="methods", info=H["cmp_methods"])
@@ -625,11 +651,14 @@ def build_app() -> gr.Blocks:
                     cmp_btn, cmp_stop = gr.Button("Compare", variant="primary"), gr.Button("Stop")
                     metric = gr.Dropdown([(visual.METRICS[k][0], k) for k in ("latent_mse", "psnr", "acc_all")],
                                          value="latent_mse", label="show", info=H["metric"])
-                cmp_status = gr.Markdown(elem_classes="status")
-                cmp_plot = gr.Plot(visual.placeholder("Run the comparison to see quality against sparsity.", 420))
+                cmp_status = gr.Markdown(elem_classes="status", elem_id="quality-status")
+                cmp_plot = gr.Plot(visual.placeholder("Run the comparison to see quality against sparsity.", 420),
+                                   elem_id="quality-plot")
                 cmp_table = gr.Dataframe(EMPTY["quality"], interactive=False, label="every plan, against the original")
-            with gr.Tab("5 · Export"):
-                exp_summary = gr.Markdown("No plan yet.")
+                next_4 = gr.Button("Next: export your plan →", size="sm")
+            with gr.Tab("5 Export", id="export"):
+                gr.Markdown("### 5. Export the slimmed model")
+                exp_summary = gr.Markdown("No plan yet.", elem_id="export-summary")
                 with gr.Row():
                     full = gr.Checkbox(True, label="full pipeline", info=H["full"])
                     rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
@@ -643,13 +672,15 @@ def build_app() -> gr.Blocks:
         run = RUN
         reset = [store, plan_state, cmp_state, last_method, sc_plot, eco_loss, sc_table, sc_status, ld_ops, table,
                  mode, plan_df, kept_plot, img_a, img_b, img_d, slider, metrics, gen_status, cmp_plot, cmp_table,
-                 cmp_status, exp_summary, dl_zip, dl_json, snippet]
+                 cmp_status, exp_summary, dl_zip, dl_json, snippet, fill_method, target, target_note]
         load_out = [model, info, kinds, model_status, steps_md, *reset]
         load_btn.click(load_model, [source, device, dtype], load_out, api_name="load_model",
                        show_progress_on=[model_status], **run)
         demo.load(load_model, [source, device, dtype], load_out, api_visibility="private",
                   show_progress_on=[model_status], **run)
         demo.unload(end_session)
+        for btn, tab in ((next_1, "score"), (next_2, "select"), (next_3, "quality"), (next_4, "export")):
+            btn.click(lambda tab=tab: gr.Tabs(selected=tab), None, tabs, queue=False, api_visibility="private")
         for btn in (sc_stop, cmp_stop):
             btn.click(stop_run, None, None, api_name="stop" if btn is sc_stop else None,
                       api_visibility="public" if btn is sc_stop else "private", queue=False)
@@ -663,13 +694,15 @@ def build_app() -> gr.Blocks:
             api_name="score", show_progress_on=[sc_status], **run)
         fill_method.change(target_range, [model, fill_method, store], [target, target_note],
                            api_visibility="private", **UI)
-        fill_btn.click(prefill, [model, fill_method, target, scope, store], [table, mode, plan_df, plan_state, kept_plot],
-                       api_name="prefill", **UI)
+        fill_btn.click(prefill, [model, fill_method, target, scope, store],
+                       [table, mode, plan_df, plan_state, kept_plot, target_note], api_name="prefill", **UI)
         mode.input(change_mode, [model, mode], [table, plan_df, plan_state, kept_plot], api_name="table_mode", **UI)
         table.input(plan_totals, [model, mode, table], [table, plan_df, plan_state, kept_plot],
                     api_name="plan_totals", trigger_mode="always_last", **UI)
         plan_state.change(lambda p: p, plan_state, plan_json, api_visibility="private", **UI)
         plan_state.change(export_summary, [model, plan_state], exp_summary, api_visibility="private", **UI)
+        plan_state.change(redraw_quality, [cmp_state, metric, plan_state, model], cmp_plot, api_visibility="private",
+                          **UI)
         gen_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             generate, [model, plan_state, prompt, seed, gen_steps, view, clicked],
             [img_a, img_b, img_d, slider, metrics, pair_state, gen_status], api_name="generate",

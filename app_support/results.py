@@ -48,14 +48,20 @@ def settings_line(settings: dict) -> str:
     return ", ".join(parts)
 
 
+def _why(scores: Scores) -> str:
+    """'' for a plain Stop, else ' (time limit of 900 s reached)' and the like."""
+    reason = scores.info.get("stopped") or "stopped"
+    return "" if reason == "stopped" else f" ({reason})"
+
+
 def subtitle(handle: Handle, scores: Scores) -> str:
-    stop = f" · STOPPED: {scores.info.get('stopped', 'partial')}" if scores.partial else ""
+    stop = f" · STOPPED{_why(scores)}" if scores.partial else ""
     return f"{model_label(handle)} · {get(scores.method).title} · {settings_line(scores.settings)}{stop}"
 
 
 def heatmap(handle: Handle, scores: Scores):
     """The per-layer heatmap of any method's scores (operators, or the mean unit score per structure)."""
-    title = f"{get(scores.method).title}: scores per layer (low = prunable)"
+    title = "Scores per layer (low = prunable)"
     if not len(scores.table):
         return visual.placeholder(f"{get(scores.method).title}: stopped before the first result")
     if scores.level == "operator":
@@ -63,7 +69,7 @@ def heatmap(handle: Handle, scores: Scores):
         df = scores.table[["fqn", "score"]].merge(ops[["fqn", "kind", "params", "depth"]], on="fqn")
         return visual.operator_heatmap(df, title=title, subtitle=subtitle(handle, scores))
     per = structure_scores(handle, scores.per_structure())
-    return visual.structure_heatmap(per, title=title.replace("scores per layer", "mean unit score per layer"),
+    return visual.structure_heatmap(per, title="Mean unit score per layer (low = prunable)",
                                     subtitle=subtitle(handle, scores))
 
 
@@ -83,14 +89,30 @@ def score_table(handle: Handle, scores: Scores, rows: int = 60) -> pd.DataFrame:
                          "mean unit score (low = prunable)": per["score"].map(fmt.number)})
 
 
+def table_label(handle: Handle, scores: Scores) -> str:
+    return f"{get(scores.method).title} on {model_label(handle)}: most prunable first"
+
+
+def _gates_line(scores: Scores) -> str:
+    """EcoDiff: how many units its gates would switch off, and where the plan's sparsity comes from."""
+    history = scores.info.get("history") or []
+    if not history:
+        return ""
+    last = history[-1]
+    kept = {k.removeprefix("kept_"): v for k, v in last.items() if k.startswith("kept_")}
+    off = ", ".join(f"{1 - v:.0%} of {k}s" for k, v in kept.items())
+    return (f" After {len(history)} steps the gates alone would switch off {off} (expected sparsity); the plan "
+            "is cut from their scores at the target you choose in Select.")
+
+
 def status(handle: Handle, scores: Scores) -> str:
     what = "operators" if scores.level == "operator" else "units"
     n = len(scores.table)
     total = scores.info.get("total")
     done = f"{n} of {total} {what} scored" if total else f"{n} {what} scored"
     if scores.partial:
-        return f"**Stopped** ({scores.info.get('stopped', 'partial')}): {done}; the finished part is shown."
-    return f"Done: {done} on {model_label(handle)}."
+        return f"**Stopped**{_why(scores)}: {done}; the finished part is shown." + _gates_line(scores)
+    return f"Done: {done} on {model_label(handle)}." + _gates_line(scores)
 
 
 def reachable(handle: Handle, scores: Scores) -> float:

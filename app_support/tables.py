@@ -8,7 +8,7 @@ A selection table has one row per operator (mode "operators") or per prunable st
 >>> h = ModelCache().get("tiny-random-sd")
 >>> table = selection_table(h, "operators")
 >>> list(table.columns)
-['prune', 'fqn', 'kind', 'score', 'kept units', 'params', 'MACs', 'kept indices']
+['prune', 'score', 'fqn', 'kind', 'kept units', 'params', 'MACs', 'kept indices']
 >>> table.loc[:1, "prune"] = True
 >>> plan = plan_from_table(h, "operators", table)
 >>> len(plan.removed_operators), totals(h, plan)["params_removed"] > 0
@@ -28,9 +28,11 @@ from pruning.plan import PruningPlan
 from pruning.sampling import count_inputs
 from pruning.validate import integer
 
+from . import format as fmt
+
 MODES = ("operators", "structures")
-COLUMNS = ["prune", "fqn", "kind", "score", "kept units", "params", "MACs", "kept indices"]
-DATATYPES = ["bool", "str", "str", "number", "str", "number", "number", "str"]
+COLUMNS = ["prune", "score", "fqn", "kind", "kept units", "params", "MACs", "kept indices"]  # score stays in view
+DATATYPES = ["bool", "number", "str", "str", "str", "str", "str", "str"]
 
 
 def empty_table() -> pd.DataFrame:
@@ -58,26 +60,27 @@ def _kept_units(kept: tuple[int, ...] | None, units: int) -> str:
 def selection_table(handle: Handle, mode: str, plan: PruningPlan | None = None,
                     scores: dict[str, float] | None = None) -> pd.DataFrame:
     """Rows to tick, pre-ticked from ``plan``; with ``scores`` (FQN -> score, low = prunable),
-    sorted most prunable first, else in depth order."""
+    sorted most prunable first, else in depth order. Params and MACs are shown with units
+    (the totals below the table are the exact figures)."""
     ops, st = catalog(handle.denoiser, **count_inputs(handle))
     scores = scores or {}
     removed = set(plan.removed_operators) if plan else set()
     if mode == "operators":
         df = pd.DataFrame({"prune": ops["fqn"].isin(removed), "fqn": ops["fqn"], "kind": ops["kind"],
-                           "units": 1, "params": ops["params"], "MACs": ops["macs"].round().astype("int64")})
+                           "units": 1, "params": ops["params"].map(fmt.count), "MACs": ops["macs"].map(fmt.count)})
         df["kept units"] = ["0 of 1" if r else "1 of 1" for r in df["prune"]]
         df["kept indices"] = ""
     elif mode == "structures":
         kept = {f: k for kind in UNIT_KINDS for f, k in (plan.kept(kind).items() if plan else ())}
         df = pd.DataFrame({"prune": [f in kept or f in removed for f in st["fqn"]], "fqn": st["fqn"],
-                           "kind": st["kind"], "units": st["units"], "params": st["params"],
-                           "MACs": st["macs"].round().astype("int64")})
+                           "kind": st["kind"], "units": st["units"], "params": st["params"].map(fmt.count),
+                           "MACs": st["macs"].map(fmt.count)})
         df["kept units"] = [_kept_units(kept.get(f, () if f in removed else None), int(n))
                             for f, n in zip(df["fqn"], df["units"])]
         df["kept indices"] = [",".join(map(str, kept[f])) if f in kept else "" for f in df["fqn"]]
     else:
         raise PlanError(f"unknown table mode {mode!r}; choose one of {MODES}")
-    df["score"] = [float(scores[f]) if f in scores else float("nan") for f in df["fqn"]]
+    df["score"] = [float(f"{scores[f]:.4g}") if f in scores else float("nan") for f in df["fqn"]]
     if scores:
         df = df.sort_values("score", kind="stable", na_position="last").reset_index(drop=True)
     return df[COLUMNS]

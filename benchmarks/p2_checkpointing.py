@@ -34,14 +34,15 @@ def _handle():
 
 
 def _one_gradient(handle, steps: int, checkpointing: str, meter=None) -> None:
+    from pruning.grads import requires_grad
     from pruning.masks import GateSet
-    from pruning.methods.ecodiff import _frozen, recon_grads
+    from pruning.methods.ecodiff import recon_grads
     from pruning.rollout import prepare
 
     traj = prepare(handle, [PROMPT], [0], steps=steps)
     target = torch.zeros_like(traj.unpack(traj.z0))
     gates = GateSet.for_denoiser(handle.denoiser, kinds=("head", "neuron"), gate="sigmoid", init=1.0)
-    with _frozen(handle.denoiser):
+    with requires_grad(handle.denoiser.parameters(), False):  # only the gates get gradients, as in EcoDiff
         if meter is None:
             recon_grads(handle.denoiser, traj, target, gates, [None] * steps, checkpointing)
         else:
@@ -121,7 +122,7 @@ def run_e1(quick: bool = False) -> dict:
     prompts = list(heldout_prompts())[: 2 if quick else 8]
     settings = EcoDiffSettings(prompts=prompts, steps=2 if quick else 10, epochs=1 if quick else 4)
     t0 = time.perf_counter()
-    state = optimize(handle, settings, progress=False)
+    state = optimize(handle, settings, show_progress=False)
     seconds = time.perf_counter() - t0
     return {"value": round(seconds, 1), "target": 300, "ok": seconds < 300, "unit": "s",
             "detail": {"model": handle.model_ref, "steps": settings.steps, "prompts": len(prompts),

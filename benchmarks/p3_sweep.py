@@ -4,8 +4,8 @@ The ideal sweep costs k+1 generations (the originals, then one per operator); an
 1.0 is the sweep's own overhead (plans, masks, bookkeeping). Measured on the bundled
 ``tiny-shapes-sd`` when it exists, else on the in-memory tiny SD. The one-generation time is
 the median of plain generations run between the sweep's operators (from its progress
-callback, their time taken out of the sweep's), so drift on a shared machine cancels; the
-same ratio in this thread's CPU time is reported beside it.
+callback, a :class:`pruning.runs.RunControl`; their time is taken out of the sweep's), so drift
+on a shared machine cancels; the same ratio in this thread's CPU time is reported beside it.
 """
 
 from __future__ import annotations
@@ -36,26 +36,33 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def measure(handle, settings, repeats: int) -> dict:
-    """Times one sweep, and one plain generation after each operator (from the progress
-    callback; its time is taken out of the sweep's), so every reference generation runs
-    under the same load as the operator it follows."""
+    """Times one sweep, and one plain generation after some operators (from the progress
+    callback of the sweep's ``RunControl``; its time is taken out of the sweep's), so every
+    reference generation runs under the same load as the operator it follows."""
     from pruning.methods import ldpruner
+    from pruning.runs import RunControl
 
     s = settings.resolved(handle)
     k = len(ldpruner.select_operators(handle, s))
     gen = lambda: ldpruner._generate(handle, s)  # noqa: E731  (exactly what the sweep runs per operator)
     gen()  # warm-up
     ref: list[tuple[float, float]] = []
+    seen: list[str] = []
 
-    def between(done, total, fqn):
+    def between(done, total, info):
+        seen.append(info["fqn"])
         if done % max(1, k // repeats) == 0 or done == total:
             ref.append(_timed(gen))
 
     def run_sweep():
         ldpruner.clear_cache()
-        ldpruner.sweep(handle, s, show_progress=False, progress=between)
+        return ldpruner.sweep(handle, s, show_progress=False, control=RunControl(progress=between))
 
-    total_wall, total_cpu = _timed(run_sweep)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    df = run_sweep()
+    total_wall, total_cpu = time.perf_counter() - t0, time.thread_time() - c0
+    if df.attrs["partial"] or len(df) != k or seen != list(df["fqn"]):
+        raise RuntimeError(f"the sweep scored {len(df)} of {k} operators and reported {len(seen)}")
     sweep_wall = total_wall - sum(t[0] for t in ref)
     sweep_cpu = total_cpu - sum(t[1] for t in ref)
     gen_wall = statistics.median(t[0] for t in ref)

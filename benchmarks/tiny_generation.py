@@ -1,10 +1,12 @@
-"""Generation time of the bundled tiny models: a batch of 4 images at default settings.
+"""G1: generation time of the bundled tiny models, a batch of 4 images at their default settings.
 
-`run()` loads each bundled model offline, warms it up once, then times `repeats` full
-pipeline calls (text encoding, denoising with guidance, VAE decode, PIL output) and reports
-the median in seconds. Target: under 3 s per batch on a 2-core CPU. The models are so small
-that one torch thread is fastest and least noisy (two threads on a busy 2-core machine were
-4-25x slower), so `run()` times with `threads=1` unless told otherwise.
+Times the one generation path the app and the evaluator use:
+``pruning.sampling.generate_images(load_pipeline(name), prompts, seeds)`` (text encoding,
+denoising with the model's own steps, guidance and resolution from ``sampling.spec``, VAE
+decode, PIL images). Each model is warmed up once, then ``repeats`` calls are timed and the
+median is reported, in seconds. Target: under 3 s per batch on a 2-core CPU. The models are so
+small that one torch thread is fastest and least noisy (two threads on a busy 2-core machine
+were 4-25x slower), so ``run()`` times with ``threads=1`` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -19,50 +21,50 @@ PROMPTS = [
     "a yellow triangle at the bottom right on a gray background",
     "a cyan circle at the top right on a black background",
 ]
+SEEDS = [0, 1, 2, 3]
 
 
-def time_model(path, repeats: int = 5) -> dict:
+def time_model(name: str, repeats: int = 5) -> dict:
     import torch
 
-    from pruning.quality import load_bundled, pipeline_family
+    from pruning.loading import load_pipeline
+    from pruning.sampling import generate_images, spec
 
-    pipe, d = load_bundled(path)
-    kw = dict(num_inference_steps=d["steps"], height=d["resolution"], width=d["resolution"])
-    if pipeline_family(pipe) == "flux":
-        kw.update(
-            true_cfg_scale=d["guidance"],
-            negative_prompt=[d.get("negative_prompt", "")] * 4,
-            max_sequence_length=d.get("max_sequence_length", 16),
-        )
-    else:
-        kw.update(guidance_scale=d["guidance"])
+    handle = load_pipeline(name)
+    s = spec(handle)  # what generate_images uses when nothing is overridden
     times = []
     for i in range(repeats + 1):
-        gen = [torch.Generator().manual_seed(j) for j in range(4)]
         t0 = time.perf_counter()
-        with torch.no_grad():
-            pipe(PROMPTS, generator=gen, **kw)
+        images = generate_images(handle, PROMPTS, SEEDS)  # exactly the app's and the evaluator's call
         if i:  # the first call is a warm-up
             times.append(time.perf_counter() - t0)
+    if len(images) != len(PROMPTS):
+        raise RuntimeError(f"{name}: {len(images)} images for {len(PROMPTS)} prompts")
     return {
         "seconds": statistics.median(times),
-        "steps": d["steps"],
-        "guidance": d["guidance"],
+        "model": handle.model_ref,
+        "steps": s.steps,
+        "guidance": s.guidance,
+        "guidance_mode": s.guidance_mode,
+        "resolution": s.resolution,
+        "image_size": list(images[0].size),
+        "repeats": repeats,
         "threads": torch.get_num_threads(),
     }
 
 
-def run(repeats: int = 5, threads: int | None = 1) -> dict:
+def run(quick: bool = False, repeats: int | None = None, threads: int | None = 1) -> dict:
     """{"value": slowest model's median seconds, "target", "ok", "unit", "detail": per model}."""
     import torch
 
-    from pruning.tiny import BUNDLED
+    from pruning.bundled import BUNDLED
 
+    repeats = repeats or (2 if quick else 5)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        detail = {name: time_model(path, repeats) for name, path in BUNDLED.items()}
+        detail = {name: time_model(name, repeats) for name in BUNDLED}
     finally:
         torch.set_num_threads(before)
     worst = max(r["seconds"] for r in detail.values())

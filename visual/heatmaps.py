@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .theme import apply_theme
+from .theme import apply_theme, titled
 
 HEIGHT = 560
 PRUNABLE_COLOR, MID_COLOR, KEEP_COLOR = "#e4572e", "#f3d9a4", "#2e5eaa"  # remove first ... keep
@@ -94,11 +94,10 @@ def _figure(rows, cols, z, custom, hover: str, title: str, subtitle: str) -> go.
         colorscale=COLORSCALE, zmin=0, zmax=1, hoverongaps=False, xgap=1, ygap=1,
         colorbar={"title": {"text": "score rank", "side": "right"}, "tickvals": [0, 0.5, 1], "len": 0.9,
                   "ticktext": ["lowest:<br>prune first", "median", "highest:<br>keep"]}))
-    fig.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>" if subtitle else title},
-                      height=HEIGHT, margin={"l": 110, "r": 20, "t": 70, "b": 40},
+    fig.update_layout(title=titled(title, subtitle), height=HEIGHT, margin={"l": 90, "r": 10, "t": 90, "b": 60},
                       yaxis={"autorange": "reversed", "type": "category", "title": "layer (depth order)",
                              "showgrid": False},
-                      xaxis={"type": "category", "title": None, "showgrid": False, "side": "top"})
+                      xaxis={"type": "category", "title": None, "showgrid": False})
     return apply_theme(fig)
 
 

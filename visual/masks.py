@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .heatmaps import layer_of
-from .theme import apply_theme
+from .theme import apply_theme, titled
 
 HEIGHT = 480
 KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#d98e04"}
@@ -48,7 +48,7 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=2, col=1)
     fig.update_xaxes(title="optimizer step", row=2, col=1)
-    fig.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>" if subtitle else title}, height=HEIGHT,
+    fig.update_layout(title=titled(title, subtitle), height=HEIGHT,
                       margin={"l": 60, "r": 20, "t": 90, "b": 40})
     return apply_theme(fig)
 
@@ -80,7 +80,7 @@ def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer
                              marker_color=KIND_COLORS[kind], customdata=part[["fqn", "units"]].to_numpy(),
                              hovertemplate="%{customdata[0]}<br>kept: %{y:.1%} of %{customdata[1]} units"
                                            "<extra></extra>"))
-    fig.update_layout(title={"text": f"{title}<br><sup>{subtitle}</sup>" if subtitle else title}, height=HEIGHT,
+    fig.update_layout(title=titled(title, subtitle), height=HEIGHT,
                       barmode="group", margin={"l": 60, "r": 20, "t": 70, "b": 90},
                       yaxis={"range": [0, 1.05], "title": "kept fraction (1 = untouched)", "tickformat": ".0%"},
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": layers})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from .theme import apply_theme
+from .theme import apply_theme, titled
 
 HEIGHT = 420
 METRICS = {  # column -> (axis label, direction)
@@ -51,8 +51,7 @@ def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "
                       annotation_text=f"your plan: {mark:.0%}", annotation_position="top")
         xs.append(mark)
     hi = max(xs + [0.1]) * 1.08
-    fig.update_layout(title={"text": (title or f"Quality vs sparsity: {label} ({direction})") +
-                             (f"<br><sup>{subtitle}</sup>" if subtitle else "")},
+    fig.update_layout(title=titled(title or f"Quality vs sparsity: {label} ({direction})", subtitle),
                       height=HEIGHT, margin={"l": 60, "r": 20, "t": 70, "b": 40},
                       xaxis={"title": "params removed", "tickformat": ".0%", "range": [-0.01, hi]},
                       yaxis={"title": f"{label} ({direction})" if direction else label,

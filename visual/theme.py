@@ -21,3 +21,23 @@ def apply_theme(fig: go.Figure) -> go.Figure:
     fig.update_xaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID)
     fig.update_yaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID)
     return fig
+
+
+def titled(title: str, subtitle: str = "", width: int = 70) -> dict:
+    """A left-aligned title whose subtitle (which model, method and settings made the figure) is
+    broken into lines at its ' · ' separators, so it stays readable on a phone.
+
+    >>> titled("Scores", "model a · method b")["text"]
+    'Scores<br><sup>model a · method b</sup>'
+    """
+    lines, line = [], ""
+    for part in (subtitle.split(" · ") if subtitle else []):
+        if line and len(line) + len(part) + 3 > width:
+            lines.append(line)
+            line = part
+        else:
+            line = f"{line} · {part}" if line else part
+    if line:
+        lines.append(line)
+    text = title + "".join(f"<br><sup>{ln}</sup>" for ln in lines)
+    return {"text": text, "x": 0.01, "xanchor": "left", "font": {"size": 15}}

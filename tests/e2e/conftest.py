@@ -31,17 +31,26 @@ def browser():
 def app_url():
     import app
 
-    app.demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True)
+    app.demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True, css=app.CSS)
     yield app.demo.local_url
     app.demo.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
+def open_page(browser, width: int = 1400, height: int = 1000, scheme: str = "light"):
+    """A page in a fresh context (its own gradio session) with the given viewport and colour scheme."""
     ARTIFACTS.mkdir(exist_ok=True)
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    ctx = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
+                              color_scheme=scheme)
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)
     pg.artifacts = ARTIFACTS  # where the test's screenshots go
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    return ctx, pg
+
+
+@pytest.fixture
+def page(browser, app_url):
+    ctx, pg = open_page(browser)
     yield pg
     ctx.close()

@@ -1,0 +1,192 @@
+"""A first-time visitor's whole journey in a real browser (headless Debian chromium), at
+1440x900 and 390x844, in light and dark: read the guide, score, see what can go, select,
+compare, ask how much can be pruned, export, hit an error, switch models.
+
+It asserts what a person would check, and saves a screenshot per finding of issue 12 under
+tests/e2e/artifacts/ (git-ignored), named <config>-<NN>-<finding>.png.
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import open_page
+
+pytestmark = pytest.mark.e2e
+CONFIGS = [(1440, 900, "light"), (1440, 900, "dark"), (390, 844, "light"), (390, 844, "dark")]
+TABS = ("1 Model", "2 Score", "3 Select", "4 How much?", "5 Export")
+PRUNABLE = "#e4572e"  # visual.PRUNABLE_COLOR: the lowest scores, in every heatmap
+
+
+def shot(page, config: str, name: str, locator=None) -> None:
+    if locator is not None:
+        locator.scroll_into_view_if_needed()
+    page.screenshot(path=str(page.artifacts / f"{config}-{name}.png"))
+
+
+def tab(page, name: str) -> None:
+    button = page.get_by_role("tab", name=name)
+    expect(button).to_be_visible()  # reachable without any overflow menu, at every width
+    button.click()
+
+
+def run_and_wait(page, button: str, status: str, text: str) -> None:
+    page.get_by_role("button", name=button, exact=True).click()
+    expect(page.locator(status)).to_contain_text(text, timeout=120_000)
+
+
+def heatmap(page, elem: str) -> dict:
+    """The drawn heatmap's values, hover data and colour scale (as Plotly holds them)."""
+    return page.locator(f"{elem} .js-plotly-plot").evaluate(
+        """g => { const d = g._fullData[0];
+                  return {z: Array.from(d.z, r => Array.from(r)), custom: d.customdata,
+                          colorscale: d.colorscale, zmin: d.zmin, title: g._fullLayout.title.text}; }""")
+
+
+def image_boxes(page) -> list[dict]:
+    page.wait_for_function("""() => ['#img-original img', '#img-pruned img'].every(s => {
+        const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0 &&
+        i.getBoundingClientRect().width > 0; })""")
+    return [page.locator(f"{elem} img").bounding_box() for elem in ("#img-original", "#img-pruned")]
+
+
+@pytest.mark.parametrize("width, height, scheme", CONFIGS, ids=[f"{w}-{s}" for w, _, s in CONFIGS])
+def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
+    from pruning import load_pruned
+
+    config = f"{width}-{scheme}"
+    ctx, page = open_page(browser, width, height, scheme)
+    try:
+        page.goto(app_url + ("?__theme=dark" if scheme == "dark" else ""))
+        expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-sd", timeout=120_000)
+        # 4. onboarding: what this is, the four steps, the words, run times on this device
+        expect(page.get_by_text("The four steps")).to_be_visible()
+        expect(page.get_by_text("low = prunable").first).to_be_visible()
+        expect(page.get_by_text("magnitude under a second").first).to_be_visible()
+        shot(page, config, "04-onboarding")
+        for name in TABS:  # 10. every step is reachable at this width
+            expect(page.get_by_role("tab", name=name)).to_be_visible()
+
+        # 2. score: the LD-Pruner sweep, coloured by one rule
+        tab(page, "2 Score")
+        page.get_by_label("Operator sweep (LD-Pruner)").check()
+        page.get_by_label("steps", exact=True).first.fill("2")
+        page.get_by_label("block", exact=True).check()
+        run_and_wait(page, "Run", "#score-status", "operators scored")
+        h = heatmap(page, "#score-plot")
+        scores = [(c[1], z) for row_c, row_z in zip(h["custom"], h["z"]) for c, z in zip(row_c, row_z)
+                  if c and c[0] is not None]
+        lowest = min(scores)
+        assert lowest[1] == 0 and h["zmin"] == 0  # the lowest score sits at the bottom of the scale...
+        assert h["colorscale"][0][1].lower() == PRUNABLE  # ...which is the 'prunable' colour
+        assert "tiny-shapes-sd" in h["title"] and "LD-Pruner" in h["title"]  # whose plot it is
+        shot(page, config, "05-colours-heatmap", page.locator("#score-plot"))
+
+        # 9. select: pre-filled from the method that just ran, most prunable first
+        tab(page, "3 Select")
+        expect(page.get_by_label("pre-fill from")).to_have_value("Operator sweep (LD-Pruner)")
+        expect(page.locator("#target-note")).to_contain_text("can remove at most")
+        target = page.get_by_label("number input for target sparsity")
+        target.fill("0.1")
+        target.press("Enter")
+        page.get_by_role("button", name="Pre-fill the table").click()
+        totals = page.locator(".block").filter(has_text="your plan removes").last
+        expect(totals).to_contain_text("%")
+        shot(page, config, "09-selection-table", page.locator("#selection"))
+        shot(page, config, "06-numbers-totals", totals)
+
+        # 1. original vs pruned: the same size, aligned to the pixel, large enough to judge
+        page.get_by_role("button", name="Generate original vs pruned").click()
+        expect(page.locator("#gen-status")).to_contain_text("seed 0", timeout=120_000)
+        a, b = image_boxes(page)
+        assert abs(a["width"] - b["width"]) <= 1 and abs(a["height"] - b["height"]) <= 1
+        assert abs(a["y"] - b["y"]) <= 1 and a["width"] >= (300 if width > 1000 else 140)
+        sources = [page.locator(f"{e} img").get_attribute("src") for e in ("#img-original", "#img-pruned")]
+        shot(page, config, "01-comparison-aligned", page.locator("#pair"))
+
+        # 3. an error is a toast, and the previous comparison stays on screen
+        page.locator("#prompt textarea").fill("")
+        page.get_by_role("button", name="Generate original vs pruned").click()
+        expect(page.get_by_text("Give at least one prompt").first).to_be_visible()
+        shot(page, config, "03-error-keeps-outputs")
+        assert [page.locator(f"{e} img").get_attribute("src") for e in ("#img-original", "#img-pruned")] == sources
+        expect(page.locator("#img-original img")).to_be_visible()
+        expect(page.locator("#gen-status")).to_contain_text("seed 0")  # the caption of what is shown stays
+        expect(page.locator("#gen-status").get_by_text("Error", exact=True)).to_be_hidden()
+
+        # "How much can I prune?": quality against sparsity, the visitor's plan marked; the metric redraws
+        tab(page, "4 How much?")
+        page.get_by_label("target sparsities").fill("0.1, 0.2")
+        run_and_wait(page, "Compare", "#quality-status", "plans evaluated")
+        plot = page.locator("#quality-plot .js-plotly-plot")
+        assert "your plan" in plot.evaluate("g => JSON.stringify(g._fullLayout.annotations)")
+        status = page.locator("#quality-status").inner_text()
+        page.get_by_label("show").click()
+        page.get_by_role("option", name="PSNR vs the original (dB)").click()
+        expect(page.locator("#quality-plot")).to_contain_text("PSNR")  # redrawn from the stored table...
+        assert page.locator("#quality-status").inner_text() == status  # ...without running it again
+        shot(page, config, "07-controls-metric-redraw", page.locator("#quality-plot"))
+        if scheme == "dark":
+            bg = plot.evaluate("g => g._fullLayout.paper_bgcolor")
+            assert bg in ("rgba(0, 0, 0, 0)", "rgba(0,0,0,0)")  # the page's dark theme shows through
+            shot(page, config, "10-dark-plots", page.locator("#quality-plot"))
+
+        # export: says what it exports, and the snippet works on the zip as downloaded
+        tab(page, "5 Export")
+        expect(page.locator("#export-summary")).to_contain_text("of the params")
+        page.get_by_role("button", name="Export", exact=True).click()
+        dl = page.get_by_role("button", name="Download the model (.zip)")
+        with page.expect_download() as info:
+            dl.click()
+        zip_path = tmp_path / "model.zip"
+        info.value.save_as(zip_path)
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(tmp_path)
+        assert load_pruned(tmp_path / "pruned-model").family == "sd"  # the folder the snippet loads
+        expect(page.get_by_text("pip install").first).to_be_visible()
+        shot(page, config, "10-export")
+
+        # 2. another model: nothing of the previous one stays on screen unlabelled
+        tab(page, "1 Model")
+        box = page.get_by_label("model", exact=True)
+        box.fill("tiny-shapes-flux")
+        box.press("Enter")
+        page.get_by_role("button", name="Load", exact=True).click()
+        expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-flux", timeout=120_000)
+        for name, elem in (("2 Score", "#score-plot"), ("4 How much?", "#quality-plot")):
+            tab(page, name)
+            expect(page.locator(elem)).to_contain_text("tiny-shapes-flux")
+            expect(page.locator(elem)).not_to_contain_text("tiny-shapes-sd")
+        tab(page, "3 Select")
+        expect(page.locator("#selection")).to_contain_text("transformer_blocks")
+        expect(page.get_by_label("pre-fill from")).to_have_value("Weight magnitude (baseline)")
+        expect(page.locator("#target-note")).not_to_contain_text("LD-Pruner")
+        expect(page.locator("#img-original img")).to_have_count(0)
+        shot(page, config, "02-model-switch")
+        assert not page.errors, page.errors
+    finally:
+        ctx.close()
+
+
+def test_stop_says_stopped_and_shows_what_finished(browser, app_url):
+    ctx, page = open_page(browser, 1440, 900)
+    try:
+        page.goto(app_url)
+        expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
+        tab(page, "2 Score")
+        page.get_by_label("Operator sweep (LD-Pruner)").check()
+        page.get_by_label("steps", exact=True).first.fill("40")
+        page.get_by_label("all", exact=True).check()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.wait_for_timeout(2500)
+        page.get_by_role("button", name="Stop", exact=True).first.click()
+        expect(page.locator("#score-status")).to_contain_text("Stopped", timeout=60_000)
+        expect(page.locator("#score-status")).to_contain_text("the finished part is shown")
+        h = heatmap(page, "#score-plot")
+        assert "STOPPED" in h["title"]
+        shot(page, "1440-light", "08-stop", page.locator("#score-plot"))
+    finally:
+        ctx.close()
