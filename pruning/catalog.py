@@ -20,6 +20,7 @@ import weakref
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
 from diffusers.models.activations import GEGLU, GELU, ApproximateGELU
 from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.attention_processor import Attention
@@ -258,8 +259,6 @@ def unit_totals(denoiser: nn.Module, per_param, kinds=UNIT_KINDS) -> dict:
     >>> int(counts[s.fqn][0]) == unit_params(unet, s)
     True
     """
-    import torch
-
     params = dict(denoiser.named_parameters())
     out = {}
     for fqn, s in discover(denoiser).structures.items():

@@ -26,6 +26,7 @@ import pandas as pd
 from . import validate
 from .catalog import UNIT_KINDS
 from .errors import PruningError, SettingsError
+from .methods import get, names
 from .metrics import count_params, total_macs
 from .prompts import calibration_prompts, evaluation_prompts
 from .quality import evaluate
@@ -113,8 +114,6 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
     numbers. When ``control`` stops the run, the rows finished so far come back and
     ``attrs["partial"]`` is True (``attrs["stopped"]`` says why).
     """
-    from .methods import get, names
-
     control = as_control(control)
     s = settings or CompareSettings()
     sps = check_sparsities(sparsities)

@@ -44,7 +44,15 @@ from torch import nn
 
 from .errors import ExportError, PlanError
 from .files import sha256_file, write_error
-from .loading import DEFAULTS_FILE, pipeline_from_pretrained, read_class_name, read_defaults, same_weights
+from .loading import (
+    DEFAULTS_FILE,
+    handle_from_pipe,
+    load_pipeline,
+    pipeline_from_pretrained,
+    read_class_name,
+    read_defaults,
+    same_weights,
+)
 from .manifest import (
     FORMAT,
     MANIFEST,
@@ -198,8 +206,6 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
 
     A plan made for other weights (its ``base`` ref differs) raises ``PlanError``.
     """
-    from .loading import handle_from_pipe, load_pipeline
-
     path = Path(path)
     if path.is_dir():
         folder = path.resolve()
@@ -236,8 +242,6 @@ def check_base(plan: PruningPlan, handle, where) -> None:
 
 
 def _with_denoiser(handle, small: nn.Module, plan: PruningPlan):
-    from .loading import handle_from_pipe
-
     pipe = type(handle.pipe)(**{**handle.pipe.components, handle.denoiser_name: small})
     pipe.set_progress_bar_config(disable=True)
     ref = f"pruned:{handle.model_ref}#{plan_hash(plan)}"

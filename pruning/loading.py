@@ -24,12 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers.utils.logging as dlog
+import huggingface_hub.constants as hc
 import torch
+import transformers.utils.logging as tlog
+from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from . import validate
 from .bundled import BUNDLED, TRAIN_ARCH
 from .errors import ModelLoadError, SettingsError
 from .files import sha256_file
+from .sampling import spec
 
 # model_index.json `_class_name` -> family. Text-to-image pipelines only.
 SUPPORTED_CLASSES = {
@@ -80,8 +92,6 @@ def family_of(pipe, source: str | None = None) -> str:
     ...
     pruning.errors.ModelLoadError: unsupported pipeline class 'object' (from 'x'); supported: FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     """
-    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-
     for cls, family in ((StableDiffusionXLPipeline, "sdxl"), (StableDiffusionPipeline, "sd"),
                         (FluxPipeline, "flux")):
         if isinstance(pipe, cls):
@@ -213,7 +223,6 @@ def handle_from_pipe(pipe, *, model_ref: str, source: str | None = None,
     handle = Handle(pipe=pipe, family=family, denoiser=denoiser, model_ref=model_ref,
                     source=source if source is not None else model_ref,
                     device=param.device, dtype=param.dtype, defaults=settings)
-    from .sampling import spec  # sampling needs a Handle; the check needs sampling's rules
 
     try:
         spec(handle)
@@ -284,9 +293,6 @@ def read_defaults(folder: Path) -> dict | None:
 @contextlib.contextmanager
 def _quiet_library_logs():
     """diffusers/transformers log their own line before raising; our error is the one line shown."""
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
     saved = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (dlog, tlog)]
     for log, _, _ in saved:
         log.set_verbosity_error()
@@ -302,8 +308,6 @@ def _quiet_library_logs():
 
 def pipeline_from_pretrained(name_or_path: str, class_name: str, source: str, dtype, **kwargs):
     """``DiffusionPipeline.from_pretrained`` with safetensors only and no remote code."""
-    from diffusers import DiffusionPipeline
-
     if SUPPORTED_CLASSES[class_name] == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
@@ -321,16 +325,12 @@ def _is_pathlike(source: str) -> bool:
 
 
 def _hub_offline() -> bool:
-    import huggingface_hub.constants as hc
-
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
     return bool(hc.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
 
 
 def _model_info(repo_id: str, revision: str | None, timeout: float):
     """Hub metadata (a seam for tests)."""
-    from huggingface_hub import HfApi
-
     return HfApi().model_info(repo_id, revision=revision, timeout=timeout)
 
 
@@ -344,14 +344,6 @@ def _load_local(folder: Path, source: str, dtype):
 
 
 def _load_hub(source: str, dtype):
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     repo_id, _, revision = source.partition("@")
     revision = revision or None
     if not _HUB_ID.match(repo_id):

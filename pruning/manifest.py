@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
 from .errors import ExportError, PlanError, SettingsError
 from .files import sha256_file
 from .plan import PruningPlan
@@ -39,8 +41,6 @@ _FIELDS = ("format", "plan", "denoiser", "full_pipeline", "params", "files")
 
 def denoiser_classes() -> dict[str, type]:
     """The only classes an export may name (never an arbitrary import path)."""
-    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-
     return {"UNet2DConditionModel": UNet2DConditionModel, "FluxTransformer2DModel": FluxTransformer2DModel}
 
 

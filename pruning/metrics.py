@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -216,8 +217,6 @@ class SavedTensorMeter:
         self.peak = 0
 
     def _pack(self, t: torch.Tensor):
-        import weakref
-
         holder = _Saved(t)
         n = t.numel() * t.element_size()
         self.live += n

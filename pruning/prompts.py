@@ -13,6 +13,7 @@ model they come from a small fixed list of everyday captions, also kept apart.
 from __future__ import annotations
 
 from .bundled import BUNDLED
+from .tiny.data import heldout_prompts, train_prompts
 
 _EVERYDAY = (
     "a photo of a red sports car parked on a city street",
@@ -56,8 +57,6 @@ def _take(pool: tuple[str, ...], n: int) -> tuple[str, ...]:
 def calibration_prompts(model_ref: str, n: int = 8) -> tuple[str, ...]:
     """``n`` prompts for a method to score with (disjoint from the evaluation prompts)."""
     if is_shapes_model(model_ref):
-        from .tiny.data import train_prompts
-
         return _take(tuple(train_prompts()), n)
     return _take(_EVERYDAY[_N_EVAL:], n)
 
@@ -65,7 +64,5 @@ def calibration_prompts(model_ref: str, n: int = 8) -> tuple[str, ...]:
 def evaluation_prompts(model_ref: str, n: int = 16) -> tuple[str, ...]:
     """``n`` prompts to compare models on (the held-out captions on the shapes models)."""
     if is_shapes_model(model_ref):
-        from .tiny.data import heldout_prompts
-
         return _take(tuple(heldout_prompts()), n)
     return _take(_EVERYDAY[:_N_EVAL], n)

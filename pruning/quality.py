@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .sampling import decode_latents, generate_latents
 from .tiny.data import BACKGROUNDS, COLORS, parse_caption
 
 FG_DIST = 80.0  # RGB distance from the background that makes a pixel foreground
@@ -210,8 +211,6 @@ def evaluate(handle, prompts: list[str], seeds: list[int], *, denoiser=None, ref
     "background", "all", "per_image"}; with ``reference`` ({"latents", "images"} of the original
     for the same prompts and seeds) also "latent_mse" and "psnr".
     """
-    from .sampling import decode_latents, generate_latents
-
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
     lats, imgs = [], []

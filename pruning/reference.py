@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 
+from accelerate import init_empty_weights
+from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 from torch import nn
 
 _SD_COMMON = {
@@ -120,14 +122,10 @@ def meta_denoiser(name: str) -> nn.Module:
     """
     if name not in REFERENCE_CONFIGS:
         raise KeyError(f"unknown reference model {name!r}; known: {sorted(REFERENCE_CONFIGS)}")
-    from accelerate import init_empty_weights
 
     config = copy.deepcopy(REFERENCE_CONFIGS[name])
     with init_empty_weights():
         if PIPELINES[name]["family"] == "flux":
-            from diffusers import FluxTransformer2DModel
-
             return FluxTransformer2DModel.from_config(config)
-        from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel.from_config(config)

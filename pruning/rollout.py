@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
 from .errors import RunStopped
 from .sampling import call_pipe, pair_samples, pipeline_kwargs, spec
@@ -60,7 +61,6 @@ class Trajectory:
         """Latents as (B, C, H, W) (FLUX's packed tokens are unpacked)."""
         if self.family != "flux":
             return z
-        from diffusers import FluxPipeline
 
         return FluxPipeline._unpack_latents(z, self.height, self.height, self.vae_scale_factor)
 
@@ -121,8 +121,6 @@ def _prepare_unet(handle, pipe, scheduler, prompts, gens, steps, guidance, res, 
 
 
 def _prepare_flux(handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta) -> Trajectory:
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
     device, den = handle.device, handle.denoiser
     msl = extra.get("max_sequence_length", 512)
     mode = "true_cfg" if "true_cfg_scale" in extra and guidance > 1 else "embedded"

@@ -15,6 +15,26 @@ True
 from __future__ import annotations
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 FAMILIES = ("sd", "sdxl", "flux")
 TINY_RESOLUTION = 32  # pixels; latents are 8x8 with the factor-4 VAEs below
@@ -27,8 +47,6 @@ _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 def _clip_tokenizer():
     """A character-level CLIP tokenizer: with no merges, every word splits into letters."""
-    from transformers import CLIPTokenizer
-
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for tok in [*_CHARS, *(c + "</w>" for c in _CHARS)]:
         vocab.setdefault(tok, len(vocab))
@@ -37,16 +55,12 @@ def _clip_tokenizer():
 
 def _t5_tokenizer():
     """A unigram T5 tokenizer: whole words when known, else letters."""
-    from transformers import T5Tokenizer
-
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     vocab += [("▁" + w, -1.0) for w in _WORDS] + [(c, -5.0) for c in _CHARS]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=TINY_MAX_SEQUENCE_LENGTH)
 
 
 def _clip_text_encoder(tokenizer, *, projection: bool = False, hidden: int = 32):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
@@ -59,8 +73,6 @@ def _clip_text_encoder(tokenizer, *, projection: bool = False, hidden: int = 32)
 
 
 def _vae(*, latent_channels: int = 4, scaling_factor: float = 0.18215, shift_factor=None):
-    from diffusers import AutoencoderKL
-
     kwargs = {} if shift_factor is None else {"shift_factor": shift_factor}
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=latent_channels,
@@ -71,8 +83,6 @@ def _vae(*, latent_channels: int = 4, scaling_factor: float = 0.18215, shift_fac
 
 
 def _sd_components() -> dict:
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-
     tokenizer = _clip_tokenizer()
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
@@ -94,8 +104,6 @@ def _sd_components() -> dict:
 
 
 def _sdxl_components() -> dict:
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-
     tokenizer, tokenizer_2 = _clip_tokenizer(), _clip_tokenizer()
     text_encoder = _clip_text_encoder(tokenizer, hidden=32)
     text_encoder_2 = _clip_text_encoder(tokenizer_2, projection=True, hidden=32)
@@ -123,9 +131,6 @@ def _sdxl_components() -> dict:
 
 
 def _flux_components() -> dict:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
     tokenizer, tokenizer_2 = _clip_tokenizer(), _t5_tokenizer()
     text_encoder = _clip_text_encoder(tokenizer, hidden=32)
     t5 = T5EncoderModel(T5Config(
@@ -181,8 +186,6 @@ def tiny_pipeline(family: str, seed: int = 0):
     >>> tiny_pipeline("sdxl").unet.config.addition_embed_type
     'text_time'
     """
-    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-
     cls = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline, "flux": FluxPipeline}
     components = tiny_components(family, seed)
     if family == "sd":

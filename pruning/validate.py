@@ -34,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .errors import SettingsError
 
 
@@ -271,8 +273,6 @@ def finite(name: str, tensor) -> None:
     ...
     pruning.errors.SettingsError: scores['a.b'] has a non-finite value (nan) at index 1
     """
-    import torch
-
     t = torch.as_tensor(tensor)
     if t.is_floating_point():
         bad = (~torch.isfinite(t)).flatten().nonzero()

@@ -25,6 +25,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
+import diffusers.utils.logging as dlog
+import transformers.utils.logging as tlog
+
+from ..errors import PruningError
 from .common import COMMANDS, Parser, UsageError, one_line
 
 PROG = "python -m pruning"
@@ -50,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet() -> None:
     """No progress bars or info logs from diffusers/transformers (errors still raise)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
 
     for log in (dlog, tlog):
         log.set_verbosity_error()
@@ -60,8 +62,6 @@ def _quiet() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 2 usage or pruning error, 130 interrupted)."""
-    from ..errors import PruningError
-
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:

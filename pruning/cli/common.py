@@ -8,9 +8,17 @@ numbers for humans, and options generated from a settings dataclass.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import PlanError
+from ..export import check_base, read_plan
+from ..files import check_writable_file
+from ..loading import DTYPES, load_pipeline
+from ..methods.base import settings_fields
 
 
 class UsageError(Exception):
@@ -48,9 +56,6 @@ def one_line(e: BaseException) -> str:
 def work_done() -> None:
     """The command's work is complete (files written): from here on Ctrl-C is ignored, so an
     interrupt during the report or the interpreter's shutdown prints no traceback."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -60,8 +65,6 @@ def work_done() -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model`` (bundled name, folder or Hub id), ``--device``, ``--dtype``."""
-    from ..loading import DTYPES
-
     p.add_argument("--model", required=True, metavar="SRC",
                    help="bundled name (tiny-shapes-sd, tiny-shapes-flux), a diffusers folder or a Hub id org/name[@rev]")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default: cpu)")
@@ -82,16 +85,11 @@ def add_out_file(p: argparse.ArgumentParser, help: str) -> None:
 
 def load_handle(args: argparse.Namespace):
     """The :class:`~pruning.loading.Handle` for ``args.model``/``--device``/``--dtype``."""
-    from ..loading import load_pipeline
-
     return load_pipeline(args.model, device=args.device, dtype=args.dtype)
 
 
 def load_plan(path: str, handle):
     """Read the plan at ``path`` and check it fits ``handle``; errors name the plan file."""
-    from ..errors import PlanError
-    from ..export import check_base, read_plan
-
     plan, _ = read_plan(path)
     try:
         check_base(plan, handle, path)
@@ -102,8 +100,6 @@ def load_plan(path: str, handle):
 
 def writable(path: str, what: str = "output file") -> Path:
     """Check an output file path before any work starts (not a folder, parent writable)."""
-    from ..files import check_writable_file
-
     return check_writable_file(path, what)
 
 
@@ -125,8 +121,6 @@ _TYPES = {"int": int, "float": float, "str": str, "ints": int, "strs": str}
 def add_settings_args(p: argparse.ArgumentParser, settings_cls, *, skip: tuple[str, ...] = ()) -> None:
     """One ``--option`` per user-facing field of ``settings_cls`` (help and defaults from the
     dataclass, so the CLI never copies them). Values are checked by the settings class."""
-    from ..methods.base import settings_fields
-
     for f in settings_fields(settings_cls):
         if f["name"] in skip:
             continue
@@ -149,8 +143,6 @@ def add_settings_args(p: argparse.ArgumentParser, settings_cls, *, skip: tuple[s
 
 def settings_from_args(method, args: argparse.Namespace, **extra):
     """The method's settings from the generated options (unset ones keep the class defaults)."""
-    from ..methods.base import settings_fields
-
     values = {f["name"]: getattr(args, f["name"]) for f in settings_fields(method.Settings)
               if getattr(args, f["name"], None) is not None}
     return method.settings(**{**values, **extra})

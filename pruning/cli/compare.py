@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from .. import methods
+from ..compare import CompareSettings, check_sparsities, compare_methods
+from ..files import atomic_write
 from .common import add_command, add_model_args, load_handle, work_done, writable
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    from .. import methods
-
     add_model_args(p)
     p.add_argument("--sparsities", nargs="+", default=["0.1", "0.2", "0.3", "0.5"], metavar="F",
                    help="target fractions of params to remove, each in (0, 1) (default 0.1 0.2 0.3 0.5)")
@@ -22,9 +23,6 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 @add_command("compare", help="all methods at several sparsities: params, MACs, latent MSE, PSNR, accuracy",
              arguments=_compare_args)
 def cmd_compare(args) -> int:
-    from ..compare import CompareSettings, check_sparsities, compare_methods
-    from ..files import atomic_write
-
     out = writable(args.out, "--out")
     sparsities = check_sparsities(args.sparsities)
     settings = CompareSettings(steps=args.steps)

@@ -6,15 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import validate
+from ..errors import ExportError
+from ..facts import denoiser_facts, model_facts
+from ..files import atomic_write
+from ..loading import DTYPES
+from ..metrics import count_params, total_macs
+from ..reference import PIPELINES, meta_denoiser
+from ..sampling import generate_images, pair_samples, spec
+from ..slim import slim
 from .common import add_command, add_model_args, add_plan_arg, human, load_handle, load_plan
 
 # ----------------------------------------------------------------------------- info
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    from ..loading import DTYPES
-    from ..reference import PIPELINES
-
     from_ = p.add_mutually_exclusive_group(required=True)
     from_.add_argument("--model", metavar="SRC", help="bundled name, diffusers folder or Hub id")
     from_.add_argument("--reference", choices=list(PIPELINES),
@@ -28,13 +34,8 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 
 def info_facts(args) -> dict:
     """Everything ``info`` prints, as plain data (the same summary as the app's Model tab)."""
-    from .. import validate
-    from ..facts import denoiser_facts, model_facts
-
     size = None if args.sample_size is None else validate.integer("--sample-size", args.sample_size, lo=1, hi=1024)
     if args.reference:
-        from ..reference import PIPELINES, meta_denoiser
-
         meta = PIPELINES[args.reference]
         side = size or meta["resolution"] // 8
         return {"source": args.reference, "family": meta["family"], "model_ref": f"reference:{meta['hub_id']}",
@@ -111,13 +112,6 @@ def _size_line(name: str, params: int, macs: int, base: tuple[int, int] | None =
 @add_command("generate", help="images from the original (and pruned) model, same prompts and seeds",
              arguments=_generate_args)
 def cmd_generate(args) -> int:
-    from .. import validate
-    from ..errors import ExportError
-    from ..files import atomic_write
-    from ..metrics import count_params, total_macs
-    from ..sampling import generate_images, pair_samples, spec
-    from ..slim import slim
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {str(out)!r} is a file, not a folder")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..export import check_target, export
+from ..manifest import read_manifest
+from ..metrics import count_params
+from ..recover import RecoverSettings, recover
 from .common import add_command, add_model_args, add_plan_arg, human, load_handle, load_plan, work_done
 
 
@@ -18,8 +22,6 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(folder: Path, before: int, recovered: str = "") -> None:
-    from ..manifest import read_manifest
-
     after = read_manifest(folder)[1]["params"]
     print(f"exported  {folder}{recovered}")
     print(f"params    {human(before)} -> {human(after)}: {before - after:,} removed ({1 - after / before:.1%})")
@@ -27,9 +29,6 @@ def _report(folder: Path, before: int, recovered: str = "") -> None:
 
 @add_command("export", help="write the slimmed model: safetensors + pruning_plan.json", arguments=_export_args)
 def cmd_export(args) -> int:
-    from ..export import check_target, export
-    from ..metrics import count_params
-
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)  # before loading anything
     h = load_handle(args)
     plan = load_plan(args.plan, h)
@@ -40,8 +39,6 @@ def cmd_export(args) -> int:
 
 
 def _recover_args(p: argparse.ArgumentParser) -> None:
-    from ..recover import RecoverSettings
-
     d = RecoverSettings()
     add_model_args(p)
     add_plan_arg(p, required=True)
@@ -58,10 +55,6 @@ def _recover_args(p: argparse.ArgumentParser) -> None:
 @add_command("recover", help="short recovery finetune (distillation) of a slimmed model, then export",
              arguments=_recover_args)
 def cmd_recover(args) -> int:
-    from ..export import check_target, export
-    from ..metrics import count_params
-    from ..recover import RecoverSettings, recover
-
     settings = RecoverSettings(prompts=args.prompt, steps=args.steps, iters=args.iters, lr=args.lr)  # checked now
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     handle = load_handle(args)

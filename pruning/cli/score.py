@@ -22,6 +22,17 @@ import argparse
 import os
 import sys
 
+import torch.distributed as dist
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from .. import methods
+from ..errors import RunDiverged, SettingsError
+from ..files import atomic_write
+from ..methods import Scores, ldpruner
+from ..methods.select import plan_from_operator_scores
+from ..runs import RunControl
+from ..sampling import count_inputs
 from .common import (
     Parser,
     add_command,
@@ -45,8 +56,6 @@ def _method_args(p: argparse.ArgumentParser, method) -> None:
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
-    from .. import methods
-
     sub = p.add_subparsers(dest="method", metavar="<method>", parser_class=Parser)
     sub.required = True
     for name in methods.names():
@@ -60,9 +69,6 @@ def _distributed() -> bool:
 
 def _control(args, desc: str):
     """A RunControl whose progress drives a tqdm bar (shown on a terminal or with -v)."""
-    from tqdm.auto import tqdm
-
-    from ..runs import RunControl
 
     bar = tqdm(desc=desc, disable=not (args.verbose or sys.stderr.isatty()), leave=False)
 
@@ -74,9 +80,6 @@ def _control(args, desc: str):
 
 
 def run_score(args, name: str) -> int:
-    from .. import methods
-    from ..errors import RunDiverged, SettingsError
-
     m = methods.get(name)
     out = writable(args.out, "--out")
     if out.suffix == ".safetensors" and m.level != "unit":
@@ -113,9 +116,6 @@ def _report(scores, path, processes: int = 1) -> None:
 
 
 def _sharded_sweep(args, settings) -> int:
-    from accelerate import PartialState
-
-    from ..methods import Scores, ldpruner
 
     state = PartialState(cpu=args.device == "cpu")
     if args.device in ("cuda", "auto"):  # one GPU per process
@@ -127,7 +127,6 @@ def _sharded_sweep(args, settings) -> int:
         scores = Scores("ldpruner", "operator", df, h.model_ref, df.attrs["settings"], False,
                         {"scored": len(df), "total": len(df)})
         _report(scores, scores.write(args.out), state.num_processes)
-    import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -141,14 +140,11 @@ def cmd_score(args) -> int:
 
 def _shortcut(command: str, method: str):
     def arguments(p):
-        from .. import methods
-
         _method_args(p, methods.get(method))
 
     def run(args):
         return run_score(args, method)
 
-    from .. import methods
 
     m = methods.get(method)
     add_command(command, help=f"{m.title}: the same as `score {method}`", arguments=arguments)(run)
@@ -177,12 +173,6 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 
 @add_command("prune", help="a pruning plan from any method's scores", arguments=_prune_args)
 def cmd_prune(args) -> int:
-    from .. import methods
-    from ..errors import SettingsError
-    from ..files import atomic_write
-    from ..methods.select import plan_from_operator_scores
-    from ..sampling import count_inputs
-
     out = writable(args.out, "--out")
     scores = methods.Scores.read(args.scores)
     h = load_handle(args)

@@ -28,12 +28,17 @@ from typing import Any, ClassVar
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from ..catalog import discover
 from ..errors import PlanError, SettingsError
+from ..files import atomic_write
 from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl
-from ..validate import choice, fraction, read_json
+from ..validate import choice, fraction, parse_json, read_json
+from .select import plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
 LEVELS = ("operator", "unit")
@@ -147,12 +152,8 @@ class Scores:
     def write(self, path: str | Path) -> Path:
         """``.csv`` / ``.parquet`` plus ``<path>.json`` (the metadata), or one ``.safetensors`` file
         (unit scores as tensors, metadata inside). Written atomically."""
-        from ..files import atomic_write
-
         path = Path(path)
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
             tensors = {f: t.contiguous() for f, t in self.unit_scores().items()}
             with atomic_write(path) as tmp:
                 save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(self.meta())})
@@ -189,8 +190,6 @@ class Scores:
 
     @classmethod
     def _read_safetensors(cls, path: Path, what: str) -> Scores:
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), "pt") as f:
                 meta = (f.metadata() or {})
@@ -199,7 +198,6 @@ class Scores:
             raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
         if meta.get("format") != FORMAT:
             raise SettingsError(f"{what} is not a {FORMAT} file (format {meta.get('format')!r})")
-        from ..validate import parse_json
 
         m = parse_json(meta.get("meta", ""), f"{what} metadata")
         if not isinstance(m, Mapping):
@@ -257,8 +255,6 @@ class Method:
 
     def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
         """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone."""
-        from .select import plan_from_operator_scores, plan_from_unit_scores
-
         check_scores_fit(handle, scores)
         target = fraction("target sparsity", target_sparsity)
         choice("scope", scope, SCOPES)
@@ -274,8 +270,6 @@ class Method:
 
 def unit_scores_for(handle, scores: Scores) -> dict[str, torch.Tensor]:
     """Unit scores sized to ``handle``'s structures (checked with :func:`check_scores_fit`)."""
-    from ..catalog import discover
-
     check_scores_fit(handle, scores)
     found = discover(handle.denoiser).structures
     return scores.unit_scores({f: found[f].units for f in scores.table["fqn"].unique()})
@@ -283,8 +277,6 @@ def unit_scores_for(handle, scores: Scores) -> dict[str, torch.Tensor]:
 
 def check_scores_fit(handle, scores: Scores) -> None:
     """Refuse scores made on other weights, or naming parts this denoiser lacks."""
-    from ..catalog import discover
-
     if not same_weights(scores.model_ref, handle.model_ref):
         raise PlanError(f"{scores.method} scores were computed on {scores.model_ref!r}, not on {handle.model_ref!r}")
     found = discover(handle.denoiser)

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from diffusers import DDPMScheduler
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import validate
@@ -115,8 +117,6 @@ class TaylorSettings:
 
 
 def _load_images(images, resolution: int) -> list:
-    from PIL import Image
-
     if isinstance(images, (str, Path)):
         folder = Path(images)
         files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
@@ -179,7 +179,6 @@ def _loss_at(handle, x0, noise, cond, t: int) -> torch.Tensor:
         timestep = torch.full((x0.shape[0],), sigma, dtype=x0.dtype, device=x0.device)
         pred = den(hidden_states=zt, timestep=timestep, return_dict=False, **cond.cond)[0]
         return torch.nn.functional.mse_loss(pred, noise - x0)
-    from diffusers import DDPMScheduler
 
     sched = DDPMScheduler.from_config(handle.pipe.scheduler.config)
     tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)

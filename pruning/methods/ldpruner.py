@@ -36,6 +36,9 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 from .. import validate
 from ..catalog import catalog
@@ -258,8 +261,6 @@ def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl 
     over the operators too (``show_progress``). ``resume``: a partial table from the same
     model and settings whose rows are reused.
     """
-    from tqdm.auto import tqdm
-
     control = as_control(control)
     s = (settings or SweepSettings()).resolved(handle)
     todo = select_operators(handle, s)
@@ -307,9 +308,6 @@ def sweep_sharded(handle, settings: SweepSettings, *, state=None, show_progress:
     (or ``torchrun``): each process scores its contiguous share, and every process gets the
     merged table, equal to a single-process sweep. With one process it is :func:`sweep`.
     """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
     state = state or PartialState(cpu=handle.device.type == "cpu")
     s = settings.resolved(handle)
     todo = select_operators(handle, s)

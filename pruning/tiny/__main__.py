@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..loading import load_pipeline
+from ..quality import evaluate
+from . import train as T
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pruning.tiny", description=__doc__)
@@ -24,7 +28,6 @@ def main(argv=None) -> None:
     ev = sub.add_parser("eval", help="held-out accuracy of a saved model at its defaults")
     ev.add_argument("path")
     args = ap.parse_args(argv)
-    from . import train as T
 
     if args.cmd == "train":
         T.train(args.arch, seed=args.seed, steps=args.steps, threads=args.threads, out=args.out)
@@ -33,9 +36,6 @@ def main(argv=None) -> None:
     elif args.cmd == "defaults":
         T.redo_defaults(args.path)
     else:
-        from ..loading import load_pipeline
-        from ..quality import evaluate
-
         res = evaluate(load_pipeline(args.path), T.HELDOUT_PROMPTS, list(range(len(T.HELDOUT_PROMPTS))))
         print(json.dumps({k: res[k] for k in ("color", "shape", "position", "all")}, indent=1))
 

@@ -16,6 +16,14 @@ Text encoders stay frozen at their random initialization (distinct embeddings pe
 from __future__ import annotations
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from .data import WORDS
 
@@ -103,8 +111,6 @@ FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=
 
 def clip_tokenizer():
     """A CLIPTokenizer whose vocabulary is the data set's words (one token per word)."""
-    from transformers import CLIPTokenizer
-
     vocab = {t: i for i, t in enumerate(CLIP_SPECIAL)}
     merges: list[tuple[str, str]] = []
     pieces = set(vocab)
@@ -153,57 +159,41 @@ def clip_tokenizer():
 
 def t5_tokenizer():
     """A T5 (unigram) tokenizer whose vocabulary is the data set's words."""
-    from transformers import T5Tokenizer
-
     vocab = [(t, 0.0) for t in T5_SPECIAL] + [("▁" + w, -1.0) for w in WORDS]
     vocab += [(c, -10.0) for c in sorted({ch for w in WORDS for ch in w})] + [("▁", -10.0)]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=MAX_LENGTH)
 
 
 def clip_text_encoder(seed: int = 0):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     torch.manual_seed(seed)
     cfg = CLIPTextConfig(vocab_size=len(clip_tokenizer().get_vocab()), **CLIP_CONFIG)
     return CLIPTextModel(cfg).eval().requires_grad_(False)
 
 
 def t5_text_encoder(seed: int = 0):
-    from transformers import T5Config, T5EncoderModel
-
     torch.manual_seed(seed + 1)
     cfg = T5Config(vocab_size=len(t5_tokenizer().get_vocab()), **T5_CONFIG)
     return T5EncoderModel(cfg).eval().requires_grad_(False)
 
 
 def vae(seed: int = 0):
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed + 2)
     return AutoencoderKL(**VAE_CONFIG)
 
 
 def unet(seed: int = 0):
-    from diffusers import UNet2DConditionModel
-
     torch.manual_seed(seed + 3)
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
 def flux_transformer(seed: int = 0):
-    from diffusers import FluxTransformer2DModel
-
     torch.manual_seed(seed + 4)
     return FluxTransformer2DModel(**FLUX_CONFIG)
 
 
 def sd_scheduler():
-    from diffusers import DDIMScheduler
-
     return DDIMScheduler(**SD_SCHEDULER)
 
 
 def flux_scheduler():
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     return FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)

@@ -61,8 +61,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL, DDPMScheduler, FluxPipeline, StableDiffusionPipeline
 
 from ..bundled import ASSETS  # package data: pruning/assets/<name>
+from ..loading import handle_from_pipe, load_pipeline, read_defaults
+from ..quality import evaluate, shape_task_accuracy, to_uint8
 from . import models as M
 from .data import HELDOUT_PROMPTS, TRAIN_PROMPTS, make_images, render
 
@@ -103,8 +106,6 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def _vae_cycle(vae, steps: int, lr: float, seed: int, reseed: bool = True) -> None:
     """One cosine cycle of VAE training (fresh AdamW, rng seeded by `seed`)."""
-    from ..quality import shape_task_accuracy, to_uint8
-
     if reseed:
         torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -178,8 +179,6 @@ def _decoder_cycle(vae, steps: int, lr: float, seed: int) -> None:
 
 
 def _recon_acc(vae, images, captions) -> str:
-    from ..quality import shape_task_accuracy, to_uint8
-
     with torch.no_grad():
         r = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mean).sample
     acc = shape_task_accuracy(to_uint8((r / 2 + 0.5).clamp(0, 1)), captions)
@@ -229,8 +228,6 @@ def components(vae, seed: int = SEED) -> dict:
 def build_pipeline(arch: str, denoiser, comps: dict):
     """Assemble a StableDiffusionPipeline or FluxPipeline around `denoiser`."""
     if arch == "sd":
-        from diffusers import StableDiffusionPipeline
-
         return StableDiffusionPipeline(
             vae=comps["vae"],
             text_encoder=comps["text_encoder"],
@@ -241,7 +238,6 @@ def build_pipeline(arch: str, denoiser, comps: dict):
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    from diffusers import FluxPipeline
 
     return FluxPipeline(
         scheduler=M.flux_scheduler(),
@@ -279,8 +275,6 @@ def text_embeddings(arch: str, pipe) -> dict:
 
 def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, threads: int | None = None):
     """Train the SD UNet or the FLUX transformer on cached latents; returns the pipeline (EMA weights)."""
-    from diffusers import DDPMScheduler, FluxPipeline
-
     if threads:
         torch.set_num_threads(threads)
     steps = steps or DENOISER_STEPS[arch]
@@ -343,8 +337,6 @@ def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, t
 
 def _handle(arch: str, pipe, defaults: dict | None = None):
     """A Handle for a freshly trained pipeline, generating the way the app does."""
-    from ..loading import handle_from_pipe
-
     base = {"resolution": 64, **({"guidance_mode": "true_cfg", "negative_prompt": "",
                                   "max_sequence_length": M.MAX_LENGTH} if arch == "flux" else {"guidance_mode": "cfg"})}
     return handle_from_pipe(pipe, model_ref=f"training:{arch}", defaults={**base, **(defaults or {})})
@@ -352,8 +344,6 @@ def _handle(arch: str, pipe, defaults: dict | None = None):
 
 def choose_defaults(arch: str, pipe, prompts=HELDOUT_PROMPTS) -> tuple[dict, list[dict]]:
     """Grid over steps x guidance on the held-out prompts; returns (best defaults, all rows)."""
-    from ..quality import evaluate
-
     seeds = list(range(len(prompts)))
     pipe.set_progress_bar_config(disable=True)
     handle = _handle(arch, pipe)
@@ -403,8 +393,6 @@ def vae_path() -> Path:
 
 def get_vae(seed: int = SEED, threads: int | None = None):
     """The trained VAE from the work dir, training (and saving) it first if needed."""
-    from diffusers import AutoencoderKL
-
     if threads:
         torch.set_num_threads(threads)
     path = vae_path()
@@ -444,8 +432,6 @@ def train(
 
 def redo_defaults(path) -> dict:
     """Re-run the defaults grid for a saved model folder and rewrite its `pruning_defaults.json`."""
-    from ..loading import load_pipeline, read_defaults
-
     h = load_pipeline(str(path))
     old = read_defaults(Path(path)) or {}
     defaults, rows = choose_defaults("flux" if h.family == "flux" else "sd", h.pipe)
