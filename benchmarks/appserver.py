@@ -83,30 +83,37 @@ def launched(model: str, **env_extra):
         shutil.rmtree(downloads, ignore_errors=True)
 
 
-def client(url: str, downloads: str, model: str | None = None, retries: int = 2):
-    """A gradio_client ``Client``; with ``model``, that model loaded into its session.
-
-    A failed ``/load_model`` is retried up to ``retries`` times (a second after the failure);
-    the errors are kept in ``client.load_errors`` for the row to report. (The app preloads the
-    default model in a background thread at start; a ``/load_model`` racing with that preload
-    has failed with "Cannot copy out of meta tensor": two concurrent loads break each other.)
-    """
+def client(url: str, downloads: str, model: str | None = None):
+    """A gradio_client ``Client``; with ``model``, that model loaded into its session
+    (:func:`load_model`)."""
     from gradio_client import Client
-    from gradio_client.exceptions import AppError
 
     c = Client(url, verbose=False, download_files=downloads)
     c.load_errors = []
     if model is not None:
-        for attempt in range(retries + 1):
-            try:
-                c.predict(model, "cpu", "float32", api_name="/load_model")
-                break
-            except AppError as e:
-                c.load_errors.append(str(e))
-                if attempt == retries:
-                    raise
-                time.sleep(1.0)
+        load_model(c, model)
     return c
+
+
+def load_model(c, model: str, retries: int = 2) -> None:
+    """``/load_model`` in ``c``'s session, retried up to ``retries`` times (a second after a
+    failure); the errors are appended to ``c.load_errors`` for the row to report. (The app
+    preloads the default model in a background thread at start; a ``/load_model`` racing with
+    that preload has failed with "Cannot copy out of meta tensor": two concurrent loads of
+    one model break each other.)
+    """
+    from gradio_client.exceptions import AppError
+
+    errors = c.__dict__.setdefault("load_errors", [])
+    for attempt in range(retries + 1):
+        try:
+            c.predict(model, "cpu", "float32", api_name="/load_model")
+            return
+        except AppError as e:
+            errors.append(str(e))
+            if attempt == retries:
+                raise
+            time.sleep(1.0)
 
 
 def value(x):

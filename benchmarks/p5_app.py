@@ -25,8 +25,9 @@ def run(quick: bool = False) -> dict:
     model = appserver.default_model()
     with appserver.launched(model) as app:
         serve_s = app["serve_s"]
+        c = appserver.client(app["url"], app["downloads"])
         t0 = time.perf_counter()
-        c = appserver.client(app["url"], app["downloads"], model)
+        appserver.load_model(c, model)
         load_s = time.perf_counter() - t0
         table = c.predict("operators", api_name="/table_mode")[0]
         two = [r["fqn"] for r in appserver.rows(table) if r["kind"] in ("attn1", "ff")][:2]

@@ -21,6 +21,8 @@ import torch
 MODELS = ("tiny-shapes-sd", "tiny-shapes-flux")
 SPARSITIES = (0.1, 0.2, 0.3, 0.5)
 OUT = Path(__file__).with_name("results")
+README = Path(__file__).parent.parent / "README.md"
+START, END = "<!-- quality tables: python -m benchmarks Q1 -->", "<!-- end of quality tables -->"
 COLUMNS = ["method", "sparsity", "params_fraction", "params", "macs", "latent_mse", "psnr",
            "acc_color", "acc_shape", "acc_position", "acc_all"]
 
@@ -35,14 +37,29 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _markdown(tables: dict[str, pd.DataFrame]) -> str:
+    """Params in M with 3 decimals and MACs in M with 1 decimal, as the app's Model tab and
+    ``python -m pruning info`` print them (one figure everywhere)."""
     parts = []
     for model, df in tables.items():
         df = df[[c for c in COLUMNS if c in df.columns]].copy()
-        df["params"] = (df["params"] / 1e6).round(3)
-        df["macs"] = (df["macs"] / 1e6).round(1)
+        df["params"] = (df["params"] / 1e6).map(lambda v: f"{v:.3f}")
+        df["macs"] = (df["macs"] / 1e6).map(lambda v: f"{v:.1f}")
         df = df.rename(columns={"params": "params (M)", "macs": "MACs (M)"})
         parts.append(f"**{model}**\n\n" + _table(df))
     return "\n\n".join(parts) + "\n"
+
+
+def write_readme(markdown: str, readme: Path = README) -> None:
+    """Put ``markdown`` (the tables) into ``readme`` between the quality markers, so the README
+    shows the figures of the last committed run and no copy of its own."""
+    text = readme.read_text()
+    start, end = text.index(START) + len(START), text.index(END)
+    readme.write_text(text[:start] + "\n" + markdown + text[end:])
+
+
+def tables_from_csv(out: Path = OUT) -> dict[str, pd.DataFrame]:
+    """The committed tables, read back (``python -m benchmarks.quality_tables`` re-renders them)."""
+    return {m: pd.read_csv(out / f"quality_{m}.csv") for m in MODELS}
 
 
 def _ratio_at(df: pd.DataFrame, sparsity: float) -> tuple[float, str]:
@@ -91,7 +108,15 @@ def run(quick: bool = False) -> dict:
                          **at20[["latent_mse"] + [c for c in ("acc_all",) if c in at20]].to_dict(),
                          "unreachable": errors}
     (out / "quality.md").write_text(_markdown(tables))
+    if not quick:
+        write_readme(_markdown(tables))
     detail["tables"] = str(out / "quality.md") if quick else "benchmarks/results/quality.md"
     ratio, best = _ratio_at(tables[MODELS[0]], 0.2)
     return {"value": round(ratio, 3), "target": "< 1 (best method's latent MSE / random's, 20%)",
             "ok": ratio < 1, "unit": "x", "detail": detail}
+
+
+if __name__ == "__main__":  # re-render quality.md and the README's tables from the committed CSVs
+    md = _markdown(tables_from_csv())
+    (OUT / "quality.md").write_text(md)
+    write_readme(md)

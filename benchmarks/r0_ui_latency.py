@@ -16,6 +16,8 @@ import statistics
 import threading
 import time
 
+from gradio_client.utils import Status
+
 from . import appserver
 
 TARGET = 3.0
@@ -31,6 +33,7 @@ LOAD_STEPS, LOAD_N_GEN = 10, 4
 LOAD = (f"{LOAD_CLIENTS} clients each submitting /score (ldpruner, {len(LOAD_PROMPTS)} prompts, "
         f"N_gen {LOAD_N_GEN}, {LOAD_STEPS} steps, fine operators) in a loop")
 KINDS = ["head", "neuron", "group"]
+RUNNING = {Status.PROCESSING, Status.ITERATING, Status.PROGRESS, Status.LOG}  # a job being processed
 SETTLE_S = 1.0  # a pause before the idle calls, and after the first model job starts before the loaded ones
 
 
@@ -41,13 +44,18 @@ def score_args() -> tuple:
             0.1, 0.5, 100, 0.05, KINDS, KINDS)
 
 
-def timed_calls(c, table: dict, n: int) -> list[float]:
-    """Wall seconds of ``n`` sequential /plan_totals calls with ``table`` (one row ticked)."""
+def timed_calls(c, table: dict, n: int, busy=None, seen: list | None = None) -> list[float]:
+    """Wall seconds of ``n`` sequential /plan_totals calls with ``table`` (one row ticked).
+    With ``busy`` (a callable), ``seen`` gets, per call, whether it was true both before and
+    after the call (a model job was running throughout)."""
     times = []
     for _ in range(n):
+        before = busy() if busy else None
         t0 = time.perf_counter()
         _, totals, _ = c.predict("operators", table, api_name="/plan_totals")
         times.append(time.perf_counter() - t0)
+        if busy and seen is not None:
+            seen.append(bool(before and busy()))
         if appserver.rows(totals)[0]["removed"] in ("0", "", None):
             raise RuntimeError(f"/plan_totals removed nothing for a ticked row: {appserver.rows(totals)}")
     return times
@@ -85,8 +93,6 @@ class Load:
 
     def start(self, timeout: float = 120.0) -> float:
         """Start the loops; return once a model job is running (seconds waited)."""
-        from gradio_client.utils import Status
-
         t0 = time.perf_counter()
         for t in self.threads:
             t.start()
@@ -95,10 +101,16 @@ class Load:
                 if self.errors:
                     raise RuntimeError(f"load client failed: {self.errors[0]}")
                 jobs = [j for j in self.jobs if j is not None]
-            if any(j.status().code == Status.PROCESSING for j in jobs):
+            if any(j.status().code in RUNNING for j in jobs):
                 return time.perf_counter() - t0
             time.sleep(0.05)
         raise TimeoutError(f"no model job started within {timeout} s")
+
+    def busy(self) -> bool:
+        """A model job of these clients is being processed now (not queued, not done)."""
+        with self.lock:
+            jobs = [j for j in self.jobs if j is not None]
+        return any(j.status().code in RUNNING for j in jobs)
 
     def wait_first(self, timeout: float = 300.0) -> None:
         """Wait until one model job has finished (proof that the load was real, successful work)."""
@@ -144,7 +156,8 @@ def run(quick: bool = False) -> dict:
             waited = load.start()
             time.sleep(SETTLE_S)  # into the jobs' generation, past their set-up
             t_load = time.perf_counter()
-            loaded = timed_calls(ui, ticked, n)
+            busy: list[bool] = []
+            loaded = timed_calls(ui, ticked, n, load.busy, busy)
             span = time.perf_counter() - t_load
             with load.lock:
                 running = [j for j in load.jobs if j is not None and not j.done()]
@@ -156,6 +169,8 @@ def run(quick: bool = False) -> dict:
         idle_after = timed_calls(ui, ticked, n)
     if errors:
         raise RuntimeError(f"a load client failed during the measurement: {errors[0]}")
+    if sum(busy) < len(busy) / 2:
+        raise RuntimeError(f"only {sum(busy)} of {len(busy)} loaded calls ran while a model job was processing")
     done_during = [d for s, d in load.finished if t_load <= d <= t_load + span]
     durations = [d - s for s, d in load.finished]
     m_idle, m_load = statistics.median(idle), statistics.median(loaded)
@@ -169,7 +184,7 @@ def run(quick: bool = False) -> dict:
                        "calls": n, "call": "/plan_totals (operators table, one resnet ticked)", "ticked": one,
                        "load": LOAD, "model": model, "load_model_errors": load_errors,
                        "load_started_after_s": round(waited, 2),
-                       "loaded_phase_s": round(span, 2), "load_jobs_finished_during": len(done_during),
+                       "loaded_phase_s": round(span, 2), "calls_with_model_job_running": sum(busy), "load_jobs_finished_during": len(done_during),
                        "load_jobs_running_at_end": len(running), "load_jobs_finished": len(load.finished),
                        "load_job_median_s": round(statistics.median(durations), 2) if durations else None,
                        "load_job_note": "a job's time includes its wait in the model queue",
