@@ -64,6 +64,7 @@ from .manifest import (
     weights_path,
 )
 from .plan import PruningPlan
+from .reconstruct import reapply
 from .slim import slim
 
 
@@ -93,7 +94,11 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     check_target(folder, overwrite)
     check_base(plan, handle, "given to export")
     plan = plan.normalized(handle.denoiser)
-    small = denoiser if denoiser is not None else slim(handle.denoiser, plan)
+    small = denoiser if denoiser is not None else build(handle, plan)
+    carried = getattr(small, "pruning_plan", None)
+    if carried is not None and carried.reconstruction != plan.reconstruction:
+        raise PlanError("the denoiser given to export was reconstructed with other settings than the plan records; "
+                        "export it with its own plan (denoiser.pruning_plan), which records the reconstruction")
     name = handle.denoiser_name
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -228,7 +233,13 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
     plan = PruningPlan.read(path)
     handle = base if hasattr(base, "pipe") else load_pipeline(base, device=device, dtype=dtype)
     check_base(plan, handle, path)
-    return _with_denoiser(handle, slim(handle.denoiser, plan), plan)
+    return _with_denoiser(handle, build(handle, plan), plan)
+
+
+def build(handle, plan: PruningPlan) -> nn.Module:
+    """The slim denoiser ``plan`` describes: ``slim``, or for a plan that records a reconstruction,
+    the reconstruction computed again with its recorded settings."""
+    return reapply(handle, plan) if plan.reconstruction is not None else slim(handle.denoiser, plan)
 
 
 def check_base(plan: PruningPlan, handle, where) -> None:
@@ -262,6 +273,6 @@ def _load_export_pipeline(folder: Path, manifest: dict, small: nn.Module, dtype)
 
 def plan_hash(plan: PruningPlan) -> str:
     """Short hash of what a plan removes (provenance excluded)."""
-    d = plan.to_dict()
+    d = plan.to_dict()  # with the reconstruction record, if any: other weights, another model
     d.pop("provenance", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -73,6 +73,9 @@ class PruningPlan:
     kept_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # set by ``pruning.reconstruct``: {"settings": {...}, "compensated": [removed operator FQNs
+    # whose stand-in carries a bias]}; the exported weights hold the re-fitted values
+    reconstruction: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if not isinstance(self.family, str) or self.family not in FAMILIES:
@@ -89,6 +92,7 @@ class PruningPlan:
         if not isinstance(prov, Mapping):
             raise PlanError(f"plan provenance must be a JSON object, got {type(prov).__name__}")
         object.__setattr__(self, "provenance", MappingProxyType(dict(prov)))
+        object.__setattr__(self, "reconstruction", _reconstruction(self.reconstruction))
 
     def __copy__(self) -> PruningPlan:
         return self  # immutable: copies may share it
@@ -106,6 +110,7 @@ class PruningPlan:
             "removed_operators": list(self.removed_operators),
             **{name: {k: list(v) for k, v in getattr(self, name).items()} for name in KEPT_FIELDS.values()},
             "provenance": _jsonable(dict(self.provenance)),
+            **({} if self.reconstruction is None else {"reconstruction": _jsonable(dict(self.reconstruction))}),
         }
 
     @classmethod
@@ -119,11 +124,12 @@ class PruningPlan:
         if missing:
             raise PlanError(f"plan is missing field(s) {missing}")
         unknown = set(d) - {"schema_version", "family", "base", "removed_operators", *(KEPT_FIELDS.values()),
-                            "provenance"}
+                            "provenance", "reconstruction"}
         if unknown:
             raise PlanError(f"plan has unknown field(s) {sorted(map(str, unknown))}")
         return cls(family=d["family"], base=d["base"], removed_operators=d.get("removed_operators", ()),
-                   **{name: d.get(name, {}) for name in KEPT_FIELDS.values()}, provenance=d.get("provenance", {}))
+                   **{name: d.get(name, {}) for name in KEPT_FIELDS.values()}, provenance=d.get("provenance", {}),
+                   reconstruction=d.get("reconstruction"))
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), indent=kw.pop("indent", 2), **kw)
@@ -159,6 +165,11 @@ class PruningPlan:
         return getattr(self, KEPT_FIELDS[kind])
 
     @property
+    def compensated(self) -> tuple[str, ...]:
+        """Removed operators whose stand-in carries a compensation bias (after reconstruction)."""
+        return tuple(self.reconstruction["compensated"]) if self.reconstruction else ()
+
+    @property
     def is_empty(self) -> bool:
         return not (self.removed_operators or self.kept_heads or self.kept_neurons or self.kept_groups)
 
@@ -179,6 +190,9 @@ class PruningPlan:
         for fqn in self.removed_operators:
             if fqn not in found.operators:
                 raise PlanError(f"unknown operator FQN {fqn!r} (not a removable operator of this denoiser)")
+        stray = sorted(set(self.compensated) - set(self.removed_operators))
+        if stray:
+            raise PlanError(f"reconstruction.compensated names {stray[0]!r}, which the plan does not remove")
         for kind, field_name in KEPT_FIELDS.items():
             for fqn, kept in getattr(self, field_name).items():
                 s = found.structures.get(fqn)
@@ -212,7 +226,10 @@ class PruningPlan:
         for m in kept_maps.values():
             for fqn in [f for f in m if any(inside(f, r) or f == r for r in removed)]:
                 del m[fqn]
-        return replace(self, removed_operators=tuple(removed), **kept_maps)
+        rec = self.reconstruction
+        if rec is not None and not set(rec["compensated"]) <= removed:
+            rec = {**rec, "compensated": [f for f in rec["compensated"] if f in removed]}
+        return replace(self, removed_operators=tuple(removed), reconstruction=rec, **kept_maps)
 
     # ------------------------------------------------------------------ accounting
 
@@ -248,6 +265,23 @@ class PruningPlan:
             "operators_removed": len(plan.removed_operators),
             "structures_pruned": sum(len(plan.kept(k)) for k in UNIT_KINDS),
         }
+
+
+def _reconstruction(value) -> Mapping[str, Any] | None:
+    """``None`` or ``{"settings": {...}, "compensated": [FQN, ...]}``, checked and frozen."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != {"settings", "compensated"}:
+        raise PlanError("reconstruction must be {'settings': {...}, 'compensated': [operator FQNs]}, got "
+                        f"{value!r}"[:300])
+    if not isinstance(value["settings"], Mapping):
+        raise PlanError(f"reconstruction.settings must be a JSON object, got {value['settings']!r}"[:300])
+    comp = value["compensated"]
+    if isinstance(comp, (str, Mapping)) or not isinstance(comp, (list, tuple)) or \
+            not all(isinstance(f, str) and f for f in comp):
+        raise PlanError(f"reconstruction.compensated must be a list of operator FQNs, got {comp!r}"[:300])
+    return MappingProxyType({"settings": MappingProxyType(dict(value["settings"])),
+                             "compensated": tuple(sorted(set(comp)))})
 
 
 def _jsonable(x):

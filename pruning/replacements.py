@@ -1,9 +1,17 @@
 """Modules that stand in for a removed operator, shared by ``masks`` (as a forward override,
 so a preview skips the work too) and ``slim`` (as the module that replaces the operator).
 
+A stand-in may carry a **compensation**: one bias per tensor it returns (reconstruction
+folds the removed branch's mean output into it; ``compensate(sizes)`` adds them, zero-filled).
+
 >>> import torch
 >>> ZeroBranch()(torch.ones(2, 3)).sum().item()
 0.0
+>>> b = ZeroBranch().compensate([3])
+>>> with torch.no_grad():
+...     _ = b.compensation[0].copy_(torch.tensor([1.0, 2.0, 3.0]))
+>>> b(torch.ones(2, 3)).tolist()
+[[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
 """
 
 from __future__ import annotations
@@ -17,21 +25,63 @@ def _first(args, kwargs, name):
     return args[0] if args else kwargs[name]
 
 
-class ZeroBranch(nn.Module):
-    """A removed attention or FFN branch: adds nothing to the residual stream."""
+def channel_dim(t: torch.Tensor) -> int:
+    """The feature dim of an activation: 1 for (B, C, H, W) maps, the last for (B, N, D) tokens."""
+    return 1 if t.ndim == 4 else -1
+
+
+def output_tensors(out) -> list[torch.Tensor]:
+    """The tensors a module returned, in order (a tensor, a tuple, or a diffusers output)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Transformer2DModelOutput):
+        return [out.sample]
+    return [t for t in out if isinstance(t, torch.Tensor)]
+
+
+class StandIn(nn.Module):
+    """Base of the stand-ins: ``compute`` gives the removed operator's output without it;
+    ``forward`` adds the compensation biases (if any) to the returned tensors, in order."""
+
+    def compensate(self, sizes) -> StandIn:
+        """Give this stand-in one zero bias per returned tensor (``sizes``: their feature widths)."""
+        self.compensation = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes)
+        return self
 
     def forward(self, *args, **kwargs):
+        out = self.compute(*args, **kwargs)
+        comp = self._modules.get("compensation")  # a ParameterList once compensated
+        return out if comp is None else _add_biases(out, list(comp))
+
+
+def _add_biases(out, biases: list[torch.Tensor]):
+    def add(t, b):
+        shape = [1] * t.ndim
+        shape[channel_dim(t)] = b.numel()
+        return t + b.to(t.dtype).view(shape)  # broadcast over batch, tokens / pixels
+    if isinstance(out, torch.Tensor):
+        return add(out, biases[0])
+    if isinstance(out, Transformer2DModelOutput):
+        return Transformer2DModelOutput(sample=add(out.sample, biases[0]))
+    it = iter(biases)
+    return tuple(add(t, next(it)) if isinstance(t, torch.Tensor) else t for t in out)
+
+
+class ZeroBranch(StandIn):
+    """A removed attention or FFN branch: adds nothing to the residual stream."""
+
+    def compute(self, *args, **kwargs):
         return torch.zeros_like(_first(args, kwargs, "hidden_states"))
 
 
-class JointZeroBranch(nn.Module):
+class JointZeroBranch(StandIn):
     """A removed FLUX joint attention: nothing for either stream."""
 
-    def forward(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+    def compute(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
         return torch.zeros_like(hidden_states), torch.zeros_like(encoder_hidden_states)
 
 
-class ResnetShortcut(nn.Module):
+class ResnetShortcut(StandIn):
     """A removed ResnetBlock2D: only its shortcut remains (the cheaper op that keeps the shape)."""
 
     def __init__(self, conv_shortcut: nn.Module | None, output_scale_factor: float = 1.0):
@@ -39,22 +89,22 @@ class ResnetShortcut(nn.Module):
         self.conv_shortcut = conv_shortcut
         self.output_scale_factor = output_scale_factor
 
-    def forward(self, input_tensor, temb=None, *args, **kwargs):
+    def compute(self, input_tensor, temb=None, *args, **kwargs):
         x = self.conv_shortcut(input_tensor.contiguous()) if self.conv_shortcut is not None else input_tensor
         return x / self.output_scale_factor
 
 
-class IdentityTransformer(nn.Module):
+class IdentityTransformer(StandIn):
     """A removed Transformer2DModel: returns its input in the same output type."""
 
-    def forward(self, hidden_states, *args, return_dict: bool = True, **kwargs):
+    def compute(self, hidden_states, *args, return_dict: bool = True, **kwargs):
         return Transformer2DModelOutput(sample=hidden_states) if return_dict else (hidden_states,)
 
 
-class IdentityFluxBlock(nn.Module):
+class IdentityFluxBlock(StandIn):
     """A removed FLUX double or single block: both streams pass through unchanged."""
 
-    def forward(self, hidden_states, encoder_hidden_states, *args, **kwargs):
+    def compute(self, hidden_states, encoder_hidden_states, *args, **kwargs):
         return encoder_hidden_states, hidden_states
 
 
@@ -65,8 +115,36 @@ class EmptyAttention(nn.Module):
         return hidden_states.new_zeros(*hidden_states.shape[:-1], 0)  # (B, N, 0)
 
 
-def replacement_for(module: nn.Module, kind: str) -> nn.Module:
-    """The stand-in for operator ``module`` of the given catalog kind (shares no new weights)."""
+def output_widths(module: nn.Module, kind: str) -> list[int]:
+    """Feature widths of the tensors operator ``module`` returns (what a compensation biases)."""
+    if kind in ("attn1", "attn2"):
+        return [module.to_out[0].out_features]
+    if kind in ("ff", "ff_context"):
+        return [module.net[2].out_features]
+    if kind == "attn":
+        return [module.to_out[0].out_features, module.to_add_out.out_features]
+    if kind == "resnet":
+        return [module.conv2.out_channels]
+    if kind == "transformer":
+        return [module.out_channels]
+    if kind == "double_block":  # returns (encoder_hidden_states, hidden_states)
+        return [module.ff_context.net[2].out_features, module.ff.net[2].out_features]
+    if kind == "single_block":
+        return [module.proj_out.out_features] * 2
+    raise ValueError(f"unknown operator kind {kind!r}")
+
+
+def replacement_for(module: nn.Module, kind: str, compensated: bool = False) -> nn.Module:
+    """The stand-in for operator ``module`` of the given catalog kind (shares no new weights);
+    ``compensated``: with zero compensation biases, to be filled by reconstruction or a load."""
+    standin = _standin(module, kind)
+    if compensated:
+        p = next(module.parameters())
+        standin.compensate(output_widths(module, kind)).compensation.to(device=p.device, dtype=p.dtype)
+    return standin
+
+
+def _standin(module: nn.Module, kind: str) -> StandIn:
     if kind in ("attn1", "attn2", "ff", "ff_context"):
         return ZeroBranch()
     if kind == "attn":

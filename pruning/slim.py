@@ -55,8 +55,7 @@ def slim(denoiser: nn.Module, plan: PruningPlan) -> nn.Module:
     plan = plan.normalized(denoiser)
     found = discover(denoiser)
     new = copy.deepcopy(denoiser)
-    keep_masks = _keep_masks(new, found.structures, plan)
-    _slice_parameters(new, keep_masks)
+    _slice_parameters(new, keep_masks(new, found.structures, plan))
     owned: dict[str, dict[str, Structure]] = defaultdict(dict)
     for kind in ("head", "neuron", "group"):
         for fqn in plan.kept(kind):
@@ -72,7 +71,8 @@ def slim(denoiser: nn.Module, plan: PruningPlan) -> nn.Module:
     for fqn in plan.removed_operators:
         parent_name, _, child = fqn.rpartition(".")
         parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, replacement_for(getattr(parent, child), found.operators[fqn].kind))
+        setattr(parent, child, replacement_for(getattr(parent, child), found.operators[fqn].kind,
+                                               compensated=fqn in plan.compensated))
     new.pruning_plan = plan  # plain attribute for introspection; not part of the state_dict
     return new
 
@@ -82,7 +82,8 @@ def _owner_of(s: Structure) -> str:
     return s.fqn.rsplit(".", 1)[0] if s.component in ("single_attn", "proj_mlp") else s.fqn
 
 
-def _keep_masks(model: nn.Module, structures: dict[str, Structure], plan: PruningPlan) -> dict[str, dict]:
+def keep_masks(model: nn.Module, structures: dict[str, Structure], plan: PruningPlan) -> dict[str, dict]:
+    """``{param: {dim: (size,) bool}}``: which slices of each parameter a plan keeps."""
     params = dict(model.named_parameters())
     masks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
     for kind in ("head", "neuron", "group"):

@@ -1,4 +1,5 @@
-"""``export`` (the slimmed model) and ``recover`` (a short distillation, then export)."""
+"""``export`` (the slimmed model), ``reconstruct`` (re-fit the consumer layers, then export) and
+``recover`` (a short distillation, then export)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ from pathlib import Path
 from ..export import check_target, export
 from ..manifest import read_manifest
 from ..metrics import count_params
+from ..reconstruct import ReconstructSettings, reconstruct
 from ..recover import RecoverSettings, recover
-from .common import add_command, add_model_args, add_plan_arg, human, load_handle, load_plan, work_done
+from .common import (
+    add_command,
+    add_model_args,
+    add_plan_arg,
+    add_settings_args,
+    human,
+    load_handle,
+    load_plan,
+    work_done,
+)
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -19,6 +30,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-pipeline", action="store_true", help="also save the VAE, text encoders, scheduler")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing export folder (only one written by an earlier export)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="re-fit the layers that read the pruned units first, with the default settings "
+                        "(the `reconstruct` command sets them)")
 
 
 def _report(folder: Path, before: int, recovered: str = "") -> None:
@@ -32,9 +46,45 @@ def cmd_export(args) -> int:
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)  # before loading anything
     h = load_handle(args)
     plan = load_plan(args.plan, h)
-    folder = export(h, plan, args.out, full_pipeline=args.full_pipeline, overwrite=args.overwrite)
+    small = reconstruct(h, plan) if args.reconstruct else None
+    folder = export(h, plan if small is None else small.pruning_plan, args.out, full_pipeline=args.full_pipeline,
+                    denoiser=small, overwrite=args.overwrite)
     work_done()
-    _report(folder, count_params(h.denoiser), " (full pipeline)" if args.full_pipeline else "")
+    note = (" (full pipeline)" if args.full_pipeline else "") + ("" if small is None else _fitted(small))
+    _report(folder, count_params(h.denoiser), note)
+    return 0
+
+
+def _fitted(small) -> str:
+    r = small.reconstruction
+    layers = r["layers"].values()
+    before = sum(x["rel_error_before"] for x in layers) / max(len(layers), 1)
+    after = sum(x["rel_error_after"] for x in layers) / max(len(layers), 1)
+    return (f" (reconstructed in {r['seconds']:.1f} s: {len(layers)} layers re-fitted, mean relative output error "
+            f"{before:.3g} -> {after:.3g} on the calibration set; {len(r['operators'])} operators compensated)")
+
+
+def _reconstruct_args(p: argparse.ArgumentParser) -> None:
+    _export_args(p)
+    p.set_defaults(reconstruct=True)
+    add_settings_args(p, ReconstructSettings)
+    p.add_argument("--compensate-operators", action="store_true",
+                   help="also fold each removed operator's mean output into a bias on its stand-in")
+
+
+@add_command("reconstruct", help="re-fit the layers that read pruned units (closed-form least squares on the "
+             "original's activations), then export", arguments=_reconstruct_args)
+def cmd_reconstruct(args) -> int:
+    values = {f: getattr(args, f) for f in ReconstructSettings.__dataclass_fields__
+              if getattr(args, f, None) is not None}
+    settings = ReconstructSettings(**values, compensate_operators=args.compensate_operators)  # checked now
+    check_target(Path(args.out).expanduser().resolve(), args.overwrite)
+    h = load_handle(args)
+    small = reconstruct(h, load_plan(args.plan, h), settings)
+    folder = export(h, small.pruning_plan, args.out, full_pipeline=args.full_pipeline, denoiser=small,
+                    overwrite=args.overwrite)
+    work_done()
+    _report(folder, count_params(h.denoiser), _fitted(small))
     return 0
 
 

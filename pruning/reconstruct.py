@@ -1,0 +1,452 @@
+"""Training-free reconstruction: re-fit the layers that consume pruned units, in closed form.
+
+Pruning a head, an FFN neuron or a resnet channel group removes columns of the layer that
+reads those units (its *consumer*): ``to_out[0]`` (and FLUX's ``to_add_out``), ``ff.net[2]``,
+a FLUX single block's ``proj_out`` (head and MLP columns), a resnet's ``conv2`` (``k x k``
+patches of the kept channels, the exact im2col form). ``reconstruct`` records the consumer's
+inputs on the **original** model's own trajectories (calibration prompts and seeds, every
+denoising step, the model's sampler and guidance) and, for each consumer, solves
+
+    min_{W', b'}  E || W x + b - (W' x_K + b') ||^2  +  ridge * mean(diag G_KK) * || W' - W_K ||^2
+
+over the kept inputs ``K`` from the accumulated Gram matrix ``G = E[x x^T]`` and mean ``E[x]``
+(the ridge pulls towards plain pruning, ``W' = W_K``, so a huge ridge gives the plain slim model
+and a tiny one the least-squares fit). A removed operator gets its branch's mean output as a
+bias on its stand-in (``replacements.StandIn.compensate``): attention / FFN branches, resnets,
+whole transformer and FLUX blocks.
+
+The result is a slim model: the same shapes as ``slim(denoiser, plan)``, other consumer weights,
+plus the compensation biases; its ``pruning_plan`` records the settings (``plan.reconstruction``),
+so ``export`` writes it like any export and ``load_pruned`` rebuilds it bit for bit.
+
+**Memory.** Statistics are float64 (``D x D`` per consumer, ``D`` its input width: ``C*k*k``
+for a conv) and are gathered in groups of consumers whose Grams fit ``max_gram_mb``; each group
+is one calibration pass, so the peak is about the largest group plus the model. SDXL's largest
+FFN consumer (``net[2]``, input 10240) needs 10240^2 x 8 B = 0.84 GB; a FLUX single block's
+``proj_out`` (input 3072 + 12288 = 15360) 1.89 GB; SD 1.5's widest ``conv2`` (1280 x 3 x 3 =
+11520 inputs) 1.06 GB. The default budget (2048 MB) holds any one of them.
+
+>>> from pruning.testing import tiny_pipeline
+>>> from pruning.loading import handle_from_pipe
+>>> from pruning.plan import PruningPlan
+>>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+>>> attn = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+>>> plan = PruningPlan(family="sd", base="tiny:sd", kept_heads={attn: (0,)})
+>>> small = reconstruct(h, plan, ReconstructSettings(prompts=("a red circle",), steps=2))
+>>> small.get_submodule(attn).heads, small.pruning_plan.reconstruction["settings"]["ridge"]
+(1, 0.1)
+>>> r = small.reconstruction["layers"][attn + ".to_out.0"]
+>>> r["rel_error_after"] <= r["rel_error_before"]
+True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import validate
+from .catalog import catalog, discover
+from .errors import RunStopped, SettingsError
+from .methods.base import opt
+from .plan import PruningPlan
+from .prompts import calibration_prompts
+from .replacements import channel_dim, output_tensors, replacement_for
+from .rollout import prepare, raw_outputs, step
+from .runs import RunControl, as_control
+from .slim import keep_masks, slim
+
+DEFAULT_RIDGE = 0.1
+DEFAULT_PROMPTS = 32
+SEED_OFFSET = 10_000  # calibration seeds 10000.. stay apart from the evaluation seeds 0..
+MAX_GRAM_MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReconstructSettings:
+    """What reconstruction calibrates on and how it regularises (frozen; every value checked).
+
+    ``prompts``: calibration prompts (default: the model's first 32 calibration prompts, apart
+    from the evaluation prompts); ``seeds`` pair with them (default 10000, 10001, ...);
+    ``steps`` / ``guidance`` / ``resolution``: the model's defaults when unset. ``ridge``: the
+    regulariser relative to the mean kept-input energy. ``compensate_operators``: fold removed
+    operators' mean output into a bias. ``max_gram_mb``: memory for the statistics of one pass.
+    """
+
+    prompts: tuple[str, ...] | None = opt(None, f"calibration prompts (default: {DEFAULT_PROMPTS} of the model's "
+                                          "calibration prompts, apart from the evaluation ones)", "strs")
+    seeds: tuple[int, ...] | None = opt(None, f"one seed per prompt (default {SEED_OFFSET}, {SEED_OFFSET + 1}, ...)",
+                                        "ints")
+    steps: int | None = opt(None, "sampling steps of the calibration trajectories (default: the model's)", "int")
+    guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
+    resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
+    ridge: float = opt(DEFAULT_RIDGE, "ridge: how strongly the re-fit stays near the plain pruned weights, relative "
+                       "to the inputs' mean energy (0 = pure least squares)", "float")
+    compensate_operators: bool = opt(False, "fold each removed operator's mean output into a bias (off by "
+                                     "default: on tiny-shapes-sd it raised the latent MSE of operator-heavy plans)",
+                                     "bool", hidden=True)
+    inputs: str = opt("original", "which inputs the re-fit reads: 'pruned' (what the pruned model feeds the layer, "
+                      "layers re-fitted in order) or 'original' (the original model's)", "choice",
+                      ("pruned", "original"))
+    batch_size: int = opt(8, "prompts per calibration batch", "int")
+    max_gram_mb: float = opt(2048.0, "memory for the layer statistics of one calibration pass, in MB (more "
+                             "layers per pass = fewer passes)", "float")
+
+    def __post_init__(self):
+        v = validate
+        values = {**v.sampling_fields(prompts=self.prompts, seeds=self.seeds, steps=self.steps,
+                                      guidance=self.guidance, resolution=self.resolution),
+                  "ridge": v.number("ridge", self.ridge, lo=0, hi=1e6),
+                  "inputs": v.choice("inputs", self.inputs, ("pruned", "original")),
+                  "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
+                  "max_gram_mb": v.number("max_gram_mb", self.max_gram_mb, lo=0.01, hi=MAX_GRAM_MB)}
+        if not isinstance(self.compensate_operators, bool):
+            raise SettingsError(f"compensate_operators must be true or false, got {self.compensate_operators!r}")
+        for k, val in values.items():
+            object.__setattr__(self, k, val)
+
+    def resolved(self, handle) -> ReconstructSettings:
+        """These settings with the prompts and seeds filled in (what a plan records)."""
+        prompts = self.prompts or calibration_prompts(handle.model_ref, DEFAULT_PROMPTS)
+        seeds = self.seeds or tuple(SEED_OFFSET + i for i in range(len(prompts)))
+        return replace(self, prompts=tuple(prompts), seeds=tuple(seeds))
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> ReconstructSettings:
+        """The settings a plan's ``reconstruction["settings"]`` recorded (checked again)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise SettingsError(f"reconstruction settings have unknown field(s) {unknown}")
+        d = dict(record)
+        for k in ("prompts", "seeds"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer that reads pruned units: its weight's input columns ``keep`` (over ``D`` inputs)."""
+
+    fqn: str  # the Linear / Conv2d module
+    keep: torch.Tensor  # (D,) bool over the layer's flattened inputs (C*kh*kw for a conv)
+
+    @property
+    def width(self) -> int:
+        return self.keep.numel()
+
+    @property
+    def gram_bytes(self) -> int:
+        """Memory of its statistics: float64 (D+1)^2 + (D+1)(k+1) + (k+1)^2, k the kept inputs."""
+        d, k = self.width + 1, int(self.keep.sum()) + 1
+        return 8 * (d * d + d * k + k * k)
+
+
+def consumers(denoiser: nn.Module, plan: PruningPlan) -> list[Consumer]:
+    """The consumer layers of a (normalized) plan's pruned structures, with their kept inputs,
+    in the order the denoiser runs them."""
+    found = discover(denoiser)
+    masks = keep_masks(denoiser, found.structures, plan)
+    owner = {c.param: s.fqn for s in found.structures.values() for c in s.cuts if c.dim == 1}
+    depth = catalog(denoiser)[1].set_index("fqn")["depth"].to_dict()
+    out = []
+    for param, dims in masks.items():
+        if 1 not in dims:
+            continue  # rows of producers (to_q, net[0].proj, conv1...): nothing to re-fit
+        fqn = param.rsplit(".", 1)[0]
+        layer = denoiser.get_submodule(fqn)
+        keep = dims[1]
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1:
+                continue
+            keep = keep.repeat_interleave(layer.kernel_size[0] * layer.kernel_size[1])  # (C*kh*kw,)
+        out.append((depth.get(owner[param], -1), fqn, Consumer(fqn, keep)))
+    return [c for _, _, c in sorted(out, key=lambda t: t[:2])]
+
+
+def layer_inputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A layer's input as rows of its flattened receptive field: (rows, D)."""
+    if isinstance(layer, nn.Conv2d):
+        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
+                        stride=layer.stride)  # (B, C*kh*kw, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B*L, C*kh*kw)
+    return x.reshape(-1, x.shape[-1])  # (B*N, D)
+
+
+def flat_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight as (out, D) float64, D in the order of :func:`layer_inputs`."""
+    return layer.weight.detach().double().reshape(layer.weight.shape[0], -1)  # (out, C*kh*kw) for a conv
+
+
+def _augment(rows: torch.Tensor) -> torch.Tensor:
+    x = rows.detach().double()
+    return torch.cat([x, x.new_ones(x.shape[0], 1)], 1)  # (rows, width+1): x~ = [x, 1]
+
+
+class Stats:
+    """Running second moments of a consumer's inputs, with a constant 1 appended (x~ = [x, 1]):
+    ``G = E[x~ x~^T]`` of the original model's inputs ``x`` (D), ``H = E[h~ h~^T]`` of the
+    inputs ``h`` (k) the pruned model gives the kept columns, and ``X = E[x~ h~^T]``. Without a
+    pruned model, ``h`` is ``x``'s kept part."""
+
+    def __init__(self, width: int, kept: int, device):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.G = torch.zeros(width + 1, width + 1, **f64)  # (D+1, D+1)
+        self.H = torch.zeros(kept + 1, kept + 1, **f64)  # (k+1, k+1)
+        self.X = torch.zeros(width + 1, kept + 1, **f64)  # (D+1, k+1)
+        self.rows = 0
+
+    def add(self, x: torch.Tensor, h: torch.Tensor) -> None:
+        """``x``: (rows, D) original inputs; ``h``: (rows, k) the pruned model's, same positions."""
+        xa, ha = _augment(x), _augment(h)
+        self.G += xa.T @ xa
+        self.H += ha.T @ ha
+        self.X += xa.T @ ha
+        self.rows += xa.shape[0]
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = max(self.rows, 1)
+        return self.G / n, self.X / n, self.H / n
+
+
+def _full(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return torch.cat([W, (b if b is not None else W.new_zeros(W.shape[0]))[:, None]], 1)  # (out, D+1)
+
+
+def solve(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, keep: torch.Tensor,
+          ridge: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The re-fitted ``(W' (out, k), b')`` minimising ``E||W x + b - W' h - b'||^2 +
+    lam ||W' - W_K||^2`` with ``lam = ridge * mean(diag E[h h^T])``.
+
+    >>> W = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    >>> x = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    >>> keep = torch.tensor([True, True, False])
+    >>> s = Stats(3, 2, "cpu"); s.add(x, x[:, keep])
+    >>> Wk, bk = solve(W, None, s, keep, 0.0)
+    >>> [round(v, 9) for v in Wk[0].tolist()]  # the third input is always 0: the fit is the kept columns
+    [1.0, 2.0]
+    """
+    _, Xc, H = stats.means()
+    k = int(keep.sum())
+    cols = torch.cat([keep.nonzero().flatten(), torch.tensor([keep.numel()], device=keep.device)])  # K and the 1
+    full = _full(W, b)
+    C = full @ Xc  # (out, k+1): E[y h~^T], y the original layer's output
+    prior = full[:, cols].clone()  # plain pruning: W_K and b
+    prior[:, -1] = 0  # the bias is not pulled
+    A = H.clone()
+    lam = ridge * float(H.diagonal()[:k].mean()) if k else 0.0
+    A.diagonal()[:k] += lam
+    rhs = C + lam * torch.cat([prior[:, :k], prior.new_zeros(prior.shape[0], 1)], 1)
+    if b is None:  # no bias to fit: drop the constant column
+        A, rhs = A[:k, :k], rhs[:, :k]
+    sol = torch.linalg.lstsq(A, rhs.T).solution.T  # A symmetric: sol A = rhs
+    return (sol[:, :k], sol[:, k]) if b is not None else (sol, None)
+
+
+def rel_error(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, Wk: torch.Tensor,
+              bk: torch.Tensor | None) -> float:
+    """``E||y - (Wk h + bk)||^2 / E||y||^2`` on the recorded inputs (y the original output)."""
+    G, Xc, H = stats.means()
+    full = _full(W, b)
+    new = _full(Wk, bk)  # (out, k+1)
+    energy = float(torch.einsum("od,de,oe->", full, G, full))
+    err = energy - 2 * float(torch.einsum("od,dk,ok->", full, Xc, new)) + float(torch.einsum("ok,kl,ol->", new, H, new))
+    return max(err, 0.0) / max(energy, 1e-30)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _trajectories(handle, s: ReconstructSettings, control: RunControl) -> list:
+    out = []
+    for i in range(0, len(s.prompts), s.batch_size):
+        if control.stopped():
+            raise RunStopped(f"reconstruction {control.reason or 'stopped'} while preparing the calibration set; "
+                             "nothing was changed")
+        out.append(prepare(handle, list(s.prompts[i:i + s.batch_size]), list(s.seeds[i:i + s.batch_size]),
+                           steps=s.steps, guidance=s.guidance, resolution=s.resolution))
+    return out
+
+
+def _groups(items: list[Consumer], budget_bytes: float) -> list[list[Consumer]]:
+    """Consumers packed greedily (in order) into groups whose Grams fit the budget (one alone may not)."""
+    groups, size = [[]], 0
+    for c in items:
+        if groups[-1] and size + c.gram_bytes > budget_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(c)
+        size += c.gram_bytes
+    return [g for g in groups if g] or [[]]
+
+
+class _Means:
+    """Running mean, per returned tensor, of (operator output - its stand-in's output)."""
+
+    def __init__(self):
+        self.sums: list[torch.Tensor] | None = None
+        self.counts: list[int] = []
+
+    def add(self, outs: list[torch.Tensor], base: list[torch.Tensor]) -> None:
+        diffs = []
+        for o, s in zip(outs, base):
+            d = (o - s).detach().double()
+            dims = [i for i in range(d.ndim) if i != channel_dim(d) % d.ndim]
+            diffs.append((d.sum(dims), d.numel() // d.shape[channel_dim(d)]))
+        if self.sums is None:
+            self.sums, self.counts = [t for t, _ in diffs], [n for _, n in diffs]
+        else:
+            self.sums = [a + t for a, (t, _) in zip(self.sums, diffs)]
+            self.counts = [a + n for a, (_, n) in zip(self.counts, diffs)]
+
+    def means(self) -> list[torch.Tensor]:
+        return [s / max(n, 1) for s, n in zip(self.sums or [], self.counts)]
+
+
+def _stat_device(handle) -> torch.device:
+    return torch.device("cpu") if handle.device.type == "mps" else handle.device  # no float64 on MPS
+
+
+def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consumer], operators: list[str],
+               control: RunControl, what: str) -> tuple[dict[str, Stats], dict[str, _Means]]:
+    """One pass over the original model's calibration trajectories. At every step the original
+    denoiser runs on ``z_i`` (its inputs ``x`` to ``group``'s layers and the branch outputs of
+    ``operators`` are recorded) and, with ``small``, the pruned model runs on the same ``z_i``
+    (its inputs ``h`` to the same layers: what the re-fitted layer will read). Without ``small``,
+    ``h`` is ``x``'s kept part. Every hook is removed afterwards."""
+    den = handle.denoiser
+    found = discover(den)
+    device = _stat_device(handle)
+    stats = {c.fqn: Stats(c.width, int(c.keep.sum()), device) for c in group}
+    keeps = {c.fqn: c.keep.to(device) for c in group}
+    seen: dict[str, list[torch.Tensor]] = {c.fqn: [] for c in group}  # this step's original inputs, in call order
+    means = {op: _Means() for op in operators}
+    handles = []
+
+    def record_original(m, args, fqn):
+        x = layer_inputs(m, args[0]).to(device)
+        if small is None:
+            stats[fqn].add(x, x[:, keeps[fqn]])
+        else:
+            seen[fqn].append(x)
+
+    def record_pruned(m, args, fqn):
+        stats[fqn].add(seen[fqn].pop(0), layer_inputs(m, args[0]).to(device))
+
+    try:
+        for c in group:
+            handles.append(den.get_submodule(c.fqn).register_forward_pre_hook(
+                lambda m, args, fqn=c.fqn: record_original(m, args, fqn)))
+            if small is not None:
+                handles.append(small.get_submodule(c.fqn).register_forward_pre_hook(
+                    lambda m, args, fqn=c.fqn: record_pruned(m, args, fqn)))
+        for op in operators:
+            module = den.get_submodule(op)
+            standin = replacement_for(module, found.operators[op].kind)
+
+            def post(m, args, kwargs, out, acc=means[op], standin=standin):
+                acc.add(output_tensors(out), output_tensors(standin.compute(*args, **kwargs)))
+            handles.append(module.register_forward_hook(post, with_kwargs=True))
+        with torch.no_grad():
+            for n, traj in enumerate(trajs):
+                z = traj.z0
+                for i in range(traj.steps):
+                    if control.stopped():
+                        raise RunStopped(f"reconstruction {control.reason or 'stopped'} during {what} (batch "
+                                         f"{n + 1} of {len(trajs)}); nothing was changed")
+                    z_next = step(den, traj, i, z)  # the original's own trajectory
+                    if small is not None:
+                        raw_outputs(small, traj, i, z)  # the pruned model on the same z_i
+                    z = z_next
+    finally:
+        for h in handles:
+            h.remove()
+    return stats, means
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None = None, *,
+                control: RunControl | None = None) -> nn.Module:
+    """The slim denoiser for ``plan`` with its consumer layers re-fitted and removed operators
+    compensated (see the module docstring). ``handle.denoiser`` is only read.
+
+    The module carries ``pruning_plan`` (``plan`` with ``reconstruction`` recorded) and
+    ``reconstruction``: per consumer ``rows`` and the relative output error on the calibration
+    set before (plain pruning) and after; per compensated operator the bias norm; ``seconds``,
+    ``passes`` and ``gram_mb`` (the largest group's statistics). Stop raises ``RunStopped`` and
+    changes nothing.
+    """
+    control = as_control(control)
+    t0 = time.perf_counter()
+    settings = (settings or ReconstructSettings()).resolved(handle)
+    den = handle.denoiser
+    base_plan = replace(plan.normalized(den), reconstruction=None)
+    found = discover(den)
+    ops = [op for op in base_plan.removed_operators if settings.compensate_operators and op in found.operators]
+    record = {"settings": _record(settings), "compensated": ops}
+    new_plan = replace(base_plan, reconstruction=record)
+    items = consumers(den, base_plan)
+    groups = _groups(items, settings.max_gram_mb * 2 ** 20)
+    trajs = _trajectories(handle, settings, control)
+    small = slim(den, new_plan)
+    report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
+              "gram_mb": round(max(sum(c.gram_bytes for c in g) for g in groups) / 2 ** 20, 3)}
+    for n, group in enumerate(groups):
+        stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
+                                  ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}")
+        for op, acc in means.items():
+            with torch.no_grad():
+                for p, m in zip(small.get_submodule(op).compensation, acc.means()):
+                    p.copy_(m.to(device=p.device, dtype=p.dtype))
+            report["operators"][op] = {"bias_norm": float(sum(m.norm() for m in acc.means()))}
+        for c in group:  # written into `small` now: the next group's pass reads through them
+            layer, new = den.get_submodule(c.fqn), small.get_submodule(c.fqn)
+            st = stats[c.fqn]
+            keep = c.keep.to(st.G.device)
+            W = flat_weight(layer).to(st.G.device)
+            b = None if layer.bias is None else layer.bias.detach().double().to(st.G.device)
+            Wk, bk = solve(W, b, st, keep, settings.ridge)
+            report["layers"][c.fqn] = {"rows": st.rows, "inputs_kept": int(keep.sum()), "inputs": c.width,
+                                       "rel_error_before": rel_error(W, b, st, W[:, keep], b),
+                                       "rel_error_after": rel_error(W, b, st, Wk, bk)}
+            with torch.no_grad():
+                new.weight.copy_(Wk.reshape(new.weight.shape).to(new.weight))  # (out, k) -> (out, k', kh, kw) for a conv
+                if bk is not None:
+                    new.bias.copy_(bk.to(new.bias))
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    small.pruning_plan = new_plan
+    small.reconstruction = report
+    return small
+
+
+def _record(s: ReconstructSettings) -> dict:
+    d = asdict(s)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.Module:
+    """The reconstructed slim denoiser a plan with ``reconstruction`` recorded describes, computed
+    again from the base weights with the recorded settings (deterministic on one device)."""
+    settings = ReconstructSettings.from_record(plan.reconstruction["settings"])
+    base = replace(plan, reconstruction=None)
+    small = reconstruct(handle, base, replace(settings, compensate_operators=bool(plan.compensated)),
+                        control=control)
+    if tuple(small.pruning_plan.compensated) != tuple(plan.compensated):
+        raise SettingsError("the plan's recorded compensated operators do not match a reconstruction "
+                                     "with its settings")
+    return small
+
+
+__all__ = ["ReconstructSettings", "reconstruct", "reapply", "consumers", "Stats", "solve", "rel_error",
+           "layer_inputs", "flat_weight"]

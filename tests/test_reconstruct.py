@@ -1,0 +1,206 @@
+"""Reconstruction: exact where the kept inputs span the consumer's, better than plain pruning on
+held-out activations, and exported / reloaded bit for bit with the plan recording it."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pruning import PruningPlan, export, load_pruned, masked, slim
+from pruning.catalog import discover, unit_view
+from pruning.errors import PlanError, RunStopped, SettingsError
+from pruning.loading import handle_from_pipe
+from pruning.metrics import example_inputs
+from pruning.reconstruct import (
+    ReconstructSettings,
+    Stats,
+    consumers,
+    flat_weight,
+    layer_inputs,
+    reapply,
+    reconstruct,
+    rel_error,
+)
+from pruning.runs import RunControl
+from pruning.testing import FAMILIES, tiny_pipeline
+
+_WORDS = "red green blue yellow circle square triangle star left right top bottom small big".split()
+PROMPTS = tuple(" ".join(random.Random(i).sample(_WORDS, 5)) for i in range(24))  # calibration, not held out
+CALIB = ReconstructSettings(prompts=("a red circle", "a blue square on the left", "a green star"), steps=3,
+                            ridge=1e-4)
+
+
+def fresh(family: str):
+    return handle_from_pipe(tiny_pipeline(family), model_ref=f"tiny:{family}")
+
+
+def random_plan(h, seed: int, keep: float = 0.6, operators: int = 0) -> PruningPlan:
+    """About ``keep`` of every structure's units (at least one), and ``operators`` removed operators."""
+    rng = random.Random(seed)
+    found = discover(h.denoiser)
+    kept = {"head": {}, "neuron": {}, "group": {}}
+    for fqn, s in found.structures.items():
+        kept[s.kind][fqn] = tuple(sorted(rng.sample(range(s.units), max(1, round(keep * s.units)))))
+    ops = tuple(rng.sample(sorted(o for o, op in found.operators.items() if op.granularity != "block"), operators))
+    return PruningPlan(family=h.family, base=h.model_ref, removed_operators=ops, kept_heads=kept["head"],
+                       kept_neurons=kept["neuron"], kept_groups=kept["group"])
+
+
+def forward(den, h, seed=0):
+    kw = example_inputs(den, generator=torch.Generator().manual_seed(seed), batch=2)
+    with torch.no_grad():
+        return den(**kw)[0]
+
+
+def silence(h, plan):
+    """Zero every producer slice of the units ``plan`` removes, so their activations are 0."""
+    found = discover(h.denoiser)
+    params = dict(h.denoiser.named_parameters())
+    with torch.no_grad():
+        for kind in ("head", "neuron", "group"):
+            for fqn, kept in plan.kept(kind).items():
+                s = found.structures[fqn]
+                gone = [u for u in range(s.units) if u not in kept]
+                for cut in s.cuts:
+                    if cut.dim == 0:
+                        unit_view(params[cut.param].data, cut, s)[gone] = 0.0  # (units, unit_size * rest) view
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("inputs", ["pruned", "original"])
+def test_exact_when_the_removed_units_are_silent(family, inputs):
+    h = fresh(family)
+    plan = random_plan(h, seed=1)
+    silence(h, plan)
+    with masked(h.denoiser, plan):
+        want = forward(h.denoiser, h)
+    plain = forward(slim(h.denoiser, plan), h)
+    assert torch.allclose(plain, want, atol=1e-5)  # plain slim already equals masked here
+    small = reconstruct(h, plan, replace(CALIB, inputs=inputs))
+    got = forward(small, h)
+    assert (got - want).abs().max().item() < 1e-5, (family, (got - want).abs().max().item())
+    layers = small.reconstruction["layers"]
+    assert layers and all(r["rel_error_after"] < 1e-6 for r in layers.values()), layers
+
+
+def held_out_errors(h, plan, small, prompts=("a yellow triangle at the top", "a big blue circle")):
+    """Per consumer: relative output error against the original layer on held-out activations
+    (the original model's inputs on held-out prompts and seeds): plain pruning vs ``small``."""
+    from pruning.reconstruct import _calibrate, _trajectories
+
+    s = ReconstructSettings(prompts=prompts, seeds=(77, 78), steps=3).resolved(h)
+    items = consumers(h.denoiser, plan.normalized(h.denoiser))
+    stats, _ = _calibrate(h, None, _trajectories(h, s, RunControl()), items, [], RunControl(), "held-out")
+    out = {}
+    for c in items:
+        layer, new = h.denoiser.get_submodule(c.fqn), small.get_submodule(c.fqn)
+        W, b = flat_weight(layer), None if layer.bias is None else layer.bias.detach().double()
+        bk = None if new.bias is None else new.bias.detach().double()
+        out[c.fqn] = (rel_error(W, b, stats[c.fqn], W[:, c.keep], b),
+                      rel_error(W, b, stats[c.fqn], flat_weight(new), bk))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lowers_held_out_layer_error_on_a_random_plan(family):
+    h = fresh(family)
+    plan = random_plan(h, seed=2, keep=0.5, operators=1)
+    small = reconstruct(h, plan, ReconstructSettings(prompts=PROMPTS, steps=3, inputs="original",
+                                                     compensate_operators=True))
+    errors = held_out_errors(h, plan, small)
+    assert errors
+    worse = {f: e for f, e in errors.items() if not e[1] < e[0]}
+    assert not worse, worse
+    assert small.pruning_plan.compensated == plan.removed_operators  # the removed operator got a bias
+    assert small.reconstruction["operators"][plan.removed_operators[0]]["bias_norm"] > 0
+
+
+def test_conv_consumer_inputs_are_the_exact_im2col():
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    rows = layer_inputs(conv, x)  # (B*L, C*k*k)
+    y = (rows.double() @ flat_weight(conv).T + conv.bias.double()).reshape(2, 36, 5).transpose(1, 2)
+    assert torch.allclose(y.reshape(2, 5, 6, 6).float(), conv(x), atol=1e-5)
+    st = Stats(rows.shape[1], 4, "cpu")
+    st.add(rows, rows[:, :4])
+    assert st.rows == 72 and st.means()[0][-1, -1].item() == 1.0
+
+
+def test_export_reloads_bit_identically_and_the_plan_records_it(tmp_path):
+    h = fresh("sd")
+    plan = random_plan(h, seed=3, keep=0.5, operators=2)
+    small = reconstruct(h, plan, ReconstructSettings(prompts=CALIB.prompts, steps=2, compensate_operators=True))
+    rec = small.pruning_plan.reconstruction
+    assert rec["settings"]["ridge"] == ReconstructSettings().ridge and rec["settings"]["prompts"] == list(CALIB.prompts)
+    out = export(h, small.pruning_plan, tmp_path / "exp", denoiser=small)
+    back = load_pruned(out)
+    assert back.pruning_plan.reconstruction == rec
+    a, b = small.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(".compensation." in k for k in a)
+    assert torch.equal(forward(small, h), forward(back, h))
+    # the plan file alone re-applies it to the base weights: the same reconstruction, bit for bit
+    again = reapply(h, small.pruning_plan)
+    assert all(torch.equal(a[k], again.state_dict()[k]) for k in a)
+    plain = slim(h.denoiser, plan)
+    assert not torch.equal(forward(plain, h), forward(small, h))
+
+
+def test_export_refuses_a_reconstructed_model_with_the_plain_plan(tmp_path):
+    h = fresh("sd")
+    plan = random_plan(h, seed=4, operators=1)
+    small = reconstruct(h, plan, ReconstructSettings(prompts=("a red circle",), steps=2))
+    with pytest.raises(PlanError, match="reconstruct"):
+        export(h, plan, tmp_path / "exp", denoiser=small)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_plan_json_round_trip_and_bad_records():
+    plan = PruningPlan(family="sd", base="x", removed_operators=("a.b",),
+                       reconstruction={"settings": {"ridge": 0.1}, "compensated": ["a.b"]})
+    assert PruningPlan.from_json(plan.to_json()) == plan and plan.compensated == ("a.b",)
+    assert "reconstruction" not in PruningPlan(family="sd", base="x").to_dict()  # old plans stay as they were
+    for bad, word in [({"settings": {}}, "compensated"), ({"settings": 1, "compensated": []}, "settings"),
+                      ({"settings": {}, "compensated": "a.b"}, "compensated"), ([], "reconstruction")]:
+        with pytest.raises(PlanError, match=word):
+            PruningPlan(family="sd", base="x", reconstruction=bad)
+    h = fresh("sd")
+    stray = PruningPlan(family="sd", base=h.model_ref, reconstruction={"settings": {}, "compensated": ["mid_block.resnets.0"]})
+    with pytest.raises(PlanError, match="mid_block.resnets.0"):
+        stray.validate(h.denoiser)
+
+
+@pytest.mark.parametrize("kw, word", [({"ridge": -1}, "ridge"), ({"ridge": float("nan")}, "ridge"),
+                                      ({"max_gram_mb": 0.0}, "max_gram_mb"), ({"batch_size": 0}, "batch_size"),
+                                      ({"compensate_operators": "yes"}, "compensate_operators"),
+                                      ({"steps": 0}, "steps")])
+def test_bad_settings_name_the_field(kw, word):
+    with pytest.raises(SettingsError, match=word):
+        ReconstructSettings(**kw)
+
+
+def test_memory_is_bounded_by_groups_and_the_result_does_not_depend_on_them():
+    h = fresh("sd")
+    plan = random_plan(h, seed=5)
+    # with the original model's inputs the layers are independent: grouping changes nothing
+    one = reconstruct(h, plan, ReconstructSettings(prompts=CALIB.prompts, steps=2, inputs="original"))
+    many = reconstruct(h, plan, ReconstructSettings(prompts=CALIB.prompts, steps=2, inputs="original",
+                                                    max_gram_mb=0.05))
+    assert one.reconstruction["passes"] == 1 and many.reconstruction["passes"] > 2
+    assert many.reconstruction["gram_mb"] < one.reconstruction["gram_mb"]
+    a, b = one.state_dict(), many.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_stop_changes_nothing():
+    h = fresh("sd")
+    before = {k: v.clone() for k, v in h.denoiser.state_dict().items()}
+    c = RunControl()
+    c.stop()
+    with pytest.raises(RunStopped, match="nothing was changed"):
+        reconstruct(h, random_plan(h, seed=6), ReconstructSettings(prompts=CALIB.prompts, steps=2), control=c)
+    assert all(torch.equal(before[k], v) for k, v in h.denoiser.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in h.denoiser.modules())
