@@ -1,9 +1,12 @@
 """One comparison table for every method at several sparsities (feeds the quality plot).
 
 Each method of the registry scores the model once; its scores are then cut at every target
-sparsity, slimmed, and evaluated on the same prompts and seeds as the original: params, MACs
-(at the model's own generation size, the same figure as everywhere else), latent MSE and
-image PSNR against the original, and, on the bundled shapes models, task accuracy.
+sparsity, slimmed (and, with ``reconstruct``, also re-fitted: a second row per plan), and
+evaluated on the same prompts and seeds as the original: params, MACs (at the model's own
+generation size, the same figure as everywhere else), latent MSE with its standard error,
+image PSNR and SSIM against the original, and, on the bundled shapes models, task accuracy
+with a 95% bootstrap interval (``acc_*_lo`` / ``acc_*_hi``); on other models a CLIP score
+against the prompt when the CLIP model can be loaded (else ``attrs["clip"]`` says why not).
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
@@ -17,6 +20,7 @@ image PSNR against the original, and, on the bundled shapes models, task accurac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -25,30 +29,38 @@ import pandas as pd
 
 from . import validate
 from .catalog import UNIT_KINDS
-from .errors import PruningError, SettingsError
+from .errors import ModelLoadError, PruningError, SettingsError
 from .methods import get, names
 from .metrics import count_params, total_macs
-from .prompts import calibration_prompts, evaluation_prompts
-from .quality import evaluate
+from .prompts import calibration_prompts, evaluation_prompts, is_shapes_model
+from .quality import bootstrap_ci, evaluate, mean_se
+from .reconstruct import ReconstructSettings, reconstruct
 from .runs import RunControl, as_control
 from .sampling import count_inputs
 from .slim import slim
 
+ACCURACIES = ("color", "shape", "position", "all")
+
 MAX_SPARSITIES = 20
 MAX_DRAWS = 20
+EVAL_PROMPTS = 64  # the shapes models' whole held-out set (seeds 0..63)
+CALIB_PROMPTS = 32  # what the methods score with, apart from the evaluation prompts
 
 
 @dataclass(frozen=True)
 class CompareSettings:
     """Frozen and checked. ``method_settings`` maps a method name to its settings values (a dict)."""
 
-    eval_prompts: tuple[str, ...] | None = None  # default: 16 evaluation prompts of the model
+    eval_prompts: tuple[str, ...] | None = None  # default: 64 evaluation prompts of the model
     eval_seeds: tuple[int, ...] | None = None
-    calib_prompts: tuple[str, ...] | None = None  # what the methods score with; default: 8 other prompts
+    calib_prompts: tuple[str, ...] | None = None  # what the methods score with; default: 32 other prompts
     steps: int | None = None
     guidance: float | None = None
     random_draws: int = 3
     method_settings: Mapping[str, Mapping] = field(default_factory=dict)
+    reconstruct: bool = False  # also evaluate every plan re-fitted by pruning.reconstruct (a second row)
+    reconstruct_settings: Mapping = field(default_factory=dict)  # ReconstructSettings values
+    clip: bool = True  # CLIP score on models that are not the shapes models (needs the CLIP model)
 
     def __post_init__(self):
         v = validate
@@ -62,6 +74,13 @@ class CompareSettings:
                                                                                            "calib_prompts"),
                   "random_draws": v.integer("random_draws", self.random_draws, lo=1, hi=MAX_DRAWS),
                   "method_settings": {str(k): dict(val) for k, val in self.method_settings.items()}}
+        for name in ("reconstruct", "clip"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.reconstruct_settings, Mapping):
+            raise SettingsError("reconstruct_settings must be a dict of ReconstructSettings values")
+        values["reconstruct_settings"] = dict(self.reconstruct_settings)
+        ReconstructSettings(**values["reconstruct_settings"])  # checked now, not after the scoring
         for k, val in values.items():
             object.__setattr__(self, k, val)
 
@@ -94,20 +113,58 @@ def _settings_for(method, handle, s: CompareSettings, calib: tuple[str, ...]):
     return method.settings(**{**values, **s.method_settings.get(method.name, {})})
 
 
-def _evaluate(handle, denoiser, prompts, seeds, ref, s: CompareSettings, control) -> dict:
+def _evaluate(handle, denoiser, prompts, seeds, ref, s: CompareSettings, control, clip=None) -> dict:
+    """One model's figures and its per-image values (``samples``, pooled over random draws)."""
     out = evaluate(handle, prompts, seeds, denoiser=denoiser, reference=ref, steps=s.steps, guidance=s.guidance,
                    control=control)
-    row = {"params": count_params(denoiser), "macs": total_macs(denoiser, **count_inputs(handle)),
-           "latent_mse": out.get("latent_mse", 0.0), "psnr": out.get("psnr", 100.0)}
-    if "all" in out:
-        row.update({f"acc_{k}": out[k] for k in ("color", "shape", "position", "all")})
-    return row, out
+    samples = dict(out.get("per_sample", {}))
+    if "per_image" in out:
+        samples.update({f"acc_{k}": out["per_image"][f"{k}_ok"].to_numpy(float) for k in ACCURACIES})
+    if clip is not None:
+        samples["clip_score"] = clip.per_image(out["images"], prompts)
+    fixed = {"params": count_params(denoiser), "macs": total_macs(denoiser, **count_inputs(handle))}
+    return {"fixed": fixed, "samples": samples}, out
+
+
+def _row(evals: list[dict]) -> dict:
+    """Means over the pooled per-image values, with intervals: the latent MSE's standard error,
+    a 95% bootstrap interval of each accuracy."""
+    row = {k: float(np.mean([e["fixed"][k] for e in evals])) for k in evals[0]["fixed"]}
+    for k in evals[0]["samples"]:
+        v = np.concatenate([e["samples"][k] for e in evals])
+        row[k], se = mean_se(v)
+        if k == "latent_mse":
+            row["latent_mse_se"] = se
+        if k.startswith("acc_"):
+            row[f"{k}_lo"], row[f"{k}_hi"] = bootstrap_ci(v)
+    return row
+
+
+def _clip_scorer(handle, s: CompareSettings, attrs: dict):
+    """The CLIP scorer for a real model, or None with the reason in ``attrs["clip"]``."""
+    if is_shapes_model(handle.model_ref):
+        attrs["clip"] = "not computed: the shapes models are judged by the task accuracy (no CLIP model offline)"
+        return None
+    if not s.clip:
+        attrs["clip"] = "not computed: switched off"
+        return None
+    from .clipscore import load_clip
+
+    try:
+        scorer = load_clip(device=handle.device)
+    except ModelLoadError as e:
+        attrs["clip"] = f"not computed: {e}"
+        return None
+    attrs["clip"] = "CLIP score (openai/clip-vit-base-patch16): 100 x cos(image, prompt), higher = closer to the prompt"
+    return scorer
 
 
 def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] | None = None, *,
                     settings: CompareSettings | None = None, control: RunControl | None = None) -> pd.DataFrame:
-    """Long table: method, sparsity (target), params_fraction (measured), params, macs,
-    latent_mse, psnr and (shapes models) acc_color/acc_shape/acc_position/acc_all.
+    """Long table: method, reconstructed, sparsity (target), params_fraction (measured), params,
+    macs, latent_mse (and latent_mse_se), psnr, ssim, (shapes models) acc_color / acc_shape /
+    acc_position / acc_all with ``_lo`` / ``_hi`` 95% intervals, (other models) clip_score;
+    reconstruct_s: seconds to re-fit the plan (reconstructed rows).
 
     ``methods``: names in the registry (default: all). Random rows are the mean of
     ``random_draws`` plans; an unreachable target gives a row with ``error`` set instead of
@@ -120,16 +177,20 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
     chosen = [get(m).name for m in (methods if methods is not None else names())]
     if not chosen:
         raise SettingsError("choose at least one method to compare")
-    prompts = list(s.eval_prompts or evaluation_prompts(handle.model_ref, 16))
+    prompts = list(s.eval_prompts or evaluation_prompts(handle.model_ref, EVAL_PROMPTS))
     seeds = list(s.eval_seeds or range(len(prompts)))
-    calib = tuple(s.calib_prompts or calibration_prompts(handle.model_ref, 8))
+    calib = tuple(s.calib_prompts or calibration_prompts(handle.model_ref, CALIB_PROMPTS))
     attrs = dict(model_ref=handle.model_ref, eval_prompts=prompts, eval_seeds=seeds, calib_prompts=list(calib),
                  methods=chosen, sparsities=sps, partial=False)
     rows = []
+    clip = _clip_scorer(handle, s, attrs)
+    recon = ReconstructSettings(**s.reconstruct_settings) if s.reconstruct else None
     try:
-        base_row, ref = _evaluate(handle, handle.denoiser, prompts, seeds, None, s, control)
+        base, ref = _evaluate(handle, handle.denoiser, prompts, seeds, None, s, control, clip)
+        base_row = _row([base])
         total = base_row["params"]
-        rows.append({"method": "original", "sparsity": 0.0, "params_fraction": 0.0, **base_row})
+        rows.append({"method": "original", "reconstructed": False, "sparsity": 0.0, "params_fraction": 0.0,
+                     "latent_mse": 0.0, "latent_mse_se": 0.0, "psnr": 100.0, "ssim": 1.0, **base_row})
         n_jobs, done = len(chosen) * len(sps), 0
         for name in chosen:
             method = get(name)
@@ -148,11 +209,21 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
                 except PruningError as e:
                     rows.append({"method": name, "sparsity": t, "error": str(e)})
                     continue
-                evals = [_evaluate(handle, slim(handle.denoiser, p), prompts, seeds, ref, s, control)[0]
-                         for p in plans]
-                row = {k: float(np.mean([e[k] for e in evals])) for k in evals[0]}
-                row["params_fraction"] = 1 - row["params"] / total
-                rows.append({"method": name, "sparsity": t, **row})
+                variants = [(False, lambda p: slim(handle.denoiser, p))]
+                if recon is not None:
+                    variants.append((True, lambda p: reconstruct(handle, p, recon, control=control)))
+                for rebuilt, build in variants:
+                    evals, seconds = [], []
+                    for p in plans:
+                        t0 = time.perf_counter()
+                        small = build(p)
+                        seconds.append(time.perf_counter() - t0)
+                        evals.append(_evaluate(handle, small, prompts, seeds, ref, s, control, clip)[0])
+                    row = _row(evals)
+                    row["params_fraction"] = 1 - row["params"] / total
+                    if rebuilt:
+                        row["reconstruct_s"] = float(np.mean(seconds))
+                    rows.append({"method": name, "reconstructed": rebuilt, "sparsity": t, **row})
                 done += 1
                 control.report(done, n_jobs, method=name, sparsity=t)
     except PruningError as e:

@@ -291,7 +291,7 @@ def read_defaults(folder: Path) -> dict | None:
 
 
 @contextlib.contextmanager
-def _quiet_library_logs():
+def quiet_library_logs():
     """diffusers/transformers log their own line before raising; our error is the one line shown."""
     saved = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (dlog, tlog)]
     for log, _, _ in saved:
@@ -311,7 +311,7 @@ def pipeline_from_pretrained(name_or_path: str, class_name: str, source: str, dt
     if SUPPORTED_CLASSES[class_name] == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        with _quiet_library_logs():
+        with quiet_library_logs():
             return DiffusionPipeline.from_pretrained(
                 name_or_path, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs)
     except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError variously
@@ -324,9 +324,21 @@ def _is_pathlike(source: str) -> bool:
             or source.count("/") > 1 or os.path.isabs(source))
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
     return bool(hc.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_unavailable(repo_id: str) -> str | None:
+    """Why files of ``repo_id`` must come from the local cache (offline, or the Hub does not
+    answer within ``HUB_TIMEOUT_S``), or None when the Hub answers. Fast: one short request."""
+    if hub_offline():
+        return "the Hub is offline (HF_HUB_OFFLINE=1)"
+    try:
+        _model_info(repo_id, None, HUB_TIMEOUT_S)
+    except Exception as e:  # connection refused, DNS failure, timeout, unknown repository
+        return f"the Hub did not answer ({type(e).__name__})"
+    return None
 
 
 def _model_info(repo_id: str, revision: str | None, timeout: float):
@@ -349,7 +361,7 @@ def _load_hub(source: str, dtype):
     if not _HUB_ID.match(repo_id):
         raise ModelLoadError(f"{source!r} is not a valid Hub id ('org/name' or 'org/name@revision')")
     sha, reason = None, None
-    if _hub_offline():
+    if hub_offline():
         reason = "the Hub is offline (HF_HUB_OFFLINE=1)"
     else:
         try:

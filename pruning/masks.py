@@ -182,11 +182,15 @@ class HardConcreteGate(nn.Module):
     [1.0, 1.0, 1.0, 1.0]
     >>> round(g.expected_l0().item(), 3)  # 4 x sigmoid(3 - 0.83 log(0.1/1.1))
     3.973
+    >>> u = (torch.arange(10000) + 0.5) / 10000  # the noise, evenly over (0, 1)
+    >>> [round(float((HardConcreteGate(10000, eps=e).train()(u) < 1).float().mean()), 3) for e in (0.0, 0.5)]
+    [0.267, 0.034]
     """
 
-    def __init__(self, units: int, init: float = 3.0):
+    def __init__(self, units: int, init: float = 3.0, eps: float = 0.0):
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((units,), float(init)))
+        self.eps = float(eps)  # EcoDiff's code: log(u + eps) - log(1 - u + eps), far less noisy gates
 
     def noise(self, generator: torch.Generator | None = None) -> torch.Tensor:
         u = torch.rand(self.log_alpha.shape, generator=generator)
@@ -196,7 +200,8 @@ class HardConcreteGate(nn.Module):
         if u is None or not self.training:
             s = torch.sigmoid(self.log_alpha)
         else:
-            s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / TEMPERATURE)
+            logit = (u + self.eps).log() - (1 - u + self.eps).log()
+            s = torch.sigmoid((logit + self.log_alpha) / TEMPERATURE)
         return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 
     def expected_l0(self) -> torch.Tensor:
@@ -210,7 +215,7 @@ class SigmoidGate(nn.Module):
     [0.5, 0.5]
     """
 
-    def __init__(self, units: int, init: float = 3.0):
+    def __init__(self, units: int, init: float = 3.0, eps: float = 0.0):
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((units,), float(init)))
 
@@ -239,21 +244,23 @@ class GateSet(nn.Module):
     True
     """
 
-    def __init__(self, units: Mapping[str, int], gate: str = "hard_concrete", init: float = 3.0):
+    def __init__(self, units: Mapping[str, int], gate: str = "hard_concrete", init: float = 3.0,
+                 eps: float = 0.0):
         super().__init__()
         if gate not in GATE_TYPES:
             raise ValueError(f"unknown gate type {gate!r}; choose one of {sorted(GATE_TYPES)}")
         self.fqns = list(units)
-        self.gates = nn.ModuleList(GATE_TYPES[gate](n, init) for n in units.values())
+        self.gates = nn.ModuleList(GATE_TYPES[gate](n, init, eps) for n in units.values())
 
     @classmethod
-    def for_denoiser(cls, denoiser: nn.Module, kinds=("head", "neuron"), gate="hard_concrete", init=3.0) -> GateSet:
+    def for_denoiser(cls, denoiser: nn.Module, kinds=("head", "neuron"), gate="hard_concrete", init=3.0,
+                     eps: float = 0.0) -> GateSet:
         found = discover(denoiser)
         units = {f: s.units for f, s in found.structures.items() if s.kind in kinds}
         if not units:
             raise ValueError(f"no structures of kinds {list(kinds)} in this denoiser")
         device = next(denoiser.parameters()).device
-        return cls(units, gate, init).to(device)
+        return cls(units, gate, init, eps).to(device)
 
     def noise(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | None]:
         return {f: g.noise(generator) for f, g in zip(self.fqns, self.gates)}

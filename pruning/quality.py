@@ -182,9 +182,15 @@ def shape_task_accuracy(images, prompts: list[str]) -> dict:
 
 def latent_mse(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean squared difference of two latent tensors of the same shape."""
+    return float(latent_mse_per(a, b).mean())
+
+
+def latent_mse_per(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Per-sample mean squared difference of two (N, ...) latent tensors: (N,)."""
     if a.shape != b.shape:
         raise ValueError(f"latent shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return float((a.detach().float().cpu() - b.detach().float().cpu()).pow(2).mean())
+    d = (a.detach().float().cpu() - b.detach().float().cpu()).pow(2)
+    return d.reshape(len(d), -1).mean(1).double().numpy()  # (N,)
 
 
 def psnr(images_a, images_b) -> float:
@@ -193,12 +199,58 @@ def psnr(images_a, images_b) -> float:
     >>> psnr([np.zeros((4, 4, 3), np.uint8)], [np.full((4, 4, 3), 255, np.uint8)])
     0.0
     """
+    return float(psnr_per(images_a, images_b).mean())
+
+
+def psnr_per(images_a, images_b) -> np.ndarray:
+    """PSNR in dB of each image pair: (N,)."""
     a, b = to_uint8(images_a).astype(np.float64), to_uint8(images_b).astype(np.float64)
     if a.shape != b.shape:
         raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
     mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
-    vals = np.where(mse == 0, 100.0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)))
-    return float(vals.mean())
+    return np.where(mse == 0, 100.0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)))
+
+
+def ssim_per(images_a, images_b) -> np.ndarray:
+    """SSIM of each image pair (torchmetrics, Gaussian 11x11 window, data range [0, 1]): (N,).
+
+    >>> a = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
+    >>> ssim_per(a, a).round(6).tolist()
+    [1.0, 1.0]
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    def nchw(x):
+        return torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2).double() / 255.0  # (N, 3, H, W) in [0, 1]
+
+    a, b = nchw(images_a), nchw(images_b)
+    k = min(11, a.shape[-1] - (1 - a.shape[-1] % 2))  # an odd window no larger than the image
+    return ssim(a, b, data_range=1.0, kernel_size=k, reduction="none").numpy()
+
+
+def mean_se(values) -> tuple[float, float]:
+    """The mean and its standard error (sample std / sqrt(n); 0 for one value).
+
+    >>> [round(x, 6) for x in mean_se([1.0, 2.0, 3.0])]
+    [2.0, 0.57735]
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def bootstrap_ci(values, *, draws: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval of the mean of ``values`` (seeded: the same table every run).
+
+    >>> bootstrap_ci([1.0] * 10)
+    (1.0, 1.0)
+    >>> lo, hi = bootstrap_ci([0, 1] * 32); lo < 0.5 < hi
+    True
+    """
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), (draws, len(v)))
+    means = v[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def evaluate(handle, prompts: list[str], seeds: list[int], *, denoiser=None, reference: dict | None = None,
@@ -209,7 +261,8 @@ def evaluate(handle, prompts: list[str], seeds: list[int], *, denoiser=None, ref
 
     Returns {"latents", "images" (uint8), and on shapes captions "color", "shape", "position",
     "background", "all", "per_image"}; with ``reference`` ({"latents", "images"} of the original
-    for the same prompts and seeds) also "latent_mse" and "psnr".
+    for the same prompts and seeds) also "latent_mse", "psnr", "ssim" (means) and "per_sample" (their
+    per-image values, for intervals).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
@@ -223,8 +276,10 @@ def evaluate(handle, prompts: list[str], seeds: list[int], *, denoiser=None, ref
     if is_shapes_task(prompts):
         out.update(shape_task_accuracy(out["images"], list(prompts)))
     if reference is not None:
-        out["latent_mse"] = latent_mse(out["latents"], reference["latents"])
-        out["psnr"] = psnr(out["images"], reference["images"])
+        out["per_sample"] = {"latent_mse": latent_mse_per(out["latents"], reference["latents"]),
+                             "psnr": psnr_per(out["images"], reference["images"]),
+                             "ssim": ssim_per(out["images"], reference["images"])}
+        out.update({k: float(v.mean()) for k, v in out["per_sample"].items()})
     return out
 
 

@@ -204,3 +204,40 @@ def test_stop_changes_nothing():
         reconstruct(h, random_plan(h, seed=6), ReconstructSettings(prompts=CALIB.prompts, steps=2), control=c)
     assert all(torch.equal(before[k], v) for k, v in h.denoiser.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in h.denoiser.modules())
+
+
+def test_compare_reports_both_with_intervals(tiny_sd):
+    from pruning.compare import CompareSettings, compare_methods
+
+    s = CompareSettings(eval_prompts=["a red circle", "a blue square", "a green star"], calib_prompts=["a red circle"],
+                        random_draws=2, reconstruct=True, reconstruct_settings={"steps": 2, "prompts": list(PROMPTS[:4])})
+    df = compare_methods(tiny_sd, [0.3], ["magnitude", "random"], settings=s)
+    assert df[["method", "reconstructed"]].values.tolist() == [
+        ["original", False], ["magnitude", False], ["magnitude", True], ["random", False], ["random", True]]
+    rec = df[df["reconstructed"]]
+    assert (rec["reconstruct_s"] > 0).all() and rec["latent_mse_se"].notna().all()
+    plain = df[(df["method"] == "magnitude") & ~df["reconstructed"]].iloc[0]
+    assert plain["params"] == rec.iloc[0]["params"]  # the same plan: the same shapes
+    assert 0 < plain["latent_mse_se"] < plain["latent_mse"] and -1 <= plain["ssim"] <= 1
+    assert "clip_score" not in df.columns and df.attrs["clip"].startswith("not computed")  # offline here
+
+
+def test_compare_settings_are_checked_up_front():
+    from pruning.compare import CompareSettings
+
+    with pytest.raises(SettingsError, match="ridge"):
+        CompareSettings(reconstruct=True, reconstruct_settings={"ridge": -1})
+    with pytest.raises(SettingsError, match="reconstruct"):
+        CompareSettings(reconstruct="yes")
+
+
+def test_clip_fails_fast_and_clearly_offline():
+    import time
+
+    from pruning.clipscore import load_clip
+    from pruning.errors import ModelLoadError
+
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="CLIP model 'openai/clip-vit-base-patch16'.*offline"):
+        load_clip()
+    assert time.perf_counter() - t0 < 10

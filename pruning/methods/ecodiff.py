@@ -49,8 +49,14 @@ DEFAULT_LR = 0.5  # lr 0.2 for 2 epochs lost to random on tiny-shapes-sd
 DEFAULT_EPOCHS = 4
 DEFAULT_BETA = 0.1
 REGULARIZERS = ("l0", "l1")
+REG_NORMS = ("unit", "layer")
 CHECKPOINTING = ("timestep", "none")
 MAX_EPOCHS = 100
+# The authors' released configs (their code, not the paper): masking_eps in the gate noise,
+# the regulariser normalised per layer (attention and FFN apart) and L1 ("reg: 1"); beta 0.5
+# for SDXL (used here for every UNet), 0.01 for FLUX.
+AUTHORS = {"unet": {"masking_eps": 0.5, "beta": 0.5}, "flux": {"masking_eps": 0.1, "beta": 0.01}}
+PRESETS = ("ours", "authors")
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,12 @@ class EcoDiffSettings:
     batch_size: int = opt(4, "prompts per optimizer step", "int")
     lr: float = opt(DEFAULT_LR, "learning rate of the gate logits (AdamW)", "float")
     beta: float = opt(DEFAULT_BETA, "beta: weight of the sparsity regularizer (higher = sparser masks)", "float")
-    regularizer: str = opt("l0", "l0: expected kept fraction; l1: mean |lambda|", "choice", REGULARIZERS)
+    regularizer: str = opt("l0", "l0: expected kept gates; l1: |lambda|", "choice", REGULARIZERS)
+    reg_norm: str = opt("unit", "unit: the regulariser is a mean over all units (the kept fraction); layer: a sum "
+                        "over each layer's units, averaged over the layers of each kind (attention, FFN) and "
+                        "summed over the kinds, as the authors' code does", "choice", REG_NORMS)
+    masking_eps: float = opt(0.0, "eps in the gate noise log(u+eps) - log(1-u+eps): 0 is the paper's formula, "
+                             "the authors' configs use 0.5 (SDXL) and 0.1 (FLUX): calmer gates", "float")
     gate: str = opt("hard_concrete", "hard_concrete (the paper's noisy gates) or sigmoid", "choice",
                     tuple(GATE_TYPES))
     kinds: tuple[str, ...] = opt(("head", "neuron"), "structures to mask: head, neuron, group", "choices", UNIT_KINDS)
@@ -86,6 +97,8 @@ class EcoDiffSettings:
             "lr": v.number("lr", self.lr, lo=0, hi=100, open_lo=True),
             "beta": v.number("beta", self.beta, lo=0, hi=1e6),
             "regularizer": v.choice("regularizer", self.regularizer, REGULARIZERS),
+            "reg_norm": v.choice("reg_norm", self.reg_norm, REG_NORMS),
+            "masking_eps": v.number("masking_eps", self.masking_eps, lo=0, hi=10),
             "gate": v.choice("gate", self.gate, tuple(GATE_TYPES)),
             "kinds": v.subset("kinds", self.kinds, UNIT_KINDS),
             "checkpointing": v.choice("checkpointing", self.checkpointing, CHECKPOINTING),
@@ -94,6 +107,20 @@ class EcoDiffSettings:
         }
         for k, val in values.items():
             object.__setattr__(self, k, val)
+
+    @classmethod
+    def preset(cls, name: str, family: str, **values) -> EcoDiffSettings:
+        """Settings of a named preset for a model family, with ``values`` on top: "ours" (the class
+        defaults) or "authors" (EcoDiff's released configs: masking_eps, layer-normalised L1).
+
+        >>> s = EcoDiffSettings.preset("authors", "flux")
+        >>> s.masking_eps, s.beta, s.regularizer, s.reg_norm
+        (0.1, 0.01, 'l1', 'layer')
+        """
+        validate.choice("preset", name, PRESETS)
+        base = {} if name == "ours" else {**AUTHORS["flux" if family == "flux" else "unet"], "regularizer": "l1",
+                                           "reg_norm": "layer"}
+        return cls(**{**base, **values})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -133,12 +160,30 @@ def _kept_fraction(gates: GateSet, kinds: dict[str, str]) -> dict[str, float]:
     return {k: sum(p * n for p, n in v) / sum(n for _, n in v) for k, v in per.items()}
 
 
-def regularizer(gates: GateSet, kind: str = "l0") -> torch.Tensor:
-    """Mean expected L0 (the expected kept fraction of units), or mean L1 of lambda."""
-    units = sum(g.log_alpha.numel() for g in gates.gates)
-    if kind == "l0":
-        return gates.expected_l0() / units
-    return sum(g.log_alpha.abs().sum() for g in gates.gates) / units
+def regularizer(gates: GateSet, kind: str = "l0", norm: str = "unit", kinds: dict[str, str] | None = None
+                ) -> torch.Tensor:
+    """The sparsity penalty: expected L0 (kept gates) or L1 of lambda, summed over units, then
+
+    * ``norm="unit"``: divided by the number of units (the expected kept fraction, for L0);
+    * ``norm="layer"``: per unit kind (``kinds``: FQN -> head / neuron / group), divided by the
+      number of layers of that kind, and summed over the kinds (the authors' normalisation).
+
+    >>> from pruning.masks import GateSet
+    >>> gs = GateSet({"a": 4, "b": 4, "c": 128}, init=3.0)
+    >>> kinds = {"a": "head", "b": "head", "c": "neuron"}
+    >>> ours, theirs = regularizer(gs), regularizer(gs, norm="layer", kinds=kinds)
+    >>> round(float(theirs.detach() / ours.detach()), 1)  # 8 heads in 2 layers + 128 neurons in 1: 4 + 128
+    132.0
+    """
+    def total(g):
+        return g.expected_l0() if kind == "l0" else g.log_alpha.abs().sum()
+
+    if norm == "unit":
+        return sum(total(g) for g in gates.gates) / sum(g.log_alpha.numel() for g in gates.gates)
+    per: dict[str, list] = {}
+    for fqn, g in zip(gates.fqns, gates.gates):
+        per.setdefault((kinds or {}).get(fqn, "unit"), []).append(total(g))
+    return sum(sum(v) / len(v) for v in per.values())
 
 
 def recon_grads(denoiser, traj: Trajectory, target: torch.Tensor, gates: GateSet, noise: list[dict],
@@ -229,7 +274,8 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
     if settings.prompts is None:
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
     den = handle.denoiser
-    gates = GateSet.for_denoiser(den, kinds=tuple(settings.kinds), gate=settings.gate, init=settings.init)
+    gates = GateSet.for_denoiser(den, kinds=tuple(settings.kinds), gate=settings.gate, init=settings.init,
+                                 eps=settings.masking_eps)
     found = discover(den)
     kinds = {f: found.structures[f].kind for f in gates.fqns}
     params = [g.log_alpha for g in gates.gates]
@@ -269,7 +315,7 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
                 except RunStopped:  # mid-step: that step's gradients are discarded
                     partial = True
                     break
-                reg = regularizer(gates, settings.regularizer)
+                reg = regularizer(gates, settings.regularizer, settings.reg_norm, kinds)
                 (settings.beta * reg).backward()
                 opt_.step()
                 lam = gates.lambdas()
