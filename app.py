@@ -27,7 +27,7 @@ from app_support.cache import TINY_RANDOM, ModelCache
 from app_support.comparison import compare_images, difference, display_pair, metrics_table
 from app_support.exports import cleanup, export_zip
 from app_support.inputs import Number, Slider, Table
-from app_support.runs import Runs, check_count, check_size, owned
+from app_support.runs import Runs, check_count, check_flag, check_size, owned
 from app_support.tables import (
     COLUMNS,
     DATATYPES,
@@ -45,6 +45,7 @@ from pruning.facts import model_facts
 from pruning.loading import BUNDLED, DTYPES
 from pruning.methods import Scores
 from pruning.plan import PruningPlan
+from pruning.reconstruct import reconstruct
 from pruning.reference import PIPELINES
 
 try:
@@ -77,8 +78,9 @@ EMPTY = {  # tables before their first result: the real headers, never gradio's 
     "scores": pd.DataFrame(columns=["rank", "operator / structure", "kind", "score (low = prunable)"]),
     "totals": pd.DataFrame(columns=["what", "removed", "of", "fraction"]),
     "metrics": pd.DataFrame(columns=["figure", "original", "pruned", "change / meaning"]),
-    "quality": pd.DataFrame(columns=["method", "target", "params removed", "MACs", "latent MSE (lower = closer)",
-                                     "PSNR dB (higher = closer)"]),
+    "quality": pd.DataFrame(columns=["method", "reconstructed", "target", "params removed", "MACs",
+                                     "latent MSE ± SE (lower = closer)", "PSNR dB (higher = closer)",
+                                     "SSIM (higher = closer)"]),
 }
 UI = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}  # cheap: never waits on model work
 RUN = {"concurrency_id": "model", "concurrency_limit": 1}  # shared models: one job at a time
@@ -179,8 +181,8 @@ def _score(h, method, settings, control):
 
 
 @GPU(duration=120)
-def _compare(h, plan, prompt, seed, steps, control):
-    return compare_images(h, plan, prompt, seed, steps=steps, control=control)
+def _compare(h, plan, prompt, seed, steps, control, reconstructed=False):
+    return compare_images(h, plan, prompt, seed, steps=steps, control=control, reconstructed=reconstructed)
 
 
 @GPU(duration=600)
@@ -191,16 +193,23 @@ def _quality(h, sparsities, chosen, settings, control):
 
 
 @GPU(duration=300)
-def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, control):
+def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, control, reconstructed=False):
     small = None
+    if reconstructed:  # the re-fitted slim model; its plan records the reconstruction
+        small = reconstruct(h, plan, control=control)
+        plan = small.pruning_plan
     if recover_iters:
         from pruning.recover import RecoverSettings, recover
 
-        small = recover(h, plan, RecoverSettings(prompts=prompts, iters=recover_iters, steps=steps), control=control)
+        small = recover(h, plan, RecoverSettings(prompts=prompts, iters=recover_iters, steps=steps), denoiser=small,
+                        control=control)
         if small.recovery["partial"]:
             raise gr.Error(f"Export stopped during recovery ({control.reason}); nothing was exported.",
                            print_exception=False)
-    return export_zip(h, plan, session=session, full_pipeline=full_pipeline, denoiser=small)
+    out = export_zip(h, plan, session=session, full_pipeline=full_pipeline, denoiser=small)
+    if reconstructed:
+        out["reconstruction"] = small.reconstruction
+    return out
 
 
 # --------------------------------------------------------------------------- 1. model
@@ -391,19 +400,21 @@ def _pair_outputs(out: dict, view: str):
 
 
 @friendly
-def generate(model, plan_dict, prompt, seed, steps, view, clicked, request: gr.Request, progress=PROGRESS):
+def generate(model, plan_dict, prompt, seed, steps, view, recon, clicked, request: gr.Request, progress=PROGRESS):
     h = _handle(model)
     plan, seed, steps = _plan(plan_dict), check_size("seed", seed), _steps(steps)
     prompt = _prompts(prompt)[0]
-    out = None
-    for msg in _run(h, lambda c: _compare(h, plan, prompt, seed, steps, c), request, clicked, progress, "compare"):
+    out, recon = None, check_flag("reconstruct", recon)
+    work = lambda c: _compare(h, plan, prompt, seed, steps, c, recon)  # noqa: E731
+    for msg in _run(h, work, request, clicked, progress, "compare"):
         if msg and msg[0] == "done":
             out = msg[1]
         else:
             yield _skip(7)
     pair = {"original": out["original"], "pruned": out["pruned"]}
+    how = f", {results.reconstruction_note(out['reconstruction'])}" if recon else ""
     caption = (f"**{results.model_label(h)}**, seed {seed}: left the original, right the pruned model "
-               f"({fmt.percent(totals(h, plan)['params_fraction'])} of params removed), below their difference "
+               f"({fmt.percent(totals(h, plan)['params_fraction'])} of params removed{how}), below their difference "
                f"(x4, black = identical).")
     label = f"original vs pruned: {results.model_label(h)}, seed {seed}"
     yield (*_pair_outputs(out, view), gr.update(value=metrics_table(out["metrics"]), label=label), pair, caption)
@@ -444,20 +455,30 @@ def _quality_plot(table: dict | None, metric, plan_dict, model):
 
 
 def _quality_table(df: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"method": df["method"], "target": df["sparsity"].map(fmt.percent),
-                        "params removed": df.get("params_fraction", pd.Series(dtype=float)).map(fmt.percent),
-                        "MACs": df.get("macs", pd.Series(dtype=float)).map(lambda v: fmt.count(v))})
-    out["latent MSE (lower = closer)"] = df.get("latent_mse", pd.Series(dtype=float)).map(fmt.number)
-    out["PSNR dB (higher = closer)"] = df.get("psnr", pd.Series(dtype=float)).map(lambda v: fmt.number(v, 3))
+    empty = pd.Series(dtype=float)
+    rebuilt = df.get("reconstructed", pd.Series(False, index=df.index)).fillna(False).astype(bool)
+    out = pd.DataFrame({"method": df["method"], "reconstructed": rebuilt.map({True: "yes", False: ""}),
+                        "target": df["sparsity"].map(fmt.percent),
+                        "params removed": df.get("params_fraction", empty).map(fmt.percent),
+                        "MACs": df.get("macs", empty).map(lambda v: fmt.count(v))})
+    se = df.get("latent_mse_se", pd.Series(float("nan"), index=df.index))
+    out["latent MSE ± SE (lower = closer)"] = [f"{fmt.number(m)} ± {fmt.number(e)}" if pd.notna(e) else fmt.number(m)
+                                               for m, e in zip(df.get("latent_mse", empty), se)]
+    out["PSNR dB (higher = closer)"] = df.get("psnr", empty).map(lambda v: fmt.number(v, 3))
+    if "ssim" in df.columns:
+        out["SSIM (higher = closer)"] = df["ssim"].map(lambda v: fmt.number(v, 3))
     if "acc_all" in df.columns:
-        out["task accuracy"] = df["acc_all"].map(fmt.percent)
+        lo, hi = df.get("acc_all_lo", df["acc_all"]), df.get("acc_all_hi", df["acc_all"])
+        out["task accuracy (95% interval)"] = [f"{fmt.percent(a)} [{fmt.percent(x)}-{fmt.percent(y)}]"
+                                               if pd.notna(x) else fmt.percent(a)
+                                               for a, x, y in zip(df["acc_all"], lo, hi)]
     if "error" in df.columns:
         out["note"] = df["error"].fillna("")
     return out
 
 
 @friendly
-def run_quality(model, chosen, sparsities, prompts, steps, metric, store, plan_dict, clicked,
+def run_quality(model, chosen, sparsities, prompts, steps, metric, recon, store, plan_dict, clicked,
                 request: gr.Request, progress=PROGRESS):
     from pruning.compare import CompareSettings
 
@@ -467,6 +488,7 @@ def run_quality(model, chosen, sparsities, prompts, steps, metric, store, plan_d
     sps = _sparsities(sparsities)
     p = _prompts(prompts)
     settings = CompareSettings(eval_prompts=p, calib_prompts=p, steps=_steps(steps), random_draws=1,
+                               reconstruct=check_flag("reconstruct", recon),
                                method_settings={"ldpruner": {"n_gen": max(2, min(len(p), 8))},
                                                 "taylor": {"stride": 100}})
     df = None
@@ -506,20 +528,22 @@ def export_summary(model, plan_dict):
 
 
 @friendly
-def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps, clicked, request: gr.Request,
+def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps, recon, clicked, request: gr.Request,
                  progress=PROGRESS):
     h = _handle(model)
     plan, iters = _plan(plan_dict), check_size("recover_iters", recover_iters or 0)
     rec_prompts = _prompts(prompts) if iters else None
-    out = None
-    work = lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c)  # noqa: E731
+    out, recon = None, check_flag("reconstruct", recon)
+    work = lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c,  # noqa: E731
+                             recon)
     for msg in _run(h, work, request, clicked, progress, "export"):
         if msg and msg[0] == "done":
             out = msg[1]
         else:
             yield _skip(4)
+    done = "Exported" + (f" ({results.reconstruction_note(out['reconstruction'])})" if recon else "")
     yield (gr.update(value=out["zip"], visible=True), gr.update(value=out["plan_json"], visible=True),
-           out["snippet"], "Exported: download the zip, then follow the lines below.")
+           out["snippet"], f"{done}: download the zip, then follow the lines below.")
 
 
 def end_session(request: gr.Request):
@@ -625,6 +649,7 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     gen_btn = gr.Button("Generate original vs pruned", variant="primary", scale=3)
                     view = gr.Radio(["side by side", "slider"], value="side by side", label="view", info=H["view"])
+                    gen_recon = gr.Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="gen-recon")
                 gen_status = gr.Markdown(elem_classes="status", elem_id="gen-status")
                 with gr.Row(elem_id="pair"):  # never wraps: the two images stay side by side, the same size
                     img_a = gr.Image(label="original", type="pil", format="png", interactive=False, min_width=0,
@@ -649,8 +674,9 @@ def build_app() -> gr.Blocks:
                                          info=H["prompts"])
                 with gr.Row():
                     cmp_btn, cmp_stop = gr.Button("Compare", variant="primary"), gr.Button("Stop")
-                    metric = gr.Dropdown([(visual.METRICS[k][0], k) for k in ("latent_mse", "psnr", "acc_all")],
+                    metric = gr.Dropdown([(visual.METRICS[k][0], k) for k in ("latent_mse", "psnr", "ssim", "acc_all")],
                                          value="latent_mse", label="show", info=H["metric"])
+                    cmp_recon = gr.Checkbox(False, label="also reconstruct every plan", info=H["cmp_reconstruct"])
                 cmp_status = gr.Markdown(elem_classes="status", elem_id="quality-status")
                 cmp_plot = gr.Plot(visual.placeholder("Run the comparison to see quality against sparsity.", 420),
                                    elem_id="quality-plot")
@@ -662,6 +688,7 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     full = gr.Checkbox(True, label="full pipeline", info=H["full"])
                     rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
+                    exp_recon = gr.Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="exp-recon")
                 exp_btn = gr.Button("Export", variant="primary")
                 exp_status = gr.Markdown(elem_classes="status")
                 with gr.Row():
@@ -704,17 +731,18 @@ def build_app() -> gr.Blocks:
         plan_state.change(redraw_quality, [cmp_state, metric, plan_state, model], cmp_plot, api_visibility="private",
                           **UI)
         gen_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
-            generate, [model, plan_state, prompt, seed, gen_steps, view, clicked],
+            generate, [model, plan_state, prompt, seed, gen_steps, view, gen_recon, clicked],
             [img_a, img_b, img_d, slider, metrics, pair_state, gen_status], api_name="generate",
             show_progress_on=[gen_status], **run)
         view.change(switch_view, [view, pair_state], [img_a, img_b, img_d, slider], api_visibility="private", **UI)
         cmp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
-            run_quality, [model, cmp_methods, cmp_sps, cmp_prompts, gen_steps, metric, store, plan_state, clicked],
+            run_quality, [model, cmp_methods, cmp_sps, cmp_prompts, gen_steps, metric, cmp_recon, store, plan_state,
+                          clicked],
             [cmp_plot, cmp_table, cmp_state, cmp_status], api_name="compare_methods",
             show_progress_on=[cmp_status], **run)
         metric.change(redraw_quality, [cmp_state, metric, plan_state, model], cmp_plot, api_name="redraw", **UI)
         exp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
-            export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, clicked],
+            export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, exp_recon, clicked],
             [dl_zip, dl_json, snippet, exp_status], api_name="export", show_progress_on=[exp_status], **run)
     return demo
 

@@ -20,6 +20,7 @@ from pruning.masks import masked
 from pruning.plan import PruningPlan
 from pruning.prompts import is_shapes_model
 from pruning.quality import latent_mse, psnr, shape_task_accuracy
+from pruning.reconstruct import reconstruct
 from pruning.sampling import count_inputs, decode_latents, generate_latents
 
 from . import format as fmt
@@ -51,13 +52,19 @@ def difference(original: Image.Image, pruned: Image.Image) -> Image.Image:
 
 @torch.no_grad()
 def compare_images(handle: Handle, plan: PruningPlan, prompt: str, seed: int, *, steps: int | None = None,
-                   control=None, latency: bool = True) -> dict:
-    """Original and pruned images for one prompt and seed (the pruned one through ``masked``),
-    with params, MACs, latency, latent MSE, PSNR and (shapes models) task accuracy."""
+                   control=None, latency: bool = True, reconstructed: bool = False) -> dict:
+    """Original and pruned images for one prompt and seed (the pruned one through ``masked``,
+    or, ``reconstructed``, through the re-fitted slim model of ``pruning.reconstruct``), with
+    params, MACs, latency, latent MSE, PSNR and (shapes models) task accuracy. ``"reconstruction"``
+    (with ``reconstructed``): the re-fit's report (seconds, layers)."""
     kw = dict(steps=steps, stop=control)
     z0 = generate_latents(handle, [prompt], [int(seed)], **kw)
-    with masked(handle.denoiser, plan):
-        z1 = generate_latents(handle, [prompt], [int(seed)], **kw)
+    rebuilt = reconstruct(handle, plan, control=control) if reconstructed else None
+    if rebuilt is not None:
+        z1 = generate_latents(handle, [prompt], [int(seed)], denoiser=rebuilt, **kw)
+    else:
+        with masked(handle.denoiser, plan):
+            z1 = generate_latents(handle, [prompt], [int(seed)], **kw)
     original, pruned = decode_latents(handle, torch.cat([z0, z1]))
     s = plan.summary(handle.denoiser, **count_inputs(handle))
     m = {"params": (s["params_total"], s["params_total"] - s["params_removed"]),
@@ -67,12 +74,15 @@ def compare_images(handle: Handle, plan: PruningPlan, prompt: str, seed: int, *,
         from pruning.metrics import denoiser_latency
         from pruning.slim import slim
 
-        small = slim(handle.denoiser, plan)
+        small = rebuilt if rebuilt is not None else slim(handle.denoiser, plan)
         m["latency"] = (denoiser_latency(handle.denoiser, repeats=5, **count_inputs(handle)),
                         denoiser_latency(small, repeats=5, **count_inputs(handle)))
     if is_shapes_model(handle.model_ref):
         m["task"] = shape_accuracy([original, pruned], prompt)
-    return {"original": original, "pruned": pruned, "metrics": m}
+    out = {"original": original, "pruned": pruned, "metrics": m}
+    if rebuilt is not None:
+        out["reconstruction"] = rebuilt.reconstruction
+    return out
 
 
 def shape_accuracy(images: list, prompt: str) -> tuple[bool, bool] | str:

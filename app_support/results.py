@@ -33,6 +33,17 @@ def model_label(handle: Handle) -> str:
     return f"{handle.source} ({handle.model_ref.split('@')[-1][:8]}, {str(handle.dtype).removeprefix('torch.')})"
 
 
+def reconstruction_note(report: dict) -> str:
+    """What a reconstruction did, in words: layers re-fitted, their error, its time."""
+    layers = list(report["layers"].values())
+    if not layers:
+        return f"reconstructed: nothing to re-fit (only whole operators removed), {report['seconds']:.1f} s"
+    before = sum(x["rel_error_before"] for x in layers) / len(layers)
+    after = sum(x["rel_error_after"] for x in layers) / len(layers)
+    return (f"reconstructed: {len(layers)} layers re-fitted in {report['seconds']:.1f} s, their output error on "
+            f"the calibration set {before:.1%} -> {after:.1%}")
+
+
 def settings_line(settings: dict) -> str:
     parts = []
     for key, name in _SHOWN.items():

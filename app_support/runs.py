@@ -61,6 +61,21 @@ def check_size(name: str, value) -> int:
     return integer(what, value, lo=lo, hi=hi, why="this app's limit per request")
 
 
+def check_flag(name: str, value) -> bool:
+    """A checkbox value: true or false (an API client sending anything else is named).
+
+    >>> check_flag("reconstruct", "yes")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: reconstruct must be true or false, got 'yes'
+    """
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise SettingsError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_count(name: str, items) -> list:
     """A list whose length is within the app's bound for ``name``."""
     lo, hi, what = APP_LIMITS[name]

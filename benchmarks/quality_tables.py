@@ -1,12 +1,20 @@
-"""Q1: the method comparison for both bundled models at 10/20/30/50% param sparsity.
+"""Q1 and Q2: the method comparison for both bundled models, plain and reconstructed.
 
-``compare_methods`` with every registered method and the defaults of ``CompareSettings``: 16
-held-out evaluation prompts (seeds 0..15), 8 training prompts for the methods to score with,
-the model's own steps and guidance, each method's default settings, random as the mean of
-``random_draws`` plans. Writes ``benchmarks/results/quality_<model>.csv`` and
-``benchmarks/results/quality.md`` (the markdown table the README shows; ``quick`` writes to a
-temporary folder instead). Headline: at 20% on
-tiny-shapes-sd, the best method's latent MSE divided by random's (lower is better; target < 1).
+One ``compare_methods`` run per model, shared by both rows in a process: every registered
+method at 10/20/30/50% param sparsity, each plan evaluated as slimmed and as reconstructed
+(``pruning.reconstruct``, default settings), on the 64 held-out prompts and seeds, the methods
+scoring with 32 calibration prompts, random as the mean of 3 plans, no recovery finetune.
+Writes ``benchmarks/results/quality_<model>.csv`` and ``benchmarks/results/quality.md``, and
+puts the tables into the README between its markers (``quick`` writes to a temporary folder
+and touches neither).
+
+* Q1: at 20% on tiny-shapes-sd, the best method's latent MSE / random's (plain; target < 1).
+* Q2: reconstructed / plain latent MSE for every method at 20% and 30% on both models; the
+  value is the worst (highest) ratio, target <= 0.5. Also: the best reconstructed plan's task
+  accuracy against the original's at 20% (within 5 points) and 30% (within 10), and the
+  reconstruction time per plan (target < 60 s).
+
+``python -m benchmarks.quality_tables`` re-renders the markdown and the README from the CSVs.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ SPARSITIES = (0.1, 0.2, 0.3, 0.5)
 OUT = Path(__file__).with_name("results")
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- quality tables: python -m benchmarks Q1 -->", "<!-- end of quality tables -->"
-COLUMNS = ["method", "sparsity", "params_fraction", "params", "macs", "latent_mse", "psnr",
-           "acc_color", "acc_shape", "acc_position", "acc_all"]
+Q2_SPARSITIES = (0.2, 0.3)
+ACC_SLACK = {0.2: 0.05, 0.3: 0.10}  # Q2: the best reconstructed plan's accuracy within this of the original's
+_RUNS: dict[bool, tuple[dict, dict]] = {}  # quick -> (tables, detail): Q1 and Q2 share one run
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -36,16 +45,32 @@ def _table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _interval(lo, hi) -> str:
+    return "" if pd.isna(lo) else f"[{lo:.2f}, {hi:.2f}]"
+
+
 def _markdown(tables: dict[str, pd.DataFrame]) -> str:
     """Params in M with 3 decimals and MACs in M with 1 decimal, as the app's Model tab and
-    ``python -m pruning info`` print them (one figure everywhere)."""
+    ``python -m pruning info`` print them (one figure everywhere); the latent MSE with its
+    standard error and the task accuracy with its 95% bootstrap interval."""
     parts = []
     for model, df in tables.items():
-        df = df[[c for c in COLUMNS if c in df.columns]].copy()
-        df["params"] = (df["params"] / 1e6).map(lambda v: f"{v:.3f}")
-        df["macs"] = (df["macs"] / 1e6).map(lambda v: f"{v:.1f}")
-        df = df.rename(columns={"params": "params (M)", "macs": "MACs (M)"})
-        parts.append(f"**{model}**\n\n" + _table(df))
+        df = df.copy()
+        rec = df["reconstructed"].fillna(False).astype(bool) if "reconstructed" in df else False
+        out = pd.DataFrame({
+            "method": df["method"], "reconstructed": pd.Series(rec).map({True: "yes", False: ""}).values,
+            "sparsity": df["sparsity"], "params removed": df["params_fraction"].map(lambda v: f"{v:.1%}"),
+            "params (M)": (df["params"] / 1e6).map(lambda v: f"{v:.3f}"),
+            "MACs (M)": (df["macs"] / 1e6).map(lambda v: f"{v:.1f}"),
+            "latent MSE (± SE)": [f"{m:.4g} ± {s:.2g}" if pd.notna(m) else "nan"
+                                  for m, s in zip(df["latent_mse"], df.get("latent_mse_se", df["latent_mse"] * 0))],
+            "PSNR dB": df["psnr"].map(lambda v: f"{v:.1f}"),
+            "SSIM": df["ssim"].map(lambda v: f"{v:.3f}") if "ssim" in df else "",
+        })
+        if "acc_all" in df:
+            out["task accuracy (95% CI)"] = [f"{a:.3f} {_interval(lo, hi)}" if pd.notna(a) else "nan"
+                                             for a, lo, hi in zip(df["acc_all"], df.get("acc_all_lo"), df.get("acc_all_hi"))]
+        parts.append(f"**{model}**\n\n" + _table(out))
     return "\n\n".join(parts) + "\n"
 
 
@@ -62,58 +87,104 @@ def tables_from_csv(out: Path = OUT) -> dict[str, pd.DataFrame]:
     return {m: pd.read_csv(out / f"quality_{m}.csv") for m in MODELS}
 
 
+def _settings(handle, quick: bool):
+    from pruning.compare import CompareSettings
+    from pruning.prompts import evaluation_prompts
+
+    if not quick:  # every default: 64 held-out prompts, 32 calibration prompts, the model's steps
+        return CompareSettings(reconstruct=True)
+    return CompareSettings(eval_prompts=evaluation_prompts(handle.model_ref, 4), steps=2, random_draws=1,
+                           reconstruct=True, reconstruct_settings={"prompts": ["a red circle"], "steps": 2},
+                           method_settings={"ecodiff": {"epochs": 1}, "taylor": {"stride": 500}})
+
+
+def comparison(quick: bool = False) -> tuple[dict, dict]:
+    """``({model: table}, detail)`` of the shared run (computed once per process)."""
+    if quick in _RUNS:
+        return _RUNS[quick]
+    from pruning import compare_methods, load_pipeline, methods
+
+    torch.set_num_threads(2)
+    out = Path(tempfile.mkdtemp(prefix="q-quick-")) if quick else OUT  # quick never overwrites the tables
+    out.mkdir(exist_ok=True)
+    tables, detail = {}, {"methods": methods.names(), "threads": torch.get_num_threads()}
+    for model in MODELS[:1] if quick else MODELS:
+        handle = load_pipeline(model)
+        sparsities = (0.2, 0.3) if quick else SPARSITIES
+        settings = _settings(handle, quick)
+        t0 = time.perf_counter()
+        df = compare_methods(handle, sparsities, settings=settings)
+        if df.attrs.get("partial"):
+            raise RuntimeError(f"compare_methods on {model} stopped early: {df.attrs.get('stopped')}")
+        df.to_csv(out / f"quality_{model}.csv", index=False)
+        tables[model] = df
+        errors = df[df["error"].notna()][["method", "sparsity", "error"]].to_dict("records") \
+            if "error" in df.columns else []
+        detail[model] = {"seconds": round(time.perf_counter() - t0, 1), "eval_prompts": len(df.attrs["eval_prompts"]),
+                         "calib_prompts": len(df.attrs["calib_prompts"]), "random_draws": settings.random_draws,
+                         "steps": settings.steps or "model default", "method_settings": settings.method_settings,
+                         "unreachable": errors}
+    md = _markdown(tables)
+    (out / "quality.md").write_text(md)
+    if not quick:
+        write_readme(md)
+    detail["tables"] = str(out / "quality.md") if quick else "benchmarks/results/quality.md"
+    _RUNS[quick] = tables, detail
+    return tables, detail
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df["reconstructed"].fillna(False).astype(bool)] if "reconstructed" in df else df
+
+
 def _ratio_at(df: pd.DataFrame, sparsity: float) -> tuple[float, str]:
-    """The best non-random method's latent MSE / random's at ``sparsity``, and that method."""
+    """The best non-random method's latent MSE / random's at ``sparsity`` (plain plans), and that method."""
+    df = _plain(df)
     at = df[(df["sparsity"] == sparsity) & df["latent_mse"].notna()].set_index("method")["latent_mse"]
     best = at.drop(["random", "original"], errors="ignore")
     return float(best.min() / at["random"]), str(best.idxmin())
 
 
-def _settings(handle, quick: bool):
-    from pruning.compare import CompareSettings
-    from pruning.prompts import evaluation_prompts
-
-    if not quick:
-        return CompareSettings()  # every default: 16 held-out prompts, 8 calibration prompts, model steps
-    return CompareSettings(eval_prompts=evaluation_prompts(handle.model_ref, 4), steps=2, random_draws=1,
-                           method_settings={"ecodiff": {"epochs": 1}, "taylor": {"stride": 500}})
-
-
 def run(quick: bool = False) -> dict:
-    from pruning import compare_methods, load_pipeline, methods
-
-    torch.set_num_threads(2)
-    out = Path(tempfile.mkdtemp(prefix="q1-quick-")) if quick else OUT  # quick never overwrites the tables
-    out.mkdir(exist_ok=True)
-    tables, detail = {}, {"methods": methods.names(), "threads": torch.get_num_threads()}
-    for model in MODELS[:1] if quick else MODELS:
-        handle = load_pipeline(model)
-        sparsities = (0.2,) if quick else SPARSITIES
-        t0 = time.perf_counter()
-        settings = _settings(handle, quick)
-        df = compare_methods(handle, sparsities, settings=settings)
-        seconds = time.perf_counter() - t0
-        if df.attrs.get("partial"):
-            raise RuntimeError(f"compare_methods on {model} stopped early: {df.attrs.get('stopped')}")
-        df.to_csv(out / f"quality_{model}.csv", index=False)
-        tables[model] = df
-        at20 = df[df["sparsity"] == 0.2].set_index("method")
-        ratio, best = _ratio_at(df, 0.2)
-        errors = df[df["error"].notna()][["method", "sparsity", "error"]].to_dict("records") \
-            if "error" in df.columns else []
-        detail[model] = {"seconds": round(seconds, 1), "eval_prompts": len(df.attrs["eval_prompts"]),
-                         "calib_prompts": len(df.attrs["calib_prompts"]), "random_draws": settings.random_draws,
-                         "steps": settings.steps or "model default", "method_settings": settings.method_settings,
-                         "best_at_20": best, "best_over_random_at_20": round(ratio, 3),
-                         **at20[["latent_mse"] + [c for c in ("acc_all",) if c in at20]].to_dict(),
-                         "unreachable": errors}
-    (out / "quality.md").write_text(_markdown(tables))
-    if not quick:
-        write_readme(_markdown(tables))
-    detail["tables"] = str(out / "quality.md") if quick else "benchmarks/results/quality.md"
-    ratio, best = _ratio_at(tables[MODELS[0]], 0.2)
+    """Q1."""
+    tables, detail = comparison(quick)
+    sd = tables[MODELS[0]]
+    ratio, best = _ratio_at(sd, 0.2)
+    at20 = _plain(sd)[_plain(sd)["sparsity"] == 0.2].set_index("method")
+    detail = {**detail, "best_at_20": best, "best_over_random_at_20": round(ratio, 3),
+              **at20[["latent_mse"] + [c for c in ("acc_all",) if c in at20]].to_dict()}
     return {"value": round(ratio, 3), "target": "< 1 (best method's latent MSE / random's, 20%)",
             "ok": ratio < 1, "unit": "x", "detail": detail}
+
+
+def run_q2(quick: bool = False) -> dict:
+    """Q2: what reconstruction buys, per method, sparsity and model."""
+    tables, detail = comparison(quick)
+    ratios, accuracy, seconds, ok = {}, {}, [], True
+    for model, df in tables.items():
+        df = df[df["latent_mse"].notna()]
+        rec = df["reconstructed"].fillna(False).astype(bool)
+        original = df[df["method"] == "original"].iloc[0]
+        for t in (Q2_SPARSITIES if not quick else (0.2, 0.3)):
+            plain = df[~rec & (df["sparsity"] == t)].set_index("method")
+            rebuilt = df[rec & (df["sparsity"] == t)].set_index("method")
+            for m in rebuilt.index:
+                ratios[f"{model} {m} {t:.0%}"] = round(float(rebuilt.loc[m, "latent_mse"] / plain.loc[m, "latent_mse"]), 3)
+            seconds += list(rebuilt["reconstruct_s"])
+            if "acc_all" in rebuilt:
+                best = rebuilt.drop("random", errors="ignore")["acc_all"]
+                gap = float(original["acc_all"] - best.max())
+                accuracy[f"{model} {t:.0%}"] = {"best": str(best.idxmax()), "acc_all": round(float(best.max()), 4),
+                                                "original": float(original["acc_all"]), "gap": round(gap, 4),
+                                                "target_gap": ACC_SLACK.get(t), "ok": gap <= ACC_SLACK.get(t, 1)}
+                ok = ok and gap <= ACC_SLACK.get(t, 1)
+    worst = max(ratios.values())
+    slowest = max(seconds) if seconds else 0.0
+    ok = ok and worst <= 0.5 and slowest < 60
+    return {"value": worst, "target": 0.5, "ok": bool(ok), "unit": "x (worst reconstructed / plain latent MSE)",
+            "detail": {"ratios": ratios, "accuracy": accuracy, "reconstruct_s_max": round(slowest, 2),
+                       "reconstruct_s_median": round(float(pd.Series(seconds).median()), 2) if seconds else None,
+                       "reconstruct_s_target": 60, "tables": detail["tables"]}}
 
 
 if __name__ == "__main__":  # re-render quality.md and the README's tables from the committed CSVs

@@ -45,5 +45,6 @@ register("G1", "benchmarks.tiny_generation", "tiny-model generation", optional=T
 register("P2", "benchmarks.p2_checkpointing", "time-step checkpointing memory")
 register("E1", "benchmarks.p2_checkpointing", "EcoDiff run time, T=10, 8 prompts", func="run_e1")
 register("Q1", "benchmarks.quality_tables", "method comparison tables (both bundled models)")
+register("Q2", "benchmarks.quality_tables", "reconstruction: MSE ratio, accuracy, time", func="run_q2")
 register("P5", "benchmarks.p5_app", "app start and first comparison")
 register("R0", "benchmarks.r0_ui_latency", "UI call under model load")

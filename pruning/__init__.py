@@ -32,6 +32,7 @@ try:
     from .loading import Handle, load_pipeline
     from .masks import masked
     from .plan import PruningPlan
+    from .reconstruct import ReconstructSettings, reconstruct
     from .recover import RecoverSettings, recover
     from .runs import RunControl
     from .sampling import generate_images, generate_latents
@@ -41,7 +42,8 @@ finally:
 
 __all__ = [
     "load_pipeline", "Handle", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
-    "generate_latents", "generate_images", "recover", "RecoverSettings", "compare_methods", "CompareSettings",
+    "generate_latents", "generate_images", "reconstruct", "ReconstructSettings", "recover", "RecoverSettings",
+    "compare_methods", "CompareSettings",
     "RunControl", "PruningError", "ModelLoadError", "PlanError", "ExportError", "SettingsError", "RunStopped",
     "RunDiverged",
 ]

@@ -142,6 +142,31 @@ def test_sweep_prefill_generate_export(c, tmp_path):
     assert "slim unet alone" in snippet
 
 
+def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
+    from pruning import load_pruned
+    from pruning.manifest import read_manifest
+
+    c = client(url)
+    c.predict("magnitude", 0.2, "global", api_name="/prefill")
+    *images, _, _, caption = c.predict(PROMPT, 0, 2, "side by side", True, api_name="/generate")
+    assert all(str(im["value"]).endswith(".png") for im in images)
+    assert "reconstructed:" in caption and "layers re-fitted" in caption
+    fig, table, status = c.predict(["magnitude"], "0.2", PROMPTS, 2, "latent_mse", True,
+                                   api_name="/compare_methods")
+    rows = frame(table)
+    assert [r["reconstructed"] for r in rows] == ["", "", "yes"] and "Done" in status
+    assert [t.name for t in figure(fig).data] == ["magnitude", "magnitude + reconstruction"]
+    zip_file, plan_file, _, status = c.predict(True, 0, PROMPTS, 2, True, api_name="/export")
+    assert "reconstructed:" in status
+    with zipfile.ZipFile(zip_file["value"]) as z:
+        z.extractall(tmp_path)
+    plan, _ = read_manifest(tmp_path / "pruned-model")
+    assert plan.reconstruction["settings"]["ridge"] > 0 and json.loads(open(plan_file["value"]).read())["reconstruction"]
+    assert load_pruned(tmp_path / "pruned-model").family == "sd"
+    with pytest.raises(gradio_client.exceptions.AppError, match="reconstruct must be true or false"):
+        c.predict(PROMPT, 0, 2, "side by side", "yes", api_name="/generate")
+
+
 def test_manual_selection_totals_match(c):
     table, two = resnets(c, 2)
     for row in table:

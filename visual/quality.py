@@ -11,6 +11,16 @@ at the visitor's own plan.
 >>> fig = quality_vs_sparsity(df, "latent_mse")
 >>> [t.name for t in fig.data], [float(x) for x in fig.data[1].x], fig.layout.height
 (['ldpruner', 'ecodiff'], [0.0, 0.1], 420)
+
+Rows with ``reconstructed`` true (``compare_methods(..., reconstruct=True)``) get their own
+dashed line in the method's colour; ``latent_mse_se`` and ``acc_*_lo`` / ``_hi`` become error bars.
+
+>>> df["reconstructed"] = [False, False, False, False]
+>>> rec = pd.DataFrame({"method": ["ldpruner"], "params_fraction": [0.1], "latent_mse": [0.005],
+...                     "latent_mse_se": [0.001], "reconstructed": [True]})
+>>> fig = quality_vs_sparsity(pd.concat([df, rec]), "latent_mse")
+>>> [(t.name, t.line.dash) for t in fig.data]
+[('ldpruner', 'solid'), ('ldpruner + reconstruction', 'dash'), ('ecodiff', 'solid')]
 """
 
 from __future__ import annotations
@@ -24,11 +34,27 @@ HEIGHT = 420
 METRICS = {  # column -> (axis label, direction)
     "latent_mse": ("latent MSE vs the original", "lower is better"),
     "psnr": ("PSNR vs the original (dB)", "higher is better"),
+    "ssim": ("SSIM vs the original", "higher is better"),
     "acc_all": ("task accuracy: color, shape and position right", "higher is better"),
     "acc_shape": ("task accuracy: shape right", "higher is better"),
     "acc_color": ("task accuracy: color right", "higher is better"),
     "acc_position": ("task accuracy: position right", "higher is better"),
 }
+
+
+PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f", "#bcbd22")  # not orange (your plan)
+
+
+def _error_bars(part: pd.DataFrame, metric: str) -> dict | None:
+    """The latent MSE's standard error, or an accuracy's 95% interval, as Plotly error bars."""
+    if metric == "latent_mse" and "latent_mse_se" in part:
+        return {"type": "data", "array": part["latent_mse_se"].fillna(0).tolist(), "visible": True, "thickness": 1}
+    lo, hi = f"{metric}_lo", f"{metric}_hi"
+    if lo in part and hi in part:
+        return {"type": "data", "symmetric": False, "visible": True, "thickness": 1,
+                "array": (part[hi] - part[metric]).fillna(0).clip(lower=0).tolist(),
+                "arrayminus": (part[metric] - part[lo]).fillna(0).clip(lower=0).tolist()}
+    return None
 
 
 def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "params_fraction",
@@ -38,14 +64,21 @@ def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "
     label, direction = METRICS.get(metric, (metric, ""))
     xs = []
     if len(df) and metric in df.columns and x in df.columns:
-        df = df.dropna(subset=[x, metric])
+        df = df.dropna(subset=[x, metric]).copy()
+        df["reconstructed"] = df["reconstructed"].fillna(False).astype(bool) if "reconstructed" in df else False
         original = df[df["method"] == "original"]
-        for method, part in df[df["method"] != "original"].groupby("method", sort=False):
+        colours = {}
+        for (method, rebuilt), part in df[df["method"] != "original"].groupby(["method", "reconstructed"], sort=False):
             part = pd.concat([original, part]).sort_values(x)
             xs += list(part[x])
-            fig.add_trace(go.Scatter(x=part[x], y=part[metric], mode="lines+markers", name=str(method),
-                                     hovertemplate=f"{method}<br>params removed: %{{x:.1%}}<br>{label}: "
+            colour = colours.setdefault(method, PALETTE[len(colours) % len(PALETTE)])
+            name = f"{method} + reconstruction" if rebuilt else str(method)
+            fig.add_trace(go.Scatter(x=part[x], y=part[metric], mode="lines+markers", name=name,
+                                     line={"color": colour, "dash": "dash" if rebuilt else "solid"},
+                                     error_y=_error_bars(part, metric),
+                                     hovertemplate=f"{name}<br>params removed: %{{x:.1%}}<br>{label}: "
                                                    "%{y:.4g}<extra></extra>"))
+        fig.data = tuple(sorted(fig.data, key=lambda t: list(colours).index(t.name.split(" + ")[0])))
     if mark is not None:
         fig.add_vline(x=mark, line={"dash": "dot", "color": "#e4572e"},
                       annotation_text=f"your plan: {mark:.0%}", annotation_position="top")
