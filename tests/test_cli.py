@@ -158,3 +158,20 @@ def test_module_help_subprocess(help_proc):
     out, err = help_proc.communicate(timeout=120)
     assert help_proc.returncode == 0, err
     assert all(name in out for name in ("info", "generate", "export"))
+
+
+def test_reconstruct_and_export_reconstruct(capsys, sd_folder, sd_handle, plan_file, tmp_path):
+    code, out, err = run(capsys, "reconstruct", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "r",
+                         "--prompt", "a red circle", "--prompt", "a blue square", "--steps", 2, "--ridge", 0.5,
+                         "--compensate-operators")
+    assert code == 0, err
+    assert "reconstructed in" in out and "1 operators compensated" in out and "layers re-fitted" in out
+    plan = load_pruned(tmp_path / "r").pruning_plan
+    assert plan.reconstruction["settings"]["ridge"] == 0.5 and plan.compensated == ("mid_block.resnets.0",)
+    code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "e",
+                         "--reconstruct")
+    assert code == 0 and "reconstructed in" in out, err
+    code, _, err = run(capsys, "reconstruct", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "x",
+                       "--ridge", -1)
+    assert code == 2 and "ridge" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -76,8 +76,8 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
              "original's activations), then export", arguments=_reconstruct_args)
 def cmd_reconstruct(args) -> int:
     values = {f: getattr(args, f) for f in ReconstructSettings.__dataclass_fields__
-              if getattr(args, f, None) is not None}
-    settings = ReconstructSettings(**values, compensate_operators=args.compensate_operators)  # checked now
+              if getattr(args, f, None) is not None}  # --compensate-operators is one of them (a flag)
+    settings = ReconstructSettings(**values)  # checked now, before loading anything
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     h = load_handle(args)
     small = reconstruct(h, load_plan(args.plan, h), settings)
