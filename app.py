@@ -260,7 +260,7 @@ def load_model(source, device, dtype, progress=PROGRESS):
 
 
 def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-              stride, thr, ty_kinds, base_kinds):
+              stride, thr, ty_kinds, base_kinds, eco_preset=None):
     m = methods.get(method)
     names = {f.name for f in fields(m.Settings)}
     values = {"prompts": _prompts(prompts) if not m.data_free else None, "steps": _steps(steps)}
@@ -272,15 +272,23 @@ def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, 
         "magnitude": dict(kinds=base_kinds), "random": dict(kinds=base_kinds),
     }.get(method, {})
     values.update(per)
-    return m.settings(**{k: v for k, v in values.items() if k in names and v is not None})
+    preset = eco_preset if method == "ecodiff" else None
+    return m.settings(preset=preset, family=h.family, **{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def preset_values(model, preset):
+    """The beta and learning rate a preset starts from, for the loaded model's family."""
+    family = _handle(model).family if model else "sd"
+    s = methods.get("ecodiff").settings(preset=preset, family=family)
+    return s.beta, s.lr
 
 
 @friendly
 def run_score(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-              stride, thr, ty_kinds, base_kinds, store, clicked, request: gr.Request, progress=PROGRESS):
+              stride, thr, ty_kinds, base_kinds, eco_preset, store, clicked, request: gr.Request, progress=PROGRESS):
     h = _handle(model)
     settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
-                         beta, lr, stride, thr, ty_kinds, base_kinds)
+                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset)
     live, scores = [], None
     for msg in _run(h, lambda c: _score(h, method, settings, c), request, clicked, progress, method):
         if msg and msg[0] == "done":
@@ -602,6 +610,8 @@ def build_app() -> gr.Blocks:
                                                      label="gates on", info=H["kinds"])
                         eco_beta = Number(methods.ecodiff.DEFAULT_BETA, label="sparsity push", info=H["beta"])
                         eco_lr = Number(methods.ecodiff.DEFAULT_LR, label="learning rate", info=H["lr"])
+                    eco_preset = gr.Radio([("ours (default)", "ours"), ("the authors' configs", "authors")],
+                                          value="ours", label="settings", info=H["eco_preset"])
                 with gr.Group(visible=False) as ty_group:
                     with gr.Row():
                         ty_stride = Slider(1, 500, value=100, step=1, label="noise-level stride", info=H["stride"])
@@ -715,7 +725,8 @@ def build_app() -> gr.Blocks:
                       [ld_group, eco_group, ty_group, base_group, sc_table, sc_plot, method_note, eco_loss],
                       api_visibility="private", **UI)
         sc_inputs = [model, method, sc_prompts, sc_steps, n_gen, granularity, ld_ops, eco_epochs, eco_batch,
-                     eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, store, clicked]
+                     eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, eco_preset, store, clicked]
+        eco_preset.change(preset_values, [model, eco_preset], [eco_beta, eco_lr], api_visibility="private", **UI)
         sc_run.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method],
             api_name="score", show_progress_on=[sc_status], **run)

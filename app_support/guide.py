@@ -72,6 +72,9 @@ HELP = {
     "metric": "What the plot shows; it redraws from the last comparison without re-running it.",
     "full": "Also save the VAE, text encoders and scheduler, so the export loads on its own.",
     "recover": "Optional short finetune of the slim model towards the original's outputs (0 = none).",
+    "eco_preset": "ours: per-unit L0 penalty, the paper's gate noise (measured better on the bundled models); the "
+                  "authors' configs: their released SDXL/FLUX settings (calmer gate noise, a per-layer L1 penalty, "
+                  "beta 0.5 for UNets and 0.01 for FLUX). Choosing one fills the push and learning rate.",
     "reconstruct": "Re-fit the layers that read the removed units so they best reproduce the original's outputs "
                    "(closed-form least squares, no training). Costs one pass of the original over 32 calibration "
                    "prompts: about 2-5 s on the bundled models on this CPU, like generating 32 images on others.",

@@ -167,6 +167,14 @@ def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
         c.predict(PROMPT, 0, 2, "side by side", "yes", api_name="/generate")
 
 
+def test_ecodiff_with_the_authors_settings(c):
+    table, fig, loss, status, _ = c.predict(*score_args("ecodiff"), "authors", api_name="/score")
+    assert frame(table) and "Done" in status
+    assert app.preset_values(None, "authors") == (0.5, 0.5)  # beta, lr for a UNet
+    with pytest.raises(gradio_client.exceptions.AppError, match="theirs.*not in the list of choices"):
+        c.predict(*score_args("ecodiff"), "theirs", api_name="/score")  # the radio names the bad value
+
+
 def test_manual_selection_totals_match(c):
     table, two = resnets(c, 2)
     for row in table:

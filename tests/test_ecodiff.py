@@ -196,3 +196,32 @@ def test_a_diverging_run_stops_with_the_last_finite_gates(tiny_sd, monkeypatch):
     last = e.value.result
     assert last.partial and len(last.history) == 1
     assert all(torch.isfinite(v).all() for v in last.lambdas.values())
+
+
+def test_the_authors_preset_and_its_regulariser(tiny_sd, tmp_path, capsys):
+    from pruning.cli import main
+    from pruning.methods.ecodiff import regularizer
+
+    m = methods.get("ecodiff")
+    flux, unet = m.settings(preset="authors", family="flux"), m.settings(preset="authors", family="sd", lr=0.1)
+    assert (flux.masking_eps, flux.beta, flux.regularizer, flux.reg_norm) == (0.1, 0.01, "l1", "layer")
+    assert (unet.masking_eps, unet.beta, unet.lr) == (0.5, 0.5, 0.1)  # values given override the preset
+    assert m.settings(preset="ours") == EcoDiffSettings()
+    with pytest.raises(SettingsError, match="preset"):
+        m.settings(preset="theirs")
+    gates = GateSet.for_denoiser(tiny_sd.denoiser, kinds=("head", "neuron"))
+    from pruning.catalog import discover
+
+    kinds = {f: discover(tiny_sd.denoiser).structures[f].kind for f in gates.fqns}
+    per_unit = regularizer(gates, "l0")
+    per_layer = regularizer(gates, "l0", "layer", kinds)
+    heads = [g.log_alpha.numel() for f, g in zip(gates.fqns, gates.gates) if kinds[f] == "head"]
+    neurons = [g.log_alpha.numel() for f, g in zip(gates.fqns, gates.gates) if kinds[f] == "neuron"]
+    ratio = sum(heads) / len(heads) + sum(neurons) / len(neurons)  # mean units per layer, per kind, summed
+    assert float(per_layer / per_unit) == pytest.approx(ratio, rel=1e-5)
+    out = tmp_path / "mask.safetensors"
+    assert main(["ecodiff", "--model", "tiny-shapes-sd", "--preset", "authors", "--steps", "2", "--epochs", "1",
+                 "--prompts", "a red circle at the top left on a white background", "--out", str(out)]) == 0
+    scores = Scores.read(out)
+    assert scores.settings["masking_eps"] == 0.5 and scores.settings["reg_norm"] == "layer"
+    capsys.readouterr()

@@ -51,6 +51,10 @@ SHORTCUTS = {"sweep": "ldpruner", "ecodiff": "ecodiff", "taylor": "taylor"}  # c
 def _method_args(p: argparse.ArgumentParser, method) -> None:
     add_model_args(p)
     add_settings_args(p, method.Settings)
+    if len(method.presets) > 1:
+        p.add_argument("--preset", choices=list(method.presets), default=None,
+                       help=f"starting values for the settings (default {method.presets[0]}); options given "
+                            "override them")
     kinds = ".csv (+ a .json of settings), .parquet" + (", or .safetensors" if method.level == "unit" else "")
     p.add_argument("--out", required=True, metavar="PATH", help=f"where to write the scores: {kinds}")
 
@@ -84,10 +88,12 @@ def run_score(args, name: str) -> int:
     out = writable(args.out, "--out")
     if out.suffix == ".safetensors" and m.level != "unit":
         raise SettingsError(f"{name} scores whole operators: write them as .csv or .parquet, not .safetensors")
-    settings = settings_from_args(m, args)
+    settings = settings_from_args(m, args)  # checked now, before loading anything
     if name == "ldpruner" and _distributed():
         return _sharded_sweep(args, settings)
     h = load_handle(args)
+    if getattr(args, "preset", None):  # a family's preset: known once the model is loaded
+        settings = settings_from_args(m, args, preset=args.preset, family=h.family)
     control, bar = _control(args, m.title)
     try:
         scores = m.score(h, settings, control=control)

@@ -241,14 +241,22 @@ class Method:
     level: ClassVar[str]  # "operator" | "unit"
     Settings: ClassVar[type]
     data_free: ClassVar[bool] = False  # True: no generation needed; scoring takes well under a second
+    presets: ClassVar[tuple[str, ...]] = ("ours",)  # named starting points for the settings (the first: the defaults)
 
-    def settings(self, **values) -> Any:
-        """Validated settings (unknown names are refused)."""
+    def settings(self, preset: str | None = None, family: str | None = None, **values) -> Any:
+        """Validated settings (unknown names are refused); ``preset`` (one of ``presets``) gives
+        other starting values, possibly per model ``family``, that ``values`` override."""
         known = {f.name for f in fields(self.Settings)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise SettingsError(f"{self.name} has no setting(s) {unknown}; it has {sorted(known)}")
-        return self.Settings(**values)
+        if preset is None or preset == self.presets[0]:
+            return self.Settings(**values)
+        choice("preset", preset, self.presets)
+        return self.preset_settings(preset, family or "sd", **values)
+
+    def preset_settings(self, preset: str, family: str, **values) -> Any:
+        raise SettingsError(f"{self.name} has no preset {preset!r}")
 
     def score(self, handle, settings=None, *, control: RunControl | None = None) -> Scores:
         raise NotImplementedError

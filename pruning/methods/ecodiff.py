@@ -344,6 +344,10 @@ class EcoDiff(Method):
                "the original's, with a penalty that pushes gates to close: low gate = safe to remove.")
     level = "unit"
     Settings = EcoDiffSettings
+    presets = PRESETS
+
+    def preset_settings(self, preset: str, family: str, **values) -> EcoDiffSettings:
+        return EcoDiffSettings.preset(preset, family, **values)
 
     def score(self, handle, settings: EcoDiffSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return optimize(handle, settings, control=control).to_scores()
