@@ -133,6 +133,11 @@ class Runs:
         with self._lock:
             return len(self._active.get(session, ()))
 
+    def progress(self, session: str) -> int:
+        """The most units of work any running run of ``session`` has reported done."""
+        with self._lock:
+            return max((c.done[0] for c in self._active.get(session, ())), default=0)
+
 
 def owned(work: Callable[[RunControl], object], *, runs: Runs, session: str, lock: threading.RLock,
           clicked_at: float | None = None, time_limit: float | None = RUN_TIME_LIMIT_S) -> Iterator[tuple]:

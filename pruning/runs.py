@@ -36,6 +36,7 @@ class RunControl:
         self.time_limit = time_limit
         self.reason: str | None = None
         self.stopped_at: float | None = None  # time.monotonic() of the first stop
+        self.done: tuple[int, int] = (0, 0)  # the last (done, total) reported
 
     def stopped(self) -> bool:
         """True once stopped or past the time limit (``reason`` says which)."""
@@ -56,6 +57,7 @@ class RunControl:
         self.event.set()
 
     def report(self, done: int, total: int, **info) -> None:
+        self.done = (done, total)
         if self._progress is not None:
             self._progress(done, total, info)
 

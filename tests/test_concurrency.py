@@ -61,6 +61,14 @@ def wait_running(session: str, timeout: float = 60) -> None:
     time.sleep(1.0)  # well inside the work
 
 
+def wait_progress(session: str, timeout: float = 120) -> None:
+    """Until a run of ``session`` has reported at least one finished unit (an operator, a step)."""
+    t0 = time.time()
+    while app.RUNS.progress(session) < 1:
+        assert time.time() - t0 < timeout, "the run reported no progress"
+        time.sleep(0.05)
+
+
 def ended(session: str, since: float, timeout: float = 30) -> dict:
     t0 = time.time()
     while True:
@@ -131,7 +139,7 @@ def test_stop_ends_an_export_with_recovery(url, b):
 def test_stop_keeps_partial_results(url):
     a = client(url)
     job = a.submit(*score_args("ldpruner", n_gen=4, steps=25, granularity="all"), api_name="/score")
-    wait_running(a.session_hash)
+    wait_progress(a.session_hash)  # some operators are finished: there is a partial result to keep
     a.predict(api_name="/stop")
     table, fig, _, status, _ = job.result(timeout=60)
     assert "Stopped" in status and 0 < len(frame(table)) < 39
