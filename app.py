@@ -276,6 +276,23 @@ def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, 
     return m.settings(preset=preset, family=h.family, **{k: v for k, v in values.items() if k in names and v is not None})
 
 
+@friendly
+def score_estimate(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
+                   stride, thr, ty_kinds, base_kinds, eco_preset):
+    """The predicted time and memory of the Run about to start (a few timed denoiser calls)."""
+    from pruning.estimate import estimate
+
+    if not model:
+        return ""
+    h = _handle(model)
+    settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
+                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset)
+    budget = float(os.environ["PRUNING_GPU_BUDGET_S"]) if os.environ.get("PRUNING_GPU_BUDGET_S") else None
+    with CACHE.lock(h):  # the estimate times the shared denoiser
+        e = estimate(h, method, settings, budget_s=budget)
+    return f"**Estimate** ({results.model_label(h)}): {e.text()}."
+
+
 def preset_values(model, preset):
     """The beta and learning rate a preset starts from, for the loaded model's family."""
     family = _handle(model).family if model else "sd"
@@ -623,6 +640,8 @@ def build_app() -> gr.Blocks:
                                                   label="units", info=H["kinds"])
                 with gr.Row():
                     sc_run, sc_stop = gr.Button("Run", variant="primary"), gr.Button("Stop")
+                    sc_est_btn = gr.Button("Estimate the cost", size="sm")
+                sc_estimate = gr.Markdown(elem_classes="status", elem_id="score-estimate")
                 sc_status = gr.Markdown(elem_classes="status", elem_id="score-status")
                 sc_plot = gr.Plot(visual.placeholder(), label="scores per layer", elem_id="score-plot")
                 eco_loss = gr.Plot(visual.placeholder("EcoDiff's curves appear here.", height=480), visible=False,
@@ -727,6 +746,8 @@ def build_app() -> gr.Blocks:
         sc_inputs = [model, method, sc_prompts, sc_steps, n_gen, granularity, ld_ops, eco_epochs, eco_batch,
                      eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, eco_preset, store, clicked]
         eco_preset.change(preset_values, [model, eco_preset], [eco_beta, eco_lr], api_visibility="private", **UI)
+        sc_est_btn.click(score_estimate, sc_inputs[:-2], sc_estimate, api_name="estimate", **run)
+        method.change(score_estimate, sc_inputs[:-2], sc_estimate, api_visibility="private", **run)
         sc_run.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method],
             api_name="score", show_progress_on=[sc_status], **run)

@@ -94,19 +94,16 @@ EXAMPLE_PROMPTS = {
 
 
 def estimate_seconds(handle, *, n_gen: int = 4, epochs: int = 4, prompts: int = 4, stride: int = 100) -> dict:
-    """Rough wall times of each method at the app's default settings, from one timed batch."""
-    from pruning.catalog import catalog
-    from pruning.metrics import denoiser_latency
-    from pruning.sampling import count_inputs, spec
+    """Predicted wall times of each method at the app's default settings (``pruning.estimate``)."""
+    from pruning import methods
+    from pruning.estimate import estimate
+    from pruning.prompts import calibration_prompts
 
-    s = spec(handle)
-    cfg = 2 if s.guidance > 1 else 1
-    t = denoiser_latency(handle.denoiser, batch=n_gen * cfg, repeats=3, **count_inputs(handle))  # one step
-    ops = len(catalog(handle.denoiser, **count_inputs(handle))[0].query("granularity != 'block'"))
-    gen = s.steps * t
-    return {"magnitude": 0.1, "random": 0.1, "ldpruner": (ops + 1) * gen,
-            "ecodiff": gen * (1 + 3 * epochs) * max(1, prompts // 4),
-            "taylor": gen + 3 * t * min(1000 // stride, 10)}
+    p = calibration_prompts(handle.model_ref, prompts)
+    values = {"ldpruner": dict(n_gen=n_gen, prompts=p), "ecodiff": dict(epochs=epochs, prompts=p),
+              "taylor": dict(stride=stride, prompts=p)}
+    return {m: estimate(handle, m, methods.get(m).settings(**values.get(m, {}))).seconds
+            for m in ("magnitude", "random", "ldpruner", "ecodiff", "taylor")}
 
 
 def estimate_text(est: dict) -> str:

@@ -48,3 +48,6 @@ register("Q1", "benchmarks.quality_tables", "method comparison tables (both bund
 register("Q2", "benchmarks.quality_tables", "reconstruction: MSE ratio, accuracy, time", func="run_q2")
 register("P5", "benchmarks.p5_app", "app start and first comparison")
 register("R0", "benchmarks.r0_ui_latency", "UI call under model load")
+register("R1", "benchmarks.r1_real_size", "real-size slimming: SD 1.5, SDXL")
+register("R2", "benchmarks.r2_real_checkpointing", "real-size EcoDiff memory: SD 1.5")
+register("R3", "benchmarks.r3_estimator", "cost estimator: predicted / measured time")

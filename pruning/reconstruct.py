@@ -277,7 +277,7 @@ def _trajectories(handle, s: ReconstructSettings, control: RunControl) -> list:
     return out
 
 
-def _groups(items: list[Consumer], budget_bytes: float) -> list[list[Consumer]]:
+def consumer_groups(items: list[Consumer], budget_bytes: float) -> list[list[Consumer]]:
     """Consumers packed greedily (in order) into groups whose Grams fit the budget (one alone may not)."""
     groups, size = [[]], 0
     for c in items:
@@ -397,7 +397,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     record = {"settings": _record(settings), "compensated": ops}
     new_plan = replace(base_plan, reconstruction=record)
     items = consumers(den, base_plan)
-    groups = _groups(items, settings.max_gram_mb * 2 ** 20)
+    groups = consumer_groups(items, settings.max_gram_mb * 2 ** 20)
     trajs = _trajectories(handle, settings, control)
     small = slim(den, new_plan)
     report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
@@ -448,5 +448,6 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
     return small
 
 
-__all__ = ["ReconstructSettings", "reconstruct", "reapply", "consumers", "Stats", "solve", "rel_error",
+__all__ = ["ReconstructSettings", "reconstruct", "reapply", "consumers", "consumer_groups", "Stats", "solve",
+           "rel_error",
            "layer_inputs", "flat_weight"]

@@ -193,3 +193,28 @@ def tiny_pipeline(family: str, seed: int = 0):
     pipe = cls[family](**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def real_unet_pipeline(name: str = "sd15", seed: int = 0):
+    """An SD pipeline whose UNet is the real ``name`` config (``pruning.reference``) with random
+    weights (seeded), around the tiny VAE and a tiny CLIP text encoder of the UNet's width: real
+    denoiser cost on a CPU, without a download. SD 1.x/2.x configs only (one text encoder).
+
+    The VAE's factor is 4, so a latent side ``s`` is a ``4 s`` px image.
+    """
+    from .reference import PIPELINES, REFERENCE_CONFIGS
+
+    if PIPELINES.get(name, {}).get("family") != "sd":
+        raise ValueError(f"real_unet_pipeline builds SD 1.x/2.x UNets, not {name!r}")
+    components = tiny_components("sd", seed)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(REFERENCE_CONFIGS[name]).eval()
+        text = _clip_text_encoder(components["tokenizer"], hidden=unet.config.cross_attention_dim)
+    finally:
+        torch.random.set_rng_state(state)
+    pipe = StableDiffusionPipeline(**{**components, "unet": unet, "text_encoder": text},
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

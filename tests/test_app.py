@@ -86,7 +86,7 @@ def resnets(c, n):
 def test_endpoints_are_named(c):
     names = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert names == {"/load_model", "/stop", "/score", "/prefill", "/table_mode", "/plan_totals", "/generate",
-                     "/compare_methods", "/redraw", "/export"}
+                     "/compare_methods", "/redraw", "/export", "/estimate"}
 
 
 def test_load_model(c):
@@ -165,6 +165,11 @@ def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
     assert load_pruned(tmp_path / "pruned-model").family == "sd"
     with pytest.raises(gradio_client.exceptions.AppError, match="reconstruct must be true or false"):
         c.predict(PROMPT, 0, 2, "side by side", "yes", api_name="/generate")
+
+
+def test_estimate_before_a_run(c):
+    text = c.predict(*score_args("ldpruner", n_gen=2), "ours", api_name="/estimate")
+    assert text.startswith("**Estimate**") and "Operator sweep (LD-Pruner): " in text and "peak memory" in text
 
 
 def test_ecodiff_with_the_authors_settings(c):

@@ -79,6 +79,21 @@ def add_plan_arg(p: argparse.ArgumentParser, *, required: bool) -> None:
                    help="a pruning plan JSON, or an export's pruning_plan.json")
 
 
+def add_estimate_args(p: argparse.ArgumentParser) -> None:
+    """``--estimate`` (print the predicted time and memory, run nothing) and ``--budget``."""
+    p.add_argument("--estimate", action="store_true",
+                   help="print the predicted wall time and peak memory on this device and dtype (from a few timed "
+                        "denoiser calls), and run nothing")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="with --estimate: say what to change when the run would take longer (e.g. a Space's GPU "
+                        "duration)")
+
+
+def print_estimate(e) -> None:
+    print(e.text())
+    print("counted   " + ", ".join(f"{k} {v}" for k, v in e.calls.items()))
+
+
 def add_out_file(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help=help)
 

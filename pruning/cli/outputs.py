@@ -6,19 +6,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..estimate import estimate_reconstruction
 from ..export import check_target, export
 from ..manifest import read_manifest
 from ..metrics import count_params
-from ..reconstruct import ReconstructSettings, reconstruct
+from ..reconstruct import ReconstructSettings, consumer_groups, consumers, reconstruct
 from ..recover import RecoverSettings, recover
 from .common import (
     add_command,
+    add_estimate_args,
     add_model_args,
     add_plan_arg,
     add_settings_args,
     human,
     load_handle,
     load_plan,
+    print_estimate,
     work_done,
 )
 
@@ -68,6 +71,7 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
     _export_args(p)
     p.set_defaults(reconstruct=True)
     add_settings_args(p, ReconstructSettings)
+    add_estimate_args(p)
     p.add_argument("--compensate-operators", action="store_true",
                    help="also fold each removed operator's mean output into a bias on its stand-in")
 
@@ -78,6 +82,13 @@ def cmd_reconstruct(args) -> int:
     values = {f: getattr(args, f) for f in ReconstructSettings.__dataclass_fields__
               if getattr(args, f, None) is not None}  # --compensate-operators is one of them (a flag)
     settings = ReconstructSettings(**values)  # checked now, before loading anything
+    if args.estimate:
+        h = load_handle(args)
+        plan = load_plan(args.plan, h)
+        items = consumers(h.denoiser, plan.normalized(h.denoiser))
+        passes = len(consumer_groups(items, settings.max_gram_mb * 2 ** 20))
+        print_estimate(estimate_reconstruction(h, settings, passes=passes, budget_s=args.budget))
+        return 0
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     h = load_handle(args)
     small = reconstruct(h, load_plan(args.plan, h), settings)

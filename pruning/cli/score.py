@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import methods
 from ..errors import RunDiverged, SettingsError
+from ..estimate import estimate
 from ..files import atomic_write
 from ..methods import Scores, ldpruner
 from ..methods.select import plan_from_operator_scores
@@ -36,10 +37,12 @@ from ..sampling import count_inputs
 from .common import (
     Parser,
     add_command,
+    add_estimate_args,
     add_model_args,
     add_settings_args,
     human,
     load_handle,
+    print_estimate,
     settings_from_args,
     work_done,
     writable,
@@ -56,7 +59,8 @@ def _method_args(p: argparse.ArgumentParser, method) -> None:
                        help=f"starting values for the settings (default {method.presets[0]}); options given "
                             "override them")
     kinds = ".csv (+ a .json of settings), .parquet" + (", or .safetensors" if method.level == "unit" else "")
-    p.add_argument("--out", required=True, metavar="PATH", help=f"where to write the scores: {kinds}")
+    p.add_argument("--out", metavar="PATH", help=f"where to write the scores: {kinds} (required unless --estimate)")
+    add_estimate_args(p)
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +89,15 @@ def _control(args, desc: str):
 
 def run_score(args, name: str) -> int:
     m = methods.get(name)
+    if args.estimate:
+        settings = settings_from_args(m, args)
+        h = load_handle(args)
+        if getattr(args, "preset", None):
+            settings = settings_from_args(m, args, preset=args.preset, family=h.family)
+        print_estimate(estimate(h, name, settings, budget_s=args.budget))
+        return 0
+    if not args.out:
+        raise SettingsError("--out is required (or --estimate to only predict the cost)")
     out = writable(args.out, "--out")
     if out.suffix == ".safetensors" and m.level != "unit":
         raise SettingsError(f"{name} scores whole operators: write them as .csv or .parquet, not .safetensors")

@@ -1,0 +1,55 @@
+"""Cost estimates: counted denoiser calls per method, advice when a run will not fit, the CLI's
+--estimate that runs nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from pruning import methods
+from pruning.estimate import estimate, estimate_reconstruction, step_cost
+
+
+def test_every_method_has_a_positive_estimate_that_grows_with_its_settings(tiny_sd):
+    for name in methods.names():
+        e = estimate(tiny_sd, name)
+        assert e.seconds > 0 and e.peak_bytes >= step_cost(tiny_sd).weights_bytes, name
+    few = estimate(tiny_sd, "ldpruner", methods.get("ldpruner").settings(n_gen=2, steps=2))
+    many = estimate(tiny_sd, "ldpruner", methods.get("ldpruner").settings(n_gen=2, steps=4))
+    assert many.calls["denoiser calls"] == 2 * few.calls["denoiser calls"]
+    one = estimate(tiny_sd, "ldpruner", methods.get("ldpruner").settings(operators=["mid_block.resnets.0"], steps=2))
+    assert one.calls["generations"] == 2  # the reference and the one operator
+    e1 = estimate(tiny_sd, "ecodiff", methods.get("ecodiff").settings(epochs=1, steps=2))
+    e3 = estimate(tiny_sd, "ecodiff", methods.get("ecodiff").settings(epochs=3, steps=2))
+    assert e3.calls["optimizer steps"] == 3 * e1.calls["optimizer steps"] and e3.seconds > e1.seconds
+    r = estimate_reconstruction(tiny_sd, passes=2)
+    assert r.calls["passes"] == 2 and r.seconds > 0
+
+
+def test_advice_when_a_run_will_not_fit(tiny_sd, monkeypatch):
+    import pruning.estimate as est
+
+    e = estimate(tiny_sd, "taylor", budget_s=1e-6)
+    assert any("budget" in a and "stride" in a for a in e.advice) and "budget" in e.text()
+    monkeypatch.setattr(est, "device_memory", lambda device: 1)
+    e = estimate(tiny_sd, "ecodiff")
+    assert any("will not fit this device's memory" in a for a in e.advice)
+
+
+def test_cli_estimate_runs_nothing(capsys, tmp_path):
+    from pruning.cli import main
+
+    out = tmp_path / "scores.csv"
+    assert main(["taylor", "--model", "tiny-shapes-sd", "--estimate", "--stride", "250"]) == 0
+    text = capsys.readouterr().out
+    assert "Taylor importance (Diff-Pruning): " in text and "peak memory" in text and "timesteps (at most) 4" in text
+    assert not out.exists()
+    assert main(["taylor", "--model", "tiny-shapes-sd"]) == 2
+    assert "--out is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--budget", "abc"]])
+def test_cli_estimate_bad_budget(capsys, bad):
+    from pruning.cli import main
+
+    assert main(["sweep", "--model", "tiny-shapes-sd", "--estimate", *bad]) == 2
+    assert "budget" in capsys.readouterr().err
