@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from . import common
 
 MODELS = ("tiny-shapes-sd", "tiny-shapes-flux")
