@@ -55,11 +55,8 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()  # resident pages
 
 
-def _child(steps: int, checkpointing: str) -> None:
-    """Sample the current RSS every millisecond while one gradient is computed."""
-    torch.set_num_threads(1)
-    handle = _handle()
-    _one_gradient(handle, 1, "timestep")  # warm up: lazily allocated buffers
+def peak_rss(fn) -> dict:
+    """Run ``fn()`` while sampling this process's RSS every millisecond: {"before", "peak", "seconds"}."""
     before, peak, done = _rss_now(), [0], threading.Event()
 
     def sample():
@@ -69,12 +66,21 @@ def _child(steps: int, checkpointing: str) -> None:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
+    t0 = time.perf_counter()
     try:
-        _one_gradient(handle, steps, checkpointing)
+        fn()
     finally:
         done.set()
         sampler.join()
-    print(json.dumps({"before": before, "peak": max(peak[0], _rss_now())}))
+    return {"before": before, "peak": max(peak[0], _rss_now()), "seconds": time.perf_counter() - t0}
+
+
+def _child(steps: int, checkpointing: str) -> None:
+    """The RSS while one gradient is computed (after a warm-up: lazily allocated buffers)."""
+    torch.set_num_threads(1)
+    handle = _handle()
+    _one_gradient(handle, 1, "timestep")
+    print(json.dumps(peak_rss(lambda: _one_gradient(handle, steps, checkpointing))))
 
 
 def _rss_increase(steps: int, checkpointing: str) -> int:

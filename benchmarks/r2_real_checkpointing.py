@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from .p2_checkpointing import PROMPT, _rss_now
+from .p2_checkpointing import PROMPT, peak_rss
 
 STEPS = (2, 4, 8)
 SIDE = 32  # latent side: 128 px with the tiny VAE's factor 4
@@ -44,28 +44,10 @@ def _one_gradient(handle, steps: int, checkpointing: str) -> None:
 
 
 def _child(steps: int, checkpointing: str) -> None:
-    import threading
-    import time
-
     torch.set_num_threads(2)
     handle = _handle()
     _one_gradient(handle, 1, "timestep")  # warm up: lazily allocated buffers
-    before, peak, done = _rss_now(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_now())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    t0 = time.perf_counter()
-    try:
-        _one_gradient(handle, steps, checkpointing)
-    finally:
-        done.set()
-        sampler.join()
-    print(json.dumps({"before": before, "peak": max(peak[0], _rss_now()), "seconds": time.perf_counter() - t0}))
+    print(json.dumps(peak_rss(lambda: _one_gradient(handle, steps, checkpointing))))
 
 
 def _measure(steps: int, checkpointing: str) -> dict:
