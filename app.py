@@ -747,7 +747,6 @@ def build_app() -> gr.Blocks:
                      eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, eco_preset, store, clicked]
         eco_preset.change(preset_values, [model, eco_preset], [eco_beta, eco_lr], api_visibility="private", **UI)
         sc_est_btn.click(score_estimate, sc_inputs[:-2], sc_estimate, api_name="estimate", **run)
-        method.change(score_estimate, sc_inputs[:-2], sc_estimate, api_visibility="private", **run)
         sc_run.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method],
             api_name="score", show_progress_on=[sc_status], **run)

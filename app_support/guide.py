@@ -118,8 +118,10 @@ def estimates(handle, max_params: int = 100_000_000) -> str:
     """The guide's line on run times (timed here for small models; skipped for big ones on a CPU)."""
     from pruning.metrics import count_params
 
-    if handle.device.type == "cpu" and count_params(handle.denoiser) > max_params:
-        return "On this CPU a model this size takes minutes per image: use a GPU for the methods that generate."
+    if count_params(handle.denoiser) > max_params:  # timing backward passes at load could take long or run out of memory
+        where = "On this CPU a model this size takes minutes per image: use a GPU for the methods that generate. " \
+            if handle.device.type == "cpu" else ""
+        return where + "Press **Estimate the cost** in the Score tab for a run's time and memory before you start it."
     with torch.no_grad():
         est = estimate_seconds(handle)
     return (f"On {device_note(handle)}, with the default settings: {estimate_text(est)}; comparing all "
