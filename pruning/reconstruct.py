@@ -24,7 +24,9 @@ for a conv) and are gathered in groups of consumers whose Grams fit ``max_gram_m
 is one calibration pass, so the peak is about the largest group plus the model. SDXL's largest
 FFN consumer (``net[2]``, input 10240) needs 10240^2 x 8 B = 0.84 GB; a FLUX single block's
 ``proj_out`` (input 3072 + 12288 = 15360) 1.89 GB; SD 1.5's widest ``conv2`` (1280 x 3 x 3 =
-11520 inputs) 1.06 GB. The default budget (2048 MB) holds any one of them.
+11520 inputs) 1.06 GB. The default budget (2048 MB) holds any one of them; with
+``inputs="pruned"`` each consumer also keeps the pruned-input moments (up to about 3x that), and
+a consumer larger than the budget gets a pass of its own.
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
@@ -144,11 +146,11 @@ class Consumer:
     def width(self) -> int:
         return self.keep.numel()
 
-    @property
-    def gram_bytes(self) -> int:
-        """Memory of its statistics: float64 (D+1)^2 + (D+1)(k+1) + (k+1)^2, k the kept inputs."""
+    def gram_bytes(self, paired: bool = False) -> int:
+        """Memory of its statistics in float64: (D+1)^2, plus (D+1)(k+1) + (k+1)^2 when paired with
+        the pruned model's inputs (k the kept inputs)."""
         d, k = self.width + 1, int(self.keep.sum()) + 1
-        return 8 * (d * d + d * k + k * k)
+        return 8 * (d * d + (d * k + k * k if paired else 0))
 
 
 def consumers(denoiser: nn.Module, plan: PruningPlan) -> list[Consumer]:
@@ -195,27 +197,37 @@ def _augment(rows: torch.Tensor) -> torch.Tensor:
 class Stats:
     """Running second moments of a consumer's inputs, with a constant 1 appended (x~ = [x, 1]):
     ``G = E[x~ x~^T]`` of the original model's inputs ``x`` (D), ``H = E[h~ h~^T]`` of the
-    inputs ``h`` (k) the pruned model gives the kept columns, and ``X = E[x~ h~^T]``. Without a
-    pruned model, ``h`` is ``x``'s kept part."""
+    inputs ``h`` (k) the pruned model gives the kept columns, and ``X = E[x~ h~^T]``.
 
-    def __init__(self, width: int, kept: int, device):
+    Given ``keep`` (no pruned model: ``h`` is ``x``'s kept part), only ``G`` is accumulated and
+    ``X``, ``H`` are its kept columns and block."""
+
+    def __init__(self, width: int, kept: int, device, keep: torch.Tensor | None = None):
         f64 = dict(dtype=torch.float64, device=device)
         self.G = torch.zeros(width + 1, width + 1, **f64)  # (D+1, D+1)
-        self.H = torch.zeros(kept + 1, kept + 1, **f64)  # (k+1, k+1)
-        self.X = torch.zeros(width + 1, kept + 1, **f64)  # (D+1, k+1)
+        self.cols = None if keep is None else torch.cat([keep.nonzero().flatten().to(device),
+                                                         torch.tensor([width], device=device)])  # K and the 1
+        self.H = None if keep is not None else torch.zeros(kept + 1, kept + 1, **f64)  # (k+1, k+1)
+        self.X = None if keep is not None else torch.zeros(width + 1, kept + 1, **f64)  # (D+1, k+1)
         self.rows = 0
 
-    def add(self, x: torch.Tensor, h: torch.Tensor) -> None:
-        """``x``: (rows, D) original inputs; ``h``: (rows, k) the pruned model's, same positions."""
-        xa, ha = _augment(x), _augment(h)
+    def add(self, x: torch.Tensor, h: torch.Tensor | None = None) -> None:
+        """``x``: (rows, D) original inputs; ``h``: (rows, k) the pruned model's, same positions
+        (omitted with ``keep``)."""
+        xa = _augment(x)
         self.G += xa.T @ xa
-        self.H += ha.T @ ha
-        self.X += xa.T @ ha
+        if self.cols is None:
+            ha = _augment(h)
+            self.H += ha.T @ ha
+            self.X += xa.T @ ha
         self.rows += xa.shape[0]
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = max(self.rows, 1)
-        return self.G / n, self.X / n, self.H / n
+        G = self.G / n
+        if self.cols is not None:
+            return G, G[:, self.cols], G[self.cols][:, self.cols]
+        return G, self.X / n, self.H / n
 
 
 def _full(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -277,15 +289,15 @@ def _trajectories(handle, s: ReconstructSettings, control: RunControl) -> list:
     return out
 
 
-def consumer_groups(items: list[Consumer], budget_bytes: float) -> list[list[Consumer]]:
+def consumer_groups(items: list[Consumer], budget_bytes: float, paired: bool = False) -> list[list[Consumer]]:
     """Consumers packed greedily (in order) into groups whose Grams fit the budget (one alone may not)."""
     groups, size = [[]], 0
     for c in items:
-        if groups[-1] and size + c.gram_bytes > budget_bytes:
+        if groups[-1] and size + c.gram_bytes(paired) > budget_bytes:
             groups.append([])
             size = 0
         groups[-1].append(c)
-        size += c.gram_bytes
+        size += c.gram_bytes(paired)
     return [g for g in groups if g] or [[]]
 
 
@@ -326,8 +338,8 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
     den = handle.denoiser
     found = discover(den)
     device = _stat_device(handle)
-    stats = {c.fqn: Stats(c.width, int(c.keep.sum()), device) for c in group}
-    keeps = {c.fqn: c.keep.to(device) for c in group}
+    stats = {c.fqn: Stats(c.width, int(c.keep.sum()), device, keep=None if small is not None else c.keep)
+             for c in group}
     seen: dict[str, list[torch.Tensor]] = {c.fqn: [] for c in group}  # this step's original inputs, in call order
     means = {op: _Means() for op in operators}
     handles = []
@@ -335,7 +347,7 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
     def record_original(m, args, fqn):
         x = layer_inputs(m, args[0]).to(device)
         if small is None:
-            stats[fqn].add(x, x[:, keeps[fqn]])
+            stats[fqn].add(x)
         else:
             seen[fqn].append(x)
 
@@ -397,11 +409,12 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     record = {"settings": _record(settings), "compensated": ops}
     new_plan = replace(base_plan, reconstruction=record)
     items = consumers(den, base_plan)
-    groups = consumer_groups(items, settings.max_gram_mb * 2 ** 20)
+    paired = settings.inputs == "pruned"
+    groups = consumer_groups(items, settings.max_gram_mb * 2 ** 20, paired)
     trajs = _trajectories(handle, settings, control)
     small = slim(den, new_plan)
     report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
-              "gram_mb": round(max(sum(c.gram_bytes for c in g) for g in groups) / 2 ** 20, 3)}
+              "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
         stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
                                   ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}")

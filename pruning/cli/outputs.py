@@ -86,7 +86,7 @@ def cmd_reconstruct(args) -> int:
         h = load_handle(args)
         plan = load_plan(args.plan, h)
         items = consumers(h.denoiser, plan.normalized(h.denoiser))
-        passes = len(consumer_groups(items, settings.max_gram_mb * 2 ** 20))
+        passes = len(consumer_groups(items, settings.max_gram_mb * 2 ** 20, settings.inputs == "pruned"))
         print_estimate(estimate_reconstruction(h, settings, passes=passes, budget_s=args.budget))
         return 0
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
