@@ -61,7 +61,7 @@ class ClipScorer:
 
 def load_clip(source: str = DEFAULT_CLIP, device: str | torch.device = "cpu") -> ClipScorer:
     """The CLIP scorer from the Hub (or its local cache); ``ModelLoadError`` at once when neither."""
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel, CLIPTokenizer  # only when a CLIP score is asked for: a real model
 
     reason = hub_unavailable(source)  # then the local cache only: no retries against an absent Hub
     kw = {"local_files_only": True} if reason else {}

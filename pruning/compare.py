@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import validate
 from .catalog import UNIT_KINDS
+from .clipscore import load_clip
 from .errors import ModelLoadError, PruningError, SettingsError
 from .methods import get, names
 from .metrics import count_params, total_macs
@@ -148,8 +149,6 @@ def _clip_scorer(handle, s: CompareSettings, attrs: dict):
     if not s.clip:
         attrs["clip"] = "not computed: switched off"
         return None
-    from .clipscore import load_clip
-
     try:
         scorer = load_clip(device=handle.device)
     except ModelLoadError as e:

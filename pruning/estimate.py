@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import methods
 from .catalog import catalog
 from .metrics import SavedTensorMeter, example_inputs
+from .prompts import calibration_prompts
+from .reconstruct import ReconstructSettings
 from .sampling import count_inputs, spec
 
 _CACHE: dict[tuple, StepCost] = {}
@@ -164,8 +167,6 @@ def _gen_seconds(cost: StepCost, handle, s, prompts: int) -> tuple[float, int, i
 
 def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, dict, int, list[str]]:
     """(seconds, call counts, the largest batch with backward (0: none), advice levers)."""
-    from .prompts import calibration_prompts
-
     get = lambda name, default=None: getattr(settings, name, default)  # noqa: E731
     s = spec(handle, steps=get("steps"), guidance=get("guidance"), resolution=get("resolution"))
     prompts = len(get("prompts") or calibration_prompts(handle.model_ref, 8))
@@ -202,8 +203,6 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
 
 def estimate(handle, method: str, settings=None, *, budget_s: float | None = None) -> Estimate:
     """The predicted cost of scoring ``handle`` with ``method`` (a registered name) and its settings."""
-    from . import methods
-
     m = methods.get(method)
     settings = settings if settings is not None else m.settings()
     cost = step_cost(handle, resolution=getattr(settings, "resolution", None))
@@ -214,8 +213,6 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
 
 def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s: float | None = None) -> Estimate:
     """Reconstruction: ``passes`` calibration passes over its prompts (plus the Gram updates)."""
-    from .reconstruct import ReconstructSettings
-
     s0 = (settings or ReconstructSettings()).resolved(handle)
     cost = step_cost(handle, resolution=s0.resolution)
     s = spec(handle, steps=s0.steps, guidance=s0.guidance, resolution=s0.resolution)

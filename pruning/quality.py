@@ -218,6 +218,7 @@ def ssim_per(images_a, images_b) -> np.ndarray:
     >>> ssim_per(a, a).round(6).tolist()
     [1.0, 1.0]
     """
+    # torchmetrics takes about a second to import: only when a comparison measures SSIM
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     def nchw(x):
