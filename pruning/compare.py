@@ -22,21 +22,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import validate
 from .catalog import UNIT_KINDS
 from .clipscore import load_clip
 from .errors import ModelLoadError, PruningError, SettingsError
-from .methods import get, names
+from .methods import Scores, get, names
 from .metrics import count_params, total_macs
 from .prompts import calibration_prompts, evaluation_prompts, is_shapes_model
 from .quality import bootstrap_ci, evaluate, mean_se
 from .reconstruct import ReconstructSettings, reconstruct
-from .runs import RunControl, as_control
+from .runs import RunControl, RunState, as_control
 from .sampling import count_inputs
 from .slim import slim
 
@@ -168,8 +169,25 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
     ``methods``: names in the registry (default: all). Random rows are the mean of
     ``random_draws`` plans; an unreachable target gives a row with ``error`` set instead of
     numbers. When ``control`` stops the run, the rows finished so far come back and
-    ``attrs["partial"]`` is True (``attrs["stopped"]`` says why).
+    ``attrs["partial"]`` is True (``attrs["stopped"]`` says why). :func:`compare_chunk` runs
+    the same comparison in resumable chunks.
     """
+    return compare_chunk(handle, sparsities, methods, settings=settings, control=control)[0]
+
+
+def _jobs(chosen: list[str], sps: list[float]) -> list[tuple]:
+    """The comparison's units of work in order: each method's scoring, then its plans."""
+    return [job for name in chosen for job in [("score", name, None), *(("plan", name, t) for t in sps)]]
+
+
+def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | None = None, *,
+                  settings: CompareSettings | None = None, control: RunControl | None = None,
+                  state: RunState | None = None) -> tuple[pd.DataFrame, RunState | None]:
+    """One chunk of :func:`compare_methods`: ``(the table so far, the state to resume from)``,
+    the state None once finished. Units: the original's evaluation, each method's scoring (whose
+    own loop may end the chunk: its state is kept inside this one) and each (method, sparsity)
+    plan. The state holds the rows, the original's per-image values, latents and images, and the
+    scores of the method being evaluated."""
     control = as_control(control)
     s = settings or CompareSettings()
     sps = check_sparsities(sparsities)
@@ -181,57 +199,102 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
     calib = tuple(s.calib_prompts or calibration_prompts(handle.model_ref, CALIB_PROMPTS))
     attrs = dict(model_ref=handle.model_ref, eval_prompts=prompts, eval_seeds=seeds, calib_prompts=list(calib),
                  methods=chosen, sparsities=sps, partial=False)
-    rows = []
+    key = {"sparsities": sps, "methods": chosen, "settings": asdict(s)}
     clip = _clip_scorer(handle, s, attrs)
     recon = ReconstructSettings(**s.reconstruct_settings) if s.reconstruct else None
+    jobs = _jobs(chosen, sps)
+    n_jobs = len(chosen) * len(sps)
+    rows, total, ref, j, scored, inner = [], None, None, 0, None, None
+    if state is not None:
+        state.check("compare", handle.model_ref, key)
+        rows, j, total = [dict(r) for r in state.data["rows"]], int(state.data["job"]), state.data["total"]
+        ref = {"latents": state.tensors["ref.latents"], "images": state.tensors["ref.images"].numpy()}
+        scored = [Scores.from_dict(d) for d in state.data["scores"]] if state.data.get("scores") else None
+        if state.data.get("inner"):
+            inner = RunState(**{**state.data["inner"], "tensors": {
+                k.removeprefix("inner."): v for k, v in state.tensors.items() if k.startswith("inner.")}})
+
+    def snapshot() -> RunState:
+        data = {"rows": rows, "job": j, "total": total,
+                "scores": [x.to_dict() for x in scored] if scored else None,
+                "inner": None if inner is None else {"what": inner.what, "model_ref": inner.model_ref,
+                                                     "settings": inner.settings, "data": inner.data}}
+        tensors = {"ref.latents": ref["latents"], "ref.images": torch.from_numpy(np.ascontiguousarray(ref["images"])),
+                   **({} if inner is None else {f"inner.{k}": v for k, v in inner.tensors.items()})}
+        return RunState("compare", handle.model_ref, key, data, tensors)
+
+    chunk_ended = False
     try:
-        base, ref = _evaluate(handle, handle.denoiser, prompts, seeds, None, s, control, clip)
-        base_row = _row([base])
-        total = base_row["params"]
-        rows.append({"method": "original", "reconstructed": False, "sparsity": 0.0, "params_fraction": 0.0,
-                     "latent_mse": 0.0, "latent_mse_se": 0.0, "psnr": 100.0, "ssim": 1.0, **base_row})
-        n_jobs, done = len(chosen) * len(sps), 0
-        for name in chosen:
+        if ref is None:  # the original, evaluated once: its row, and the reference of every other row
+            base, out = _evaluate(handle, handle.denoiser, prompts, seeds, None, s, control, clip)
+            ref = {"latents": out["latents"], "images": out["images"]}
+            base_row = _row([base])
+            total = base_row["params"]
+            rows.append({"method": "original", "reconstructed": False, "sparsity": 0.0, "params_fraction": 0.0,
+                         "latent_mse": 0.0, "latent_mse_se": 0.0, "psnr": 100.0, "ssim": 1.0, **base_row})
+            control.unit_done()
+        while j < len(jobs) and not control.stopped():
+            if control.chunk_full():
+                chunk_ended = True
+                break
+            kind, name, t = jobs[j]
             method = get(name)
-            if control.stopped():
-                break
-            draws = range(s.random_draws) if name == "random" else [None]
-            scored = [method.score(handle, _settings_for(method, handle, s, calib) if d is None else
-                                   method.settings(seed=d), control=control) for d in draws]
-            if any(x.partial for x in scored) or control.stopped():
-                break
-            for t in sps:
-                if control.stopped():
+            if kind == "score":
+                if name == "random":
+                    scored = [method.score(handle, method.settings(seed=d), control=control)
+                              for d in range(s.random_draws)]
+                else:
+                    x, inner = method.run(handle, _settings_for(method, handle, s, calib), state=inner,
+                                          control=control)
+                    scored = [x]
+                    if inner is not None:  # the method's own loop ended the chunk (or was stopped)
+                        scored, chunk_ended = None, not control.stopped()
+                        break
+                if any(x.partial for x in scored) or control.stopped():
                     break
-                try:
-                    plans = [method.to_plan(handle, x, target_sparsity=t) for x in scored]
-                except PruningError as e:
-                    rows.append({"method": name, "sparsity": t, "error": str(e)})
-                    continue
-                variants = [(False, lambda p: slim(handle.denoiser, p))]
-                if recon is not None:
-                    variants.append((True, lambda p: reconstruct(handle, p, recon, control=control)))
-                for rebuilt, build in variants:
-                    evals, seconds = [], []
-                    for p in plans:
-                        t0 = time.perf_counter()
-                        small = build(p)
-                        seconds.append(time.perf_counter() - t0)
-                        evals.append(_evaluate(handle, small, prompts, seeds, ref, s, control, clip)[0])
-                    row = _row(evals)
-                    row["params_fraction"] = 1 - row["params"] / total
-                    if rebuilt:
-                        row["reconstruct_s"] = float(np.mean(seconds))
-                    rows.append({"method": name, "reconstructed": rebuilt, "sparsity": t, **row})
-                done += 1
-                control.report(done, n_jobs, method=name, sparsity=t)
+                j += 1
+                continue
+            try:
+                plans = [method.to_plan(handle, x, target_sparsity=t) for x in scored]
+            except PruningError as e:
+                rows.append({"method": name, "sparsity": t, "error": str(e)})
+                plans = None
+            if plans:
+                rows.extend(_plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip, recon))
+            j += 1
+            if j == len(jobs) or jobs[j][0] == "score":
+                scored = None  # this method's plans are done
+            control.unit_done()
+            control.report(sum(1 for k in jobs[:j] if k[0] == "plan"), n_jobs, method=name, sparsity=t)
     except PruningError as e:
         if not control.stopped():
             raise
         attrs["error"] = str(e)
     if control.stopped():
         attrs.update(partial=True, stopped=control.reason)
+    elif chunk_ended:
+        attrs.update(partial=True, stopped="chunk ended")
     df = pd.DataFrame(rows)
     df.attrs.update(attrs)
-    return df
+    return df, (snapshot() if attrs["partial"] and ref is not None else None)
 
+
+def _plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip, recon) -> list[dict]:
+    """The slim row of one (method, sparsity), and the reconstructed one with ``recon``."""
+    variants = [(False, lambda p: slim(handle.denoiser, p))]
+    if recon is not None:
+        variants.append((True, lambda p: reconstruct(handle, p, recon, control=control)))
+    out = []
+    for rebuilt, build in variants:
+        evals, seconds = [], []
+        for p in plans:
+            t0 = time.perf_counter()
+            small = build(p)
+            seconds.append(time.perf_counter() - t0)
+            evals.append(_evaluate(handle, small, prompts, seeds, ref, s, control, clip)[0])
+        row = _row(evals)
+        row["params_fraction"] = 1 - row["params"] / total
+        if rebuilt:
+            row["reconstruct_s"] = float(np.mean(seconds))
+        out.append({"method": name, "reconstructed": rebuilt, "sparsity": t, **row})
+    return out

@@ -16,20 +16,80 @@ where a ``threading.Event`` is expected (``generate_latents(stop=...)`` ends mid
 [(1, 4, {'loss': 0.5})]
 >>> c.stopped(), as_control(None).stopped()
 (False, False)
+
+A loop that can end a chunk early (:mod:`pruning.chunks`) also asks ``control.chunk_full()``
+before each unit and calls ``control.unit_done()`` after it: the chunk is full once it holds
+``Budget.units`` units, or when the next unit (as long as the longest so far) would pass
+``Budget.seconds``. A chunk always does at least one unit.
+
+>>> c = RunControl(chunk=Budget(units=2))
+>>> [c.chunk_full() or c.unit_done() for _ in range(3)]
+[None, None, True]
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import SettingsError
+from .files import atomic_write
+from .validate import parse_json
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one chunk may do: at most ``seconds`` of work (the next unit must fit) and at most
+    ``units`` units (an operator, an optimizer step, a timestep, a plan). Both None: no limit."""
+
+    seconds: float | None = None
+    units: int | None = None
+
+    def __post_init__(self):
+        s, u = self.seconds, self.units
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < float("inf")):
+            raise SettingsError(f"chunk budget must be a positive number of seconds, got {s!r}")
+        if u is not None and (isinstance(u, bool) or not isinstance(u, int) or u < 1):
+            raise SettingsError(f"chunk units must be an integer >= 1, got {u!r}")
+
+
+class _Clock:
+    """Units done and the longest unit of the current chunk."""
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self.start = self.last = time.monotonic()
+        self.units = 0
+        self.longest = 0.0
+
+    def full(self) -> bool:
+        if self.units == 0:
+            return False
+        b = self.budget
+        if b.units is not None and self.units >= b.units:
+            return True
+        return b.seconds is not None and time.monotonic() - self.start + self.longest > b.seconds
+
+    def done(self) -> None:
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+        self.units += 1
 
 
 class RunControl:
     """Stop event, optional time limit (seconds from creation) and progress callback of one run."""
 
     def __init__(self, stop: threading.Event | None = None, *, progress: Callable | None = None,
-                 time_limit: float | None = None):
+                 time_limit: float | None = None, chunk: Budget | None = None):
         self.event = stop if stop is not None else threading.Event()
         self._progress = progress
         self.deadline = None if time_limit is None else time.monotonic() + float(time_limit)
@@ -37,6 +97,7 @@ class RunControl:
         self.reason: str | None = None
         self.stopped_at: float | None = None  # time.monotonic() of the first stop
         self.done: tuple[int, int] = (0, 0)  # the last (done, total) reported
+        self.clock = _Clock(chunk) if chunk is not None else None
 
     def stopped(self) -> bool:
         """True once stopped or past the time limit (``reason`` says which)."""
@@ -56,6 +117,18 @@ class RunControl:
         self.stopped_at = self.stopped_at or time.monotonic()
         self.event.set()
 
+    def begin_chunk(self, budget: Budget | None) -> None:
+        """Start counting a new chunk against ``budget`` (None: no chunk limit)."""
+        self.clock = _Clock(budget) if budget is not None else None
+
+    def chunk_full(self) -> bool:
+        """True when the current chunk should end before the next unit of work."""
+        return self.clock is not None and self.clock.full()
+
+    def unit_done(self) -> None:
+        if self.clock is not None:
+            self.clock.done()
+
     def report(self, done: int, total: int, **info) -> None:
         self.done = (done, total)
         if self._progress is not None:
@@ -69,3 +142,67 @@ def as_control(control=None, *, stop: threading.Event | None = None, progress: C
     if control is not None and hasattr(control, "is_set"):  # a threading.Event
         stop = control
     return RunControl(stop, progress=progress)
+
+
+# --------------------------------------------------------------------------- resumable state
+
+STATE_FORMAT = "pruning-run-state/1"
+
+
+@dataclass
+class RunState:
+    """Where an unfinished run stands: ``data`` (JSON-able) and ``tensors`` (name -> CPU tensor),
+    for ``what`` (a method name, or "compare") on ``model_ref`` with ``settings`` (a dict)."""
+
+    what: str
+    model_ref: str
+    settings: Mapping
+    data: dict = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def check(self, what: str, model_ref: str, settings: Mapping) -> RunState:
+        """Refuse to resume a state made by another run; returns itself."""
+        if self.what != what:
+            raise SettingsError(f"cannot resume: the state is of a {self.what} run, not {what}")
+        if self.model_ref != model_ref:
+            raise SettingsError(f"cannot resume: the state was made on {self.model_ref!r}, not {model_ref!r}")
+        if _plain(self.settings) != _plain(settings):
+            diff = sorted(k for k in set(self.settings) | set(settings)
+                          if _plain(self.settings.get(k)) != _plain(settings.get(k)))
+            raise SettingsError(f"cannot resume: the state was made with other settings ({', '.join(diff)} differ)")
+        return self
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file (written atomically); :meth:`load` reads it back."""
+        path = Path(path)
+        meta = {"format": STATE_FORMAT, "what": self.what, "model_ref": self.model_ref,
+                "settings": _plain(self.settings), "data": _plain(self.data)}
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "meta": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunState:
+        path = Path(path)
+        what = f"run state {str(path)!r}"
+        if not path.is_file():
+            raise SettingsError(f"{what} does not exist")
+        try:
+            with safe_open(str(path), "pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
+        if header.get("format") != STATE_FORMAT:
+            raise SettingsError(f"{what} is not a {STATE_FORMAT} file (format {header.get('format')!r})")
+        m = parse_json(header.get("meta", ""), f"{what} metadata")
+        if not isinstance(m, Mapping) or not all(isinstance(m.get(k), t) for k, t in
+                                                   (("what", str), ("model_ref", str), ("settings", Mapping),
+                                                    ("data", Mapping))):
+            raise SettingsError(f"{what}: its metadata lacks what / model_ref / settings / data")
+        return cls(m["what"], m["model_ref"], dict(m["settings"]), dict(m["data"]), tensors)
+
+
+def _plain(x):
+    return json.loads(json.dumps(x, default=str))

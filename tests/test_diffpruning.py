@@ -52,7 +52,7 @@ def test_importance_equals_hand_computed_taylor(tiny_sd):
     model = copy.deepcopy(tiny_sd.denoiser)
     twin = copy.copy(tiny_sd)
     twin.denoiser = model
-    x0, cond, _ = _clean_latents(tiny_sd, settings)
+    x0, cond = _clean_latents(tiny_sd, settings)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(settings.noise_seed))
     _loss_at(twin, x0, noise, cond, 0).backward()
     attn = model.get_submodule(fqn)

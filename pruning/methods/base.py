@@ -36,7 +36,7 @@ from ..errors import PlanError, SettingsError
 from ..files import atomic_write
 from ..loading import same_weights
 from ..plan import PruningPlan
-from ..runs import RunControl
+from ..runs import RunControl, RunState
 from ..validate import choice, fraction, parse_json, read_json
 from .select import plan_from_operator_scores, plan_from_unit_scores
 
@@ -260,6 +260,15 @@ class Method:
 
     def score(self, handle, settings=None, *, control: RunControl | None = None) -> Scores:
         raise NotImplementedError
+
+    def run(self, handle, settings=None, *, state: RunState | None = None,
+            control: RunControl | None = None) -> tuple[Scores, RunState | None]:
+        """One chunk of a resumable run (:mod:`pruning.chunks`): the scores so far and the state to
+        resume from, or None once finished. Methods whose loop can end a chunk early (when
+        ``control.chunk_full()``) override it; the others run whole in one chunk."""
+        if state is not None:
+            raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
+        return self.score(handle, settings, control=control), None
 
     def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
         """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone."""

@@ -38,7 +38,7 @@ from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..prompts import calibration_prompts
 from ..rollout import prepare, rollout
-from ..runs import RunControl, as_control
+from ..runs import RunControl, RunState, as_control
 from ..sampling import spec
 from .base import Method, Scores, opt
 from .baselines import unit_table
@@ -148,8 +148,9 @@ def _encode(handle, images, resolution: int) -> torch.Tensor:
     return z
 
 
-def _clean_latents(handle, s: TaylorSettings, control=None):
-    """(x0 as the denoiser consumes it, conditioning trajectory, prompts)."""
+def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: bool = False):
+    """(x0 as the denoiser consumes it, conditioning trajectory); with ``conditioning_only``
+    just the conditioning (x0 is known: a resumed run)."""
     res = spec(handle, resolution=s.resolution).resolution
     if s.images is not None:
         images = _load_images(s.images, res)
@@ -162,11 +163,13 @@ def _clean_latents(handle, s: TaylorSettings, control=None):
     flux_embedded = handle.family == "flux" and handle.defaults.get("guidance_mode", "embedded") == "embedded"
     cond_guidance = handle.defaults["guidance"] if flux_embedded else 1.0  # conditional pass only, no CFG
     cond = prepare(handle, prompts, seeds, steps=s.steps or 1, guidance=cond_guidance, resolution=res)
+    if conditioning_only:
+        return cond
     if s.images is not None:
-        return _encode(handle, images, res), cond, prompts
+        return _encode(handle, images, res), cond
     gen = prepare(handle, prompts, seeds, steps=s.steps, guidance=s.guidance, resolution=res)
     with torch.no_grad():
-        return rollout(handle.denoiser, gen, control=control)[-1], cond, prompts
+        return rollout(handle.denoiser, gen, control=control)[-1], cond
 
 
 def _loss_at(handle, x0, noise, cond, t: int) -> torch.Tensor:
@@ -204,30 +207,61 @@ def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=UNIT_KINDS) -> d
 
 
 def importance(handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None,
-               show_progress: bool = False) -> pd.DataFrame:
+               show_progress: bool = False, state: RunState | None = None) -> pd.DataFrame:
     """One row per unit: fqn, kind, component, index, importance. ``attrs`` hold the timesteps
-    used, their losses and whether ``control`` cut the run short (``partial``)."""
+    used, their losses and whether ``control`` cut the run short (``partial``).
+
+    Units of work, for chunked runs (:mod:`pruning.chunks`): the clean images, then each
+    timestep. When ``control.chunk_full()`` ends a chunk, ``attrs["resume"]`` is a
+    :class:`~pruning.runs.RunState` (x0, the gradient sums so far, the timesteps and losses)
+    from which ``state`` continues bit for bit.
+    """
     control = as_control(control)
     settings = settings or TaylorSettings()
     if settings.prompts is None and settings.images is None:
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
-    try:
-        x0, cond, _ = _clean_latents(handle, settings, control)
-    except RunStopped:  # stopped while generating the clean images: nothing scored
-        df = unit_table(handle, {}).rename(columns={"score": "importance"})
-        df.attrs.update(timesteps=[], losses=[], partial=True, model_ref=handle.model_ref,
-                        settings=settings.to_dict(), method="taylor", stopped=control.reason)
+    params = _unit_params(handle, settings.kinds)
+    used, losses, x0 = [], [], None
+    if state is not None:
+        state.check("taylor", handle.model_ref, settings.to_dict())
+        used, losses, x0 = list(state.data["timesteps"]), list(state.data["losses"]), state.tensors.get("x0")
+    grads = {n: (state.tensors[f"grad.{n}"].clone() if state is not None and f"grad.{n}" in state.tensors
+                 else torch.zeros_like(p, dtype=torch.float32)) for n, p in params.items()}
+
+    def table(scores: dict, partial: bool, resume: bool = False) -> pd.DataFrame:
+        df = unit_table(handle, scores).rename(columns={"score": "importance"})
+        df.attrs.update(timesteps=used, losses=losses, partial=partial, model_ref=handle.model_ref,
+                        settings=settings.to_dict(), method="taylor",
+                        stopped=(control.reason or "chunk ended") if partial else None)
+        if partial and x0 is not None:
+            df.attrs["resume"] = RunState("taylor", handle.model_ref, settings.to_dict(),
+                                          {"timesteps": list(used), "losses": list(losses)},
+                                          {"x0": x0.detach().cpu(), **{f"grad.{n}": g for n, g in grads.items()}})
         return df
+
+    if x0 is not None:
+        cond = _clean_latents(handle, settings, control, conditioning_only=True)
+    else:
+        if control.stopped():
+            return table({}, True)
+        try:
+            x0, cond = _clean_latents(handle, settings, control)
+        except RunStopped:  # stopped while generating the clean images: nothing scored
+            return table({}, True)
+        control.unit_done()
+    x0 = x0.to(handle.device, handle.dtype)
     g = torch.Generator().manual_seed(settings.noise_seed)
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(x0.device, x0.dtype)
-    params = _unit_params(handle, settings.kinds)
-    grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     n_train = handle.pipe.scheduler.config.num_train_timesteps
     ts = list(range(0, n_train, settings.stride))
-    rule, used, losses, partial = ThresholdRule(settings.thr), [], [], False
+    rule, partial = ThresholdRule(settings.thr), False
+    finished = False
+    for loss in losses:  # the rule's state after the timesteps already done
+        finished = not rule.keep_going(loss)
     with requires_grad(params.values(), True):
-        for t in tqdm(ts, desc="Taylor", disable=not show_progress, leave=False):
-            if control.stopped():
+        for t in tqdm(ts[len(used):] if not finished else [], desc="Taylor", disable=not show_progress,
+                      leave=False):
+            if control.stopped() or control.chunk_full():
                 partial = True
                 break
             loss = _loss_at(handle, x0, noise, cond, t)
@@ -236,6 +270,7 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
                     grads[n] += gr.float()
             used.append(t)
             losses.append(loss.item())
+            control.unit_done()
             control.report(len(used), len(ts), t=t, loss=losses[-1])
             if not rule.keep_going(losses[-1]):
                 break
@@ -243,11 +278,7 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     if bad:
         raise RunDiverged(f"Taylor importance: the gradient of {bad[0]!r} is not finite (loss {losses[-1]:.4g}); "
                           "try float32 or fewer timesteps")
-    scores = taylor_scores(handle, grads, settings.kinds) if used else {}
-    df = unit_table(handle, scores).rename(columns={"score": "importance"})
-    df.attrs.update(timesteps=used, losses=losses, partial=partial, model_ref=handle.model_ref,
-                    settings=settings.to_dict(), method="taylor", stopped=control.reason if partial else None)
-    return df
+    return table(taylor_scores(handle, grads, settings.kinds) if used else {}, partial)
 
 
 class Taylor(Method):
@@ -259,12 +290,18 @@ class Taylor(Method):
     Settings = TaylorSettings
 
     def score(self, handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None) -> Scores:
-        df = importance(handle, settings, control=control)
+        return self.run(handle, settings, control=control)[0]
+
+    def run(self, handle, settings: TaylorSettings | None = None, *, state: RunState | None = None,
+            control: RunControl | None = None):
+        df = importance(handle, settings, control=control, state=state)
+        resume = df.attrs.pop("resume", None)
         info = {k: df.attrs[k] for k in ("timesteps", "losses")}
         if df.attrs["partial"]:
             info["stopped"] = df.attrs["stopped"]
-        return Scores(self.name, "unit", df.rename(columns={"importance": "score"}), handle.model_ref,
-                      df.attrs["settings"], df.attrs["partial"], info)
+        scores = Scores(self.name, "unit", df.rename(columns={"importance": "score"}), handle.model_ref,
+                        df.attrs["settings"], df.attrs["partial"], info)
+        return scores, resume
 
 
 METHOD = Taylor()

@@ -37,12 +37,12 @@ from tqdm.auto import tqdm
 
 from .. import validate
 from ..catalog import UNIT_KINDS, discover
-from ..errors import RunDiverged, RunStopped
+from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..masks import GATE_TYPES, GateSet, gated
 from ..prompts import calibration_prompts
 from ..rollout import Trajectory, prepare, rollout, step
-from ..runs import RunControl, as_control
+from ..runs import RunControl, RunState, as_control
 from .base import Method, Scores, opt
 
 DEFAULT_LR = 0.5  # lr 0.2 for 2 epochs lost to random on tiny-shapes-sd
@@ -139,6 +139,7 @@ class MaskState:
     settings: dict
     partial: bool = False
     stopped: str | None = None
+    resume: RunState | None = None  # where a partial run stands (pruning.chunks)
 
     def to_scores(self) -> Scores:
         """The unit scores (lambda: low = prunable) with the loss history in ``info``."""
@@ -263,11 +264,16 @@ def _batches(settings: EcoDiffSettings) -> list[tuple[list[str], list[int]]]:
 
 
 def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunControl | None = None,
-             show_progress: bool = False) -> MaskState:
+             show_progress: bool = False, state: RunState | None = None) -> MaskState:
     """Train the gates; returns the state reached (``partial=True`` when ``control`` stopped it).
 
     A non-finite loss or gate (a diverging run: too high a learning rate) ends the run with
     :class:`~pruning.errors.RunDiverged`, whose ``result`` is the last finite state.
+
+    Units of work, for chunked runs (:mod:`pruning.chunks`): each batch's target rollout, then
+    each optimizer step. When ``control.chunk_full()`` ends a chunk, the result's ``resume`` is
+    a :class:`~pruning.runs.RunState` (gate logits, AdamW moments, the gate-noise RNG state,
+    the targets so far, the history) that ``state`` resumes exactly.
     """
     control = as_control(control)
     settings = settings or EcoDiffSettings()
@@ -281,60 +287,104 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
     params = [g.log_alpha for g in gates.gates]
     opt_ = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
-    rows, partial = [], False
+    rows, targets = [], []
+    if state is not None:
+        state.check("ecodiff", handle.model_ref, settings.to_dict())
+        rows, targets = _restore(state, gates, opt_, gen)
     last_good = gates.lambdas()
 
-    def state(partial_: bool, lambdas=None) -> MaskState:
-        return MaskState(lambdas or gates.lambdas(), kinds, pd.DataFrame(rows), handle.model_ref, handle.family,
-                         settings.to_dict(), partial_, control.reason if partial_ else None)
+    def result(partial_: bool, lambdas=None, chunk_ended: bool = False) -> MaskState:
+        out = MaskState(lambdas or gates.lambdas(), kinds, pd.DataFrame(rows), handle.model_ref, handle.family,
+                        settings.to_dict(), partial_, (control.reason or "chunk ended") if partial_ else None)
+        if partial_:
+            out.resume = _snapshot(handle, settings, gates, opt_, gen, rows, targets)
+        return out
 
     with requires_grad(den.parameters(), False):
         data = []
-        for prompts, seeds in _batches(settings):  # targets: computed once, unmasked
-            if control.stopped():
-                return state(True)
+        for k, (prompts, seeds) in enumerate(_batches(settings)):  # targets: computed once, unmasked
             traj = prepare(handle, prompts, seeds, steps=settings.steps, guidance=settings.guidance,
                            resolution=settings.resolution)
+            if k < len(targets):
+                data.append((traj, targets[k]))
+                continue
+            if control.stopped() or control.chunk_full():
+                return result(True)
             try:
                 with torch.no_grad():
-                    data.append((traj, traj.unpack(rollout(den, traj, control=control)[-1])))
+                    targets.append(traj.unpack(rollout(den, traj, control=control)[-1]))
             except RunStopped:
-                return state(True)
+                return result(True)
+            data.append((traj, targets[-1]))
+            control.unit_done()
         total = settings.epochs * len(data)
-        bar = tqdm(total=total, desc="EcoDiff", disable=not show_progress, leave=False)
+        bar = tqdm(total=total, initial=len(rows), desc="EcoDiff", disable=not show_progress, leave=False)
         gates.train()
-        for epoch in range(settings.epochs):
-            for traj, target in data:
-                if control.stopped():
-                    partial = True
-                    break
-                opt_.zero_grad(set_to_none=True)
-                noise = [gates.noise(gen) for _ in range(traj.steps)]
-                try:
-                    recon = recon_grads(den, traj, target, gates, noise, settings.checkpointing, control)
-                except RunStopped:  # mid-step: that step's gradients are discarded
-                    partial = True
-                    break
-                reg = regularizer(gates, settings.regularizer, settings.reg_norm, kinds)
-                (settings.beta * reg).backward()
-                opt_.step()
-                lam = gates.lambdas()
-                if not math.isfinite(recon) or not all(torch.isfinite(v).all() for v in lam.values()):
-                    bar.close()
-                    raise RunDiverged(f"EcoDiff diverged at step {len(rows) + 1} (loss {recon:.4g}); lower the "
-                                      f"learning rate (lr={settings.lr:g})", result=state(True, last_good))
-                last_good = lam
-                row = {"step": len(rows), "epoch": epoch, "recon": recon, "reg": reg.item(),
-                       "loss": recon + settings.beta * reg.item(),
-                       **{f"kept_{k}": v for k, v in _kept_fraction(gates, kinds).items()}}
-                rows.append(row)
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4g}", recon=f"{recon:.4g}", reg=f"{row['reg']:.3f}")
-                control.report(len(rows), total, **row)
-            if partial:
-                break
+        for n in range(len(rows), total):
+            epoch, (traj, target) = n // len(data), data[n % len(data)]
+            if control.stopped() or control.chunk_full():
+                bar.close()
+                return result(True)
+            opt_.zero_grad(set_to_none=True)
+            rng = gen.get_state()
+            noise = [gates.noise(gen) for _ in range(traj.steps)]
+            try:
+                recon = recon_grads(den, traj, target, gates, noise, settings.checkpointing, control)
+            except RunStopped:  # mid-step: that step is discarded, its noise drawn again on resume
+                gen.set_state(rng)
+                bar.close()
+                return result(True)
+            reg = regularizer(gates, settings.regularizer, settings.reg_norm, kinds)
+            (settings.beta * reg).backward()
+            opt_.step()
+            lam = gates.lambdas()
+            if not math.isfinite(recon) or not all(torch.isfinite(v).all() for v in lam.values()):
+                bar.close()
+                raise RunDiverged(f"EcoDiff diverged at step {len(rows) + 1} (loss {recon:.4g}); lower the "
+                                  f"learning rate (lr={settings.lr:g})", result=result(True, last_good))
+            last_good = lam
+            row = {"step": len(rows), "epoch": epoch, "recon": recon, "reg": reg.item(),
+                   "loss": recon + settings.beta * reg.item(),
+                   **{f"kept_{k}": v for k, v in _kept_fraction(gates, kinds).items()}}
+            rows.append(row)
+            control.unit_done()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", recon=f"{recon:.4g}", reg=f"{row['reg']:.3f}")
+            control.report(len(rows), total, **row)
         bar.close()
-    return state(partial)
+    return result(False)
+
+
+def _snapshot(handle, settings, gates: GateSet, opt_, gen, rows, targets) -> RunState:
+    """Everything the next chunk needs, as plain data and CPU tensors."""
+    tensors = {f"lambda.{f}": v.cpu() for f, v in gates.lambdas().items()}
+    for i, st in opt_.state_dict()["state"].items():
+        tensors.update({f"adam.{i}.{k}": v.detach().cpu().clone() for k, v in st.items()})
+    tensors["rng"] = gen.get_state()
+    tensors.update({f"target.{k}": t.detach().cpu() for k, t in enumerate(targets)})
+    return RunState("ecodiff", handle.model_ref, settings.to_dict(),
+                    {"history": [dict(r) for r in rows], "targets": len(targets)}, tensors)
+
+
+def _restore(state: RunState, gates: GateSet, opt_, gen) -> tuple[list, list]:
+    """Load a snapshot into the fresh gates, optimizer and generator; returns (history, targets)."""
+    t = state.tensors
+    try:
+        with torch.no_grad():
+            for f, g in zip(gates.fqns, gates.gates):
+                g.log_alpha.copy_(t[f"lambda.{f}"])
+        sd = opt_.state_dict()
+        moments = {}
+        for i in range(len(gates.gates)):
+            keys = [k for k in t if k.startswith(f"adam.{i}.")]
+            if keys:
+                moments[i] = {k.split(".", 2)[2]: t[k] for k in keys}
+        opt_.load_state_dict({"state": moments, "param_groups": sd["param_groups"]})
+        gen.set_state(t["rng"])
+        targets = [t[f"target.{k}"] for k in range(int(state.data["targets"]))]
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise SettingsError(f"cannot resume EcoDiff: the state does not fit this model's gates ({e})") from None
+    return [dict(r) for r in state.data["history"]], targets
 
 
 class EcoDiff(Method):
@@ -351,6 +401,11 @@ class EcoDiff(Method):
 
     def score(self, handle, settings: EcoDiffSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return optimize(handle, settings, control=control).to_scores()
+
+    def run(self, handle, settings: EcoDiffSettings | None = None, *, state: RunState | None = None,
+            control: RunControl | None = None):
+        out = optimize(handle, settings, control=control, state=state)
+        return out.to_scores(), out.resume
 
 
 METHOD = EcoDiff()

@@ -46,7 +46,7 @@ from ..errors import PlanError, PruningError, SettingsError
 from ..masks import masked
 from ..plan import PruningPlan
 from ..prompts import calibration_prompts
-from ..runs import RunControl, as_control
+from ..runs import RunControl, RunState, as_control
 from ..sampling import GenerationStopped, count_inputs, generate_latents, spec
 from .base import Method, Scores, opt
 from .select import plan_from_operator_scores
@@ -246,7 +246,8 @@ def finalize_ranks(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl | None = None,
-          resume: pd.DataFrame | None = None, show_progress: bool = True) -> pd.DataFrame:
+          resume: pd.DataFrame | None = None, originals: torch.Tensor | None = None,
+          show_progress: bool = True) -> pd.DataFrame:
     """Score each selected operator: remove it, regenerate the N_gen latents, compare.
 
     Returns one row per scored operator in catalog order: operator/fqn, kind, granularity,
@@ -259,7 +260,9 @@ def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl 
     and, once stopped, ends the sweep after the current operator (an interrupted generation
     is discarded): the rows scored so far come back with ``partial=True``. A tqdm bar runs
     over the operators too (``show_progress``). ``resume``: a partial table from the same
-    model and settings whose rows are reused.
+    model and settings whose rows are reused; ``originals``: the original latents, when known.
+    A chunk boundary (``control.chunk_full()``, see :mod:`pruning.chunks`) also ends the sweep
+    between operators (``attrs["chunk_ended"]``).
     """
     control = as_control(control)
     s = (settings or SweepSettings()).resolved(handle)
@@ -272,17 +275,20 @@ def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl 
             raise SettingsError("cannot resume: the partial table was made with other settings or another model")
         done_rows = {r["fqn"]: r for r in resume.to_dict("records") if r["fqn"] in set(todo["fqn"])}
     results: dict[str, dict] = {}
-    partial = False
+    partial = chunk_ended = False
     bar = tqdm(total=total, desc="LD-Pruner sweep", unit="op", disable=not show_progress, leave=False)
     try:
-        z0 = None
-        for i, row in enumerate(todo.to_dict("records")):
+        z0 = originals
+        for row in todo.to_dict("records"):
             fqn = row["fqn"]
             if fqn in done_rows:
                 results[fqn] = {**row, **{k: done_rows[fqn][k] for k in ("avg_dist", "std_dist", "score")}}
             else:
                 if control.stopped():
                     partial = True
+                    break
+                if control.chunk_full():
+                    partial = chunk_ended = True
                     break
                 try:
                     if z0 is None:
@@ -294,13 +300,23 @@ def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl 
                     partial = True
                     break
                 results[fqn] = {**row, **ldpruner_score(z0, z)}
+                control.unit_done()
+                control.report(len(results), total, fqn=fqn)  # resumed rows are not reported again
             bar.update(1)
             bar.set_postfix_str(fqn, refresh=False)
-            control.report(i + 1, total, fqn=fqn)
     finally:
         bar.close()
     rows = pd.DataFrame([results[f] for f in todo["fqn"] if f in results], columns=[*todo.columns, *SCORE_COLUMNS[:3]])
-    return _table(rows, s, partial=partial, model_ref=handle.model_ref, total=total)
+    df = _table(rows, s, partial=partial, model_ref=handle.model_ref, total=total)
+    df.attrs["chunk_ended"] = chunk_ended
+    return df
+
+
+def cached_originals(handle, settings: SweepSettings) -> torch.Tensor | None:
+    """The original latents if this process has them already (never generates)."""
+    s = settings.resolved(handle)
+    with _CACHE_LOCK:
+        return _ORIGINALS.get((handle.model_ref, str(handle.device), str(handle.dtype), s.generation_key()))
 
 
 def sweep_sharded(handle, settings: SweepSettings, *, state=None, show_progress: bool = True) -> pd.DataFrame:
@@ -357,9 +373,32 @@ class LDPruner(Method):
               show_progress: bool = False) -> Scores:
         control = as_control(control)
         df = sweep(handle, settings, control=control, show_progress=show_progress)
-        info = {"scored": df.attrs["scored"], "total": df.attrs["total"],
-                **({"stopped": control.reason} if df.attrs["partial"] else {})}
+        return self._scores(handle, df, control)
+
+    def _scores(self, handle, df: pd.DataFrame, control: RunControl) -> Scores:
+        info = {"scored": df.attrs["scored"], "total": df.attrs["total"]}
+        if df.attrs["partial"]:
+            info["stopped"] = control.reason or "chunk ended"
         return Scores(self.name, "operator", df, handle.model_ref, df.attrs["settings"], df.attrs["partial"], info)
+
+    def run(self, handle, settings: SweepSettings | None = None, *, state=None, control: RunControl | None = None):
+        """One chunk of operators; the state holds the rows scored so far and the original latents."""
+        control = as_control(control)
+        s = (settings or SweepSettings()).resolved(handle)
+        resume = originals = None
+        if state is not None:
+            state.check(self.name, handle.model_ref, s.to_dict())
+            resume = pd.DataFrame(state.data["rows"])
+            resume.attrs.update(settings=s.to_dict(), model_ref=handle.model_ref)
+            originals = state.tensors.get("originals")
+        df = sweep(handle, s, control=control, resume=resume, originals=originals, show_progress=False)
+        scores = self._scores(handle, df, control)
+        if not df.attrs["partial"]:
+            return scores, None
+        rows = df[["fqn", *SCORE_COLUMNS[:3]]].to_dict("records")
+        z0 = originals if originals is not None else cached_originals(handle, s)
+        tensors = {} if z0 is None else {"originals": z0}
+        return scores, RunState(self.name, handle.model_ref, s.to_dict(), {"rows": rows}, tensors)
 
 
 METHOD = LDPruner()
