@@ -104,7 +104,7 @@ def check_sparsities(values) -> list[float]:
     return list(dict.fromkeys(validate.fraction(f"sparsities[{i}]", x) for i, x in enumerate(items)))
 
 
-def _settings_for(method, handle, s: CompareSettings, calib: tuple[str, ...]):
+def method_settings(method, s: CompareSettings, calib: tuple[str, ...]):
     """The method's settings: its defaults, the comparison's calibration prompts and steps, overrides."""
     names = {f.name for f in fields(method.Settings)}
     values = {k: v for k, v in (("prompts", calib), ("steps", s.steps)) if k in names and v is not None}
@@ -244,7 +244,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                     scored = [method.score(handle, method.settings(seed=d), control=control)
                               for d in range(s.random_draws)]
                 else:
-                    x, inner = method.run(handle, _settings_for(method, handle, s, calib), state=inner,
+                    x, inner = method.run(handle, method_settings(method, s, calib), state=inner,
                                           control=control)
                     scored = [x]
                     if inner is not None:  # the method's own loop ended the chunk (or was stopped)

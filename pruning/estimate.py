@@ -33,6 +33,7 @@ import torch
 
 from . import methods
 from .catalog import catalog
+from .compare import CALIB_PROMPTS, EVAL_PROMPTS, CompareSettings, check_sparsities, method_settings
 from .metrics import SavedTensorMeter, example_inputs
 from .prompts import calibration_prompts
 from .reconstruct import ReconstructSettings
@@ -143,6 +144,7 @@ class Estimate:
     calls: dict = field(default_factory=dict)
     advice: list[str] = field(default_factory=list)
     device: str = "cpu"
+    chunkable: bool = False  # the run can be split into resumable chunks (pruning.chunks)
 
     def text(self) -> str:
         """One line for people: "about 4 min, 9.1 GB on cuda" and what to change if needed."""
@@ -208,7 +210,8 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
     cost = step_cost(handle, resolution=getattr(settings, "resolution", None))
     seconds, calls, grad_batch, levers = _method_cost(handle, m.name, settings, cost)
     peak = cost.weights_bytes + cost.saved_bytes(max(grad_batch, calls.get("batch", 1)))
-    return _finish(Estimate(m.title, seconds, peak, calls, device=cost.device), handle, budget_s, levers)
+    return _finish(Estimate(m.title, seconds, peak, calls, device=cost.device, chunkable=not m.data_free), handle,
+                   budget_s, levers)
 
 
 def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s: float | None = None) -> Estimate:
@@ -226,13 +229,73 @@ def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s:
                                                                     "a smaller max_gram_mb (more passes)"])
 
 
+def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
+                        budget_s: float | None = None) -> Estimate:
+    """A comparison (:func:`pruning.compare.compare_methods`): each method's scoring, then one
+    evaluation generation of the original and of every plan (random: one per draw; with
+    ``reconstruct`` a second, re-fitted one plus its reconstruction). A plan's generation is
+    counted at (1 - sparsity) of the original's time: slimming turns removed params into time
+    at about that rate (R1)."""
+    s = settings or CompareSettings()
+    sps = check_sparsities(sparsities)
+    names = [methods.get(m).name for m in (chosen if chosen is not None else methods.names())]
+    cost = step_cost(handle)
+    g = spec(handle, steps=s.steps, guidance=s.guidance)
+    n_eval = len(s.eval_prompts or range(EVAL_PROMPTS))
+    calib = tuple(s.calib_prompts or calibration_prompts(handle.model_ref, CALIB_PROMPTS))
+    eval_s, calls, batch = _gen_seconds(cost, handle, g, n_eval)
+    seconds, peak, levers = eval_s, cost.weights_bytes + cost.saved_bytes(batch), ["fewer sparsities or methods"]
+    plans = 0
+    for name in names:
+        m = methods.get(name)
+        ms, mcalls, grad_batch, _ = _method_cost(handle, name, method_settings(m, s, calib), cost)
+        seconds += ms
+        peak = max(peak, cost.weights_bytes + cost.saved_bytes(max(grad_batch, mcalls.get("batch", 1))))
+        draws = s.random_draws if name == "random" else 1
+        plans += draws * len(sps)
+        seconds += draws * sum(eval_s * (1 - t) for t in sps) * (2 if s.reconstruct else 1)
+    if s.reconstruct:
+        r = estimate_reconstruction(handle, ReconstructSettings(**s.reconstruct_settings))
+        seconds += plans * r.seconds
+        peak = max(peak, r.peak_bytes)
+        levers.append("no reconstruction")
+    levers.append(f"fewer evaluation prompts ({n_eval})")
+    return _finish(Estimate("Comparison", seconds, peak, {"plans": plans, "evaluation generations": 1 + plans,
+                                                         "batch": batch}, device=cost.device, chunkable=True),
+                   handle, budget_s, levers)
+
+
+def estimate_export(handle, *, reconstruct: bool = False, recover_iters: int = 0, recover_batch: int = 4,
+                    budget_s: float | None = None) -> Estimate:
+    """An export: the optional reconstruction, the optional recovery finetune (each iteration one
+    teacher call and one student call with backward to its weights), and writing the weights."""
+    cost = step_cost(handle)
+    seconds, peak = 0.0, 2 * cost.weights_bytes  # the model and its slim copy
+    calls = {}
+    if reconstruct:
+        r = estimate_reconstruction(handle)
+        seconds, peak = seconds + r.seconds, max(peak, r.peak_bytes)
+        calls["reconstruction calls"] = r.calls["denoiser calls"]
+    if recover_iters:
+        b = recover_batch * (2 if spec(handle).guidance_mode == "cfg" and handle.family != "flux" else 1)
+        seconds += recover_iters * (cost.call(b) + cost.grad_call(b, weights=True))
+        peak = max(peak, 2 * cost.weights_bytes + cost.saved_bytes(b) + 3 * cost.weights_bytes)  # + AdamW moments
+        calls["recovery iterations"] = recover_iters
+    seconds += cost.weights_bytes / 200e6  # safetensors write and hashing, ~200 MB/s
+    return _finish(Estimate("Export", seconds, peak, calls, device=cost.device), handle, budget_s,
+                   ["fewer recovery iterations", "no reconstruction"])
+
+
 def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:
     memory = device_memory(handle.device)
     if e.peak_bytes > memory:
         e.advice.append(f"will not fit this device's memory ({memory / 2 ** 30:.0f} GB): {', '.join(levers) or 'a GPU'}")
     if budget_s is not None and e.seconds > budget_s:
-        e.advice.append(f"longer than the {budget_s:g} s budget: {', '.join(levers)}")
+        how = (f"runs as about {math.ceil(e.seconds / budget_s)} chunks of {budget_s:g} s, resumed one after "
+               "another; to shorten it: " if e.chunkable else "to shorten it: ")
+        e.advice.append(f"longer than the {budget_s:g} s budget: {how}{', '.join(levers)}")
     return e
 
 
-__all__ = ["StepCost", "step_cost", "Estimate", "estimate", "estimate_reconstruction", "device_memory"]
+__all__ = ["StepCost", "step_cost", "Estimate", "estimate", "estimate_reconstruction", "estimate_comparison",
+           "estimate_export", "device_memory"]

@@ -53,3 +53,24 @@ def test_cli_estimate_bad_budget(capsys, bad):
 
     assert main(["sweep", "--model", "tiny-shapes-sd", "--estimate", *bad]) == 2
     assert "budget" in capsys.readouterr().err
+
+
+def test_comparison_and_export_estimates_count_their_parts(tiny_sd):
+    from pruning.compare import CompareSettings
+    from pruning.estimate import estimate_comparison, estimate_export
+
+    s = CompareSettings(eval_prompts=["a red circle", "a blue square"], calib_prompts=["a red circle"], steps=2,
+                        random_draws=2)
+    one = estimate_comparison(tiny_sd, [0.2], ["magnitude", "random"], s)
+    two = estimate_comparison(tiny_sd, [0.2, 0.4], ["magnitude", "random"], s)
+    assert one.calls["plans"] == 3 and two.calls["plans"] == 6 and two.seconds > one.seconds
+    with_taylor = estimate_comparison(tiny_sd, [0.2], ["magnitude", "random", "taylor"], s)
+    assert with_taylor.seconds > one.seconds  # Taylor's scoring and its plan are added
+    rebuilt = estimate_comparison(tiny_sd, [0.2], ["magnitude"], CompareSettings(
+        eval_prompts=s.eval_prompts, calib_prompts=s.calib_prompts, steps=2, reconstruct=True))
+    assert rebuilt.seconds > estimate_comparison(tiny_sd, [0.2], ["magnitude"], s).seconds
+    tight = estimate_comparison(tiny_sd, [0.2, 0.4], ["taylor"], s, budget_s=1e-4)
+    assert tight.chunkable and "chunks of 0.0001 s" in tight.text()
+    plain, heavy = estimate_export(tiny_sd), estimate_export(tiny_sd, reconstruct=True, recover_iters=50)
+    assert heavy.seconds > plain.seconds > 0 and heavy.calls["recovery iterations"] == 50
+    assert "chunks" not in estimate_export(tiny_sd, recover_iters=50, budget_s=1e-4).text()
