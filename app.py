@@ -27,7 +27,7 @@ from app_support.cache import TINY_RANDOM, ModelCache
 from app_support.comparison import compare_images, difference, display_pair, metrics_table
 from app_support.exports import cleanup, export_zip
 from app_support.inputs import Number, Slider, Table
-from app_support.runs import Runs, check_count, check_flag, check_size, owned
+from app_support.runs import Runs, check_count, check_flag, check_size, chunk_budget, owned
 from app_support.tables import (
     COLUMNS,
     DATATYPES,
@@ -40,6 +40,9 @@ from app_support.tables import (
     unit_kept_table,
 )
 from pruning import methods
+from pruning.chunks import compare_chunked, score_chunked
+from pruning.compare import CompareSettings
+from pruning.estimate import estimate, estimate_comparison, estimate_export
 from pruning.errors import PruningError
 from pruning.facts import model_facts
 from pruning.loading import BUNDLED, DTYPES
@@ -52,9 +55,15 @@ try:
     import spaces
 
     GPU = spaces.GPU
+    ON_SPACES = True
 except ImportError:  # off Spaces: a no-op, usable as @GPU and @GPU(duration=...)
+    ON_SPACES = False
+
     def GPU(fn=None, **_kw):
         return fn if callable(fn) else (lambda f: f)
+
+CHUNK = chunk_budget(on_spaces=ON_SPACES)  # one GPU call's share of a long run; chunks are chained
+GPU_BUDGET_S = float(os.environ["PRUNING_GPU_BUDGET_S"]) if os.environ.get("PRUNING_GPU_BUDGET_S") else None
 
 DEFAULT_MODEL = os.environ.get("PRUNING_DEFAULT_MODEL", "tiny-shapes-sd")
 MODELS = [*BUNDLED, *(p["hub_id"] for p in PIPELINES.values()), *TINY_RANDOM]
@@ -175,9 +184,14 @@ def stop_run(request: gr.Request):
 # --------------------------------------------------------------------------- heavy work (GPU on Spaces)
 
 
-@GPU(duration=300)
+@GPU(duration=int((CHUNK.seconds if CHUNK and CHUNK.seconds else 270) + 30))
+def _gpu_chunk(fn, *args):
+    """One chunk of a long run: one GPU call on a Space (its duration covers the chunk's budget)."""
+    return fn(*args)
+
+
 def _score(h, method, settings, control):
-    return methods.get(method).score(h, settings, control=control)
+    return score_chunked(h, method, settings, budget=CHUNK, control=control, call=_gpu_chunk)
 
 
 @GPU(duration=120)
@@ -185,11 +199,28 @@ def _compare(h, plan, prompt, seed, steps, control, reconstructed=False):
     return compare_images(h, plan, prompt, seed, steps=steps, control=control, reconstructed=reconstructed)
 
 
-@GPU(duration=600)
 def _quality(h, sparsities, chosen, settings, control):
-    from pruning.compare import compare_methods
+    return compare_chunked(h, sparsities, chosen, settings=settings, budget=CHUNK, control=control, call=_gpu_chunk)
 
-    return compare_methods(h, sparsities, chosen, settings=settings, control=control)
+
+def _with_estimate(work, cost):
+    """Run ``work(control)`` after reporting ``cost()`` (the estimate's text), so the estimate is on
+    screen before the run starts (it times a few denoiser calls, under the run's model lock)."""
+    def run(control):
+        control.report(0, 1, estimate=cost())
+        return work(control)
+    return run
+
+
+def _chunks_note(run) -> str:
+    return f" It ran in {run.chunks} chunks of at most {_budget_words()}, resumed one after another." \
+        if run.chunks > 1 else ""
+
+
+def _budget_words() -> str:
+    parts = [f"{CHUNK.seconds:g} s" if CHUNK and CHUNK.seconds else "",
+             f"{CHUNK.units} unit{'s' * (CHUNK.units > 1)} of work" if CHUNK and CHUNK.units else ""]
+    return " and ".join(p for p in parts if p)
 
 
 @GPU(duration=300)
@@ -229,6 +260,7 @@ def _cleared(h, note: str):
         visual.placeholder(f"No comparison for {results.model_label(h)} yet."), EMPTY["quality"], "",
         "No plan yet.", gr.update(visible=False), gr.update(visible=False), "",
         gr.update(value="magnitude"), gr.update(maximum=0.9, value=0.2), "",  # pre-fill method, target, its note
+        "", "", "",  # the estimates (of the previous model)
     )
 
 
@@ -280,16 +312,21 @@ def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, 
 def score_estimate(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
                    stride, thr, ty_kinds, base_kinds, eco_preset):
     """The predicted time and memory of the Run about to start (a few timed denoiser calls)."""
-    from pruning.estimate import estimate
-
     if not model:
         return ""
     h = _handle(model)
     settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
                          beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset)
-    budget = float(os.environ["PRUNING_GPU_BUDGET_S"]) if os.environ.get("PRUNING_GPU_BUDGET_S") else None
     with CACHE.lock(h):  # the estimate times the shared denoiser
-        e = estimate(h, method, settings, budget_s=budget)
+        return _estimate_text(h, estimate(h, method, settings, budget_s=_gpu_budget()))
+
+
+def _gpu_budget() -> float | None:
+    """The time one GPU call may take: the chunk budget when runs are chunked, else PRUNING_GPU_BUDGET_S."""
+    return CHUNK.seconds if CHUNK and CHUNK.seconds else GPU_BUDGET_S
+
+
+def _estimate_text(h, e) -> str:
     return f"**Estimate** ({results.model_label(h)}): {e.text()}."
 
 
@@ -306,20 +343,27 @@ def run_score(model, method, prompts, steps, n_gen, granularity, operators, epoc
     h = _handle(model)
     settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
                          beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset)
-    live, scores = [], None
-    for msg in _run(h, lambda c: _score(h, method, settings, c), request, clicked, progress, method):
+    live, run, est = [], None, ""
+    work = _with_estimate(lambda c: _score(h, method, settings, c),
+                          lambda: _estimate_text(h, estimate(h, method, settings, budget_s=_gpu_budget())))
+    for msg in _run(h, work, request, clicked, progress, method):
         if msg and msg[0] == "done":
-            scores = msg[1]
+            run = msg[1]
+        elif msg and "estimate" in msg[3]:
+            est = msg[3]["estimate"]
+            yield (*_skip(7), est)
         elif msg and method == "ecodiff":
             live.append(msg[3])
-            yield (*_skip(2), visual.loss_plot(pd.DataFrame(live), subtitle=results.model_label(h)), *_skip(4))
+            yield (*_skip(2), visual.loss_plot(pd.DataFrame(live), subtitle=results.model_label(h)), *_skip(5))
         else:
-            yield _skip(7)
+            yield _skip(8)
+    scores = run.result
     store = {**(store or {}), method: scores.to_dict()}
     loss = visual.loss_plot(pd.DataFrame(scores.info.get("history", [])), subtitle=results.subtitle(h, scores)) \
         if method == "ecodiff" else gr.skip()
     yield (gr.update(value=results.score_table(h, scores), label=results.table_label(h, scores)),
-           results.heatmap(h, scores), loss, store, method, results.status(h, scores), gr.update(value=method))
+           results.heatmap(h, scores), loss, store, method, results.status(h, scores) + _chunks_note(run),
+           gr.update(value=method), est)
 
 
 @friendly
@@ -502,33 +546,54 @@ def _quality_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@friendly
-def run_quality(model, chosen, sparsities, prompts, steps, metric, recon, store, plan_dict, clicked,
-                request: gr.Request, progress=PROGRESS):
-    from pruning.compare import CompareSettings
-
-    h = _handle(model)
+def _quality_settings(chosen, sparsities, prompts, steps, recon):
+    """(sparsities, prompts, CompareSettings) of the How much? tab's widgets."""
     if not chosen:
         raise gr.Error("Pick at least one method to compare.", print_exception=False)
-    sps = _sparsities(sparsities)
     p = _prompts(prompts)
     settings = CompareSettings(eval_prompts=p, calib_prompts=p, steps=_steps(steps), random_draws=1,
                                reconstruct=check_flag("reconstruct", recon),
                                method_settings={"ldpruner": {"n_gen": max(2, min(len(p), 8))},
                                                 "taylor": {"stride": 100}})
-    df = None
-    for msg in _run(h, lambda c: _quality(h, sps, list(chosen), settings, c), request, clicked, progress, "compare"):
+    return _sparsities(sparsities), p, settings
+
+
+@friendly
+def quality_estimate(model, chosen, sparsities, prompts, steps, recon):
+    """The predicted time and memory of the comparison about to start."""
+    if not model:
+        return ""
+    h = _handle(model)
+    sps, _, settings = _quality_settings(chosen, sparsities, prompts, steps, recon)
+    with CACHE.lock(h):
+        return _estimate_text(h, estimate_comparison(h, sps, list(chosen), settings, budget_s=_gpu_budget()))
+
+
+@friendly
+def run_quality(model, chosen, sparsities, prompts, steps, metric, recon, store, plan_dict, clicked,
+                request: gr.Request, progress=PROGRESS):
+    h = _handle(model)
+    sps, p, settings = _quality_settings(chosen, sparsities, prompts, steps, recon)
+    run, est = None, ""
+    work = _with_estimate(lambda c: _quality(h, sps, list(chosen), settings, c),
+                          lambda: _estimate_text(h, estimate_comparison(h, sps, list(chosen), settings,
+                                                                        budget_s=_gpu_budget())))
+    for msg in _run(h, work, request, clicked, progress, "compare"):
         if msg and msg[0] == "done":
-            df = msg[1]
+            run = msg[1]
+        elif msg and "estimate" in msg[3]:
+            est = msg[3]["estimate"]
+            yield (*_skip(4), est)
         else:
-            yield _skip(4)
+            yield _skip(5)
+    df = run.result
     table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h)}
     why = "" if df.attrs.get("stopped") in (None, "stopped") else f" ({df.attrs['stopped']})"
     note = (f"**Stopped**{why}: the finished rows are shown." if df.attrs.get("partial")
             else f"Done: {len(df) - 1} plans evaluated on {len(p)} prompts.")
     yield (_quality_plot(table, metric, plan_dict, model),
            gr.update(value=_quality_table(df), label=f"every plan against the original: {results.model_label(h)}"),
-           table, note)
+           table, note + _chunks_note(run), est)
 
 
 def redraw_quality(table, metric, plan_dict, model):
@@ -558,17 +623,33 @@ def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps,
     h = _handle(model)
     plan, iters = _plan(plan_dict), check_size("recover_iters", recover_iters or 0)
     rec_prompts = _prompts(prompts) if iters else None
-    out, recon = None, check_flag("reconstruct", recon)
-    work = lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c,  # noqa: E731
-                             recon)
+    out, recon, est = None, check_flag("reconstruct", recon), ""
+    work = _with_estimate(
+        lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c, recon),
+        lambda: _estimate_text(h, estimate_export(h, reconstruct=recon, recover_iters=iters, budget_s=_gpu_budget())))
     for msg in _run(h, work, request, clicked, progress, "export"):
         if msg and msg[0] == "done":
             out = msg[1]
+        elif msg and "estimate" in msg[3]:
+            est = msg[3]["estimate"]
+            yield (*_skip(4), est)
         else:
-            yield _skip(4)
+            yield _skip(5)
     done = "Exported" + (f" ({results.reconstruction_note(out['reconstruction'])})" if recon else "")
     yield (gr.update(value=out["zip"], visible=True), gr.update(value=out["plan_json"], visible=True),
-           out["snippet"], f"{done}: download the zip, then follow the lines below.")
+           out["snippet"], f"{done}: download the zip, then follow the lines below.", est)
+
+
+@friendly
+def export_estimate(model, plan_dict, recover_iters, recon):
+    """The predicted time and memory of the export about to start."""
+    if not model:
+        return ""
+    h = _handle(model)
+    _plan(plan_dict)  # no plan: the same message as Export gives
+    iters, recon = check_size("recover_iters", recover_iters or 0), check_flag("reconstruct", recon)
+    with CACHE.lock(h):
+        return _estimate_text(h, estimate_export(h, reconstruct=recon, recover_iters=iters, budget_s=_gpu_budget()))
 
 
 def end_session(request: gr.Request):
@@ -703,9 +784,11 @@ def build_app() -> gr.Blocks:
                                          info=H["prompts"])
                 with gr.Row():
                     cmp_btn, cmp_stop = gr.Button("Compare", variant="primary"), gr.Button("Stop")
+                    cmp_est_btn = gr.Button("Estimate the cost", size="sm")
                     metric = gr.Dropdown([(visual.METRICS[k][0], k) for k in ("latent_mse", "psnr", "ssim", "acc_all")],
                                          value="latent_mse", label="show", info=H["metric"])
                     cmp_recon = gr.Checkbox(False, label="also reconstruct every plan", info=H["cmp_reconstruct"])
+                cmp_estimate = gr.Markdown(elem_classes="status", elem_id="quality-estimate")
                 cmp_status = gr.Markdown(elem_classes="status", elem_id="quality-status")
                 cmp_plot = gr.Plot(visual.placeholder("Run the comparison to see quality against sparsity.", 420),
                                    elem_id="quality-plot")
@@ -718,8 +801,11 @@ def build_app() -> gr.Blocks:
                     full = gr.Checkbox(True, label="full pipeline", info=H["full"])
                     rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
                     exp_recon = gr.Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="exp-recon")
-                exp_btn = gr.Button("Export", variant="primary")
-                exp_status = gr.Markdown(elem_classes="status")
+                with gr.Row():
+                    exp_btn = gr.Button("Export", variant="primary", scale=3)
+                    exp_est_btn = gr.Button("Estimate the cost", size="sm", scale=1)
+                exp_estimate = gr.Markdown(elem_classes="status", elem_id="export-estimate")
+                exp_status = gr.Markdown(elem_classes="status", elem_id="export-status")
                 with gr.Row():
                     dl_zip = gr.DownloadButton("Download the model (.zip)", visible=False)
                     dl_json = gr.DownloadButton("Download pruning_plan.json", visible=False)
@@ -728,7 +814,8 @@ def build_app() -> gr.Blocks:
         run = RUN
         reset = [store, plan_state, cmp_state, last_method, sc_plot, eco_loss, sc_table, sc_status, ld_ops, table,
                  mode, plan_df, kept_plot, img_a, img_b, img_d, slider, metrics, gen_status, cmp_plot, cmp_table,
-                 cmp_status, exp_summary, dl_zip, dl_json, snippet, fill_method, target, target_note]
+                 cmp_status, exp_summary, dl_zip, dl_json, snippet, fill_method, target, target_note, sc_estimate,
+                 cmp_estimate, exp_estimate]
         load_out = [model, info, kinds, model_status, steps_md, *reset]
         load_btn.click(load_model, [source, device, dtype], load_out, api_name="load_model",
                        show_progress_on=[model_status], **run)
@@ -748,7 +835,8 @@ def build_app() -> gr.Blocks:
         eco_preset.change(preset_values, [model, eco_preset], [eco_beta, eco_lr], api_visibility="private", **UI)
         sc_est_btn.click(score_estimate, sc_inputs[:-2], sc_estimate, api_name="estimate", **run)
         sc_run.click(stamp, None, clicked, queue=False, api_visibility="private").then(
-            run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method],
+            run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method,
+                                   sc_estimate],
             api_name="score", show_progress_on=[sc_status], **run)
         fill_method.change(target_range, [model, fill_method, store], [target, target_note],
                            api_visibility="private", **UI)
@@ -769,12 +857,17 @@ def build_app() -> gr.Blocks:
         cmp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             run_quality, [model, cmp_methods, cmp_sps, cmp_prompts, gen_steps, metric, cmp_recon, store, plan_state,
                           clicked],
-            [cmp_plot, cmp_table, cmp_state, cmp_status], api_name="compare_methods",
+            [cmp_plot, cmp_table, cmp_state, cmp_status, cmp_estimate], api_name="compare_methods",
             show_progress_on=[cmp_status], **run)
+        cmp_est_btn.click(quality_estimate, [model, cmp_methods, cmp_sps, cmp_prompts, gen_steps, cmp_recon],
+                          cmp_estimate, api_name="estimate_compare", **run)
         metric.change(redraw_quality, [cmp_state, metric, plan_state, model], cmp_plot, api_name="redraw", **UI)
         exp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, exp_recon, clicked],
-            [dl_zip, dl_json, snippet, exp_status], api_name="export", show_progress_on=[exp_status], **run)
+            [dl_zip, dl_json, snippet, exp_status, exp_estimate], api_name="export", show_progress_on=[exp_status],
+            **run)
+        exp_est_btn.click(export_estimate, [model, plan_state, rec_iters, exp_recon], exp_estimate,
+                          api_name="estimate_export", **run)
     return demo
 
 

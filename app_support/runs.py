@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from pruning.errors import RunStopped, SettingsError
-from pruning.runs import RunControl
+from pruning.runs import Budget, RunControl
 from pruning.validate import integer
 
 RUN_TIME_LIMIT_S = float(os.environ.get("PRUNING_RUN_TIME_LIMIT", "900"))  # one request's run, at most
@@ -47,6 +47,26 @@ APP_LIMITS = {
     "seed": (0, 2**31 - 1, "seed"),
     "stride": (1, 1000, "timestep stride"),
 }
+
+
+def chunk_budget(env=os.environ, on_spaces: bool = False) -> Budget | None:
+    """How much work one GPU call does: ``PRUNING_CHUNK_S`` seconds (default on a Space: 100, under
+    the GPU function's duration; elsewhere no limit) and ``PRUNING_CHUNK_UNITS`` units at most.
+    Long runs are split into chunks of that size and chained (:mod:`pruning.chunks`).
+
+    >>> chunk_budget({"PRUNING_CHUNK_UNITS": "1"})
+    Budget(seconds=None, units=1)
+    >>> chunk_budget({}, on_spaces=True), chunk_budget({})
+    (Budget(seconds=100.0, units=None), None)
+    """
+    seconds = env.get("PRUNING_CHUNK_S") or ("100" if on_spaces else None)
+    units = env.get("PRUNING_CHUNK_UNITS")
+    try:
+        budget = Budget(seconds=float(seconds) if seconds else None, units=int(units) if units else None)
+    except ValueError:
+        raise SettingsError(f"PRUNING_CHUNK_S={seconds!r} / PRUNING_CHUNK_UNITS={units!r}: give a number of "
+                            "seconds and a whole number of units") from None
+    return budget if budget.seconds or budget.units else None
 
 
 def check_size(name: str, value) -> int:

@@ -86,7 +86,7 @@ def resnets(c, n):
 def test_endpoints_are_named(c):
     names = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert names == {"/load_model", "/stop", "/score", "/prefill", "/table_mode", "/plan_totals", "/generate",
-                     "/compare_methods", "/redraw", "/export", "/estimate"}
+                     "/compare_methods", "/redraw", "/export", "/estimate", "/estimate_compare", "/estimate_export"}
 
 
 def test_load_model(c):
@@ -115,7 +115,8 @@ def test_sweep_prefill_generate_export(c, tmp_path):
     from pruning import load_pruned
 
     _, ops = resnets(c, 3)
-    table, fig, _, status, _ = c.predict(*score_args("ldpruner", operators=ops), api_name="/score")
+    table, fig, _, status, _, estimate = c.predict(*score_args("ldpruner", operators=ops), api_name="/score")
+    assert estimate.startswith("**Estimate** (tiny-shapes-sd") and "peak memory" in estimate  # shown before the run
     assert len(frame(table)) == 3 and "3 of 3 operators" in status
     heat = figure(fig).data[0]
     assert heat.type == "heatmap" and "params" in heat.hovertemplate
@@ -127,14 +128,16 @@ def test_sweep_prefill_generate_export(c, tmp_path):
     assert all(str(im["value"]).endswith(".png") for im in images) and not slider["visible"]
     m = {r["figure"]: r for r in frame(metrics)}
     assert m["denoiser params"]["change / meaning"].startswith("-") and "latency" in "".join(m)
-    zip_file, plan_file, snippet, _ = c.predict(True, 0, PROMPTS, 2, api_name="/export")
+    asked = c.predict(0, False, api_name="/estimate_export")
+    zip_file, plan_file, snippet, _, estimate = c.predict(True, 0, PROMPTS, 2, api_name="/export")
+    assert "Export:" in estimate and "Export:" in asked
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path)
     pruned = load_pruned(tmp_path / "pruned-model")  # the folder the snippet names, as unzipped
     plan = json.loads(open(plan_file["value"]).read())
     assert plan["removed_operators"] and pruned.family == "sd"
     assert 'load_pruned("pruned-model")' in snippet and "pip install" in snippet
-    zip_file, _, snippet, _ = c.predict(False, 2, PROMPTS, 2, api_name="/export")  # denoiser only, recovered
+    zip_file, _, snippet, _, _ = c.predict(False, 2, PROMPTS, 2, api_name="/export")  # denoiser only, recovered
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path / "recovered")
     small = load_pruned(tmp_path / "recovered" / "pruned-model")
@@ -151,12 +154,12 @@ def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
     *images, _, _, caption = c.predict(PROMPT, 0, 2, "side by side", True, api_name="/generate")
     assert all(str(im["value"]).endswith(".png") for im in images)
     assert "reconstructed:" in caption and "layers re-fitted" in caption
-    fig, table, status = c.predict(["magnitude"], "0.2", PROMPTS, 2, "latent_mse", True,
+    fig, table, status, _ = c.predict(["magnitude"], "0.2", PROMPTS, 2, "latent_mse", True,
                                    api_name="/compare_methods")
     rows = frame(table)
     assert [r["reconstructed"] for r in rows] == ["", "", "yes"] and "Done" in status
     assert [t.name for t in figure(fig).data] == ["magnitude", "magnitude + reconstruction"]
-    zip_file, plan_file, _, status = c.predict(True, 0, PROMPTS, 2, True, api_name="/export")
+    zip_file, plan_file, _, status, _ = c.predict(True, 0, PROMPTS, 2, True, api_name="/export")
     assert "reconstructed:" in status
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path)
@@ -173,7 +176,7 @@ def test_estimate_before_a_run(c):
 
 
 def test_ecodiff_with_the_authors_settings(c):
-    table, fig, loss, status, _ = c.predict(*score_args("ecodiff"), "authors", api_name="/score")
+    table, fig, loss, status, _, _ = c.predict(*score_args("ecodiff"), "authors", api_name="/score")
     assert frame(table) and "Done" in status
     assert app.preset_values(None, "authors") == (0.5, 0.5)  # beta, lr for a UNet
     with pytest.raises(gradio_client.exceptions.AppError, match="theirs.*not in the list of choices"):
@@ -197,7 +200,7 @@ def test_manual_selection_totals_match(c):
 def test_structure_methods(c):
     loss = c.predict(*score_args("ecodiff"), api_name="/score")[2]
     assert [t.type for t in figure(loss).data][:2] == ["scatter", "scatter"]
-    table, heat, _, status, _ = c.predict(*score_args("taylor"), api_name="/score")
+    table, heat, _, status, _, _ = c.predict(*score_args("taylor"), api_name="/score")
     assert figure(heat).data[0].type == "heatmap" and "Done" in status
     for method in ("ecodiff", "taylor", "magnitude"):
         table, mode, totals = c.predict(method, 0.1, "global", api_name="/prefill")[:3]
@@ -207,11 +210,14 @@ def test_structure_methods(c):
         scores = [r["score"] for r in rows]
         scored = [x for x in scores if x is not None]
         assert scored == sorted(scored) and scores[:len(scored)] == scored  # most prunable first, unscored last
-    fig, df, status = c.predict(["magnitude", "random", "taylor"], "0.1, 0.2", PROMPTS, 2, "latent_mse",
+    fig, df, status, estimate = c.predict(["magnitude", "random", "taylor"], "0.1, 0.2", PROMPTS, 2, "latent_mse",
                                 api_name="/compare_methods")
     rows = frame(df)
     assert [r["method"] for r in rows] == ["original"] + ["magnitude"] * 2 + ["random"] * 2 + ["taylor"] * 2
     assert len(figure(fig).data) == 3 and "Done" in status
+    assert estimate.startswith("**Estimate**") and "Comparison:" in estimate
+    asked = c.predict(["magnitude", "random", "taylor"], "0.1, 0.2", PROMPTS, 2, False, api_name="/estimate_compare")
+    assert "Comparison:" in asked and "peak memory" in asked
     redrawn = figure(c.predict("psnr", api_name="/redraw"))  # from the stored table, no re-run
     assert "PSNR" in redrawn.layout.yaxis.title.text and len(redrawn.data) == 3
 

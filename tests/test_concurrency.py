@@ -144,5 +144,5 @@ def test_stop_keeps_partial_results(url):
     table, fig, _, status, _ = job.result(timeout=60)
     assert "Stopped" in status and 0 < len(frame(table)) < 39
     assert "STOPPED" in app.visual.apply_theme(__import__("plotly.io").io.from_json(fig["plot"])).layout.title.text
-    _, _, _, status, _ = a.predict(*score_args("ldpruner", operators=["mid_block.resnets.0"]), api_name="/score")
+    _, _, _, status, _, _ = a.predict(*score_args("ldpruner", operators=["mid_block.resnets.0"]), api_name="/score")
     assert "Done" in status  # the next run is not stopped

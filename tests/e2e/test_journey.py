@@ -8,6 +8,7 @@ tests/e2e/artifacts/ (git-ignored), named <config>-<NN>-<finding>.png.
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import pytest
@@ -188,5 +189,47 @@ def test_stop_says_stopped_and_shows_what_finished(browser, app_url):
         h = heatmap(page, "#score-plot")
         assert "STOPPED" in h["title"]
         shot(page, "1440-light", "08-stop", page.locator("#score-plot"))
+    finally:
+        ctx.close()
+
+
+def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, monkeypatch):
+    """The estimate is on screen before the run; a run split into one-operator chunks (as on a
+    Space, where each chunk is one GPU call) shows one progress count over the whole run."""
+    import app
+    from pruning.runs import Budget
+
+    monkeypatch.setattr(app, "CHUNK", Budget(units=1))
+    ctx, page = open_page(browser, 1440, 900)
+    try:
+        page.goto(app_url)
+        expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
+        tab(page, "2 Score")
+        page.get_by_label("Operator sweep (LD-Pruner)").check()
+        page.get_by_label("steps", exact=True).first.fill("6")
+        page.get_by_role("button", name="Estimate the cost").first.click()
+        estimate = page.locator("#score-estimate")
+        expect(estimate).to_contain_text("Operator sweep (LD-Pruner): ", timeout=60_000)
+        expect(estimate).to_contain_text("peak memory about")
+        asked = estimate.inner_text()
+        page.get_by_role("button", name="Run", exact=True).click()
+        seen = []
+        status = page.locator("#score-status")
+        for _ in range(600):  # up to 60 s
+            text = status.inner_text()
+            seen += [(int(a), int(b)) for a, b in re.findall(r"(\d+)\s*/\s*(\d+)", text)]
+            if "Done" in text:
+                break
+            page.wait_for_timeout(100)
+        expect(status).to_contain_text("chunks of at most 1 unit of work", timeout=60_000)
+        chunks = int(re.search(r"ran in (\d+) chunks", status.inner_text()).group(1))
+        shot(page, "1440-light", "09-chunked-run", status)
+        counts = [(d, t) for d, t in seen if t > 1]  # (0, 1): the estimate's own report
+        assert chunks >= 2 and len({d for d, _ in counts}) >= 3, (chunks, seen)
+        assert len({t for _, t in counts}) == 1, seen  # one total: one bar over the whole run
+        done = [d for d, _ in counts]
+        assert done == sorted(done), seen  # never goes back at a chunk boundary
+        assert chunks >= counts[0][1]  # one operator per chunk
+        expect(estimate).to_have_text(asked)  # the estimate stays on screen
     finally:
         ctx.close()
