@@ -292,7 +292,7 @@ def load_model(source, device, dtype, progress=PROGRESS):
 
 
 def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-              stride, thr, ty_kinds, base_kinds, eco_preset=None):
+              stride, thr, ty_kinds, base_kinds, eco_preset=None, ld_preset=None):
     m = methods.get(method)
     names = {f.name for f in fields(m.Settings)}
     values = {"prompts": _prompts(prompts) if not m.data_free else None, "steps": _steps(steps)}
@@ -304,19 +304,19 @@ def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, 
         "magnitude": dict(kinds=base_kinds), "random": dict(kinds=base_kinds),
     }.get(method, {})
     values.update(per)
-    preset = eco_preset if method == "ecodiff" else None
+    preset = {"ecodiff": eco_preset, "ldpruner": ld_preset}.get(method)
     return m.settings(preset=preset, family=h.family, **{k: v for k, v in values.items() if k in names and v is not None})
 
 
 @friendly
 def score_estimate(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-                   stride, thr, ty_kinds, base_kinds, eco_preset):
+                   stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset):
     """The predicted time and memory of the Run about to start (a few timed denoiser calls)."""
     if not model:
         return ""
     h = _handle(model)
     settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
-                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset)
+                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset)
     with CACHE.lock(h):  # the estimate times the shared denoiser
         return _estimate_text(h, estimate(h, method, settings, budget_s=_gpu_budget()))
 
@@ -337,12 +337,20 @@ def preset_values(model, preset):
     return s.beta, s.lr
 
 
+def ldpruner_preset_note(model, preset):
+    """The proxy sweep's measured agreement with the full one, shown while "proxy" is chosen."""
+    if preset != "proxy":
+        return ""
+    return methods.ldpruner.proxy_note(_handle(model).model_ref if model else None)
+
+
 @friendly
 def run_score(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-              stride, thr, ty_kinds, base_kinds, eco_preset, store, clicked, request: gr.Request, progress=PROGRESS):
+              stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset, store, clicked, request: gr.Request,
+              progress=PROGRESS):
     h = _handle(model)
     settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
-                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset)
+                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset)
     live, run, est = [], None, ""
     work = _with_estimate(lambda c: _score(h, method, settings, c),
                           lambda: _estimate_text(h, estimate(h, method, settings, budget_s=_gpu_budget())))
@@ -699,6 +707,9 @@ def build_app() -> gr.Blocks:
                         granularity = gr.Radio(["fine", "block", "all"], value="fine", label="granularity",
                                                info=H["granularity"])
                     ld_ops = gr.Dropdown([], multiselect=True, label="only these operators", info=H["operators"])
+                    ld_preset = gr.Radio([("full (default)", "full"), ("fast proxy", "proxy")], value="full",
+                                         label="sweep settings", info=H["ld_preset"])
+                    ld_note = gr.Markdown(elem_id="ld-proxy-note")
                 with gr.Group(visible=False) as eco_group:
                     with gr.Row():
                         eco_epochs = Slider(1, 50, value=methods.ecodiff.DEFAULT_EPOCHS, step=1, label="epochs",
@@ -831,8 +842,11 @@ def build_app() -> gr.Blocks:
                       [ld_group, eco_group, ty_group, base_group, sc_table, sc_plot, method_note, eco_loss],
                       api_visibility="private", **UI)
         sc_inputs = [model, method, sc_prompts, sc_steps, n_gen, granularity, ld_ops, eco_epochs, eco_batch,
-                     eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, eco_preset, store, clicked]
+                     eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, eco_preset, ld_preset,
+                     store, clicked]
         eco_preset.change(preset_values, [model, eco_preset], [eco_beta, eco_lr], api_visibility="private", **UI)
+        for trigger in (ld_preset, model):  # the note names the loaded model's figures when it was measured
+            trigger.change(ldpruner_preset_note, [model, ld_preset], ld_note, api_visibility="private", **UI)
         sc_est_btn.click(score_estimate, sc_inputs[:-2], sc_estimate, api_name="estimate", **run)
         sc_run.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method,

@@ -45,6 +45,11 @@ def reconstruction_note(report: dict) -> str:
 
 
 def settings_line(settings: dict) -> str:
+    """The settings that matter, in words; a proxy sweep says so (its scores are a shortcut).
+
+    >>> settings_line({"n_gen": 8, "steps": 5, "resolution": 32, "proxy": True})
+    'N_gen 8, steps 5, proxy at 32 px'
+    """
     parts = []
     for key, name in _SHOWN.items():
         v = settings.get(key)
@@ -56,6 +61,8 @@ def settings_line(settings: dict) -> str:
             parts.append(f"{name} {'/'.join(map(str, v))}")
         else:
             parts.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
+    if settings.get("proxy"):
+        parts.append(f"proxy at {settings.get('resolution')} px")
     return ", ".join(parts)
 
 

@@ -207,6 +207,8 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
     """The predicted cost of scoring ``handle`` with ``method`` (a registered name) and its settings."""
     m = methods.get(method)
     settings = settings if settings is not None else m.settings()
+    if hasattr(settings, "resolved"):  # settings that depend on the model (the sweep's proxy halves steps and size)
+        settings = settings.resolved(handle)
     cost = step_cost(handle, resolution=getattr(settings, "resolution", None))
     seconds, calls, grad_batch, levers = _method_cost(handle, m.name, settings, cost)
     peak = cost.weights_bytes + cost.saved_bytes(max(grad_batch, calls.get("batch", 1)))

@@ -183,6 +183,20 @@ def test_ecodiff_with_the_authors_settings(c):
         c.predict(*score_args("ecodiff"), "theirs", api_name="/score")  # the radio names the bad value
 
 
+def test_ldpruner_proxy_choice_shows_the_agreement_and_changes_the_settings(c):
+    model = {"source": SOURCE, "device": "cpu", "dtype": "float32"}
+    h = app._handle(model)
+    note = app.ldpruner_preset_note(model, "proxy")
+    assert "Measured on tiny-shapes-sd" in note and "Spearman" in note and app.ldpruner_preset_note(model, "full") == ""
+    args = score_args("ldpruner", steps=None)[1:]  # (prompts, steps, ...) without the method
+    full = app._settings("ldpruner", h, *args, "ours", "full").resolved(h)
+    fast = app._settings("ldpruner", h, *args, "ours", "proxy").resolved(h)
+    assert fast.proxy and (fast.steps, fast.resolution) == (full.steps // 2, full.resolution // 2)  # 10, 64 px
+    assert app._settings("ldpruner", h, *score_args("ldpruner", steps=3)[1:], "ours", "proxy").resolved(h).steps == 3
+    text = c.predict(*score_args("ldpruner", n_gen=2), "ours", "proxy", api_name="/estimate")
+    assert text.startswith("**Estimate**")
+
+
 def test_manual_selection_totals_match(c):
     table, two = resnets(c, 2)
     for row in table:

@@ -94,6 +94,7 @@ def run_score(args, name: str) -> int:
         h = load_handle(args)
         if getattr(args, "preset", None):
             settings = settings_from_args(m, args, preset=args.preset, family=h.family)
+        _preset_note(name, args, h)
         print_estimate(estimate(h, name, settings, budget_s=args.budget))
         return 0
     if not args.out:
@@ -107,6 +108,7 @@ def run_score(args, name: str) -> int:
     h = load_handle(args)
     if getattr(args, "preset", None):  # a family's preset: known once the model is loaded
         settings = settings_from_args(m, args, preset=args.preset, family=h.family)
+    _preset_note(name, args, h)
     control, bar = _control(args, m.title)
     try:
         scores = m.score(h, settings, control=control)
@@ -121,6 +123,12 @@ def run_score(args, name: str) -> int:
     work_done()
     _report(scores, out)
     return 0
+
+
+def _preset_note(name: str, args, handle) -> None:
+    """The sweep's proxy: one line with its measured agreement with the full sweep."""
+    if name == "ldpruner" and getattr(args, "preset", None) == "proxy":
+        print(f"proxy     {ldpruner.proxy_note(handle.model_ref)}")
 
 
 def _report(scores, path, processes: int = 1) -> None:
@@ -140,6 +148,10 @@ def _sharded_sweep(args, settings) -> int:
     if args.device in ("cuda", "auto"):  # one GPU per process
         args.device = str(state.device)
     h = load_handle(args)
+    if getattr(args, "preset", None):  # as in run_score: the preset is known once the model is loaded
+        settings = settings_from_args(methods.get("ldpruner"), args, preset=args.preset, family=h.family)
+    if state.is_main_process:
+        _preset_note("ldpruner", args, h)
     df = ldpruner.sweep_sharded(h, settings, state=state, show_progress=bool(args.verbose))
     state.wait_for_everyone()
     if state.is_main_process:
@@ -204,7 +216,7 @@ def cmd_prune(args) -> int:
     else:
         prov = {"method": scores.method, "settings": dict(scores.settings), "partial_scores": scores.partial}
         plan = plan_from_operator_scores(h, scores.table, target_macs=args.target_macs, operators=args.operators,
-                                         provenance=prov, resolution=scores.settings.get("resolution"))
+                                         provenance=prov, resolution=ldpruner.mac_resolution(scores.settings))
     s = plan.summary(h.denoiser, **count_inputs(h))
     with atomic_write(out) as tmp:
         tmp.write_text(plan.to_json() + "\n")

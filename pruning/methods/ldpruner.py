@@ -47,8 +47,9 @@ from ..masks import masked
 from ..plan import PruningPlan
 from ..prompts import calibration_prompts
 from ..runs import RunControl, RunState, as_control
-from ..sampling import GenerationStopped, count_inputs, generate_latents, spec
+from ..sampling import GenerationStopped, count_inputs, generate_latents, resolution_multiple, spec
 from .base import Method, Scores, opt
+from .proxy import proxy_agreement, proxy_generation, proxy_note  # noqa: F401  (the proxy's public names)
 from .select import plan_from_operator_scores
 
 GRANULARITIES = ("fine", "block", "all")
@@ -59,6 +60,7 @@ COLUMNS = ("operator", "fqn", "kind", "granularity", *POSITION_COLUMNS, "params"
            "mac_share", *SCORE_COLUMNS)
 DEFAULT_N_GEN = 8
 MAX_N_GEN = 64  # samples per batch: every operator regenerates all of them
+PRESETS = ("full", "proxy")  # full: the model's steps and resolution; proxy: about half of each (see .proxy)
 
 
 # --------------------------------------------------------------------------- settings
@@ -75,6 +77,8 @@ class SweepSettings:
     :meth:`resolved`). ``granularity``: "fine" (attn1, attn2, ff, resnet; FLUX attn, ff,
     ff_context), "block" (whole transformer, resnet and FLUX blocks) or "all". ``operators``,
     when given, is the exact subset of operator FQNs to score (``granularity`` is then ignored).
+    ``proxy`` (the "proxy" preset) makes unset steps and resolution about half the model's (see
+    :func:`~pruning.methods.proxy.proxy_generation`); steps or a resolution given still win.
 
     >>> s = SweepSettings(prompts=["a", "b", "c"], n_gen=4)
     >>> s.seeds, s.samples()
@@ -96,6 +100,8 @@ class SweepSettings:
     granularity: str = opt("fine", "fine: attention, FFN and resnet branches; block: whole blocks; all: both",
                            "choice", GRANULARITIES)
     operators: tuple[str, ...] | None = opt(None, "score only these operator FQNs", "strs")
+    proxy: bool = opt(False, "score at about half the model's steps and resolution (chosen with the preset)",
+                      "bool", hidden=True)
 
     def __post_init__(self):
         prompts = None if self.prompts is None else validate.prompt_list(self.prompts)
@@ -112,6 +118,8 @@ class SweepSettings:
         if len(seeds) > MAX_N_GEN:
             raise SettingsError(f"N_gen must be at most {MAX_N_GEN} (all samples go in one batch), got {len(seeds)}")
         validate.choice("granularity", self.granularity, GRANULARITIES)
+        if not isinstance(self.proxy, bool):
+            raise SettingsError(f"proxy must be true or false, got {self.proxy!r}")
         ops = self.operators
         if ops is not None:
             ops = (ops,) if isinstance(ops, str) else tuple(dict.fromkeys(ops))
@@ -131,8 +139,15 @@ class SweepSettings:
         return [self.prompts[i % len(self.prompts)] for i in range(self.n_gen)], list(self.seeds)
 
     def resolved(self, handle) -> SweepSettings:
-        """A copy with unset prompts/steps/guidance/resolution filled from the model, checked for it."""
-        g = spec(handle, steps=self.steps, guidance=self.guidance, resolution=self.resolution)
+        """A copy with unset prompts/steps/guidance/resolution filled from the model (about half its
+        steps and resolution for a proxy), checked for it."""
+        steps, resolution = self.steps, self.resolution
+        if self.proxy:
+            d = spec(handle)
+            half_steps, half_res = proxy_generation(d.steps, d.resolution, multiple=resolution_multiple(handle))
+            steps = half_steps if steps is None else steps
+            resolution = half_res if resolution is None else resolution
+        g = spec(handle, steps=steps, guidance=self.guidance, resolution=resolution)
         prompts = self.prompts or calibration_prompts(handle.model_ref, self.n_gen)
         return replace(self, prompts=prompts, steps=g.steps, guidance=g.guidance, resolution=g.resolution)
 
@@ -212,11 +227,11 @@ def ldpruner_score(original: torch.Tensor, modified: torch.Tensor) -> dict[str, 
 
 def select_operators(handle, settings: SweepSettings) -> pd.DataFrame:
     """The catalog rows (in catalog order) of the operators this sweep scores, with params and
-    MACs at the sweep's resolution.
+    MACs at the sweep's resolution (the model's for a proxy: see :func:`mac_resolution`).
 
     Raises ``PlanError`` naming an FQN that is not a removable operator of the denoiser.
     """
-    ops, _ = catalog(handle.denoiser, **count_inputs(handle, settings.resolution))
+    ops, _ = catalog(handle.denoiser, **count_inputs(handle, mac_resolution(settings)))
     if settings.operators is None:
         return ops[ops["granularity"].isin(_GRANULARITY_ROWS[settings.granularity])].reset_index(drop=True)
     known = set(ops["fqn"])
@@ -345,6 +360,19 @@ def sweep_sharded(handle, settings: SweepSettings, *, state=None, show_progress:
 # --------------------------------------------------------------------------- selection
 
 
+def mac_resolution(settings) -> int | None:
+    """The resolution at which MACs are counted for a sweep's table and the plans cut from it
+    (``settings``: SweepSettings or their dict): the sweep's own, except for a proxy, whose lower
+    resolution is a scoring shortcut: there, None (the model's resolution).
+
+    >>> mac_resolution({"resolution": 48}), mac_resolution({"resolution": 32, "proxy": True})
+    (48, None)
+    """
+    get = settings.get if isinstance(settings, dict) else lambda k: getattr(settings, k, None)
+    return None if get("proxy") else get("resolution")
+
+
+
 def plan_from_scores(handle, scores: pd.DataFrame, *, target_sparsity: float | None = None,
                      target_macs: float | None = None, operators: Sequence[str] | None = None) -> PruningPlan:
     """A plan removing the lowest-scoring operators, or exactly the ``operators`` named (see
@@ -355,7 +383,7 @@ def plan_from_scores(handle, scores: pd.DataFrame, *, target_sparsity: float | N
     settings = dict(scores.attrs.get("settings") or {})
     prov = {"method": "ldpruner", "settings": settings, "partial_scores": bool(scores.attrs.get("partial", False))}
     return plan_from_operator_scores(handle, scores, target_sparsity=target_sparsity, target_macs=target_macs,
-                                     operators=operators, provenance=prov, resolution=settings.get("resolution"))
+                                     operators=operators, provenance=prov, resolution=mac_resolution(settings))
 
 
 # --------------------------------------------------------------------------- the method
@@ -368,6 +396,18 @@ class LDPruner(Method):
                "regenerates N_gen images and scores how far their latents move: low = safe to remove.")
     level = "operator"
     Settings = SweepSettings
+    presets = PRESETS
+
+    def preset_settings(self, preset: str, family: str, **values) -> SweepSettings:
+        """The "proxy" preset: about half the model's steps and resolution, resolved once the model is
+        known (``values`` override). The same for every family.
+
+        >>> s = LDPruner().settings(preset="proxy", steps=4)
+        >>> s.proxy, s.steps, s.resolution
+        (True, 4, None)
+        """
+        validate.choice("preset", preset, PRESETS)
+        return SweepSettings(**{"proxy": preset == "proxy", **values})
 
     def score(self, handle, settings: SweepSettings | None = None, *, control: RunControl | None = None,
               show_progress: bool = False) -> Scores:
