@@ -74,3 +74,30 @@ def test_comparison_and_export_estimates_count_their_parts(tiny_sd):
     plain, heavy = estimate_export(tiny_sd), estimate_export(tiny_sd, reconstruct=True, recover_iters=50)
     assert heavy.seconds > plain.seconds > 0 and heavy.calls["recovery iterations"] == 50
     assert "chunks" not in estimate_export(tiny_sd, recover_iters=50, budget_s=1e-4).text()
+
+
+def test_cli_estimates_for_compare_export_and_recover(capsys, tmp_path):
+    from pruning.cli import main
+
+    assert main(["compare", "--model", "tiny-shapes-sd", "--methods", "magnitude", "random", "--sparsities", "0.2",
+                 "--estimate", "--budget", "1e-4"]) == 0
+    text = capsys.readouterr().out
+    assert "Comparison: " in text and "chunks of 0.0001 s" in text and "plans 4" in text  # random: 3 draws
+    assert main(["compare", "--model", "tiny-shapes-sd"]) == 2
+    assert "--out is required" in capsys.readouterr().err
+    assert main(["export", "--model", "tiny-shapes-sd", "--estimate", "--reconstruct"]) == 2  # no --plan
+    capsys.readouterr()
+    from pruning import load_pipeline
+    from pruning.plan import PruningPlan
+
+    h = load_pipeline("tiny-shapes-sd")
+    plan = PruningPlan(family=h.family, base=h.model_ref, removed_operators=("mid_block.resnets.0",))
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    assert main(["export", "--model", "tiny-shapes-sd", "--plan", str(path), "--estimate", "--reconstruct"]) == 0
+    assert "Export: " in capsys.readouterr().out and not any(tmp_path.glob("*/"))
+    assert main(["recover", "--model", "tiny-shapes-sd", "--plan", str(path), "--iters", "30", "--out",
+                 str(tmp_path / "rec"), "--estimate"]) == 0
+    assert "recovery iterations 30" in capsys.readouterr().out and not (tmp_path / "rec").exists()
+    assert main(["export", "--model", "tiny-shapes-sd", "--plan", str(path)]) == 2
+    assert "--out is required" in capsys.readouterr().err

@@ -6,8 +6,10 @@ import argparse
 
 from .. import methods
 from ..compare import CompareSettings, check_sparsities, compare_methods
+from ..errors import SettingsError
+from ..estimate import estimate_comparison
 from ..files import atomic_write
-from .common import add_command, add_model_args, load_handle, work_done, writable
+from .common import add_command, add_estimate_args, add_model_args, load_handle, print_estimate, work_done, writable
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -17,15 +19,21 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=methods.names(), choices=methods.names(), metavar="METHOD",
                    help=f"any of {', '.join(methods.names())} (default: all)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--out", required=True, help="comparison table (.csv)")
+    p.add_argument("--out", help="comparison table (.csv); not needed with --estimate")
+    add_estimate_args(p)
 
 
 @add_command("compare", help="all methods at several sparsities: params, MACs, latent MSE, PSNR, accuracy",
              arguments=_compare_args)
 def cmd_compare(args) -> int:
-    out = writable(args.out, "--out")
     sparsities = check_sparsities(args.sparsities)
     settings = CompareSettings(steps=args.steps)
+    if args.estimate:
+        print_estimate(estimate_comparison(load_handle(args), sparsities, args.methods, settings, budget_s=args.budget))
+        return 0
+    if not args.out:
+        raise SettingsError("--out is required (or --estimate to only predict the cost)")
+    out = writable(args.out, "--out")
     handle = load_handle(args)
     df = compare_methods(handle, sparsities, args.methods, settings=settings)
     with atomic_write(out) as tmp:

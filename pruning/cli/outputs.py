@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..estimate import estimate_reconstruction
+from ..errors import SettingsError
+from ..estimate import estimate_export, estimate_reconstruction
 from ..export import check_target, export
 from ..manifest import read_manifest
 from ..metrics import count_params
@@ -29,7 +30,8 @@ from .common import (
 def _export_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_plan_arg(p, required=True)
-    p.add_argument("--out", required=True, metavar="DIR", help="export folder (must not exist unless --overwrite)")
+    p.add_argument("--out", metavar="DIR", help="export folder (must not exist unless --overwrite); not needed with "
+                   "--estimate")
     p.add_argument("--full-pipeline", action="store_true", help="also save the VAE, text encoders, scheduler")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing export folder (only one written by an earlier export)")
@@ -38,14 +40,30 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                         "(the `reconstruct` command sets them)")
 
 
+def _export_only_args(p: argparse.ArgumentParser) -> None:
+    _export_args(p)
+    add_estimate_args(p)
+
+
+def _need_out(args) -> None:
+    if not args.out:
+        raise SettingsError("--out is required (or --estimate to only predict the cost)")
+
+
 def _report(folder: Path, before: int, recovered: str = "") -> None:
     after = read_manifest(folder)[1]["params"]
     print(f"exported  {folder}{recovered}")
     print(f"params    {human(before)} -> {human(after)}: {before - after:,} removed ({1 - after / before:.1%})")
 
 
-@add_command("export", help="write the slimmed model: safetensors + pruning_plan.json", arguments=_export_args)
+@add_command("export", help="write the slimmed model: safetensors + pruning_plan.json", arguments=_export_only_args)
 def cmd_export(args) -> int:
+    if args.estimate:
+        h = load_handle(args)
+        load_plan(args.plan, h)
+        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=args.budget))
+        return 0
+    _need_out(args)
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)  # before loading anything
     h = load_handle(args)
     plan = load_plan(args.plan, h)
@@ -89,6 +107,7 @@ def cmd_reconstruct(args) -> int:
         passes = len(consumer_groups(items, settings.max_gram_mb * 2 ** 20, settings.inputs == "pruned"))
         print_estimate(estimate_reconstruction(h, settings, passes=passes, budget_s=args.budget))
         return 0
+    _need_out(args)
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     h = load_handle(args)
     small = reconstruct(h, load_plan(args.plan, h), settings)
@@ -111,12 +130,19 @@ def _recover_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="export folder for the recovered model")
     p.add_argument("--full-pipeline", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export folder")
+    add_estimate_args(p)
 
 
 @add_command("recover", help="short recovery finetune (distillation) of a slimmed model, then export",
              arguments=_recover_args)
 def cmd_recover(args) -> int:
     settings = RecoverSettings(prompts=args.prompt, steps=args.steps, iters=args.iters, lr=args.lr)  # checked now
+    if args.estimate:
+        h = load_handle(args)
+        load_plan(args.plan, h)
+        print_estimate(estimate_export(h, recover_iters=settings.iters, recover_batch=settings.batch_size,
+                                       budget_s=args.budget))
+        return 0
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     handle = load_handle(args)
     plan = load_plan(args.plan, handle)
