@@ -41,6 +41,7 @@ from . import validate
 from .bundled import BUNDLED, TRAIN_ARCH
 from .errors import ModelLoadError, SettingsError
 from .files import sha256_file
+from .memory import execution_device
 from .sampling import spec
 
 # model_index.json `_class_name` -> family. Text-to-image pipelines only.
@@ -222,7 +223,7 @@ def handle_from_pipe(pipe, *, model_ref: str, source: str | None = None,
     settings = {**_default_settings(pipe, family, denoiser), **check_defaults(defaults or {}, where)}
     handle = Handle(pipe=pipe, family=family, denoiser=denoiser, model_ref=model_ref,
                     source=source if source is not None else model_ref,
-                    device=param.device, dtype=param.dtype, defaults=settings)
+                    device=execution_device(denoiser), dtype=param.dtype, defaults=settings)
 
     try:
         spec(handle)

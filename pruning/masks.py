@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .catalog import Structure, discover
+from .memory import execution_device
 from .plan import PruningPlan
 from .replacements import replacement_for
 
@@ -44,7 +45,7 @@ from .replacements import replacement_for
 
 
 def _expand(gate: torch.Tensor, unit_size: int, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    g = gate.to(like.dtype).repeat_interleave(unit_size)  # (units * unit_size,)
+    g = gate.to(like.device, like.dtype).repeat_interleave(unit_size)  # (units * unit_size,), where x is
     shape = [1] * like.ndim
     shape[channel_dim] = g.numel()
     return g.view(shape)  # broadcastable against `like`
@@ -148,7 +149,7 @@ def gated(
 def plan_gates(denoiser: nn.Module, plan: PruningPlan) -> dict[str, torch.Tensor]:
     """Binary gates (1 = kept) for every structure the (normalized) plan prunes."""
     found = discover(denoiser)
-    device = next(denoiser.parameters()).device
+    device = execution_device(denoiser)  # not the weights' (CPU, or meta with sequential offload)
     gates = {}
     for kind in ("head", "neuron", "group"):
         for fqn, kept in plan.kept(kind).items():
@@ -259,7 +260,7 @@ class GateSet(nn.Module):
         units = {f: s.units for f, s in found.structures.items() if s.kind in kinds}
         if not units:
             raise ValueError(f"no structures of kinds {list(kinds)} in this denoiser")
-        device = next(denoiser.parameters()).device
+        device = execution_device(denoiser)
         return cls(units, gate, init, eps).to(device)
 
     def noise(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor | None]:

@@ -15,7 +15,6 @@ True
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 import weakref
@@ -24,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .memory import execution_device, plain_copy
 
 DEFAULT_FLUX_SAMPLE = 128  # latent pixels (1024 px / 8), packed 2x2 into 64x64 = 4096 tokens
 DEFAULT_TEXT_LEN = {"unet": 77, "flux": 512}
@@ -112,8 +113,7 @@ def example_inputs(
 
 
 def _device_of(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return execution_device(module)  # with offload hooks: where it computes, not where its weights are
 
 
 def _dtype_of(module: nn.Module) -> torch.dtype:
@@ -136,7 +136,7 @@ def meta_twin(module: nn.Module) -> nn.Module:
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
     for b in module.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(module, memo)
+    return plain_copy(module, memo, weights=False)  # offload hooks are not copied: they would move it
 
 
 def module_macs(denoiser: nn.Module, inputs: dict | None = None, *, twin: nn.Module | None = None,

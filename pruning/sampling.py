@@ -27,6 +27,7 @@ import torch
 
 from . import validate
 from .errors import RunStopped, SettingsError
+from .memory import execution_device, offloaded_like, plain_copy, release
 
 GUIDANCE_MODES = ("cfg", "embedded", "true_cfg")
 
@@ -167,7 +168,8 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
     ``stop`` (anything with ``is_set()``: an Event, a :class:`~pruning.runs.RunControl`) is
     checked after each step and raises :class:`GenerationStopped`.
     ``callback(step, timestep, latents)`` runs after each step (latents as the pipeline holds
-    them: packed for FLUX).
+    them: packed for FLUX). On a pipeline with offload hooks (``pruning.memory``) a replacement
+    ``denoiser`` is offloaded like the pipeline's own for the call.
 
     >>> from pruning.testing import tiny_pipeline
     >>> from pruning.loading import handle_from_pipe
@@ -200,12 +202,16 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
         return kwargs
 
     gen_device = handle.device if handle.device.type != "mps" else torch.device("cpu")
-    out = pipe(
-        prompt=prompts, num_inference_steps=s.steps, **pipeline_kwargs(s, len(prompts)),
-        height=s.resolution, width=s.resolution, output_type="latent",
-        generator=[torch.Generator(gen_device).manual_seed(s) for s in seeds],
-        callback_on_step_end=on_step_end,
-    )
+    try:
+        with offloaded_like(handle, denoiser):
+            out = pipe(
+                prompt=prompts, num_inference_steps=s.steps, **pipeline_kwargs(s, len(prompts)),
+                height=s.resolution, width=s.resolution, output_type="latent",
+                generator=[torch.Generator(gen_device).manual_seed(s) for s in seeds],
+                callback_on_step_end=on_step_end,
+            )
+    finally:
+        release(handle.pipe)
     if getattr(pipe, "_interrupt", False):
         raise GenerationStopped("generation stopped")
     latents = out.images
@@ -216,12 +222,13 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
 
 @torch.no_grad()
 def decode_latents(handle, latents: torch.Tensor) -> list:
-    """Decode ``(B, C, H, W)`` latents from :func:`generate_latents` to PIL images."""
+    """Decode ``(B, C, H, W)`` latents from :func:`generate_latents` to PIL images (tiled or
+    sliced when the VAE has ``enable_tiling`` / ``enable_slicing`` on)."""
     pipe = handle.pipe
     vae = pipe.vae
     cfg = vae.config
     dtype = torch.float32 if getattr(cfg, "force_upcast", False) and vae.dtype == torch.float16 else vae.dtype
-    z = latents.to(device=vae.device, dtype=torch.float32)
+    z = latents.to(device=execution_device(vae), dtype=torch.float32)  # offloaded: not where its weights are
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     if mean is not None and std is not None:  # SDXL-style per-channel stats
         mean = torch.tensor(mean, device=z.device).view(1, -1, 1, 1)
@@ -230,7 +237,7 @@ def decode_latents(handle, latents: torch.Tensor) -> list:
     else:
         z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
     if dtype != vae.dtype:
-        vae = copy.deepcopy(vae).to(dtype)
+        vae = plain_copy(vae).to(dtype)
     image = vae.decode(z.to(dtype), return_dict=False)[0]
     return pipe.image_processor.postprocess(image.float(), output_type="pil")
 

@@ -9,7 +9,8 @@ Two passes over a deep copy (the input is never mutated):
    (``heads``, ``inner_dim``, ``in_features``, ``num_groups``, ...) in line with its tensors.
 
 Removed operators are replaced by the stand-ins of ``replacements.py``. Works on the meta
-device too (no weights are allocated).
+device too (no weights are allocated), and on a denoiser with accelerate's offload hooks (the
+copy has none: see ``memory.plain_copy``).
 
 >>> import torch
 >>> from pruning.testing import tiny_pipeline
@@ -23,7 +24,6 @@ device too (no weights are allocated).
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -35,6 +35,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttention, FluxSi
 from torch import nn
 
 from .catalog import Structure, discover
+from .memory import plain_copy
 from .plan import PruningPlan
 from .replacements import EmptyAttention, replacement_for
 
@@ -54,7 +55,7 @@ def slim(denoiser: nn.Module, plan: PruningPlan) -> nn.Module:
     """A physically slimmed copy of ``denoiser`` following ``plan`` (validated and normalized)."""
     plan = plan.normalized(denoiser)
     found = discover(denoiser)
-    new = copy.deepcopy(denoiser)
+    new = plain_copy(denoiser)  # without accelerate's offload hooks (and what they point at)
     _slice_parameters(new, keep_masks(new, found.structures, plan))
     owned: dict[str, dict[str, Structure]] = defaultdict(dict)
     for kind in ("head", "neuron", "group"):

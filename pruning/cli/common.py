@@ -17,7 +17,8 @@ from pathlib import Path
 from ..errors import PlanError
 from ..export import check_base, read_plan
 from ..files import check_writable_file
-from ..loading import DTYPES, load_pipeline
+from ..loading import DTYPES, check_device, load_pipeline
+from ..memory import OFFLOAD_MODES, enable_memory_savers
 from ..methods.base import settings_fields
 
 
@@ -64,7 +65,7 @@ def work_done() -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model`` (bundled name, folder or Hub id), ``--device``, ``--dtype``."""
+    """``--model`` (bundled name, folder or Hub id), ``--device``, ``--dtype``, ``--offload``, ``--vae-tiling``."""
     p.add_argument("--model", required=True, metavar="SRC",
                    help="bundled name (tiny-shapes-sd, tiny-shapes-flux), a diffusers folder or a Hub id org/name[@rev]")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default: cpu)")
@@ -72,6 +73,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (default: float32). All three run on CPU: bfloat16 is fast where the CPU "
                         "has bf16 instructions, float16 is ~10x slower than float32 on CPUs; on GPUs both halve "
                         "memory")
+    p.add_argument("--offload", choices=list(OFFLOAD_MODES),
+                   help="keep the weights in CPU memory and move each model (model) or each layer (sequential, "
+                        "slower) to the accelerator only while it runs: --device when it is one, else the first "
+                        "found; needs a GPU or MPS")
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="decode images in overlapping tiles, one image at a time: less memory at large resolutions, "
+                        "slight seams")
 
 
 def add_plan_arg(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -99,8 +107,15 @@ def add_out_file(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def load_handle(args: argparse.Namespace):
-    """The :class:`~pruning.loading.Handle` for ``args.model``/``--device``/``--dtype``."""
-    return load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    """The :class:`~pruning.loading.Handle` for ``args.model``/``--device``/``--dtype``/``--offload``/
+    ``--vae-tiling``. With ``--offload`` the weights are loaded into CPU memory, never onto the GPU."""
+    offload, tiling = getattr(args, "offload", None), getattr(args, "vae_tiling", False)
+    on = check_device(args.device)
+    handle = load_pipeline(args.model, device="cpu" if offload else on, dtype=args.dtype)
+    if offload or tiling:
+        on = None if on.type == "cpu" else on
+        handle = enable_memory_savers(handle, offload=offload, vae_tiling=tiling, vae_slicing=tiling, device=on)
+    return handle
 
 
 def load_plan(path: str, handle):
