@@ -123,6 +123,15 @@ def test_taylor_importance_equals_without_hooks():
     np.testing.assert_array_equal(hooked["importance"].to_numpy(), plain["importance"].to_numpy())
 
 
+def test_taylor_on_user_images_under_offload():
+    """The images go to where the VAE computes, not where an offloaded VAE's weights wait."""
+    images = [np.full((32, 32, 3), v, np.uint8) for v in (30, 200)]
+    settings = TaylorSettings(images=images, steps=2, stride=500)
+    plain, hooked = (importance(h, settings) for h in _pair("sd"))
+    assert plain["importance"].abs().max() > 0
+    np.testing.assert_array_equal(hooked["importance"].to_numpy(), plain["importance"].to_numpy())
+
+
 @pytest.mark.parametrize("family", ["sd", "flux"])
 @torch.no_grad()
 def test_sequential_offload_of_the_denoiser(family):

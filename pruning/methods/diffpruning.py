@@ -36,6 +36,7 @@ from .. import validate
 from ..catalog import UNIT_KINDS, discover, unit_totals
 from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
+from ..memory import execution_device
 from ..prompts import calibration_prompts
 from ..rollout import prepare, rollout
 from ..runs import RunControl, RunState, as_control
@@ -140,7 +141,7 @@ def _load_images(images, resolution: int) -> list:
 def _encode(handle, images, resolution: int) -> torch.Tensor:
     pipe, vae = handle.pipe, handle.pipe.vae
     x = pipe.image_processor.preprocess(images, height=resolution, width=resolution)  # (B, 3, H, W) in [-1, 1]
-    z = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean
+    z = vae.encode(x.to(execution_device(vae), vae.dtype)).latent_dist.mean
     cfg = vae.config
     z = (z - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
     if handle.family == "flux":  # (B, C, H, W) -> (B, H/2 * W/2, 4C)
