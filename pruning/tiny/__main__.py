@@ -1,4 +1,4 @@
-"""Command line: ``python -m pruning.tiny train --arch sd|flux`` (and ``vae``, ``eval``)."""
+"""Command line: ``python -m pruning.tiny train --arch sd|flux|sd3`` (and ``vae``, ``eval``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pruning.tiny", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train one bundled model (and the shared VAE if needed)")
-    tr.add_argument("--arch", choices=["sd", "flux"], required=True)
+    tr.add_argument("--arch", choices=["sd", "flux", "sd3"], required=True)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--steps", type=int, default=None, help="denoiser steps (default: the documented recipe)")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (1 to train both at once)")

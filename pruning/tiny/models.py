@@ -21,9 +21,18 @@ from diffusers import (
     DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxTransformer2DModel,
+    SD3Transformer2DModel,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 from .data import WORDS
 
@@ -93,6 +102,27 @@ FLUX_CONFIG = dict(
     guidance_embeds=False,
     axes_dims_rope=[8, 12, 12],
 )
+# SD3/3.5 (MMDiT): two CLIPs with projection (penultimate hidden states concatenated: 2 x 64 = 128,
+# pooled: 2 x 64 = 128) and a T5 of width 128, so the CLIP part is zero-padded to 128 and the
+# context is 16 CLIP + 16 T5 tokens, as in the real models (77 + 256). 3 blocks: block 0 has the
+# SD3.5 dual attention (attn2 on the image stream), the last is context_pre_only. RMS q/k norms.
+SD3_T5_CONFIG = dict(T5_CONFIG, d_model=2 * TEXT_DIM)
+SD3_CONFIG = dict(
+    sample_size=8,
+    patch_size=2,
+    in_channels=4,
+    out_channels=4,
+    num_layers=3,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=2 * TEXT_DIM,
+    caption_projection_dim=128,  # = heads x head dim (both streams have the same width)
+    pooled_projection_dim=2 * TEXT_DIM,
+    pos_embed_max_size=16,  # latents up to 32x32 (256 px)
+    dual_attention_layers=(0,),
+    qk_norm="rms_norm",
+)
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
 # v-prediction on a zero-terminal-SNR schedule: pure noise at the first step (dark/bright backgrounds work)
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -189,6 +219,28 @@ def unet(seed: int = 0):
 def flux_transformer(seed: int = 0):
     torch.manual_seed(seed + 4)
     return FluxTransformer2DModel(**FLUX_CONFIG)
+
+
+def clip_text_encoder_with_projection(seed: int = 0, index: int = 0):
+    """SD3's CLIP text encoders (CLIPTextModelWithProjection; `index` 0 or 1 seeds them apart)."""
+    torch.manual_seed(seed + 5 + index)
+    cfg = CLIPTextConfig(vocab_size=len(clip_tokenizer().get_vocab()), **CLIP_CONFIG)
+    return CLIPTextModelWithProjection(cfg).eval().requires_grad_(False)
+
+
+def sd3_t5_text_encoder(seed: int = 0):
+    torch.manual_seed(seed + 7)
+    cfg = T5Config(vocab_size=len(t5_tokenizer().get_vocab()), **SD3_T5_CONFIG)
+    return T5EncoderModel(cfg).eval().requires_grad_(False)
+
+
+def sd3_transformer(seed: int = 0):
+    torch.manual_seed(seed + 8)
+    return SD3Transformer2DModel(**SD3_CONFIG)
+
+
+def sd3_scheduler():
+    return FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER)
 
 
 def sd_scheduler():

@@ -61,7 +61,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, FluxPipeline, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+)
 
 from ..bundled import ASSETS  # package data: pruning/assets/<name>
 from ..loading import handle_from_pipe, load_pipeline, read_defaults
@@ -78,7 +84,7 @@ VAE_FG_WEIGHT = 10.0
 VAE_LATENT_NOISE = 0.05
 PER_PROMPT = 48
 BATCH = 64
-DENOISER_STEPS = {"sd": 4000, "flux": 4000}
+DENOISER_STEPS = {"sd": 4000, "flux": 4000, "sd3": 4000}
 LR = 1e-3
 WARMUP = 200
 EMA = 0.999
@@ -86,7 +92,7 @@ DROPOUT = 0.1
 GRID_STEPS = (10, 20, 30)
 GRID_GUIDANCE = (1.0, 2.0, 3.0, 5.0)
 WORKDIR = Path(os.environ.get("PRUNING_TINY_WORKDIR", "/tmp/pruning-tiny"))
-NAMES = {"sd": "tiny-shapes-sd", "flux": "tiny-shapes-flux"}
+NAMES = {"sd": "tiny-shapes-sd", "flux": "tiny-shapes-flux", "sd3": "tiny-shapes-sd3"}
 
 
 def _log(msg: str) -> None:
@@ -214,8 +220,18 @@ def train_vae(seed: int = SEED):
     return vae
 
 
-def components(vae, seed: int = SEED) -> dict:
-    """The shared, frozen components (VAE, CLIP, T5 and their tokenizers)."""
+def components(vae, seed: int = SEED, arch: str = "sd") -> dict:
+    """The shared, frozen components (VAE, CLIP, T5 and their tokenizers); SD3 has its own text encoders."""
+    if arch == "sd3":
+        return {
+            "vae": vae,
+            "text_encoder": M.clip_text_encoder_with_projection(seed, 0),
+            "tokenizer": M.clip_tokenizer(),
+            "text_encoder_2": M.clip_text_encoder_with_projection(seed, 1),
+            "tokenizer_2": M.clip_tokenizer(),
+            "text_encoder_3": M.sd3_t5_text_encoder(seed),
+            "tokenizer_3": M.t5_tokenizer(),
+        }
     return {
         "vae": vae,
         "text_encoder": M.clip_text_encoder(seed),
@@ -226,7 +242,9 @@ def components(vae, seed: int = SEED) -> dict:
 
 
 def build_pipeline(arch: str, denoiser, comps: dict):
-    """Assemble a StableDiffusionPipeline or FluxPipeline around `denoiser`."""
+    """Assemble a StableDiffusionPipeline, FluxPipeline or StableDiffusion3Pipeline around `denoiser`."""
+    if arch == "sd3":
+        return StableDiffusion3Pipeline(transformer=denoiser, scheduler=M.sd3_scheduler(), **comps)
     if arch == "sd":
         return StableDiffusionPipeline(
             vae=comps["vae"],
@@ -269,6 +287,12 @@ def text_embeddings(arch: str, pipe) -> dict:
     if arch == "sd":
         emb, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
         return {"emb": emb}
+    if arch == "sd3":
+        emb, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
+            max_sequence_length=M.MAX_LENGTH,
+        )
+        return {"emb": emb, "pooled": pooled}
     emb, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=M.MAX_LENGTH)
     return {"emb": emb, "pooled": pooled}
 
@@ -278,8 +302,8 @@ def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, t
     if threads:
         torch.set_num_threads(threads)
     steps = steps or DENOISER_STEPS[arch]
-    comps = components(vae, seed)
-    model = M.unet(seed) if arch == "sd" else M.flux_transformer(seed)
+    comps = components(vae, seed, arch)
+    model = {"sd": M.unet, "flux": M.flux_transformer, "sd3": M.sd3_transformer}[arch](seed)
     pipe = build_pipeline(arch, model, comps)
     text = text_embeddings(arch, pipe)
     lat, pidx = cache_latents(vae, seed)
@@ -304,6 +328,16 @@ def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, t
             xt = noise_sched.add_noise(x0, noise, t)
             pred = model(xt, t, text["emb"][p]).sample
             target = noise_sched.get_velocity(x0, noise, t)
+        elif arch == "sd3":  # rectified flow as FLUX, on unpacked latents; SD3 takes t = 1000 sigma
+            s = torch.sigmoid(torch.randn(BATCH, generator=g))
+            xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
+            pred = model(
+                hidden_states=xt,
+                timestep=s * 1000,
+                encoder_hidden_states=text["emb"][p],
+                pooled_projections=text["pooled"][p],
+            ).sample
+            target = noise - x0
         else:
             s = torch.sigmoid(torch.randn(BATCH, generator=g))  # logit-normal sigma in (0, 1)
             xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
@@ -335,10 +369,19 @@ def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, t
     return pipe
 
 
+def _mode(arch: str) -> dict:
+    """How each bundled arch generates: FLUX with true CFG, SD and SD3 with the pipeline's own CFG;
+    the T5-reading ones at the sequence length they were trained on."""
+    if arch == "flux":
+        return {"guidance_mode": "true_cfg", "negative_prompt": "", "max_sequence_length": M.MAX_LENGTH}
+    if arch == "sd3":
+        return {"guidance_mode": "cfg", "max_sequence_length": M.MAX_LENGTH}
+    return {"guidance_mode": "cfg"}
+
+
 def _handle(arch: str, pipe, defaults: dict | None = None):
     """A Handle for a freshly trained pipeline, generating the way the app does."""
-    base = {"resolution": 64, **({"guidance_mode": "true_cfg", "negative_prompt": "",
-                                  "max_sequence_length": M.MAX_LENGTH} if arch == "flux" else {"guidance_mode": "cfg"})}
+    base = {"resolution": 64, **_mode(arch)}
     return handle_from_pipe(pipe, model_ref=f"training:{arch}", defaults={**base, **(defaults or {})})
 
 
@@ -367,11 +410,7 @@ def choose_defaults(arch: str, pipe, prompts=HELDOUT_PROMPTS) -> tuple[dict, lis
             -r["guidance"],
         ),
     )
-    defaults = {"steps": best["steps"], "guidance": best["guidance"], "resolution": 64}
-    if arch == "flux":
-        defaults.update(guidance_mode="true_cfg", negative_prompt="", max_sequence_length=M.MAX_LENGTH)
-    else:
-        defaults.update(guidance_mode="cfg")
+    defaults = {"steps": best["steps"], "guidance": best["guidance"], "resolution": 64, **_mode(arch)}
     return defaults, rows
 
 
@@ -398,6 +437,12 @@ def get_vae(seed: int = SEED, threads: int | None = None):
     path = vae_path()
     if (path / "config.json").exists():
         return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False), None
+    bundled = ASSETS / NAMES["sd"]  # the shared VAE, as shipped (the same bits as a retrained one)
+    if os.environ.get("PRUNING_TINY_RETRAIN_VAE") != "1" and (bundled / "vae" / "config.json").exists():
+        secs = (read_defaults(bundled) or {}).get("training", {}).get("vae_seconds")
+        _log(f"using the bundled VAE of {bundled.name} (set PRUNING_TINY_RETRAIN_VAE=1 to retrain it)")
+        vae = AutoencoderKL.from_pretrained(bundled / "vae", use_safetensors=True).eval().requires_grad_(False)
+        return vae, secs
     t0 = time.time()
     vae = train_vae(seed=seed)
     vae.save_pretrained(path, safe_serialization=True)
@@ -417,6 +462,9 @@ def train(
     t0 = time.time()
     pipe = train_denoiser(arch, vae, steps=steps, seed=seed, threads=threads)
     den_secs = time.time() - t0
+    # the weights first (the grid below is long, and `defaults` can redo it from the saved folder)
+    save(arch, pipe, {"steps": 10, "guidance": 1.0, "resolution": 64, **_mode(arch)},
+         {"seed": seed, "denoiser_seconds": round(den_secs, 1)}, out)
     defaults, rows = choose_defaults(arch, pipe)
     info = {
         "seed": seed,
@@ -434,7 +482,8 @@ def redo_defaults(path) -> dict:
     """Re-run the defaults grid for a saved model folder and rewrite its `pruning_defaults.json`."""
     h = load_pipeline(str(path))
     old = read_defaults(Path(path)) or {}
-    defaults, rows = choose_defaults("flux" if h.family == "flux" else "sd", h.pipe)
+    arch = h.family if h.family in DENOISER_STEPS else "sd"
+    defaults, rows = choose_defaults(arch, h.pipe)
     info = {**old.get("training", {}), "grid": rows}
     with open(Path(path) / "pruning_defaults.json", "w") as f:
         json.dump({**defaults, "training": info}, f, indent=1)
