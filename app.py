@@ -207,7 +207,11 @@ def _with_estimate(work, cost):
     """Run ``work(control)`` after reporting ``cost()`` (the estimate's text), so the estimate is on
     screen before the run starts (it times a few denoiser calls, under the run's model lock)."""
     def run(control):
-        control.report(0, 1, estimate=cost())
+        try:
+            text = cost()
+        except (PruningError, RuntimeError) as e:  # e.g. out of memory in a timed call: the run may still fit
+            text = f"**Estimate** unavailable: {' '.join(str(e).split())[:200]}"
+        control.report(0, 1, estimate=text)
         return work(control)
     return run
 

@@ -215,7 +215,8 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     Units of work, for chunked runs (:mod:`pruning.chunks`): the clean images, then each
     timestep. When ``control.chunk_full()`` ends a chunk, ``attrs["resume"]`` is a
     :class:`~pruning.runs.RunState` (x0, the gradient sums so far, the timesteps and losses)
-    from which ``state`` continues bit for bit.
+    from which ``state`` continues bit for bit. A resumed state is consumed: its sums go on
+    accumulating in place.
     """
     control = as_control(control)
     settings = settings or TaylorSettings()
@@ -226,7 +227,8 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     if state is not None:
         state.check("taylor", handle.model_ref, settings.to_dict())
         used, losses, x0 = list(state.data["timesteps"]), list(state.data["losses"]), state.tensors.get("x0")
-    grads = {n: (state.tensors[f"grad.{n}"].clone() if state is not None and f"grad.{n}" in state.tensors
+    # a resumed run adds to the state's own sums (no copy: they are the size of the model in fp32)
+    grads = {n: (state.tensors[f"grad.{n}"].to(p.device) if state is not None and f"grad.{n}" in state.tensors
                  else torch.zeros_like(p, dtype=torch.float32)) for n, p in params.items()}
 
     def table(scores: dict, partial: bool, resume: bool = False) -> pd.DataFrame:
