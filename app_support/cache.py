@@ -25,12 +25,13 @@ import os
 import threading
 from pathlib import Path
 
+from pruning import families
 from pruning.catalog import catalog
 from pruning.errors import ModelLoadError
 from pruning.loading import BUNDLED, Handle, check_device, check_dtype, handle_from_pipe, load_pipeline
 from pruning.sampling import count_inputs
 
-TINY_RANDOM = {"tiny-random-sd": "sd", "tiny-random-sdxl": "sdxl", "tiny-random-flux": "flux"}
+TINY_RANDOM = {f"tiny-random-{name}": name for name in families.names()}  # one per registered family
 _HUB_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@/")
 
 

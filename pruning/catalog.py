@@ -22,21 +22,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from diffusers.models.activations import GEGLU, GELU, ApproximateGELU
-from diffusers.models.attention import BasicTransformerBlock, FeedForward
+from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
-from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.models.transformers.transformer_flux import (
-    FluxAttention,
-    FluxSingleTransformerBlock,
-    FluxTransformerBlock,
-)
+from diffusers.models.transformers.transformer_flux import FluxAttention
 from torch import nn
 
-from .metrics import example_inputs, is_flux, meta_twin, module_macs
+from . import families
+from .metrics import example_inputs, meta_twin, module_macs
 
-FINE_KINDS = ("attn1", "attn2", "ff", "resnet", "attn", "ff_context")
-BLOCK_KINDS = ("transformer", "resnet", "double_block", "single_block")
 UNIT_KINDS = ("head", "neuron", "group")  # the kinds of prunable units, everywhere in the package
 
 
@@ -81,15 +74,24 @@ class Operator:
 
     @property
     def granularity(self) -> str:
-        fine, block = self.kind in FINE_KINDS, self.kind in BLOCK_KINDS
+        fine, block = self.kind in fine_kinds(), self.kind in block_kinds()
         return "both" if fine and block else ("fine" if fine else "block")
+
+
+def fine_kinds() -> tuple[str, ...]:
+    """Operator kinds of fine granularity (sub-block), over every registered family."""
+    return tuple(dict.fromkeys(k for f in families.all_families() for k in f.fine_kinds))
+
+
+def block_kinds() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for f in families.all_families() for k in f.block_kinds))
 
 
 @dataclass(frozen=True)
 class Discovery:
     operators: dict[str, Operator]
     structures: dict[str, Structure]
-    family_hint: str  # "unet" | "flux"
+    family_hint: str  # the registered family that owns the denoiser ("sd" for every UNet, "flux", "sd3")
 
 
 _DISCOVERY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -102,27 +104,11 @@ def discover(denoiser: nn.Module) -> Discovery:
         return _DISCOVERY[denoiser]
     ops: dict[str, Operator] = {}
     structs: dict[str, Structure] = {}
+    fams = families.all_families()  # block types are each family's knowledge
     for name, mod in denoiser.named_modules():
-        if isinstance(mod, Transformer2DModel):
-            ops[name] = Operator(name, "transformer")
-        elif isinstance(mod, BasicTransformerBlock):
-            for child in ("attn1", "attn2", "ff"):
-                if getattr(mod, child, None) is not None:
-                    ops[f"{name}.{child}"] = Operator(f"{name}.{child}", child)
-        elif isinstance(mod, ResnetBlock2D):
-            if not (mod.up or mod.down):
-                kept = ("conv_shortcut",) if mod.conv_shortcut is not None else ()
-                ops[name] = Operator(name, "resnet", kept)
-            structs[name] = _resnet_structure(name, mod)
-        elif isinstance(mod, FluxTransformerBlock):
-            ops[name] = Operator(name, "double_block")
-            for child in ("attn", "ff", "ff_context"):
-                ops[f"{name}.{child}"] = Operator(f"{name}.{child}", child)
-        elif isinstance(mod, FluxSingleTransformerBlock):
-            ops[name] = Operator(name, "single_block")
-            structs[f"{name}.attn"] = _single_heads(name, mod)
-            structs[f"{name}.proj_mlp"] = _single_mlp(name, mod)
-        elif isinstance(mod, (Attention, FluxAttention)) and not getattr(mod, "pre_only", False):
+        if any(f.discover_module(name, mod, ops, structs) for f in fams):
+            continue
+        if isinstance(mod, (Attention, FluxAttention)) and not getattr(mod, "pre_only", False):
             s = _attention_structure(name, mod)
             if s is not None:
                 structs[name] = s
@@ -130,12 +116,13 @@ def discover(denoiser: nn.Module) -> Discovery:
             s = _ffn_structure(name, mod)
             if s is not None:
                 structs[name] = s
-    found = Discovery(ops, structs, "flux" if is_flux(denoiser) else "unet")
+    owner = families.for_denoiser(denoiser)
+    found = Discovery(ops, structs, owner.name if owner is not None else "unknown")
     _DISCOVERY[denoiser] = found
     return found
 
 
-def _linear_cuts(prefix: str, linears: list[tuple[str, nn.Linear]], dim: int, offset: int = 0) -> list[Cut]:
+def linear_cuts(prefix: str, linears: list[tuple[str, nn.Linear]], dim: int, offset: int = 0) -> list[Cut]:
     cuts = []
     for name, lin in linears:
         cuts.append(Cut(f"{prefix}.{name}.weight", dim, offset))
@@ -151,28 +138,12 @@ def _attention_structure(name: str, attn: nn.Module) -> Structure | None:
     rows = [("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v)]
     cols = [("to_out.0", attn.to_out[0])]
     component = name.rsplit(".", 1)[-1]
-    if getattr(attn, "add_q_proj", None) is not None:  # FLUX joint attention: one head spans both streams
+    if getattr(attn, "add_q_proj", None) is not None:  # joint attention (FLUX, SD3): one head spans both streams
         rows += [("add_q_proj", attn.add_q_proj), ("add_k_proj", attn.add_k_proj), ("add_v_proj", attn.add_v_proj)]
-        cols += [("to_add_out", attn.to_add_out)]
-    cuts = _linear_cuts(name, rows, 0) + _linear_cuts(name, cols, 1)
+        if getattr(attn, "to_add_out", None) is not None:  # context_pre_only (SD3's last block): no text output
+            cols += [("to_add_out", attn.to_add_out)]
+    cuts = linear_cuts(name, rows, 0) + linear_cuts(name, cols, 1)
     return Structure(name, "head", component, heads, inner // heads, tuple(cuts), ((name, inner),))
-
-
-def _single_heads(name: str, block: FluxSingleTransformerBlock) -> Structure:
-    attn = block.attn
-    inner, heads = attn.to_q.out_features, attn.heads
-    rows = [("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v)]
-    cuts = _linear_cuts(f"{name}.attn", rows, 0) + [Cut(f"{name}.proj_out.weight", 1, 0)]
-    parts = ((f"{name}.attn", inner), (f"{name}.proj_out", block.proj_out.in_features))
-    return Structure(f"{name}.attn", "head", "single_attn", heads, inner // heads, tuple(cuts), parts)
-
-
-def _single_mlp(name: str, block: FluxSingleTransformerBlock) -> Structure:
-    mlp = block.proj_mlp.out_features
-    attn_width = block.proj_out.in_features - mlp
-    cuts = _linear_cuts(name, [("proj_mlp", block.proj_mlp)], 0) + [Cut(f"{name}.proj_out.weight", 1, attn_width)]
-    parts = ((f"{name}.proj_mlp", mlp), (f"{name}.proj_out", block.proj_out.in_features))
-    return Structure(f"{name}.proj_mlp", "neuron", "proj_mlp", mlp, 1, tuple(cuts), parts)
 
 
 def _ffn_structure(name: str, ff: FeedForward) -> Structure | None:
@@ -180,25 +151,11 @@ def _ffn_structure(name: str, ff: FeedForward) -> Structure | None:
     if not isinstance(act, (GELU, GEGLU, ApproximateGELU)) or not isinstance(out, nn.Linear):
         return None
     inner = out.in_features
-    cuts = _linear_cuts(name, [("net.0.proj", act.proj)], 0)
+    cuts = linear_cuts(name, [("net.0.proj", act.proj)], 0)
     if isinstance(act, GEGLU):  # proj holds [hidden | gate]: a neuron is one row of each half
-        cuts += _linear_cuts(name, [("net.0.proj", act.proj)], 0, offset=inner)
-    cuts += _linear_cuts(name, [("net.2", out)], 1)
+        cuts += linear_cuts(name, [("net.0.proj", act.proj)], 0, offset=inner)
+    cuts += linear_cuts(name, [("net.2", out)], 1)
     return Structure(name, "neuron", name.rsplit(".", 1)[-1], inner, 1, tuple(cuts), ((name, inner),))
-
-
-def _resnet_structure(name: str, res: ResnetBlock2D) -> Structure:
-    channels, groups = res.conv1.out_channels, res.norm2.num_groups
-    cuts = [Cut(f"{name}.conv1.weight", 0), Cut(f"{name}.norm2.weight", 0), Cut(f"{name}.norm2.bias", 0)]
-    cuts += [Cut(f"{name}.conv1.bias", 0)] if res.conv1.bias is not None else []
-    parts = [(f"{name}.conv1", channels), (f"{name}.conv2", channels)]
-    if res.time_emb_proj is not None:
-        halves = 2 if res.time_embedding_norm == "scale_shift" else 1
-        for h in range(halves):  # scale_shift: [scale | shift], a channel is one row of each
-            cuts += _linear_cuts(name, [("time_emb_proj", res.time_emb_proj)], 0, offset=h * channels)
-        parts.append((f"{name}.time_emb_proj", channels))
-    cuts.append(Cut(f"{name}.conv2.weight", 1))
-    return Structure(name, "group", "resnet", groups, channels // groups, tuple(cuts), tuple(parts))
 
 
 # --------------------------------------------------------------------------- positions
@@ -364,5 +321,5 @@ def kind_shares(denoiser: nn.Module, structures: pd.DataFrame | None = None) -> 
 __all__ = [
     "Cut", "Structure", "Operator", "Discovery", "discover", "catalog", "kind_shares", "position",
     "unit_params", "unit_macs", "unit_view", "unit_totals", "operator_params", "operator_macs", "UNIT_KINDS",
-    "inside",
+    "inside", "linear_cuts", "fine_kinds", "block_kinds",
 ]

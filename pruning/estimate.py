@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import methods
+from . import families, methods
 from .catalog import catalog
 from .compare import CALIB_PROMPTS, EVAL_PROMPTS, CompareSettings, check_sparsities, method_settings
 from .metrics import SavedTensorMeter, example_inputs
@@ -157,7 +157,7 @@ class Estimate:
 
 def _generation_calls(handle, s, prompts: int) -> tuple[int, int]:
     """(denoiser calls, samples per call) of generating ``prompts`` images at spec ``s``."""
-    cfg = s.guidance_mode == "cfg" and s.guidance > 1 and handle.family != "flux"
+    cfg = s.guidance_mode == "cfg" and s.guidance > 1 and families.of(handle).cfg_doubles_batch
     calls = s.steps * (2 if s.guidance_mode == "true_cfg" and s.guidance > 1 else 1)
     return calls, prompts * (2 if cfg else 1)
 
@@ -279,7 +279,7 @@ def estimate_export(handle, *, reconstruct: bool = False, recover_iters: int = 0
         seconds, peak = seconds + r.seconds, max(peak, r.peak_bytes)
         calls["reconstruction calls"] = r.calls["denoiser calls"]
     if recover_iters:
-        b = recover_batch * (2 if spec(handle).guidance_mode == "cfg" and handle.family != "flux" else 1)
+        b = recover_batch * (2 if spec(handle).guidance_mode == "cfg" and families.of(handle).cfg_doubles_batch else 1)
         seconds += recover_iters * (cost.call(b) + cost.grad_call(b, weights=True))
         peak = max(peak, 2 * cost.weights_bytes + cost.saved_bytes(b) + 3 * cost.weights_bytes)  # + AdamW moments
         calls["recovery iterations"] = recover_iters

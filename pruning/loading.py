@@ -10,7 +10,7 @@ stable ``model_ref`` string (content hash or commit) that plans and caches key o
 >>> load_pipeline("no-such-model")
 Traceback (most recent call last):
 ...
-pruning.errors.ModelLoadError: 'no-such-model' is not a bundled model (tiny-shapes-flux, tiny-shapes-sd), an existing folder or a Hub id ('org/name' or 'org/name@revision')
+pruning.errors.ModelLoadError: 'no-such-model' is not a bundled model (tiny-shapes-flux, tiny-shapes-sd, tiny-shapes-sd3), an existing folder or a Hub id ('org/name' or 'org/name@revision')
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import diffusers.utils.logging as dlog
 import huggingface_hub.constants as hc
 import torch
 import transformers.utils.logging as tlog
-from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline
 from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -37,24 +37,17 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from . import validate
+from . import families, validate
 from .bundled import BUNDLED, TRAIN_ARCH
 from .errors import ModelLoadError, SettingsError
 from .files import sha256_file
 from .memory import execution_device
 from .sampling import spec
 
-# model_index.json `_class_name` -> family. Text-to-image pipelines only.
-SUPPORTED_CLASSES = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "FluxPipeline": "flux",
-}
-FAMILY_DEFAULTS = {
-    "sd": {"steps": 50, "guidance": 7.5, "resolution": 512},
-    "sdxl": {"steps": 30, "guidance": 5.0, "resolution": 1024},
-    "flux": {"steps": 28, "guidance": 3.5, "resolution": 1024},
-}
+# model_index.json `_class_name` -> family, and each family's defaults: from the registry.
+# Text-to-image pipelines only.
+SUPPORTED_CLASSES = {f.pipeline_class.__name__: f.name for f in families.all_families()}
+FAMILY_DEFAULTS = {f.name: dict(f.defaults) for f in families.all_families()}
 SMALL_DENOISER_PARAMS = 50_000_000  # below this, a test/toy model: default to 4 steps
 HUB_TIMEOUT_S = 8.0  # metadata call; an unreachable Hub must fail well within 10 s
 DEFAULTS_FILE = "pruning_defaults.json"
@@ -68,7 +61,7 @@ class Handle:
     """A loaded pipeline and what the rest of the library needs to know about it."""
 
     pipe: Any
-    family: str  # "sd" | "sdxl" | "flux"
+    family: str  # a registered family: "sd" | "sdxl" | "flux" | "sd3"
     denoiser: torch.nn.Module  # pipe.unet or pipe.transformer
     model_ref: str  # stable: "bundled:<name>@<hash>", "local:<path>@<hash>", "hub:<id>@<sha>"
     source: str
@@ -78,8 +71,8 @@ class Handle:
 
     @property
     def denoiser_name(self) -> str:
-        """``"transformer"`` for FLUX, ``"unet"`` otherwise: the pipeline component name."""
-        return "transformer" if self.family == "flux" else "unet"
+        """The pipeline component name: ``"unet"`` (SD, SDXL) or ``"transformer"`` (FLUX, SD3)."""
+        return families.get(self.family).denoiser_name
 
 
 def family_of(pipe, source: str | None = None) -> str:
@@ -91,12 +84,11 @@ def family_of(pipe, source: str | None = None) -> str:
     >>> family_of(object(), source="x")
     Traceback (most recent call last):
     ...
-    pruning.errors.ModelLoadError: unsupported pipeline class 'object' (from 'x'); supported: FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    pruning.errors.ModelLoadError: unsupported pipeline class 'object' (from 'x'); supported: FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     """
-    for cls, family in ((StableDiffusionXLPipeline, "sdxl"), (StableDiffusionPipeline, "sd"),
-                        (FluxPipeline, "flux")):
-        if isinstance(pipe, cls):
-            return family
+    family = families.for_pipe(pipe)
+    if family is not None:
+        return family.name
     raise _unsupported(type(pipe).__name__, source if source is not None else repr(pipe)[:80])
 
 
@@ -188,18 +180,7 @@ def check_defaults(d, where: str) -> dict:
 
 def _default_settings(pipe, family: str, denoiser: torch.nn.Module) -> dict:
     """Family defaults, with the resolution the model was configured for."""
-    defaults = dict(FAMILY_DEFAULTS[family])
-    vae_factor = getattr(pipe, "vae_scale_factor", 8)
-    if family == "flux":  # the transformer has no sample size; the VAE's is in pixels
-        res, factor = getattr(pipe.vae.config, "sample_size", None), 1
-        tok = getattr(pipe, "tokenizer_2", None)
-        defaults["max_sequence_length"] = min(512, int(getattr(tok, "model_max_length", 512)))
-    else:  # the UNet's sample size is in latent pixels
-        res, factor = denoiser.config.sample_size, vae_factor
-    if isinstance(res, (list, tuple)):
-        res = res[0]
-    if res:
-        defaults["resolution"] = int(res) * factor
+    defaults = families.get(family).default_settings(pipe, denoiser)
     if sum(p.numel() for p in denoiser.parameters()) < SMALL_DENOISER_PARAMS:
         defaults["steps"] = 4
     return defaults
@@ -217,7 +198,7 @@ def handle_from_pipe(pipe, *, model_ref: str, source: str | None = None,
     (True, 'tiny:sd')
     """
     family = family_of(pipe, source or model_ref)
-    denoiser = pipe.transformer if family == "flux" else pipe.unet
+    denoiser = getattr(pipe, families.get(family).denoiser_name)
     param = next(denoiser.parameters())
     where = f"generation defaults of {source or model_ref!r}"
     settings = {**_default_settings(pipe, family, denoiser), **check_defaults(defaults or {}, where)}
@@ -309,8 +290,7 @@ def quiet_library_logs():
 
 def pipeline_from_pretrained(name_or_path: str, class_name: str, source: str, dtype, **kwargs):
     """``DiffusionPipeline.from_pretrained`` with safetensors only and no remote code."""
-    if SUPPORTED_CLASSES[class_name] == "sd":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    kwargs.update(families.get(SUPPORTED_CLASSES[class_name]).pipeline_kwargs)
     try:
         with quiet_library_logs():
             return DiffusionPipeline.from_pretrained(

@@ -4,7 +4,7 @@ export folder. Nothing in a manifest is trusted before :func:`read_manifest` has
 Schema (``format: "pruning-export/1"``)::
 
     plan           a PruningPlan as JSON
-    denoiser       {"name": "unet" | "transformer", "class": "UNet2DConditionModel" | "FluxTransformer2DModel"}
+    denoiser       {"name": "unet" | "transformer", "class": the family's denoiser class (UNet2DConditionModel, ...)}
     full_pipeline  bool
     params         int, the slim denoiser's parameter count
     files          {relative path: sha256 hex} for every .safetensors file in the folder
@@ -24,8 +24,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-
+from . import families
 from .errors import ExportError, PlanError, SettingsError
 from .files import sha256_file
 from .plan import PruningPlan
@@ -34,14 +33,15 @@ from .validate import inside, read_json
 MANIFEST = "pruning_plan.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 FORMAT = "pruning-export/1"
-DENOISERS = {"unet": "UNet2DConditionModel", "transformer": "FluxTransformer2DModel"}  # component -> class
+# family -> (pipeline component, denoiser class name), from the registry
+DENOISERS = {f.name: (f.denoiser_name, f.denoiser_class.__name__) for f in families.all_families()}
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = ("format", "plan", "denoiser", "full_pipeline", "params", "files")
 
 
 def denoiser_classes() -> dict[str, type]:
     """The only classes an export may name (never an arbitrary import path)."""
-    return {"UNet2DConditionModel": UNet2DConditionModel, "FluxTransformer2DModel": FluxTransformer2DModel}
+    return {f.denoiser_class.__name__: f.denoiser_class for f in families.all_families()}
 
 
 def is_export(folder: str | Path) -> bool:
@@ -81,10 +81,11 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
     den = m["denoiser"]
     if not isinstance(den, Mapping) or set(den) != {"name", "class"}:
         raise ExportError(f"{where}: 'denoiser' must be {{'name': ..., 'class': ...}}, got {den!r}")
-    if DENOISERS.get(den["name"]) != den["class"]:
+    supported = set(DENOISERS.values())
+    if (den["name"], den["class"]) not in supported:
         raise ExportError(f"{where}: unsupported denoiser {den['name']!r} of class {den['class']!r} "
-                          f"(supported: {DENOISERS})")
-    if (den["name"] == "transformer") != (plan.family == "flux"):
+                          f"(supported: {sorted(supported)})")
+    if DENOISERS[plan.family] != (den["name"], den["class"]):
         raise ExportError(f"{where}: denoiser {den['name']!r} does not fit a {plan.family!r} plan")
     if not isinstance(m["full_pipeline"], bool):
         raise ExportError(f"{where}: 'full_pipeline' must be true or false, got {m['full_pipeline']!r}")

@@ -24,10 +24,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import families
 from .memory import execution_device, plain_copy
-
-DEFAULT_FLUX_SAMPLE = 128  # latent pixels (1024 px / 8), packed 2x2 into 64x64 = 4096 tokens
-DEFAULT_TEXT_LEN = {"unet": 77, "flux": 512}
 
 
 def count_params(module: nn.Module) -> int:
@@ -37,11 +35,6 @@ def count_params(module: nn.Module) -> int:
     8
     """
     return sum(p.numel() for p in module.parameters())
-
-
-def is_flux(denoiser: nn.Module) -> bool:
-    """True for a FLUX-style transformer (``transformer_blocks`` + ``single_transformer_blocks``)."""
-    return hasattr(denoiser, "single_transformer_blocks")
 
 
 def example_inputs(
@@ -54,7 +47,7 @@ def example_inputs(
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
 ) -> dict:
-    """Keyword arguments for one forward of ``denoiser`` (UNet2DConditionModel or FLUX).
+    """Keyword arguments for one forward of ``denoiser`` (its family builds them).
 
     ``sample_size`` is the latent height = width (before FLUX's 2x2 packing). On the meta
     device the tensors are empty; elsewhere they are seeded random values. ``dtype`` defaults
@@ -65,7 +58,6 @@ def example_inputs(
     >>> tuple(kw["sample"].shape)[:2]
     (2, 4)
     """
-    cfg = denoiser.config
     device = torch.device(device) if device is not None else _device_of(denoiser)
     dtype = dtype or _dtype_of(denoiser)
 
@@ -74,42 +66,11 @@ def example_inputs(
             return torch.empty(*shape, device=device, dtype=dtype)
         return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
 
-    if is_flux(denoiser):
-        side = (sample_size or DEFAULT_FLUX_SAMPLE) // 2  # tokens per side after 2x2 packing
-        tokens, text = side * side, text_len or DEFAULT_TEXT_LEN["flux"]
-        ids = torch.zeros(tokens, 3)
-        ids[:, 1] = torch.arange(side).repeat_interleave(side)  # (tokens,) row index
-        ids[:, 2] = torch.arange(side).repeat(side)  # (tokens,) column index
-        kw = dict(
-            hidden_states=rand(batch, tokens, cfg.in_channels),  # (B, tokens, C*4)
-            encoder_hidden_states=rand(batch, text, cfg.joint_attention_dim),
-            pooled_projections=rand(batch, cfg.pooled_projection_dim),
-            timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
-            img_ids=ids.to(device=device, dtype=dtype),
-            txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
-            return_dict=False,
-        )
-        if cfg.guidance_embeds:
-            kw["guidance"] = torch.full((batch,), 3.5, device=device, dtype=dtype)
-        return kw
-
-    side = sample_size or cfg.sample_size
-    side = side[0] if isinstance(side, (tuple, list)) else side
-    text = text_len or DEFAULT_TEXT_LEN["unet"]
-    kw = dict(
-        sample=rand(batch, cfg.in_channels, side, side),  # (B, C, H, W)
-        timestep=torch.full((batch,), 500.0, device=device, dtype=dtype),
-        encoder_hidden_states=rand(batch, text, cfg.cross_attention_dim),
-        return_dict=False,
-    )
-    if cfg.addition_embed_type == "text_time":
-        n_time = 6
-        text_dim = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
-        kw["added_cond_kwargs"] = dict(
-            text_embeds=rand(batch, text_dim),
-            time_ids=torch.tensor([[side * 8, side * 8, 0, 0, side * 8, side * 8]] * batch, dtype=dtype).to(device),
-        )
-    return kw
+    family = families.for_denoiser(denoiser)
+    if family is None:
+        raise TypeError(f"no registered model family owns a {type(denoiser).__name__}")
+    return family.example_inputs(denoiser, batch=batch, sample_size=sample_size, text_len=text_len, rand=rand,
+                                 device=device, dtype=dtype)
 
 
 def _device_of(module: nn.Module) -> torch.device:

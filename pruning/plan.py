@@ -22,12 +22,13 @@ from typing import Any
 
 from torch import nn
 
+from . import families
 from .catalog import UNIT_KINDS, catalog, discover, inside
 from .errors import PlanError, SettingsError
 from .validate import integer, parse_json, read_json
 
 SCHEMA_VERSION = 1
-FAMILIES = ("sd", "sdxl", "flux")
+FAMILIES = families.names()
 KEPT_FIELDS = {"head": "kept_heads", "neuron": "kept_neurons", "group": "kept_groups"}  # unit kind -> field
 assert tuple(KEPT_FIELDS) == UNIT_KINDS
 
@@ -184,8 +185,9 @@ class PruningPlan:
         if family is not None and family != self.family:
             raise PlanError(f"plan is for family {self.family!r} (base {self.base}), model is {family!r}")
         found = discover(denoiser)
-        if (found.family_hint == "flux") != (self.family == "flux"):
-            kind = "a FLUX transformer" if found.family_hint == "flux" else "a UNet"
+        if not families.get(self.family).owns(denoiser):
+            owner = families.for_denoiser(denoiser)
+            kind = owner.denoiser_label if owner is not None else f"a {type(denoiser).__name__}"
             raise PlanError(f"plan is for family {self.family!r} but the denoiser is {kind}")
         for fqn in self.removed_operators:
             if fqn not in found.operators:

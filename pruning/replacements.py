@@ -102,7 +102,7 @@ class IdentityTransformer(StandIn):
 
 
 class IdentityFluxBlock(StandIn):
-    """A removed FLUX double or single block: both streams pass through unchanged."""
+    """A removed FLUX double or single block, or an SD3 joint block: both streams pass through unchanged."""
 
     def compute(self, hidden_states, encoder_hidden_states, *args, **kwargs):
         return encoder_hidden_states, hidden_states
@@ -117,20 +117,18 @@ class EmptyAttention(nn.Module):
 
 def output_widths(module: nn.Module, kind: str) -> list[int]:
     """Feature widths of the tensors operator ``module`` returns (what a compensation biases)."""
+    from . import families
+
+    for f in families.all_families():  # block kinds (and special cases) are the families' knowledge
+        widths = f.output_widths(module, kind)
+        if widths is not None:
+            return widths
     if kind in ("attn1", "attn2"):
         return [module.to_out[0].out_features]
     if kind in ("ff", "ff_context"):
         return [module.net[2].out_features]
     if kind == "attn":
         return [module.to_out[0].out_features, module.to_add_out.out_features]
-    if kind == "resnet":
-        return [module.conv2.out_channels]
-    if kind == "transformer":
-        return [module.out_channels]
-    if kind == "double_block":  # returns (encoder_hidden_states, hidden_states)
-        return [module.ff_context.net[2].out_features, module.ff.net[2].out_features]
-    if kind == "single_block":
-        return [module.proj_out.out_features] * 2
     raise ValueError(f"unknown operator kind {kind!r}")
 
 
@@ -145,14 +143,14 @@ def replacement_for(module: nn.Module, kind: str, compensated: bool = False) -> 
 
 
 def _standin(module: nn.Module, kind: str) -> StandIn:
+    from . import families
+
     if kind in ("attn1", "attn2", "ff", "ff_context"):
         return ZeroBranch()
     if kind == "attn":
         return JointZeroBranch()
-    if kind == "resnet":
-        return ResnetShortcut(module.conv_shortcut, module.output_scale_factor)
-    if kind == "transformer":
-        return IdentityTransformer()
-    if kind in ("double_block", "single_block"):
-        return IdentityFluxBlock()
+    for f in families.all_families():  # block kinds: each family's stand-ins
+        standin = f.standin(module, kind)
+        if standin is not None:
+            return standin
     raise ValueError(f"unknown operator kind {kind!r}")

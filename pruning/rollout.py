@@ -8,7 +8,8 @@ doubled batch (SD/SDXL) or the negative pass (FLUX true CFG) exactly as the pipe
 That is what EcoDiff's reverse replay needs, and the final latent matches ``generate_latents``.
 
 Only single-step schedulers are allowed (DDIM, Euler, FlowMatchEuler); a multistep or
-ancestral scheduler is swapped for DDIM (UNets) or FlowMatchEuler (FLUX) from its config.
+ancestral scheduler is swapped for DDIM (UNets) or FlowMatchEuler (FLUX, SD3) from its config.
+Each family builds its conditioning and calls its denoiser (``pruning.families``).
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
@@ -25,15 +26,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
+from . import families
 from .errors import RunStopped
 from .sampling import call_pipe, pair_samples, pipeline_kwargs, spec
 
-FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
 PURE_SCHEDULERS = (DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
 
 
@@ -59,10 +58,7 @@ class Trajectory:
 
     def unpack(self, z: torch.Tensor) -> torch.Tensor:
         """Latents as (B, C, H, W) (FLUX's packed tokens are unpacked)."""
-        if self.family != "flux":
-            return z
-
-        return FluxPipeline._unpack_latents(z, self.height, self.height, self.vae_scale_factor)
+        return families.get(self.family).unpack(z, self.height, self.vae_scale_factor)
 
 
 def _pure_scheduler(handle, pipe):
@@ -70,7 +66,7 @@ def _pure_scheduler(handle, pipe):
     sched = pipe.scheduler
     if isinstance(sched, PURE_SCHEDULERS) and not getattr(sched.config, "stochastic_sampling", False):
         return None
-    cls = FlowMatchEulerDiscreteScheduler if handle.family == "flux" else DDIMScheduler
+    cls = families.of(handle).single_step_scheduler()
     pipe.scheduler = cls.from_config(sched.config)
     return f"{type(sched).__name__} replaced by {cls.__name__}"
 
@@ -88,77 +84,13 @@ def prepare(handle, prompts: str | Sequence[str], seeds: int | Sequence[int], *,
     gens = [torch.Generator(device if device.type != "mps" else "cpu").manual_seed(s) for s in seeds]
     extra = pipeline_kwargs(s, len(prompts))
     meta = {"scheduler": type(scheduler).__name__, **({"note": note} if note else {})}
-    if handle.family == "flux":
-        return _prepare_flux(handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta)
-    return _prepare_unet(handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta)
-
-
-def _prepare_unet(handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta) -> Trajectory:
-    device, unet = handle.device, handle.denoiser
-    cfg = guidance > 1 and unet.config.time_cond_proj_dim is None
-    negative = extra.get("negative_prompt")
-    cond: dict = {}
-    if handle.family == "sdxl":
-        pe, npe, pooled, npooled = pipe.encode_prompt(
-            prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-            negative_prompt=negative)
-        proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else pooled.shape[-1]
-        time_ids = pipe._get_add_time_ids((res, res), (0, 0), (res, res), dtype=pe.dtype,
-                                          text_encoder_projection_dim=proj)
-        if cfg:
-            pe, pooled, time_ids = torch.cat([npe, pe]), torch.cat([npooled, pooled]), torch.cat([time_ids, time_ids])
-        cond["added_cond_kwargs"] = {"text_embeds": pooled.to(device),
-                                     "time_ids": time_ids.to(device).repeat(len(prompts), 1)}
-    else:
-        pe, npe = pipe.encode_prompt(prompts, device, 1, cfg, negative)
-        if cfg:
-            pe = torch.cat([npe, pe])  # (2B, L, D): [uncond | cond], as the pipeline does
-    cond["encoder_hidden_states"] = pe.to(device)
-    scheduler.set_timesteps(steps, device=device)  # before the latents: init_noise_sigma depends on it
-    z = pipe.prepare_latents(len(prompts), unet.config.in_channels, res, res, pe.dtype, device, gens, None)
-    return Trajectory(handle.family, scheduler, scheduler.timesteps, z, cond, guidance, "cfg" if cfg else "none",
-                      height=res, vae_scale_factor=pipe.vae_scale_factor, meta=meta)
-
-
-def _prepare_flux(handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta) -> Trajectory:
-    device, den = handle.device, handle.denoiser
-    msl = extra.get("max_sequence_length", 512)
-    mode = "true_cfg" if "true_cfg_scale" in extra and guidance > 1 else "embedded"
-    pe, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
-                                              num_images_per_prompt=1, max_sequence_length=msl)
-    z, img_ids = pipe.prepare_latents(len(prompts), den.config.in_channels // 4, res, res, pe.dtype, device, gens, None)
-    sigmas = np.linspace(1.0, 1 / steps, steps)
-    c = scheduler.config
-    mu = calculate_shift(z.shape[1], c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                         c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-    timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-    embedded = guidance if mode == "embedded" else FLUX_DEFAULT_GUIDANCE  # true CFG: the pipeline's default
-    g = torch.full([1], embedded, device=device, dtype=torch.float32).expand(z.shape[0]) \
-        if den.config.guidance_embeds else None
-    cond = dict(guidance=g, pooled_projections=pooled, encoder_hidden_states=pe, txt_ids=text_ids, img_ids=img_ids)
-    neg = None
-    if mode == "true_cfg":
-        npe, npooled, ntext = pipe.encode_prompt(prompt=extra["negative_prompt"], prompt_2=None, device=device,
-                                                 num_images_per_prompt=1, max_sequence_length=msl)
-        neg = {**cond, "pooled_projections": npooled, "encoder_hidden_states": npe, "txt_ids": ntext}
-    return Trajectory("flux", scheduler, timesteps, z, cond, guidance, mode, neg, height=res,
-                      vae_scale_factor=pipe.vae_scale_factor, meta=meta)
+    return families.of(handle).prepare(handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta)
 
 
 def raw_outputs(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -> list[torch.Tensor]:
     """The denoiser's raw outputs at step i, exactly as the pipeline calls it: one output for
     the (CFG-doubled) batch, or [conditional, negative] for FLUX true CFG."""
-    t, sched = traj.timesteps[i], traj.scheduler
-    if traj.family == "flux":
-        timestep = t.expand(z.shape[0]).to(z.dtype) / 1000
-        outs = [denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.cond)[0]]
-        if traj.mode == "true_cfg":
-            outs.append(denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.neg_cond)[0])
-        return outs
-    x = torch.cat([z, z]) if traj.mode == "cfg" else z  # (2B, C, H, W) for CFG
-    sched._step_index = i
-    x = sched.scale_model_input(x, t)
-    return [denoiser(x, t, return_dict=False, **traj.cond)[0]]
+    return families.get(traj.family).raw_outputs(denoiser, traj, i, z)
 
 
 def step(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -> torch.Tensor:

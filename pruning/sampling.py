@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import validate
+from . import families, validate
 from .errors import RunStopped, SettingsError
 from .memory import execution_device, offloaded_like, plain_copy, release
 
@@ -68,7 +68,7 @@ class GenerationSpec:
     resolution: int
     guidance_mode: str  # "cfg" (SD/SDXL), "embedded" (FLUX.1-dev style) or "true_cfg" (FLUX + negative)
     negative_prompt: str | None
-    max_sequence_length: int | None  # FLUX T5 tokens
+    max_sequence_length: int | None  # T5 tokens (FLUX, SD3)
     vae_scale_factor: int
 
     def count_inputs(self) -> dict:
@@ -77,9 +77,9 @@ class GenerationSpec:
 
 
 def resolution_multiple(handle) -> int:
-    """Image sides must be a multiple of this: the VAE factor, x2 for FLUX's 2x2 latent patches."""
+    """Image sides must be a multiple of this: the VAE factor, x2 for FLUX's and SD3's 2x2 latent patches."""
     vae = int(getattr(handle.pipe, "vae_scale_factor", 8))
-    return vae * (2 if handle.family == "flux" else 1)
+    return vae * families.of(handle).patch_multiple
 
 
 def spec(handle, *, steps=None, guidance=None, resolution=None) -> GenerationSpec:
@@ -97,8 +97,9 @@ def spec(handle, *, steps=None, guidance=None, resolution=None) -> GenerationSpe
     """
     d = handle.defaults
     native = int(d["resolution"])
-    mode = d.get("guidance_mode", "embedded" if handle.family == "flux" else "cfg")
-    msl = int(d["max_sequence_length"]) if handle.family == "flux" and "max_sequence_length" in d else None
+    family = families.of(handle)
+    mode = d.get("guidance_mode", family.default_guidance_mode)
+    msl = int(d["max_sequence_length"]) if family.uses_max_sequence_length() and "max_sequence_length" in d else None
     return GenerationSpec(
         steps=validate.steps(d["steps"] if steps is None else steps),
         guidance=validate.guidance(d["guidance"] if guidance is None else guidance),
@@ -214,10 +215,8 @@ def generate_latents(handle, prompts: str | Sequence[str], seeds: int | Sequence
         release(handle.pipe)
     if getattr(pipe, "_interrupt", False):
         raise GenerationStopped("generation stopped")
-    latents = out.images
-    if handle.family == "flux":  # (B, N, 4C) -> (B, C, H, W)
-        latents = pipe._unpack_latents(latents, s.resolution, s.resolution, pipe.vae_scale_factor)
-    return latents
+    # FLUX: (B, N, 4C) -> (B, C, H, W)
+    return families.of(handle).unpack(out.images, s.resolution, pipe.vae_scale_factor)
 
 
 @torch.no_grad()

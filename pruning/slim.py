@@ -30,14 +30,13 @@ from collections.abc import Callable
 import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
-from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.transformers.transformer_flux import FluxAttention, FluxSingleTransformerBlock
+from diffusers.models.transformers.transformer_flux import FluxAttention
 from torch import nn
 
 from .catalog import Structure, discover
 from .memory import plain_copy
 from .plan import PruningPlan
-from .replacements import EmptyAttention, replacement_for
+from .replacements import replacement_for
 
 CUTTERS: dict[type, Callable[[nn.Module, dict[str, Structure]], None]] = {}
 
@@ -54,7 +53,7 @@ def register_cutter(*types: type):
 def slim(denoiser: nn.Module, plan: PruningPlan) -> nn.Module:
     """A physically slimmed copy of ``denoiser`` following ``plan`` (validated and normalized)."""
     plan = plan.normalized(denoiser)
-    found = discover(denoiser)
+    found = discover(denoiser)  # loads every family module, and with them their cutters
     new = plain_copy(denoiser)  # without accelerate's offload hooks (and what they point at)
     _slice_parameters(new, keep_masks(new, found.structures, plan))
     owned: dict[str, dict[str, Structure]] = defaultdict(dict)
@@ -125,10 +124,10 @@ def _sync_leaves(model: nn.Module, owners) -> None:
 
 @register_cutter(Attention, FluxAttention)
 def _cut_attention(attn: nn.Module, s: dict[str, Structure]) -> None:
-    _set_heads(attn, s["head"].unit_size)
+    set_heads(attn, s["head"].unit_size)
 
 
-def _set_heads(attn: nn.Module, head_dim: int) -> None:
+def set_heads(attn: nn.Module, head_dim: int) -> None:
     inner = attn.to_q.weight.shape[0]
     attn.heads = inner // head_dim
     attn.inner_dim = inner
@@ -139,20 +138,3 @@ def _set_heads(attn: nn.Module, head_dim: int) -> None:
 @register_cutter(FeedForward)
 def _cut_ffn(ff: FeedForward, s: dict[str, Structure]) -> None:
     pass  # a FeedForward keeps all its sizes in its Linear layers, which _sync_leaves updates
-
-
-@register_cutter(FluxSingleTransformerBlock)
-def _cut_single(block: FluxSingleTransformerBlock, s: dict[str, Structure]) -> None:
-    attn_width = block.attn.to_q.weight.shape[0]
-    if "head" in s:
-        _set_heads(block.attn, s["head"].unit_size)
-        if attn_width == 0:  # every head pruned: the MLP half of proj_out is all that is left
-            block.attn = EmptyAttention()
-    block.mlp_hidden_dim = block.proj_mlp.weight.shape[0]
-    if hasattr(block.proj_out, "_tp_packed_row_blocks"):
-        block.proj_out._tp_packed_row_blocks = [attn_width, block.mlp_hidden_dim]
-
-
-@register_cutter(ResnetBlock2D)
-def _cut_resnet(res: ResnetBlock2D, s: dict[str, Structure]) -> None:
-    res.norm2.num_groups = res.norm2.num_channels // s["group"].unit_size

@@ -1,4 +1,4 @@
-"""Tiny, random, in-memory SD / SDXL / FLUX pipelines for tests (no network, no files).
+"""Tiny, random, in-memory SD / SDXL / FLUX / SD3 pipelines for tests (no network, no files).
 
 Configs follow diffusers' ``get_dummy_components`` but keep every structure the pruning code
 acts on: several heads per attention, GEGLU FFNs, GroupNorm with several groups, resnets with
@@ -20,10 +20,8 @@ from diffusers import (
     DDIMScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
     FluxTransformer2DModel,
     StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import (
@@ -36,7 +34,9 @@ from transformers import (
     T5Tokenizer,
 )
 
-FAMILIES = ("sd", "sdxl", "flux")
+from . import families
+
+FAMILIES = families.names()  # every registered family has a tiny pipeline
 TINY_RESOLUTION = 32  # pixels; latents are 8x8 with the factor-4 VAEs below
 TINY_MAX_SEQUENCE_LENGTH = 32  # T5 tokens for the tiny FLUX (the pipeline default is 512)
 
@@ -158,9 +158,6 @@ def _flux_components() -> dict:
     }
 
 
-_BUILDERS = {"sd": _sd_components, "sdxl": _sdxl_components, "flux": _flux_components}
-
-
 def tiny_components(family: str, seed: int = 0) -> dict:
     """The components of a tiny pipeline, with weights drawn from ``seed``.
 
@@ -170,12 +167,12 @@ def tiny_components(family: str, seed: int = 0) -> dict:
     >>> torch.equal(c["vae"].encoder.conv_in.weight, tiny_components("flux")["vae"].encoder.conv_in.weight)
     True
     """
-    if family not in _BUILDERS:
+    if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        return _BUILDERS[family]()
+        return families.get(family).tiny_components()
     finally:
         torch.random.set_rng_state(state)
 
@@ -186,11 +183,9 @@ def tiny_pipeline(family: str, seed: int = 0):
     >>> tiny_pipeline("sdxl").unet.config.addition_embed_type
     'text_time'
     """
-    cls = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline, "flux": FluxPipeline}
     components = tiny_components(family, seed)
-    if family == "sd":
-        components["requires_safety_checker"] = False
-    pipe = cls[family](**components)
+    fam = families.get(family)
+    pipe = fam.pipeline_class(**components, **fam.tiny_extra())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

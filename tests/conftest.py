@@ -48,6 +48,11 @@ def tiny_flux():
     return _tiny("flux")
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3():
+    return _tiny("sd3")
+
+
 @pytest.fixture(scope="session", params=FAMILIES)
 def tiny_handle(request):
     return request.getfixturevalue(f"tiny_{request.param}")

@@ -39,7 +39,7 @@ def _grads(handle, traj, target, checkpointing):
     return loss, torch.cat([g.log_alpha.grad for g in gates.gates])
 
 
-@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("family", ["sd", "flux", "sd3"])
 @pytest.mark.parametrize("steps", [2, 5])
 def test_checkpointed_gradients_equal_naive(request, family, steps):
     handle = request.getfixturevalue(f"tiny_{family}")

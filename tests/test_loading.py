@@ -27,7 +27,7 @@ def test_handle_fields(tiny_handle):
     h = tiny_handle
     assert isinstance(h, Handle)
     assert h.denoiser is getattr(h.pipe, h.denoiser_name)
-    assert h.denoiser_name == ("transformer" if h.family == "flux" else "unet")
+    assert h.denoiser_name == ("transformer" if h.family in ("flux", "sd3") else "unet")
     assert h.model_ref == f"tiny:{h.family}" and h.source == h.model_ref
     assert h.device == torch.device("cpu") and h.dtype == torch.float32
     assert h.defaults["steps"] == 4 and h.defaults["resolution"] == 32

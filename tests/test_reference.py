@@ -3,7 +3,8 @@ from diffusers.models.attention import BasicTransformerBlock
 
 from pruning.reference import PIPELINES, REFERENCE_CONFIGS, meta_denoiser
 
-EXPECTED_M = {"sd15": 859.5, "sd21": 865.9, "sdxl": 2567.5, "flux-dev": 11901.4, "flux-schnell": 11891.2}
+EXPECTED_M = {"sd15": 859.5, "sd21": 865.9, "sdxl": 2567.5, "flux-dev": 11901.4, "flux-schnell": 11891.2,
+              "sd3-medium": 2028.3, "sd35-medium": 2243.2, "sd35-large": 8056.6}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_CONFIGS))
@@ -33,7 +34,7 @@ def test_flux_blocks():
 
 def test_pipeline_facts():
     assert set(PIPELINES) == set(REFERENCE_CONFIGS)
-    assert {p["family"] for p in PIPELINES.values()} == {"sd", "sdxl", "flux"}
+    assert {p["family"] for p in PIPELINES.values()} == {"sd", "sdxl", "flux", "sd3"}
     assert PIPELINES["sd15"]["resolution"] == 512 and PIPELINES["sdxl"]["resolution"] == 1024
     with pytest.raises(KeyError, match="sd3"):
         meta_denoiser("sd3")

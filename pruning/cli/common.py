@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import PlanError
 from ..export import check_base, read_plan
 from ..files import check_writable_file
-from ..loading import DTYPES, check_device, load_pipeline
+from ..loading import BUNDLED, DTYPES, check_device, load_pipeline
 from ..memory import OFFLOAD_MODES, enable_memory_savers
 from ..methods.base import settings_fields
 
@@ -67,7 +67,7 @@ def work_done() -> None:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model`` (bundled name, folder or Hub id), ``--device``, ``--dtype``, ``--offload``, ``--vae-tiling``."""
     p.add_argument("--model", required=True, metavar="SRC",
-                   help="bundled name (tiny-shapes-sd, tiny-shapes-flux), a diffusers folder or a Hub id org/name[@rev]")
+                   help=f"bundled name ({', '.join(BUNDLED)}), a diffusers folder or a Hub id org/name[@rev]")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="weights dtype (default: float32). All three run on CPU: bfloat16 is fast where the CPU "

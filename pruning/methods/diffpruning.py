@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .. import validate
+from .. import families, validate
 from ..catalog import UNIT_KINDS, discover, unit_totals
 from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
@@ -144,9 +143,7 @@ def _encode(handle, images, resolution: int) -> torch.Tensor:
     z = vae.encode(x.to(execution_device(vae), vae.dtype)).latent_dist.mean
     cfg = vae.config
     z = (z - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
-    if handle.family == "flux":  # (B, C, H, W) -> (B, H/2 * W/2, 4C)
-        z = pipe._pack_latents(z, *z.shape[:2], *z.shape[2:])
-    return z
+    return families.of(handle).pack(pipe, z)  # FLUX: (B, C, H, W) -> (B, H/2 * W/2, 4C)
 
 
 def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: bool = False):
@@ -161,8 +158,7 @@ def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: b
     else:
         prompts = list(s.prompts or calibration_prompts(handle.model_ref, 8))
     seeds = list(s.seeds) if s.seeds is not None else list(range(len(prompts)))
-    flux_embedded = handle.family == "flux" and handle.defaults.get("guidance_mode", "embedded") == "embedded"
-    cond_guidance = handle.defaults["guidance"] if flux_embedded else 1.0  # conditional pass only, no CFG
+    cond_guidance = families.of(handle).taylor_guidance(handle)  # conditional pass only, no CFG
     cond = prepare(handle, prompts, seeds, steps=s.steps or 1, guidance=cond_guidance, resolution=res)
     if conditioning_only:
         return cond
@@ -174,23 +170,8 @@ def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: b
 
 
 def _loss_at(handle, x0, noise, cond, t: int) -> torch.Tensor:
-    """The training objective at integer timestep t in [0, num_train_timesteps)."""
-    den = handle.denoiser
-    n_train = handle.pipe.scheduler.config.num_train_timesteps
-    if handle.family == "flux":
-        sigma = t / n_train
-        zt = (1 - sigma) * x0 + sigma * noise
-        timestep = torch.full((x0.shape[0],), sigma, dtype=x0.dtype, device=x0.device)
-        pred = den(hidden_states=zt, timestep=timestep, return_dict=False, **cond.cond)[0]
-        return torch.nn.functional.mse_loss(pred, noise - x0)
-
-    sched = DDPMScheduler.from_config(handle.pipe.scheduler.config)
-    tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
-    zt = sched.add_noise(x0, noise, tt)
-    kind = sched.config.prediction_type
-    target = noise if kind == "epsilon" else (sched.get_velocity(x0, noise, tt) if kind == "v_prediction" else x0)
-    pred = den(zt, tt, return_dict=False, **cond.cond)[0]
-    return torch.nn.functional.mse_loss(pred, target)
+    """The training objective at integer timestep t in [0, num_train_timesteps) (the family's)."""
+    return families.of(handle).train_loss(handle, x0, noise, cond, t)
 
 
 # --------------------------------------------------------------------------- importance

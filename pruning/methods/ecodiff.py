@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import validate
+from .. import families, validate
 from ..catalog import UNIT_KINDS, discover
 from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
@@ -55,7 +55,8 @@ MAX_EPOCHS = 100
 # The authors' released configs (their code, not the paper): masking_eps in the gate noise,
 # the regulariser normalised per layer (attention and FFN apart) and L1 ("reg: 1"); beta 0.5
 # for SDXL (used here for every UNet), 0.01 for FLUX.
-AUTHORS = {"unet": {"masking_eps": 0.5, "beta": 0.5}, "flux": {"masking_eps": 0.1, "beta": 0.01}}
+AUTHORS = {"unet": {"masking_eps": 0.5, "beta": 0.5}, "flux": {"masking_eps": 0.1, "beta": 0.01}}  # = the families'
+# `ecodiff_authors` (pruning.families), which the presets read
 PRESETS = ("ours", "authors")
 
 
@@ -118,7 +119,7 @@ class EcoDiffSettings:
         (0.1, 0.01, 'l1', 'layer')
         """
         validate.choice("preset", name, PRESETS)
-        base = {} if name == "ours" else {**AUTHORS["flux" if family == "flux" else "unet"], "regularizer": "l1",
+        base = {} if name == "ours" else {**families.get(family).ecodiff_authors, "regularizer": "l1",
                                            "reg_norm": "layer"}
         return cls(**{**base, **values})
 

@@ -1,0 +1,113 @@
+"""The protocol of a model family: what the rest of the package asks a family.
+
+A family module defines one subclass of :class:`Family` (or more, sharing code, as SD and
+SDXL do), creates its instance and is named in ``pruning.families.REGISTRY``. Every hook has
+one caller in the generic code, named below; a hook left at its default here is the common
+behaviour (diffusers ``Attention`` heads and ``FeedForward`` neurons need no family code).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Family:
+    # ------------------------------------------------------------------ identity (loading, plans, export)
+    name: ClassVar[str]
+    pipeline_class: ClassVar[type]  # the diffusers pipeline (isinstance and model_index.json `_class_name`)
+    denoiser_name: ClassVar[str]  # the pipeline component: "unet" | "transformer"
+    denoiser_class: ClassVar[type]  # what load_pruned rebuilds from the base config
+    denoiser_label: ClassVar[str]  # for errors: "a UNet", "a FLUX transformer", ...
+    defaults: ClassVar[dict]  # steps, guidance, resolution of the real models
+    default_guidance_mode: ClassVar[str] = "cfg"
+    cfg_doubles_batch: ClassVar[bool] = True  # "cfg" runs [uncond | cond] in one doubled batch
+    patch_multiple: ClassVar[int] = 1  # image sides: a multiple of the VAE factor x this
+    pipeline_kwargs: ClassVar[dict] = {}  # extra from_pretrained kwargs (SD: no safety checker)
+    ecodiff_authors: ClassVar[dict] = {"masking_eps": 0.5, "beta": 0.5}  # EcoDiff's released configs
+    fine_kinds: ClassVar[tuple[str, ...]] = ()  # operator kinds this family adds (catalog granularity)
+    block_kinds: ClassVar[tuple[str, ...]] = ()
+    default_text_len: ClassVar[int] = 77  # text tokens of a reference forward (catalog / MACs)
+
+    # ------------------------------------------------------------------ loading.py
+    def owns(self, denoiser: nn.Module) -> bool:
+        """This denoiser belongs to the family (plan validation, catalog)."""
+        raise NotImplementedError
+
+    def default_settings(self, pipe, denoiser: nn.Module) -> dict:
+        """Generation defaults of a loaded pipeline: ``defaults`` with its own resolution (and extras)."""
+        return dict(self.defaults)
+
+    # ------------------------------------------------------------------ catalog.py, replacements.py
+    def discover_module(self, name: str, module: nn.Module, ops: dict, structs: dict) -> bool:
+        """Add the operators (and structures) of a family block type; True: ``module`` is handled."""
+        return False
+
+    def standin(self, module: nn.Module, kind: str):
+        """The stand-in of a removed operator of a family kind (None: not this family's kind)."""
+        return None
+
+    def output_widths(self, module: nn.Module, kind: str) -> list[int] | None:
+        return None
+
+    # ------------------------------------------------------------------ metrics.py
+    def example_inputs(self, denoiser: nn.Module, *, batch: int, sample_size: int | None, text_len: int | None,
+                       rand, device: torch.device, dtype: torch.dtype) -> dict:
+        """Keyword arguments of one forward (``rand(*shape)`` draws a tensor); ``sample_size`` is the
+        latent side before any packing."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ sampling.py, rollout.py
+    def uses_max_sequence_length(self) -> bool:
+        return False
+
+    def unpack(self, z: torch.Tensor, height: int, vae_scale_factor: int) -> torch.Tensor:
+        """Latents as the pipeline holds them -> (B, C, H, W)."""
+        return z
+
+    def pack(self, pipe, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) latents -> as the denoiser consumes them."""
+        return z
+
+    def single_step_scheduler(self):
+        """The scheduler class that replaces a multistep or ancestral one (from its config)."""
+        raise NotImplementedError
+
+    def prepare(self, handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta):
+        """Conditioning, initial latents and timesteps: a ``rollout.Trajectory``."""
+        raise NotImplementedError
+
+    def raw_outputs(self, denoiser: nn.Module, traj, i: int, z: torch.Tensor) -> list[torch.Tensor]:
+        """The denoiser's outputs at step i exactly as the pipeline calls it."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ methods/diffpruning.py
+    def taylor_guidance(self, handle) -> float:
+        """Guidance of Taylor's conditional pass (1.0: no CFG; embedded guidance where distilled)."""
+        return 1.0
+
+    def train_loss(self, handle, x0: torch.Tensor, noise: torch.Tensor, cond, t: int) -> torch.Tensor:
+        """The denoising objective at integer timestep t in [0, num_train_timesteps)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ reference.py, testing.py
+    references: ClassVar[dict[str, dict]] = {}  # name -> {"config", "hub_id", "resolution", "steps", "guidance"}
+
+    def meta_denoiser(self, config: dict) -> nn.Module:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            return self.denoiser_class.from_config(config)
+
+    def tiny_components(self) -> dict[str, Any]:
+        """The components of a tiny random pipeline (the caller seeds torch)."""
+        raise NotImplementedError
+
+    def tiny_extra(self) -> dict:
+        """Extra constructor kwargs of the tiny pipeline."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"

@@ -1,0 +1,217 @@
+"""FLUX.1: ``FluxTransformer2DModel`` (double + single blocks), FlowMatchEuler, packed 2x2 latents.
+
+Operators: double-block ``attn``, ``ff``, ``ff_context`` and whole double and single blocks.
+Structures: joint heads of the double blocks (generic, spanning both streams), single-block
+heads (``pre_only`` attention: heads slice the first part of ``proj_out``'s columns) and
+single-block ``proj_mlp`` neurons (the second part), FFN neurons of ``ff`` and ``ff_context``.
+Guidance: embedded (FLUX.1-dev) or true CFG with a negative pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+from ..catalog import Cut, Operator, Structure, linear_cuts
+from ..replacements import EmptyAttention, IdentityFluxBlock
+from ..slim import register_cutter, set_heads
+from .base import Family
+
+FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
+DEFAULT_FLUX_SAMPLE = 128  # latent pixels (1024 px / 8), packed 2x2 into 64x64 = 4096 tokens
+
+# black-forest-labs/FLUX.1-dev, transformer/config.json
+FLUX_DEV_TRANSFORMER = {
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "guidance_embeds": True,
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "patch_size": 1,
+    "pooled_projection_dim": 768,
+}
+
+# black-forest-labs/FLUX.1-schnell: the same, without the guidance embedder
+FLUX_SCHNELL_TRANSFORMER = {**FLUX_DEV_TRANSFORMER, "guidance_embeds": False}
+
+
+def _single_heads(name: str, block: FluxSingleTransformerBlock) -> Structure:
+    attn = block.attn
+    inner, heads = attn.to_q.out_features, attn.heads
+    rows = [("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v)]
+    cuts = linear_cuts(f"{name}.attn", rows, 0) + [Cut(f"{name}.proj_out.weight", 1, 0)]
+    parts = ((f"{name}.attn", inner), (f"{name}.proj_out", block.proj_out.in_features))
+    return Structure(f"{name}.attn", "head", "single_attn", heads, inner // heads, tuple(cuts), parts)
+
+
+def _single_mlp(name: str, block: FluxSingleTransformerBlock) -> Structure:
+    mlp = block.proj_mlp.out_features
+    attn_width = block.proj_out.in_features - mlp
+    cuts = linear_cuts(name, [("proj_mlp", block.proj_mlp)], 0) + [Cut(f"{name}.proj_out.weight", 1, attn_width)]
+    parts = ((f"{name}.proj_mlp", mlp), (f"{name}.proj_out", block.proj_out.in_features))
+    return Structure(f"{name}.proj_mlp", "neuron", "proj_mlp", mlp, 1, tuple(cuts), parts)
+
+
+@register_cutter(FluxSingleTransformerBlock)
+def _cut_single(block: FluxSingleTransformerBlock, s: dict[str, Structure]) -> None:
+    attn_width = block.attn.to_q.weight.shape[0]
+    if "head" in s:
+        set_heads(block.attn, s["head"].unit_size)
+        if attn_width == 0:  # every head pruned: the MLP half of proj_out is all that is left
+            block.attn = EmptyAttention()
+    block.mlp_hidden_dim = block.proj_mlp.weight.shape[0]
+    if hasattr(block.proj_out, "_tp_packed_row_blocks"):
+        block.proj_out._tp_packed_row_blocks = [attn_width, block.mlp_hidden_dim]
+
+
+class FluxFamily(Family):
+    name = "flux"
+    pipeline_class = FluxPipeline
+    denoiser_name = "transformer"
+    denoiser_class = FluxTransformer2DModel
+    denoiser_label = "a FLUX transformer"
+    defaults = {"steps": 28, "guidance": 3.5, "resolution": 1024}
+    default_guidance_mode = "embedded"
+    cfg_doubles_batch = False
+    patch_multiple = 2
+    ecodiff_authors = {"masking_eps": 0.1, "beta": 0.01}
+    fine_kinds = ("attn", "ff", "ff_context")
+    block_kinds = ("double_block", "single_block")
+    default_text_len = 512
+    references = {
+        "flux-dev": {"config": FLUX_DEV_TRANSFORMER, "hub_id": "black-forest-labs/FLUX.1-dev",
+                     "resolution": 1024, "steps": 28, "guidance": 3.5},
+        "flux-schnell": {"config": FLUX_SCHNELL_TRANSFORMER, "hub_id": "black-forest-labs/FLUX.1-schnell",
+                         "resolution": 1024, "steps": 4, "guidance": 0.0},
+    }
+
+    def owns(self, denoiser) -> bool:
+        return hasattr(denoiser, "single_transformer_blocks")
+
+    def default_settings(self, pipe, denoiser) -> dict:
+        defaults = dict(self.defaults)
+        res = getattr(pipe.vae.config, "sample_size", None)  # no sample size on the transformer; the VAE's is in px
+        tok = getattr(pipe, "tokenizer_2", None)
+        defaults["max_sequence_length"] = min(512, int(getattr(tok, "model_max_length", 512)))
+        if isinstance(res, (list, tuple)):
+            res = res[0]
+        if res:
+            defaults["resolution"] = int(res)
+        return defaults
+
+    def discover_module(self, name, mod, ops, structs) -> bool:
+        if isinstance(mod, FluxTransformerBlock):
+            ops[name] = Operator(name, "double_block")
+            for child in ("attn", "ff", "ff_context"):
+                ops[f"{name}.{child}"] = Operator(f"{name}.{child}", child)
+        elif isinstance(mod, FluxSingleTransformerBlock):
+            ops[name] = Operator(name, "single_block")
+            structs[f"{name}.attn"] = _single_heads(name, mod)
+            structs[f"{name}.proj_mlp"] = _single_mlp(name, mod)
+        else:
+            return False
+        return True
+
+    def standin(self, module, kind):
+        return IdentityFluxBlock() if kind in ("double_block", "single_block") else None
+
+    def output_widths(self, module, kind):
+        if kind == "double_block":  # returns (encoder_hidden_states, hidden_states)
+            return [module.ff_context.net[2].out_features, module.ff.net[2].out_features]
+        if kind == "single_block":
+            return [module.proj_out.out_features] * 2
+        return None
+
+    def example_inputs(self, denoiser, *, batch, sample_size, text_len, rand, device, dtype) -> dict:
+        cfg = denoiser.config
+        side = (sample_size or DEFAULT_FLUX_SAMPLE) // 2  # tokens per side after 2x2 packing
+        tokens, text = side * side, text_len or self.default_text_len
+        ids = torch.zeros(tokens, 3)
+        ids[:, 1] = torch.arange(side).repeat_interleave(side)  # (tokens,) row index
+        ids[:, 2] = torch.arange(side).repeat(side)  # (tokens,) column index
+        kw = dict(
+            hidden_states=rand(batch, tokens, cfg.in_channels),  # (B, tokens, C*4)
+            encoder_hidden_states=rand(batch, text, cfg.joint_attention_dim),
+            pooled_projections=rand(batch, cfg.pooled_projection_dim),
+            timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
+            img_ids=ids.to(device=device, dtype=dtype),
+            txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
+            return_dict=False,
+        )
+        if cfg.guidance_embeds:
+            kw["guidance"] = torch.full((batch,), 3.5, device=device, dtype=dtype)
+        return kw
+
+    def uses_max_sequence_length(self) -> bool:
+        return True
+
+    def unpack(self, z, height, vae_scale_factor):
+        return FluxPipeline._unpack_latents(z, height, height, vae_scale_factor)
+
+    def pack(self, pipe, z):
+        return pipe._pack_latents(z, *z.shape[:2], *z.shape[2:])  # (B, C, H, W) -> (B, H/2 * W/2, 4C)
+
+    def single_step_scheduler(self):
+        return FlowMatchEulerDiscreteScheduler
+
+    def prepare(self, handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta):
+        from ..rollout import Trajectory
+
+        device, den = handle.device, handle.denoiser
+        msl = extra.get("max_sequence_length", 512)
+        mode = "true_cfg" if "true_cfg_scale" in extra and guidance > 1 else "embedded"
+        pe, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
+                                                  num_images_per_prompt=1, max_sequence_length=msl)
+        z, img_ids = pipe.prepare_latents(len(prompts), den.config.in_channels // 4, res, res, pe.dtype, device,
+                                          gens, None)
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        c = scheduler.config
+        mu = calculate_shift(z.shape[1], c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
+        embedded = guidance if mode == "embedded" else FLUX_DEFAULT_GUIDANCE  # true CFG: the pipeline's default
+        g = torch.full([1], embedded, device=device, dtype=torch.float32).expand(z.shape[0]) \
+            if den.config.guidance_embeds else None
+        cond = dict(guidance=g, pooled_projections=pooled, encoder_hidden_states=pe, txt_ids=text_ids,
+                    img_ids=img_ids)
+        neg = None
+        if mode == "true_cfg":
+            npe, npooled, ntext = pipe.encode_prompt(prompt=extra["negative_prompt"], prompt_2=None, device=device,
+                                                     num_images_per_prompt=1, max_sequence_length=msl)
+            neg = {**cond, "pooled_projections": npooled, "encoder_hidden_states": npe, "txt_ids": ntext}
+        return Trajectory("flux", scheduler, timesteps, z, cond, guidance, mode, neg, height=res,
+                          vae_scale_factor=pipe.vae_scale_factor, meta=meta)
+
+    def raw_outputs(self, denoiser, traj, i, z):
+        t = traj.timesteps[i]
+        timestep = t.expand(z.shape[0]).to(z.dtype) / 1000
+        outs = [denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.cond)[0]]
+        if traj.mode == "true_cfg":
+            outs.append(denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.neg_cond)[0])
+        return outs
+
+    def taylor_guidance(self, handle) -> float:
+        embedded = handle.defaults.get("guidance_mode", "embedded") == "embedded"
+        return handle.defaults["guidance"] if embedded else 1.0
+
+    def train_loss(self, handle, x0, noise, cond, t):
+        n_train = handle.pipe.scheduler.config.num_train_timesteps
+        sigma = t / n_train
+        zt = (1 - sigma) * x0 + sigma * noise
+        timestep = torch.full((x0.shape[0],), sigma, dtype=x0.dtype, device=x0.device)
+        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond.cond)[0]
+        return torch.nn.functional.mse_loss(pred, noise - x0)
+
+    def tiny_components(self):
+        from ..testing import _flux_components
+
+        return _flux_components()
+
+
+FLUX = FluxFamily()

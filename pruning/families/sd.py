@@ -1,0 +1,261 @@
+"""SD 1.x/2.x and SDXL: ``UNet2DConditionModel`` denoisers, DDIM/Euler, classic CFG.
+
+Operators: each ``BasicTransformerBlock``'s ``attn1``, ``attn2``, ``ff``; each ResnetBlock2D
+(not the up/downsampling ones); whole ``Transformer2DModel`` blocks. Structures: the generic
+attention heads and FFN neurons, plus ResnetBlock2D inner channels in whole GroupNorm groups.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+from ..catalog import Cut, Operator, Structure, linear_cuts
+from ..replacements import IdentityTransformer, ResnetShortcut
+from ..slim import register_cutter
+from .base import Family
+
+_SD_COMMON = {
+    "act_fn": "silu",
+    "center_input_sample": False,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+}
+
+# stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json
+SD15_UNET = {
+    **_SD_COMMON,
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "sample_size": 64,
+}
+
+# stabilityai/stable-diffusion-2-1, unet/config.json
+SD21_UNET = {
+    **SD15_UNET,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "use_linear_projection": True,
+    "upcast_attention": True,
+    "sample_size": 96,
+}
+
+# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
+SDXL_UNET = {
+    **_SD_COMMON,
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "projection_class_embeddings_input_dim": 2816,
+    "transformer_layers_per_block": [1, 2, 10],
+    "use_linear_projection": True,
+    "sample_size": 128,
+}
+
+
+def resnet_structure(name: str, res: ResnetBlock2D) -> Structure:
+    channels, groups = res.conv1.out_channels, res.norm2.num_groups
+    cuts = [Cut(f"{name}.conv1.weight", 0), Cut(f"{name}.norm2.weight", 0), Cut(f"{name}.norm2.bias", 0)]
+    cuts += [Cut(f"{name}.conv1.bias", 0)] if res.conv1.bias is not None else []
+    parts = [(f"{name}.conv1", channels), (f"{name}.conv2", channels)]
+    if res.time_emb_proj is not None:
+        halves = 2 if res.time_embedding_norm == "scale_shift" else 1
+        for h in range(halves):  # scale_shift: [scale | shift], a channel is one row of each
+            cuts += linear_cuts(name, [("time_emb_proj", res.time_emb_proj)], 0, offset=h * channels)
+        parts.append((f"{name}.time_emb_proj", channels))
+    cuts.append(Cut(f"{name}.conv2.weight", 1))
+    return Structure(name, "group", "resnet", groups, channels // groups, tuple(cuts), tuple(parts))
+
+
+@register_cutter(ResnetBlock2D)
+def _cut_resnet(res: ResnetBlock2D, s: dict[str, Structure]) -> None:
+    res.norm2.num_groups = res.norm2.num_channels // s["group"].unit_size
+
+
+class UNetFamily(Family):
+    denoiser_name = "unet"
+    denoiser_class = UNet2DConditionModel
+    denoiser_label = "a UNet"
+    fine_kinds = ("attn1", "attn2", "ff", "resnet")
+    block_kinds = ("transformer", "resnet")
+
+    def owns(self, denoiser) -> bool:
+        return isinstance(denoiser, UNet2DConditionModel) or hasattr(denoiser, "down_blocks")
+
+    def default_settings(self, pipe, denoiser) -> dict:
+        defaults = dict(self.defaults)
+        res = denoiser.config.sample_size  # in latent pixels
+        if isinstance(res, (list, tuple)):
+            res = res[0]
+        if res:
+            defaults["resolution"] = int(res) * getattr(pipe, "vae_scale_factor", 8)
+        return defaults
+
+    def discover_module(self, name, mod, ops, structs) -> bool:
+        if isinstance(mod, Transformer2DModel):
+            ops[name] = Operator(name, "transformer")
+        elif isinstance(mod, BasicTransformerBlock):
+            for child in ("attn1", "attn2", "ff"):
+                if getattr(mod, child, None) is not None:
+                    ops[f"{name}.{child}"] = Operator(f"{name}.{child}", child)
+        elif isinstance(mod, ResnetBlock2D):
+            if not (mod.up or mod.down):
+                kept = ("conv_shortcut",) if mod.conv_shortcut is not None else ()
+                ops[name] = Operator(name, "resnet", kept)
+            structs[name] = resnet_structure(name, mod)
+        else:
+            return False
+        return True
+
+    def standin(self, module, kind):
+        if kind == "resnet":
+            return ResnetShortcut(module.conv_shortcut, module.output_scale_factor)
+        if kind == "transformer":
+            return IdentityTransformer()
+        return None
+
+    def output_widths(self, module, kind):
+        if kind == "resnet":
+            return [module.conv2.out_channels]
+        if kind == "transformer":
+            return [module.out_channels]
+        return None
+
+    def example_inputs(self, denoiser, *, batch, sample_size, text_len, rand, device, dtype) -> dict:
+        cfg = denoiser.config
+        side = sample_size or cfg.sample_size
+        side = side[0] if isinstance(side, (tuple, list)) else side
+        text = text_len or self.default_text_len
+        kw = dict(
+            sample=rand(batch, cfg.in_channels, side, side),  # (B, C, H, W)
+            timestep=torch.full((batch,), 500.0, device=device, dtype=dtype),
+            encoder_hidden_states=rand(batch, text, cfg.cross_attention_dim),
+            return_dict=False,
+        )
+        if cfg.addition_embed_type == "text_time":
+            n_time = 6
+            text_dim = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
+            kw["added_cond_kwargs"] = dict(
+                text_embeds=rand(batch, text_dim),
+                time_ids=torch.tensor([[side * 8, side * 8, 0, 0, side * 8, side * 8]] * batch,
+                                      dtype=dtype).to(device),
+            )
+        return kw
+
+    def single_step_scheduler(self):
+        return DDIMScheduler
+
+    def encode(self, handle, pipe, prompts, cfg, negative, res) -> dict:
+        """Conditioning of the (CFG-doubled) batch; returns the denoiser kwargs (+ dtype)."""
+        device = handle.device
+        pe, npe = pipe.encode_prompt(prompts, device, 1, cfg, negative)
+        if cfg:
+            pe = torch.cat([npe, pe])  # (2B, L, D): [uncond | cond], as the pipeline does
+        return {"encoder_hidden_states": pe.to(device)}
+
+    def prepare(self, handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta):
+        from ..rollout import Trajectory
+
+        device, unet = handle.device, handle.denoiser
+        cfg = guidance > 1 and unet.config.time_cond_proj_dim is None
+        cond = self.encode(handle, pipe, prompts, cfg, extra.get("negative_prompt"), res)
+        pe = cond["encoder_hidden_states"]
+        scheduler.set_timesteps(steps, device=device)  # before the latents: init_noise_sigma depends on it
+        z = pipe.prepare_latents(len(prompts), unet.config.in_channels, res, res, pe.dtype, device, gens, None)
+        return Trajectory(handle.family, scheduler, scheduler.timesteps, z, cond, guidance, "cfg" if cfg else "none",
+                          height=res, vae_scale_factor=pipe.vae_scale_factor, meta=meta)
+
+    def raw_outputs(self, denoiser, traj, i, z):
+        t, sched = traj.timesteps[i], traj.scheduler
+        x = torch.cat([z, z]) if traj.mode == "cfg" else z  # (2B, C, H, W) for CFG
+        sched._step_index = i
+        x = sched.scale_model_input(x, t)
+        return [denoiser(x, t, return_dict=False, **traj.cond)[0]]
+
+    def train_loss(self, handle, x0, noise, cond, t):
+        den = handle.denoiser
+        sched = DDPMScheduler.from_config(handle.pipe.scheduler.config)
+        tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
+        zt = sched.add_noise(x0, noise, tt)
+        kind = sched.config.prediction_type
+        target = noise if kind == "epsilon" else (sched.get_velocity(x0, noise, tt) if kind == "v_prediction" else x0)
+        pred = den(zt, tt, return_dict=False, **cond.cond)[0]
+        return torch.nn.functional.mse_loss(pred, target)
+
+
+class SDFamily(UNetFamily):
+    name = "sd"
+    pipeline_class = StableDiffusionPipeline
+    defaults = {"steps": 50, "guidance": 7.5, "resolution": 512}
+    pipeline_kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    references = {
+        "sd15": {"config": SD15_UNET, "hub_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                 "resolution": 512, "steps": 50, "guidance": 7.5},
+        "sd21": {"config": SD21_UNET, "hub_id": "stabilityai/stable-diffusion-2-1",
+                 "resolution": 768, "steps": 50, "guidance": 7.5},
+    }
+
+    def tiny_components(self):
+        from ..testing import _sd_components
+
+        return _sd_components()
+
+    def tiny_extra(self):
+        return {"requires_safety_checker": False}
+
+
+class SDXLFamily(UNetFamily):
+    name = "sdxl"
+    pipeline_class = StableDiffusionXLPipeline
+    defaults = {"steps": 30, "guidance": 5.0, "resolution": 1024}
+    references = {
+        "sdxl": {"config": SDXL_UNET, "hub_id": "stabilityai/stable-diffusion-xl-base-1.0",
+                 "resolution": 1024, "steps": 30, "guidance": 5.0},
+    }
+
+    def encode(self, handle, pipe, prompts, cfg, negative, res) -> dict:
+        device = handle.device
+        pe, npe, pooled, npooled = pipe.encode_prompt(
+            prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=negative)
+        proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else pooled.shape[-1]
+        time_ids = pipe._get_add_time_ids((res, res), (0, 0), (res, res), dtype=pe.dtype,
+                                          text_encoder_projection_dim=proj)
+        if cfg:
+            pe, pooled, time_ids = torch.cat([npe, pe]), torch.cat([npooled, pooled]), torch.cat([time_ids, time_ids])
+        return {"added_cond_kwargs": {"text_embeds": pooled.to(device),
+                                      "time_ids": time_ids.to(device).repeat(len(prompts), 1)},
+                "encoder_hidden_states": pe.to(device)}
+
+    def tiny_components(self):
+        from ..testing import _sdxl_components
+
+        return _sdxl_components()
+
+
+SD = SDFamily()
+SDXL = SDXLFamily()
