@@ -4,7 +4,7 @@ They ship inside the package (``pruning/assets/<name>``), so ``pip install`` bri
 ``load_pipeline("tiny-shapes-sd")`` works offline from any directory.
 
 >>> sorted(BUNDLED), BUNDLED["tiny-shapes-sd"].parent.name
-(['tiny-shapes-flux', 'tiny-shapes-sd'], 'assets')
+(['tiny-shapes-flux', 'tiny-shapes-sd', 'tiny-shapes-sd3'], 'assets')
 >>> TRAIN_ARCH["tiny-shapes-flux"]
 'flux'
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-TRAIN_ARCH = {"tiny-shapes-sd": "sd", "tiny-shapes-flux": "flux"}  # name -> `python -m pruning.tiny train --arch`
+TRAIN_ARCH = {"tiny-shapes-sd": "sd", "tiny-shapes-flux": "flux", "tiny-shapes-sd3": "sd3"}  # name -> `python -m pruning.tiny train --arch`
 BUNDLED: dict[str, Path] = {name: ASSETS / name for name in TRAIN_ARCH}
 
 

@@ -5,7 +5,7 @@ recipe). Importing this package loads no model and trains nothing.
 
 >>> from pruning.tiny import heldout_prompts, BUNDLED
 >>> len(heldout_prompts()) >= 64, sorted(BUNDLED)
-(True, ['tiny-shapes-flux', 'tiny-shapes-sd'])
+(True, ['tiny-shapes-flux', 'tiny-shapes-sd', 'tiny-shapes-sd3'])
 """
 
 from __future__ import annotations
