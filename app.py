@@ -42,8 +42,8 @@ from app_support.tables import (
 from pruning import methods
 from pruning.chunks import compare_chunked, score_chunked
 from pruning.compare import CompareSettings
-from pruning.estimate import estimate, estimate_comparison, estimate_export
 from pruning.errors import PruningError
+from pruning.estimate import estimate, estimate_comparison, estimate_export
 from pruning.facts import model_facts
 from pruning.loading import BUNDLED, DTYPES
 from pruning.methods import Scores
