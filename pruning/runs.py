@@ -44,12 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import SettingsError, StateMismatch
-from .files import atomic_write
-from .validate import parse_json
+from .files import read_tensors, write_tensors
 
 
 @dataclass(frozen=True)
@@ -188,32 +185,16 @@ class RunState:
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file (written atomically); :meth:`load` reads it back."""
-        path = Path(path)
-        meta = {"format": STATE_FORMAT, "what": self.what, "model_ref": self.model_ref,
-                "settings": _plain(self.settings), "data": _plain(self.data)}
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
-        with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "meta": json.dumps(meta)})
-        return path
+        meta = {"what": self.what, "model_ref": self.model_ref, "settings": _plain(self.settings),
+                "data": _plain(self.data)}
+        return write_tensors(path, self.tensors, STATE_FORMAT, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> RunState:
-        path = Path(path)
         what = f"run state {str(path)!r}"
-        if not path.is_file():
-            raise SettingsError(f"{what} does not exist")
-        try:
-            with safe_open(str(path), "pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
-        if header.get("format") != STATE_FORMAT:
-            raise SettingsError(f"{what} is not a {STATE_FORMAT} file (format {header.get('format')!r})")
-        m = parse_json(header.get("meta", ""), f"{what} metadata")
-        if not isinstance(m, Mapping) or not all(isinstance(m.get(k), t) for k, t in
-                                                   (("what", str), ("model_ref", str), ("settings", Mapping),
-                                                    ("data", Mapping))):
+        m, tensors = read_tensors(path, STATE_FORMAT, what)
+        if not all(isinstance(m.get(k), t) for k, t in (("what", str), ("model_ref", str), ("settings", Mapping),
+                                                         ("data", Mapping))):
             raise SettingsError(f"{what}: its metadata lacks what / model_ref / settings / data")
         return cls(m["what"], m["model_ref"], dict(m["settings"]), dict(m["data"]), tensors)
 
