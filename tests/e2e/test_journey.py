@@ -172,17 +172,24 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         ctx.close()
 
 
+def sweep_settings(page, app_url, steps: int) -> None:
+    """A fresh page on the default model, at the Score tab with LD-Pruner chosen at ``steps``."""
+    page.goto(app_url)
+    expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
+    tab(page, "2 Score")
+    page.get_by_label("Operator sweep (LD-Pruner)").check()
+    page.get_by_label("steps", exact=True).first.fill(str(steps))
+
+
 def test_stop_says_stopped_and_shows_what_finished(browser, app_url):
     ctx, page = open_page(browser, 1440, 900)
     try:
-        page.goto(app_url)
-        expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
-        tab(page, "2 Score")
-        page.get_by_label("Operator sweep (LD-Pruner)").check()
-        page.get_by_label("steps", exact=True).first.fill("40")
+        sweep_settings(page, app_url, steps=40)
         page.get_by_label("all", exact=True).check()
         page.get_by_role("button", name="Run", exact=True).click()
-        page.wait_for_timeout(2500)
+        page.wait_for_function("""() => {  // stop once an operator is done: the progress reads k/36, k >= 1
+            const m = (document.querySelector('#score-status')?.innerText || '').match(/(\\d+)\\s*\\/\\s*(\\d+)/);
+            return m && +m[1] >= 1 && +m[2] > 1; }""", timeout=60_000)
         page.get_by_role("button", name="Stop", exact=True).first.click()
         expect(page.locator("#score-status")).to_contain_text("Stopped", timeout=60_000)
         expect(page.locator("#score-status")).to_contain_text("the finished part is shown")
@@ -202,11 +209,7 @@ def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, mon
     monkeypatch.setattr(app, "CHUNK", Budget(units=1))
     ctx, page = open_page(browser, 1440, 900)
     try:
-        page.goto(app_url)
-        expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
-        tab(page, "2 Score")
-        page.get_by_label("Operator sweep (LD-Pruner)").check()
-        page.get_by_label("steps", exact=True).first.fill("6")
+        sweep_settings(page, app_url, steps=6)
         page.get_by_role("button", name="Estimate the cost").first.click()
         estimate = page.locator("#score-estimate")
         expect(estimate).to_contain_text("Operator sweep (LD-Pruner): ", timeout=60_000)
