@@ -131,7 +131,9 @@ def load_lines(folder_name: str, *, full_pipeline: bool, plan_only: bool, base: 
     else:
         lines.append(f'pruned = load_pruned("{where}", base="{base}")  # the slim {denoiser} in the base pipeline')
     if lora:
-        lines.append(f'pruned.pipe.load_lora_weights("{where}/{lora}")  # the LoRA, sliced for this plan')
+        sub, _, name = lora.rpartition("/")
+        lines.append(f'pruned.pipe.load_lora_weights("{where}", subfolder="{sub}", weight_name="{name}")'
+                     "  # the LoRA, sliced for this plan")
     lines += [f'image = generate_images(pruned, ["{prompt}"], [0])[0]', 'image.save("pruned.png")']
     return "\n".join(lines)
 

@@ -38,6 +38,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconstruct", action="store_true",
                    help="re-fit the layers that read the pruned units first, with the default settings "
                         "(the `reconstruct` command sets them)")
+    p.add_argument("--lora", metavar="LORA", help="a LoRA (.safetensors, diffusers/peft or kohya) for the base model: "
+                   "exported sliced for the plan into lora/ (layers of removed operators are dropped and listed)")
     p.add_argument("--plan-only", action="store_true",
                    help="no weights: the plan, the model card and any reconstruction deltas, re-applied to the base "
                         "weights by load_pruned")
@@ -105,7 +107,7 @@ def _check_hub(args) -> None:
 def _export_kw(args) -> dict:
     """The card, plan-only, LoRA and Hub options every exporting command shares."""
     return {"plan_only": args.plan_only, "evaluate": args.card_eval, "push_to_hub": args.push_to_hub,
-            "private": args.private}
+            "private": args.private, "lora": args.lora}
 
 
 def _fitted(small) -> str:
@@ -185,4 +187,35 @@ def cmd_recover(args) -> int:
     work_done()
     note = f" (recovered for {len(losses)} steps, loss {losses[0]:.4g} -> {losses[-1]:.4g})" if losses else ""
     _report(folder, count_params(handle.denoiser), note)
+    return 0
+
+
+def _lora_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_plan_arg(p, required=True)
+    p.add_argument("--lora", required=True, metavar="LORA", help="the LoRA for the base model (.safetensors: "
+                   "diffusers/peft, kohya, or another format diffusers' load_lora_weights converts)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the sliced LoRA (.safetensors), loadable with "
+                   "load_lora_weights onto the pruned pipeline")
+
+
+@add_command("lora", help="slice a LoRA for a plan: the LoRA of the pruned model", arguments=_lora_args)
+def cmd_lora(args) -> int:
+    from ..files import check_writable_file
+    from ..lora import read_lora, slice_lora, write_lora
+
+    out = check_writable_file(args.out, "--out")
+    if out.suffix != ".safetensors":
+        raise SettingsError(f"--out {args.out!r} must end in .safetensors")
+    h = load_handle(args)
+    plan = load_plan(args.plan, h)
+    lora = read_lora(h, args.lora)
+    small = slice_lora(h, plan, lora)
+    if not small.layers:
+        raise SettingsError(f"every layer the LoRA {args.lora!r} adapts is removed by the plan")
+    write_lora(small, out)
+    work_done()
+    print(f"lora      {out}: {len(small.layers)} of {len(lora.layers)} layers kept (sliced where the plan slims them)")
+    for d in small.dropped:
+        print(f"dropped   {d}")
     return 0
