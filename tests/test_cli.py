@@ -228,3 +228,17 @@ def test_chunk_options_are_checked(capsys, sd_folder, tmp_path):
     code, _, err = run(capsys, *base, "--stride", 500, "--state", state)
     _assert_one_line_error(code, err, "stride differ")
     assert "run.safetensors" in err and not (tmp_path / "s.csv").exists()
+
+
+def test_export_plan_only_with_card_and_offline_push(capsys, sd_folder, sd_handle, plan_file, tmp_path):
+    out_dir = tmp_path / "plan-only"
+    code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir,
+                         "--plan-only")
+    assert code == 0, err
+    assert "plan only" in out and "card      README.md: latent MSE" in out
+    assert (out_dir / "README.md").is_file() and not list(out_dir.rglob("*.safetensors"))
+    assert load_pruned(out_dir, base=sd_handle).denoiser.pruning_plan.base == sd_handle.model_ref
+    code, _, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "x",
+                       "--push-to-hub", "someone/pruned")
+    _assert_one_line_error(code, err, "'someone/pruned'")
+    assert "offline" in err and not (tmp_path / "x").exists()
