@@ -152,7 +152,7 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         tab(page, "5 Export")
         expect(page.locator("#export-summary")).to_contain_text("of the params")
         page.locator("#exp-lora input[type=file]").set_input_files(str(_lora_file(tmp_path)))
-        expect(page.locator("#exp-lora")).to_contain_text("pytorch_lora_weights.safetensors")
+        expect(page.locator("#exp-lora")).to_contain_text(re.compile(r"pytorch_lora_weights\s*\.safetensors"))  # name and extension: two spans
         page.get_by_role("button", name="Export", exact=True).click()
         expect(page.locator("#export-status")).to_contain_text("with the LoRA sliced", timeout=120_000)
         dl = page.get_by_role("button", name="Download the model (.zip)")
