@@ -267,12 +267,11 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
                                 "denoiser calls": batches * calls * (1 + 2 * get("epochs", 4)), "batch": batch}, \
             working, ["fewer epochs or steps T", "a lower resolution", "fewer prompts per batch"]
     if method == "taylor":
-        from .methods.diffpruning import _unit_params
-
         secs, calls, batch = _gen_seconds(cost, handle, s, prompts)
         n_t = math.ceil(1000 / get("stride", 50))
         grads = n_t * cost.grad_call(prompts, weights=True)
-        sums = sum(p.numel() * 4 for p in _unit_params(handle, get("kinds") or ("head", "neuron", "group")).values())
+        owned = methods.diffpruning.unit_params(handle, get("kinds") or ("head", "neuron", "group"))
+        sums = sum(p.numel() * 4 for p in owned.values())
         # one timestep's backward with its weight gradients, the float32 sums, or the clean images' generation
         working = max(cost.working_bytes(prompts, "weights"), cost.working_bytes(batch)) + sums
         return secs + grads, {"generation calls": calls, "timesteps (at most)": n_t, "batch": prompts}, working, \

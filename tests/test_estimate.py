@@ -122,7 +122,7 @@ def test_working_memory_counts_new_tensors_not_the_weights_autograd_saves():
 
 
 def test_memory_estimates_follow_what_each_run_holds(tiny_sd):
-    from pruning.methods.diffpruning import _unit_params
+    from pruning.methods.diffpruning import unit_params
 
     cost = step_cost(tiny_sd)
     weights = cost.weights_bytes
@@ -132,5 +132,5 @@ def test_memory_estimates_follow_what_each_run_holds(tiny_sd):
     taylor = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=500, steps=2, prompts=["a", "b"]))
     assert weights < sweep.peak_bytes < eco.peak_bytes  # no grad holds less than a backward
     assert cost.working_bytes(2) < cost.working_bytes(2, "input")
-    sums = sum(p.numel() * 4 for p in _unit_params(tiny_sd, ("head", "neuron", "group")).values())
+    sums = sum(p.numel() * 4 for p in unit_params(tiny_sd, ("head", "neuron", "group")).values())
     assert taylor.peak_bytes >= weights + sums + cost.working_bytes(2, "weights")  # + the float32 gradient sums

@@ -209,7 +209,8 @@ def _loss_at(handle, x0, noise, cond, t: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- importance
 
 
-def _unit_params(handle, kinds) -> dict[str, torch.nn.Parameter]:
+def unit_params(handle, kinds) -> dict[str, torch.nn.Parameter]:
+    """The weights the units of ``kinds`` own (whose gradients Taylor sums), by parameter name."""
     params = dict(handle.denoiser.named_parameters())
     names = {c.param for s in discover(handle.denoiser).structures.values() if s.kind in kinds for c in s.cuts}
     return {n: params[n] for n in sorted(names)}
@@ -256,7 +257,7 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     settings = settings or TaylorSettings()
     if settings.prompts is None and settings.images is None:
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
-    params = _unit_params(handle, settings.kinds)
+    params = unit_params(handle, settings.kinds)
     used, losses, x0, ready = [], [], None, False  # ready: the clean images exist (on some process)
     if state is not None:
         state.check("taylor", handle.model_ref, settings.to_dict())
