@@ -139,6 +139,23 @@ class StepCost:
             self.grad_call(batch)
         return self._saved[batch]
 
+    def sums_seconds(self, numel: int, adds: int) -> float:
+        """Seconds of Taylor's weight-sized work on ``numel`` float32 gradient sums: zeroing them,
+        ``adds`` accumulations of one timestep's gradients, and the final |w * g| scoring pass.
+        Timed once per device on a 64 MB sample (past the caches, as the real sums are), scaled
+        by the element count: these passes are bound by memory bandwidth."""
+        if "sums" not in self._times:
+            n = 1 << 24
+            w = torch.randn(n, device=self.device)
+            g = torch.randn(n, device=self.device)
+            zero = _median_time(lambda: torch.zeros(n, device=self.device), self.repeats)
+            acc = torch.zeros(n, device=self.device)
+            add = _median_time(lambda: acc.add_(g), self.repeats)
+            score = _median_time(lambda: (w.float() * g.float()).abs().view(256, -1).sum(1), self.repeats)  # as taylor_scores
+            self._times["sums"] = (zero / n, add / n, score / n)
+        zero, add, score = self._times["sums"]
+        return numel * (zero + adds * add + score)
+
     def _backward(self, batch: int, weights: bool) -> tuple[float, int]:
         one = self._inputs(batch)
         first = "hidden_states" if "hidden_states" in one else "sample"
@@ -271,7 +288,9 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
         n_t = math.ceil(1000 / get("stride", 50))
         grads = n_t * cost.grad_call(prompts, weights=True)
         owned = methods.diffpruning.unit_params(handle, get("kinds") or ("head", "neuron", "group"))
-        sums = sum(p.numel() * 4 for p in owned.values())
+        numel = sum(p.numel() for p in owned.values())
+        sums = numel * 4
+        grads += cost.sums_seconds(numel, n_t)
         # one timestep's backward with its weight gradients, the float32 sums, or the clean images' generation
         working = max(cost.working_bytes(prompts, "weights"), cost.working_bytes(batch)) + sums
         return secs + grads, {"generation calls": calls, "timesteps (at most)": n_t, "batch": prompts}, working, \

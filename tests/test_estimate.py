@@ -134,3 +134,13 @@ def test_memory_estimates_follow_what_each_run_holds(tiny_sd):
     assert cost.working_bytes(2) < cost.working_bytes(2, "input")
     sums = sum(p.numel() * 4 for p in unit_params(tiny_sd, ("head", "neuron", "group")).values())
     assert taylor.peak_bytes >= weights + sums + cost.working_bytes(2, "weights")  # + the float32 gradient sums
+
+
+def test_taylor_counts_its_weight_sized_passes(tiny_sd):
+    """Zeroing, adding into and scoring the fp32 gradient sums scale with the weights, not the calls."""
+    cost = step_cost(tiny_sd)
+    one, many = cost.sums_seconds(10**8, 1), cost.sums_seconds(10**8, 20)
+    assert 0 < one < many and cost.sums_seconds(2 * 10**8, 1) == pytest.approx(2 * one)
+    coarse = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=500))
+    fine = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=50))
+    assert fine.seconds > coarse.seconds
