@@ -15,6 +15,7 @@ import functools
 import inspect
 import os
 import threading
+from pathlib import Path
 from dataclasses import fields
 
 import gradio as gr
@@ -42,8 +43,8 @@ from app_support.tables import (
 from pruning import methods
 from pruning.chunks import compare_chunked, score_chunked
 from pruning.compare import CompareSettings
-from pruning.estimate import estimate, estimate_comparison, estimate_export
 from pruning.errors import PruningError
+from pruning.estimate import estimate, estimate_comparison, estimate_export
 from pruning.facts import model_facts
 from pruning.loading import BUNDLED, DTYPES
 from pruning.methods import Scores
@@ -228,7 +229,7 @@ def _budget_words() -> str:
 
 
 @GPU(duration=300)
-def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, control, reconstructed=False):
+def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, control, reconstructed=False, lora=None):
     small = None
     if reconstructed:  # the re-fitted slim model; its plan records the reconstruction
         small = reconstruct(h, plan, control=control)
@@ -241,7 +242,7 @@ def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, cont
         if small.recovery["partial"]:
             raise gr.Error(f"Export stopped during recovery ({control.reason}); nothing was exported.",
                            print_exception=False)
-    out = export_zip(h, plan, session=session, full_pipeline=full_pipeline, denoiser=small)
+    out = export_zip(h, plan, session=session, full_pipeline=full_pipeline, denoiser=small, lora=lora)
     if reconstructed:
         out["reconstruction"] = small.reconstruction
     return out
@@ -630,14 +631,16 @@ def export_summary(model, plan_dict):
 
 
 @friendly
-def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps, recon, clicked, request: gr.Request,
-                 progress=PROGRESS):
+def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps, recon, clicked, lora_file=None,
+                 request: gr.Request = None, progress=PROGRESS):
     h = _handle(model)
+    lora = _lora_path(lora_file)
     plan, iters = _plan(plan_dict), check_size("recover_iters", recover_iters or 0)
     rec_prompts = _prompts(prompts) if iters else None
     out, recon, est = None, check_flag("reconstruct", recon), ""
     work = _with_estimate(
-        lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c, recon),
+        lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c, recon,
+                          lora),
         lambda: _estimate_text(h, estimate_export(h, reconstruct=recon, recover_iters=iters, budget_s=_gpu_budget())))
     for msg in _run(h, work, request, clicked, progress, "export"):
         if msg and msg[0] == "done":
@@ -648,8 +651,24 @@ def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps,
         else:
             yield _skip(5)
     done = "Exported" + (f" ({results.reconstruction_note(out['reconstruction'])})" if recon else "")
+    if out.get("lora"):
+        r = out["lora"]
+        done += (f", with the LoRA sliced ({r['kept']} layers kept, {r['sliced']} sliced"
+                 + (f"; dropped with removed operators: {', '.join(d.split(' ')[0] for d in r['dropped'])}"
+                    if r["dropped"] else "") + ")")
     yield (gr.update(value=out["zip"], visible=True), gr.update(value=out["plan_json"], visible=True),
            out["snippet"], f"{done}: download the zip, then follow the lines below.", est)
+
+
+def _lora_path(lora_file) -> str | None:
+    """The uploaded LoRA's path (a gr.File value: a path or a file object), or None."""
+    if not lora_file:
+        return None
+    path = str(getattr(lora_file, "name", lora_file))
+    if not path.endswith(".safetensors"):
+        raise gr.Error(f"The LoRA {Path(path).name!r} is not a .safetensors file: only safetensors LoRAs are "
+                       "read (nothing is unpickled).", print_exception=False)
+    return path
 
 
 @friendly
@@ -816,6 +835,9 @@ def build_app() -> gr.Blocks:
                     full = gr.Checkbox(True, label="full pipeline", info=H["full"])
                     rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
                     exp_recon = gr.Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="exp-recon")
+                exp_lora = gr.File(label="LoRA to carry through (optional, .safetensors for the base model: exported "
+                                   "sliced for the plan into lora/)", file_types=[".safetensors"], type="filepath",
+                                   elem_id="exp-lora")
                 with gr.Row():
                     exp_btn = gr.Button("Export", variant="primary", scale=3)
                     exp_est_btn = gr.Button("Estimate the cost", size="sm", scale=1)
@@ -881,7 +903,7 @@ def build_app() -> gr.Blocks:
                           cmp_estimate, api_name="estimate_compare", **run)
         metric.change(redraw_quality, [cmp_state, metric, plan_state, model], cmp_plot, api_name="redraw", **UI)
         exp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
-            export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, exp_recon, clicked],
+            export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, exp_recon, clicked, exp_lora],
             [dl_zip, dl_json, snippet, exp_status, exp_estimate], api_name="export", show_progress_on=[exp_status],
             **run)
         exp_est_btn.click(export_estimate, [model, plan_state, rec_iters, exp_recon], exp_estimate,

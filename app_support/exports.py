@@ -17,6 +17,7 @@ deleted. The zip unpacks to ``pruned-model/``, the folder the snippet loads.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,8 +25,11 @@ import time
 import uuid
 from pathlib import Path
 
+from pruning.card import install_line
 from pruning.export import export
 from pruning.loading import Handle
+from pruning.lora import LORA_FILE
+from pruning.manifest import MANIFEST
 from pruning.plan import PruningPlan
 
 EXPORTS = Path(os.environ.get("PRUNING_EXPORT_DIR", Path(tempfile.gettempdir()) / "pruning-exports"))
@@ -64,15 +68,6 @@ def cleanup(root: Path = EXPORTS, *, max_age_s: float = MAX_AGE_S, max_bytes: in
     return removed
 
 
-def install_line() -> str:
-    """How to install the loader: ``PRUNING_INSTALL``, this Space's repo, or this checkout."""
-    if os.environ.get("PRUNING_INSTALL"):
-        return os.environ["PRUNING_INSTALL"]
-    if os.environ.get("SPACE_ID"):
-        return f'pip install "pruning @ git+https://huggingface.co/spaces/{os.environ["SPACE_ID"]}"'
-    return f'pip install "{Path(__file__).resolve().parent.parent}"'
-
-
 SNIPPET = """\
 # 1. install the loader (the `pruning` package: diffusers, safetensors, no pickles)
 {install}
@@ -96,15 +91,18 @@ image.save("pruned.png")"""
 
 
 def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline: bool = True, denoiser=None,
-               prompt: str = "a red circle at the top left on a white background", root: Path = EXPORTS) -> dict:
-    """Export ``plan``, zip it, write the bare plan JSON; returns {"zip", "plan_json", "snippet"}."""
+               prompt: str = "a red circle at the top left on a white background", root: Path = EXPORTS,
+               lora: str | None = None) -> dict:
+    """Export ``plan`` (with its model card, and ``lora`` sliced for it), zip it, write the bare plan
+    JSON; returns {"zip", "plan_json", "snippet", "lora"} ("lora": the export's LoRA report or None)."""
     root.mkdir(parents=True, exist_ok=True)
     cleanup(root)
     work = root / f"{session[:12]}-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     (work / MARKER).write_text(session)
     try:
-        export(handle, plan, work / FOLDER, full_pipeline=full_pipeline, denoiser=denoiser)
+        folder = export(handle, plan, work / FOLDER, full_pipeline=full_pipeline, denoiser=denoiser, lora=lora)
+        report = json.loads((folder / MANIFEST).read_text()).get("lora")
         zip_path = shutil.make_archive(str(work / FOLDER), "zip", root_dir=work, base_dir=FOLDER)
         plan_json = work / "pruning_plan.json"
         plan_json.write_text(plan.to_json())
@@ -113,6 +111,12 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
         raise
     template = LOAD_PIPELINE if full_pipeline else LOAD_DENOISER
     load = template.format(folder=FOLDER, denoiser=handle.denoiser_name, prompt=prompt, base=handle.source)
+    if report:  # before generating: the images are then of the model with its LoRA
+        lines = load.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("image ="))
+        lines.insert(at, f'pruned.pipe.load_lora_weights("{FOLDER}", subfolder="lora", weight_name="{LORA_FILE}")'
+                         "  # the LoRA, sliced for the plan")
+        load = "\n".join(lines)
     snippet = SNIPPET.format(install=install_line(), folder=FOLDER, zip_name=Path(zip_path).name, load=load)
     cleanup(root)
-    return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet}
+    return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet, "lora": report}

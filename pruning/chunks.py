@@ -9,7 +9,7 @@ The next call resumes from it. A chunked run equals an uninterrupted one: bit fo
 sweep and Taylor, and for EcoDiff too (same seeds, the optimizer state is carried exactly).
 
 A state saves to one ``.safetensors`` file (metadata as JSON inside; nothing is unpickled)
-so that a run can also resume in another process (``python -m pruning ... --resume``).
+so that a run can also resume in another process (``python -m pruning ... --state FILE``).
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from . import methods
 from .compare import compare_chunk
 from .runs import Budget, RunControl, RunState, as_control
+
 
 @dataclass
 class ChunkedRun:

@@ -29,6 +29,10 @@ class SettingsError(PruningError, ValueError):
     """A user-supplied value is out of range or of the wrong type (steps, seeds, prompts, paths...)."""
 
 
+class StateMismatch(SettingsError):
+    """A saved run state belongs to another run (another method, model or settings)."""
+
+
 class RunStopped(PruningError):
     """A run was stopped (Stop, a cancelled or disconnected request, a time limit) before any result."""
 

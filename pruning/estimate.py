@@ -6,9 +6,15 @@ backward pass to its input (what EcoDiff's replay does) and to its weights (Tayl
 at the model's generation size; it records the bytes autograd saves for that backward and the
 weights' bytes. It is cached per (model, device, dtype, input size). :func:`estimate` then counts
 the denoiser calls each method makes for its settings (the same loops the methods run) and
-adds their times. Peak memory is the weights plus what one call saves for backward at the
-run's batch (plus the stored latents for EcoDiff); a no-grad run holds less, so that figure is
-an upper bound there. The estimate says when it exceeds the device's memory or a time budget
+adds their times.
+
+Peak memory is the weights plus the run's working memory: the peak bytes of the tensors a
+call creates and holds at once (:class:`LiveBytes`, recorded on the warm-up calls), for the
+call the run makes: a no-grad call for LD-Pruner's generations, a call with its backward to
+the input for EcoDiff's replay (plus its stored latents), to the weights for Taylor (plus its
+float32 gradient sums, one per unit weight). Bytes autograd saves for backward are not that
+figure: they count the weights each layer saves (already resident) and a tensor once per op
+that saves it. The estimate says when it exceeds the device's memory or a time budget
 (``budget_s``: a ZeroGPU ``duration``) and what to change.
 
 >>> from pruning.testing import tiny_pipeline
@@ -27,9 +33,12 @@ from __future__ import annotations
 import math
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from . import families, methods
 from .catalog import catalog
@@ -42,6 +51,44 @@ from .sampling import count_inputs, spec
 _CACHE: dict[tuple, StepCost] = {}
 
 
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the tensor storages created while active and alive at the same time: an
+    op's new outputs (not views or in-place results of its inputs), forward and backward, freed
+    when their storage is. Tensors made before (weights, inputs) are not counted.
+
+    >>> x = torch.ones(1000, requires_grad=True)
+    >>> with LiveBytes() as meter:
+    ...     (g,) = torch.autograd.grad((x * 2).relu().sum(), [x])
+    >>> 8000 <= meter.peak <= 16000, meter.live == 4000  # two 4000-byte temporaries at most; g is alive
+    (True, True)
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._held: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            key = id(st)  # storages keep their Python object while alive, so the id is theirs
+            if key in inputs or key in self._held:
+                continue
+            self._held[key] = st.nbytes()
+            self.live += self._held[key]
+            weakref.finalize(st, self._release, key)
+        self.peak = max(self.peak, self.live)
+        return out
+
+    def _release(self, key: int) -> None:
+        self.live -= self._held.pop(key, 0)
+
+
 class StepCost:
     """Measured costs of one denoiser call on this device and dtype, timed lazily per batch size
     (small models are dominated by per-call overhead, so no batch is extrapolated from another)."""
@@ -52,6 +99,7 @@ class StepCost:
         self.weights_bytes = sum(p.numel() * p.element_size() for p in self.den.parameters())
         self._times: dict[tuple, float] = {}
         self._saved: dict[int, int] = {}
+        self._working: dict[tuple, int] = {}
 
     def _inputs(self, batch: int) -> dict:
         return example_inputs(self.den, batch=batch, generator=torch.Generator().manual_seed(0), **self.size)
@@ -62,9 +110,19 @@ class StepCost:
         if key not in self._times:
             kw = self._inputs(batch)
             with torch.no_grad():
-                self.den(**kw)  # warm up
+                with LiveBytes() as meter:
+                    self.den(**kw)  # warm up
+                self._working[key] = meter.peak
                 self._times[key] = _median_time(lambda: self.den(**kw), self.repeats)
         return self._times[key]
+
+    def working_bytes(self, batch: int, grad: str | None = None) -> int:
+        """Peak bytes one call at ``batch`` creates and holds at once: no grad (``grad=None``), or
+        with its backward to the ``"input"`` or the ``"weights"`` (then with their gradients)."""
+        key = (grad or "call", batch)
+        if key not in self._working:
+            self.call(batch) if grad is None else self.grad_call(batch, weights=grad == "weights")
+        return self._working[key]
 
     def grad_call(self, batch: int, weights: bool = False) -> float:
         """Seconds of one call with its backward at ``batch``: to the input (EcoDiff's replay) or to
@@ -80,6 +138,23 @@ class StepCost:
         if batch not in self._saved:
             self.grad_call(batch)
         return self._saved[batch]
+
+    def sums_seconds(self, numel: int, adds: int) -> float:
+        """Seconds of Taylor's weight-sized work on ``numel`` float32 gradient sums: zeroing them,
+        ``adds`` accumulations of one timestep's gradients, and the final |w * g| scoring pass.
+        Timed once per device on a 64 MB sample (past the caches, as the real sums are), scaled
+        by the element count: these passes are bound by memory bandwidth."""
+        if "sums" not in self._times:
+            n = 1 << 24
+            w = torch.randn(n, device=self.device)
+            g = torch.randn(n, device=self.device)
+            zero = _median_time(lambda: torch.zeros(n, device=self.device), self.repeats)
+            acc = torch.zeros(n, device=self.device)
+            add = _median_time(lambda: acc.add_(g), self.repeats)
+            score = _median_time(lambda: (w.float() * g.float()).abs().view(256, -1).sum(1), self.repeats)  # as taylor_scores
+            self._times["sums"] = (zero / n, add / n, score / n)
+        zero, add, score = self._times["sums"]
+        return numel * (zero + adds * add + score)
 
     def _backward(self, batch: int, weights: bool) -> tuple[float, int]:
         one = self._inputs(batch)
@@ -98,7 +173,9 @@ class StepCost:
         try:
             for p in params:
                 p.requires_grad_(weights)
-            run()  # warm up
+            with LiveBytes() as live:
+                run()  # warm up
+            self._working[("weights" if weights else "input", batch)] = live.peak
             return _median_time(run, max(1, self.repeats - 1)), meter.peak
         finally:
             for p, f in zip(params, flags):
@@ -167,8 +244,16 @@ def _gen_seconds(cost: StepCost, handle, s, prompts: int) -> tuple[float, int, i
     return calls * cost.call(batch), calls, batch
 
 
+def _latent_bytes(handle, s, samples: int) -> int:
+    """Bytes of one latent batch of ``samples`` at spec ``s``."""
+    side = s.resolution // int(getattr(handle.pipe, "vae_scale_factor", 8))
+    channels = int(getattr(handle.denoiser.config, "in_channels", 4))
+    per = channels * side * side // families.of(handle).latent_packing  # FLUX packs 2x2 patches
+    return samples * per * torch.finfo(handle.dtype).bits // 8
+
+
 def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, dict, int, list[str]]:
-    """(seconds, call counts, the largest batch with backward (0: none), advice levers)."""
+    """(seconds, call counts, working bytes (what the run holds beyond the weights), advice levers)."""
     get = lambda name, default=None: getattr(settings, name, default)  # noqa: E731
     s = spec(handle, steps=get("steps"), guidance=get("guidance"), resolution=get("resolution"))
     prompts = len(get("prompts") or calibration_prompts(handle.model_ref, 8))
@@ -180,7 +265,8 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
             gran = get("granularity", "fine")
             k = len(ops) if gran == "all" else int(ops["granularity"].isin([gran, "both"]).sum())
         secs, calls, batch = _gen_seconds(cost, handle, s, get("n_gen", prompts))
-        return (k + 1) * secs, {"generations": k + 1, "denoiser calls": (k + 1) * calls, "batch": batch}, 0, \
+        working = cost.working_bytes(batch) + 2 * _latent_bytes(handle, s, get("n_gen", prompts))  # + both latents
+        return (k + 1) * secs, {"generations": k + 1, "denoiser calls": (k + 1) * calls, "batch": batch}, working, \
             ["lower N_gen or the steps", "score only some operators", "or the fast proxy (fewer steps, lower resolution)"]
     if method == "ecodiff":
         b = min(get("batch_size", 4), prompts)
@@ -188,19 +274,29 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
         calls, batch = _generation_calls(handle, s, b)
         target = batches * calls * cost.call(batch)
         train = get("epochs", 4) * batches * calls * (cost.call(batch) + cost.grad_call(batch))
-        if get("checkpointing", "timestep") == "none":
+        # the rollout's latents (kept for the replay) and every batch's target
+        latents = (s.steps + 1) * _latent_bytes(handle, s, batch) + prompts * _latent_bytes(handle, s, 1)
+        working = cost.working_bytes(batch, "input") + latents
+        if get("checkpointing", "timestep") == "none":  # the graph of all T steps is held
             train = get("epochs", 4) * batches * calls * cost.grad_call(batch)
+            working = s.steps * cost.working_bytes(batch, "input") + latents
         return target + train, {"optimizer steps": get("epochs", 4) * batches,
                                 "denoiser calls": batches * calls * (1 + 2 * get("epochs", 4)), "batch": batch}, \
-            batch * (s.steps if get("checkpointing", "timestep") == "none" else 1), \
-            ["fewer epochs or steps T", "a lower resolution", "fewer prompts per batch"]
+            working, ["fewer epochs or steps T", "a lower resolution", "fewer prompts per batch"]
     if method == "taylor":
-        secs, calls, _ = _gen_seconds(cost, handle, s, prompts)
+        secs, calls, batch = _gen_seconds(cost, handle, s, prompts)
         n_t = math.ceil(1000 / get("stride", 50))
         grads = n_t * cost.grad_call(prompts, weights=True)
-        return secs + grads, {"generation calls": calls, "timesteps (at most)": n_t, "batch": prompts}, prompts, \
+        owned = methods.diffpruning.unit_params(handle, get("kinds") or ("head", "neuron", "group"))
+        numel = sum(p.numel() for p in owned.values())
+        sums = numel * 4
+        grads += cost.sums_seconds(numel, n_t)
+        # one timestep's backward with its weight gradients, the float32 sums, or the clean images' generation
+        working = max(cost.working_bytes(prompts, "weights"), cost.working_bytes(batch)) + sums
+        return secs + grads, {"generation calls": calls, "timesteps (at most)": n_t, "batch": prompts}, working, \
             ["a larger timestep stride", "fewer prompts", "fewer steps for the images"]
-    return 0.05, {"denoiser calls": 0}, 0, []  # magnitude, random: weights only
+    # magnitude, random: weights only; a float32 copy of the largest weight at a time
+    return 0.05, {"denoiser calls": 0}, max(p.numel() for p in handle.denoiser.parameters()) * 4, []
 
 
 def estimate(handle, method: str, settings=None, *, budget_s: float | None = None) -> Estimate:
@@ -210,8 +306,8 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
     if hasattr(settings, "resolved"):  # settings that depend on the model (the sweep's proxy halves steps and size)
         settings = settings.resolved(handle)
     cost = step_cost(handle, resolution=getattr(settings, "resolution", None))
-    seconds, calls, grad_batch, levers = _method_cost(handle, m.name, settings, cost)
-    peak = cost.weights_bytes + cost.saved_bytes(max(grad_batch, calls.get("batch", 1)))
+    seconds, calls, working, levers = _method_cost(handle, m.name, settings, cost)
+    peak = cost.weights_bytes + working
     return _finish(Estimate(m.title, seconds, peak, calls, device=cost.device, chunkable=not m.data_free), handle,
                    budget_s, levers)
 
@@ -250,9 +346,9 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
     plans = 0
     for name in names:
         m = methods.get(name)
-        ms, mcalls, grad_batch, _ = _method_cost(handle, name, method_settings(m, s, calib), cost)
+        ms, mcalls, working, _ = _method_cost(handle, name, method_settings(m, s, calib), cost)
         seconds += ms
-        peak = max(peak, cost.weights_bytes + cost.saved_bytes(max(grad_batch, mcalls.get("batch", 1))))
+        peak = max(peak, cost.weights_bytes + working)
         draws = s.random_draws if name == "random" else 1
         plans += draws * len(sps)
         seconds += draws * sum(eval_s * (1 - t) for t in sps) * (2 if s.reconstruct else 1)
@@ -299,5 +395,5 @@ def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:
     return e
 
 
-__all__ = ["StepCost", "step_cost", "Estimate", "estimate", "estimate_reconstruction", "estimate_comparison",
+__all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_reconstruction", "estimate_comparison",
            "estimate_export", "device_memory"]

@@ -3,9 +3,16 @@
 Layout of an export folder::
 
     pruning_plan.json                 manifest: the plan, the denoiser class, sha256 of weights
+    README.md, grid.png               the model card (``pruning.card``) and its original-vs-pruned images
     <unet|transformer>/config.json    the *base* denoiser config
     <unet|transformer>/diffusion_pytorch_model.safetensors   the slim weights
     model_index.json, vae/, text_encoder/, ...               only with full_pipeline=True
+    lora/pytorch_lora_weights.safetensors                    only with lora=: the LoRA sliced for the plan
+
+``plan_only=True`` writes no weights: the plan, the card and, for a reconstructed plan, the
+re-fitted tensors that differ from plain slimming (``reconstruction.safetensors``);
+``load_pruned`` re-applies it to the base model's own weights, bit for bit the full export.
+``push_to_hub="user/name"`` uploads the folder (``pruning.hub``).
 
 ``load_pruned`` rebuilds the slim denoiser from the base config plus the plan on the meta
 device and loads the weights with ``strict=True`` (nothing is unpickled, no remote code).
@@ -54,6 +61,7 @@ from .loading import (
     same_weights,
 )
 from .manifest import (
+    DELTAS,
     FORMAT,
     MANIFEST,
     WEIGHTS,
@@ -82,16 +90,31 @@ def check_target(folder: Path, overwrite: bool) -> None:
 
 
 def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipeline: bool = False,
-           denoiser: nn.Module | None = None, overwrite: bool = False) -> Path:
+           denoiser: nn.Module | None = None, overwrite: bool = False, card: bool = True,
+           evaluate: bool | None = None, plan_only: bool = False, lora: str | os.PathLike | None = None,
+           push_to_hub: str | None = None, private: bool = False, token: str | None = None) -> Path:
     """Write the slim model for ``plan`` to ``folder`` atomically (temp folder, then rename).
 
     ``denoiser`` may be a slim (e.g. recovery-finetuned) module already built for ``plan``;
     by default ``slim(handle.denoiser, plan)`` is computed here. Returns the folder path.
     A failed write (disk full, permissions) is one ``ExportError`` naming the path; the
     previous export, if any, stays intact and no temp folder is left.
+
+    ``card``: write the model card (``README.md``; ``evaluate`` measures quality against the base
+    for it: None = only on denoisers below ``card.EVALUATE_BELOW_PARAMS``). ``plan_only``: no
+    weights (see the module doc). ``lora``: a LoRA safetensors file for the base model, sliced
+    for the plan into ``lora/`` (``pruning.lora``). ``push_to_hub``: then upload the folder to that
+    model repo (``token`` / ``private`` for it); offline this fails before any work.
     """
     folder = Path(folder).expanduser().resolve()
     check_target(folder, overwrite)
+    if plan_only and (full_pipeline or denoiser is not None and getattr(denoiser, "recovery", None) is not None):
+        raise ExportError("a plan-only export holds no weights: it cannot carry the full pipeline or a "
+                          "recovery-finetuned denoiser (export those in full)")
+    if push_to_hub is not None:
+        from .hub import check_reachable
+
+        check_reachable(push_to_hub)  # before any work
     check_base(plan, handle, "given to export")
     plan = plan.normalized(handle.denoiser)
     small = denoiser if denoiser is not None else build(handle, plan)
@@ -103,17 +126,35 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).mkdir(parents=True)
-        handle.denoiser.save_config(tmp / name)  # the base config: the plan says how to slim it
+        tmp.mkdir(parents=True)
         state = {k: v.detach().contiguous().cpu() for k, v in small.state_dict().items()}
-        save_file(state, str(tmp / name / WEIGHTS), metadata={"format": "pt", "pruning": FORMAT})
+        if plan_only:
+            if plan.reconstruction is not None:
+                save_file(_deltas(handle, plan, state), str(tmp / DELTAS), metadata={"format": "pt", "pruning": FORMAT})
+        else:
+            (tmp / name).mkdir()
+            handle.denoiser.save_config(tmp / name)  # the base config: the plan says how to slim it
+            save_file(state, str(tmp / name / WEIGHTS), metadata={"format": "pt", "pruning": FORMAT})
         if full_pipeline:
             _save_other_components(handle, tmp)
         (tmp / DEFAULTS_FILE).write_text(json.dumps(handle.defaults, indent=2, default=str))
+        extra = {"plan_only": True} if plan_only else {}
+        lora_report = None
+        if lora is not None:
+            from .lora import slice_lora_file
+
+            lora_report = slice_lora_file(handle, plan, lora, tmp / "lora")
+            extra["lora"] = lora_report
+        if card:
+            from .card import write_card
+
+            extra["card"] = write_card(tmp, handle, plan, small, full_pipeline=full_pipeline, plan_only=plan_only,
+                                       evaluate=evaluate, folder_name=folder.name, repo=push_to_hub, lora=lora_report)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
         manifest = {"format": FORMAT, "plan": plan.to_dict(),
                     "denoiser": {"name": name, "class": type(handle.denoiser).__name__},
-                    "full_pipeline": full_pipeline, "params": sum(v.numel() for v in state.values()), "files": files}
+                    "full_pipeline": full_pipeline, "params": sum(v.numel() for v in state.values()), "files": files,
+                    **extra}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _swap_in(tmp, folder)
     except BaseException as e:
@@ -121,7 +162,18 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if isinstance(e, (OSError, SafetensorError)) and not isinstance(e, ExportError):
             raise write_error(folder, e) from None
         raise
+    if push_to_hub is not None:
+        from .hub import push
+
+        push(folder, push_to_hub, token=token, private=private)
     return folder
+
+
+def _deltas(handle, plan: PruningPlan, state: dict) -> dict:
+    """The tensors of a reconstructed slim model that differ from plain ``slim`` (what a plan-only
+    export stores: re-applying the plan to the base weights and loading these gives the same model)."""
+    plain = slim(handle.denoiser, plan).state_dict()
+    return {k: v for k, v in state.items() if not torch.equal(v, plain[k].detach().cpu())}
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
@@ -181,6 +233,9 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
     """The slim denoiser of an export folder: base config + plan on meta, then strict weights."""
     folder = Path(folder).resolve()
     plan, manifest = read_manifest(folder)
+    if manifest.get("plan_only"):
+        raise ExportError(f"{str(folder)!r} is a plan-only export (no weights): load it with "
+                          "load_pruned(folder, base=<the base model>)")
     cls = denoiser_classes()[manifest["denoiser"]["class"]]
     path = weights_path(folder, manifest)
     state = _load_weights(path, manifest["files"][f"{manifest['denoiser']['name']}/{WEIGHTS}"])
@@ -208,10 +263,21 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
       denoiser module.
     * ``load_pruned("plan.json", base=<source or Handle>)``: re-applies the plan to the base
       weights and returns a ``Handle`` with the slim denoiser in its pipeline.
+    * a plan-only export folder: the same, with the re-fitted tensors it holds; ``base`` defaults
+      to the model the plan names (a bundled model, a Hub id at its commit, an existing folder).
+    * ``load_pruned("user/name")``: an export on the Hub (not an existing local path), downloaded
+      first (``pruning.hub.snapshot``; offline only from the cache, else an error naming the repo).
 
     A plan made for other weights (its ``base`` ref differs) raises ``PlanError``.
     """
+    if isinstance(path, str) and not os.path.exists(os.path.expanduser(path)) and _looks_like_repo(path):
+        from .hub import snapshot
+
+        repo, _, revision = path.partition("@")
+        path = snapshot(repo, revision or None)
     path = Path(path)
+    if path.is_dir() and read_manifest(path.resolve())[1].get("plan_only"):
+        return _reapply_export(path.resolve(), base, device=device, dtype=dtype)
     if path.is_dir():
         folder = path.resolve()
         small = load_pruned_denoiser(folder, device=device, dtype=dtype)
@@ -234,6 +300,45 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
     handle = base if hasattr(base, "pipe") else load_pipeline(base, device=device, dtype=dtype)
     check_base(plan, handle, path)
     return _with_denoiser(handle, build(handle, plan), plan)
+
+
+def _looks_like_repo(path: str) -> bool:
+    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and "\\" not in path
+
+
+def base_source(plan: PruningPlan) -> str:
+    """The model source a plan's ``base`` ref names (what ``load_pipeline`` loads), or an error.
+
+    >>> base_source(PruningPlan(family="sd", base="hub:org/model@abc123")), base_source(
+    ...     PruningPlan(family="sd", base="bundled:tiny-shapes-sd@0f0f"))
+    ('org/model@abc123', 'tiny-shapes-sd')
+    """
+    kind, _, rest = plan.base.partition(":")
+    name, _, version = rest.rpartition("@")
+    if kind == "hub" and name and version and version != "None":
+        return f"{name}@{version}"
+    if kind == "hub" and name:
+        return name
+    if kind in ("bundled", "local") and name:
+        return name
+    raise ExportError(f"the plan's base {plan.base!r} names no model that can be loaded: pass base=<model source>")
+
+
+def _reapply_export(folder: Path, base, *, device=None, dtype=None):
+    """A plan-only export re-applied to the base weights, with its re-fitted tensors loaded."""
+    plan, manifest = read_manifest(folder)
+    handle = base if hasattr(base, "pipe") else load_pipeline(base or base_source(plan), device=device, dtype=dtype)
+    check_base(plan, handle, folder)
+    small = slim(handle.denoiser, plan)
+    if plan.reconstruction is not None:
+        deltas = _load_weights(folder / DELTAS, manifest["files"][DELTAS])
+        own = small.state_dict()
+        bad = [k for k, v in deltas.items() if k not in own or own[k].shape != v.shape]
+        if bad:
+            raise ExportError(f"{str(folder / DELTAS)!r} does not fit the plan: {bad[0]!r}")
+        small.load_state_dict({**own, **{k: v.to(own[k].device, own[k].dtype) for k, v in deltas.items()}},
+                              strict=True)
+    return _with_denoiser(handle, small, plan)
 
 
 def build(handle, plan: PruningPlan) -> nn.Module:

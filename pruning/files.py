@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ExportError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import ExportError, SettingsError
+from .validate import parse_json
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -86,3 +91,39 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
                 raise ExportError(f"{what} {str(p)!r}: folder {str(parent)!r} is not writable")
             break
     return p
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict, fmt: str, meta: dict) -> Path:
+    """One safetensors file (atomically) with ``meta`` as JSON in its header, tagged ``fmt``.
+
+    >>> import tempfile, torch
+    >>> p = write_tensors(Path(tempfile.mkdtemp()) / "t.safetensors", {"x": torch.ones(2)}, "demo/1", {"a": 1})
+    >>> meta, tensors = read_tensors(p, "demo/1", "demo file")
+    >>> meta, tensors["x"].tolist()
+    ({'a': 1}, [1.0, 1.0])
+    """
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": fmt, "meta": json.dumps(meta)})
+    return path
+
+
+def read_tensors(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, dict]:
+    """(meta, tensors) of a file :func:`write_tensors` wrote; every problem is one ``SettingsError``
+    naming ``what`` (the file). Nothing is unpickled: safetensors holds only tensors and strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"{what} does not exist")
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
+    if header.get("format") != fmt:
+        raise SettingsError(f"{what} is not a {fmt} file (format {header.get('format')!r})")
+    meta = parse_json(header.get("meta", ""), f"{what} metadata")
+    if not isinstance(meta, dict):
+        raise SettingsError(f"{what}: its metadata is not a JSON object")
+    return meta, tensors

@@ -8,6 +8,10 @@ Schema (``format: "pruning-export/1"``)::
     full_pipeline  bool
     params         int, the slim denoiser's parameter count
     files          {relative path: sha256 hex} for every .safetensors file in the folder
+    card           optional: the model card's figures (``pruning.card``: summary, quality, method)
+    plan_only      optional, bool: no denoiser weights; ``load_pruned`` re-applies the plan to the
+                   base weights (and loads ``DELTAS``, the re-fitted tensors, when it records a reconstruction)
+    lora           optional: {"file", "source", "sliced", "dropped"}, a LoRA sliced for the plan
 
 >>> import tempfile, json
 >>> d = Path(tempfile.mkdtemp())
@@ -33,10 +37,12 @@ from .validate import inside, read_json
 MANIFEST = "pruning_plan.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 FORMAT = "pruning-export/1"
+DELTAS = "reconstruction.safetensors"  # plan-only exports: the re-fitted tensors that differ from plain slim
 # family -> (pipeline component, denoiser class name), from the registry
 DENOISERS = {f.name: (f.denoiser_name, f.denoiser_class.__name__) for f in families.all_families()}
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = ("format", "plan", "denoiser", "full_pipeline", "params", "files")
+_OPTIONAL = ("card", "plan_only", "lora")
 
 
 def denoiser_classes() -> dict[str, type]:
@@ -71,7 +77,7 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
     missing = sorted(set(_FIELDS) - set(m))
     if missing:
         raise ExportError(f"{where}: missing field(s) {missing}")
-    unknown = sorted(set(m) - set(_FIELDS))
+    unknown = sorted(set(m) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
         raise ExportError(f"{where}: unknown field(s) {unknown}")
     try:
@@ -91,8 +97,15 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
         raise ExportError(f"{where}: 'full_pipeline' must be true or false, got {m['full_pipeline']!r}")
     if isinstance(m["params"], bool) or not isinstance(m["params"], int) or m["params"] < 0:
         raise ExportError(f"{where}: 'params' must be a parameter count, got {m['params']!r}")
+    plan_only = m.get("plan_only", False)
+    if not isinstance(plan_only, bool) or (plan_only and m["full_pipeline"]):
+        raise ExportError(f"{where}: 'plan_only' must be true or false (and false with a full pipeline), "
+                          f"got {plan_only!r}")
+    for name in ("card", "lora"):
+        if name in m and not isinstance(m[name], Mapping):
+            raise ExportError(f"{where}: {name!r} must be a JSON object, got {type(m[name]).__name__}")
     files = m["files"]
-    if not isinstance(files, Mapping) or not files:
+    if not isinstance(files, Mapping) or (not files and not plan_only):
         raise ExportError(f"{where}: 'files' must map every weights file to its sha256 (an export without "
                           "hashes is refused)")
     for rel, sha in files.items():
@@ -103,7 +116,10 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
         except SettingsError as e:
             raise ExportError(f"{where}: files: {e}") from None
     weights = f"{den['name']}/{WEIGHTS}"
-    if weights not in files:
+    if plan_only and (weights in files or (plan.reconstruction is not None) != (DELTAS in files)):
+        raise ExportError(f"{where}: a plan-only export holds no denoiser weights, and {DELTAS!r} exactly when "
+                          "its plan records a reconstruction")
+    if not plan_only and weights not in files:
         raise ExportError(f"{where}: 'files' has no hash for the denoiser weights {weights!r}")
     return plan, dict(m)
 

@@ -25,6 +25,13 @@ before each unit and calls ``control.unit_done()`` after it: the chunk is full o
 >>> c = RunControl(chunk=Budget(units=2))
 >>> [c.chunk_full() or c.unit_done() for _ in range(3)]
 [None, None, True]
+
+A data-parallel run (:mod:`pruning.parallel`) gives its control the ``processes`` it spans; a
+loop then asks ``control.ending()``, true on every process as soon as one of them is stopped
+or its chunk is full, so that all processes leave the loop at the same unit.
+
+>>> RunControl(chunk=Budget(units=1)).ending(), RunControl(time_limit=0.0).ending()
+(False, True)
 """
 
 from __future__ import annotations
@@ -37,12 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from .errors import SettingsError
-from .files import atomic_write
-from .validate import parse_json
+from .errors import SettingsError, StateMismatch
+from .files import read_tensors, write_tensors
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class RunControl:
     """Stop event, optional time limit (seconds from creation) and progress callback of one run."""
 
     def __init__(self, stop: threading.Event | None = None, *, progress: Callable | None = None,
-                 time_limit: float | None = None, chunk: Budget | None = None):
+                 time_limit: float | None = None, chunk: Budget | None = None, processes=None):
         self.event = stop if stop is not None else threading.Event()
         self._progress = progress
         self.deadline = None if time_limit is None else time.monotonic() + float(time_limit)
@@ -98,6 +102,7 @@ class RunControl:
         self.stopped_at: float | None = None  # time.monotonic() of the first stop
         self.done: tuple[int, int] = (0, 0)  # the last (done, total) reported
         self.clock = _Clock(chunk) if chunk is not None else None
+        self.processes = processes  # a pruning.parallel.Processes, or None: this process alone
 
     def stopped(self) -> bool:
         """True once stopped or past the time limit (``reason`` says which)."""
@@ -124,6 +129,12 @@ class RunControl:
     def chunk_full(self) -> bool:
         """True when the current chunk should end before the next unit of work."""
         return self.clock is not None and self.clock.full()
+
+    def ending(self) -> bool:
+        """True when the loop should end before its next unit: stopped or the chunk full, on any
+        of ``processes`` (each process must call it at the same unit)."""
+        flag = self.stopped() or self.chunk_full()
+        return self.processes.any(flag) if self.processes is not None else flag
 
     def unit_done(self) -> None:
         if self.clock is not None:
@@ -163,43 +174,27 @@ class RunState:
     def check(self, what: str, model_ref: str, settings: Mapping) -> RunState:
         """Refuse to resume a state made by another run; returns itself."""
         if self.what != what:
-            raise SettingsError(f"cannot resume: the state is of a {self.what} run, not {what}")
+            raise StateMismatch(f"cannot resume: the state is of a {self.what} run, not {what}")
         if self.model_ref != model_ref:
-            raise SettingsError(f"cannot resume: the state was made on {self.model_ref!r}, not {model_ref!r}")
+            raise StateMismatch(f"cannot resume: the state was made on {self.model_ref!r}, not {model_ref!r}")
         if _plain(self.settings) != _plain(settings):
             diff = sorted(k for k in set(self.settings) | set(settings)
                           if _plain(self.settings.get(k)) != _plain(settings.get(k)))
-            raise SettingsError(f"cannot resume: the state was made with other settings ({', '.join(diff)} differ)")
+            raise StateMismatch(f"cannot resume: the state was made with other settings ({', '.join(diff)} differ)")
         return self
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file (written atomically); :meth:`load` reads it back."""
-        path = Path(path)
-        meta = {"format": STATE_FORMAT, "what": self.what, "model_ref": self.model_ref,
-                "settings": _plain(self.settings), "data": _plain(self.data)}
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
-        with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "meta": json.dumps(meta)})
-        return path
+        meta = {"what": self.what, "model_ref": self.model_ref, "settings": _plain(self.settings),
+                "data": _plain(self.data)}
+        return write_tensors(path, self.tensors, STATE_FORMAT, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> RunState:
-        path = Path(path)
         what = f"run state {str(path)!r}"
-        if not path.is_file():
-            raise SettingsError(f"{what} does not exist")
-        try:
-            with safe_open(str(path), "pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
-        if header.get("format") != STATE_FORMAT:
-            raise SettingsError(f"{what} is not a {STATE_FORMAT} file (format {header.get('format')!r})")
-        m = parse_json(header.get("meta", ""), f"{what} metadata")
-        if not isinstance(m, Mapping) or not all(isinstance(m.get(k), t) for k, t in
-                                                   (("what", str), ("model_ref", str), ("settings", Mapping),
-                                                    ("data", Mapping))):
+        m, tensors = read_tensors(path, STATE_FORMAT, what)
+        if not all(isinstance(m.get(k), t) for k, t in (("what", str), ("model_ref", str), ("settings", Mapping),
+                                                         ("data", Mapping))):
             raise SettingsError(f"{what}: its metadata lacks what / model_ref / settings / data")
         return cls(m["what"], m["model_ref"], dict(m["settings"]), dict(m["data"]), tensors)
 

@@ -265,3 +265,26 @@ def test_two_users_at_once(url):
     assert m0["denoiser params"]["pruned"] != m1["denoiser params"]["pruned"]
     assert img0 != img1
     assert weights_digest() == before
+
+
+def test_export_with_a_lora_upload(url, tmp_path):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from pruning import load_pipeline
+
+    pipe = load_pipeline(SOURCE).pipe
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "conv1"], init_lora_weights=False))
+    type(pipe).save_lora_weights(tmp_path / "in", unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    c = client(url)
+    c.predict("magnitude", 0.2, "global", api_name="/prefill")
+    lora = gradio_client.handle_file(str(tmp_path / "in" / "pytorch_lora_weights.safetensors"))
+    zip_file, _, snippet, status, _ = c.predict(True, 0, PROMPTS, 2, False, lora, api_name="/export")
+    assert "with the LoRA sliced" in status and 'subfolder="lora"' in snippet
+    names = zipfile.ZipFile(zip_file["value"]).namelist()
+    assert {"pruned-model/README.md", "pruned-model/grid.png", "pruned-model/lora/pytorch_lora_weights.safetensors"} \
+        <= set(names)
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(gradio_client.exceptions.AppError, match="bad.safetensors"):
+        c.predict(True, 0, PROMPTS, 2, False, gradio_client.handle_file(str(tmp_path / "bad.safetensors")),
+                  api_name="/export")

@@ -175,3 +175,70 @@ def test_reconstruct_and_export_reconstruct(capsys, sd_folder, sd_handle, plan_f
                        "--ridge", -1)
     assert code == 2 and "ridge" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+CHUNKED = {  # small runs: 1 + 4 units (Taylor: the clean images, 4 timesteps), 2 + 4 (EcoDiff: 2 targets, 4 steps)
+    "taylor": ["--prompts", "a red circle", "a blue square", "--steps", 2, "--stride", 250, "--thr", 0],
+    "ecodiff": ["--prompts", "a red circle", "a blue square", "a green square", "--steps", 2, "--epochs", 2,
+                "--batch-size", 2],
+}
+
+
+@pytest.mark.parametrize("method", sorted(CHUNKED))
+def test_a_chunked_run_over_several_calls_equals_one_call(capsys, sd_folder, tmp_path, method):
+    from pruning.cli.score import CHUNK_NOT_DONE
+    from pruning.methods import Scores
+
+    whole = tmp_path / "whole.csv"
+    code, _, err = run(capsys, method, "--model", sd_folder, "--out", whole, *CHUNKED[method])
+    assert code == 0, err
+    out, state = tmp_path / "chunked.csv", tmp_path / "run.safetensors"
+    argv = [method, "--model", sd_folder, "--out", out, *CHUNKED[method], "--chunk-units", 2, "--state", state]
+    calls = []
+    while True:
+        code, text, err = run(capsys, *argv)
+        calls.append(code)
+        if code != CHUNK_NOT_DONE:
+            break
+        assert state.is_file() and not out.exists(), text  # the state is kept, the scores only come at the end
+        assert "the run is not finished" in text and "run the same command again" in text
+        assert len(calls) < 10
+    assert code == 0, err
+    assert calls == [CHUNK_NOT_DONE] * (len(calls) - 1) + [0] and len(calls) >= 3
+    assert "no longer needed" in text and state.is_file()  # never deleted
+    a, b = Scores.read(out), Scores.read(whole)
+    assert a.partial is False and a.settings == b.settings and a.info == b.info
+    assert a.table.equals(b.table)  # bit for bit
+
+
+def test_chunk_options_are_checked(capsys, sd_folder, tmp_path):
+    base = ["taylor", "--model", sd_folder, "--out", tmp_path / "s.csv", *CHUNKED["taylor"]]
+    state = tmp_path / "run.safetensors"
+    _assert_one_line_error(*run(capsys, *base, "--chunk-s", -1, "--state", state)[::2], "--chunk-s")
+    _assert_one_line_error(*run(capsys, *base, "--chunk-s", "soon", "--state", state)[::2], "--chunk-s")
+    _assert_one_line_error(*run(capsys, *base, "--chunk-units", 0, "--state", state)[::2], "--chunk-units")
+    _assert_one_line_error(*run(capsys, *base, "--chunk-s", 60)[::2], "--state")
+    _assert_one_line_error(*run(capsys, *base, "--chunk-s", 60, "--state", tmp_path)[::2], "--state")
+    # a state of another method, and of other settings: refused, naming the state file
+    code, _, err = run(capsys, *base, "--chunk-units", 1, "--state", state)
+    assert code == 3 and state.is_file(), err
+    eco = ["ecodiff", "--model", sd_folder, "--out", tmp_path / "m.csv", *CHUNKED["ecodiff"], "--state", state]
+    _assert_one_line_error(*run(capsys, *eco)[::2], "run.safetensors")
+    assert "taylor run, not ecodiff" in run(capsys, *eco)[2]
+    code, _, err = run(capsys, *base, "--stride", 500, "--state", state)
+    _assert_one_line_error(code, err, "stride differ")
+    assert "run.safetensors" in err and not (tmp_path / "s.csv").exists()
+
+
+def test_export_plan_only_with_card_and_offline_push(capsys, sd_folder, sd_handle, plan_file, tmp_path):
+    out_dir = tmp_path / "plan-only"
+    code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir,
+                         "--plan-only")
+    assert code == 0, err
+    assert "plan only" in out and "card      README.md: latent MSE" in out
+    assert (out_dir / "README.md").is_file() and not list(out_dir.rglob("*.safetensors"))
+    assert load_pruned(out_dir, base=sd_handle).denoiser.pruning_plan.base == sd_handle.model_ref
+    code, _, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "x",
+                       "--push-to-hub", "someone/pruned")
+    _assert_one_line_error(code, err, "'someone/pruned'")
+    assert "offline" in err and not (tmp_path / "x").exists()

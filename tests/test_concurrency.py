@@ -141,7 +141,7 @@ def test_stop_keeps_partial_results(url):
     job = a.submit(*score_args("ldpruner", n_gen=4, steps=25, granularity="all"), api_name="/score")
     wait_progress(a.session_hash)  # some operators are finished: there is a partial result to keep
     a.predict(api_name="/stop")
-    table, fig, _, status, _ = job.result(timeout=60)
+    table, fig, _, status, _, _ = job.result(timeout=60)
     assert "Stopped" in status and 0 < len(frame(table)) < 39
     assert "STOPPED" in app.visual.apply_theme(__import__("plotly.io").io.from_json(fig["plot"])).layout.title.text
     _, _, _, status, _, _ = a.predict(*score_args("ldpruner", operators=["mid_block.resnets.0"]), api_name="/score")

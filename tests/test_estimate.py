@@ -101,3 +101,46 @@ def test_cli_estimates_for_compare_export_and_recover(capsys, tmp_path):
     assert "recovery iterations 30" in capsys.readouterr().out and not (tmp_path / "rec").exists()
     assert main(["export", "--model", "tiny-shapes-sd", "--plan", str(path)]) == 2
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_working_memory_counts_new_tensors_not_the_weights_autograd_saves():
+    """Bytes saved for backward count each layer's weight (already resident) and a tensor once per op
+    that saves it; the estimate's working memory counts the storages a call creates, once."""
+    import torch
+
+    from pruning.estimate import LiveBytes
+    from pruning.metrics import SavedTensorMeter
+
+    layers = torch.nn.ModuleList(torch.nn.Linear(256, 256) for _ in range(3))
+    x = torch.ones(2, 256, requires_grad=True)
+    weights = sum(f.weight.numel() * 4 for f in layers)
+    with LiveBytes() as live, SavedTensorMeter() as saved:
+        ys = [f(x) for f in layers]  # x saved by three ops: one storage
+        (g,) = torch.autograd.grad(sum(y.sum() for y in ys), [x])
+    assert saved.peak >= weights  # the weights, counted as if the run held them again
+    assert live.peak < weights / 20 and live.live == 4 * (g.numel() + sum(y.numel() for y in ys))  # all alive
+
+
+def test_memory_estimates_follow_what_each_run_holds(tiny_sd):
+    from pruning.methods.diffpruning import unit_params
+
+    cost = step_cost(tiny_sd)
+    weights = cost.weights_bytes
+    sweep = estimate(tiny_sd, "ldpruner", methods.get("ldpruner").settings(n_gen=2, steps=2))
+    eco = estimate(tiny_sd, "ecodiff", methods.get("ecodiff").settings(epochs=1, steps=2, batch_size=2,
+                                                                     prompts=["a", "b"]))
+    taylor = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=500, steps=2, prompts=["a", "b"]))
+    assert weights < sweep.peak_bytes < eco.peak_bytes  # no grad holds less than a backward
+    assert cost.working_bytes(2) < cost.working_bytes(2, "input")
+    sums = sum(p.numel() * 4 for p in unit_params(tiny_sd, ("head", "neuron", "group")).values())
+    assert taylor.peak_bytes >= weights + sums + cost.working_bytes(2, "weights")  # + the float32 gradient sums
+
+
+def test_taylor_counts_its_weight_sized_passes(tiny_sd):
+    """Zeroing, adding into and scoring the fp32 gradient sums scale with the weights, not the calls."""
+    cost = step_cost(tiny_sd)
+    one, many = cost.sums_seconds(10**8, 1), cost.sums_seconds(10**8, 20)
+    assert 0 < one < many and cost.sums_seconds(2 * 10**8, 1) == pytest.approx(2 * one)
+    coarse = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=500))
+    fine = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=50))
+    assert fine.seconds > coarse.seconds

@@ -100,17 +100,19 @@ def test_slim_of_a_hooked_denoiser(pair):
     assert type(hooked.denoiser._hf_hook).__name__ == "CpuOffload"  # the pipeline's hooks are untouched
 
 
+def _gate_grads(handle):
+    """(loss, gate gradients) of a checkpointed EcoDiff step towards a shifted target."""
+    traj = prepare(handle, PROMPTS, SEEDS, steps=2)
+    with torch.no_grad():
+        target = traj.unpack(rollout(handle.denoiser, traj)[-1]) + 0.05
+    for p in handle.denoiser.parameters():
+        p.requires_grad_(False)
+    return _grads(handle, traj, target, "timestep")
+
+
 @pytest.mark.parametrize("family", ["sd", "flux"])
 def test_ecodiff_gate_gradients_equal_without_hooks(family):
-    grads = []
-    for handle in _pair(family):
-        traj = prepare(handle, PROMPTS, SEEDS, steps=2)
-        with torch.no_grad():
-            target = traj.unpack(rollout(handle.denoiser, traj)[-1]) + 0.05
-        for p in handle.denoiser.parameters():
-            p.requires_grad_(False)
-        grads.append(_grads(handle, traj, target, "timestep"))
-    (loss_a, a), (loss_b, b) = grads
+    (loss_a, a), (loss_b, b) = (_gate_grads(handle) for handle in _pair(family))
     assert a.abs().max() > 0 and loss_a == loss_b
     torch.testing.assert_close(b, a, rtol=0, atol=0)
 
@@ -228,14 +230,7 @@ def test_sequential_offload_gate_gradients_and_taylor_refusal():
     pipe = tiny_pipeline("sd")
     cpu_offload(pipe.unet, execution_device="cpu")  # the denoiser only: see the module docstring
     seq = handle_from_pipe(pipe, model_ref="tiny:sd")
-    grads = []
-    for handle in (plain, seq):
-        traj = prepare(handle, PROMPTS, SEEDS, steps=2)
-        with torch.no_grad():
-            target = traj.unpack(rollout(handle.denoiser, traj)[-1]) + 0.05
-        for p in handle.denoiser.parameters():
-            p.requires_grad_(False)
-        grads.append(_grads(handle, traj, target, "timestep"))
+    grads = [_gate_grads(handle) for handle in (plain, seq)]
     assert grads[0][1].abs().max() > 0 and grads[0][0] == grads[1][0]
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=0)
     with pytest.raises(SettingsError, match=r"on the meta device \(with sequential offload"):

@@ -213,3 +213,21 @@ def test_every_library_module_imports_without_the_app_packages(tmp_path):
     expected = {".".join(p.relative_to(REPO).with_suffix("").parts) for p in (REPO / "pruning").rglob("*.py")}
     expected = {n.removesuffix(".__init__") for n in expected}
     assert set(out["modules"]) == expected
+
+
+def test_card_snippet_loads_the_export_in_a_fresh_venv(venv_python, tmp_path):
+    """The lines in an export's README.md, run where the folder was unpacked, with only the wheel installed."""
+    from pruning import PruningPlan, export, load_pipeline
+
+    h = load_pipeline("tiny-shapes-sd")
+    plan = PruningPlan(family="sd", base=h.model_ref, removed_operators=("mid_block.resnets.0",))
+    work = tmp_path / "downloads"
+    for name, kw in (("pruned-model", {"full_pipeline": True}), ("pruned-plan", {"plan_only": True})):
+        folder = export(h, plan, work / name, evaluate=False, **kw)
+        card = (folder / "README.md").read_text()
+        code = card.split("```python\n", 1)[1].split("```", 1)[0]
+        assert f'load_pruned("{name}"' in code, code
+        (work / f"{name}.py").write_text(code)
+        _run([venv_python, f"{name}.py"], cwd=work)
+        assert (work / "pruned.png").is_file()
+        (work / "pruned.png").unlink()

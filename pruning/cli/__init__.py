@@ -7,7 +7,9 @@
 * :mod:`~pruning.cli.compare`: ``compare``
 
 Every :class:`~pruning.errors.PruningError`, ``OSError`` and usage error ends as one line on
-stderr and exit code 2, never a traceback. Nothing heavy is imported until a handler runs.
+stderr and exit code 2, never a traceback. Exit code 3: a chunked run (``--chunk-s`` /
+``--chunk-units`` with ``--state``) ended its chunk before the run was finished; run the same
+command again. Nothing heavy is imported until a handler runs.
 
 >>> main(["info"])
 2
@@ -61,7 +63,8 @@ def _quiet() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (0 ok, 2 usage or pruning error, 130 interrupted)."""
+    """Run one command; returns the exit code (0 ok, 2 usage or pruning error, 3 a chunk done but not the
+    run, 130 interrupted)."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:

@@ -80,6 +80,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tiling", action="store_true",
                    help="decode images in overlapping tiles, one image at a time: less memory at large resolutions, "
                         "slight seams")
+    p.add_argument("--fuse-lora", metavar="LORA", help="fuse this LoRA (.safetensors) into the model first: scores, "
+                   "plans and exports are then of the model with the LoRA")
 
 
 def add_plan_arg(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -112,6 +114,10 @@ def load_handle(args: argparse.Namespace):
     offload, tiling = getattr(args, "offload", None), getattr(args, "vae_tiling", False)
     on = check_device(args.device)
     handle = load_pipeline(args.model, device="cpu" if offload else on, dtype=args.dtype)
+    if getattr(args, "fuse_lora", None):
+        from ..lora import fuse_lora
+
+        handle = fuse_lora(handle, args.fuse_lora)
     if offload or tiling:
         on = None if on.type == "cpu" else on
         handle = enable_memory_savers(handle, offload=offload, vae_tiling=tiling, vae_slicing=tiling, device=on)

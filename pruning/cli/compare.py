@@ -9,7 +9,15 @@ from ..compare import CompareSettings, check_sparsities, compare_methods
 from ..errors import SettingsError
 from ..estimate import estimate_comparison
 from ..files import atomic_write
-from .common import add_command, add_estimate_args, add_model_args, load_handle, print_estimate, work_done, writable
+from .common import (
+    add_command,
+    add_estimate_args,
+    add_model_args,
+    load_handle,
+    print_estimate,
+    work_done,
+    writable,
+)
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:

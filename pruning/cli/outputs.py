@@ -38,6 +38,19 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconstruct", action="store_true",
                    help="re-fit the layers that read the pruned units first, with the default settings "
                         "(the `reconstruct` command sets them)")
+    p.add_argument("--lora", metavar="LORA", help="a LoRA (.safetensors, diffusers/peft or kohya) for the base model: "
+                   "exported sliced for the plan into lora/ (layers of removed operators are dropped and listed)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="no weights: the plan, the model card and any reconstruction deltas, re-applied to the base "
+                        "weights by load_pruned")
+    p.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the export folder to this Hub model repo "
+                   "(token from HF_TOKEN or `huggingface-cli login`)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    card = p.add_mutually_exclusive_group()
+    card.add_argument("--card-eval", dest="card_eval", action="store_true", default=None,
+                      help="measure the card's quality figures (2 x 4 images) even on a large model")
+    card.add_argument("--no-card-eval", dest="card_eval", action="store_false",
+                      help="write the card without measuring (default: measured below 50M denoiser params)")
 
 
 def _export_only_args(p: argparse.ArgumentParser) -> None:
@@ -51,9 +64,16 @@ def _need_out(args) -> None:
 
 
 def _report(folder: Path, before: int, recovered: str = "") -> None:
-    after = read_manifest(folder)[1]["params"]
-    print(f"exported  {folder}{recovered}")
+    manifest = read_manifest(folder)[1]
+    after = manifest["params"]
+    print(f"exported  {folder}{recovered}" + (" (plan only: no weights)" if manifest.get("plan_only") else ""))
     print(f"params    {human(before)} -> {human(after)}: {before - after:,} removed ({1 - after / before:.1%})")
+    q = (manifest.get("card") or {}).get("quality")
+    if q:
+        print(f"card      README.md: latent MSE {q['latent_mse']:.4g}, SSIM {q['ssim']:.4f} on {len(q['prompts'])} "
+              "prompts vs the base" + (f", task accuracy {q['task_accuracy']:.2f}" if "task_accuracy" in q else ""))
+    for d in (manifest.get("lora") or {}).get("dropped", []):
+        print(f"lora      dropped {d} (its operator was removed)")
 
 
 @add_command("export", help="write the slimmed model: safetensors + pruning_plan.json", arguments=_export_only_args)
@@ -65,15 +85,29 @@ def cmd_export(args) -> int:
         return 0
     _need_out(args)
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)  # before loading anything
+    _check_hub(args)
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     small = reconstruct(h, plan) if args.reconstruct else None
     folder = export(h, plan if small is None else small.pruning_plan, args.out, full_pipeline=args.full_pipeline,
-                    denoiser=small, overwrite=args.overwrite)
+                    denoiser=small, overwrite=args.overwrite, **_export_kw(args))
     work_done()
     note = (" (full pipeline)" if args.full_pipeline else "") + ("" if small is None else _fitted(small))
     _report(folder, count_params(h.denoiser), note)
     return 0
+
+
+def _check_hub(args) -> None:
+    if args.push_to_hub:
+        from ..hub import check_reachable
+
+        check_reachable(args.push_to_hub)  # offline: fails here, before loading anything
+
+
+def _export_kw(args) -> dict:
+    """The card, plan-only, LoRA and Hub options every exporting command shares."""
+    return {"plan_only": args.plan_only, "evaluate": args.card_eval, "push_to_hub": args.push_to_hub,
+            "private": args.private, "lora": args.lora}
 
 
 def _fitted(small) -> str:
@@ -109,10 +143,11 @@ def cmd_reconstruct(args) -> int:
         return 0
     _need_out(args)
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
+    _check_hub(args)
     h = load_handle(args)
     small = reconstruct(h, load_plan(args.plan, h), settings)
     folder = export(h, small.pruning_plan, args.out, full_pipeline=args.full_pipeline, denoiser=small,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, **_export_kw(args))
     work_done()
     _report(folder, count_params(h.denoiser), _fitted(small))
     return 0
@@ -152,4 +187,35 @@ def cmd_recover(args) -> int:
     work_done()
     note = f" (recovered for {len(losses)} steps, loss {losses[0]:.4g} -> {losses[-1]:.4g})" if losses else ""
     _report(folder, count_params(handle.denoiser), note)
+    return 0
+
+
+def _lora_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_plan_arg(p, required=True)
+    p.add_argument("--lora", required=True, metavar="LORA", help="the LoRA for the base model (.safetensors: "
+                   "diffusers/peft, kohya, or another format diffusers' load_lora_weights converts)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the sliced LoRA (.safetensors), loadable with "
+                   "load_lora_weights onto the pruned pipeline")
+
+
+@add_command("lora", help="slice a LoRA for a plan: the LoRA of the pruned model", arguments=_lora_args)
+def cmd_lora(args) -> int:
+    from ..files import check_writable_file
+    from ..lora import read_lora, slice_lora, write_lora
+
+    out = check_writable_file(args.out, "--out")
+    if out.suffix != ".safetensors":
+        raise SettingsError(f"--out {args.out!r} must end in .safetensors")
+    h = load_handle(args)
+    plan = load_plan(args.plan, h)
+    lora = read_lora(h, args.lora)
+    small = slice_lora(h, plan, lora)
+    if not small.layers:
+        raise SettingsError(f"every layer the LoRA {args.lora!r} adapts is removed by the plan")
+    write_lora(small, out)
+    work_done()
+    print(f"lora      {out}: {len(small.layers)} of {len(lora.layers)} layers kept (sliced where the plan slims them)")
+    for d in small.dropped:
+        print(f"dropped   {d}")
     return 0

@@ -7,8 +7,18 @@ the paper-named shortcuts ``sweep`` (LD-Pruner), ``ecodiff`` and ``taylor``, and
     python -m pruning ecodiff --model tiny-shapes-sd --epochs 2 --out mask.safetensors
     python -m pruning prune --model tiny-shapes-sd --scores mask.safetensors --target-sparsity 0.2 --out plan.json
 
-Under ``accelerate launch --num_processes N -m pruning sweep ...`` the LD-Pruner operators
-are split across the processes and rank 0 writes the merged table, equal to a single run.
+Under ``accelerate launch --num_processes N -m pruning sweep|ecodiff|taylor ...`` the work is
+split across the processes (the sweep's operators; EcoDiff's and Taylor's prompts, their
+gradients summed, see :mod:`pruning.parallel`) and rank 0 writes the result, equal to a
+single-process run (within float tolerance for EcoDiff and Taylor).
+
+Chunked runs (:mod:`pruning.chunks`): ``--chunk-s SECONDS`` (or ``--chunk-units N``) runs at
+most one chunk and ``--state FILE`` keeps where the run stands. Run the same command again
+until it exits 0: exit code 3 (:data:`CHUNK_NOT_DONE`) means "chunk done, the run is not
+finished, the state is saved"; the scores are written to ``--out`` once the run is finished.
+The state file is never deleted (it is not needed any more once the run is done)::
+
+    python -m pruning taylor --model tiny-shapes-sd --out s.csv --chunk-s 60 --state run.safetensors
 
 >>> from pruning.cli import build_parser
 >>> a = build_parser().parse_args(["sweep", "--model", "m", "--out", "s.csv", "--prompts", "a", "b", "--n-gen", "4"])
@@ -19,6 +29,7 @@ are split across the processes and rank 0 writes the merged table, equal to a si
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -27,12 +38,14 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .. import methods
-from ..errors import RunDiverged, SettingsError
+from ..chunks import score_chunk
+from ..errors import RunDiverged, SettingsError, StateMismatch
 from ..estimate import estimate
 from ..files import atomic_write
 from ..methods import Scores, ldpruner
 from ..methods.select import plan_from_operator_scores
-from ..runs import RunControl
+from ..parallel import Processes
+from ..runs import Budget, RunControl, RunState
 from ..sampling import count_inputs
 from .common import (
     Parser,
@@ -49,6 +62,9 @@ from .common import (
 )
 
 SHORTCUTS = {"sweep": "ldpruner", "ecodiff": "ecodiff", "taylor": "taylor"}  # command -> method
+DATA_PARALLEL = ("ecodiff", "taylor")  # methods whose prompts split across launched processes
+CHUNK_NOT_DONE = 3  # exit code: one chunk done, the run is not finished (its state is saved)
+UNITS = {"ldpruner": "operators", "ecodiff": "optimizer steps", "taylor": "timesteps (at most)"}
 
 
 def _method_args(p: argparse.ArgumentParser, method) -> None:
@@ -61,6 +77,15 @@ def _method_args(p: argparse.ArgumentParser, method) -> None:
     kinds = ".csv (+ a .json of settings), .parquet" + (", or .safetensors" if method.level == "unit" else "")
     p.add_argument("--out", metavar="PATH", help=f"where to write the scores: {kinds} (required unless --estimate)")
     add_estimate_args(p)
+    p.add_argument("--chunk-s", type=float, metavar="SECONDS",
+                   help="run at most one chunk of this many seconds (the next unit of work must fit), keep the state "
+                        f"in --state and exit with code {CHUNK_NOT_DONE} if the run is not finished: run the same "
+                        "command again to continue")
+    p.add_argument("--chunk-units", type=int, metavar="N",
+                   help="like --chunk-s, a chunk of at most N units of work (operators, optimizer steps, timesteps)")
+    p.add_argument("--state", metavar="FILE",
+                   help="the run's state (.safetensors): resumed from when it exists, written when a chunk ends "
+                        "before the run is finished (never deleted)")
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
@@ -75,16 +100,54 @@ def _distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _control(args, desc: str):
-    """A RunControl whose progress drives a tqdm bar (shown on a terminal or with -v)."""
+def _control(args, desc: str, processes: Processes | None = None):
+    """A RunControl whose progress drives a tqdm bar (shown on a terminal or with -v, by the main
+    process), spanning the launched ``processes`` (None: this process alone)."""
 
-    bar = tqdm(desc=desc, disable=not (args.verbose or sys.stderr.isatty()), leave=False)
+    main = processes is None or processes.main
+    bar = tqdm(desc=desc, disable=not (main and (args.verbose or sys.stderr.isatty())), leave=False)
 
     def progress(done, total, info):
         bar.total = total
         bar.n = done
         bar.refresh()
-    return RunControl(progress=progress), bar
+    return RunControl(progress=progress, processes=processes), bar
+
+
+def _chunking(args) -> tuple[Budget | None, object]:
+    """(the chunk budget or None, the --state path or None), checked before any work."""
+    if args.chunk_s is not None and not 0 < args.chunk_s < math.inf:
+        raise SettingsError(f"--chunk-s must be a positive number of seconds, got {args.chunk_s:g}")
+    if args.chunk_units is not None and args.chunk_units < 1:
+        raise SettingsError(f"--chunk-units must be an integer >= 1, got {args.chunk_units}")
+    chunked = args.chunk_s is not None or args.chunk_units is not None
+    if chunked and not args.state:
+        raise SettingsError("--chunk-s / --chunk-units need --state FILE to keep the unfinished run between calls")
+    path = writable(args.state, "--state") if args.state else None
+    return (Budget(args.chunk_s, args.chunk_units) if chunked else None), path
+
+
+def _launch(args) -> PartialState:
+    """This process's place in an ``accelerate launch``; a GPU device becomes this process's GPU."""
+    state = PartialState(cpu=args.device == "cpu")
+    if args.device in ("cuda", "auto"):  # one GPU per process
+        args.device = str(state.device)
+    return state
+
+
+def _end_launch() -> None:
+    if dist.is_initialized():
+        dist.barrier()  # the main process has written its files
+        dist.destroy_process_group()
+
+
+def _run_chunk(h, name: str, settings, control, budget, path):
+    """One chunk (or the whole run without a budget), resumed from ``path`` when it exists."""
+    state = RunState.load(path) if path is not None and path.exists() else None
+    try:
+        return score_chunk(h, name, settings, state, budget, control)
+    except StateMismatch as e:
+        raise StateMismatch(f"--state {str(path)!r}: {e}") from None
 
 
 def run_score(args, name: str) -> int:
@@ -103,25 +166,57 @@ def run_score(args, name: str) -> int:
     if out.suffix == ".safetensors" and m.level != "unit":
         raise SettingsError(f"{name} scores whole operators: write them as .csv or .parquet, not .safetensors")
     settings = settings_from_args(m, args)  # checked now, before loading anything
-    if name == "ldpruner" and _distributed():
-        return _sharded_sweep(args, settings)
+    budget, state_path = _chunking(args)
+    processes = None
+    if _distributed():
+        if name == "ldpruner":
+            if budget is not None or state_path is not None:
+                raise SettingsError("the sweep split by accelerate launch runs in one go: drop --chunk-s / "
+                                    "--chunk-units / --state, or run it in one process")
+            return _sharded_sweep(args, settings)
+        if name not in DATA_PARALLEL:
+            raise SettingsError(f"{name} does not split across processes ({', '.join(['sweep', *DATA_PARALLEL])} "
+                                "do): run it without accelerate launch")
+        processes = Processes.launched(_launch(args))
+    main = processes is None or processes.main
     h = load_handle(args)
     if getattr(args, "preset", None):  # a family's preset: known once the model is loaded
         settings = settings_from_args(m, args, preset=args.preset, family=h.family)
     _preset_note(name, args, h)
-    control, bar = _control(args, m.title)
+    control, bar = _control(args, m.title, processes)
+    resume = None
     try:
-        scores = m.score(h, settings, control=control)
+        if budget is None and state_path is None:
+            scores = m.score(h, settings, control=control)
+        else:
+            scores, resume = _run_chunk(h, name, settings, control, budget, state_path)
     except RunDiverged as e:
-        if e.result is not None:
+        if e.result is not None and main:
             e.result.to_scores().write(out)
             raise RunDiverged(f"{e} (the last finite state was written to {str(out)!r})") from None
         raise
     finally:
         bar.close()
-    scores.write(out)
-    work_done()
-    _report(scores, out)
+    count = processes.count if processes is not None else 1
+    if resume is not None:  # the chunk ended before the run did
+        if main:
+            resume.save(state_path)
+            work_done()
+            done, total = control.done
+            where = f"at {done}/{total} {UNITS.get(name, 'units')}" if total else "while preparing (nothing scored yet)"
+            print(f"chunk     ended {where}{f' on {count} processes' if count > 1 else ''}: the run is not "
+                  f"finished, nothing written to {str(out)!r} yet")
+            print(f"state     saved to {state_path}: run the same command again to continue "
+                  f"(exit code {CHUNK_NOT_DONE} until the run is finished)")
+        _end_launch()
+        return CHUNK_NOT_DONE
+    if main:
+        scores.write(out)
+        work_done()
+        _report(scores, out, count)
+        if state_path is not None and state_path.exists():
+            print(f"state     {state_path} is no longer needed: the run is finished")
+    _end_launch()
     return 0
 
 
@@ -143,24 +238,18 @@ def _report(scores, path, processes: int = 1) -> None:
 
 
 def _sharded_sweep(args, settings) -> int:
-
-    state = PartialState(cpu=args.device == "cpu")
-    if args.device in ("cuda", "auto"):  # one GPU per process
-        args.device = str(state.device)
+    state = _launch(args)
     h = load_handle(args)
     if getattr(args, "preset", None):  # as in run_score: the preset is known once the model is loaded
         settings = settings_from_args(methods.get("ldpruner"), args, preset=args.preset, family=h.family)
     if state.is_main_process:
         _preset_note("ldpruner", args, h)
     df = ldpruner.sweep_sharded(h, settings, state=state, show_progress=bool(args.verbose))
-    state.wait_for_everyone()
     if state.is_main_process:
         scores = Scores("ldpruner", "operator", df, h.model_ref, df.attrs["settings"], False,
                         {"scored": len(df), "total": len(df)})
         _report(scores, scores.write(args.out), state.num_processes)
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    _end_launch()
     return 0
 
 

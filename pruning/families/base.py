@@ -30,6 +30,7 @@ class Family:
     fine_kinds: ClassVar[tuple[str, ...]] = ()  # operator kinds this family adds (catalog granularity)
     block_kinds: ClassVar[tuple[str, ...]] = ()
     default_text_len: ClassVar[int] = 77  # text tokens of a reference forward (catalog / MACs)
+    latent_packing: ClassVar[int] = 1  # denoiser in_channels per latent element (FLUX packs 2x2: 4)
 
     # ------------------------------------------------------------------ loading.py
     def owns(self, denoiser: nn.Module) -> bool:
@@ -82,6 +83,11 @@ class Family:
     def raw_outputs(self, denoiser: nn.Module, traj, i: int, z: torch.Tensor) -> list[torch.Tensor]:
         """The denoiser's outputs at step i exactly as the pipeline calls it."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ lora.py
+    def lora_state_dict(self, pipeline_class: type, tensors: dict) -> tuple[dict, dict | None]:
+        """(state dict, network alphas) as the pipeline's ``load_lora_weights`` reads a LoRA file."""
+        return pipeline_class.lora_state_dict(tensors)
 
     # ------------------------------------------------------------------ methods/diffpruning.py
     def taylor_guidance(self, handle) -> float:

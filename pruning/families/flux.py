@@ -84,6 +84,7 @@ class FluxFamily(Family):
     fine_kinds = ("attn", "ff", "ff_context")
     block_kinds = ("double_block", "single_block")
     default_text_len = 512
+    latent_packing = 4
     references = {
         "flux-dev": {"config": FLUX_DEV_TRANSFORMER, "hub_id": "black-forest-labs/FLUX.1-dev",
                      "resolution": 1024, "steps": 28, "guidance": 3.5},
@@ -195,6 +196,9 @@ class FluxFamily(Family):
         if traj.mode == "true_cfg":
             outs.append(denoiser(hidden_states=z, timestep=timestep, return_dict=False, **traj.neg_cond)[0])
         return outs
+
+    def lora_state_dict(self, pipeline_class, tensors):
+        return pipeline_class.lora_state_dict(tensors, return_alphas=True)
 
     def taylor_guidance(self, handle) -> float:
         embedded = handle.defaults.get("guidance_mode", "embedded") == "embedded"

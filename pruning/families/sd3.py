@@ -176,6 +176,9 @@ class SD3Family(Family):
         timestep = traj.timesteps[i].expand(x.shape[0])
         return [denoiser(hidden_states=x, timestep=timestep, return_dict=False, **traj.cond)[0]]
 
+    def lora_state_dict(self, pipeline_class, tensors):
+        return pipeline_class.lora_state_dict(tensors), None  # SD3's loader returns no alphas
+
     # ------------------------------------------------------------------ Taylor
     def train_loss(self, handle, x0, noise, cond, t):
         """Rectified flow: z_t = (1 - s) x0 + s noise, target noise - x0; SD3 reads t = 1000 s."""

@@ -28,16 +28,14 @@ from typing import Any, ClassVar
 
 import pandas as pd
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..catalog import discover
 from ..errors import PlanError, SettingsError
-from ..files import atomic_write
+from ..files import atomic_write, read_tensors, write_tensors
 from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
-from ..validate import choice, fraction, parse_json, read_json
+from ..validate import choice, fraction, read_json
 from .select import plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
@@ -154,10 +152,7 @@ class Scores:
         (unit scores as tensors, metadata inside). Written atomically."""
         path = Path(path)
         if path.suffix == ".safetensors":
-            tensors = {f: t.contiguous() for f, t in self.unit_scores().items()}
-            with atomic_write(path) as tmp:
-                save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(self.meta())})
-            return path
+            return write_tensors(path, self.unit_scores(), FORMAT, self.meta())
         with atomic_write(path) as tmp:
             if path.suffix == ".parquet":
                 self.table.to_parquet(tmp, index=False)
@@ -190,18 +185,7 @@ class Scores:
 
     @classmethod
     def _read_safetensors(cls, path: Path, what: str) -> Scores:
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = (f.metadata() or {})
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
-        if meta.get("format") != FORMAT:
-            raise SettingsError(f"{what} is not a {FORMAT} file (format {meta.get('format')!r})")
-
-        m = parse_json(meta.get("meta", ""), f"{what} metadata")
-        if not isinstance(m, Mapping):
-            raise SettingsError(f"{what}: its metadata is not a JSON object")
+        m, tensors = read_tensors(path, FORMAT, what)
         rows = [{"fqn": f, "index": i, "score": float(v)} for f, t in tensors.items() for i, v in
                 enumerate(t.flatten().tolist())]
         return cls._from_meta(m, pd.DataFrame(rows, columns=["fqn", "index", "score"]), what)

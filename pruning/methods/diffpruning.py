@@ -12,6 +12,12 @@ directly on our structures (their weights are the ``Cut`` slices of the catalog)
 Gradients are taken with ``torch.autograd.grad``: nothing is accumulated in the model's
 ``.grad`` and its ``requires_grad`` flags are restored.
 
+Data parallel (``control.processes``, :mod:`pruning.parallel`): the clean images are split
+across the processes (each generates or encodes its share and takes its rows of the one noise
+draw); at each timestep the losses and gradients are summed, each weighted by its share of
+the images, so every process sees the loss over all of them (the threshold rule stops all at
+the same timestep) and accumulates the same gradient sums as one process would.
+
 >>> rule = ThresholdRule(thr=0.5)
 >>> [rule.keep_going(x) for x in (4.0, 8.0, 5.0, 3.0, 9.0)]
 [True, True, True, False, True]
@@ -36,6 +42,7 @@ from ..catalog import UNIT_KINDS, discover, unit_totals
 from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..memory import execution_device
+from ..parallel import SINGLE, Processes
 from ..prompts import calibration_prompts
 from ..rollout import prepare, rollout
 from ..runs import RunControl, RunState, as_control
@@ -146,9 +153,11 @@ def _encode(handle, images, resolution: int) -> torch.Tensor:
     return families.of(handle).pack(pipe, z)  # FLUX: (B, C, H, W) -> (B, H/2 * W/2, 4C)
 
 
-def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: bool = False):
-    """(x0 as the denoiser consumes it, conditioning trajectory); with ``conditioning_only``
-    just the conditioning (x0 is known: a resumed run)."""
+def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: bool = False,
+                   processes: Processes = SINGLE):
+    """(x0 as the denoiser consumes it, conditioning trajectory) of this process's share of the
+    images (None for an empty share); with ``conditioning_only`` just the conditioning (x0 is
+    known: a resumed run)."""
     res = spec(handle, resolution=s.resolution).resolution
     if s.images is not None:
         images = _load_images(s.images, res)
@@ -158,12 +167,16 @@ def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: b
     else:
         prompts = list(s.prompts or calibration_prompts(handle.model_ref, 8))
     seeds = list(s.seeds) if s.seeds is not None else list(range(len(prompts)))
+    share = processes.share(len(prompts))
+    prompts, seeds = prompts[share], seeds[share]
+    if not prompts:
+        return None if conditioning_only else (None, None)
     cond_guidance = families.of(handle).taylor_guidance(handle)  # conditional pass only, no CFG
     cond = prepare(handle, prompts, seeds, steps=s.steps or 1, guidance=cond_guidance, resolution=res)
     if conditioning_only:
         return cond
     if s.images is not None:
-        return _encode(handle, images, res), cond
+        return _encode(handle, images[share], res), cond
     gen = prepare(handle, prompts, seeds, steps=s.steps, guidance=s.guidance, resolution=res)
     with torch.no_grad():
         return rollout(handle.denoiser, gen, control=control)[-1], cond
@@ -177,10 +190,26 @@ def _loss_at(handle, x0, noise, cond, t: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- importance
 
 
-def _unit_params(handle, kinds) -> dict[str, torch.nn.Parameter]:
+def unit_params(handle, kinds) -> dict[str, torch.nn.Parameter]:
+    """The weights the units of ``kinds`` own (whose gradients Taylor sums), by parameter name."""
     params = dict(handle.denoiser.named_parameters())
     names = {c.param for s in discover(handle.denoiser).structures.values() if s.kind in kinds for c in s.cuts}
     return {n: params[n] for n in sorted(names)}
+
+
+def _reduce_step(processes: Processes, grads: dict[str, torch.Tensor], loss: torch.Tensor | None,
+                 local: Sequence[torch.Tensor | None] | None, weight: float) -> float:
+    """Add one timestep's gradients, summed over the processes and each weighted by its share of
+    the images (the gradient of the loss over all of them), to ``grads``; return that loss.
+    A process without images adds zeros."""
+    local = local if local is not None else [None] * len(grads)
+    parts = [g.float() * weight if g is not None else torch.zeros_like(acc) for acc, g in zip(grads.values(), local)]
+    value = torch.tensor([loss.item() * weight if loss is not None else 0.0], dtype=torch.float32,
+                         device=next(iter(grads.values())).device)  # (1,)
+    *summed, value = processes.all_reduce_sum([*parts, value])
+    for acc, g in zip(grads.values(), summed):
+        acc += g
+    return value.item()
 
 
 def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=UNIT_KINDS) -> dict[str, torch.Tensor]:
@@ -198,13 +227,19 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     :class:`~pruning.runs.RunState` (x0, the gradient sums so far, the timesteps and losses)
     from which ``state`` continues bit for bit. A resumed state is consumed: its sums go on
     accumulating in place.
+
+    With ``control.processes`` (data parallel, see the module docstring) every process returns
+    the same table; a saved state holds all the clean images, so it resumes on any number of
+    processes. Stops and chunk ends are agreed between timesteps (``control.ending()``).
     """
     control = as_control(control)
+    ps = control.processes or SINGLE
+    inner = control if ps.count == 1 else None  # a stop inside a rollout would leave the others waiting
     settings = settings or TaylorSettings()
     if settings.prompts is None and settings.images is None:
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
-    params = _unit_params(handle, settings.kinds)
-    used, losses, x0 = [], [], None
+    params = unit_params(handle, settings.kinds)
+    used, losses, x0, ready = [], [], None, False  # ready: the clean images exist (on some process)
     if state is not None:
         state.check("taylor", handle.model_ref, settings.to_dict())
         used, losses, x0 = list(state.data["timesteps"]), list(state.data["losses"]), state.tensors.get("x0")
@@ -217,25 +252,32 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
         df.attrs.update(timesteps=used, losses=losses, partial=partial, model_ref=handle.model_ref,
                         settings=settings.to_dict(), method="taylor",
                         stopped=(control.reason or "chunk ended") if partial else None)
-        if partial and x0 is not None:
+        if partial and ready:
+            whole = x0.detach().cpu() if ps.count == 1 else ps.gather_rows(x0)
             df.attrs["resume"] = RunState("taylor", handle.model_ref, settings.to_dict(),
                                           {"timesteps": list(used), "losses": list(losses)},
-                                          {"x0": x0.detach().cpu(), **{f"grad.{n}": g for n, g in grads.items()}})
+                                          {"x0": whole, **{f"grad.{n}": g for n, g in grads.items()}})
         return df
 
-    if x0 is not None:
-        cond = _clean_latents(handle, settings, control, conditioning_only=True)
+    if x0 is not None:  # all the images: take this process's rows
+        n_images = x0.shape[0]
+        cond = _clean_latents(handle, settings, conditioning_only=True, processes=ps)
+        x0 = x0[ps.share(n_images)] if cond is not None else None
     else:
-        if control.stopped():
+        if control.ending():
             return table({}, True)
         try:
-            x0, cond = _clean_latents(handle, settings, control)
+            x0, cond = _clean_latents(handle, settings, inner, processes=ps)
         except RunStopped:  # stopped while generating the clean images: nothing scored
             return table({}, True)
+        n_images = ps.total(0 if x0 is None else x0.shape[0])
         control.unit_done()
-    x0 = x0.to(handle.device, handle.dtype)
-    g = torch.Generator().manual_seed(settings.noise_seed)
-    noise = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(x0.device, x0.dtype)
+    ready, weight = True, ps.weight(n_images)
+    if x0 is not None:
+        x0 = x0.to(handle.device, handle.dtype)
+        g = torch.Generator().manual_seed(settings.noise_seed)  # one draw for all the images, this share's rows
+        noise = torch.randn((n_images, *x0.shape[1:]), generator=g, dtype=torch.float32)[ps.share(n_images)]
+        noise = noise.to(x0.device, x0.dtype)
     n_train = handle.pipe.scheduler.config.num_train_timesteps
     ts = list(range(0, n_train, settings.stride))
     rule, partial = ThresholdRule(settings.thr), False
@@ -243,17 +285,24 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     for loss in losses:  # the rule's state after the timesteps already done
         finished = not rule.keep_going(loss)
     with requires_grad(params.values(), True):
-        for t in tqdm(ts[len(used):] if not finished else [], desc="Taylor", disable=not show_progress,
-                      leave=False):
-            if control.stopped() or control.chunk_full():
+        for t in tqdm(ts[len(used):] if not finished else [], desc="Taylor",
+                      disable=not (show_progress and ps.main), leave=False):
+            if control.ending():
                 partial = True
                 break
-            loss = _loss_at(handle, x0, noise, cond, t)
-            for n, gr in zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
-                if gr is not None:  # a weight outside this forward (e.g. a skipped branch) gets nothing
-                    grads[n] += gr.float()
+            loss = local = None
+            if x0 is not None:
+                loss = _loss_at(handle, x0, noise, cond, t)
+                local = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            if ps.count == 1:
+                for n, gr in zip(params, local):
+                    if gr is not None:  # a weight outside this forward (e.g. a skipped branch) gets nothing
+                        grads[n] += gr.float()
+                value = loss.item()
+            else:
+                value = _reduce_step(ps, grads, loss, local, weight)
             used.append(t)
-            losses.append(loss.item())
+            losses.append(value)
             control.unit_done()
             control.report(len(used), len(ts), t=t, loss=losses[-1])
             if not rule.keep_going(losses[-1]):

@@ -17,6 +17,12 @@ step is a pure function of (z_i, i, gates, that step's gate noise): the schedule
 single-step with its index set explicitly (``pruning.rollout``), and the hard-concrete noise
 is drawn once per step and reused in the replay.
 
+Data parallel (``control.processes``, :mod:`pruning.parallel`): each batch's prompts are split
+across the processes; each rolls out its share (targets included) and the gate gradients and
+the MSE are summed, each weighted by its share of the batch, so every process takes the same
+optimizer step as one process would (the gate noise is per step and per gate, not per prompt:
+the same seeded draw on every process). The regularizer's gradient is added after the sum.
+
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
 >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
@@ -40,6 +46,7 @@ from ..catalog import UNIT_KINDS, discover
 from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..masks import GATE_TYPES, GateSet, gated
+from ..parallel import SINGLE, Processes
 from ..prompts import calibration_prompts
 from ..rollout import Trajectory, prepare, rollout, step
 from ..runs import RunControl, RunState, as_control
@@ -257,6 +264,18 @@ def _backward_scaled(out: torch.Tensor, grad_out: torch.Tensor, lambdas: list[to
 # --------------------------------------------------------------------------- optimization
 
 
+def _reduce_recon(processes: Processes, params: list[torch.Tensor], recon: float, weight: float) -> float:
+    """Sum the gate ``.grad``s and the MSE over the processes, each weighted by its share of the
+    batch: the gradient and value of the MSE over the whole batch (a mean over its elements).
+    A process without prompts in this batch adds zeros."""
+    local = [p.grad * weight if p.grad is not None else torch.zeros_like(p) for p in params]
+    loss = torch.tensor([recon * weight], dtype=torch.float32, device=params[0].device)  # (1,)
+    *grads, loss = processes.all_reduce_sum([*local, loss])
+    for p, g in zip(params, grads):
+        p.grad = g
+    return loss.item()
+
+
 def _batches(settings: EcoDiffSettings) -> list[tuple[list[str], list[int]]]:
     seeds = list(settings.seeds) if settings.seeds is not None else list(range(len(settings.prompts)))
     prompts = list(settings.prompts)
@@ -275,8 +294,15 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
     each optimizer step. When ``control.chunk_full()`` ends a chunk, the result's ``resume`` is
     a :class:`~pruning.runs.RunState` (gate logits, AdamW moments, the gate-noise RNG state,
     the targets so far, the history) that ``state`` resumes exactly.
+
+    With ``control.processes`` (data parallel, see the module docstring) every process returns
+    the same state; a saved state holds whole batches' targets, so it resumes on any number of
+    processes. Stops and chunk ends are agreed between optimizer steps (``control.ending()``),
+    never inside one.
     """
     control = as_control(control)
+    ps = control.processes or SINGLE
+    inner = control if ps.count == 1 else None  # a stop inside a rollout would leave the others waiting
     settings = settings or EcoDiffSettings()
     if settings.prompts is None:
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
@@ -288,53 +314,64 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
     params = [g.log_alpha for g in gates.gates]
     opt_ = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
-    rows, targets = [], []
+    batches = _batches(settings)
+    shares = [ps.share(len(prompts)) for prompts, _ in batches]
+    rows, targets = [], []  # targets: this process's rows of each batch's (None: no rows here)
     if state is not None:
         state.check("ecodiff", handle.model_ref, settings.to_dict())
         rows, targets = _restore(state, gates, opt_, gen)
+        targets = [t[sh] if sh.stop > sh.start else None for t, sh in zip(targets, shares)]
     last_good = gates.lambdas()
 
     def result(partial_: bool, lambdas=None, chunk_ended: bool = False) -> MaskState:
         out = MaskState(lambdas or gates.lambdas(), kinds, pd.DataFrame(rows), handle.model_ref, handle.family,
                         settings.to_dict(), partial_, (control.reason or "chunk ended") if partial_ else None)
         if partial_:
-            out.resume = _snapshot(handle, settings, gates, opt_, gen, rows, targets)
+            whole = targets if ps.count == 1 else [ps.gather_rows(t) for t in targets]
+            out.resume = _snapshot(handle, settings, gates, opt_, gen, rows, whole)
         return out
 
     with requires_grad(den.parameters(), False):
-        data = []
-        for k, (prompts, seeds) in enumerate(_batches(settings)):  # targets: computed once, unmasked
-            traj = prepare(handle, prompts, seeds, steps=settings.steps, guidance=settings.guidance,
-                           resolution=settings.resolution)
+        data = []  # (trajectory of this process's prompts, their targets or None, weight in the batch)
+        for k, ((prompts, seeds), sh) in enumerate(zip(batches, shares)):  # targets: computed once, unmasked
+            mine = sh.stop > sh.start
+            # without prompts here, the batch's first one gives the step count (nothing is rolled out)
+            traj = prepare(handle, prompts[sh] if mine else prompts[:1], seeds[sh] if mine else seeds[:1],
+                           steps=settings.steps, guidance=settings.guidance, resolution=settings.resolution)
+            weight = ps.weight(len(prompts))
             if k < len(targets):
-                data.append((traj, targets[k]))
+                data.append((traj, targets[k], weight))
                 continue
-            if control.stopped() or control.chunk_full():
+            if control.ending():
                 return result(True)
             try:
                 with torch.no_grad():
-                    targets.append(traj.unpack(rollout(den, traj, control=control)[-1]))
+                    targets.append(traj.unpack(rollout(den, traj, control=inner)[-1]) if mine else None)
             except RunStopped:
                 return result(True)
-            data.append((traj, targets[-1]))
+            data.append((traj, targets[-1], weight))
             control.unit_done()
         total = settings.epochs * len(data)
-        bar = tqdm(total=total, initial=len(rows), desc="EcoDiff", disable=not show_progress, leave=False)
+        bar = tqdm(total=total, initial=len(rows), desc="EcoDiff", disable=not (show_progress and ps.main),
+                   leave=False)
         gates.train()
         for n in range(len(rows), total):
-            epoch, (traj, target) = n // len(data), data[n % len(data)]
-            if control.stopped() or control.chunk_full():
+            epoch, (traj, target, weight) = n // len(data), data[n % len(data)]
+            if control.ending():
                 bar.close()
                 return result(True)
             opt_.zero_grad(set_to_none=True)
             rng = gen.get_state()
             noise = [gates.noise(gen) for _ in range(traj.steps)]
             try:
-                recon = recon_grads(den, traj, target, gates, noise, settings.checkpointing, control)
+                recon = 0.0 if target is None else recon_grads(den, traj, target, gates, noise,
+                                                               settings.checkpointing, inner)
             except RunStopped:  # mid-step: that step is discarded, its noise drawn again on resume
                 gen.set_state(rng)
                 bar.close()
                 return result(True)
+            if ps.count > 1:
+                recon = _reduce_recon(ps, params, recon, weight)
             reg = regularizer(gates, settings.regularizer, settings.reg_norm, kinds)
             (settings.beta * reg).backward()
             opt_.step()

@@ -37,13 +37,13 @@ from dataclasses import asdict, dataclass, replace
 import pandas as pd
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .. import validate
 from ..catalog import catalog
 from ..errors import PlanError, PruningError, SettingsError
 from ..masks import masked
+from ..parallel import Processes
 from ..plan import PruningPlan
 from ..prompts import calibration_prompts
 from ..runs import RunControl, RunState, as_control
@@ -339,16 +339,15 @@ def sweep_sharded(handle, settings: SweepSettings, *, state=None, show_progress:
     (or ``torchrun``): each process scores its contiguous share, and every process gets the
     merged table, equal to a single-process sweep. With one process it is :func:`sweep`.
     """
-    state = state or PartialState(cpu=handle.device.type == "cpu")
+    ps = Processes.launched(state or PartialState(cpu=handle.device.type == "cpu"))
     s = settings.resolved(handle)
     todo = select_operators(handle, s)
-    if state.num_processes == 1:
+    if ps.count == 1:
         return sweep(handle, s, show_progress=show_progress)
-    with state.split_between_processes(list(todo["fqn"])) as share:
-        part = sweep(handle, replace(s, operators=tuple(share)), show_progress=show_progress and
-                     state.is_main_process) if share else None
+    share = ps.split(list(todo["fqn"]))
+    part = sweep(handle, replace(s, operators=tuple(share)), show_progress=show_progress and ps.main) if share else None
     records = [] if part is None else part.drop(columns=["rank"]).to_dict("records")
-    merged = gather_object(records)
+    merged = [r for rows in ps.gather(records) for r in rows]
     order = {f: i for i, f in enumerate(todo["fqn"])}
     rows = sorted(merged, key=lambda r: order[r["fqn"]])
     if [r["fqn"] for r in rows] != list(todo["fqn"]):

@@ -22,6 +22,19 @@ TABS = ("1 Model", "2 Score", "3 Select", "4 How much?", "5 Export")
 PRUNABLE = "#e4572e"  # visual.PRUNABLE_COLOR: the lowest scores, in every heatmap
 
 
+def _lora_file(tmp_path):
+    """A small peft LoRA for tiny-shapes-sd (attention queries and resnet convs), saved as diffusers does."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from pruning import load_pipeline
+
+    pipe = load_pipeline("tiny-shapes-sd").pipe
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "conv1"], init_lora_weights=False))
+    type(pipe).save_lora_weights(tmp_path / "lora-in", unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    return tmp_path / "lora-in" / "pytorch_lora_weights.safetensors"
+
+
 def shot(page, config: str, name: str, locator=None) -> None:
     if locator is not None:
         locator.scroll_into_view_if_needed()
@@ -138,13 +151,18 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         # export: says what it exports, and the snippet works on the zip as downloaded
         tab(page, "5 Export")
         expect(page.locator("#export-summary")).to_contain_text("of the params")
+        page.locator("#exp-lora input[type=file]").set_input_files(str(_lora_file(tmp_path)))
+        expect(page.locator("#exp-lora")).to_contain_text(re.compile(r"pytorch_lora_weights\s*\.safetensors"))  # name and extension: two spans
         page.get_by_role("button", name="Export", exact=True).click()
+        expect(page.locator("#export-status")).to_contain_text("with the LoRA sliced", timeout=120_000)
         dl = page.get_by_role("button", name="Download the model (.zip)")
         with page.expect_download() as info:
             dl.click()
         zip_path = tmp_path / "model.zip"
         info.value.save_as(zip_path)
         with zipfile.ZipFile(zip_path) as z:
+            assert {"pruned-model/README.md", "pruned-model/grid.png",
+                    "pruned-model/lora/pytorch_lora_weights.safetensors"} <= set(z.namelist())  # card, grid, LoRA
             z.extractall(tmp_path)
         assert load_pruned(tmp_path / "pruned-model").family == "sd"  # the folder the snippet loads
         expect(page.get_by_text("pip install").first).to_be_visible()
@@ -172,17 +190,24 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         ctx.close()
 
 
+def sweep_settings(page, app_url, steps: int) -> None:
+    """A fresh page on the default model, at the Score tab with LD-Pruner chosen at ``steps``."""
+    page.goto(app_url)
+    expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
+    tab(page, "2 Score")
+    page.get_by_label("Operator sweep (LD-Pruner)").check()
+    page.get_by_label("steps", exact=True).first.fill(str(steps))
+
+
 def test_stop_says_stopped_and_shows_what_finished(browser, app_url):
     ctx, page = open_page(browser, 1440, 900)
     try:
-        page.goto(app_url)
-        expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
-        tab(page, "2 Score")
-        page.get_by_label("Operator sweep (LD-Pruner)").check()
-        page.get_by_label("steps", exact=True).first.fill("40")
+        sweep_settings(page, app_url, steps=40)
         page.get_by_label("all", exact=True).check()
         page.get_by_role("button", name="Run", exact=True).click()
-        page.wait_for_timeout(2500)
+        page.wait_for_function("""() => {  // stop once an operator is done: the progress reads k/36, k >= 1
+            const m = (document.querySelector('#score-status')?.innerText || '').match(/(\\d+)\\s*\\/\\s*(\\d+)/);
+            return m && +m[1] >= 1 && +m[2] > 1; }""", timeout=60_000)
         page.get_by_role("button", name="Stop", exact=True).first.click()
         expect(page.locator("#score-status")).to_contain_text("Stopped", timeout=60_000)
         expect(page.locator("#score-status")).to_contain_text("the finished part is shown")
@@ -202,11 +227,7 @@ def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, mon
     monkeypatch.setattr(app, "CHUNK", Budget(units=1))
     ctx, page = open_page(browser, 1440, 900)
     try:
-        page.goto(app_url)
-        expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
-        tab(page, "2 Score")
-        page.get_by_label("Operator sweep (LD-Pruner)").check()
-        page.get_by_label("steps", exact=True).first.fill("6")
+        sweep_settings(page, app_url, steps=6)
         page.get_by_role("button", name="Estimate the cost").first.click()
         estimate = page.locator("#score-estimate")
         expect(estimate).to_contain_text("Operator sweep (LD-Pruner): ", timeout=60_000)

@@ -1,0 +1,270 @@
+"""LoRAs carried through pruning: slice a LoRA for a plan, or fuse it into the model before pruning.
+
+A LoRA adds ``scale * B @ A`` to a layer's weight (``A``: rank x inputs, ``B``: outputs x rank;
+for a conv, ``A`` is the k x k conv and ``B`` the 1 x 1 one). Pruning keeps some output rows of
+the layers that produce pruned units (``to_q/k/v``, ``add_*_proj``, ``ff.net[0]``, a resnet's
+``conv1`` / ``time_emb_proj``) and some input columns of the layers that read them (``to_out[0]``,
+``to_add_out``, ``ff.net[2]``, ``proj_out``, a resnet's ``conv2``): exactly the rows of ``B`` and
+the columns of ``A``, found from the same keep masks ``slim`` uses (``slim.keep_masks``), so
+``slim(base + LoRA) == slim(base) + sliced LoRA``. Factors of layers inside removed operators are
+dropped and reported (``dropped``); text-encoder factors pass through unchanged.
+
+Inputs: the formats diffusers' ``load_lora_weights`` reads (diffusers / peft safetensors, kohya
+and the other formats its ``lora_state_dict`` converts), safetensors only (nothing is
+unpickled). The LoRA's scale (``alpha / rank``, rsLoRA's ``alpha / sqrt(rank)``) is folded into
+``B``, and the written file's metadata says alpha = rank, so diffusers applies it at scale 1.
+
+>>> import torch
+>>> A, B = torch.randn(2, 5), torch.randn(4, 2)
+>>> keep_rows, keep_cols = torch.tensor([0, 2]), torch.tensor([1, 3, 4])
+>>> full = (B @ A)[keep_rows][:, keep_cols]
+>>> torch.allclose(full, B[keep_rows] @ A[:, keep_cols])
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import families
+from .catalog import discover, inside
+from .errors import ExportError, SettingsError
+from .files import atomic_write, sha256_file
+from .memory import plain_copy
+from .plan import PruningPlan
+from .slim import keep_masks
+
+LORA_DIR = "lora"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for in a folder
+
+
+@dataclass
+class Lora:
+    """LoRA factors by prefixed module name (``unet.down_blocks...to_q``): ``(A, B, bias)``, the scale
+    folded into ``B`` (and the LoRA bias, if any); ``source`` names where it came from."""
+
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    source: str
+    dropped: list[str] = field(default_factory=list)  # after slicing: what went with removed operators
+
+    def for_component(self, name: str) -> dict:
+        return {k[len(name) + 1:]: v for k, v in self.layers.items() if k.startswith(name + ".")}
+
+
+def _metadata(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    raw = meta.get("lora_adapter_metadata")
+    return json.loads(raw) if raw else {}
+
+
+def _module_scale(module: str, rank: int, alphas: dict, meta: dict) -> float:
+    """``alpha / rank`` for one module from kohya alphas or peft metadata (1 when neither says)."""
+    prefix, _, name = module.partition(".")
+    if f"{module}.alpha" in alphas:
+        alpha = float(alphas[f"{module}.alpha"])
+        return alpha / rank
+    if f"{prefix}.lora_alpha" not in meta and f"{prefix}.r" not in meta:
+        return 1.0
+    if meta.get(f"{prefix}.use_dora"):
+        raise SettingsError(f"LoRA module {module!r} is DoRA: only plain LoRA factors can be sliced")
+    alpha = meta.get(f"{prefix}.lora_alpha", rank)
+    for pattern, a in (meta.get(f"{prefix}.alpha_pattern") or {}).items():
+        if name == pattern or name.endswith("." + pattern):
+            alpha = a
+    return float(alpha) / (rank ** 0.5 if meta.get(f"{prefix}.use_rslora") else rank)
+
+
+def _module_alphas(alphas: dict, convert) -> dict:
+    """``{"<module>.alpha": value}`` from diffusers' network alphas (keyed by the factor's key + ``.alpha``
+    for converted kohya files, or by ``<module>.alpha``)."""
+    out = {}
+    for key, value in alphas.items():
+        base = key.removesuffix(".alpha")
+        if base.endswith(".weight"):
+            (conv,) = convert({base: value})
+            base = conv.rsplit(".lora_", 1)[0]
+        out[f"{base}.alpha"] = float(value)
+    return out
+
+
+def read_lora(handle, path: str | os.PathLike) -> Lora:
+    """The LoRA in ``path`` (a ``.safetensors`` file, or a folder holding ``pytorch_lora_weights.safetensors``)
+    for ``handle``'s pipeline, converted the way ``load_lora_weights`` converts it, scales folded."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_FILE
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise SettingsError(f"LoRA {str(path)!r}: not a .safetensors file (only safetensors LoRAs are read; "
+                            "nothing is unpickled)")
+    try:
+        tensors, meta = load_file(str(path)), _metadata(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SettingsError(f"LoRA {str(path)!r} is not a readable safetensors file: {e}") from None
+    cls = type(handle.pipe)
+    try:
+        state, alphas = families.of(handle).lora_state_dict(cls, dict(tensors))
+    except Exception as e:  # an unknown layout: diffusers would refuse it too
+        raise SettingsError(f"LoRA {str(path)!r}: diffusers cannot read it for a {cls.__name__}: "
+                            f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+    state = convert_unet_state_dict_to_peft(state)
+    alphas = _module_alphas(alphas or {}, convert_unet_state_dict_to_peft)
+    factors: dict[str, dict] = {}
+    for key, t in state.items():
+        for part, slot in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_B.bias", "bias")):
+            if key.endswith(part):
+                factors.setdefault(key[: -len(part)], {})[slot] = t
+                break
+        else:
+            if not key.endswith(".alpha"):
+                raise SettingsError(f"LoRA {str(path)!r}: cannot slice {key!r} (only lora_A / lora_B factors)")
+    if not factors:
+        raise SettingsError(f"LoRA {str(path)!r} holds no LoRA factors")
+    layers = {}
+    for module, f in sorted(factors.items()):
+        if "A" not in f or "B" not in f:
+            raise SettingsError(f"LoRA {str(path)!r}: module {module!r} lacks its lora_A or lora_B")
+        A, B = f["A"].float(), f["B"].float()
+        scale = _module_scale(module, A.shape[0], alphas, meta)
+        bias = f.get("bias")
+        layers[module] = (A, B * scale, None if bias is None else bias.float() * scale)
+    return Lora(layers, str(path))
+
+
+def _removed_by(module: str, plan: PruningPlan, found) -> str | None:
+    for op in plan.removed_operators:
+        if module == op or inside(module, op):
+            if any(module == f"{op}.{k}" or inside(module, f"{op}.{k}") for k in found.operators[op].kept):
+                return None  # e.g. a removed resnet's conv_shortcut: it stays
+            return op
+    return None
+
+
+def slice_lora(handle, plan: PruningPlan, lora: Lora) -> Lora:
+    """``lora`` for the slim model of ``plan``: rows of ``B`` and columns of ``A`` sliced as ``slim``
+    slices the weights, factors of removed operators dropped (listed in ``dropped``)."""
+    den = handle.denoiser
+    plan = plan.normalized(den)
+    found = discover(den)
+    masks = keep_masks(den, found.structures, plan)
+    prefix = handle.denoiser_name
+    out, dropped = {}, []
+    for module, (A, B, bias) in lora.layers.items():
+        if not module.startswith(prefix + "."):
+            out[module] = (A, B, bias)  # another component (a text encoder): not pruned
+            continue
+        name = module[len(prefix) + 1:]
+        try:
+            layer = den.get_submodule(name)
+        except AttributeError:
+            raise SettingsError(f"LoRA {lora.source!r} adapts {name!r}, which {handle.source!r} does not have "
+                                "(a LoRA for another model?)") from None
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)) or B.shape[0] != layer.weight.shape[0] \
+                or A.shape[1] != layer.weight.shape[1]:
+            raise SettingsError(f"LoRA {lora.source!r}: factors for {name!r} ({tuple(B.shape)} x {tuple(A.shape)}) "
+                                f"do not fit its weight {tuple(layer.weight.shape)}")
+        op = _removed_by(name, plan, found)
+        rows = masks.get(f"{name}.weight", {}).get(0)
+        cols = masks.get(f"{name}.weight", {}).get(1)
+        if op is not None or (rows is not None and not rows.any()):
+            dropped.append(f"{module} (removed with {op})" if op else f"{module} (all its units pruned)")
+            continue
+        if rows is not None:
+            keep = rows.nonzero().flatten()
+            B = B.index_select(0, keep)
+            bias = None if bias is None else bias.index_select(0, keep)
+        if cols is not None:
+            A = A.index_select(1, cols.nonzero().flatten())
+        out[module] = (A.contiguous(), B.contiguous(), bias)
+    return Lora(out, lora.source, dropped)
+
+
+def _delta(A: torch.Tensor, B: torch.Tensor, shape) -> torch.Tensor:
+    """``B @ A`` shaped like the weight (a conv's ``A`` is k x k, its ``B`` 1 x 1)."""
+    return (B.flatten(1) @ A.flatten(1)).view(shape)
+
+
+@torch.no_grad()
+def fuse_into(module: nn.Module, factors: dict, scale: float = 1.0) -> nn.Module:
+    """Add ``scale * B @ A`` (and the LoRA bias) to the weights of ``module``'s layers, in place."""
+    for name, (A, B, bias) in factors.items():
+        layer = module.get_submodule(name)
+        w = layer.weight
+        w.add_((scale * _delta(A.double(), B.double(), w.shape)).to(w.dtype))
+        if bias is not None:
+            if layer.bias is None:
+                raise SettingsError(f"the LoRA has a bias for {name!r}, which has none")
+            layer.bias.add_((scale * bias).to(layer.bias.dtype))
+    return module
+
+
+def fuse_lora(handle, path: str | os.PathLike, scale: float = 1.0):
+    """A new ``Handle`` with the LoRA fused into copies of the components it adapts (the given
+    model is untouched): prune this, and the scores reflect the LoRA. Its ``model_ref`` names the
+    LoRA, so plans made on it are refused on the plain base."""
+    from .loading import handle_from_pipe
+
+    lora = read_lora(handle, path)
+    parts = {k.split(".", 1)[0] for k in lora.layers}
+    comps = dict(handle.pipe.components)
+    missing = sorted(parts - set(comps))
+    if missing:
+        raise SettingsError(f"LoRA {lora.source!r} adapts {missing[0]!r}, which {handle.source!r} does not have")
+    for part in parts:
+        comps[part] = fuse_into(plain_copy(comps[part]), lora.for_component(part), scale)
+    pipe = type(handle.pipe)(**comps)
+    pipe.set_progress_bar_config(disable=True)
+    ref = f"{handle.model_ref}+lora:{sha256_file(lora.source)[:12]}" + ("" if scale == 1 else f"x{scale:g}")
+    return handle_from_pipe(pipe, model_ref=ref, source=handle.source, defaults=handle.defaults)
+
+
+def write_lora(lora: Lora, path: str | os.PathLike) -> Path:
+    """Write ``lora`` as a diffusers/peft safetensors LoRA (alpha = rank: the scale is in ``B``), atomically."""
+    tensors, meta = {}, {}
+    by_prefix: dict[str, dict[str, int]] = {}
+    for module, (A, B, bias) in lora.layers.items():
+        tensors[f"{module}.lora_A.weight"] = A.contiguous()
+        tensors[f"{module}.lora_B.weight"] = B.contiguous()
+        if bias is not None:
+            tensors[f"{module}.lora_B.bias"] = bias.contiguous()
+        prefix, _, name = module.partition(".")
+        by_prefix.setdefault(prefix, {})[name] = A.shape[0]
+    for prefix, ranks in by_prefix.items():
+        r = Counter(ranks.values()).most_common(1)[0][0]
+        other = {m: k for m, k in ranks.items() if k != r}
+        meta.update({f"{prefix}.r": r, f"{prefix}.lora_alpha": r, f"{prefix}.rank_pattern": other,
+                     f"{prefix}.alpha_pattern": other, f"{prefix}.target_modules": sorted(ranks),
+                     f"{prefix}.lora_bias": any(lora.layers[f"{prefix}.{m}"][2] is not None for m in ranks)})
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(meta)})
+    return Path(path)
+
+
+def slice_lora_file(handle, plan: PruningPlan, source: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Slice the LoRA in ``source`` for ``plan`` into ``out_dir/pytorch_lora_weights.safetensors``; returns
+    the report an export records: {"file", "source", "sliced", "kept", "dropped"}."""
+    lora = read_lora(handle, source)
+    small = slice_lora(handle, plan, lora)
+    if not small.layers:
+        raise ExportError(f"every layer the LoRA {lora.source!r} adapts is removed by the plan: "
+                          + ", ".join(small.dropped[:3]))
+    write_lora(small, Path(out_dir) / LORA_FILE)
+    changed = sum(1 for k, v in small.layers.items() if v[0].shape != lora.layers[k][0].shape
+                  or v[1].shape != lora.layers[k][1].shape)
+    return {"file": f"{Path(out_dir).name}/{LORA_FILE}", "source": Path(lora.source).name, "sliced": changed,
+            "kept": len(small.layers), "dropped": small.dropped}
+
+
+__all__ = ["Lora", "read_lora", "slice_lora", "write_lora", "slice_lora_file", "fuse_lora", "fuse_into",
+           "LORA_FILE", "LORA_DIR"]
