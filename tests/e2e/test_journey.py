@@ -254,3 +254,53 @@ def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, mon
         expect(estimate).to_have_text(asked)  # the estimate stays on screen
     finally:
         ctx.close()
+
+
+def test_journey_on_tiny_shapes_sd3(browser, app_url, tmp_path):
+    """The fourth family end to end in the browser: load tiny-shapes-sd3, score (LD-Pruner, whole
+    blocks), pre-fill a plan, compare images, export and load the zip back."""
+    from pruning import load_pruned
+
+    ctx, page = open_page(browser, 1440, 900)
+    try:
+        page.goto(app_url)
+        expect(page.locator("#model-status")).to_contain_text("Loaded", timeout=120_000)
+        box = page.get_by_label("model", exact=True)
+        box.fill("tiny-shapes-sd3")
+        box.press("Enter")
+        page.get_by_role("button", name="Load", exact=True).click()
+        expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-sd3", timeout=120_000)
+        tab(page, "2 Score")
+        page.get_by_label("Operator sweep (LD-Pruner)").check()
+        page.get_by_label("steps", exact=True).first.fill("2")
+        page.get_by_label("block", exact=True).check()
+        run_and_wait(page, "Run", "#score-status", "operators scored")
+        h = heatmap(page, "#score-plot")
+        assert "tiny-shapes-sd3" in h["title"] and "LD-Pruner" in h["title"]
+        shot(page, "sd3-1440-light", "05-heatmap", page.locator("#score-plot"))
+        tab(page, "3 Select")
+        expect(page.locator("#selection")).to_contain_text("transformer_blocks")
+        target = page.get_by_label("number input for target sparsity")
+        target.fill("0.1")
+        target.press("Enter")
+        page.get_by_role("button", name="Pre-fill the table").click()
+        expect(page.locator(".block").filter(has_text="your plan removes").last).to_contain_text("%")
+        page.get_by_role("button", name="Generate original vs pruned").click()
+        expect(page.locator("#gen-status")).to_contain_text("seed 0", timeout=120_000)
+        a, b = image_boxes(page)
+        assert abs(a["width"] - b["width"]) <= 1 and a["width"] >= 300
+        shot(page, "sd3-1440-light", "01-comparison", page.locator("#pair"))
+        tab(page, "5 Export")
+        page.get_by_role("button", name="Export", exact=True).click()
+        dl = page.get_by_role("button", name="Download the model (.zip)")
+        expect(dl).to_be_visible(timeout=120_000)
+        with page.expect_download() as info:
+            dl.click()
+        zip_path = tmp_path / "model.zip"
+        info.value.save_as(zip_path)
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(tmp_path)
+        assert load_pruned(tmp_path / "pruned-model").family == "sd3"
+        assert not page.errors, page.errors
+    finally:
+        ctx.close()
