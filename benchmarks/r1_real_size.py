@@ -1,5 +1,7 @@
-"""R1: slimming at real size. The real SD 1.5 and SDXL UNet configs (``pruning.reference``) with
-random weights, fp32, on this CPU, small latents, batch 1, no download.
+"""R1: slimming at real size. The real SD 1.5 and SDXL UNet configs and the SD3.5-medium
+transformer (``pruning.reference``; 2.24B params, 9 GB in fp32: it fits 24 GiB at real width
+and depth) with random weights, fp32, on this CPU, small latents, batch 1, no download.
+SD3.5-medium runs at 16x16 latents (64 image tokens) with 77 text tokens.
 
 For uniform plans (the same fraction of every head, FFN neuron and resnet channel group kept)
 at about -20/-30/-50% MACs: masked vs slim max abs error on one forward, ``plan.summary`` vs
@@ -20,26 +22,26 @@ from . import common
 
 TARGETS = (0.2, 0.3, 0.5)
 TARGET_EFFICIENCY = 0.9
-SIDES = {"sd15": 32, "sdxl": 16}  # latent side: 256 px and 128 px images
+SIDES = {"sd15": 32, "sdxl": 16, "sd35-medium": 16}  # latent side: 256 px and 128 px images
+TEXT_LEN = {"sd35-medium": 77}  # text tokens (default: the family's reference length)
 REPEATS = 7
 
 
 def build(name: str) -> torch.nn.Module:
     """The real config with random weights (seeded), on the CPU, in fp32."""
-    from diffusers import UNet2DConditionModel
-
-    from pruning.reference import REFERENCE_CONFIGS
+    from pruning import families
+    from pruning.reference import PIPELINES, REFERENCE_CONFIGS
 
     torch.manual_seed(0)
-    return UNet2DConditionModel.from_config(REFERENCE_CONFIGS[name]).eval()
+    return families.get(PIPELINES[name]["family"]).denoiser_class.from_config(REFERENCE_CONFIGS[name]).eval()
 
 
-def plan_near(denoiser, target: float, side: int):
+def plan_near(denoiser, target: float, side: int, family: str = "sd", text_len: int | None = None):
     """The uniform plan whose predicted MAC reduction at ``side`` is closest to ``target``."""
     best = None
     for i in range(5, 101):
-        plan = common.uniform_plan(denoiser, i / 100)
-        frac = plan.summary(denoiser, sample_size=side)["macs_fraction"]
+        plan = common.uniform_plan(denoiser, i / 100, family=family)
+        frac = plan.summary(denoiser, sample_size=side, text_len=text_len)["macs_fraction"]
         if best is None or abs(frac - target) < abs(best[1] - target):
             best = (plan, frac)
     return best[0]
@@ -50,21 +52,23 @@ def measure(name: str, targets=TARGETS, repeats: int = REPEATS) -> dict:
     from pruning.metrics import count_params, example_inputs, total_macs
     from pruning.slim import slim
 
+    from pruning.reference import PIPELINES
+
     t0 = time.perf_counter()
     original = build(name)
-    side = SIDES[name]
-    kw = example_inputs(original, batch=1, sample_size=side, generator=torch.Generator().manual_seed(0))
-    out = {"params": count_params(original), "macs": total_macs(original, sample_size=side), "latent_side": side,
-           "build_s": round(time.perf_counter() - t0, 1), "plans": []}
+    side, text, family = SIDES[name], TEXT_LEN.get(name), PIPELINES[name]["family"]
+    kw = example_inputs(original, batch=1, sample_size=side, text_len=text, generator=torch.Generator().manual_seed(0))
+    out = {"params": count_params(original), "macs": total_macs(original, sample_size=side, text_len=text),
+           "latent_side": side, "text_len": text, "build_s": round(time.perf_counter() - t0, 1), "plans": []}
     for target in targets:
-        plan = plan_near(original, target, side)
-        s = plan.summary(original, sample_size=side)
+        plan = plan_near(original, target, side, family, text)
+        s = plan.summary(original, sample_size=side, text_len=text)
         with torch.no_grad():
             with masked(original, plan):
                 want = original(**kw)[0]
             small = slim(original, plan).eval()
             got = small(**kw)[0]
-        params, macs = count_params(small), total_macs(small, sample_size=side)
+        params, macs = count_params(small), total_macs(small, sample_size=side, text_len=text)
         times = common.interleaved([common.forward(original, kw), common.forward(small, kw)], repeats=repeats,
                                    warmup=1)
         ratio = common.paired_ratio(times["wall"][1], times["wall"][0])
@@ -88,9 +92,9 @@ def measure(name: str, targets=TARGETS, repeats: int = REPEATS) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    """Headline: the worst efficiency over both UNets' plans (``quick``: SD 1.5, one plan, 2 rounds)."""
+    """Headline: the worst efficiency over every model's plans (``quick``: SD 1.5, one plan, 2 rounds)."""
     threads = common.set_threads()  # one thread, as every latency row: the steadiest ratios here
-    names = ("sd15",) if quick else ("sd15", "sdxl")
+    names = ("sd15",) if quick else ("sd15", "sdxl", "sd35-medium")
     detail = {n: measure(n, (0.3,) if quick else TARGETS, 2 if quick else REPEATS) for n in names}
     plans = [p for n in names for p in detail[n]["plans"]]
     value = min(p["efficiency"] for p in plans)
@@ -99,4 +103,4 @@ def run(quick: bool = False) -> dict:
     detail.update(threads=threads, batch=1, dtype="float32", repeats=2 if quick else REPEATS,
                   clock="wall (interleaved medians)")
     return {"value": round(value, 3), "target": TARGET_EFFICIENCY, "ok": bool(ok),
-            "unit": "min (1-latency ratio)/(1-MAC ratio), real SD 1.5 and SDXL UNets", "detail": detail}
+            "unit": "min (1-latency ratio)/(1-MAC ratio), real SD 1.5 and SDXL UNets, SD3.5-medium transformer", "detail": detail}

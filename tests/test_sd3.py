@@ -59,7 +59,7 @@ def test_sd35_large_matches_design_table():
 def test_info_reference_shows_params_macs_and_parts(capsys):
     main(["info", "--reference", "sd35-medium", "--sample-size", "16", "--json"])
     f = json.loads(capsys.readouterr().out)
-    assert f["family"] == "sd3" and f["params"] == TOTALS["sd35-medium"] and f["macs"] > 1e12
+    assert f["family"] == "sd3" and f["params"] == TOTALS["sd35-medium"] and f["macs"] > 1e11
     assert set(f["operators"]) == {"joint_block", "attn", "attn2", "ff", "ff_context"}
     assert set(f["structures"]) == {"head", "neuron"}
 
