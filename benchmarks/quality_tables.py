@@ -14,7 +14,9 @@ and touches neither).
   accuracy against the original's at 20% (within 5 points) and 30% (within 10), and the
   reconstruction time per plan (target < 60 s).
 
-``python -m benchmarks.quality_tables`` re-renders the markdown and the README from the CSVs.
+``python -m benchmarks.quality_tables`` re-renders the markdown and the README from the CSVs;
+``python -m benchmarks.quality_tables --run tiny-shapes-sd3`` first reruns the comparison of that
+one model (its CSV), keeping the others' committed tables.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-MODELS = ("tiny-shapes-sd", "tiny-shapes-flux")
+MODELS = ("tiny-shapes-sd", "tiny-shapes-flux", "tiny-shapes-sd3")
 SPARSITIES = (0.1, 0.2, 0.3, 0.5)
 OUT = Path(__file__).with_name("results")
 README = Path(__file__).parent.parent / "README.md"
@@ -84,7 +86,7 @@ def write_readme(markdown: str, readme: Path = README) -> None:
 
 def tables_from_csv(out: Path = OUT) -> dict[str, pd.DataFrame]:
     """The committed tables, read back (``python -m benchmarks.quality_tables`` re-renders them)."""
-    return {m: pd.read_csv(out / f"quality_{m}.csv") for m in MODELS}
+    return {m: pd.read_csv(out / f"quality_{m}.csv") for m in MODELS if (out / f"quality_{m}.csv").is_file()}
 
 
 def _settings(handle, quick: bool):
@@ -98,9 +100,10 @@ def _settings(handle, quick: bool):
                            method_settings={"ecodiff": {"epochs": 1}, "taylor": {"stride": 500}})
 
 
-def comparison(quick: bool = False) -> tuple[dict, dict]:
-    """``({model: table}, detail)`` of the shared run (computed once per process)."""
-    if quick in _RUNS:
+def comparison(quick: bool = False, models: tuple[str, ...] | None = None) -> tuple[dict, dict]:
+    """``({model: table}, detail)`` of the shared run (computed once per process); ``models``: only
+    these (the others' tables are read from their committed CSVs)."""
+    if quick in _RUNS and models is None:
         return _RUNS[quick]
     from pruning import compare_methods, load_pipeline, methods
 
@@ -108,7 +111,9 @@ def comparison(quick: bool = False) -> tuple[dict, dict]:
     out = Path(tempfile.mkdtemp(prefix="q-quick-")) if quick else OUT  # quick never overwrites the tables
     out.mkdir(exist_ok=True)
     tables, detail = {}, {"methods": methods.names(), "threads": torch.get_num_threads()}
-    for model in MODELS[:1] if quick else MODELS:
+    if models is not None:
+        tables.update({m: df for m, df in tables_from_csv(out).items() if m not in models})
+    for model in MODELS[:1] if quick else (models or MODELS):
         handle = load_pipeline(model)
         sparsities = (0.2, 0.3) if quick else SPARSITIES
         settings = _settings(handle, quick)
@@ -124,6 +129,7 @@ def comparison(quick: bool = False) -> tuple[dict, dict]:
                          "calib_prompts": len(df.attrs["calib_prompts"]), "random_draws": settings.random_draws,
                          "steps": settings.steps or "model default", "method_settings": settings.method_settings,
                          "unreachable": errors}
+    tables = {m: tables[m] for m in MODELS if m in tables}
     md = _markdown(tables)
     (out / "quality.md").write_text(md)
     if not quick:
@@ -188,6 +194,10 @@ def run_q2(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":  # re-render quality.md and the README's tables from the committed CSVs
+    import sys
+
+    if sys.argv[1:2] == ["--run"]:  # rerun the comparison of the named models first
+        print(comparison(models=tuple(sys.argv[2:]))[1])
     md = _markdown(tables_from_csv())
     (OUT / "quality.md").write_text(md)
     write_readme(md)
