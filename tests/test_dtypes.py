@@ -26,7 +26,7 @@ from pruning.testing import FAMILIES, tiny_pipeline
 from tests.plans import random_plan
 
 DTYPES = (torch.float16, torch.bfloat16)
-BUNDLED = ("tiny-shapes-sd", "tiny-shapes-flux")
+BUNDLED = ("tiny-shapes-sd", "tiny-shapes-flux", "tiny-shapes-sd3")
 MODELS = (*FAMILIES, *BUNDLED)
 CASES = [(m, d) for m in MODELS for d in DTYPES]
 PROMPTS = ["a red circle at the top left on a white background", "a blue square at the bottom right on a white background"]
@@ -45,6 +45,8 @@ SMALL = {"batch": 2, "sample_size": 8, "text_len": 8}
 #   flux          6.1e-5     0
 #   tiny-shapes-sd 1.08e-3   3.45e-3
 #   tiny-shapes-flux 2.5e-4  8.2e-4
+#   sd3           3.3e-4     2.2e-3
+#   tiny-shapes-sd3 4.1e-4   3.3e-3
 # The real-size SD 1.5 UNet (random weights, 16x16 latent, batch 1) is never exactly equal: 1.2-1.4e-3
 # in fp16 (3 plans) and 0.99-1.15e-2 in bf16 (10 plans), so these tolerances hold at real size with
 # about 2x to spare. Tolerance = 3 x max(worst, eps of the dtype), rounded up.
@@ -54,6 +56,8 @@ TOLERANCE = {
     ("flux", torch.float16): 3e-3, ("flux", torch.bfloat16): 2.4e-2,
     ("tiny-shapes-sd", torch.float16): 3.3e-3, ("tiny-shapes-sd", torch.bfloat16): 2.4e-2,
     ("tiny-shapes-flux", torch.float16): 3e-3, ("tiny-shapes-flux", torch.bfloat16): 2.4e-2,
+    ("sd3", torch.float16): 3e-3, ("sd3", torch.bfloat16): 2.4e-2,
+    ("tiny-shapes-sd3", torch.float16): 3e-3, ("tiny-shapes-sd3", torch.bfloat16): 2.4e-2,
 }
 # EcoDiff gate gradients vs float32 (sigmoid gates, 2 steps): measured cosine >= 0.9999 (fp16)
 # and >= 0.970 (bf16, tiny flux); before the fp16 gradient scaling 31% of tiny FLUX's gates got

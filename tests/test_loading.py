@@ -102,9 +102,9 @@ def test_file_is_not_a_folder(tmp_path):
 
 
 def test_unsupported_class_refused_before_weights(tmp_path, monkeypatch):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
     monkeypatch.setattr(loading, "pipeline_from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
-    with pytest.raises(ModelLoadError, match="StableDiffusion3Pipeline") as e:
+    with pytest.raises(ModelLoadError, match="PixArtSigmaPipeline") as e:
         load_pipeline(str(tmp_path))
     assert str(tmp_path) in str(e.value)
 

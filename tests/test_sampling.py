@@ -88,7 +88,7 @@ def test_decode_matches_the_pipeline(tiny_handle):
     import numpy as np
 
     h = tiny_handle
-    extra = {"max_sequence_length": h.defaults["max_sequence_length"]} if h.family == "flux" else {}
+    extra = {"max_sequence_length": h.defaults["max_sequence_length"]} if "max_sequence_length" in h.defaults else {}
     ref = h.pipe(PROMPTS[:2], num_inference_steps=2, guidance_scale=h.defaults["guidance"], height=32,
                  width=32, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **extra).images
     ours = generate_images(h, PROMPTS[:2], [0, 1], steps=2)
