@@ -186,6 +186,19 @@ def _default_settings(pipe, family: str, denoiser: torch.nn.Module) -> dict:
     return defaults
 
 
+def preset_defaults(hub_id: str) -> dict:
+    """The model card's steps, guidance and resolution for a preset's Hub id (``pruning.reference``),
+    over the family's: SD3.5-large generates at 28 steps and guidance 3.5, SD3.5-medium at 40 and 4.5.
+
+    >>> preset_defaults("stabilityai/stable-diffusion-3.5-large"), preset_defaults("org/other")
+    ({'steps': 28, 'guidance': 3.5, 'resolution': 1024}, {})
+    """
+    from .reference import PIPELINES
+
+    ref = next((p for p in PIPELINES.values() if p["hub_id"] == hub_id), None)
+    return {k: ref[k] for k in ("steps", "guidance", "resolution")} if ref else {}
+
+
 def handle_from_pipe(pipe, *, model_ref: str, source: str | None = None,
                      defaults: dict | None = None) -> Handle:
     """Wrap an already built pipeline (tests, in-memory models) in a :class:`Handle`.
@@ -416,6 +429,7 @@ def load_pipeline(source: str, *, device: str | torch.device | None = None,
     elif "/" in source and not _is_pathlike(source):
         pipe, sha, defaults = _load_hub(source, dtype)
         model_ref = f"hub:{source.partition('@')[0]}@{sha}"
+        defaults = {**preset_defaults(source.partition("@")[0]), **(defaults or {})}
     else:
         raise ModelLoadError(
             f"{source!r} is not a bundled model ({', '.join(sorted(BUNDLED))}), an existing folder "
