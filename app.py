@@ -922,6 +922,14 @@ def _warm(source: str = DEFAULT_MODEL) -> None:
         print(f"[app] could not preload {source!r}: {e}", flush=True)
 
 
+def launch(**kwargs) -> str:
+    """Serve the app as ``python app.py`` does (one run at a time per event, a bounded queue, the
+    page's CSS); the tests call this too, so they test the app as it is served. Returns the URL."""
+    demo.queue(default_concurrency_limit=1, max_size=64).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True, css=CSS, **kwargs)
+    return demo.local_url
+
+
 if __name__ == "__main__":
     import torch
 
@@ -929,5 +937,4 @@ if __name__ == "__main__":
     if not torch.cuda.is_available() or os.environ.get("PRUNING_THREADS"):
         torch.set_num_threads(int(os.environ.get("PRUNING_THREADS", "1")))
     threading.Thread(target=_warm, daemon=True).start()
-    demo.queue(default_concurrency_limit=1, max_size=64).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True, css=CSS)
+    launch()

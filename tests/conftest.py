@@ -15,7 +15,18 @@ from pruning.testing import FAMILIES, tiny_pipeline  # noqa: E402
 
 # Tiny models gain nothing from threads, and on a shared 2-core machine intra-op threads
 # oversubscribe: 1 thread runs the tiny pipelines 6-10x faster under load.
-torch.set_num_threads(int(os.environ.get("PRUNING_TEST_THREADS", "1")))
+THREADS = int(os.environ.get("PRUNING_TEST_THREADS", "1"))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """Every test starts with the suite's thread count: code under test (benchmarks, training)
+    may set its own, and a leaked count slows every later test under load and changes float
+    reduction orders (a bit-for-bit comparison of two runs then fails by chance)."""
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,7 +78,45 @@ def sd_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sd_handle(sd_folder):
+def sd_folder_handle(sd_folder):
+    """``sd_folder`` loaded as a user's local folder (random weights)."""
     from pruning.loading import load_pipeline
 
     return load_pipeline(str(sd_folder))
+
+
+def _bundled(name):
+    from pruning.loading import BUNDLED, load_pipeline
+
+    if not (BUNDLED[name] / "model_index.json").is_file():
+        pytest.skip(f"bundled {name} is missing (python -m pruning.tiny train)")
+    return load_pipeline(name)
+
+
+# The bundled (trained) models, loaded once per session. Read them only: a test that changes a
+# pipeline (a LoRA adapter, a fused weight) loads its own copy.
+@pytest.fixture(scope="session")
+def shapes_sd():
+    return _bundled("tiny-shapes-sd")
+
+
+@pytest.fixture(scope="session")
+def shapes_flux():
+    return _bundled("tiny-shapes-flux")
+
+
+@pytest.fixture(scope="session")
+def shapes_sd3():
+    return _bundled("tiny-shapes-sd3")
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """One app server for the whole session (the API, concurrency and browser tests), launched as
+    ``python app.py`` launches it."""
+    pytest.importorskip("gradio")
+    import app
+
+    url = app.launch(prevent_thread_lock=True, quiet=True)
+    yield url
+    app.demo.close()

@@ -32,12 +32,11 @@ def score_args(method, *, prompts=PROMPTS, steps=2, n_gen=2, granularity="fine",
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def url(app_url, tmp_path_factory):
+    """The session's app server (tests/conftest.py); this module's clients save files here."""
     global DOWNLOADS
     DOWNLOADS = str(tmp_path_factory.mktemp("downloads"))  # the clients' output files
-    app.demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True)
-    yield app.demo.local_url
-    app.demo.close()
+    return app_url
 
 
 DOWNLOADS = None

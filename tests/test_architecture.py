@@ -88,6 +88,7 @@ def test_one_mac_figure_everywhere(name, capsys):
     assert f"| {macs / 1e6:.1f} |" in readme.split("**" + name + "**")[1].split("\n\n")[1], (name, macs)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_in_a_fresh_process(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "pruning", "info", "--model", "no-such-model"], cwd=tmp_path,
@@ -96,6 +97,7 @@ def test_cli_errors_are_one_line_in_a_fresh_process(tmp_path):
     assert "no-such-model" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_library_never_imports_the_app():
     code = ("import sys, pruning, pruning.cli, pruning.methods; "
             "assert not any(m.split('.')[0] in ('gradio', 'app_support', 'visual', 'app') for m in sys.modules)")

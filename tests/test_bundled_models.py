@@ -32,28 +32,13 @@ def offline():
 
 
 @pytest.fixture(scope="module")
-def sd_handle():
-    return load_pipeline("tiny-shapes-sd")
+def sd(shapes_sd):
+    return shapes_sd.pipe
 
 
 @pytest.fixture(scope="module")
-def flux_handle():
-    return load_pipeline("tiny-shapes-flux")
-
-
-@pytest.fixture(scope="module")
-def sd3_handle():
-    return load_pipeline("tiny-shapes-sd3")
-
-
-@pytest.fixture(scope="module")
-def sd(sd_handle):
-    return sd_handle.pipe
-
-
-@pytest.fixture(scope="module")
-def flux(flux_handle):
-    return flux_handle.pipe
+def flux(shapes_flux):
+    return shapes_flux.pipe
 
 
 @pytest.mark.parametrize("name", sorted(tiny.BUNDLED))
@@ -100,22 +85,22 @@ def test_flux_layout(flux, sd):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_sd3_layout(sd3_handle, sd):
+def test_sd3_layout(shapes_sd3, sd):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    p = sd3_handle.pipe
+    p = shapes_sd3.pipe
     t = p.transformer
     assert len(t.transformer_blocks) >= 2 and t.config.num_attention_heads >= 2
     assert t.transformer_blocks[-1].context_pre_only and t.transformer_blocks[0].attn2 is not None  # SD3.5 style
     assert t.config.qk_norm == "rms_norm" and isinstance(p.scheduler, FlowMatchEulerDiscreteScheduler)
-    assert p.text_encoder_3 is not None and sd3_handle.defaults["max_sequence_length"] == 16
+    assert p.text_encoder_3 is not None and shapes_sd3.defaults["max_sequence_length"] == 16
     sa, sb = p.vae.state_dict(), sd.vae.state_dict()  # the shared VAE
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.mark.parametrize("which", ["sd", "flux", "sd3"])
 def test_quality_floors_on_heldout_subset(which, request):
-    pipe = request.getfixturevalue(f"{which}_handle")  # generates exactly as the app and the CLI do
+    pipe = request.getfixturevalue(f"shapes_{which}")  # generates exactly as the app and the CLI do
     prompts = tiny.heldout_prompts()[:N_PROMPTS]
     seeds = list(range(N_PROMPTS))
     r = quality.evaluate(pipe, prompts, seeds)

@@ -22,13 +22,6 @@ FF = "down_blocks.0.attentions.0.transformer_blocks.0.ff"
 RES = "up_blocks.0.resnets.0"
 
 
-@pytest.fixture(scope="module")
-def shapes_sd():
-    from pruning import load_pipeline
-
-    return load_pipeline("tiny-shapes-sd")
-
-
 def _plan(h) -> PruningPlan:
     return PruningPlan(family="sd", base=h.model_ref, removed_operators=("mid_block.resnets.0",),
                        kept_heads={ATTN: (0, 2)}, kept_neurons={FF: tuple(range(0, 128, 2))},

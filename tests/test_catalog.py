@@ -51,6 +51,7 @@ def test_reference_operator_counts(reference):
     assert set(ops.columns) >= {"fqn", "kind", "stage", "level", "block", "depth", "params", "mac_share"}
 
 
+@pytest.mark.slow
 def test_meta_sdxl_slim_20_percent_without_allocating():
     den = meta_denoiser("sdxl")
     found = discover(den)

@@ -125,6 +125,7 @@ def test_a_state_from_another_run_is_refused(h, tmp_path):
         Budget(seconds=-1)
 
 
+@pytest.mark.slow
 def test_a_chunked_comparison_equals_the_uninterrupted_one(h, tmp_path):
     from pruning.chunks import compare_chunked
     from pruning.compare import CompareSettings, compare_chunk, compare_methods

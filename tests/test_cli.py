@@ -30,8 +30,8 @@ def help_proc():
 
 
 @pytest.fixture(scope="module")
-def plan_file(sd_folder, sd_handle):
-    plan = PruningPlan(family="sd", base=sd_handle.model_ref, removed_operators=("mid_block.resnets.0",),
+def plan_file(sd_folder, sd_folder_handle):
+    plan = PruningPlan(family="sd", base=sd_folder_handle.model_ref, removed_operators=("mid_block.resnets.0",),
                        kept_heads={ATTN: (0,)})
     path = sd_folder.parent / "plan.json"
     path.write_text(plan.to_json())
@@ -44,25 +44,25 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_info_text(capsys, sd_folder, sd_handle):
+def test_info_text(capsys, sd_folder, sd_folder_handle):
     code, out, err = run(capsys, "info", "--model", sd_folder)
     assert code == 0, err
-    params = sum(p.numel() for p in sd_handle.denoiser.parameters())
-    assert "family:     sd" in out and sd_handle.model_ref in out
+    params = sum(p.numel() for p in sd_folder_handle.denoiser.parameters())
+    assert "family:     sd" in out and sd_folder_handle.model_ref in out
     assert f"({params:,})" in out
     for word in ("operators by kind", "structures by kind", "resnet", "head", "neuron", "group", "attention"):
         assert word in out
 
 
-def test_info_json_matches_catalog(capsys, sd_folder, sd_handle):
+def test_info_json_matches_catalog(capsys, sd_folder, sd_folder_handle):
     code, out, _ = run(capsys, "info", "--model", sd_folder, "--json", "--sample-size", 16)
     assert code == 0
     facts = json.loads(out)
     assert facts["sample_size"] == 16 and facts["resolution"] == 32
-    ops, st = catalog(sd_handle.denoiser, sample_size=16)
+    ops, st = catalog(sd_folder_handle.denoiser, sample_size=16)
     assert facts["params"] == ops.attrs["total_params"] and facts["macs"] == ops.attrs["total_macs"]
-    assert facts["macs"] > 3 * catalog(sd_handle.denoiser, sample_size=8)[0].attrs["total_macs"]
-    assert facts["family"] == "sd" and facts["model_ref"] == sd_handle.model_ref
+    assert facts["macs"] > 3 * catalog(sd_folder_handle.denoiser, sample_size=8)[0].attrs["total_macs"]
+    assert facts["family"] == "sd" and facts["model_ref"] == sd_folder_handle.model_ref
     for kind, rows in ops.groupby("kind"):
         assert facts["operators"][kind]["count"] == len(rows)
         assert facts["operators"][kind]["macs"] == rows["macs"].sum()
@@ -98,13 +98,13 @@ def test_generate_with_plan(capsys, sd_folder, plan_file, tmp_path):
     assert "removed" in pruned
 
 
-def test_export_then_load_pruned(capsys, sd_folder, sd_handle, plan_file, tmp_path):
+def test_export_then_load_pruned(capsys, sd_folder, sd_folder_handle, plan_file, tmp_path):
     out_dir = tmp_path / "export"
     code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir)
     assert code == 0, err
     assert str(out_dir) in out
     small = load_pruned(out_dir)
-    removed = sum(p.numel() for p in sd_handle.denoiser.parameters()) - sum(p.numel() for p in small.parameters())
+    removed = sum(p.numel() for p in sd_folder_handle.denoiser.parameters()) - sum(p.numel() for p in small.parameters())
     assert removed > 0 and f"{removed:,} removed" in out
     # exporting again needs --overwrite
     code, _, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir)
@@ -160,7 +160,7 @@ def test_module_help_subprocess(help_proc):
     assert all(name in out for name in ("info", "generate", "export"))
 
 
-def test_reconstruct_and_export_reconstruct(capsys, sd_folder, sd_handle, plan_file, tmp_path):
+def test_reconstruct_and_export_reconstruct(capsys, sd_folder, sd_folder_handle, plan_file, tmp_path):
     code, out, err = run(capsys, "reconstruct", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "r",
                          "--prompt", "a red circle", "--prompt", "a blue square", "--steps", 2, "--ridge", 0.5,
                          "--compensate-operators")
@@ -230,14 +230,14 @@ def test_chunk_options_are_checked(capsys, sd_folder, tmp_path):
     assert "run.safetensors" in err and not (tmp_path / "s.csv").exists()
 
 
-def test_export_plan_only_with_card_and_offline_push(capsys, sd_folder, sd_handle, plan_file, tmp_path):
+def test_export_plan_only_with_card_and_offline_push(capsys, sd_folder, sd_folder_handle, plan_file, tmp_path):
     out_dir = tmp_path / "plan-only"
     code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir,
                          "--plan-only")
     assert code == 0, err
     assert "plan only" in out and "card      README.md: latent MSE" in out
     assert (out_dir / "README.md").is_file() and not list(out_dir.rglob("*.safetensors"))
-    assert load_pruned(out_dir, base=sd_handle).denoiser.pruning_plan.base == sd_handle.model_ref
+    assert load_pruned(out_dir, base=sd_folder_handle).denoiser.pruning_plan.base == sd_folder_handle.model_ref
     code, _, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "x",
                        "--push-to-hub", "someone/pruned")
     _assert_one_line_error(code, err, "'someone/pruned'")

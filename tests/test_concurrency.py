@@ -22,17 +22,17 @@ gradio_client = pytest.importorskip("gradio_client")
 import app  # noqa: E402
 from tests.test_app import PROMPT, PROMPTS, client, frame, score_args, table_value  # noqa: E402
 
+pytestmark = pytest.mark.slow  # long runs cancelled on a live server
+
 END_WITHIN_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def url(app_url, tmp_path_factory):
     import tests.test_app as ta
 
     ta.DOWNLOADS = str(tmp_path_factory.mktemp("downloads"))
-    app.demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True)
-    yield app.demo.local_url
-    app.demo.close()
+    return app_url
 
 
 @pytest.fixture(scope="module")

@@ -272,6 +272,7 @@ def _bundled(name):
         pytest.skip(f"bundled model {name!r} is not trained yet (assets/{name} missing): {e}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-shapes-sd", "tiny-shapes-flux"])
 def test_lowest_scores_beat_random_and_highest(name):
     from pruning.tiny import heldout_prompts, train_prompts

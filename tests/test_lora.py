@@ -43,13 +43,6 @@ def _make_lora(pipe, targets, path, seed):
 
 
 @pytest.fixture(scope="module")
-def shapes_sd():
-    from pruning import load_pipeline
-
-    return load_pipeline("tiny-shapes-sd")
-
-
-@pytest.fixture(scope="module")
 def sd_lora(tmp_path_factory):
     from pruning import load_pipeline
 

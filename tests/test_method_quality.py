@@ -18,8 +18,8 @@ from pruning.recover import RecoverSettings
 from pruning.sampling import decode_latents, generate_latents
 from pruning.tiny import heldout_prompts, train_prompts
 
-pytestmark = pytest.mark.skipif(not (BUNDLED["tiny-shapes-sd"] / "model_index.json").is_file(),
-                                reason="bundled tiny-shapes-sd is missing (python -m pruning.tiny train --arch sd)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (BUNDLED["tiny-shapes-sd"] / "model_index.json").is_file(),
+                                reason="bundled tiny-shapes-sd is missing (python -m pruning.tiny train --arch sd)")]
 KINDS = ("head", "neuron", "group")
 TARGET = 0.2
 

@@ -23,6 +23,8 @@ import pytest
 
 from pruning.loading import folder_hash
 
+pytestmark = pytest.mark.slow  # builds a wheel, a fresh venv and runs it in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle at the top left on a white background"
 APP_ONLY = ("gradio", "plotly", "app_support", "visual")  # the app's side: the library imports none of them

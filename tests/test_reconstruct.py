@@ -182,6 +182,7 @@ def test_bad_settings_name_the_field(kw, word):
         ReconstructSettings(**kw)
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_groups_and_the_result_does_not_depend_on_them():
     h = fresh("sd")
     plan = random_plan(h, seed=5)
@@ -206,6 +207,7 @@ def test_stop_changes_nothing():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in h.denoiser.modules())
 
 
+@pytest.mark.slow
 def test_compare_reports_both_with_intervals(tiny_sd):
     from pruning.compare import CompareSettings, compare_methods
 

@@ -27,15 +27,6 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def app_url():
-    import app
-
-    app.demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True, css=app.CSS)
-    yield app.demo.local_url
-    app.demo.close()
-
-
 def open_page(browser, width: int = 1400, height: int = 1000, scheme: str = "light"):
     """A page in a fresh context (its own gradio session) with the given viewport and colour scheme."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from tests.e2e.conftest import open_page
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real browser
 CONFIGS = [(1440, 900, "light"), (1440, 900, "dark"), (390, 844, "light"), (390, 844, "dark")]
 TABS = ("1 Model", "2 Score", "3 Select", "4 How much?", "5 Export")
 PRUNABLE = "#e4572e"  # visual.PRUNABLE_COLOR: the lowest scores, in every heatmap
