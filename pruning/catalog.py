@@ -29,62 +29,16 @@ from torch import nn
 
 from . import families
 from .metrics import example_inputs, meta_twin, module_macs
-
-UNIT_KINDS = ("head", "neuron", "group")  # the kinds of prunable units, everywhere in the package
-
-
-def inside(fqn: str, parent: str) -> bool:
-    """``fqn`` is a submodule of ``parent`` (strictly).
-
-    >>> inside("mid_block.attentions.0.transformer_blocks.0.ff", "mid_block.attentions.0"), inside("a.b", "a.b")
-    (True, False)
-    """
-    return fqn.startswith(parent + ".")
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Unit ``u`` of a structure owns indices ``offset + u*unit_size ... +unit_size`` of ``param`` along ``dim``."""
-
-    param: str
-    dim: int
-    offset: int = 0
-
-
-@dataclass(frozen=True)
-class Structure:
-    """A prunable family of units (heads, neurons, channel groups) owned by one module."""
-
-    fqn: str
-    kind: str  # head | neuron | group
-    component: str  # attn1 | attn2 | attn | single_attn | ff | ff_context | proj_mlp | resnet
-    units: int
-    unit_size: int
-    cuts: tuple[Cut, ...]
-    mac_parts: tuple[tuple[str, int], ...]  # (module fqn, extent): a unit removes macs * unit_size / extent
-
-
-@dataclass(frozen=True)
-class Operator:
-    """A removable operator: its residual branch can contribute nothing (or only its shortcut)."""
-
-    fqn: str
-    kind: str  # attn1 | attn2 | ff | resnet | transformer | attn | ff_context | double_block | single_block
-    kept: tuple[str, ...] = ()  # submodules that survive removal (a resnet's conv_shortcut)
-
-    @property
-    def granularity(self) -> str:
-        fine, block = self.kind in fine_kinds(), self.kind in block_kinds()
-        return "both" if fine and block else ("fine" if fine else "block")
-
-
-def fine_kinds() -> tuple[str, ...]:
-    """Operator kinds of fine granularity (sub-block), over every registered family."""
-    return tuple(dict.fromkeys(k for f in families.all_families() for k in f.fine_kinds))
-
-
-def block_kinds() -> tuple[str, ...]:
-    return tuple(dict.fromkeys(k for f in families.all_families() for k in f.block_kinds))
+from .specs import (  # noqa: F401 (the vocabulary of specs, re-exported: catalog is where callers look)
+    UNIT_KINDS,
+    Cut,
+    Operator,
+    Structure,
+    block_kinds,
+    fine_kinds,
+    inside,
+    linear_cuts,
+)
 
 
 @dataclass(frozen=True)
@@ -120,15 +74,6 @@ def discover(denoiser: nn.Module) -> Discovery:
     found = Discovery(ops, structs, owner.name if owner is not None else "unknown")
     _DISCOVERY[denoiser] = found
     return found
-
-
-def linear_cuts(prefix: str, linears: list[tuple[str, nn.Linear]], dim: int, offset: int = 0) -> list[Cut]:
-    cuts = []
-    for name, lin in linears:
-        cuts.append(Cut(f"{prefix}.{name}.weight", dim, offset))
-        if dim == 0 and lin.bias is not None:
-            cuts.append(Cut(f"{prefix}.{name}.bias", 0, offset))
-    return cuts
 
 
 def _attention_structure(name: str, attn: nn.Module) -> Structure | None:

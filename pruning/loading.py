@@ -43,6 +43,7 @@ from .errors import ModelLoadError, SettingsError
 from .files import sha256_file
 from .memory import execution_device
 from .sampling import spec
+from .validate import check_device  # noqa: F401 (re-exported)
 
 # model_index.json `_class_name` -> family, and each family's defaults: from the registry.
 # Text-to-image pipelines only.
@@ -111,32 +112,6 @@ def check_dtype(dtype) -> torch.dtype:
         return dtype
     name = str(dtype).removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else dtype
     return DTYPES[validate.choice("dtype", name, tuple(DTYPES))]
-
-
-def check_device(device) -> torch.device:
-    """A device that exists on this machine; errors say what is available.
-
-    >>> check_device("cpu")
-    device(type='cpu')
-    >>> check_device("foo")
-    Traceback (most recent call last):
-    ...
-    pruning.errors.SettingsError: device 'foo' is not a torch device (use 'cpu', 'cuda' or 'cuda:N', 'mps')
-    """
-    try:
-        dev = torch.device(device if device is not None else "cpu")
-    except (RuntimeError, TypeError, ValueError):
-        raise SettingsError(f"device {device!r} is not a torch device (use 'cpu', 'cuda' or 'cuda:N', 'mps')") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SettingsError(f"device {device!r} is not available: this machine has no CUDA GPU; use 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SettingsError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise SettingsError(f"device {device!r} is not available on this machine; use 'cpu'")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise SettingsError(f"device {device!r} is not supported (use 'cpu', 'cuda' or 'mps')")
-    return dev
 
 
 def same_weights(a: str, b: str) -> bool:

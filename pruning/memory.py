@@ -33,6 +33,7 @@ from torch import nn
 
 from . import validate
 from .errors import SettingsError
+from .validate import check_device
 
 OFFLOAD_MODES = ("model", "sequential")
 _ACCELERATE_ATTRS = ("_hf_hook", "_old_forward", "to", "cuda", "npu", "xpu", "mlu", "sdaa", "musa")
@@ -131,7 +132,6 @@ def enable_memory_savers(handle, *, offload: str | None = None, vae_tiling: bool
     ...
     pruning.errors.SettingsError: offload must be one of ['model', 'sequential'], got 'disk'
     """
-    from .loading import check_device  # loading imports this module: import at call time
 
     offload = None if offload is None else validate.choice("offload", offload, OFFLOAD_MODES)
     pipe = handle.pipe

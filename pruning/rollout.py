@@ -24,41 +24,16 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
 from . import families
 from .errors import RunStopped
+from .families.base import Trajectory  # noqa: F401 (re-exported: the families build it)
 from .sampling import call_pipe, pair_samples, pipeline_kwargs, spec
 
 PURE_SCHEDULERS = (DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
-
-
-@dataclass
-class Trajectory:
-    """Everything a step needs besides z_i. Tensors are fixed (no grad)."""
-
-    family: str
-    scheduler: object
-    timesteps: torch.Tensor  # (T,)
-    z0: torch.Tensor  # initial noise, as the denoiser consumes it (packed for FLUX)
-    cond: dict  # denoiser kwargs for the conditional (or doubled CFG) batch
-    guidance: float
-    mode: str  # "cfg" | "none" | "embedded" | "true_cfg"
-    neg_cond: dict | None = None  # FLUX true CFG: the negative pass
-    height: int = 0
-    vae_scale_factor: int = 8
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def steps(self) -> int:
-        return len(self.timesteps)
-
-    def unpack(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents as (B, C, H, W) (FLUX's packed tokens are unpacked)."""
-        return families.get(self.family).unpack(z, self.height, self.vae_scale_factor)
 
 
 def _pure_scheduler(handle, pipe):

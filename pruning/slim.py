@@ -25,7 +25,6 @@ copy has none: see ``memory.plain_copy``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 
 import torch
 from diffusers.models.attention import FeedForward
@@ -37,17 +36,7 @@ from .catalog import Structure, discover
 from .memory import plain_copy
 from .plan import PruningPlan
 from .replacements import replacement_for
-
-CUTTERS: dict[type, Callable[[nn.Module, dict[str, Structure]], None]] = {}
-
-
-def register_cutter(*types: type):
-    """Register a function that updates a module's attributes after its tensors were sliced."""
-    def wrap(fn):
-        for t in types:
-            CUTTERS[t] = fn
-        return fn
-    return wrap
+from .specs import CUTTERS, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
 
 
 def slim(denoiser: nn.Module, plan: PruningPlan) -> nn.Module:
@@ -125,14 +114,6 @@ def _sync_leaves(model: nn.Module, owners) -> None:
 @register_cutter(Attention, FluxAttention)
 def _cut_attention(attn: nn.Module, s: dict[str, Structure]) -> None:
     set_heads(attn, s["head"].unit_size)
-
-
-def set_heads(attn: nn.Module, head_dim: int) -> None:
-    inner = attn.to_q.weight.shape[0]
-    attn.heads = inner // head_dim
-    attn.inner_dim = inner
-    if hasattr(attn, "inner_kv_dim"):
-        attn.inner_kv_dim = inner
 
 
 @register_cutter(FeedForward)

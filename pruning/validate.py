@@ -367,7 +367,35 @@ def inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     return full
 
 
+def check_device(device) -> torch.device:
+    """A device that exists on this machine; errors say what is available.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("foo")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: device 'foo' is not a torch device (use 'cpu', 'cuda' or 'cuda:N', 'mps')
+    """
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise SettingsError(f"device {device!r} is not a torch device (use 'cpu', 'cuda' or 'cuda:N', 'mps')") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError(f"device {device!r} is not available: this machine has no CUDA GPU; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SettingsError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError(f"device {device!r} is not available on this machine; use 'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise SettingsError(f"device {device!r} is not supported (use 'cpu', 'cuda' or 'mps')")
+    return dev
+
+
 __all__ = [
     "Limits", "LIMITS", "integer", "number", "fraction", "choice", "subset", "seed", "seed_list", "prompt_list",
     "steps", "guidance", "resolution", "sampling_fields", "finite", "read_json", "parse_json", "inside",
+    "check_device",
 ]
+

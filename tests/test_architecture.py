@@ -102,3 +102,74 @@ def test_the_library_never_imports_the_app():
     code = ("import sys, pruning, pruning.cli, pruning.methods; "
             "assert not any(m.split('.')[0] in ('gradio', 'app_support', 'visual', 'app') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _import_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, every import statement included (those inside
+    functions too). ``from . import x`` imports the module ``x``, not the package; a parent package
+    is imported first by Python anyway, so it is no edge."""
+    import ast
+
+    mods = {}
+    for p in package.rglob("*.py"):
+        parts = p.relative_to(package.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+                targets = subs + ([base] if len(subs) < len(node.names) else [])
+            graph[m] |= {t for t in targets if t in mods and t != m and not m.startswith(t + ".")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_imports_flow_one_way():
+    """No import cycle among the library's modules (imports inside functions included): the
+    vocabulary (specs, validate, families.base, tiny.parts) sits below the families, and the
+    engine above them."""
+    graph = _import_graph(ROOT / "pruning")
+    assert len(graph) > 50 and "pruning.specs" in graph["pruning.families.sd"]
+    assert _cycles(graph) == []
+    # a cycle is found when there is one
+    assert _cycles({**graph, "pruning.specs": graph["pruning.specs"] | {"pruning.catalog"}})

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from pruning import quality, tiny
-from pruning.loading import load_pipeline
 
 N_PROMPTS = 24  # held-out subset, fixed seeds
 FLOORS = {"color": 0.9, "shape": 0.75, "position": 0.9, "all": 0.7}  # measured: >= 0.95 each

@@ -8,10 +8,38 @@ behaviour (diffusers ``Attention`` heads and ``FeedForward`` neurons need no fam
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+@dataclass
+class Trajectory:
+    """Everything a step needs besides z_i. Tensors are fixed (no grad)."""
+
+    family: str
+    scheduler: object
+    timesteps: torch.Tensor  # (T,)
+    z0: torch.Tensor  # initial noise, as the denoiser consumes it (packed for FLUX)
+    cond: dict  # denoiser kwargs for the conditional (or doubled CFG) batch
+    guidance: float
+    mode: str  # "cfg" | "none" | "embedded" | "true_cfg"
+    neg_cond: dict | None = None  # FLUX true CFG: the negative pass
+    height: int = 0
+    vae_scale_factor: int = 8
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    def unpack(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents as (B, C, H, W) (FLUX's packed tokens are unpacked)."""
+        from . import get  # the registry (the package's __init__, which imports no family module)
+
+        return get(self.family).unpack(z, self.height, self.vae_scale_factor)
 
 
 class Family:

@@ -14,11 +14,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from transformers import T5Config, T5EncoderModel
 
-from ..catalog import Cut, Operator, Structure, linear_cuts
 from ..replacements import EmptyAttention, IdentityFluxBlock
-from ..slim import register_cutter, set_heads
-from .base import Family
+from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter, set_heads
+from ..tiny import parts
+from .base import Family, Trajectory
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
 DEFAULT_FLUX_SAMPLE = 128  # latent pixels (1024 px / 8), packed 2x2 into 64x64 = 4096 tokens
@@ -162,8 +163,6 @@ class FluxFamily(Family):
         return FlowMatchEulerDiscreteScheduler
 
     def prepare(self, handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta):
-        from ..rollout import Trajectory
-
         device, den = handle.device, handle.denoiser
         msl = extra.get("max_sequence_length", 512)
         mode = "true_cfg" if "true_cfg_scale" in extra and guidance > 1 else "embedded"
@@ -213,9 +212,32 @@ class FluxFamily(Family):
         return torch.nn.functional.mse_loss(pred, noise - x0)
 
     def tiny_components(self):
-        from ..testing import _flux_components
-
-        return _flux_components()
+        """2 double and 2 single blocks of width 64, a CLIP and a T5 text encoder."""
+        tokenizer, tokenizer_2 = parts.clip_tokenizer(), parts.t5_tokenizer()
+        text_encoder = parts.clip_text_encoder(tokenizer, hidden=32)
+        t5 = T5EncoderModel(T5Config(
+            vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id,
+            decoder_start_token_id=0,
+        )).eval()
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=4 * 4,  # latent channels x the 2x2 packing
+            num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=4,
+            joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+        ).eval()
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        )
+        return {
+            "transformer": transformer, "scheduler": scheduler,
+            "vae": parts.vae(scaling_factor=0.5, shift_factor=0.0),
+            "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "text_encoder_2": t5, "tokenizer_2": tokenizer_2,
+            "image_encoder": None, "feature_extractor": None,
+        }
 
 
 FLUX = FluxFamily()

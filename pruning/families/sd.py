@@ -11,6 +11,7 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
+    EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -19,10 +20,10 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from ..catalog import Cut, Operator, Structure, linear_cuts
 from ..replacements import IdentityTransformer, ResnetShortcut
-from ..slim import register_cutter
-from .base import Family
+from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter
+from ..tiny import parts
+from .base import Family, Trajectory
 
 _SD_COMMON = {
     "act_fn": "silu",
@@ -178,8 +179,6 @@ class UNetFamily(Family):
         return {"encoder_hidden_states": pe.to(device)}
 
     def prepare(self, handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta):
-        from ..rollout import Trajectory
-
         device, unet = handle.device, handle.denoiser
         cfg = guidance > 1 and unet.config.time_cond_proj_dim is None
         cond = self.encode(handle, pipe, prompts, cfg, extra.get("negative_prompt"), res)
@@ -220,9 +219,25 @@ class SDFamily(UNetFamily):
     }
 
     def tiny_components(self):
-        from ..testing import _sd_components
-
-        return _sd_components()
+        """A 3-level UNet of width 32-64, one CLIP text encoder (the caller seeds torch)."""
+        tokenizer = parts.clip_tokenizer()
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64, 64), norm_num_groups=8,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=(2, 4, 4),  # legacy name: the number of heads per level
+            cross_attention_dim=32,
+        )
+        scheduler = DDIMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        )
+        return {
+            "unet": unet.eval(), "scheduler": scheduler, "vae": parts.vae(),
+            "text_encoder": parts.clip_text_encoder(tokenizer), "tokenizer": tokenizer,
+            "safety_checker": None, "feature_extractor": None, "image_encoder": None,
+        }
 
     def tiny_extra(self):
         return {"requires_safety_checker": False}
@@ -252,9 +267,31 @@ class SDXLFamily(UNetFamily):
                 "encoder_hidden_states": pe.to(device)}
 
     def tiny_components(self):
-        from ..testing import _sdxl_components
-
-        return _sdxl_components()
+        """SDXL's layout at width 16-64: two CLIP text encoders (concatenated), text-time embeddings."""
+        tokenizer, tokenizer_2 = parts.clip_tokenizer(), parts.clip_tokenizer()
+        text_encoder = parts.clip_text_encoder(tokenizer, hidden=32)
+        text_encoder_2 = parts.clip_text_encoder(tokenizer_2, projection=True, hidden=32)
+        time_dim = 8
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(16, 32, 64), norm_num_groups=8,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 2, 4), transformer_layers_per_block=(1, 1, 2),
+            use_linear_projection=True, cross_attention_dim=32 + 32,  # both encoders concatenated
+            addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=6 * time_dim + 32,  # 6 time ids + pooled text
+        )
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+            timestep_spacing="leading",
+        )
+        return {
+            "unet": unet.eval(), "scheduler": scheduler, "vae": parts.vae(scaling_factor=0.13025),
+            "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+            "tokenizer": tokenizer, "tokenizer_2": tokenizer_2,
+            "image_encoder": None, "feature_extractor": None,
+        }
 
 
 SD = SDFamily()

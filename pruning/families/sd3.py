@@ -22,11 +22,15 @@ from __future__ import annotations
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from diffusers.models.attention import JointTransformerBlock
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+    calculate_shift,
+    retrieve_timesteps,
+)
 
-from ..catalog import Operator
 from ..replacements import IdentityFluxBlock
-from .base import Family
+from ..specs import Operator
+from ..tiny import parts
+from .base import Family, Trajectory
 
 # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
 SD3_MEDIUM_TRANSFORMER = {
@@ -148,8 +152,6 @@ class SD3Family(Family):
         return FlowMatchEulerDiscreteScheduler
 
     def prepare(self, handle, pipe, scheduler, prompts, gens, steps, guidance, res, extra, meta):
-        from ..rollout import Trajectory
-
         device, den = handle.device, handle.denoiser
         cfg = guidance > 1  # StableDiffusion3Pipeline.do_classifier_free_guidance
         pe, npe, pooled, npooled = pipe.encode_prompt(
@@ -195,11 +197,9 @@ class SD3Family(Family):
         a T5 of width 64, 3 blocks (block 0 with dual attention, the last context_pre_only)."""
         from transformers import T5Config, T5EncoderModel
 
-        from ..testing import _clip_text_encoder, _clip_tokenizer, _t5_tokenizer, _vae
-
-        tokenizer, tokenizer_2, tokenizer_3 = _clip_tokenizer(), _clip_tokenizer(), _t5_tokenizer()
-        text_encoder = _clip_text_encoder(tokenizer, projection=True, hidden=32)
-        text_encoder_2 = _clip_text_encoder(tokenizer_2, projection=True, hidden=32)
+        tokenizer, tokenizer_2, tokenizer_3 = parts.clip_tokenizer(), parts.clip_tokenizer(), parts.t5_tokenizer()
+        text_encoder = parts.clip_text_encoder(tokenizer, projection=True, hidden=32)
+        text_encoder_2 = parts.clip_text_encoder(tokenizer_2, projection=True, hidden=32)
         t5 = T5EncoderModel(T5Config(
             vocab_size=len(tokenizer_3), d_model=64, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
             relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
@@ -214,7 +214,7 @@ class SD3Family(Family):
         ).eval()
         return {
             "transformer": transformer, "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
-            "vae": _vae(scaling_factor=1.5305, shift_factor=0.0609),
+            "vae": parts.vae(scaling_factor=1.5305, shift_factor=0.0609),
             "text_encoder": text_encoder, "tokenizer": tokenizer,
             "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2,
             "text_encoder_3": t5, "tokenizer_3": tokenizer_3,
