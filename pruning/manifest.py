@@ -32,7 +32,7 @@ from . import families
 from .errors import ExportError, PlanError, SettingsError
 from .files import sha256_file
 from .plan import PruningPlan
-from .validate import inside, read_json
+from .validate import few, inside, read_json, shown
 
 MANIFEST = "pruning_plan.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -79,14 +79,14 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
         raise ExportError(f"{where}: missing field(s) {missing}")
     unknown = sorted(set(m) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
-        raise ExportError(f"{where}: unknown field(s) {unknown}")
+        raise ExportError(f"{where}: unknown field(s) {few(unknown)}")
     try:
         plan = PruningPlan.from_dict(m["plan"])
     except PlanError as e:
         raise ExportError(f"{where}: plan: {e}") from None
     den = m["denoiser"]
     if not isinstance(den, Mapping) or set(den) != {"name", "class"}:
-        raise ExportError(f"{where}: 'denoiser' must be {{'name': ..., 'class': ...}}, got {den!r}")
+        raise ExportError(f"{where}: 'denoiser' must be {{'name': ..., 'class': ...}}, got {shown(den)}")
     supported = set(DENOISERS.values())
     if (den["name"], den["class"]) not in supported:
         raise ExportError(f"{where}: unsupported denoiser {den['name']!r} of class {den['class']!r} "

@@ -35,7 +35,7 @@ from ..files import atomic_write, read_tensors, write_tensors
 from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
-from ..validate import choice, fraction, read_json
+from ..validate import choice, few, fraction, read_json
 from .select import plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
@@ -71,7 +71,7 @@ class Scores:
         choice(f"{what} level", self.level, LEVELS)
         missing = [c for c in _REQUIRED[self.level] if c not in self.table.columns]
         if missing:
-            raise SettingsError(f"{what}: the table has no {missing} column(s) (columns: {list(self.table.columns)})")
+            raise SettingsError(f"{what}: the table has no {missing} column(s) (columns: {few(list(self.table.columns), 8)})")
         table = self.table.reset_index(drop=True)
         if table["fqn"].map(lambda f: not isinstance(f, str) or not f).any():
             raise SettingsError(f"{what}: every fqn must be a non-empty string")
@@ -233,7 +233,7 @@ class Method:
         known = {f.name for f in fields(self.Settings)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SettingsError(f"{self.name} has no setting(s) {unknown}; it has {sorted(known)}")
+            raise SettingsError(f"{self.name} has no setting(s) {few(unknown)}; it has {sorted(known)}")
         if preset is None or preset == self.presets[0]:
             return self.Settings(**values)
         choice("preset", preset, self.presets)
