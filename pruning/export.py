@@ -75,7 +75,7 @@ from .manifest import (
 from .plan import PruningPlan
 from .reconstruct import reapply
 from .slim import slim
-from .validate import check_outputs
+from .validate import check_outputs, shown
 
 
 def check_target(folder: Path, overwrite: bool) -> None:
@@ -410,7 +410,7 @@ def check_base(plan: PruningPlan, handle, where) -> None:
         raise PlanError(f"plan {str(where)!r} is for family {plan.family!r}, model {handle.source!r} is "
                         f"{handle.family!r}")
     if not same_weights(plan.base, handle.model_ref):
-        raise PlanError(f"plan {str(where)!r} was made for {plan.base!r}, not for {handle.model_ref!r}")
+        raise PlanError(f"plan {str(where)!r} was made for {shown(plan.base, 200)}, not for {handle.model_ref!r}")
     plan.validate(handle.denoiser, family=handle.family)
 
 

@@ -45,6 +45,9 @@ def _frozen_map(name: str, m) -> Mapping[str, tuple[int, ...]]:
             raise PlanError(f"{name} has a key {shown(fqn)} that is not an FQN string")
         if isinstance(kept, (str, bytes, Mapping)) or not isinstance(kept, (Sequence, set, frozenset)):
             raise PlanError(f"{name}[{shown(fqn)}] must be a list of kept unit indices, got {shown(kept)}")
+        if all(type(v) is int and v >= 0 for v in kept):  # the usual case, fast on a long (hostile) list
+            out[fqn] = tuple(kept)
+            continue
         try:
             out[fqn] = tuple(integer(f"{name}[{shown(fqn, 200)}][{i}]", v, lo=0, strict=True) for i, v in enumerate(kept))
         except SettingsError as e:
