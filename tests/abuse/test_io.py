@@ -269,3 +269,123 @@ def test_17_ctrl_c_while_the_command_imports(tmp_path):
         assert proc.returncode == 130 and "Traceback" not in err and err.strip().endswith("interrupted"), (delay, err)
         assert err.strip().count("\n") == 0
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the app: 8, 9, 10, 11 through its API
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """The app launched in-process for this module (tests.test_app's server fixture)."""
+    pytest.importorskip("gradio_client")
+    from tests.test_app import url
+
+    yield from url.__wrapped__(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def api(app_url):
+    from tests.test_app import client
+
+    return client(app_url)
+
+
+def _app_state():
+    """What an API call must not change: the shared model's weights and every export folder."""
+    from app_support.exports import EXPORTS
+    from tests.test_app import weights_digest
+
+    return weights_digest(), tree(EXPORTS) if EXPORTS.is_dir() else {}
+
+
+def test_8_wrong_typed_api_values_are_refused(api):
+    from gradio_client.exceptions import AppError
+
+    from tests.test_app import PROMPT, frame, table_value
+
+    table = frame(api.predict("operators", api_name="/table_mode")[0])
+    before = _app_state()
+    said = table[:1] and dict(table[0], prune="yes please")
+    with pytest.raises(AppError, match="row 0 .* prune must be true or false, got 'yes please'"):
+        api.predict("operators", table_value([said, *table[1:]]), api_name="/plan_totals")
+    with pytest.raises(AppError, match="prune must be true or false, got 1"):
+        api.predict("operators", table_value([dict(table[0], prune=1), *table[1:]]), api_name="/plan_totals")
+    t0 = time.time()
+    with pytest.raises(AppError, match="has 100000 rows, at most 20000"):
+        api.predict("operators", table_value((table * (100_000 // len(table) + 1))[:100_000]), api_name="/plan_totals")
+    assert time.time() - t0 < 30
+    nones = dict.fromkeys(table[0])
+    with pytest.raises(AppError, match=rf"has {len(table) + 1} rows, this model's operators table has {len(table)}"):
+        api.predict("operators", table_value([*table, nones]), api_name="/plan_totals")
+    with pytest.raises(AppError, match="repeated: "):
+        api.predict("operators", table_value([*table[:-1], table[0]]), api_name="/plan_totals")
+    with pytest.raises(AppError, match="steps must be an integer, got 1.5"):
+        api.predict(PROMPT, 0, 1.5, "side by side", api_name="/generate")
+    with pytest.raises(AppError, match="seed must be an integer, got 0.5"):
+        api.predict(PROMPT, 0.5, 2, "side by side", api_name="/generate")
+    with pytest.raises(AppError, match="images per operator must be an integer, got 2.5"):
+        from tests.test_app import score_args
+
+        api.predict(*score_args("ldpruner", n_gen=2.5), api_name="/score")
+    with pytest.raises(AppError, match="full pipeline must be true or false, got '/etc/passwd'"):
+        api.predict("/etc/passwd", 0, PROMPT, 2, api_name="/export")
+    assert _app_state() == before
+    ticked = [dict(r, prune=r["fqn"] == "mid_block.resnets.0") for r in table]  # real booleans still work
+    assert frame(api.predict("operators", table_value(ticked), api_name="/plan_totals")[1])
+
+
+def test_11_the_app_refuses_to_export_an_empty_selection(api):
+    from gradio_client.exceptions import AppError
+
+    from tests.test_app import PROMPT, frame, table_value
+
+    table = frame(api.predict("operators", api_name="/table_mode")[0])
+    api.predict("operators", table_value([dict(r, prune=False) for r in table]), api_name="/plan_totals")
+    before = _app_state()
+    with pytest.raises(AppError, match="the plan removes nothing"):
+        api.predict(True, 10, PROMPT, 2, api_name="/export")  # refused before the recovery runs
+    assert _app_state() == before
+
+
+def test_9_stop_while_queued_behind_another_session(app_url):
+    from gradio_client.exceptions import AppError
+
+    import app
+    from tests.test_app import client, score_args
+    from tests.test_concurrency import wait_running
+
+    a, b = client(app_url), client(app_url)
+    long_run = b.submit(*score_args("ldpruner", n_gen=16, steps=100, granularity="all"), api_name="/score")
+    wait_running(b.session_hash)
+    queued = a.submit(*score_args("ldpruner", n_gen=2, granularity="all"), api_name="/score")
+    time.sleep(1.0)  # A's request waits in the queue behind B's sweep
+    assert app.RUNS.running(a.session_hash) == 0
+    a.predict(api_name="/stop")  # through the API: no button click stamp
+    b.predict(api_name="/stop")
+    long_run.result(timeout=60)  # B keeps its partial result
+    with pytest.raises(AppError, match="Stop was pressed while it waited in the queue: the run did not start"):
+        queued.result(timeout=60)
+    runs = [e for e in app.RUNS.log if e["session"] == a.session_hash]
+    assert len(runs) == 1 and runs[0]["reason"] == "Stop was pressed while it waited in the queue"
+    _, _, _, status, _, _ = a.predict(*score_args("ldpruner", operators=["mid_block.resnets.0"]), api_name="/score")
+    assert "Done" in status  # A's next run is not stopped
+
+
+def test_10_downloads_do_not_pile_up_in_gradios_cache(api):
+    import zipfile
+
+    from gradio.utils import get_upload_folder
+
+    from app_support.exports import EXPORTS
+    from tests.test_app import PROMPTS
+
+    cache = Path(get_upload_folder())
+    before = {p: p.stat().st_size for p in cache.rglob("*") if p.is_file()} if cache.is_dir() else {}
+    api.predict("magnitude", 0.2, "global", api_name="/prefill")
+    for _ in range(2):
+        zip_file, plan_json, *_ = api.predict(False, 0, PROMPTS, 2, api_name="/export")
+        assert zipfile.ZipFile(zip_file["value"]).namelist()[0] == "pruned-model/"  # the download works
+    after = {p: p.stat().st_size for p in cache.rglob("*") if p.is_file()} if cache.is_dir() else {}
+    new = [p for p in after if p not in before]
+    assert not [p for p in new if p.suffix in (".zip", ".json")], new  # nothing of ours copied into gradio's cache
+    assert len(list(EXPORTS.glob(f"{api.session_hash[:12]}-*/pruned-model.zip"))) == 2  # served from our folder
