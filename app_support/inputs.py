@@ -18,7 +18,6 @@ import gradio as gr
 
 from pruning.validate import shown
 
-
 MAX_ROWS = 20_000  # far more rows than any supported denoiser has operators or structures
 
 

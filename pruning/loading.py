@@ -172,7 +172,7 @@ def check_defaults(d, where: str) -> dict:
             if key in d:
                 out[key] = check(d[key], name=key)
         if d.get("negative_prompt") is not None and not isinstance(d["negative_prompt"], str):
-            raise SettingsError(f"negative_prompt must be a string, got {d['negative_prompt']!r}")
+            raise SettingsError(f"negative_prompt must be a string, got {validate.shown(d['negative_prompt'])}")
     except SettingsError as e:
         raise ModelLoadError(f"{where}: {e}") from None
     return out

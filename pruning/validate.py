@@ -386,7 +386,7 @@ def inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     p = Path(path)
     full = (p if p.is_absolute() else root / p).resolve()
     if full != root and root not in full.parents:
-        raise SettingsError(f"path {str(path)!r} leaves its folder {str(root)!r}")
+        raise SettingsError(f"path {shown(str(path), 200)} leaves its folder {str(root)!r}")
     return full
 
 

@@ -19,7 +19,7 @@ import pytest
 from pruning import PruningPlan, export, load_pruned
 from pruning.errors import ExportError, PlanError, SettingsError
 from pruning.testing import tiny_pipeline
-from tests.test_abuse import FQN, ROOT, bundled_unchanged, cli, one_line_error, plan_file, sd, tree  # noqa: F401
+from tests.test_abuse import FQN, ROOT, cli, one_line_error, tree
 
 # --------------------------------------------------------------------------- 1. an output that is an input
 
