@@ -26,8 +26,8 @@ from app_support import format as fmt
 from app_support import guide, results
 from app_support.cache import TINY_RANDOM, ModelCache
 from app_support.comparison import compare_images, difference, display_pair, metrics_table
-from app_support.exports import cleanup, export_zip
-from app_support.inputs import Number, Slider, Table
+from app_support.exports import cleanup, export_zip, serve_in_place
+from app_support.inputs import Checkbox, Number, Slider, Table
 from app_support.runs import Runs, check_count, check_flag, check_size, chunk_budget, owned
 from app_support.tables import (
     COLUMNS,
@@ -45,6 +45,7 @@ from pruning.chunks import compare_chunked, score_chunked
 from pruning.compare import CompareSettings
 from pruning.errors import PruningError
 from pruning.estimate import estimate, estimate_comparison, estimate_export
+from pruning.export import check_removes_something
 from pruning.facts import model_facts
 from pruning.loading import BUNDLED, DTYPES
 from pruning.methods import Scores
@@ -159,9 +160,33 @@ def _plan(plan_dict) -> PruningPlan:
     return PruningPlan.from_dict(plan_dict)
 
 
+def _queued_at(request) -> float | None:
+    """When this request joined gradio's queue (``time.monotonic``, the clock of ``Runs``): the
+    session's running event of the model queue. An API client has no click stamp, so a Stop it
+    sent while its run still waited behind another user's is known by this time."""
+    sid = getattr(request, "session_hash", None)
+    queue = getattr(globals().get("demo"), "_queue", None)
+    for jobs in list(getattr(queue, "active_jobs", None) or []):
+        for event in list(jobs or []):
+            fn = getattr(event, "fn", None)
+            if getattr(event, "session_hash", None) == sid and getattr(fn, "concurrency_id", None) == RUN[
+                    "concurrency_id"]:
+                return getattr(event, "enqueue_time", None)
+    return None
+
+
+def _asked_at(clicked, request) -> float | None:
+    """The earliest sign of this run: the button's click stamp or the time it joined the queue
+    (a Stop of the session pressed after it stops the run before it starts)."""
+    queued = _queued_at(request)
+    stamps = [t for t in (clicked, queued) if isinstance(t, (int, float)) and not isinstance(t, bool)]
+    return min(stamps) if stamps else None
+
+
 def _run(h, work, request, clicked, progress, desc: str):
     """Forward an owned run: yields None while it works (the request can end then), the result last."""
-    for msg in owned(work, runs=RUNS, session=_sid(request), lock=CACHE.lock(h), clicked_at=clicked):
+    for msg in owned(work, runs=RUNS, session=_sid(request), lock=CACHE.lock(h),
+                     clicked_at=_asked_at(clicked, request)):
         if msg[0] == "progress":
             progress((msg[1], msg[2]), desc=desc)
             yield msg
@@ -636,10 +661,12 @@ def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps,
     h = _handle(model)
     lora = _lora_path(lora_file)
     plan, iters = _plan(plan_dict), check_size("recover_iters", recover_iters or 0)
+    full_pipeline = check_flag("full pipeline", full_pipeline)
+    check_removes_something(plan, h)  # before a recovery or reconstruction
     rec_prompts = _prompts(prompts) if iters else None
     out, recon, est = None, check_flag("reconstruct", recon), ""
     work = _with_estimate(
-        lambda c: _export(h, plan, bool(full_pipeline), iters, rec_prompts, _steps(steps), _sid(request), c, recon,
+        lambda c: _export(h, plan, full_pipeline, iters, rec_prompts, _steps(steps), _sid(request), c, recon,
                           lora),
         lambda: _estimate_text(h, estimate_export(h, reconstruct=recon, recover_iters=iters, budget_s=_gpu_budget())))
     for msg in _run(h, work, request, clicked, progress, "export"):
@@ -694,6 +721,7 @@ def end_session(request: gr.Request):
 
 def build_app() -> gr.Blocks:
     """The Blocks app (no model is loaded here; the page's load event loads the default)."""
+    serve_in_place()  # downloads are served from PRUNING_EXPORT_DIR, never copied into gradio's cache
     H = guide.HELP
     with gr.Blocks(title="Diffusion Pruning Explorer", delete_cache=(600, 3600)) as demo:
         gr.Markdown(guide.INTRO)
@@ -793,7 +821,7 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     gen_btn = gr.Button("Generate original vs pruned", variant="primary", scale=3)
                     view = gr.Radio(["side by side", "slider"], value="side by side", label="view", info=H["view"])
-                    gen_recon = gr.Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="gen-recon")
+                    gen_recon = Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="gen-recon")
                 gen_status = gr.Markdown(elem_classes="status", elem_id="gen-status")
                 with gr.Row(elem_id="pair"):  # never wraps: the two images stay side by side, the same size
                     img_a = gr.Image(label="original", type="pil", format="png", interactive=False, min_width=0,
@@ -821,7 +849,7 @@ def build_app() -> gr.Blocks:
                     cmp_est_btn = gr.Button("Estimate the cost", size="sm")
                     metric = gr.Dropdown([(visual.METRICS[k][0], k) for k in ("latent_mse", "psnr", "ssim", "acc_all")],
                                          value="latent_mse", label="show", info=H["metric"])
-                    cmp_recon = gr.Checkbox(False, label="also reconstruct every plan", info=H["cmp_reconstruct"])
+                    cmp_recon = Checkbox(False, label="also reconstruct every plan", info=H["cmp_reconstruct"])
                 cmp_estimate = gr.Markdown(elem_classes="status", elem_id="quality-estimate")
                 cmp_status = gr.Markdown(elem_classes="status", elem_id="quality-status")
                 cmp_plot = gr.Plot(visual.placeholder("Run the comparison to see quality against sparsity.", 420),
@@ -832,9 +860,9 @@ def build_app() -> gr.Blocks:
                 gr.Markdown("### 5. Export the slimmed model")
                 exp_summary = gr.Markdown("No plan yet.", elem_id="export-summary")
                 with gr.Row():
-                    full = gr.Checkbox(True, label="full pipeline", info=H["full"])
+                    full = Checkbox(True, label="full pipeline", info=H["full"])
                     rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
-                    exp_recon = gr.Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="exp-recon")
+                    exp_recon = Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="exp-recon")
                 exp_lora = gr.File(label="LoRA to carry through (optional, .safetensors for the base model: exported "
                                    "sliced for the plan into lora/)", file_types=[".safetensors"], type="filepath",
                                    elem_id="exp-lora")

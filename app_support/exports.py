@@ -5,6 +5,9 @@ than an hour, beyond ``PRUNING_EXPORT_MAX_MB`` in total (oldest first), or of a 
 has ended are removed. Only folders this module created (they carry a marker file) are ever
 deleted. The zip unpacks to ``pruned-model/``, the folder the snippet loads.
 
+The app serves the downloads from ``EXPORTS`` itself (:func:`serve_in_place`: a gradio static
+path), so gradio never copies them into its own cache: the bound above is the whole footprint.
+
 >>> from app_support.cache import ModelCache
 >>> from pruning.plan import PruningPlan
 >>> import tempfile
@@ -37,6 +40,16 @@ MAX_AGE_S = 3600
 MAX_BYTES = int(float(os.environ.get("PRUNING_EXPORT_MAX_MB", "2048")) * 2**20)
 MARKER = ".pruning-app-export"  # only folders with this file are ever removed
 FOLDER = "pruned-model"
+
+
+def serve_in_place(root: Path = EXPORTS) -> Path:
+    """Let gradio serve the files under ``root`` where they are, instead of copying each download
+    into its cache (where nothing would bound them). The folder names hold a random 128-bit id."""
+    import gradio as gr
+
+    root.mkdir(parents=True, exist_ok=True)
+    gr.set_static_paths([root])
+    return root.resolve()
 
 
 def _ours(root: Path) -> list[Path]:
@@ -97,7 +110,7 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
     JSON; returns {"zip", "plan_json", "snippet", "lora"} ("lora": the export's LoRA report or None)."""
     root.mkdir(parents=True, exist_ok=True)
     cleanup(root)
-    work = root / f"{session[:12]}-{uuid.uuid4().hex[:8]}"
+    work = root / f"{session[:12]}-{uuid.uuid4().hex}"  # unguessable: the folder is served by its path
     work.mkdir()
     (work / MARKER).write_text(session)
     try:

@@ -16,30 +16,61 @@ import math
 
 import gradio as gr
 
+from pruning.validate import shown
 
-def _check_number(label: str, payload, allow_none: bool):
+MAX_ROWS = 20_000  # far more rows than any supported denoiser has operators or structures
+
+
+def _check_number(label: str, payload, allow_none: bool, integer: bool = False):
     if payload is None and allow_none:
         return
     ok = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
     if not ok:
-        raise gr.Error(f"{label} must be a number, got {payload!r}", print_exception=False)
+        raise gr.Error(f"{label} must be a number, got {shown(payload)}", print_exception=False)
+    if integer and not float(payload).is_integer():  # never rounded: 1.5 steps is a mistake, not 2
+        raise gr.Error(f"{label} must be an integer, got {payload!r}", print_exception=False)
 
 
 class Number(gr.Number):
+    """A number input; with ``precision=0`` an integer input that refuses fractions (1.5)."""
+
     def get_block_name(self) -> str:
         return "number"
 
     def preprocess(self, payload):
-        _check_number(self.label or "this number", payload, allow_none=True)
+        _check_number(self.label or "this number", payload, allow_none=True, integer=self.precision == 0)
         return super().preprocess(payload)
 
 
 class Slider(gr.Slider):
+    """A slider; one whose minimum and step are whole numbers takes integers only."""
+
     def get_block_name(self) -> str:
         return "slider"
 
     def preprocess(self, payload):
-        _check_number(self.label or "this slider", payload, allow_none=False)
+        whole = float(self.step).is_integer() and float(self.minimum).is_integer()
+        _check_number(self.label or "this slider", payload, allow_none=False, integer=whole)
+        return super().preprocess(payload)
+
+
+class Checkbox(gr.Checkbox):
+    """A checkbox whose value from an API client must be true or false (a string such as
+    "/etc/passwd" is refused, never taken as True).
+
+    >>> Checkbox(label="full pipeline").preprocess("/etc/passwd")
+    Traceback (most recent call last):
+    ...
+    gradio.exceptions.Error: "full pipeline must be true or false, got '/etc/passwd'"
+    """
+
+    def get_block_name(self) -> str:
+        return "checkbox"
+
+    def preprocess(self, payload):
+        if payload is not None and not isinstance(payload, bool):
+            raise gr.Error(f"{self.label or 'this checkbox'} must be true or false, got {shown(payload)}",
+                           print_exception=False)
         return super().preprocess(payload)
 
 
@@ -50,11 +81,15 @@ def _table_model(label: str):
     class TableData(DataframeData):
         @classmethod
         def model_validate(cls, obj, *a, **k):
+            rows = obj.get("data") if isinstance(obj, dict) else None
+            if isinstance(rows, list) and len(rows) > MAX_ROWS:  # before validating every cell
+                raise gr.Error(f"{label} has {len(rows)} rows, at most {MAX_ROWS}: its rows must be the model's "
+                               "operators or structures", print_exception=False)
             try:
                 return DataframeData.model_validate(obj, *a, **k)
             except Exception:
                 raise gr.Error(f"{label} must be a table ({{'headers': [...], 'data': [[...]]}}), got "
-                               f"{repr(obj)[:80]}", print_exception=False) from None
+                               f"{shown(obj)}", print_exception=False) from None
     return TableData
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from pruning.catalog import UNIT_KINDS, catalog
@@ -26,7 +27,7 @@ from pruning.errors import PlanError
 from pruning.loading import Handle
 from pruning.plan import PruningPlan
 from pruning.sampling import count_inputs
-from pruning.validate import integer
+from pruning.validate import few, integer, shown
 
 from . import format as fmt
 
@@ -86,8 +87,43 @@ def selection_table(handle: Handle, mode: str, plan: PruningPlan | None = None,
     return df[COLUMNS]
 
 
-def _truthy(v) -> bool:
-    return v is True or str(v).strip().lower() in ("true", "1", "yes", "x")
+def _ticks(table: pd.DataFrame) -> list[bool]:
+    """The prune column: real booleans only (a string such as "yes please", a number or an empty
+    cell is refused, naming the row), never coerced."""
+    out = []
+    for i, (v, fqn) in enumerate(zip(table["prune"], table["fqn"])):
+        if not isinstance(v, (bool, np.bool_)):
+            raise PlanError(f"row {i} ({shown(fqn)}) of the selection table: prune must be true or false, "
+                            f"got {shown(v)}")
+        out.append(bool(v))
+    return out
+
+
+def check_rows(handle: Handle, mode: str, table: pd.DataFrame) -> None:
+    """The table's rows are exactly the model's catalog rows for ``mode``: each operator (or
+    structure) once, none missing, nothing else (no added, blank or repeated rows).
+
+    >>> from app_support.cache import ModelCache
+    >>> h = ModelCache().get("tiny-random-sd")
+    >>> t = selection_table(h, "operators")
+    >>> check_rows(h, "operators", pd.concat([t, t.iloc[:1]]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pruning.errors.PlanError: the selection table has ... rows, this model's operators table has ...: ...
+    """
+    ops, st = catalog(handle.denoiser, **count_inputs(handle))
+    expected = list((ops if mode == "operators" else st)["fqn"])
+    fqns = list(table["fqn"])
+    if len(fqns) != len(expected) or set(map(str, fqns)) != set(expected) or len(set(fqns)) != len(fqns):
+        odd = [f for f in dict.fromkeys(fqns) if not isinstance(f, str) or f not in set(expected)]
+        seen: set = set()
+        repeated = [f for f in fqns if f in seen or seen.add(f)]
+        missing = sorted(set(expected) - set(fqns))
+        why = "; ".join(text for text in (
+            f"not in it: {few(odd)}" if odd else "", f"repeated: {few(repeated)}" if repeated else "",
+            f"missing: {few(missing)}" if missing else "") if text)
+        raise PlanError(f"the selection table has {len(fqns)} rows, this model's {mode} table has {len(expected)}: "
+                        f"{why} (the rows must be the model's {mode}; reload the table with the mode selector)")
 
 
 def plan_from_table(handle: Handle, mode: str, table: pd.DataFrame, provenance: dict | None = None) -> PruningPlan:
@@ -95,8 +131,9 @@ def plan_from_table(handle: Handle, mode: str, table: pd.DataFrame, provenance: 
     if not isinstance(table, pd.DataFrame) or not len(table) or not {"fqn", "prune"} <= set(table.columns):
         raise PlanError("the selection table is empty: load a model and fill the table first")
     if mode not in MODES:
-        raise PlanError(f"unknown table mode {mode!r}; choose one of {MODES}")
-    ticked = table[[_truthy(v) for v in table["prune"]]]
+        raise PlanError(f"unknown table mode {shown(mode)}; choose one of {MODES}")
+    check_rows(handle, mode, table)
+    ticked = table[_ticks(table)]
     prov = {"method": "manual", **(provenance or {})}
     if mode == "operators":
         plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(map(str, ticked["fqn"])),

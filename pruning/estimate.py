@@ -40,7 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from . import families, methods
+from . import families, methods, validate
 from .catalog import catalog
 from .compare import CALIB_PROMPTS, EVAL_PROMPTS, CompareSettings, check_sparsities, method_settings
 from .metrics import SavedTensorMeter, example_inputs
@@ -301,6 +301,7 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
 
 def estimate(handle, method: str, settings=None, *, budget_s: float | None = None) -> Estimate:
     """The predicted cost of scoring ``handle`` with ``method`` (a registered name) and its settings."""
+    budget_s = check_budget(budget_s)
     m = methods.get(method)
     settings = settings if settings is not None else m.settings()
     if hasattr(settings, "resolved"):  # settings that depend on the model (the sweep's proxy halves steps and size)
@@ -314,6 +315,7 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
 
 def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s: float | None = None) -> Estimate:
     """Reconstruction: ``passes`` calibration passes over its prompts (plus the Gram updates)."""
+    budget_s = check_budget(budget_s)
     s0 = (settings or ReconstructSettings()).resolved(handle)
     cost = step_cost(handle, resolution=s0.resolution)
     s = spec(handle, steps=s0.steps, guidance=s0.guidance, resolution=s0.resolution)
@@ -334,6 +336,7 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
     ``reconstruct`` a second, re-fitted one plus its reconstruction). A plan's generation is
     counted at (1 - sparsity) of the original's time: slimming turns removed params into time
     at about that rate (R1)."""
+    budget_s = check_budget(budget_s)
     s = settings or CompareSettings()
     sps = check_sparsities(sparsities)
     names = [methods.get(m).name for m in (chosen if chosen is not None else methods.names())]
@@ -367,6 +370,7 @@ def estimate_export(handle, *, reconstruct: bool = False, recover_iters: int = 0
                     budget_s: float | None = None) -> Estimate:
     """An export: the optional reconstruction, the optional recovery finetune (each iteration one
     teacher call and one student call with backward to its weights), and writing the weights."""
+    budget_s = check_budget(budget_s)
     cost = step_cost(handle)
     seconds, peak = 0.0, 2 * cost.weights_bytes  # the model and its slim copy
     calls = {}
@@ -382,6 +386,19 @@ def estimate_export(handle, *, reconstruct: bool = False, recover_iters: int = 0
     seconds += cost.weights_bytes / 200e6  # safetensors write and hashing, ~200 MB/s
     return _finish(Estimate("Export", seconds, peak, calls, device=cost.device), handle, budget_s,
                    ["fewer recovery iterations", "no reconstruction"])
+
+
+def check_budget(budget_s) -> float | None:
+    """A time budget in seconds: None, or a positive finite number (checked before any work).
+
+    >>> check_budget(0)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: budget_s must be a finite number > 0 (seconds of a run, e.g. a Space's GPU duration), got 0
+    """
+    if budget_s is None:
+        return None
+    return validate.number("budget_s", budget_s, lo=0, open_lo=True, why="seconds of a run, e.g. a Space's GPU duration")
 
 
 def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:

@@ -49,6 +49,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .bundled import BUNDLED
 from .errors import ExportError, PlanError
 from .files import sha256_file, write_error
 from .loading import (
@@ -74,6 +75,7 @@ from .manifest import (
 from .plan import PruningPlan
 from .reconstruct import reapply
 from .slim import slim
+from .validate import check_outputs, shown
 
 
 def check_target(folder: Path, overwrite: bool) -> None:
@@ -87,6 +89,37 @@ def check_target(folder: Path, overwrite: bool) -> None:
                           "of ours); nothing was deleted")
     if folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
         raise ExportError(f"refusing to overwrite {str(folder)!r}: it is the current directory or contains it")
+
+
+def source_folder(handle) -> Path | None:
+    """The local folder a handle was loaded from (a bundled model or a local folder), else None."""
+    kind, _, rest = str(getattr(handle, "model_ref", "")).partition(":")
+    name = rest.rpartition("@")[0] or rest
+    if kind == "bundled" and name in BUNDLED:
+        return Path(BUNDLED[name])
+    if kind == "local" and name:
+        return Path(name)
+    return None
+
+
+def check_removes_something(plan: PruningPlan, handle) -> PruningPlan:
+    """The plan normalized for ``handle``, refused when it removes nothing: an export of an empty
+    plan would be the base model under a pruned model's name and card, which is always a mistake
+    (an empty table, the wrong plan file); the base model itself is the baseline.
+
+    >>> from pruning.loading import handle_from_pipe
+    >>> from pruning.testing import tiny_pipeline
+    >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+    >>> check_removes_something(PruningPlan(family="sd", base="tiny:sd"), h)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.PlanError: the plan removes nothing (no operator removed, no unit pruned): its export would be the base model tiny:sd unchanged; select something to prune
+    """
+    normalized = plan.normalized(handle.denoiser)
+    if normalized.is_empty:
+        raise PlanError("the plan removes nothing (no operator removed, no unit pruned): its export would be the "
+                        f"base model {handle.model_ref} unchanged; select something to prune")
+    return normalized
 
 
 def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipeline: bool = False,
@@ -106,6 +139,8 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     for the plan into ``lora/`` (``pruning.lora``). ``push_to_hub``: then upload the folder to that
     model repo (``token`` / ``private`` for it); offline this fails before any work.
     """
+    check_outputs({"export folder": folder}, {"the model folder": source_folder(handle), "lora": lora},
+                  folders=["export folder"])
     folder = Path(folder).expanduser().resolve()
     check_target(folder, overwrite)
     if plan_only and (full_pipeline or denoiser is not None and getattr(denoiser, "recovery", None) is not None):
@@ -116,7 +151,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
 
         check_reachable(push_to_hub)  # before any work
     check_base(plan, handle, "given to export")
-    plan = plan.normalized(handle.denoiser)
+    plan = check_removes_something(plan, handle)
     small = denoiser if denoiser is not None else build(handle, plan)
     carried = getattr(small, "pruning_plan", None)
     if carried is not None and carried.reconstruction != plan.reconstruction:
@@ -315,13 +350,35 @@ def base_source(plan: PruningPlan) -> str:
     """
     kind, _, rest = plan.base.partition(":")
     name, _, version = rest.rpartition("@")
-    if kind == "hub" and name and version and version != "None":
-        return f"{name}@{version}"
-    if kind == "hub" and name:
-        return name
+    if kind == "hub":
+        name = name or version  # "hub:org/model" has no revision
+        version = version if name != version else ""
+        _check_hub_ref(plan.base, name, version)
+        return f"{name}@{version}" if version and version != "None" else name
     if kind in ("bundled", "local") and name:
         return name
     raise ExportError(f"the plan's base {plan.base!r} names no model that can be loaded: pass base=<model source>")
+
+
+def _check_hub_ref(base: str, repo_id: str, revision: str) -> None:
+    """A ``hub:`` base names a valid Hub repo id (and revision), never a local path.
+
+    >>> _check_hub_ref("hub:../../etc@x", "../../etc", "x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pruning.errors.ExportError: the plan's base 'hub:../../etc@x' is not a valid Hub model id: ...
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ExportError(f"the plan's base {base!r} is not a valid Hub model id: {' '.join(str(e).split())[:200]}"
+                          ) from None
+    if repo_id.count("/") > 1 or Path(repo_id).expanduser().is_absolute():
+        raise ExportError(f"the plan's base {base!r} is not a valid Hub model id (org/name)")
+    if revision and (".." in revision or not all(c.isalnum() or c in "._-/" for c in revision)):
+        raise ExportError(f"the plan's base {base!r} has an invalid revision {revision[:80]!r}")
 
 
 def _reapply_export(folder: Path, base, *, device=None, dtype=None):
@@ -353,7 +410,7 @@ def check_base(plan: PruningPlan, handle, where) -> None:
         raise PlanError(f"plan {str(where)!r} is for family {plan.family!r}, model {handle.source!r} is "
                         f"{handle.family!r}")
     if not same_weights(plan.base, handle.model_ref):
-        raise PlanError(f"plan {str(where)!r} was made for {plan.base!r}, not for {handle.model_ref!r}")
+        raise PlanError(f"plan {str(where)!r} was made for {shown(plan.base, 200)}, not for {handle.model_ref!r}")
     plan.validate(handle.denoiser, family=handle.family)
 
 

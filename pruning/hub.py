@@ -32,12 +32,23 @@ def check_repo_id(repo_id) -> str:
     return repo_id
 
 
-def check_reachable(repo_id: str) -> None:
-    """Fail fast before any work when the Hub cannot be reached (offline mode)."""
+def check_reachable(repo_id: str, written: str | Path | None = None) -> None:
+    """Fail fast before any work when the Hub cannot be reached (offline mode). ``written``: the
+    export folder, when it is already written (the error then says where it is); before the
+    export the error says that nothing was written.
+
+    >>> import huggingface_hub.constants as hc; old = hc.HF_HUB_OFFLINE; hc.HF_HUB_OFFLINE = True
+    >>> check_reachable("user/name")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.ExportError: cannot push to Hub repo 'user/name': the Hub is offline (HF_HUB_OFFLINE=1); nothing was exported: export without pushing, then upload the folder when online
+    >>> hc.HF_HUB_OFFLINE = old
+    """
     check_repo_id(repo_id)
     if hub_offline():
-        raise ExportError(f"cannot push to Hub repo {repo_id!r}: the Hub is offline (HF_HUB_OFFLINE=1); "
-                          "the export folder is written, upload it later")
+        then = (f"the export folder {str(written)!r} is written: upload it when online" if written is not None
+                else "nothing was exported: export without pushing, then upload the folder when online")
+        raise ExportError(f"cannot push to Hub repo {repo_id!r}: the Hub is offline (HF_HUB_OFFLINE=1); {then}")
 
 
 def _api(token):
@@ -48,8 +59,8 @@ def _api(token):
 def push(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
          message: str | None = None) -> str:
     """Upload an export folder to the model repo ``repo_id`` (created if missing); returns its URL."""
-    check_reachable(repo_id)
     folder = Path(folder)
+    check_reachable(repo_id, written=folder)
     api = _api(token)
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

@@ -147,7 +147,7 @@ def check_defaults(d, where: str) -> dict:
             if key in d:
                 out[key] = check(d[key], name=key)
         if d.get("negative_prompt") is not None and not isinstance(d["negative_prompt"], str):
-            raise SettingsError(f"negative_prompt must be a string, got {d['negative_prompt']!r}")
+            raise SettingsError(f"negative_prompt must be a string, got {validate.shown(d['negative_prompt'])}")
     except SettingsError as e:
         raise ModelLoadError(f"{where}: {e}") from None
     return out
@@ -262,10 +262,11 @@ def read_defaults(folder: Path) -> dict | None:
 
 @contextlib.contextmanager
 def quiet_library_logs():
-    """diffusers/transformers log their own line before raising; our error is the one line shown."""
+    """diffusers/transformers log their own line (at error level, e.g. "An error occurred while trying
+    to fetch ...") before raising; our error is the one line shown, so only critical logs pass."""
     saved = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (dlog, tlog)]
     for log, _, _ in saved:
-        log.set_verbosity_error()
+        log.set_verbosity(log.CRITICAL)
         log.disable_progress_bar()
     try:
         yield
@@ -284,7 +285,9 @@ def pipeline_from_pretrained(name_or_path: str, class_name: str, source: str, dt
             return DiffusionPipeline.from_pretrained(
                 name_or_path, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs)
     except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError variously
-        msg = " ".join(str(e).split())
+        msg = " ".join(str(e).split())[:500]
+        if "safetensors" in msg and "no file named" in msg:
+            msg += " (only safetensors weights are read: pickle files such as .bin are never loaded)"
         raise ModelLoadError(f"failed to load pipeline from {source!r}: {type(e).__name__}: {msg}") from None
 
 

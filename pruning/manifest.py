@@ -32,7 +32,7 @@ from . import families
 from .errors import ExportError, PlanError, SettingsError
 from .files import sha256_file
 from .plan import PruningPlan
-from .validate import inside, read_json
+from .validate import few, inside, read_json, shown
 
 MANIFEST = "pruning_plan.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -73,30 +73,30 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
     if not isinstance(m, Mapping):
         raise ExportError(f"{where}: the manifest must be a JSON object, got {type(m).__name__}")
     if m.get("format") != FORMAT:
-        raise ExportError(f"{where}: unknown export format {m.get('format')!r} (expected {FORMAT!r})")
+        raise ExportError(f"{where}: unknown export format {shown(m.get('format'))} (expected {FORMAT!r})")
     missing = sorted(set(_FIELDS) - set(m))
     if missing:
         raise ExportError(f"{where}: missing field(s) {missing}")
     unknown = sorted(set(m) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
-        raise ExportError(f"{where}: unknown field(s) {unknown}")
+        raise ExportError(f"{where}: unknown field(s) {few(unknown)}")
     try:
         plan = PruningPlan.from_dict(m["plan"])
     except PlanError as e:
         raise ExportError(f"{where}: plan: {e}") from None
     den = m["denoiser"]
     if not isinstance(den, Mapping) or set(den) != {"name", "class"}:
-        raise ExportError(f"{where}: 'denoiser' must be {{'name': ..., 'class': ...}}, got {den!r}")
+        raise ExportError(f"{where}: 'denoiser' must be {{'name': ..., 'class': ...}}, got {shown(den)}")
     supported = set(DENOISERS.values())
     if (den["name"], den["class"]) not in supported:
-        raise ExportError(f"{where}: unsupported denoiser {den['name']!r} of class {den['class']!r} "
+        raise ExportError(f"{where}: unsupported denoiser {shown(den['name'])} of class {shown(den['class'])} "
                           f"(supported: {sorted(supported)})")
     if DENOISERS[plan.family] != (den["name"], den["class"]):
-        raise ExportError(f"{where}: denoiser {den['name']!r} does not fit a {plan.family!r} plan")
+        raise ExportError(f"{where}: denoiser {shown(den['name'])} does not fit a {plan.family!r} plan")
     if not isinstance(m["full_pipeline"], bool):
-        raise ExportError(f"{where}: 'full_pipeline' must be true or false, got {m['full_pipeline']!r}")
+        raise ExportError(f"{where}: 'full_pipeline' must be true or false, got {shown(m['full_pipeline'])}")
     if isinstance(m["params"], bool) or not isinstance(m["params"], int) or m["params"] < 0:
-        raise ExportError(f"{where}: 'params' must be a parameter count, got {m['params']!r}")
+        raise ExportError(f"{where}: 'params' must be a parameter count, got {shown(m['params'])}")
     plan_only = m.get("plan_only", False)
     if not isinstance(plan_only, bool) or (plan_only and m["full_pipeline"]):
         raise ExportError(f"{where}: 'plan_only' must be true or false (and false with a full pipeline), "
@@ -110,7 +110,7 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
                           "hashes is refused)")
     for rel, sha in files.items():
         if not isinstance(sha, str) or not _SHA.match(sha):
-            raise ExportError(f"{where}: files[{rel!r}] is not a sha256 hex digest: {sha!r}")
+            raise ExportError(f"{where}: files[{shown(rel, 200)}] is not a sha256 hex digest: {shown(sha)}")
         try:
             inside(rel, folder)
         except SettingsError as e:
@@ -136,7 +136,7 @@ def verify_files(folder: str | Path, manifest: Mapping) -> None:
             raise ExportError(f"sha256 mismatch for {str(path)!r}: the file is corrupt or was changed")
     extra = sorted(str(p) for p in folder.rglob("*.safetensors") if p.resolve() not in listed)
     if extra:
-        raise ExportError(f"{str(folder)!r} holds weights the manifest does not list: {extra[0]!r}")
+        raise ExportError(f"{str(folder)!r} holds weights the manifest does not list: {shown(extra[0], 200)}")
 
 
 def weights_path(folder: str | Path, manifest: Mapping) -> Path:

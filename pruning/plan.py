@@ -25,7 +25,7 @@ from torch import nn
 from . import families
 from .catalog import UNIT_KINDS, catalog, discover, inside
 from .errors import PlanError, SettingsError
-from .validate import integer, parse_json, read_json
+from .validate import few, integer, parse_json, read_json, shown
 
 SCHEMA_VERSION = 1
 FAMILIES = families.names()
@@ -42,11 +42,14 @@ def _frozen_map(name: str, m) -> Mapping[str, tuple[int, ...]]:
     out = {}
     for fqn, kept in m.items():
         if not isinstance(fqn, str) or not fqn:
-            raise PlanError(f"{name} has a key {fqn!r} that is not an FQN string")
+            raise PlanError(f"{name} has a key {shown(fqn)} that is not an FQN string")
         if isinstance(kept, (str, bytes, Mapping)) or not isinstance(kept, (Sequence, set, frozenset)):
-            raise PlanError(f"{name}[{fqn!r}] must be a list of kept unit indices, got {kept!r}")
+            raise PlanError(f"{name}[{shown(fqn)}] must be a list of kept unit indices, got {shown(kept)}")
+        if all(type(v) is int and v >= 0 for v in kept):  # the usual case, fast on a long (hostile) list
+            out[fqn] = tuple(kept)
+            continue
         try:
-            out[fqn] = tuple(integer(f"{name}[{fqn!r}][{i}]", v, lo=0, strict=True) for i, v in enumerate(kept))
+            out[fqn] = tuple(integer(f"{name}[{shown(fqn, 200)}][{i}]", v, lo=0, strict=True) for i, v in enumerate(kept))
         except SettingsError as e:
             raise PlanError(str(e)) from None
     return MappingProxyType(dict(sorted(out.items())))
@@ -55,10 +58,10 @@ def _frozen_map(name: str, m) -> Mapping[str, tuple[int, ...]]:
 def _operators(value) -> tuple[str, ...]:
     ops = (value,) if isinstance(value, str) else value
     if ops is None or isinstance(ops, Mapping) or not isinstance(ops, (list, tuple, set, frozenset)):
-        raise PlanError(f"removed_operators must be a list of operator FQNs, got {value!r}")
+        raise PlanError(f"removed_operators must be a list of operator FQNs, got {shown(value)}")
     for i, fqn in enumerate(ops):
         if not isinstance(fqn, str) or not fqn:
-            raise PlanError(f"removed_operators[{i}] must be an operator FQN string, got {fqn!r}")
+            raise PlanError(f"removed_operators[{i}] must be an operator FQN string, got {shown(fqn, 200)}")
     return tuple(sorted(set(ops)))
 
 
@@ -80,11 +83,11 @@ class PruningPlan:
 
     def __post_init__(self):
         if not isinstance(self.family, str) or self.family not in FAMILIES:
-            raise PlanError(f"plan family {self.family!r} is not one of {FAMILIES}")
+            raise PlanError(f"plan family {shown(self.family)} is not one of {FAMILIES}")
         if not isinstance(self.base, str) or not self.base:
-            raise PlanError(f"plan base must be a model ref string, got {self.base!r}")
+            raise PlanError(f"plan base must be a model ref string, got {shown(self.base, 200)}")
         if isinstance(self.schema_version, bool) or self.schema_version != SCHEMA_VERSION:
-            raise PlanError(f"plan schema_version {self.schema_version!r} is not supported "
+            raise PlanError(f"plan schema_version {shown(self.schema_version)} is not supported "
                             f"(expected {SCHEMA_VERSION})")
         object.__setattr__(self, "removed_operators", _operators(self.removed_operators))
         for name in KEPT_FIELDS.values():
@@ -120,14 +123,14 @@ class PruningPlan:
             raise PlanError(f"a plan must be a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
         if isinstance(version, bool) or version != SCHEMA_VERSION:
-            raise PlanError(f"plan schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+            raise PlanError(f"plan schema_version {shown(version)} is not supported (expected {SCHEMA_VERSION})")
         missing = [k for k in ("family", "base") if k not in d]
         if missing:
             raise PlanError(f"plan is missing field(s) {missing}")
         unknown = set(d) - {"schema_version", "family", "base", "removed_operators", *(KEPT_FIELDS.values()),
                             "provenance", "reconstruction"}
         if unknown:
-            raise PlanError(f"plan has unknown field(s) {sorted(map(str, unknown))}")
+            raise PlanError(f"plan has unknown field(s) {few(sorted(map(str, unknown)))}")
         return cls(family=d["family"], base=d["base"], removed_operators=d.get("removed_operators", ()),
                    **{name: d.get(name, {}) for name in KEPT_FIELDS.values()}, provenance=d.get("provenance", {}),
                    reconstruction=d.get("reconstruction"))
@@ -183,28 +186,33 @@ class PruningPlan:
     def validate(self, denoiser: nn.Module, family: str | None = None) -> None:
         """Raise ``PlanError`` naming the FQN or index that does not fit ``denoiser``."""
         if family is not None and family != self.family:
-            raise PlanError(f"plan is for family {self.family!r} (base {self.base}), model is {family!r}")
+            raise PlanError(f"plan is for family {shown(self.family)} (base {shown(self.base, 200)}), model is {family!r}")
         found = discover(denoiser)
         if not families.get(self.family).owns(denoiser):
             owner = families.for_denoiser(denoiser)
             kind = owner.denoiser_label if owner is not None else f"a {type(denoiser).__name__}"
-            raise PlanError(f"plan is for family {self.family!r} but the denoiser is {kind}")
+            raise PlanError(f"plan is for family {shown(self.family)} but the denoiser is {kind}")
         for fqn in self.removed_operators:
             if fqn not in found.operators:
-                raise PlanError(f"unknown operator FQN {fqn!r} (not a removable operator of this denoiser)")
+                raise PlanError(f"unknown operator FQN {shown(fqn, 200)} (not a removable operator of this denoiser)")
         stray = sorted(set(self.compensated) - set(self.removed_operators))
         if stray:
-            raise PlanError(f"reconstruction.compensated names {stray[0]!r}, which the plan does not remove")
+            raise PlanError(f"reconstruction.compensated names {shown(stray[0], 200)}, which the plan does not remove")
         for kind, field_name in KEPT_FIELDS.items():
             for fqn, kept in getattr(self, field_name).items():
                 s = found.structures.get(fqn)
                 if s is None or s.kind != kind:
-                    raise PlanError(f"{field_name}: unknown {kind} structure FQN {fqn!r}")
+                    raise PlanError(f"{field_name}: unknown {kind} structure FQN {shown(fqn, 200)}")
+                if len(kept) > s.units:
+                    raise PlanError(f"{field_name}[{shown(fqn, 200)}]: {len(kept)} kept indices for a {kind} structure of "
+                                    f"{s.units} units")
                 if len(set(kept)) != len(kept):
-                    raise PlanError(f"{field_name}[{fqn!r}]: duplicate indices {list(kept)}")
+                    seen: set[int] = set()
+                    dups = [i for i in kept if i in seen or seen.add(i)]
+                    raise PlanError(f"{field_name}[{shown(fqn, 200)}]: duplicate indices {few(dict.fromkeys(dups))}")
                 bad = [i for i in kept if not 0 <= i < s.units]
                 if bad:
-                    raise PlanError(f"{field_name}[{fqn!r}]: index {bad[0]} out of range 0..{s.units - 1}")
+                    raise PlanError(f"{field_name}[{shown(fqn, 200)}]: index {bad[0]} out of range 0..{s.units - 1}")
 
     def normalized(self, denoiser: nn.Module) -> PruningPlan:
         """Validated, canonical plan: emptied structures become operator removals; entries inside

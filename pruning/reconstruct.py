@@ -124,7 +124,7 @@ class ReconstructSettings:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(record) - known)
         if unknown:
-            raise SettingsError(f"reconstruction settings have unknown field(s) {unknown}")
+            raise SettingsError(f"reconstruction settings have unknown field(s) {validate.few(unknown)}")
         d = dict(record)
         for k in ("prompts", "seeds"):
             if d.get(k) is not None:

@@ -61,6 +61,29 @@ def _is_int_like(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def shown(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said (errors quote user
+    input, which may be any size).
+
+    >>> shown("abc"), shown("x" * 1000)
+    ("'abc'", "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (1002 characters)")
+    """
+    text = repr(value) if not isinstance(value, (list, tuple, set, frozenset, dict)) or len(value) < 1000 \
+        else f"<{type(value).__name__} of {len(value)} items>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def few(values, n: int = 3) -> str:
+    """At most ``n`` items of an unbounded collection (each :func:`shown`), and how many more.
+
+    >>> few(["extra"]), few(range(2_000_000))
+    ("['extra']", '[0, 1, 2] and 1999997 more')
+    """
+    items = list(values) if not isinstance(values, list) else values
+    head = "[" + ", ".join(shown(v) for v in items[:n]) + "]"
+    return head if len(items) <= n else f"{head} and {len(items) - n} more"
+
+
 def _range_text(lo, hi, *, integer: bool) -> str:
     if lo is not None and hi is not None:
         return f"in {lo}..{hi}" if integer else f"in [{lo:g}, {hi:g}]"
@@ -88,13 +111,13 @@ def integer(name: str, value, *, lo: int | None = None, hi: int | None = None, w
     if _is_int_like(value):
         out = int(value)
     elif strict or isinstance(value, bool) or value is None:
-        raise SettingsError(f"{what}, got {value!r}")
+        raise SettingsError(f"{what}, got {shown(value)}")
     elif isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
         out = int(value)
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         out = int(value.strip())
     else:
-        raise SettingsError(f"{what}, got {value!r}")
+        raise SettingsError(f"{what}, got {shown(value)}")
     if (lo is not None and out < lo) or (hi is not None and out > hi):
         raise SettingsError(f"{what}, got {out}")
     return out
@@ -122,11 +145,11 @@ def number(name: str, value, *, lo: float | None = None, hi: float | None = None
         rng = ""
     what = "must be a finite number" + (f" {rng}" if rng else "") + (f" ({why})" if why else "")
     if isinstance(value, bool) or value is None:
-        raise SettingsError(f"{name} {what}, got {value!r}")
+        raise SettingsError(f"{name} {what}, got {shown(value)}")
     try:
         out = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError, OverflowError):
-        raise SettingsError(f"{name} {what}, got {value!r}") from None
+        raise SettingsError(f"{name} {what}, got {shown(value)}") from None
     bad = not math.isfinite(out)
     bad = bad or (lo is not None and (out < lo or (open_lo and out == lo)))
     bad = bad or (hi is not None and (out > hi or (open_hi and out == hi)))
@@ -149,7 +172,7 @@ def choice(name: str, value, choices: Sequence[str]) -> str:
     pruning.errors.SettingsError: scope must be one of ['global', 'local'], got 'per-layer'
     """
     if not isinstance(value, str) or value not in choices:
-        raise SettingsError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise SettingsError(f"{name} must be one of {list(choices)}, got {shown(value)}")
     return value
 
 
@@ -363,7 +386,7 @@ def inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     p = Path(path)
     full = (p if p.is_absolute() else root / p).resolve()
     if full != root and root not in full.parents:
-        raise SettingsError(f"path {str(path)!r} leaves its folder {str(root)!r}")
+        raise SettingsError(f"path {shown(str(path), 200)} leaves its folder {str(root)!r}")
     return full
 
 
@@ -393,9 +416,77 @@ def check_device(device) -> torch.device:
     return dev
 
 
+# --------------------------------------------------------------------------- outputs versus inputs
+
+
+def _resolved(path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:  # hard links, or another spelling of the same file on a case-insensitive file system
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _within(child: Path, folder: Path) -> bool:
+    """``child`` lies inside ``folder`` (both resolved), by path or by an existing folder's identity."""
+    if folder in child.parents:
+        return True
+    for parent in child.parents:
+        if parent.exists() and folder.is_dir() and _same(parent, folder):
+            return True
+    return False
+
+
+def check_outputs(outputs, inputs, *, folders: Iterable[str] = ()) -> None:
+    """Refuse, before any work, an output that would overwrite or change an input. ``outputs`` and
+    ``inputs`` map a name (the CLI flag, the argument) to a path (None: not given); ``folders``
+    names the outputs that are folders replaced as a whole. An output must not resolve to an
+    input (symlinks, ``..``, another spelling of the same file), lie inside an input folder (a
+    model folder), or, for a folder output, contain an input. Outputs must differ from each other.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "style.safetensors").write_bytes(b"x")
+    >>> check_outputs({"--out": d / "sliced.safetensors"}, {"--lora": d / "style.safetensors"})
+    >>> check_outputs({"--out": f"{d}/sub/../style.safetensors"}, {"--lora": d / "style.safetensors"})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: --out '.../sub/../style.safetensors' is --lora '.../style.safetensors': an output may not overwrite an input (nothing was written)
+    >>> check_outputs({"--out": d}, {"--lora": d / "style.safetensors"}, folders=["--out"])
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: --out '...' contains --lora '.../style.safetensors': an output folder may not hold an input (nothing was written)
+    """
+    folders = set(folders)
+    ins = [(name, str(p), _resolved(p)) for name, p in inputs.items() if p is not None and str(p) != ""]
+    outs = [(name, str(p), _resolved(p)) for name, p in outputs.items() if p is not None and str(p) != ""]
+    tail = "(nothing was written)"
+    for name, raw, out in outs:
+        for in_name, in_raw, inp in ins:
+            if _same(out, inp):
+                raise SettingsError(f"{name} {raw!r} is {in_name} {in_raw!r}: an output may not overwrite an "
+                                    f"input {tail}")
+            if inp.is_dir() and _within(out, inp):
+                raise SettingsError(f"{name} {raw!r} is inside {in_name} {in_raw!r}: an output may not be written "
+                                    f"into an input folder {tail}")
+            if name in folders and _within(inp, out):
+                raise SettingsError(f"{name} {raw!r} contains {in_name} {in_raw!r}: an output folder may not hold "
+                                    f"an input {tail}")
+    for i, (name, raw, out) in enumerate(outs):
+        for other, other_raw, o in outs[i + 1:]:
+            if _same(out, o):
+                raise SettingsError(f"{name} {raw!r} and {other} {other_raw!r} are the same file {tail}")
+
+
 __all__ = [
     "Limits", "LIMITS", "integer", "number", "fraction", "choice", "subset", "seed", "seed_list", "prompt_list",
     "steps", "guidance", "resolution", "sampling_fields", "finite", "read_json", "parse_json", "inside",
-    "check_device",
+    "check_device", "check_outputs", "shown", "few",
 ]
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import diffusers.utils.logging as dlog
 import transformers.utils.logging as tlog
 
+from .. import _interrupted_while_starting
 from ..errors import PruningError
 from .common import COMMANDS, Parser, UsageError, one_line
 
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         _quiet()
     sigint = signal.getsignal(signal.SIGINT)
+    if sigint is _interrupted_while_starting:  # the imports are done: Ctrl-C now ends the work cleanly
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args._run(args) or 0)
     except BrokenPipeError:  # e.g. `| head`: stop quietly

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import validate
+from ..bundled import BUNDLED
 from ..errors import PlanError
 from ..export import check_base, read_plan
 from ..files import check_writable_file
-from ..loading import BUNDLED, DTYPES, check_device, load_pipeline
+from ..loading import DTYPES, check_device, load_pipeline
 from ..memory import OFFLOAD_MODES, enable_memory_savers
 from ..methods.base import settings_fields
 
@@ -137,6 +139,42 @@ def load_plan(path: str, handle):
 def writable(path: str, what: str = "output file") -> Path:
     """Check an output file path before any work starts (not a folder, parent writable)."""
     return check_writable_file(path, what)
+
+
+def model_folder(source: str | None) -> Path | None:
+    """The local folder behind ``--model`` (a bundled name or a folder), None for a Hub id."""
+    if not source:
+        return None
+    if source in BUNDLED:
+        return Path(BUNDLED[source])
+    path = Path(source).expanduser()
+    return path if path.exists() else None
+
+
+def inputs_of(args: argparse.Namespace) -> dict:
+    """Every input path a command reads: the model folder, plan, LoRA, fused LoRA, scores (and
+    their side file), images."""
+    found = {"--model": model_folder(getattr(args, "model", None))}
+    for flag in ("plan", "lora", "fuse_lora", "scores"):
+        value = getattr(args, flag, None)
+        if value:
+            found["--" + flag.replace("_", "-")] = value
+    if getattr(args, "scores", None):
+        found["the scores' side file"] = f"{args.scores}.json"
+    return found
+
+
+def check_io(args: argparse.Namespace, outputs: dict, *, folders=(), inputs: dict | None = None) -> None:
+    """Before any work: no output of the command may be (or hold, or lie inside) one of its inputs;
+    the error names both paths. ``inputs``: more inputs than :func:`inputs_of` finds."""
+    validate.check_outputs(outputs, {**inputs_of(args), **(inputs or {})}, folders=folders)
+
+
+def check_budget(args: argparse.Namespace) -> float | None:
+    """``--budget`` checked: a positive, finite number of seconds (or None)."""
+    value = getattr(args, "budget", None)
+    return None if value is None else validate.number("--budget", value, lo=0, open_lo=True,
+                                                       why="seconds of a run, e.g. a Space's GPU duration")
 
 
 def human(n: float) -> str:

@@ -13,6 +13,8 @@ from .common import (
     add_command,
     add_estimate_args,
     add_model_args,
+    check_budget,
+    check_io,
     load_handle,
     print_estimate,
     work_done,
@@ -37,11 +39,13 @@ def cmd_compare(args) -> int:
     sparsities = check_sparsities(args.sparsities)
     settings = CompareSettings(steps=args.steps)
     if args.estimate:
-        print_estimate(estimate_comparison(load_handle(args), sparsities, args.methods, settings, budget_s=args.budget))
+        seconds = check_budget(args)
+        print_estimate(estimate_comparison(load_handle(args), sparsities, args.methods, settings, budget_s=seconds))
         return 0
     if not args.out:
         raise SettingsError("--out is required (or --estimate to only predict the cost)")
     out = writable(args.out, "--out")
+    check_io(args, {"--out": out})
     handle = load_handle(args)
     df = compare_methods(handle, sparsities, args.methods, settings=settings)
     with atomic_write(out) as tmp:

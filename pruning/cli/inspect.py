@@ -15,7 +15,7 @@ from ..metrics import count_params, total_macs
 from ..reference import PIPELINES, meta_denoiser
 from ..sampling import generate_images, pair_samples, spec
 from ..slim import slim
-from .common import add_command, add_model_args, add_plan_arg, human, load_handle, load_plan
+from .common import add_command, add_model_args, add_plan_arg, check_io, human, load_handle, load_plan
 
 # ----------------------------------------------------------------------------- info
 
@@ -102,6 +102,10 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created if missing)")
 
 
+def _png(out: Path, variant: str, prompt: int, seed: int) -> Path:
+    return out / f"{variant}_p{prompt}_seed{seed}.png"
+
+
 def _size_line(name: str, params: int, macs: int, base: tuple[int, int] | None = None) -> str:
     line = f"{name:<9} params {human(params):>8} ({params:,})  MACs {human(macs):>8}"
     if base:
@@ -121,10 +125,13 @@ def cmd_generate(args) -> int:
     if args.resolution is not None:
         validate.integer("--resolution", args.resolution, lo=8, hi=validate.LIMITS.max_resolution)
     validate.seed_list(args.seed or [0], "--seed")
-    h = load_handle(args)
-    plan = load_plan(args.plan, h) if args.plan else None
     seeds = args.seed or [0]
     pairs = [(i, p, s) for i, p in enumerate(args.prompt) for s in seeds]
+    names = ["original"] + (["pruned"] if args.plan else [])
+    check_io(args, {"--out": out, **{f"--out's {n}_p{i}_seed{s}.png": _png(out, n, i, s)
+                                     for n in names for i, _, s in pairs}})
+    h = load_handle(args)
+    plan = load_plan(args.plan, h) if args.plan else None
     prompts, pair_seeds = pair_samples([p for _, p, _ in pairs], [s for _, _, s in pairs])
     g = spec(h, steps=args.steps, guidance=args.guidance, resolution=args.resolution)  # checked before any work
     variants = [("original", h.denoiser)] + ([("pruned", slim(h.denoiser, plan))] if plan else [])
@@ -136,7 +143,7 @@ def cmd_generate(args) -> int:
         print(_size_line(name, *size, base))
         base = base or size
         for (i, _, s), im in zip(pairs, images):
-            path = out / f"{name}_p{i}_seed{s}.png"
+            path = _png(out, name, i, s)
             with atomic_write(path) as tmp:
                 im.save(tmp, format="PNG")
             print(f"  {path}")

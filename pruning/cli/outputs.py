@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import SettingsError
 from ..estimate import estimate_export, estimate_reconstruction
-from ..export import check_target, export
+from ..export import check_removes_something, check_target, export
 from ..manifest import read_manifest
 from ..metrics import count_params
 from ..reconstruct import ReconstructSettings, consumer_groups, consumers, reconstruct
@@ -19,6 +19,8 @@ from .common import (
     add_model_args,
     add_plan_arg,
     add_settings_args,
+    check_budget,
+    check_io,
     human,
     load_handle,
     load_plan,
@@ -79,15 +81,18 @@ def _report(folder: Path, before: int, recovered: str = "") -> None:
 @add_command("export", help="write the slimmed model: safetensors + pruning_plan.json", arguments=_export_only_args)
 def cmd_export(args) -> int:
     if args.estimate:
+        seconds = check_budget(args)
         h = load_handle(args)
         load_plan(args.plan, h)
-        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=args.budget))
+        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=seconds))
         return 0
     _need_out(args)
-    check_target(Path(args.out).expanduser().resolve(), args.overwrite)  # before loading anything
+    check_io(args, {"--out": args.out}, folders=["--out"])  # before loading anything
+    check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     _check_hub(args)
     h = load_handle(args)
     plan = load_plan(args.plan, h)
+    check_removes_something(plan, h)  # before a reconstruction
     small = reconstruct(h, plan) if args.reconstruct else None
     folder = export(h, plan if small is None else small.pruning_plan, args.out, full_pipeline=args.full_pipeline,
                     denoiser=small, overwrite=args.overwrite, **_export_kw(args))
@@ -135,17 +140,21 @@ def cmd_reconstruct(args) -> int:
               if getattr(args, f, None) is not None}  # --compensate-operators is one of them (a flag)
     settings = ReconstructSettings(**values)  # checked now, before loading anything
     if args.estimate:
+        seconds = check_budget(args)
         h = load_handle(args)
         plan = load_plan(args.plan, h)
         items = consumers(h.denoiser, plan.normalized(h.denoiser))
         passes = len(consumer_groups(items, settings.max_gram_mb * 2 ** 20, settings.inputs == "pruned"))
-        print_estimate(estimate_reconstruction(h, settings, passes=passes, budget_s=args.budget))
+        print_estimate(estimate_reconstruction(h, settings, passes=passes, budget_s=seconds))
         return 0
     _need_out(args)
+    check_io(args, {"--out": args.out}, folders=["--out"])
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     _check_hub(args)
     h = load_handle(args)
-    small = reconstruct(h, load_plan(args.plan, h), settings)
+    plan = load_plan(args.plan, h)
+    check_removes_something(plan, h)
+    small = reconstruct(h, plan, settings)
     folder = export(h, small.pruning_plan, args.out, full_pipeline=args.full_pipeline, denoiser=small,
                     overwrite=args.overwrite, **_export_kw(args))
     work_done()
@@ -173,14 +182,17 @@ def _recover_args(p: argparse.ArgumentParser) -> None:
 def cmd_recover(args) -> int:
     settings = RecoverSettings(prompts=args.prompt, steps=args.steps, iters=args.iters, lr=args.lr)  # checked now
     if args.estimate:
+        seconds = check_budget(args)
         h = load_handle(args)
         load_plan(args.plan, h)
         print_estimate(estimate_export(h, recover_iters=settings.iters, recover_batch=settings.batch_size,
-                                       budget_s=args.budget))
+                                       budget_s=seconds))
         return 0
+    check_io(args, {"--out": args.out}, folders=["--out"])
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)
     handle = load_handle(args)
     plan = load_plan(args.plan, handle)
+    check_removes_something(plan, handle)  # before the finetune
     small = recover(handle, plan, settings)
     losses = small.recovery["losses"]
     folder = export(handle, plan, args.out, full_pipeline=args.full_pipeline, denoiser=small, overwrite=args.overwrite)
@@ -207,6 +219,7 @@ def cmd_lora(args) -> int:
     out = check_writable_file(args.out, "--out")
     if out.suffix != ".safetensors":
         raise SettingsError(f"--out {args.out!r} must end in .safetensors")
+    check_io(args, {"--out": out})
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     lora = read_lora(h, args.lora)

@@ -53,6 +53,8 @@ from .common import (
     add_estimate_args,
     add_model_args,
     add_settings_args,
+    check_budget,
+    check_io,
     human,
     load_handle,
     print_estimate,
@@ -153,12 +155,13 @@ def _run_chunk(h, name: str, settings, control, budget, path):
 def run_score(args, name: str) -> int:
     m = methods.get(name)
     if args.estimate:
+        seconds = check_budget(args)
         settings = settings_from_args(m, args)
         h = load_handle(args)
         if getattr(args, "preset", None):
             settings = settings_from_args(m, args, preset=args.preset, family=h.family)
         _preset_note(name, args, h)
-        print_estimate(estimate(h, name, settings, budget_s=args.budget))
+        print_estimate(estimate(h, name, settings, budget_s=seconds))
         return 0
     if not args.out:
         raise SettingsError("--out is required (or --estimate to only predict the cost)")
@@ -167,6 +170,9 @@ def run_score(args, name: str) -> int:
         raise SettingsError(f"{name} scores whole operators: write them as .csv or .parquet, not .safetensors")
     settings = settings_from_args(m, args)  # checked now, before loading anything
     budget, state_path = _chunking(args)
+    side = None if out.suffix == ".safetensors" else f"{out}.json"
+    check_io(args, {"--out": out, "--out's side file": side}, inputs={"--state": state_path})
+    check_io(args, {"--state": state_path})
     processes = None
     if _distributed():
         if name == "ldpruner":
@@ -294,6 +300,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 @add_command("prune", help="a pruning plan from any method's scores", arguments=_prune_args)
 def cmd_prune(args) -> int:
     out = writable(args.out, "--out")
+    check_io(args, {"--out": out})
     scores = methods.Scores.read(args.scores)
     h = load_handle(args)
     methods.check_scores_fit(h, scores)

@@ -35,7 +35,7 @@ from ..files import atomic_write, read_tensors, write_tensors
 from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
-from ..validate import choice, fraction, read_json
+from ..validate import choice, few, fraction, read_json, shown
 from .select import plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
@@ -71,7 +71,7 @@ class Scores:
         choice(f"{what} level", self.level, LEVELS)
         missing = [c for c in _REQUIRED[self.level] if c not in self.table.columns]
         if missing:
-            raise SettingsError(f"{what}: the table has no {missing} column(s) (columns: {list(self.table.columns)})")
+            raise SettingsError(f"{what}: the table has no {missing} column(s) (columns: {few(list(self.table.columns), 8)})")
         table = self.table.reset_index(drop=True)
         if table["fqn"].map(lambda f: not isinstance(f, str) or not f).any():
             raise SettingsError(f"{what}: every fqn must be a non-empty string")
@@ -233,7 +233,7 @@ class Method:
         known = {f.name for f in fields(self.Settings)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SettingsError(f"{self.name} has no setting(s) {unknown}; it has {sorted(known)}")
+            raise SettingsError(f"{self.name} has no setting(s) {few(unknown)}; it has {sorted(known)}")
         if preset is None or preset == self.presets[0]:
             return self.Settings(**values)
         choice("preset", preset, self.presets)
@@ -279,16 +279,16 @@ def unit_scores_for(handle, scores: Scores) -> dict[str, torch.Tensor]:
 def check_scores_fit(handle, scores: Scores) -> None:
     """Refuse scores made on other weights, or naming parts this denoiser lacks."""
     if not same_weights(scores.model_ref, handle.model_ref):
-        raise PlanError(f"{scores.method} scores were computed on {scores.model_ref!r}, not on {handle.model_ref!r}")
+        raise PlanError(f"{scores.method} scores were computed on {shown(scores.model_ref, 200)}, not on {handle.model_ref!r}")
     found = discover(handle.denoiser)
     known = found.operators if scores.level == "operator" else found.structures
     for fqn in scores.table["fqn"].unique():
         if fqn not in known:
             what = "removable operator" if scores.level == "operator" else "prunable structure"
-            raise PlanError(f"{scores.method} scores name {fqn!r}, which is not a {what} of {handle.model_ref}")
+            raise PlanError(f"{scores.method} scores name {shown(fqn, 200)}, which is not a {what} of {handle.model_ref}")
     if scores.level == "unit":
         top = scores.table.groupby("fqn")["index"].max()
         for fqn, i in top.items():
             if i >= found.structures[fqn].units:
-                raise PlanError(f"{scores.method} scores for {fqn!r} name unit {i}, the model has "
+                raise PlanError(f"{scores.method} scores for {shown(fqn, 200)} name unit {i}, the model has "
                                 f"{found.structures[fqn].units} (0..{found.structures[fqn].units - 1})")

@@ -163,7 +163,7 @@ def plan_from_operator_scores(handle, scores, *, target_sparsity: float | None =
         raise SettingsError("give exactly one of target_sparsity, target_macs or operators")
     for col in ("fqn", "score"):
         if col not in scores.columns:
-            raise PlanError(f"the scores table has no {col!r} column (columns: {list(scores.columns)})")
+            raise PlanError(f"the scores table has no {col!r} column (columns: {validate.few(list(scores.columns), 8)})")
     known = discover(handle.denoiser).operators
     for fqn in scores["fqn"]:
         if fqn not in known:
@@ -181,6 +181,9 @@ def plan_from_operator_scores(handle, scores, *, target_sparsity: float | None =
 
     if operators is not None:
         names = [operators] if isinstance(operators, str) else [str(o) for o in operators]
+        if not names:
+            raise SettingsError("operators is empty: name at least one operator to remove (a plan that removes "
+                                "nothing is the base model)")
         for fqn in names:
             if fqn not in known:
                 raise PlanError(f"unknown operator {fqn!r}: not a removable operator of this denoiser")
