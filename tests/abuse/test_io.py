@@ -80,13 +80,13 @@ def test_1_every_command_refuses_an_output_that_is_one_of_its_inputs(capsys, sd_
     assert tree(sd_folder) == model_before and tree(work) == work_before and tree(plan_file.parent) == plan_before
 
 
-def test_1_the_library_export_refuses_the_model_folder_and_its_lora(sd_handle, sd_folder, work):
-    plan = PruningPlan(family="sd", base=sd_handle.model_ref, removed_operators=("mid_block.resnets.0",))
+def test_1_the_library_export_refuses_the_model_folder_and_its_lora(sd_folder_handle, sd_folder, work):
+    plan = PruningPlan(family="sd", base=sd_folder_handle.model_ref, removed_operators=("mid_block.resnets.0",))
     before, work_before = tree(sd_folder), tree(work)
     with pytest.raises(SettingsError, match="is inside the model folder"):
-        export(sd_handle, plan, sd_folder / "exported")
+        export(sd_folder_handle, plan, sd_folder / "exported")
     with pytest.raises(SettingsError, match="contains lora"):
-        export(sd_handle, plan, work, overwrite=True, lora=work / "style.safetensors")
+        export(sd_folder_handle, plan, work, overwrite=True, lora=work / "style.safetensors")
     assert tree(sd_folder) == before and tree(work) == work_before
 
 
@@ -110,22 +110,22 @@ def test_5_budget_is_checked_before_any_work(capsys, sd_folder, plan_file, tmp_p
     assert out == "" and tree(plan_file.parent) == before and not (tmp_path / "never").exists()
 
 
-def test_5_budget_in_the_library(sd_handle):
+def test_5_budget_in_the_library(sd_folder_handle):
     from pruning.estimate import estimate_export
 
     for bad in (0, -1, float("nan"), float("inf"), "abc"):
         with pytest.raises(SettingsError, match="budget_s must be a finite number > 0"):
-            estimate_export(sd_handle, budget_s=bad)
+            estimate_export(sd_folder_handle, budget_s=bad)
 
 
 # --------------------------------------------------------------------------- 11. an empty selection
 
 
-def test_11_an_empty_plan_is_an_error_not_an_export(capsys, sd_handle, sd_folder, tmp_path):
+def test_11_an_empty_plan_is_an_error_not_an_export(capsys, sd_folder_handle, sd_folder, tmp_path):
     empty = tmp_path / "empty.json"
-    empty.write_text(PruningPlan(family="sd", base=sd_handle.model_ref).to_json())
+    empty.write_text(PruningPlan(family="sd", base=sd_folder_handle.model_ref).to_json())
     full = tmp_path / "full.json"  # a structure that keeps every unit removes nothing either
-    full.write_text(PruningPlan(family="sd", base=sd_handle.model_ref, kept_heads={FQN: [0, 1]}).to_json())
+    full.write_text(PruningPlan(family="sd", base=sd_folder_handle.model_ref, kept_heads={FQN: [0, 1]}).to_json())
     before = tree(tmp_path)
     for plan in (empty, full):
         for command in ("export", "reconstruct", "recover"):
@@ -134,18 +134,18 @@ def test_11_an_empty_plan_is_an_error_not_an_export(capsys, sd_handle, sd_folder
             one_line_error(code, err, "the plan removes nothing")
     assert tree(tmp_path) == before and not (tmp_path / "out").exists()
     with pytest.raises(PlanError, match="the plan removes nothing"):
-        export(sd_handle, PruningPlan(family="sd", base=sd_handle.model_ref), tmp_path / "lib")
+        export(sd_folder_handle, PruningPlan(family="sd", base=sd_folder_handle.model_ref), tmp_path / "lib")
     assert not (tmp_path / "lib").exists()
 
 
-def test_11_no_operators_is_not_a_plan(sd_handle):
+def test_11_no_operators_is_not_a_plan(sd_folder_handle):
     import pandas as pd
 
     from pruning.methods.ldpruner import plan_from_scores
 
     scores = pd.DataFrame({"fqn": ["mid_block.resnets.0"], "score": [0.1]})
     with pytest.raises(SettingsError, match="operators is empty: name at least one operator"):
-        plan_from_scores(sd_handle, scores, operators=[])
+        plan_from_scores(sd_folder_handle, scores, operators=[])
 
 
 # --------------------------------------------------------------------------- 13. one line for a pickle-only folder
@@ -170,9 +170,9 @@ def test_13_a_pickle_only_folder_is_one_stderr_line(tmp_path):
 # --------------------------------------------------------------------------- 14. short errors for huge input
 
 
-def test_14_two_million_duplicate_indices_give_a_short_error(capsys, sd_handle, sd_folder, tmp_path):
+def test_14_two_million_duplicate_indices_give_a_short_error(capsys, sd_folder_handle, sd_folder, tmp_path):
     path = tmp_path / "dups.json"
-    path.write_text(json.dumps({"schema_version": 1, "family": "sd", "base": sd_handle.model_ref,
+    path.write_text(json.dumps({"schema_version": 1, "family": "sd", "base": sd_folder_handle.model_ref,
                                 "kept_heads": {FQN: [0] * 2_000_000}}))
     before = tree(tmp_path)
     t0 = time.time()
@@ -194,19 +194,19 @@ FF = "down_blocks.0.attentions.0.transformer_blocks.0.ff"  # 128 neurons in the 
     ({"kept_heads": {"q" * 1_000_000: [0]}}, "characters)"),
     ({"family": "f" * 1_000_000}, "characters)"),
 ])
-def test_14_errors_quote_a_few_values(sd_handle, extra, message):
+def test_14_errors_quote_a_few_values(sd_folder_handle, extra, message):
     with pytest.raises(PlanError) as e:
-        plan = PruningPlan.from_dict({"schema_version": 1, "family": "sd", "base": sd_handle.model_ref, **extra})
-        plan.validate(sd_handle.denoiser)
+        plan = PruningPlan.from_dict({"schema_version": 1, "family": "sd", "base": sd_folder_handle.model_ref, **extra})
+        plan.validate(sd_folder_handle.denoiser)
     assert message in str(e.value) and len(str(e.value)) < 500, str(e.value)[:600]
 
 
-def test_14_manifest_and_scores_lists_are_short(sd_handle, tmp_path):
+def test_14_manifest_and_scores_lists_are_short(sd_folder_handle, tmp_path):
     from pruning.manifest import MANIFEST
     from pruning.methods import Scores
 
-    plan = PruningPlan(family="sd", base=sd_handle.model_ref, removed_operators=("mid_block.resnets.0",))
-    folder = export(sd_handle, plan, tmp_path / "e")
+    plan = PruningPlan(family="sd", base=sd_folder_handle.model_ref, removed_operators=("mid_block.resnets.0",))
+    folder = export(sd_folder_handle, plan, tmp_path / "e")
     m = json.loads((folder / MANIFEST).read_text())
     m.update({f"field{i}": 0 for i in range(5_000)})
     (folder / MANIFEST).write_text(json.dumps(m))
@@ -234,12 +234,12 @@ def test_15_offline_push_says_nothing_was_exported(capsys, sd_folder, plan_file,
     assert "is written" not in err and not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_16_a_hub_base_must_be_a_hub_id(sd_handle, tmp_path, monkeypatch):
+def test_16_a_hub_base_must_be_a_hub_id(sd_folder_handle, tmp_path, monkeypatch):
     from pruning.manifest import MANIFEST
 
     ex = sys.modules["pruning.export"]
-    plan = PruningPlan(family="sd", base=sd_handle.model_ref, removed_operators=("mid_block.resnets.0",))
-    folder = export(sd_handle, plan, tmp_path / "plan-only", plan_only=True)
+    plan = PruningPlan(family="sd", base=sd_folder_handle.model_ref, removed_operators=("mid_block.resnets.0",))
+    folder = export(sd_folder_handle, plan, tmp_path / "plan-only", plan_only=True)
     looked_up = []
     monkeypatch.setattr(ex, "load_pipeline", lambda source, **kw: looked_up.append(source))
     for base in ("hub:../../etc@x", "hub:/etc/passwd@main", "hub:a/b/c@main", "hub:~/models@main",
