@@ -57,9 +57,8 @@ def plan_near(denoiser, target: float, side: int, family: str = "sd", text_len: 
 def measure(name: str, targets=TARGETS, repeats: int = REPEATS) -> dict:
     from pruning.masks import masked
     from pruning.metrics import count_params, example_inputs, total_macs
-    from pruning.slim import slim
-
     from pruning.reference import PIPELINES
+    from pruning.slim import slim
 
     t0 = time.perf_counter()
     original = build(name)

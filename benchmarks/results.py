@@ -11,7 +11,7 @@ KEYS = ("value", "target", "ok", "unit", "detail")
 
 
 def check_entry(rid: str, entry: dict) -> dict:
-    """Raise ``ValueError`` unless ``entry`` has the row schema of DESIGN.md section 8."""
+    """Raise ``ValueError`` unless ``entry`` has the row schema (value, target, ok, unit, detail, measured_at)."""
     missing = [k for k in KEYS if k not in entry]
     if missing:
         raise ValueError(f"row {rid}: result is missing {missing}")

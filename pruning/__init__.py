@@ -1,10 +1,33 @@
-"""Structural pruning of diffusion models: SD, SDXL and FLUX denoisers.
+"""Structural pruning of diffusion models: SD 1.x/2.x, SDXL, FLUX and SD3 denoisers.
 
-The public API (a contract: code outside this package uses these names)::
+The public API (a contract: code outside this package uses these names; ``__all__`` lists them):
 
-    from pruning import (load_pipeline, catalog, PruningPlan, masked, slim, export,
-                         load_pruned, generate_latents)
-    from pruning.methods import ldpruner, ecodiff, diffpruning   # and the registry: methods.get("taylor")
+* **Models**: ``load_pipeline(source)`` -> :class:`Handle` (a bundled tiny model, a local
+  diffusers folder or a Hub id; safetensors only); ``handle_from_pipe(pipe)`` wraps a diffusers
+  pipeline you already hold; ``catalog(denoiser)`` lists what can be removed (operators and the
+  units of heads, FFN neurons and channel groups, with params and MACs).
+* **Scoring**: ``pruning.methods`` is the registry of methods (``methods.names()``,
+  ``methods.get(name).score(handle, settings)`` -> ``Scores``, ``methods.to_plan(...)``); the
+  comparison of every method at several sparsities is ``compare_methods`` / ``CompareSettings``.
+* **Plans**: :class:`PruningPlan` (what to remove, as JSON); ``masked`` (a zero-cost preview of a
+  plan) and ``slim`` (the physically smaller denoiser) agree exactly.
+* **Quality**: ``reconstruct`` / ``ReconstructSettings`` (training-free re-fit of the layers that
+  read pruned units), ``recover`` / ``RecoverSettings`` (a short distillation finetune).
+* **Images**: ``generate_latents`` / ``generate_images`` (the one generation path).
+* **Exports**: ``export`` writes safetensors, the plan, a manifest and a model card;
+  ``load_pruned`` reads an export folder, a plan-only export, a plan file or a Hub repo.
+* **Runs**: :class:`RunControl` (stop, progress, time limits).
+* **Errors**: every error raised on purpose is a :class:`PruningError`: ``SettingsError`` (a bad
+  value; ``UnknownName`` for a name no registry holds), ``ModelLoadError``, ``PlanError``,
+  ``ExportError``, ``RunStopped``, ``RunDiverged``.
+
+>>> from pruning import handle_from_pipe, methods, slim, PruningPlan
+>>> from pruning.testing import tiny_pipeline
+>>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+>>> scores = methods.get("magnitude").score(h, methods.get("magnitude").settings())
+>>> plan = methods.to_plan(h, scores, target_sparsity=0.2)
+>>> 0.15 < plan.summary(h.denoiser)["params_fraction"] < 0.25
+True
 
 This package never imports gradio: the app lives beside it (``app.py``, ``app_support/``).
 """
@@ -51,9 +74,11 @@ try:
         RunDiverged,
         RunStopped,
         SettingsError,
+        UnknownName,
     )
     from .export import export, load_pruned
-    from .loading import Handle, load_pipeline
+    from .loading import Handle, handle_from_pipe, load_pipeline
+    from . import methods
     from .masks import masked
     from .plan import PruningPlan
     from .reconstruct import ReconstructSettings, reconstruct
@@ -65,9 +90,9 @@ finally:
     _tlog.set_verbosity(_verbosity)
 
 __all__ = [
-    "load_pipeline", "Handle", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
+    "load_pipeline", "Handle", "handle_from_pipe", "methods", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
     "generate_latents", "generate_images", "reconstruct", "ReconstructSettings", "recover", "RecoverSettings",
     "compare_methods", "CompareSettings",
     "RunControl", "PruningError", "ModelLoadError", "PlanError", "ExportError", "SettingsError", "RunStopped",
-    "RunDiverged",
+    "RunDiverged", "UnknownName",
 ]

@@ -250,7 +250,7 @@ def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: in
 def kind_shares(denoiser: nn.Module, structures: pd.DataFrame | None = None) -> dict[str, float]:
     """Share of the denoiser's params held by attention, FFN, resnet and FLUX single-block MLP modules.
 
-    These are the figures of DESIGN.md section 3 (module params, not only the prunable part).
+    The model tables of the README quote these (module params, not only the prunable part).
     """
     st = structures if structures is not None else catalog(denoiser)[1]
     total = sum(p.numel() for p in denoiser.parameters())

@@ -29,6 +29,19 @@ class SettingsError(PruningError, ValueError):
     """A user-supplied value is out of range or of the wrong type (steps, seeds, prompts, paths...)."""
 
 
+class UnknownName(SettingsError, KeyError):
+    """A name no registry holds (a method, a model family, a reference model); the message lists the
+    registered ones. One type for every registry: a ``SettingsError`` (so a ``ValueError``) and a
+    ``KeyError``, as a lookup.
+
+    >>> str(UnknownName("method must be one of ['a'], got 'b'"))
+    "method must be one of ['a'], got 'b'"
+    """
+
+    def __str__(self) -> str:  # a KeyError would quote its message
+        return str(self.args[0]) if self.args else ""
+
+
 class StateMismatch(SettingsError):
     """A saved run state belongs to another run (another method, model or settings)."""
 

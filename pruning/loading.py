@@ -174,17 +174,55 @@ def preset_defaults(hub_id: str) -> dict:
     return {k: ref[k] for k in ("steps", "guidance", "resolution")} if ref else {}
 
 
-def handle_from_pipe(pipe, *, model_ref: str, source: str | None = None,
-                     defaults: dict | None = None) -> Handle:
-    """Wrap an already built pipeline (tests, in-memory models) in a :class:`Handle`.
+def derived_ref(pipe) -> str:
+    """A model ref for a pipeline built in memory: ``pipe:<where it was loaded from, or its class>@``
+    and a digest of its denoiser's config and a sample of every weight (names, shapes, dtypes and
+    the first 16 values): the same pipeline gives the same ref, other weights another one.
 
-    ``defaults`` override the family defaults key by key.
+    >>> from pruning.testing import tiny_pipeline
+    >>> a, b = derived_ref(tiny_pipeline("sd")), derived_ref(tiny_pipeline("sd", seed=1))
+    >>> a.startswith("pipe:StableDiffusionPipeline@"), a == derived_ref(tiny_pipeline("sd")), a == b
+    (True, True, False)
+    """
+    family = families.for_pipe(pipe)
+    name = getattr(pipe, "name_or_path", None) or type(pipe).__name__
+    h = hashlib.sha256(type(pipe).__name__.encode())
+    if family is not None:
+        denoiser = getattr(pipe, family.denoiser_name)
+        h.update(repr(sorted(dict(denoiser.config).items())).encode())
+        for key, t in denoiser.state_dict().items():
+            h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
+            if t.device.type != "meta" and t.numel():
+                h.update(t.detach().reshape(-1)[:16].float().cpu().numpy().tobytes())  # any shape -> (n,)
+    return f"pipe:{name}@{h.hexdigest()[:16]}"
+
+
+def handle_from_pipe(pipe, *, model_ref: str | None = None, source: str | None = None,
+                     defaults: dict | None = None) -> Handle:
+    """Wrap an already built diffusers pipeline (one you loaded, a test's in-memory model) in a
+    :class:`Handle`, the object every function of the package takes.
+
+    ``model_ref`` names the weights in plans and exports; without it, one is derived from the
+    pipeline (:func:`derived_ref`) and a warning says so. ``defaults`` override the family
+    defaults key by key.
 
     >>> from pruning.testing import tiny_pipeline
     >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd", defaults={"guidance": 1.0})
     >>> h.defaults == {"steps": 4, "guidance": 1.0, "resolution": 32}, h.source
     (True, 'tiny:sd')
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     h = handle_from_pipe(tiny_pipeline("flux"))
+    >>> h.model_ref.startswith("pipe:FluxPipeline@"), "derived" in str(w[0].message)
+    (True, True)
     """
+    if model_ref is None:
+        import warnings
+
+        model_ref = derived_ref(pipe)
+        warnings.warn(f"model_ref derived from the pipeline: {model_ref!r} (its config and a sample of its "
+                      "weights); pass model_ref= to name the weights yourself", UserWarning, stacklevel=2)
     family = family_of(pipe, source or model_ref)
     denoiser = getattr(pipe, families.get(family).denoiser_name)
     param = next(denoiser.parameters())

@@ -22,6 +22,7 @@ from torch import nn
 from . import families
 from .families.flux import FLUX_DEV_TRANSFORMER, FLUX_SCHNELL_TRANSFORMER  # noqa: F401 (re-exported)
 from .families.sd import SD15_UNET, SD21_UNET, SDXL_UNET  # noqa: F401 (re-exported)
+from .validate import registered
 
 # name -> config and pipeline-level facts, from every family's `references` (pruning.families)
 REFERENCE_CONFIGS: dict[str, dict] = {
@@ -42,6 +43,5 @@ def meta_denoiser(name: str) -> nn.Module:
     >>> len(t.transformer_blocks), len(t.single_transformer_blocks)
     (19, 38)
     """
-    if name not in REFERENCE_CONFIGS:
-        raise KeyError(f"unknown reference model {name!r}; known: {sorted(REFERENCE_CONFIGS)}")
+    registered("reference model", name, sorted(REFERENCE_CONFIGS))
     return families.get(PIPELINES[name]["family"]).meta_denoiser(copy.deepcopy(REFERENCE_CONFIGS[name]))

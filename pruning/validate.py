@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SettingsError
+from .errors import SettingsError, UnknownName
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,20 @@ def choice(name: str, value, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise SettingsError(f"{name} must be one of {list(choices)}, got {shown(value)}")
     return value
+
+
+def registered(what: str, name, known: Sequence[str]) -> str:
+    """A name held by a registry (methods, model families, reference models): else
+    :class:`~pruning.errors.UnknownName`, listing the registered names.
+
+    >>> registered("model family", "sd4", ("sd", "flux"))
+    Traceback (most recent call last):
+    ...
+    pruning.errors.UnknownName: model family must be one of ['sd', 'flux'], got 'sd4'
+    """
+    if not isinstance(name, str) or name not in known:
+        raise UnknownName(f"{what} must be one of {list(known)}, got {shown(name)}")
+    return name
 
 
 def subset(name: str, values, choices: Sequence[str], *, allow_empty: bool = False) -> tuple[str, ...]:
@@ -487,6 +501,6 @@ def check_outputs(outputs, inputs, *, folders: Iterable[str] = ()) -> None:
 __all__ = [
     "Limits", "LIMITS", "integer", "number", "fraction", "choice", "subset", "seed", "seed_list", "prompt_list",
     "steps", "guidance", "resolution", "sampling_fields", "finite", "read_json", "parse_json", "inside",
-    "check_device", "check_outputs", "shown", "few",
+    "check_device", "check_outputs", "shown", "few", "registered",
 ]
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import UnknownName  # a leaf module: the registry imports nothing else of the package
+
 # family name -> "module:attribute". Order matters where pipeline classes subclass each other
 # (none do today); ``for_pipe`` takes the first match.
 REGISTRY: dict[str, str] = {
@@ -39,10 +41,10 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str):
-    """The family object of ``name`` (a ``ValueError`` naming the known ones otherwise)."""
+    """The family object of ``name`` (:class:`~pruning.errors.UnknownName` naming the known ones otherwise)."""
     if name not in _LOADED:
         if name not in REGISTRY:
-            raise ValueError(f"unknown model family {name!r}; known: {', '.join(REGISTRY)}")
+            raise UnknownName(f"model family must be one of {list(REGISTRY)}, got {name!r}")
         module, attr = REGISTRY[name].split(":")
         _LOADED[name] = getattr(importlib.import_module(module), attr)
     return _LOADED[name]

@@ -10,14 +10,14 @@ plus one line in ``BUILTIN`` below; ``register`` adds one at run time (a plugin,
 >>> get("obs")
 Traceback (most recent call last):
 ...
-pruning.errors.SettingsError: method must be one of ['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random'], got 'obs'
+pruning.errors.UnknownName: method must be one of ['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random'], got 'obs'
 """
 
 from __future__ import annotations
 
 import importlib
 
-from ..validate import choice
+from ..validate import registered
 from .base import DIRECTION, Method, Scores, check_scores_fit
 
 BUILTIN = (  # module, attribute: in the order users see them
@@ -47,7 +47,7 @@ def names() -> list[str]:
 
 def get(name: str) -> Method:
     """The method registered as ``name`` (errors list the registered ones)."""
-    return METHODS[choice("method", name, names())]
+    return METHODS[registered("method", name, names())]
 
 
 def to_plan(handle, scores: Scores, *, target_sparsity: float, scope: str = "global"):

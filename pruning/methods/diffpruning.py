@@ -1,4 +1,5 @@
-"""Diff-Pruning: Taylor importance accumulated over timesteps (seed 002, DESIGN.md section 5).
+"""Diff-Pruning: Taylor importance accumulated over timesteps (Fang, Ma and Wang, "Structural
+Pruning for Diffusion Models", NeurIPS 2023, arXiv:2305.10924; the authors' code: VainF/Diff-Pruning).
 
 Fix a batch of clean latents x0 (data-free by default: the original model's own outputs for
 some prompts; or user images encoded by the VAE) and one noise draw. For t = 0, stride,

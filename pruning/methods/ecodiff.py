@@ -1,5 +1,6 @@
 """EcoDiff: differentiable masks trained end to end on the final latent, with time-step
-gradient checkpointing (seed 000, DESIGN.md section 5).
+gradient checkpointing ("Effortless Efficiency: Low-Cost Pruning of Diffusion Models", arXiv:2412.02852,
+December 2024).
 
 One gate per unit (attention head, FFN neuron, optionally resnet channel group) multiplies
 its activation. The loss is ``MSE(z_0 masked, z_0 original) + beta * reg`` for the same
@@ -61,9 +62,8 @@ CHECKPOINTING = ("timestep", "none")
 MAX_EPOCHS = 100
 # The authors' released configs (their code, not the paper): masking_eps in the gate noise,
 # the regulariser normalised per layer (attention and FFN apart) and L1 ("reg: 1"); beta 0.5
-# for SDXL (used here for every UNet), 0.01 for FLUX.
-AUTHORS = {"unet": {"masking_eps": 0.5, "beta": 0.5}, "flux": {"masking_eps": 0.1, "beta": 0.01}}  # = the families'
-# `ecodiff_authors` (pruning.families), which the presets read
+# for SDXL (used here for every UNet), 0.01 for FLUX: each family's `ecodiff_authors`
+# (pruning.families) holds its values, which the "authors" preset reads.
 PRESETS = ("ours", "authors")
 
 
