@@ -98,6 +98,17 @@ class Family:
         """The denoising objective at integer timestep t in [0, num_train_timesteps)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ native.py
+    def native_blockers(self, denoiser: nn.Module, plan) -> list[str]:
+        """Which removed operators of ``plan`` (normalized) this family's diffusers config cannot
+        state: one ``"FQN: reason"`` line each ([] = the removals are native). Unit pruning and
+        compensated stand-ins are checked generically, before this."""
+        return [f"{fqn}: {self.denoiser_label} has no native layout" for fqn in plan.removed_operators]
+
+    def native_layout(self, denoiser: nn.Module, plan):
+        """The ``native.NativeLayout`` (rewritten config, key renames) of a plan without blockers."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ reference.py, testing.py
     references: ClassVar[dict[str, dict]] = {}  # name -> {"config", "hub_id", "resolution", "steps", "guidance"}
 

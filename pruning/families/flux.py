@@ -15,7 +15,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransfo
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-from ..catalog import Cut, Operator, Structure, linear_cuts
+from ..catalog import Cut, Operator, Structure, discover, linear_cuts
 from ..replacements import EmptyAttention, IdentityFluxBlock
 from ..slim import register_cutter, set_heads
 from .base import Family
@@ -199,6 +199,21 @@ class FluxFamily(Family):
 
     def lora_state_dict(self, pipeline_class, tensors):
         return pipeline_class.lora_state_dict(tensors, return_alphas=True)
+
+    def native_blockers(self, denoiser, plan):
+        ops = discover(denoiser).operators
+        return [f"{f}: a removed {ops[f].kind} inside a kept block (the config counts whole double and single "
+                "blocks only)" for f in plan.removed_operators if ops[f].kind not in self.block_kinds]
+
+    def native_layout(self, denoiser, plan):
+        """``num_layers`` / ``num_single_layers``: the kept blocks, renumbered in order."""
+        from ..native import NativeLayout, plain_config, renumber
+
+        removed = set(plan.removed_operators)
+        double, r1 = renumber("transformer_blocks", len(denoiser.transformer_blocks), removed)
+        single, r2 = renumber("single_transformer_blocks", len(denoiser.single_transformer_blocks), removed)
+        config = {**plain_config(denoiser), "num_layers": len(double), "num_single_layers": len(single)}
+        return NativeLayout(config, {**r1, **r2})
 
     def taylor_guidance(self, handle) -> float:
         embedded = handle.defaults.get("guidance_mode", "embedded") == "embedded"

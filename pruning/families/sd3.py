@@ -24,7 +24,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, St
 from diffusers.models.attention import JointTransformerBlock
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 
-from ..catalog import Operator
+from ..catalog import Operator, discover
 from ..replacements import IdentityFluxBlock
 from .base import Family
 
@@ -178,6 +178,30 @@ class SD3Family(Family):
 
     def lora_state_dict(self, pipeline_class, tensors):
         return pipeline_class.lora_state_dict(tensors), None  # SD3's loader returns no alphas
+
+    # ------------------------------------------------------------------ native exports
+    def native_blockers(self, denoiser, plan):
+        ops = discover(denoiser).operators
+        last = f"transformer_blocks.{len(denoiser.transformer_blocks) - 1}"
+        out = []
+        for f in plan.removed_operators:
+            if ops[f].kind != "joint_block":
+                out.append(f"{f}: a removed {ops[f].kind} inside a kept block (the config counts whole joint "
+                           "blocks only)")
+            elif f == last:
+                out.append(f"{f}: the last joint block (diffusers builds the last block context_pre_only, without "
+                           "the text-stream output layers the block before it has)")
+        return out
+
+    def native_layout(self, denoiser, plan):
+        """``num_layers``: the kept blocks, renumbered; ``dual_attention_layers``: their new indices."""
+        from ..native import NativeLayout, plain_config, renumber
+
+        kept, renames = renumber("transformer_blocks", len(denoiser.transformer_blocks), set(plan.removed_operators))
+        config = plain_config(denoiser)
+        dual = set(config.get("dual_attention_layers") or ())
+        config.update(num_layers=len(kept), dual_attention_layers=[new for new, old in enumerate(kept) if old in dual])
+        return NativeLayout(config, renames)
 
     # ------------------------------------------------------------------ Taylor
     def train_loss(self, handle, x0, noise, cond, t):
