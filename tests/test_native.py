@@ -16,6 +16,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -272,3 +273,52 @@ def test_weights_file_is_aligned_for_identical_rounding(tiny_flux, tmp_path):
     folder = export(tiny_flux, plan, tmp_path / "x", native=True, evaluate=False)
     raw = (folder / "transformer" / WEIGHTS).read_bytes()
     assert (8 + int.from_bytes(raw[:8], "little")) % 64 == 0
+
+
+# ----------------------------------------------------------------------------- native plans on purpose
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "flux", "sd3"])
+def test_to_plan_native_restricts_any_methods_plan_to_whole_blocks(request, family):
+    from pruning import methods
+
+    h = request.getfixturevalue(f"tiny_{family}")
+    unit = methods.get("magnitude").score(h)
+    plain = methods.to_plan(h, unit, target_sparsity=0.1)
+    assert not report(h.denoiser, plain)["native"]  # heads / neurons: never native
+    plan = methods.to_plan(h, unit, target_sparsity=0.1, native=True)
+    assert report(h.denoiser, plan) == {"native": True, "blockers": []}
+    assert plan.summary(h.denoiser)["params_fraction"] >= 0.1 and plan.provenance["native"] is True
+    ops = discover(h.denoiser).operators
+    table = {"fqn": list(ops), "score": [float(i) for i in range(len(ops))]}  # operator scores, e.g. LD-Pruner's
+    scores = methods.Scores("ldpruner", "operator", pd.DataFrame(table), h.model_ref, {})
+    by_ops = methods.to_plan(h, scores, target_sparsity=0.05, native=True)
+    assert report(h.denoiser, by_ops)["native"] and by_ops.removed_operators
+
+
+def test_cli_prune_and_export_native(capsys, sd_folder, sd_handle, tmp_path):
+    from pruning import methods
+    from pruning.cli import main
+
+    scores = methods.get("magnitude").score(sd_handle).write(tmp_path / "mag.csv")
+    plan_path = tmp_path / "plan.json"
+    assert main(["prune", "--model", str(sd_folder), "--scores", str(scores), "--target-sparsity", "0.05",
+                 "--native", "--out", str(plan_path)]) == 0
+    out = capsys.readouterr().out
+    assert "native    native: plain diffusers loads its export" in out
+    assert main(["export", "--model", str(sd_folder), "--plan", str(plan_path), "--out", str(tmp_path / "n"),
+                 "--native", "--no-card-eval"]) == 0
+    assert "native    the denoiser is in stock diffusers form" in capsys.readouterr().out
+    assert "transformer_layers_per_block" in (tmp_path / "n" / "unet" / "config.json").read_text()
+    heads = PruningPlan(family="sd", base=sd_handle.model_ref,
+                        kept_heads={"down_blocks.0.attentions.0.transformer_blocks.0.attn1": (0,)})
+    (tmp_path / "heads.json").write_text(heads.to_json())
+    code = main(["prune", "--model", str(sd_folder), "--scores", str(scores), "--operators", "x", "--native",
+                 "--out", str(tmp_path / "p2.json")])
+    assert code == 2 and "--native" in capsys.readouterr().err
+    code = main(["export", "--model", str(sd_folder), "--plan", str(tmp_path / "heads.json"),
+                 "--out", str(tmp_path / "h"), "--native", "--no-card-eval"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1: attention heads pruned" in err
+    assert not (tmp_path / "h").exists()

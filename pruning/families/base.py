@@ -105,6 +105,11 @@ class Family:
         compensated stand-ins are checked generically, before this."""
         return [f"{fqn}: {self.denoiser_label} has no native layout" for fqn in plan.removed_operators]
 
+    def native_units(self, denoiser: nn.Module) -> dict[str, tuple[str, ...]]:
+        """The removals a native plan is made of (``methods.native_plan``): ``{block FQN: the operator
+        FQNs that remove it together}`` ({}: none)."""
+        return {}
+
     def native_layout(self, denoiser: nn.Module, plan):
         """The ``native.NativeLayout`` (rewritten config, key renames) of a plan without blockers."""
         raise NotImplementedError

@@ -205,6 +205,10 @@ class FluxFamily(Family):
         return [f"{f}: a removed {ops[f].kind} inside a kept block (the config counts whole double and single "
                 "blocks only)" for f in plan.removed_operators if ops[f].kind not in self.block_kinds]
 
+    def native_units(self, denoiser):
+        ops = discover(denoiser).operators
+        return {f: (f,) for f, o in ops.items() if o.kind in self.block_kinds}
+
     def native_layout(self, denoiser, plan):
         """``num_layers`` / ``num_single_layers``: the kept blocks, renumbered in order."""
         from ..native import NativeLayout, plain_config, renumber

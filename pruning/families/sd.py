@@ -211,6 +211,11 @@ class UNetFamily(Family):
                     f"{first}; diffusers builds both from transformer_layers_per_block[-1], so they must keep as many"]
         return []
 
+    def native_units(self, denoiser):
+        """Each BasicTransformerBlock: its attn1, attn2 and ff together."""
+        ops = discover(denoiser).operators
+        return {n: tuple(_parts(n, ops)) for n, m in denoiser.named_modules() if isinstance(m, BasicTransformerBlock)}
+
     def native_layout(self, denoiser, plan):
         """Per-attention block counts in ``transformer_layers_per_block`` (down blocks, and the mid block
         through the last entry) and ``reverse_transformer_layers_per_block`` (up blocks); a down / up block

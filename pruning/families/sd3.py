@@ -193,6 +193,10 @@ class SD3Family(Family):
                            "the text-stream output layers the block before it has)")
         return out
 
+    def native_units(self, denoiser):
+        last = f"transformer_blocks.{len(denoiser.transformer_blocks) - 1}"
+        return {f: (f,) for f, o in discover(denoiser).operators.items() if o.kind == "joint_block" and f != last}
+
     def native_layout(self, denoiser, plan):
         """``num_layers``: the kept blocks, renumbered; ``dual_attention_layers``: their new indices."""
         from ..native import NativeLayout, plain_config, renumber
