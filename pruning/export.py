@@ -158,6 +158,11 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
             from .lora import slice_lora_file
 
             lora_report = slice_lora_file(handle, plan, lora, tmp / "lora")
+            if native:  # for plain diffusers: block indices renumbered as in the native folder
+                from .native import LORA_DIR, module_rename
+
+                rename = module_rename(handle.denoiser, plan)
+                extra["native"]["lora"] = slice_lora_file(handle, plan, lora, tmp / LORA_DIR, rename=rename)["file"]
             extra["lora"] = lora_report
         if card:
             from .card import write_card

@@ -52,6 +52,7 @@ from .plan import PruningPlan
 from .validate import inside as inside_folder
 
 DROPPED = "native_dropped.safetensors"
+LORA_DIR = "lora_native"  # a LoRA sliced for the plan, its block indices renumbered as in the native folder
 ALIGN = 64  # bytes: where a native weights file's tensor data starts (see ``save_aligned``)  # slim-model tensors the native model lacks (unused LayerNorms)
 UNIT_WHY = {
     "head": "attention heads pruned (diffusers' configs derive the width from the head count: FLUX and SD3 "
@@ -150,6 +151,12 @@ def native_layout(denoiser: nn.Module, plan: PruningPlan) -> NativeLayout:
         more = f" (and {len(why) - 1} more)" if len(why) > 1 else ""
         raise PlanError(f"the plan is not native (diffusers' config cannot state it): {why[0]}{more}")
     return families.get(plan.family).native_layout(denoiser, plan)
+
+
+def module_rename(denoiser: nn.Module, plan: PruningPlan):
+    """``rename(module name)``: a slim-model module's name in the native model (for LoRA module names)."""
+    renames = native_layout(denoiser, plan).renames
+    return lambda name: _rename(name + ".x", renames)[:-2]
 
 
 def split_state(layout: NativeLayout, state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
@@ -259,6 +266,10 @@ def card_section(record: Mapping, *, family: str, name: str, folder_name: str, f
         lines += [f"from diffusers import {fam.pipeline_class.__name__}, {cls}",
                   f'{name} = {cls}.from_pretrained("{where}", subfolder="{name}")',
                   f'pipe = {fam.pipeline_class.__name__}.from_pretrained("<the base model>", {name}={name})']
+    if record.get("lora"):
+        sub, _, weight = record["lora"].rpartition("/")
+        lines.append(f'pipe.load_lora_weights("{where}", subfolder="{sub}", weight_name="{weight}")  # the LoRA, '
+                     "sliced for the plan, its blocks renumbered as in this folder")
     lines += ["```", "", "Loaders that read it: diffusers (`from_pretrained`), `pruning.load_pruned` (the plan in "
               "`pruning_plan.json` is re-applied to the base config)"
               + (", and single-file loaders (ComfyUI, `from_single_file`) through the single-file checkpoint."
@@ -273,4 +284,5 @@ def append_card(folder: Path, record: Mapping, **kw) -> None:
 
 
 __all__ = ["NativeLayout", "blockers", "is_native", "report", "describe", "native_layout", "split_state",
-           "renumber", "plain_config", "write", "slim_state", "check_record", "card_section", "append_card", "DROPPED"]
+           "module_rename", "renumber", "plain_config", "write", "slim_state", "check_record", "card_section",
+           "append_card", "DROPPED", "LORA_DIR"]

@@ -322,3 +322,46 @@ def test_cli_prune_and_export_native(capsys, sd_folder, sd_handle, tmp_path):
     assert code == 2 and err.count("\n") == 1
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1: attention heads pruned" in err
     assert not (tmp_path / "h").exists()
+
+
+# ----------------------------------------------------------------------------- LoRAs on a native export
+
+
+@torch.no_grad()
+def test_lora_on_a_native_export_loads_with_diffusers_and_equals_the_fused_slim_model(tiny_flux, tmp_path):
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from pruning.lora import LORA_FILE, fuse_into, read_lora, slice_lora
+    from pruning.native import LORA_DIR
+    from pruning.testing import tiny_pipeline
+
+    torch.manual_seed(3)
+    donor = tiny_pipeline("flux")
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v", "to_out.0", "add_k_proj", "proj_mlp",
+                                                        "proj_out", "net.2"], init_lora_weights=False)
+    donor.transformer.add_adapter(cfg)
+    state = {k: torch.randn_like(v) * 0.05 for k, v in get_peft_model_state_dict(donor.transformer).items()}
+    FluxPipeline.save_lora_weights(tmp_path / "in", transformer_lora_layers=state,
+                                   transformer_lora_adapter_metadata=cfg.to_dict())
+    path = tmp_path / "in" / LORA_FILE
+    h = tiny_flux
+    plan = PruningPlan(family="flux", base=h.model_ref, removed_operators=BLOCK_PLANS["flux"])
+    folder = export(h, plan, tmp_path / "pruned-model", full_pipeline=True, native=True, lora=path, evaluate=False)
+    card = (folder / "README.md").read_text()
+    assert f'load_lora_weights("pruned-model", subfolder="{LORA_DIR}", weight_name="{LORA_FILE}")' in card
+    keys = load_file(str(folder / LORA_DIR / LORA_FILE)).keys()
+    assert any(k.startswith("transformer.single_transformer_blocks.0.") for k in keys)  # was single block 0
+    assert not any(k.startswith("transformer.single_transformer_blocks.1.") for k in keys)  # 2 -> 1 of 2 kept: no
+    assert not any(k.startswith("transformer.transformer_blocks.1.") for k in keys)  # double 1 is now 0
+    pipe = FluxPipeline.from_pretrained(folder)  # plain diffusers, then its own LoRA loader
+    pipe.load_lora_weights(str(folder), subfolder=LORA_DIR, weight_name=LORA_FILE)
+    fused = fuse_into(slim(h.denoiser, plan), slice_lora(h, plan, read_lora(h, path)).for_component("transformer"))
+    kw = example_inputs(h.denoiser, batch=2, sample_size=8, text_len=8, generator=torch.Generator().manual_seed(0))
+    want, got = fused(**kw)[0], pipe.transformer(**kw)[0]
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    assert not torch.allclose(slim(h.denoiser, plan)(**kw)[0], want, atol=1e-3)  # the LoRA matters
+    pruned = load_pruned(folder)  # and pruning's loader with the slim model's own LoRA file, as before
+    pruned.pipe.load_lora_weights(str(folder), subfolder="lora", weight_name=LORA_FILE)
+    assert ((pruned.denoiser(**kw)[0] - want).norm() / want.norm()).item() < 1e-5
