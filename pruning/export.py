@@ -93,7 +93,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
            denoiser: nn.Module | None = None, overwrite: bool = False, card: bool = True,
            evaluate: bool | None = None, plan_only: bool = False, lora: str | os.PathLike | None = None,
            push_to_hub: str | None = None, private: bool = False, token: str | None = None,
-           native: bool = False) -> Path:
+           native: bool = False, single_file: bool = False) -> Path:
     """Write the slim model for ``plan`` to ``folder`` atomically (temp folder, then rename).
 
     ``denoiser`` may be a slim (e.g. recovery-finetuned) module already built for ``plan``;
@@ -107,7 +107,8 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     for the plan into ``lora/`` (``pruning.lora``). ``push_to_hub``: then upload the folder to that
     model repo (``token`` / ``private`` for it); offline this fails before any work. ``native``: write
     the denoiser in stock diffusers form (``pruning.native``: rewritten config, renumbered keys); a plan
-    that is not native is one ``PlanError`` naming the layer, before any work.
+    that is not native is one ``PlanError`` naming the layer, before any work. ``single_file`` (with
+    ``native``, FLUX and SD3): also the denoiser as one safetensors file in the original key layout.
     """
     folder = Path(folder).expanduser().resolve()
     check_target(folder, overwrite)
@@ -126,6 +127,12 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if plan_only:
             raise ExportError("a plan-only export holds no weights: it cannot be native (export it in full)")
         native_layout(handle.denoiser, plan)  # a PlanError naming the layer, before any work
+    if single_file:
+        from .native import check_single_file
+
+        if not native:
+            raise ExportError("a single-file checkpoint comes with a native export (native=True / --native)")
+        check_single_file(plan.family)
     small = denoiser if denoiser is not None else build(handle, plan)
     carried = getattr(small, "pruning_plan", None)
     if carried is not None and carried.reconstruction != plan.reconstruction:
@@ -145,7 +152,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
             from .native import write as write_native
 
             extra["native"] = write_native(tmp, name, handle.denoiser, plan, state,
-                                           {"format": "pt", "pruning": FORMAT})
+                                           {"format": "pt", "pruning": FORMAT}, single_file=single_file)
         else:
             (tmp / name).mkdir()
             handle.denoiser.save_config(tmp / name)  # the base config: the plan says how to slim it

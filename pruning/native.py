@@ -53,6 +53,7 @@ from .validate import inside as inside_folder
 
 DROPPED = "native_dropped.safetensors"
 LORA_DIR = "lora_native"  # a LoRA sliced for the plan, its block indices renumbered as in the native folder
+SINGLE_FILE = "single_file.safetensors"  # the denoiser in its original key layout (FLUX: BFL's, SD3: Stability's)
 ALIGN = 64  # bytes: where a native weights file's tensor data starts (see ``save_aligned``)  # slim-model tensors the native model lacks (unused LayerNorms)
 UNIT_WHY = {
     "head": "attention heads pruned (diffusers' configs derive the width from the head count: FLUX and SD3 "
@@ -201,7 +202,7 @@ def save_aligned(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict
 
 
 def write(tmp: Path, name: str, base: nn.Module, plan: PruningPlan, state: Mapping[str, torch.Tensor],
-          metadata: dict) -> dict:
+          metadata: dict, single_file: bool = False) -> dict:
     """Write the native ``<name>/`` (config + renumbered weights) into ``tmp``; returns the manifest record.
 
     The native model is built on the meta device from the rewritten config and must hold exactly the
@@ -224,8 +225,20 @@ def write(tmp: Path, name: str, base: nn.Module, plan: PruningPlan, state: Mappi
     save_aligned(native, tmp / name / WEIGHTS, metadata)
     if dropped:
         save_file(dropped, str(tmp / DROPPED), metadata=metadata)
-    return {"base_config": plain_config(base), "dropped": DROPPED if dropped else None,
-            "params": sum(p.numel() for p in model.parameters())}
+    record = {"base_config": plain_config(base), "dropped": DROPPED if dropped else None,
+              "params": sum(p.numel() for p in model.parameters())}
+    if single_file:
+        original = fam.single_file_state(native, layout.config)
+        save_aligned(original, tmp / SINGLE_FILE, {"format": "pt"})
+        record.update(single_file=SINGLE_FILE, single_file_layout=fam.single_file_layout)
+    return record
+
+
+def check_single_file(family: str) -> None:
+    """Refuse a single-file export for a family without an original key layout (before any work)."""
+    if families.get(family).single_file_layout is None:
+        raise ExportError(f"a single-file checkpoint is written for FLUX and SD3 only (their original key layouts), "
+                          f"not for {family!r}")
 
 
 def slim_state(folder: Path, manifest: Mapping, base: nn.Module, plan: PruningPlan,
@@ -266,6 +279,11 @@ def card_section(record: Mapping, *, family: str, name: str, folder_name: str, f
         lines += [f"from diffusers import {fam.pipeline_class.__name__}, {cls}",
                   f'{name} = {cls}.from_pretrained("{where}", subfolder="{name}")',
                   f'pipe = {fam.pipeline_class.__name__}.from_pretrained("<the base model>", {name}={name})']
+    if record.get("single_file"):
+        lines += ["", f"# or the single file `{record['single_file']}` ({record['single_file_layout']} key layout; "
+                  "block counts follow from its keys):",
+                  f'{name} = {cls}.from_single_file("{where}/{record["single_file"]}", config="{where}", '
+                  f'subfolder="{name}")']
     if record.get("lora"):
         sub, _, weight = record["lora"].rpartition("/")
         lines.append(f'pipe.load_lora_weights("{where}", subfolder="{sub}", weight_name="{weight}")  # the LoRA, '
@@ -285,4 +303,4 @@ def append_card(folder: Path, record: Mapping, **kw) -> None:
 
 __all__ = ["NativeLayout", "blockers", "is_native", "report", "describe", "native_layout", "split_state",
            "module_rename", "renumber", "plain_config", "write", "slim_state", "check_record", "card_section",
-           "append_card", "DROPPED", "LORA_DIR"]
+           "append_card", "check_single_file", "DROPPED", "LORA_DIR", "SINGLE_FILE"]

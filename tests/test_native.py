@@ -129,7 +129,8 @@ def native_runs(tmp_path_factory, tiny_sd, tiny_sdxl, tiny_flux, tiny_sd3):
     for name, ops in BLOCK_PLANS.items():
         h = _handle(name, tiny)
         plan = PruningPlan(family=h.family, base=h.model_ref, removed_operators=ops)
-        folder = export(h, plan, root / name, full_pipeline=True, native=True, evaluate=False)
+        single = h.family in ("flux", "sd3")  # beside the folder; DiffusionPipeline must not mind it
+        folder = export(h, plan, root / name, full_pipeline=True, native=True, single_file=single, evaluate=False)
         handles[name] = (h, plan, folder)
         jobs[name] = {"folder": str(folder), "denoiser": h.denoiser_name, "kwargs": _kwargs(h)}
     (root / "jobs.json").write_text(json.dumps(jobs))
@@ -365,3 +366,55 @@ def test_lora_on_a_native_export_loads_with_diffusers_and_equals_the_fused_slim_
     pruned = load_pruned(folder)  # and pruning's loader with the slim model's own LoRA file, as before
     pruned.pipe.load_lora_weights(str(folder), subfolder="lora", weight_name=LORA_FILE)
     assert ((pruned.denoiser(**kw)[0] - want).norm() / want.norm()).item() < 1e-5
+
+
+# ----------------------------------------------------------------------------- single-file checkpoints
+
+
+@torch.no_grad()
+def test_sd3_single_file_round_trip_through_from_single_file(tiny_sd3, tmp_path):
+    """Stability's key layout, joint block count from the keys: diffusers' from_single_file (with the export's
+    config) gives the native model's exact weights and the same latents."""
+    from diffusers import SD3Transformer2DModel
+
+    from pruning.native import SINGLE_FILE
+    from pruning.sampling import generate_latents
+
+    h = tiny_sd3
+    plan = PruningPlan(family="sd3", base=h.model_ref, removed_operators=("transformer_blocks.0",))
+    folder = export(h, plan, tmp_path / "pruned-model", native=True, single_file=True, evaluate=False)
+    keys = load_file(str(folder / SINGLE_FILE)).keys()
+    assert {int(k.split(".")[1]) for k in keys if k.startswith("joint_blocks.")} == {0, 1}
+    assert not any(k.startswith("transformer_blocks.") for k in keys)
+    single = SD3Transformer2DModel.from_single_file(str(folder / SINGLE_FILE), config=str(folder),
+                                                    subfolder="transformer").eval()
+    native = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
+    a, b = native.state_dict(), single.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert single.config.num_layers == 2 and list(single.config.dual_attention_layers) == []
+    prompts, seeds = ["a red circle at the top left"], [0]
+    want = generate_latents(h, prompts, seeds, denoiser=load_pruned(folder), steps=2)
+    assert torch.equal(generate_latents(h, prompts, seeds, denoiser=single, steps=2), want)
+    assert "from_single_file" in (folder / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_flux_single_file_key_layout_inverts_diffusers_conversion_at_real_width():
+    """diffusers' FLUX converter hard-codes the 3072 width, so the values are checked at real width on cheap
+    stand-in tensors (each row of each tensor labelled): BFL layout -> diffusers' converter -> our names."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from pruning.families.flux import FLUX_DEV_TRANSFORMER
+    from pruning.native import plain_config
+
+    config = {**FLUX_DEV_TRANSFORMER, "num_layers": 2, "num_single_layers": 3, "joint_attention_dim": 64}
+    meta = families.get("flux").meta_denoiser(config)
+    state = {k: (torch.arange(v.shape[0], dtype=torch.float32) + 30000 * i).view(-1, *[1] * (v.dim() - 1)).expand(v.shape)
+             for i, (k, v) in enumerate(sorted(meta.state_dict().items()))}  # rows labelled, no memory per column
+    original = families.get("flux").single_file_state(state, plain_config(meta))
+    assert {k.split(".")[0] for k in original} >= {"double_blocks", "single_blocks", "final_layer", "txt_in", "img_in"}
+    assert {int(k.split(".")[1]) for k in original if k.startswith("single_blocks.")} == {0, 1, 2}
+    back = convert_flux_transformer_checkpoint_to_diffusers(dict(original))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+    assert isinstance(meta, FluxTransformer2DModel)

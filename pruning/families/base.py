@@ -110,6 +110,13 @@ class Family:
         FQNs that remove it together}`` ({}: none)."""
         return {}
 
+    single_file_layout: ClassVar[str | None] = None  # the original key layout a single-file export uses
+
+    def single_file_state(self, state: dict, config: dict) -> dict:
+        """A native state dict in the original single-file key layout (the inverse of diffusers'
+        ``convert_*_checkpoint_to_diffusers``); block counts follow from the keys."""
+        raise NotImplementedError(f"{self.name}: no single-file layout")
+
     def native_layout(self, denoiser: nn.Module, plan):
         """The ``native.NativeLayout`` (rewritten config, key renames) of a plan without blockers."""
         raise NotImplementedError
