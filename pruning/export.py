@@ -9,6 +9,11 @@ Layout of an export folder::
     model_index.json, vae/, text_encoder/, ...               only with full_pipeline=True
     lora/pytorch_lora_weights.safetensors                    only with lora=: the LoRA sliced for the plan
 
+With ``native=True`` (``pruning.native``) ``<denoiser>/`` holds the *slim* config and renumbered keys
+(stock diffusers loads it), plus ``native_dropped.safetensors`` (UNets: the unused LayerNorms of removed
+blocks, for ``load_pruned``), ``lora_native/`` (the LoRA's blocks renumbered) and, with
+``single_file=True``, ``single_file.safetensors`` (FLUX / SD3 in the original key layout).
+
 ``plan_only=True`` writes no weights: the plan, the card and, for a reconstructed plan, the
 re-fitted tensors that differ from plain slimming (``reconstruction.safetensors``);
 ``load_pruned`` re-applies it to the base model's own weights, bit for bit the full export.

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from pruning import families
 from pruning.catalog import discover
-from pruning.errors import PlanError
+from pruning.errors import ExportError, PlanError
 from pruning.export import export, load_pruned
 from pruning.loading import load_pipeline
 from pruning.manifest import WEIGHTS, read_manifest
@@ -223,6 +223,15 @@ def test_blockers_name_the_layer_that_prevents_a_native_export(tiny_sd, tiny_sdx
     with pytest.raises(PlanError, match="not native .*transformer_blocks.2: the last joint block"):
         export(tiny_sd3, plan, tmp_path / "no", native=True, evaluate=False)
     assert not (tmp_path / "no").exists()
+    ok = PruningPlan(family="sd3", base=tiny_sd3.model_ref, removed_operators=("transformer_blocks.0",))
+    with pytest.raises(ExportError, match="plan-only export .* cannot be native"):
+        export(tiny_sd3, ok, tmp_path / "no", native=True, plan_only=True, evaluate=False)
+    with pytest.raises(ExportError, match="single-file checkpoint comes with a native export"):
+        export(tiny_sd3, ok, tmp_path / "no", single_file=True, evaluate=False)
+    with pytest.raises(ExportError, match="FLUX and SD3 only .* not for 'sd'"):
+        export(tiny_sd, PruningPlan(family="sd", base=tiny_sd.model_ref), tmp_path / "no", native=True,
+               single_file=True, evaluate=False)
+    assert not (tmp_path / "no").exists()
 
 
 def _unet_blocks(den) -> list[str]:
@@ -418,3 +427,33 @@ def test_flux_single_file_key_layout_inverts_diffusers_conversion_at_real_width(
     back = convert_flux_transformer_checkpoint_to_diffusers(dict(original))
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
     assert isinstance(meta, FluxTransformer2DModel)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_flux_single_file_round_trip_through_from_single_file_at_real_width(tmp_path):
+    """One double and one single block at FLUX.1's width (diffusers' converter needs 3072), bf16 (~1 GB):
+    from_single_file on the BFL-layout file gives the native model's exact weights and output."""
+    from diffusers import FluxTransformer2DModel
+
+    from pruning.families.flux import FLUX_DEV_TRANSFORMER
+    from pruning.native import SINGLE_FILE, plain_config, save_aligned
+
+    config = {**FLUX_DEV_TRANSFORMER, "num_layers": 1, "num_single_layers": 1, "joint_attention_dim": 64,
+              "pooled_projection_dim": 64, "in_channels": 16}
+    model = families.get("flux").meta_denoiser(config).to_empty(device="cpu").to(torch.bfloat16)
+    noise = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16) * 0.02
+    for i, p in enumerate(model.parameters()):  # cheap random-looking weights: a rolled noise vector, tiled
+        flat = noise.roll(i * 7919)
+        p.view(-1).copy_(flat.repeat(p.numel() // flat.numel() + 1)[: p.numel()])
+    model.save_pretrained(tmp_path / "transformer")
+    state = model.state_dict()
+    save_aligned(families.get("flux").single_file_state(state, plain_config(model)), tmp_path / SINGLE_FILE,
+                 {"format": "pt"})
+    single = FluxTransformer2DModel.from_single_file(str(tmp_path / SINGLE_FILE), config=str(tmp_path),
+                                                     subfolder="transformer", torch_dtype=torch.bfloat16)
+    got = single.state_dict()
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    native = FluxTransformer2DModel.from_pretrained(tmp_path / "transformer", torch_dtype=torch.bfloat16)
+    kw = example_inputs(native, batch=1, sample_size=8, text_len=4, dtype=torch.bfloat16)
+    assert torch.equal(native(**kw)[0], single(**kw)[0])
