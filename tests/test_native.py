@@ -370,6 +370,8 @@ def test_lora_on_a_native_export_loads_with_diffusers_and_equals_the_fused_slim_
     fused = fuse_into(slim(h.denoiser, plan), slice_lora(h, plan, read_lora(h, path)).for_component("transformer"))
     kw = example_inputs(h.denoiser, batch=2, sample_size=8, text_len=8, generator=torch.Generator().manual_seed(0))
     want, got = fused(**kw)[0], pipe.transformer(**kw)[0]
+    print(f"native LoRA: relative L2 {((got - want).norm() / want.norm()).item():.2e}, max abs "
+          f"{(got - want).abs().max().item():.2e}")
     assert ((got - want).norm() / want.norm()).item() < 1e-5
     assert not torch.allclose(slim(h.denoiser, plan)(**kw)[0], want, atol=1e-3)  # the LoRA matters
     pruned = load_pruned(folder)  # and pruning's loader with the slim model's own LoRA file, as before
