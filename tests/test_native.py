@@ -306,6 +306,21 @@ def test_to_plan_native_restricts_any_methods_plan_to_whole_blocks(request, fami
     assert report(h.denoiser, by_ops)["native"] and by_ops.removed_operators
 
 
+def test_native_plan_removes_a_unet_mid_block_with_its_partner(tiny_sdxl):
+    """The mid block keeps as many blocks as down_blocks.2.attentions.0: ranked first, its block waits and goes
+    together with one of down_blocks.2.attentions.0's."""
+    from pruning import methods
+
+    h = tiny_sdxl
+    ops = discover(h.denoiser).operators
+    first = ("mid_block.attentions.0.transformer_blocks.1", "down_blocks.2.attentions.0.transformer_blocks.0")
+    score = [(0.0 if any(f.startswith(b + ".") for b in first) else 1.0 + i) for i, f in enumerate(ops)]
+    scores = methods.Scores("ldpruner", "operator", pd.DataFrame({"fqn": list(ops), "score": score}), h.model_ref, {})
+    plan = methods.to_plan(h, scores, target_sparsity=0.01, native=True)
+    assert set(plan.removed_operators) == {o for b in first for o in _block(b)}
+    assert native_layout(h.denoiser, plan).config["transformer_layers_per_block"][-1] == 1
+
+
 def test_cli_prune_and_export_native(capsys, sd_folder, sd_handle, tmp_path):
     from pruning import methods
     from pruning.cli import main

@@ -10,8 +10,9 @@ A unit's score, low = prunable:
 * unit scores (heads, neurons, channel groups): the mean score of the units inside the block.
 
 Units are removed in increasing score until ``target_sparsity`` of the params is gone; a unit
-whose removal would make the plan not native (a UNet mid block that no longer keeps as many
-blocks as the last down block's first attention) is skipped.
+whose removal alone would make the plan not native (a UNet mid block that no longer keeps as many
+blocks as the last down block's first attention) waits for a partner that makes the pair native
+(the next such block of the other side) and goes with it.
 
 >>> import torch
 >>> from pruning.testing import tiny_pipeline
@@ -68,15 +69,27 @@ def native_plan(handle, scores, *, target_sparsity: float, provenance: Mapping |
     total = ops.attrs["total_params"]
     found = discover(den).operators
     removed: list[str] = []
+    pending: list[str] = []  # blocks that break nativeness alone (a UNet mid block and its partner)
     gone = 0
+
+    def fits(*blocks) -> bool:
+        extra = [op for b in blocks for op in units[b]]
+        return not blockers(den, PruningPlan(family=handle.family, base=handle.model_ref,
+                                             removed_operators=(*removed, *extra)))
+
     for block in sorted(ranked, key=lambda b: (ranked[b], b)):
         if gone >= target_sparsity * total:
             break
-        trial = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=(*removed, *units[block]))
-        if blockers(den, trial):
-            continue
-        removed += units[block]
-        gone += int(sum(ops.loc[p, "params"] for p in units[block] if p in found))
+        partner = None
+        if not fits(block):
+            partner = next((p for p in pending if fits(p, block)), None)
+            if partner is None:
+                pending.append(block)
+                continue
+            pending.remove(partner)
+        for b in (block, partner) if partner else (block,):
+            removed += units[b]
+            gone += int(sum(ops.loc[p, "params"] for p in units[b] if p in found))
     plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(removed))
     reached = plan.summary(den)["params_fraction"]
     if reached < target_sparsity:
