@@ -194,7 +194,8 @@ def save_aligned(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict
     the header). diffusers maps the file and computes on the mapped memory: CPU kernels round alike only
     on equally aligned data, so this makes plain diffusers' outputs equal ``load_pruned``'s bit for bit
     (every tensor whose predecessors' byte sizes are multiples of 64 is aligned: all of them at real widths)."""
-    for pad in range(ALIGN):
+    meta = dict(metadata)
+    for pad in range(ALIGN if all(v.dtype in _DTYPES for v in tensors.values()) else 0):  # unknown dtype: as is
         meta = {**metadata, "pad": " " * pad}
         if (8 + _header_len(tensors, meta)) % ALIGN == 0:
             break

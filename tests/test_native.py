@@ -335,6 +335,9 @@ def test_cli_prune_and_export_native(capsys, sd_folder, sd_handle, tmp_path):
                  "--native", "--no-card-eval"]) == 0
     assert "native    the denoiser is in stock diffusers form" in capsys.readouterr().out
     assert "transformer_layers_per_block" in (tmp_path / "n" / "unet" / "config.json").read_text()
+    assert main(["export", "--model", str(sd_folder), "--plan", str(plan_path), "--out", str(tmp_path / "plain"),
+                 "--no-card-eval"]) == 0
+    assert "native    native: plain diffusers loads its export (export --native)" in capsys.readouterr().out
     heads = PruningPlan(family="sd", base=sd_handle.model_ref,
                         kept_heads={"down_blocks.0.attentions.0.transformer_blocks.0.attn1": (0,)})
     (tmp_path / "heads.json").write_text(heads.to_json())

@@ -105,6 +105,10 @@ def cmd_export(args) -> int:
     work_done()
     note = (" (full pipeline)" if args.full_pipeline else "") + ("" if small is None else _fitted(small))
     _report(folder, count_params(h.denoiser), note)
+    if not args.native:  # would --native work for this plan?
+        from ..native import describe, report
+
+        print(f"native    {describe(report(h.denoiser, plan))}")
     return 0
 
 
