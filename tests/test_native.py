@@ -321,6 +321,7 @@ def test_native_plan_removes_a_unet_mid_block_with_its_partner(tiny_sdxl):
     assert native_layout(h.denoiser, plan).config["transformer_layers_per_block"][-1] == 1
 
 
+@pytest.mark.slow
 def test_cli_prune_and_export_native(capsys, sd_folder, sd_handle, tmp_path):
     from pruning import methods
     from pruning.cli import main
