@@ -185,7 +185,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
                 from .native import append_card
 
                 append_card(tmp, extra["native"], family=plan.family, name=name, folder_name=folder.name,
-                            full_pipeline=full_pipeline, repo=push_to_hub)
+                            full_pipeline=full_pipeline, repo=push_to_hub, base=handle.source)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
         manifest = {"format": FORMAT, "plan": plan.to_dict(),
                     "denoiser": {"name": name, "class": type(handle.denoiser).__name__},

@@ -265,7 +265,7 @@ def check_record(where: str, record) -> None:
 
 
 def card_section(record: Mapping, *, family: str, name: str, folder_name: str, full_pipeline: bool,
-                 repo: str | None = None) -> str:
+                 repo: str | None = None, base: str = "<the base model>") -> str:
     """The model card's section on loading the export without ``pruning`` (plain diffusers)."""
     fam = families.get(family)
     where = repo or folder_name
@@ -279,7 +279,7 @@ def card_section(record: Mapping, *, family: str, name: str, folder_name: str, f
     else:
         lines += [f"from diffusers import {fam.pipeline_class.__name__}, {cls}",
                   f'{name} = {cls}.from_pretrained("{where}", subfolder="{name}")',
-                  f'pipe = {fam.pipeline_class.__name__}.from_pretrained("<the base model>", {name}={name})']
+                  f'pipe = {fam.pipeline_class.__name__}.from_pretrained("{base}", {name}={name})']
     if record.get("single_file"):
         lines += ["", f"# or the single file `{record['single_file']}` ({record['single_file_layout']} key layout; "
                   "block counts follow from its keys):",
