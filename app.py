@@ -15,8 +15,8 @@ import functools
 import inspect
 import os
 import threading
-from pathlib import Path
 from dataclasses import fields
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -49,6 +49,7 @@ from pruning.export import check_removes_something
 from pruning.facts import model_facts
 from pruning.loading import BUNDLED, DTYPES
 from pruning.methods import Scores
+from pruning.native import describe, native_layout, report
 from pruning.plan import PruningPlan
 from pruning.reconstruct import reconstruct
 from pruning.reference import PIPELINES
@@ -254,7 +255,8 @@ def _budget_words() -> str:
 
 
 @GPU(duration=300)
-def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, control, reconstructed=False, lora=None):
+def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, control, reconstructed=False, lora=None,
+            native=False):
     small = None
     if reconstructed:  # the re-fitted slim model; its plan records the reconstruction
         small = reconstruct(h, plan, control=control)
@@ -267,7 +269,7 @@ def _export(h, plan, full_pipeline, recover_iters, prompts, steps, session, cont
         if small.recovery["partial"]:
             raise gr.Error(f"Export stopped during recovery ({control.reason}); nothing was exported.",
                            print_exception=False)
-    out = export_zip(h, plan, session=session, full_pipeline=full_pipeline, denoiser=small, lora=lora)
+    out = export_zip(h, plan, session=session, full_pipeline=full_pipeline, denoiser=small, lora=lora, native=native)
     if reconstructed:
         out["reconstruction"] = small.reconstruction
     return out
@@ -464,13 +466,13 @@ def target_range(model, method, store):
 
 
 @friendly
-def prefill(model, method, target, scope, store):
+def prefill(model, method, target, scope, store, native=False):
     h = _handle(model)
     scores = _scores_for(h, method, store)
     top, why = results.slider_max(h, scores)
     if float(target) > top + 1e-9:
         raise gr.Error(f"Target {float(target):.0%} is out of reach. {why}", print_exception=False)
-    plan = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope)
+    plan = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope, native=check_flag("native", native))
     mode = "operators" if scores.level == "operator" else "structures"
     score_map = dict(zip(scores.per_structure()["fqn"], scores.per_structure()["score"]))
     df, plan_dict = _totals_view(h, plan)
@@ -478,7 +480,8 @@ def prefill(model, method, target, scope, store):
     reached = totals(h, plan)["params_fraction"]
     note = (f"Pre-filled from {methods.get(method).title}: your target {float(target):.0%}, the plan removes "
             f"{reached:.1%} of the params" + (" (whole operators overshoot the target)." if mode == "operators"
-                                              and reached > float(target) + 0.005 else "."))
+                                              and reached > float(target) + 0.005 else ".")
+            + f" The plan is {describe(report(h.denoiser, plan))}.")
     return selection_table(h, mode, plan, score_map), mode, df, plan_dict, _kept_plot(h, plan, label), note
 
 
@@ -652,12 +655,13 @@ def export_summary(model, plan_dict):
     return (f"Exports **{results.model_label(h)}** pruned by the plan from **{how}**: "
             f"{s['operators_removed']} operators removed and {s['structures_pruned']} layers slimmed, "
             f"**{fmt.percent(s['params_fraction'])} of the params** ({fmt.count(s['params_removed'])} of "
-            f"{fmt.count(s['params_total'])}) and {fmt.percent(s['macs_fraction'])} of the MACs per denoiser call.")
+            f"{fmt.count(s['params_total'])}) and {fmt.percent(s['macs_fraction'])} of the MACs per denoiser call. "
+            f"The plan is {describe(report(h.denoiser, plan))}.")
 
 
 @friendly
 def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps, recon, clicked, lora_file=None,
-                 request: gr.Request = None, progress=PROGRESS):
+                 native=False, request: gr.Request = None, progress=PROGRESS):
     h = _handle(model)
     lora = _lora_path(lora_file)
     plan, iters = _plan(plan_dict), check_size("recover_iters", recover_iters or 0)
@@ -665,9 +669,12 @@ def export_model(model, plan_dict, full_pipeline, recover_iters, prompts, steps,
     check_removes_something(plan, h)  # before a recovery or reconstruction
     rec_prompts = _prompts(prompts) if iters else None
     out, recon, est = None, check_flag("reconstruct", recon), ""
+    native = check_flag("native", native)
+    if native:
+        native_layout(h.denoiser, plan)  # not native: one toast naming the layer, before any work
     work = _with_estimate(
         lambda c: _export(h, plan, full_pipeline, iters, rec_prompts, _steps(steps), _sid(request), c, recon,
-                          lora),
+                          lora, native),
         lambda: _estimate_text(h, estimate_export(h, reconstruct=recon, recover_iters=iters, budget_s=_gpu_budget())))
     for msg in _run(h, work, request, clicked, progress, "export"):
         if msg and msg[0] == "done":
@@ -798,6 +805,9 @@ def build_app() -> gr.Blocks:
                                               label="pre-fill from", info=H["prefill"])
                     target = Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity", info=H["target"])
                     scope = gr.Radio(["global", "local"], value="global", label="scope", info=H["scope"])
+                    native_sw = Checkbox(False, label="native (whole blocks only)", elem_id="native-plan",
+                                            info="only what a diffusers config can state: the export then loads "
+                                                 "with plain diffusers, without this app's library")
                 target_note = gr.Markdown(elem_classes="status", elem_id="target-note")
                 fill_btn = gr.Button("Pre-fill the table")
                 mode = gr.Radio(list(MODES), value="operators", label="table", info=H["mode"])
@@ -863,6 +873,9 @@ def build_app() -> gr.Blocks:
                     full = Checkbox(True, label="full pipeline", info=H["full"])
                     rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
                     exp_recon = Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="exp-recon")
+                    exp_native = Checkbox(False, label="native diffusers folder", elem_id="exp-native",
+                                             info="rewritten config, renumbered keys: DiffusionPipeline.from_pretrained "
+                                                  "loads it without pruning (whole-block plans only)")
                 exp_lora = gr.File(label="LoRA to carry through (optional, .safetensors for the base model: exported "
                                    "sliced for the plan into lora/)", file_types=[".safetensors"], type="filepath",
                                    elem_id="exp-lora")
@@ -908,7 +921,7 @@ def build_app() -> gr.Blocks:
             api_name="score", show_progress_on=[sc_status], **run)
         fill_method.change(target_range, [model, fill_method, store], [target, target_note],
                            api_visibility="private", **UI)
-        fill_btn.click(prefill, [model, fill_method, target, scope, store],
+        fill_btn.click(prefill, [model, fill_method, target, scope, store, native_sw],
                        [table, mode, plan_df, plan_state, kept_plot, target_note], api_name="prefill", **UI)
         mode.input(change_mode, [model, mode], [table, plan_df, plan_state, kept_plot], api_name="table_mode", **UI)
         table.input(plan_totals, [model, mode, table], [table, plan_df, plan_state, kept_plot],
@@ -931,7 +944,8 @@ def build_app() -> gr.Blocks:
                           cmp_estimate, api_name="estimate_compare", **run)
         metric.change(redraw_quality, [cmp_state, metric, plan_state, model], cmp_plot, api_name="redraw", **UI)
         exp_btn.click(stamp, None, clicked, queue=False, api_visibility="private").then(
-            export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, exp_recon, clicked, exp_lora],
+            export_model, [model, plan_state, full, rec_iters, sc_prompts, gen_steps, exp_recon, clicked, exp_lora,
+                           exp_native],
             [dl_zip, dl_json, snippet, exp_status, exp_estimate], api_name="export", show_progress_on=[exp_status],
             **run)
         exp_est_btn.click(export_estimate, [model, plan_state, rec_iters, exp_recon], exp_estimate,

@@ -101,11 +101,20 @@ LOAD_DENOISER = """\
 pruned = load_pruned("{folder}", base="{base}")  # with the base model's other components
 image = generate_images(pruned, ["{prompt}"], [0])[0]
 image.save("pruned.png")"""
+NATIVE_PIPELINE = """
+# native export: plain diffusers reads the same folder, without pruning
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("{folder}")"""
+NATIVE_LOAD = """
+# native export: plain diffusers reads the same folder, without pruning
+from diffusers import DiffusionPipeline, {cls}
+{denoiser} = {cls}.from_pretrained("{folder}", subfolder="{denoiser}")
+pipe = DiffusionPipeline.from_pretrained("{base}", {denoiser}={denoiser})"""
 
 
 def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline: bool = True, denoiser=None,
                prompt: str = "a red circle at the top left on a white background", root: Path = EXPORTS,
-               lora: str | None = None) -> dict:
+               lora: str | None = None, native: bool = False) -> dict:
     """Export ``plan`` (with its model card, and ``lora`` sliced for it), zip it, write the bare plan
     JSON; returns {"zip", "plan_json", "snippet", "lora"} ("lora": the export's LoRA report or None)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -114,7 +123,8 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
     work.mkdir()
     (work / MARKER).write_text(session)
     try:
-        folder = export(handle, plan, work / FOLDER, full_pipeline=full_pipeline, denoiser=denoiser, lora=lora)
+        folder = export(handle, plan, work / FOLDER, full_pipeline=full_pipeline, denoiser=denoiser, lora=lora,
+                        native=native)
         report = json.loads((folder / MANIFEST).read_text()).get("lora")
         zip_path = shutil.make_archive(str(work / FOLDER), "zip", root_dir=work, base_dir=FOLDER)
         plan_json = work / "pruning_plan.json"
@@ -130,6 +140,9 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
         lines.insert(at, f'pruned.pipe.load_lora_weights("{FOLDER}", subfolder="lora", weight_name="{LORA_FILE}")'
                          "  # the LoRA, sliced for the plan")
         load = "\n".join(lines)
+    if native:  # the same folder, read by plain diffusers
+        load += NATIVE_LOAD.format(folder=FOLDER, cls=type(handle.denoiser).__name__, denoiser=handle.denoiser_name,
+                                   base=handle.source) if not full_pipeline else NATIVE_PIPELINE.format(folder=FOLDER)
     snippet = SNIPPET.format(install=install_line(), folder=FOLDER, zip_name=Path(zip_path).name, load=load)
     cleanup(root)
     return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet, "lora": report}

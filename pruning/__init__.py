@@ -64,6 +64,7 @@ import transformers.utils.logging as _tlog  # noqa: E402
 _verbosity = _tlog.get_verbosity()
 _tlog.set_verbosity_error()
 try:
+    from . import methods
     from .catalog import catalog
     from .compare import CompareSettings, compare_methods
     from .errors import (
@@ -78,7 +79,6 @@ try:
     )
     from .export import export, load_pruned
     from .loading import Handle, handle_from_pipe, load_pipeline
-    from . import methods
     from .masks import masked
     from .plan import PruningPlan
     from .reconstruct import ReconstructSettings, reconstruct

@@ -9,6 +9,11 @@ Layout of an export folder::
     model_index.json, vae/, text_encoder/, ...               only with full_pipeline=True
     lora/pytorch_lora_weights.safetensors                    only with lora=: the LoRA sliced for the plan
 
+With ``native=True`` (``pruning.native``) ``<denoiser>/`` holds the *slim* config and renumbered keys
+(stock diffusers loads it), plus ``native_dropped.safetensors`` (UNets: the unused LayerNorms of removed
+blocks, for ``load_pruned``), ``lora_native/`` (the LoRA's blocks renumbered) and, with
+``single_file=True``, ``single_file.safetensors`` (FLUX / SD3 in the original key layout).
+
 ``plan_only=True`` writes no weights: the plan, the card and, for a reconstructed plan, the
 re-fitted tensors that differ from plain slimming (``reconstruction.safetensors``);
 ``load_pruned`` re-applies it to the base model's own weights, bit for bit the full export.
@@ -125,7 +130,8 @@ def check_removes_something(plan: PruningPlan, handle) -> PruningPlan:
 def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipeline: bool = False,
            denoiser: nn.Module | None = None, overwrite: bool = False, card: bool = True,
            evaluate: bool | None = None, plan_only: bool = False, lora: str | os.PathLike | None = None,
-           push_to_hub: str | None = None, private: bool = False, token: str | None = None) -> Path:
+           push_to_hub: str | None = None, private: bool = False, token: str | None = None,
+           native: bool = False, single_file: bool = False) -> Path:
     """Write the slim model for ``plan`` to ``folder`` atomically (temp folder, then rename).
 
     ``denoiser`` may be a slim (e.g. recovery-finetuned) module already built for ``plan``;
@@ -137,7 +143,10 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     for it: None = only on denoisers below ``card.EVALUATE_BELOW_PARAMS``). ``plan_only``: no
     weights (see the module doc). ``lora``: a LoRA safetensors file for the base model, sliced
     for the plan into ``lora/`` (``pruning.lora``). ``push_to_hub``: then upload the folder to that
-    model repo (``token`` / ``private`` for it); offline this fails before any work.
+    model repo (``token`` / ``private`` for it); offline this fails before any work. ``native``: write
+    the denoiser in stock diffusers form (``pruning.native``: rewritten config, renumbered keys); a plan
+    that is not native is one ``PlanError`` naming the layer, before any work. ``single_file`` (with
+    ``native``, FLUX and SD3): also the denoiser as one safetensors file in the original key layout.
     """
     check_outputs({"export folder": folder}, {"the model folder": source_folder(handle), "lora": lora},
                   folders=["export folder"])
@@ -152,6 +161,18 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         check_reachable(push_to_hub)  # before any work
     check_base(plan, handle, "given to export")
     plan = check_removes_something(plan, handle)
+    if native:
+        from .native import native_layout
+
+        if plan_only:
+            raise ExportError("a plan-only export holds no weights: it cannot be native (export it in full)")
+        native_layout(handle.denoiser, plan)  # a PlanError naming the layer, before any work
+    if single_file:
+        from .native import check_single_file
+
+        if not native:
+            raise ExportError("a single-file checkpoint comes with a native export (native=True / --native)")
+        check_single_file(plan.family)
     small = denoiser if denoiser is not None else build(handle, plan)
     carried = getattr(small, "pruning_plan", None)
     if carried is not None and carried.reconstruction != plan.reconstruction:
@@ -163,9 +184,15 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True)
         state = {k: v.detach().contiguous().cpu() for k, v in small.state_dict().items()}
+        extra = {"plan_only": True} if plan_only else {}
         if plan_only:
             if plan.reconstruction is not None:
                 save_file(_deltas(handle, plan, state), str(tmp / DELTAS), metadata={"format": "pt", "pruning": FORMAT})
+        elif native:
+            from .native import write as write_native
+
+            extra["native"] = write_native(tmp, name, handle.denoiser, plan, state,
+                                           {"format": "pt", "pruning": FORMAT}, single_file=single_file)
         else:
             (tmp / name).mkdir()
             handle.denoiser.save_config(tmp / name)  # the base config: the plan says how to slim it
@@ -173,18 +200,27 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if full_pipeline:
             _save_other_components(handle, tmp)
         (tmp / DEFAULTS_FILE).write_text(json.dumps(handle.defaults, indent=2, default=str))
-        extra = {"plan_only": True} if plan_only else {}
         lora_report = None
         if lora is not None:
             from .lora import slice_lora_file
 
             lora_report = slice_lora_file(handle, plan, lora, tmp / "lora")
+            if native:  # for plain diffusers: block indices renumbered as in the native folder
+                from .native import LORA_DIR, module_rename
+
+                rename = module_rename(handle.denoiser, plan)
+                extra["native"]["lora"] = slice_lora_file(handle, plan, lora, tmp / LORA_DIR, rename=rename)["file"]
             extra["lora"] = lora_report
         if card:
             from .card import write_card
 
             extra["card"] = write_card(tmp, handle, plan, small, full_pipeline=full_pipeline, plan_only=plan_only,
                                        evaluate=evaluate, folder_name=folder.name, repo=push_to_hub, lora=lora_report)
+            if native:
+                from .native import append_card
+
+                append_card(tmp, extra["native"], family=plan.family, name=name, folder_name=folder.name,
+                            full_pipeline=full_pipeline, repo=push_to_hub, base=handle.source)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
         manifest = {"format": FORMAT, "plan": plan.to_dict(),
                     "denoiser": {"name": name, "class": type(handle.denoiser).__name__},
@@ -275,11 +311,15 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
     path = weights_path(folder, manifest)
     state = _load_weights(path, manifest["files"][f"{manifest['denoiser']['name']}/{WEIGHTS}"])
     try:
-        config = cls.load_config(str(path.parent))
+        config = manifest["native"]["base_config"] if manifest.get("native") else cls.load_config(str(path.parent))
     except Exception as e:
         raise ExportError(f"cannot read the base config in {str(path.parent)!r}: {e}") from None
     with init_empty_weights():
         base = cls.from_config(config)
+    if manifest.get("native"):  # diffusers' key names -> the slim model's, the unused tensors put back
+        from .native import slim_state
+
+        state = slim_state(folder, manifest, base, plan, state)
     small = slim(base, plan)  # structure only: meta tensors, no allocation
     try:
         small.load_state_dict(state, strict=True, assign=True)

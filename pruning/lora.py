@@ -251,11 +251,15 @@ def write_lora(lora: Lora, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def slice_lora_file(handle, plan: PruningPlan, source: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+def slice_lora_file(handle, plan: PruningPlan, source: str | os.PathLike, out_dir: str | os.PathLike,
+                    rename=None) -> dict:
     """Slice the LoRA in ``source`` for ``plan`` into ``out_dir/pytorch_lora_weights.safetensors``; returns
-    the report an export records: {"file", "source", "sliced", "kept", "dropped"}."""
+    the report an export records: {"file", "source", "sliced", "kept", "dropped"}. ``rename``: maps the
+    denoiser's module names to those of the written model (a native export's renumbered blocks)."""
     lora = read_lora(handle, source)
     small = slice_lora(handle, plan, lora)
+    if rename is not None:
+        small = renamed(small, handle.denoiser_name, rename)
     if not small.layers:
         raise ExportError(f"every layer the LoRA {lora.source!r} adapts is removed by the plan: "
                           + ", ".join(small.dropped[:3]))
@@ -266,5 +270,18 @@ def slice_lora_file(handle, plan: PruningPlan, source: str | os.PathLike, out_di
             "kept": len(small.layers), "dropped": small.dropped}
 
 
-__all__ = ["Lora", "read_lora", "slice_lora", "write_lora", "slice_lora_file", "fuse_lora", "fuse_into",
+def renamed(lora: Lora, component: str, rename) -> Lora:
+    """``lora`` with the module names of ``component`` passed through ``rename`` (the others unchanged).
+
+    >>> t = torch.zeros(1, 1)
+    >>> renamed(Lora({"transformer.blocks.2.to_q": (t, t, None)}, "x"), "transformer",
+    ...         lambda m: m.replace("blocks.2", "blocks.1")).layers.keys()
+    dict_keys(['transformer.blocks.1.to_q'])
+    """
+    prefix = component + "."
+    layers = {(prefix + rename(k[len(prefix):]) if k.startswith(prefix) else k): v for k, v in lora.layers.items()}
+    return Lora(layers, lora.source, lora.dropped)
+
+
+__all__ = ["Lora", "read_lora", "slice_lora", "write_lora", "slice_lora_file", "renamed", "fuse_lora", "fuse_into",
            "LORA_FILE", "LORA_DIR"]

@@ -12,6 +12,8 @@ Schema (``format: "pruning-export/1"``)::
     plan_only      optional, bool: no denoiser weights; ``load_pruned`` re-applies the plan to the
                    base weights (and loads ``DELTAS``, the re-fitted tensors, when it records a reconstruction)
     lora           optional: {"file", "source", "sliced", "dropped"}, a LoRA sliced for the plan
+    native         optional: {"base_config", "dropped", "params", ...}: the denoiser is in stock diffusers form
+                   (``pruning.native``: rewritten config, renumbered keys); ``base_config`` rebuilds the slim model
 
 >>> import tempfile, json
 >>> d = Path(tempfile.mkdtemp())
@@ -42,7 +44,14 @@ DELTAS = "reconstruction.safetensors"  # plan-only exports: the re-fitted tensor
 DENOISERS = {f.name: (f.denoiser_name, f.denoiser_class.__name__) for f in families.all_families()}
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = ("format", "plan", "denoiser", "full_pipeline", "params", "files")
-_OPTIONAL = ("card", "plan_only", "lora")
+_OPTIONAL = ("card", "plan_only", "lora", "native")
+
+
+def check_native_record(where: str, record) -> None:
+    """The manifest's ``native`` record: ``{"base_config": {...}, "dropped": file or null, "params": int}``."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("base_config"), Mapping) or \
+            not (record.get("dropped") is None or isinstance(record.get("dropped"), str)):
+        raise ExportError(f"{where}: 'native' must be {{'base_config': {{...}}, 'dropped': file or null, ...}}")
 
 
 def denoiser_classes() -> dict[str, type]:
@@ -104,6 +113,8 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
     for name in ("card", "lora"):
         if name in m and not isinstance(m[name], Mapping):
             raise ExportError(f"{where}: {name!r} must be a JSON object, got {type(m[name]).__name__}")
+    if "native" in m:
+        check_native_record(where, m["native"])
     files = m["files"]
     if not isinstance(files, Mapping) or (not files and not plan_only):
         raise ExportError(f"{where}: 'files' must map every weights file to its sha256 (an export without "

@@ -287,3 +287,20 @@ def test_export_with_a_lora_upload(url, tmp_path):
     with pytest.raises(gradio_client.exceptions.AppError, match="bad.safetensors"):
         c.predict(True, 0, PROMPTS, 2, False, gradio_client.handle_file(str(tmp_path / "bad.safetensors")),
                   api_name="/export")
+
+
+@pytest.mark.slow
+def test_native_switch_in_select_and_export(url, tmp_path):
+    from pruning.manifest import read_manifest
+
+    c = client(url)
+    c.predict("magnitude", 0.2, "global", api_name="/prefill")  # heads and neurons: never native
+    with pytest.raises(gradio_client.exceptions.AppError, match="not native .*pruned"):
+        c.predict(True, 0, PROMPTS, 2, False, None, True, api_name="/export")
+    note = c.predict("magnitude", 0.1, "global", True, api_name="/prefill")[-1]
+    assert "The plan is native: plain diffusers loads its export" in note
+    zip_file, _, snippet, status, _ = c.predict(True, 0, PROMPTS, 2, False, None, True, api_name="/export")
+    assert 'DiffusionPipeline.from_pretrained("pruned-model")' in snippet
+    with zipfile.ZipFile(zip_file["value"]) as z:
+        z.extractall(tmp_path)
+    assert read_manifest(tmp_path / "pruned-model")[1]["native"]["params"] > 0

@@ -45,6 +45,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-only", action="store_true",
                    help="no weights: the plan, the model card and any reconstruction deltas, re-applied to the base "
                         "weights by load_pruned")
+    p.add_argument("--native", action="store_true", help="write the denoiser in stock diffusers form (rewritten "
+                   "config, renumbered keys): loads with DiffusionPipeline.from_pretrained without pruning; only for "
+                   "plans that remove whole blocks (the error names the layer that prevents it)")
+    p.add_argument("--single-file", action="store_true", help="with --native (FLUX, SD3): also the denoiser as one "
+                   "safetensors file in the original key layout (BFL's / Stability's), for single-file loaders")
     p.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the export folder to this Hub model repo "
                    "(token from HF_TOKEN or `huggingface-cli login`)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
@@ -74,6 +79,12 @@ def _report(folder: Path, before: int, recovered: str = "") -> None:
     if q:
         print(f"card      README.md: latent MSE {q['latent_mse']:.4g}, SSIM {q['ssim']:.4f} on {len(q['prompts'])} "
               "prompts vs the base" + (f", task accuracy {q['task_accuracy']:.2f}" if "task_accuracy" in q else ""))
+    if manifest.get("native"):
+        print("native    the denoiser is in stock diffusers form: DiffusionPipeline.from_pretrained / "
+              f"{manifest['denoiser']['class']}.from_pretrained read it without pruning")
+        if manifest["native"].get("single_file"):
+            print(f"single    {manifest['native']['single_file']}: {manifest['native']['single_file_layout']} key "
+                  "layout, for from_single_file and ComfyUI")
     for d in (manifest.get("lora") or {}).get("dropped", []):
         print(f"lora      dropped {d} (its operator was removed)")
 
@@ -99,6 +110,10 @@ def cmd_export(args) -> int:
     work_done()
     note = (" (full pipeline)" if args.full_pipeline else "") + ("" if small is None else _fitted(small))
     _report(folder, count_params(h.denoiser), note)
+    if not args.native:  # would --native work for this plan?
+        from ..native import describe, report
+
+        print(f"native    {describe(report(h.denoiser, plan))}")
     return 0
 
 
@@ -112,7 +127,7 @@ def _check_hub(args) -> None:
 def _export_kw(args) -> dict:
     """The card, plan-only, LoRA and Hub options every exporting command shares."""
     return {"plan_only": args.plan_only, "evaluate": args.card_eval, "push_to_hub": args.push_to_hub,
-            "private": args.private, "lora": args.lora}
+            "private": args.private, "lora": args.lora, "native": args.native, "single_file": args.single_file}
 
 
 def _fitted(small) -> str:

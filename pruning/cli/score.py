@@ -44,6 +44,7 @@ from ..estimate import estimate
 from ..files import atomic_write
 from ..methods import Scores, ldpruner
 from ..methods.select import plan_from_operator_scores
+from ..native import describe, report
 from ..parallel import Processes
 from ..runs import Budget, RunControl, RunState
 from ..sampling import count_inputs
@@ -294,6 +295,8 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     target.add_argument("--operators", nargs="+", metavar="FQN", help="operator scores: remove exactly these")
     p.add_argument("--scope", default="global", choices=("global", "local"),
                    help="unit scores: rank all units together (global) or remove the same fraction per layer")
+    p.add_argument("--native", action="store_true", help="whole blocks only: a plan stock diffusers loads "
+                   "(export --native); with --target-sparsity")
     p.add_argument("--out", required=True, metavar="PLAN_JSON", help="where to write the plan")
 
 
@@ -305,7 +308,9 @@ def cmd_prune(args) -> int:
     h = load_handle(args)
     methods.check_scores_fit(h, scores)
     if args.target_sparsity is not None:
-        plan = methods.to_plan(h, scores, target_sparsity=args.target_sparsity, scope=args.scope)
+        plan = methods.to_plan(h, scores, target_sparsity=args.target_sparsity, scope=args.scope, native=args.native)
+    elif args.native:
+        raise SettingsError("--native cuts scores at --target-sparsity (not --target-macs or --operators)")
     elif scores.level != "operator":
         raise SettingsError(f"{scores.method} scores units: cut them with --target-sparsity "
                             "(--target-macs and --operators take operator scores)")
@@ -320,5 +325,6 @@ def cmd_prune(args) -> int:
     print(f"plan      {s['operators_removed']} operators removed, {s['structures_pruned']} structures pruned: "
           f"{s['params_fraction']:.1%} of params ({human(s['params_removed'])}), "
           f"{s['macs_fraction']:.1%} of MACs")
+    print(f"native    {describe(report(h.denoiser, plan))}")
     print(f"wrote     {out}")
     return 0

@@ -126,6 +126,29 @@ class Family:
         """The denoising objective at integer timestep t in [0, num_train_timesteps)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ native.py
+    def native_blockers(self, denoiser: nn.Module, plan) -> list[str]:
+        """Which removed operators of ``plan`` (normalized) this family's diffusers config cannot
+        state: one ``"FQN: reason"`` line each ([] = the removals are native). Unit pruning and
+        compensated stand-ins are checked generically, before this."""
+        return [f"{fqn}: {self.denoiser_label} has no native layout" for fqn in plan.removed_operators]
+
+    def native_units(self, denoiser: nn.Module) -> dict[str, tuple[str, ...]]:
+        """The removals a native plan is made of (``methods.native_plan``): ``{block FQN: the operator
+        FQNs that remove it together}`` ({}: none)."""
+        return {}
+
+    single_file_layout: ClassVar[str | None] = None  # the original key layout a single-file export uses
+
+    def single_file_state(self, state: dict, config: dict) -> dict:
+        """A native state dict in the original single-file key layout (the inverse of diffusers'
+        ``convert_*_checkpoint_to_diffusers``); block counts follow from the keys."""
+        raise NotImplementedError(f"{self.name}: no single-file layout")
+
+    def native_layout(self, denoiser: nn.Module, plan):
+        """The ``native.NativeLayout`` (rewritten config, key renames) of a plan without blockers."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ reference.py, testing.py
     references: ClassVar[dict[str, dict]] = {}  # name -> {"config", "hub_id", "resolution", "steps", "guidance"}
 

@@ -16,6 +16,7 @@ from diffusers.models.transformers.transformer_flux import FluxSingleTransformer
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from transformers import T5Config, T5EncoderModel
 
+from ..catalog import discover
 from ..replacements import EmptyAttention, IdentityFluxBlock
 from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter, set_heads
 from ..tiny import parts
@@ -198,6 +199,77 @@ class FluxFamily(Family):
 
     def lora_state_dict(self, pipeline_class, tensors):
         return pipeline_class.lora_state_dict(tensors, return_alphas=True)
+
+    def native_blockers(self, denoiser, plan):
+        ops = discover(denoiser).operators
+        return [f"{f}: a removed {ops[f].kind} inside a kept block (the config counts whole double and single "
+                "blocks only)" for f in plan.removed_operators if ops[f].kind not in self.block_kinds]
+
+    def native_units(self, denoiser):
+        ops = discover(denoiser).operators
+        return {f: (f,) for f, o in ops.items() if o.kind in self.block_kinds}
+
+    single_file_layout = "Black Forest Labs' (flux1-dev.safetensors)"
+
+    def single_file_state(self, state, config):
+        """diffusers -> BFL names: the inverse of ``convert_flux_transformer_checkpoint_to_diffusers``
+        (q, k, v concatenated into ``qkv``; a single block's q, k, v and MLP rows into ``linear1``; the
+        final modulation's halves swapped back to shift, scale)."""
+        d, out = dict(state), {}
+
+        def move(new, old):
+            for p in ("weight", "bias"):
+                if f"{old}.{p}" in d:
+                    out[f"{new}.{p}"] = d.pop(f"{old}.{p}")
+
+        def cat(new, olds):
+            for p in ("weight", "bias"):
+                out[f"{new}.{p}"] = torch.cat([d.pop(f"{o}.{p}") for o in olds])
+
+        for new, old in (("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+                         ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+                         ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+                         ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+                         ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
+                         ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+                         ("txt_in", "context_embedder"), ("img_in", "x_embedder"), ("final_layer.linear", "proj_out")):
+            move(new, old)
+        for i in range(config["num_layers"]):
+            o, b = f"double_blocks.{i}", f"transformer_blocks.{i}"
+            move(f"{o}.img_mod.lin", f"{b}.norm1.linear")
+            move(f"{o}.txt_mod.lin", f"{b}.norm1_context.linear")
+            cat(f"{o}.img_attn.qkv", [f"{b}.attn.to_{x}" for x in "qkv"])
+            cat(f"{o}.txt_attn.qkv", [f"{b}.attn.add_{x}_proj" for x in "qkv"])
+            for new, old in (("img_attn.norm.query_norm", "norm_q"), ("img_attn.norm.key_norm", "norm_k"),
+                             ("txt_attn.norm.query_norm", "norm_added_q"), ("txt_attn.norm.key_norm", "norm_added_k")):
+                out[f"{o}.{new}.scale"] = d.pop(f"{b}.attn.{old}.weight")
+            for new, old in (("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"), ("txt_mlp.0", "ff_context.net.0.proj"),
+                             ("txt_mlp.2", "ff_context.net.2"), ("img_attn.proj", "attn.to_out.0"),
+                             ("txt_attn.proj", "attn.to_add_out")):
+                move(f"{o}.{new}", f"{b}.{old}")
+        for i in range(config["num_single_layers"]):
+            o, b = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+            move(f"{o}.modulation.lin", f"{b}.norm.linear")
+            cat(f"{o}.linear1", [f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v", f"{b}.proj_mlp"])
+            out[f"{o}.norm.query_norm.scale"] = d.pop(f"{b}.attn.norm_q.weight")
+            out[f"{o}.norm.key_norm.scale"] = d.pop(f"{b}.attn.norm_k.weight")
+            move(f"{o}.linear2", f"{b}.proj_out")
+        for p in ("weight", "bias"):  # diffusers' [scale | shift] -> the original [shift | scale]
+            scale, shift = d.pop(f"norm_out.linear.{p}").chunk(2, dim=0)
+            out[f"final_layer.adaLN_modulation.1.{p}"] = torch.cat([shift, scale])
+        if d:
+            raise ValueError(f"no single-file name for {sorted(d)[0]!r}")
+        return out
+
+    def native_layout(self, denoiser, plan):
+        """``num_layers`` / ``num_single_layers``: the kept blocks, renumbered in order."""
+        from ..native import NativeLayout, plain_config, renumber
+
+        removed = set(plan.removed_operators)
+        double, r1 = renumber("transformer_blocks", len(denoiser.transformer_blocks), removed)
+        single, r2 = renumber("single_transformer_blocks", len(denoiser.single_transformer_blocks), removed)
+        config = {**plain_config(denoiser), "num_layers": len(double), "num_single_layers": len(single)}
+        return NativeLayout(config, {**r1, **r2})
 
     def taylor_guidance(self, handle) -> float:
         embedded = handle.defaults.get("guidance_mode", "embedded") == "embedded"

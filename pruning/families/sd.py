@@ -20,6 +20,8 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
+from ..catalog import discover
+from ..native import renumber
 from ..replacements import IdentityTransformer, ResnetShortcut
 from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter
 from ..tiny import parts
@@ -97,6 +99,14 @@ def _cut_resnet(res: ResnetBlock2D, s: dict[str, Structure]) -> None:
     res.norm2.num_groups = res.norm2.num_channels // s["group"].unit_size
 
 
+_BLOCK_PARTS = ("attn1", "attn2", "ff")  # a BasicTransformerBlock is gone when all of these that it has are
+_WITHOUT_ATTENTION = {"CrossAttnDownBlock2D": "DownBlock2D", "CrossAttnUpBlock2D": "UpBlock2D"}
+
+
+def _parts(block: str, ops) -> list[str]:
+    return [f"{block}.{c}" for c in _BLOCK_PARTS if f"{block}.{c}" in ops]
+
+
 class UNetFamily(Family):
     denoiser_name = "unet"
     denoiser_class = UNet2DConditionModel
@@ -145,6 +155,102 @@ class UNetFamily(Family):
         if kind == "transformer":
             return [module.out_channels]
         return None
+
+    # ------------------------------------------------------------------ native exports
+    def native_blockers(self, denoiser, plan):
+        ops = discover(denoiser).operators
+        removed = set(plan.removed_operators)
+        out = []
+        for f in plan.removed_operators:
+            kind = ops[f].kind
+            if kind in _BLOCK_PARTS:
+                block = f.rsplit(".", 1)[0]
+                stays = [p for p in _parts(block, ops) if p not in removed]
+                if stays:
+                    out.append(f"{f}: part of the transformer block {block} ({stays[0]} stays; the config counts "
+                               "whole blocks: remove its attn1, attn2 and ff together)")
+            elif kind == "transformer":
+                owner, _, _ = f.partition(".attentions.")
+                block = denoiser.get_submodule(owner)
+                if type(block).__name__ not in _WITHOUT_ATTENTION:
+                    out.append(f"{f}: the attention of a {type(block).__name__} (diffusers' block without attention "
+                               "differs in more than its attentions)")
+                    continue
+                stays = [f"{owner}.attentions.{j}" for j in range(len(block.attentions))
+                         if f"{owner}.attentions.{j}" not in removed]
+                if stays:
+                    out.append(f"{f}: one of the attentions of {owner} ({stays[0]} stays; the config gives a block "
+                               "all its attentions or none)")
+            else:
+                out.append(f"{f}: a removed {kind} (no config field leaves out a {kind})")
+        if not out:
+            out += self._mid_blocker(denoiser, self._counts(denoiser, removed, ops)[0])
+        return out
+
+    def _counts(self, denoiser, removed, ops):
+        """Kept BasicTransformerBlocks per attention path (None: a down / up block that loses all its
+        attentions), and the renames and dropped prefixes of the renumbering."""
+        counts, renames, dropped = {}, {}, []
+        for path, attn in [(n, m) for n, m in denoiser.named_modules() if isinstance(m, Transformer2DModel)]:
+            owner = path.partition(".attentions.")[0]
+            if path in removed or (owner != "mid_block" and all(
+                    f"{owner}.attentions.{j}" in removed for j in range(len(denoiser.get_submodule(owner).attentions)))):
+                counts[path] = None
+                continue
+            gone = {f"{path}.transformer_blocks.{k}" for k in range(len(attn.transformer_blocks))
+                    if all(p in removed for p in _parts(f"{path}.transformer_blocks.{k}", ops))}
+            kept, r = renumber(f"{path}.transformer_blocks", len(attn.transformer_blocks), gone)
+            counts[path] = len(kept)
+            renames.update(r)
+            dropped += sorted(gone)
+        return counts, renames, tuple(dropped)
+
+    def _mid_blocker(self, denoiser, counts):
+        last = len(denoiser.down_blocks) - 1
+        mid, first = counts.get("mid_block.attentions.0"), counts.get(f"down_blocks.{last}.attentions.0")
+        if mid is not None and first is not None and mid != first:
+            return [f"mid_block.attentions.0: keeps {mid} transformer blocks and down_blocks.{last}.attentions.0 keeps "
+                    f"{first}; diffusers builds both from transformer_layers_per_block[-1], so they must keep as many"]
+        return []
+
+    def native_units(self, denoiser):
+        """Each BasicTransformerBlock: its attn1, attn2 and ff together."""
+        ops = discover(denoiser).operators
+        return {n: tuple(_parts(n, ops)) for n, m in denoiser.named_modules() if isinstance(m, BasicTransformerBlock)}
+
+    def native_layout(self, denoiser, plan):
+        """Per-attention block counts in ``transformer_layers_per_block`` (down blocks, and the mid block
+        through the last entry) and ``reverse_transformer_layers_per_block`` (up blocks); a down / up block
+        without attentions becomes a ``DownBlock2D`` / ``UpBlock2D``."""
+        from ..native import NativeLayout, plain_config
+
+        counts, renames, dropped = self._counts(denoiser, set(plan.removed_operators), discover(denoiser).operators)
+        config = plain_config(denoiser)
+        n = len(denoiser.down_blocks)
+        layers = config["transformer_layers_per_block"]
+        layers = [layers] * n if isinstance(layers, int) else list(layers)
+        reverse = config.get("reverse_transformer_layers_per_block") or list(reversed(layers))
+        entries = {}
+        for stage, types, old, plain in (("down_blocks", config["down_block_types"], layers, "DownBlock2D"),
+                                         ("up_blocks", config["up_block_types"], reverse, "UpBlock2D")):
+            new_types, new = list(types), list(old)
+            for i, block in enumerate(getattr(denoiser, stage)):
+                paths = [f"{stage}.{i}.attentions.{j}" for j in range(len(getattr(block, "attentions", None) or []))]
+                if not paths:
+                    continue
+                if all(counts[p] is None for p in paths):
+                    new_types[i] = plain
+                    continue
+                per = [counts[p] for p in paths]
+                new[i] = per[0] if len(set(per)) == 1 else per
+            entries[stage] = (new_types, new)
+        down_types, down = entries["down_blocks"]
+        mid = counts.get("mid_block.attentions.0")
+        if mid is not None and down_types[-1] == "DownBlock2D":
+            down[-1] = mid  # unused by the block itself: the mid block's count
+        config.update(down_block_types=down_types, up_block_types=entries["up_blocks"][0],
+                      transformer_layers_per_block=down, reverse_transformer_layers_per_block=entries["up_blocks"][1])
+        return NativeLayout(config, renames, dropped)
 
     def example_inputs(self, denoiser, *, batch, sample_size, text_len, rand, device, dtype) -> dict:
         cfg = denoiser.config

@@ -27,6 +27,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
     retrieve_timesteps,
 )
 
+from ..catalog import discover
 from ..replacements import IdentityFluxBlock
 from ..specs import Operator
 from ..tiny import parts
@@ -180,6 +181,89 @@ class SD3Family(Family):
 
     def lora_state_dict(self, pipeline_class, tensors):
         return pipeline_class.lora_state_dict(tensors), None  # SD3's loader returns no alphas
+
+    # ------------------------------------------------------------------ native exports
+    def native_blockers(self, denoiser, plan):
+        ops = discover(denoiser).operators
+        last = f"transformer_blocks.{len(denoiser.transformer_blocks) - 1}"
+        out = []
+        for f in plan.removed_operators:
+            if ops[f].kind != "joint_block":
+                out.append(f"{f}: a removed {ops[f].kind} inside a kept block (the config counts whole joint "
+                           "blocks only)")
+            elif f == last:
+                out.append(f"{f}: the last joint block (diffusers builds the last block context_pre_only, without "
+                           "the text-stream output layers the block before it has)")
+        return out
+
+    def native_units(self, denoiser):
+        last = f"transformer_blocks.{len(denoiser.transformer_blocks) - 1}"
+        return {f: (f,) for f, o in discover(denoiser).operators.items() if o.kind == "joint_block" and f != last}
+
+    single_file_layout = "Stability's (sd3_medium.safetensors)"
+
+    def single_file_state(self, state, config):
+        """diffusers -> Stability's MMDiT names: the inverse of ``convert_sd3_transformer_checkpoint_to_diffusers``
+        (q, k, v into ``qkv``; the last block's text-stream modulation and the final one back to shift, scale)."""
+        d, out = dict(state), {}
+
+        def move(new, old):
+            for p in ("weight", "bias"):
+                if f"{old}.{p}" in d:
+                    out[f"{new}.{p}"] = d.pop(f"{old}.{p}")
+
+        def cat(new, olds):
+            for p in ("weight", "bias"):
+                out[f"{new}.{p}"] = torch.cat([d.pop(f"{o}.{p}") for o in olds])
+
+        def unswap(new, old):  # diffusers' [scale | shift] -> the original [shift | scale]
+            for p in ("weight", "bias"):
+                scale, shift = d.pop(f"{old}.{p}").chunk(2, dim=0)
+                out[f"{new}.{p}"] = torch.cat([shift, scale])
+
+        out["pos_embed"] = d.pop("pos_embed.pos_embed")
+        for new, old in (("x_embedder.proj", "pos_embed.proj"), ("context_embedder", "context_embedder"),
+                         ("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
+                         ("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"),
+                         ("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1"),
+                         ("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2"), ("final_layer.linear", "proj_out")):
+            move(new, old)
+        last = config["num_layers"] - 1
+        for i in range(last + 1):
+            x, c, b = f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block", f"transformer_blocks.{i}"
+            cat(f"{x}.attn.qkv", [f"{b}.attn.to_{q}" for q in "qkv"])
+            cat(f"{c}.attn.qkv", [f"{b}.attn.add_{q}_proj" for q in "qkv"])
+            for new, old in ((f"{x}.attn.ln_q", "attn.norm_q"), (f"{x}.attn.ln_k", "attn.norm_k"),
+                             (f"{c}.attn.ln_q", "attn.norm_added_q"), (f"{c}.attn.ln_k", "attn.norm_added_k"),
+                             (f"{x}.attn2.ln_q", "attn2.norm_q"), (f"{x}.attn2.ln_k", "attn2.norm_k")):
+                move(new, f"{b}.{old}")
+            if f"{b}.attn2.to_q.weight" in d:
+                cat(f"{x}.attn2.qkv", [f"{b}.attn2.to_{q}" for q in "qkv"])
+                move(f"{x}.attn2.proj", f"{b}.attn2.to_out.0")
+            for new, old in (("attn.proj", "attn.to_out.0"), ("adaLN_modulation.1", "norm1.linear"),
+                             ("mlp.fc1", "ff.net.0.proj"), ("mlp.fc2", "ff.net.2")):
+                move(f"{x}.{new}", f"{b}.{old}")
+            for new, old in (("attn.proj", "attn.to_add_out"), ("mlp.fc1", "ff_context.net.0.proj"),
+                             ("mlp.fc2", "ff_context.net.2")):
+                move(f"{c}.{new}", f"{b}.{old}")  # none in the last (context_pre_only) block
+            if i == last:
+                unswap(f"{c}.adaLN_modulation.1", f"{b}.norm1_context.linear")
+            else:
+                move(f"{c}.adaLN_modulation.1", f"{b}.norm1_context.linear")
+        unswap("final_layer.adaLN_modulation.1", "norm_out.linear")
+        if d:
+            raise ValueError(f"no single-file name for {sorted(d)[0]!r}")
+        return out
+
+    def native_layout(self, denoiser, plan):
+        """``num_layers``: the kept blocks, renumbered; ``dual_attention_layers``: their new indices."""
+        from ..native import NativeLayout, plain_config, renumber
+
+        kept, renames = renumber("transformer_blocks", len(denoiser.transformer_blocks), set(plan.removed_operators))
+        config = plain_config(denoiser)
+        dual = set(config.get("dual_attention_layers") or ())
+        config.update(num_layers=len(kept), dual_attention_layers=[new for new, old in enumerate(kept) if old in dual])
+        return NativeLayout(config, renames)
 
     # ------------------------------------------------------------------ Taylor
     def train_loss(self, handle, x0, noise, cond, t):

@@ -254,13 +254,19 @@ class Method:
             raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
         return self.score(handle, settings, control=control), None
 
-    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
-        """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone."""
+    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global",
+                native: bool = False) -> PruningPlan:
+        """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone;
+        ``native``: only whole blocks a diffusers config states (``methods.native_plan``)."""
         check_scores_fit(handle, scores)
         target = fraction("target sparsity", target_sparsity)
         choice("scope", scope, SCOPES)
         prov = {"method": scores.method, "settings": dict(scores.settings), "scope": scope,
                 "target_sparsity": target, "partial_scores": scores.partial}
+        if native:
+            from .native_plan import native_plan
+
+            return native_plan(handle, scores, target_sparsity=target, provenance=prov)
         if scores.level == "operator":
             if scope != "global":
                 raise SettingsError(f"scope {scope!r} needs unit scores; {scores.method} scores whole operators")
