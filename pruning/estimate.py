@@ -308,7 +308,10 @@ def _fast_cost(handle, settings, s, cost: StepCost, k: int, gen_calls: int, batc
 
     m = settings.ablation_batch
     c = fast_calls(k, s.steps, settings.timesteps, batch=batch, calls_per_step=gen_calls // s.steps, ablation_batch=m)
-    seconds = c["recording calls"] * cost.call(batch) + c["ablation calls"] * cost.call(batch * m)
+    full, rest = divmod(k, m)  # groups of m operators per call, and a smaller last one
+    per_group = settings.timesteps * gen_calls // s.steps  # calls per group
+    seconds = (c["recording calls"] * cost.call(batch) + full * per_group * cost.call(batch * m)
+               + (per_group * cost.call(batch * rest) if rest else 0.0))
     # the recorded inputs and outputs (about 4 latents per recorded step), one ablation call
     working = cost.working_bytes(batch * m) + 4 * settings.timesteps * _latent_bytes(handle, s, batch)
     return seconds, c, working, ["fewer recorded timesteps (K)", "score only some operators", "lower N_gen"]

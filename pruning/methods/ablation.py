@@ -90,7 +90,7 @@ def fast_calls(operators: int, steps: int, k: int, *, batch: int, calls_per_step
     ablate = -(-operators // ablation_batch) * k * calls_per_step
     return {"recording calls": record, "ablation calls": ablate, "denoiser calls": record + ablate,
             "batch": batch, "ablation batch": batch * ablation_batch,
-            "work": record * batch + ablate * batch * ablation_batch}
+            "work": (record + operators * k * calls_per_step) * batch}  # every operator's copy: ``batch`` samples
 
 
 # --------------------------------------------------------------------------- recording
@@ -243,11 +243,14 @@ def removed_per_sample(denoiser: torch.nn.Module, gates: Mapping[str, torch.Tens
             h.remove()
 
 
+_NOT_BATCHED = ("img_ids", "txt_ids")  # FLUX's token positions: (tokens, 3), shared by the batch
+
+
 def _repeat(x, m: int, batch: int, name: str = ""):
     """A recorded call argument for ``m`` copies of the batch: tensors with the batch as dim 0
     are repeated (copy j = rows j*batch .. (j+1)*batch - 1); FLUX's position ids are not."""
     if isinstance(x, torch.Tensor):
-        if x.ndim >= 1 and x.shape[0] == batch and not name.endswith("_ids"):
+        if x.ndim >= 1 and x.shape[0] == batch and name not in _NOT_BATCHED:
             return x.repeat(m, *[1] * (x.ndim - 1))  # (batch, ...) -> (m * batch, ...)
         return x
     if isinstance(x, dict):
