@@ -10,11 +10,14 @@ far the output moves, in LD-Pruner's form, per timestep ``k``::
     d_k = ||mean_orig - mean_mod||_2 + ||std_orig - std_mod||_2     (over the N_gen samples)
     score = (1/K) sum_k d_k                                          (low = prunable)
 
-measured on the guided prediction (``weighting="uniform"``: every timestep counts the same) or
-on the next latent that prediction steps to (``weighting="step"``: each timestep weighted by
+measured on the guided prediction (``weighting="uniform"``, the default: every timestep counts
+the same), on the next latent that prediction steps to (``"step"``: each timestep weighted by
 the scheduler's coefficient of the prediction in its update, |sigma_{k+1} - sigma_k| for flow
-matching, DDIM's epsilon coefficient for the UNets). The recorded timesteps are the centres of
-K equal stretches of the schedule (:func:`recorded_steps`); the rollout stops at the last one.
+matching, DDIM's epsilon coefficient for the UNets) or on the clean-latent estimate
+(``"denoised"``: weighted by sigma_k for flow matching, sqrt(1 - a_t) / sqrt(a_t) for DDIM).
+Uniform agreed best with the full sweep on the bundled models (benchmark R5). The recorded
+timesteps are the centres of K equal stretches of the schedule (:func:`recorded_steps`); the
+rollout stops at the last one.
 
 Cost: (last recorded step + 1) calls to record, then K calls per operator, each at the
 generation's batch (N_gen, doubled for CFG): about K / steps of the full sweep. With
@@ -63,7 +66,7 @@ from ..rollout import Trajectory, advance, guided, prepare, raw_outputs
 from ..runs import as_control
 from ..sampling import GenerationStopped
 
-TARGETS = ("uniform", "step")  # the weightings, in the order of the distance arrays' axis 1
+TARGETS = ("uniform", "step", "denoised")  # the weightings, in the order of the distance arrays' axis 1
 
 
 def recorded_steps(steps: int, k: int) -> list[int]:
@@ -109,6 +112,7 @@ class Recording:
     outs: list[list[torch.Tensor]] = field(default_factory=list)
     pred: list[torch.Tensor] = field(default_factory=list)
     next: list[torch.Tensor] = field(default_factory=list)
+    x0: list[torch.Tensor] = field(default_factory=list)
 
     def stacked(self) -> torch.Tensor:
         """The recorded latents as one ``(K, B, ...)`` CPU tensor (a chunked run's state)."""
@@ -135,6 +139,7 @@ def _observe(rec: Recording, denoiser, i: int, z: torch.Tensor) -> list[torch.Te
     rec.outs.append(outs)
     rec.pred.append(pred)
     rec.next.append(advance(rec.traj, i, z, pred))
+    rec.x0.append(denoised(rec.traj, i, z, pred))
     return outs
 
 
@@ -280,19 +285,31 @@ def _batched_outputs(denoiser, rec: Recording, k: int, fqns: Sequence[str]) -> l
     return per_op
 
 
+def denoised(traj: Trajectory, i: int, z: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """The clean-latent estimate at step i: the scheduler's ``pred_original_sample`` (DDIM, Euler),
+    or ``z - sigma_i * v`` for flow matching (whose step does not return it)."""
+    sched = traj.scheduler
+    sched._step_index = i
+    out = sched.step(pred, traj.timesteps[i], z, return_dict=True)
+    x0 = getattr(out, "pred_original_sample", None)
+    return x0 if x0 is not None else z - sched.sigmas[i].to(z.device, z.dtype) * pred
+
+
 def _distances(rec: Recording, k: int, outs: list[torch.Tensor]) -> np.ndarray:
-    """``(2, 2)``: [uniform (prediction), step (next latent)] x [avg_dist, std_dist] at step k."""
+    """``(3, 2)``: [uniform (prediction), step (next latent), denoised (clean estimate)] x
+    [avg_dist, std_dist] at recorded step k."""
     from .ldpruner import ldpruner_score
 
+    i, z = rec.steps[k], rec.z[k]
     pred = guided(rec.traj, outs)
-    nxt = advance(rec.traj, rec.steps[k], rec.z[k], pred)
-    a, b = ldpruner_score(rec.pred[k], pred), ldpruner_score(rec.next[k], nxt)
-    return np.array([[a["avg_dist"], a["std_dist"]], [b["avg_dist"], b["std_dist"]]])
+    pairs = ((rec.pred[k], pred), (rec.next[k], advance(rec.traj, i, z, pred)),
+             (rec.x0[k], denoised(rec.traj, i, z, pred)))
+    return np.array([[d["avg_dist"], d["std_dist"]] for d in (ldpruner_score(a, b) for a, b in pairs)])
 
 
 @torch.no_grad()
 def ablation_distances(handle, rec: Recording, fqns: Sequence[str], *, batch: int = 1) -> dict[str, np.ndarray]:
-    """Per operator, its ``(K, 2, 2)`` distances (recorded step x weighting x avg/std) with it
+    """Per operator, its ``(K, 3, 2)`` distances (recorded step x weighting x avg/std) with it
     removed. ``batch`` 1: the masked model itself (:func:`~pruning.masks.masked`), one operator
     per call; more: ``batch`` operators per call (:func:`removed_per_sample`)."""
     den, out = handle.denoiser, {}
@@ -312,9 +329,9 @@ def ablation_distances(handle, rec: Recording, fqns: Sequence[str], *, batch: in
 
 
 def aggregate(d: np.ndarray, weighting: str) -> dict[str, float]:
-    """``avg_dist``, ``std_dist``, ``score`` of an operator's ``(K, 2, 2)`` distances: the mean
+    """``avg_dist``, ``std_dist``, ``score`` of an operator's ``(K, 3, 2)`` distances: the mean
     over the recorded steps for the ``weighting`` ("uniform": on the prediction; "step": on the
-    next latent)."""
+    next latent; "denoised": on the clean-latent estimate)."""
     a, s = d[:, TARGETS.index(weighting)].mean(0)
     return {"avg_dist": float(a), "std_dist": float(s), "score": float(a + s)}
 
@@ -392,6 +409,8 @@ def first_order_scores(handle, rec: Recording, fqns: Sequence[str], *, weighting
                 y = guided(rec.traj, outs)
                 if weighting == "step":
                     y = advance(rec.traj, i, rec.z[k], y)
+                elif weighting == "denoised":
+                    y = denoised(rec.traj, i, rec.z[k], y)
                 gen = torch.Generator(device="cpu").manual_seed(seed + k)
                 r = torch.randn(y.shape, generator=gen).to(y.device, y.dtype)
                 grads = torch.autograd.grad((y * r).sum(), list(gates.values()), allow_unused=True)

@@ -63,7 +63,7 @@ MAX_N_GEN = 64  # samples per batch: every operator regenerates all of them
 PRESETS = ("full", "proxy", "fast")  # full: the model's steps and resolution; proxy: about half of each (see
 # .proxy); fast: one-step ablation at K recorded timesteps, no rollouts (see .ablation)
 DEFAULT_TIMESTEPS = 2  # K of the fast score: <= 1/10 of the full sweep's denoiser work on SD 1.5, SDXL, FLUX.1-dev
-WEIGHTINGS = ("uniform", "step")
+WEIGHTINGS = ("uniform", "step", "denoised")
 MAX_ABLATION_BATCH = 64
 
 
@@ -109,8 +109,9 @@ class SweepSettings:
     fast: bool = opt(False, "one-step ablation: no rollouts, the denoiser's output change at K recorded timesteps "
                      "(chosen with the preset)", "bool", hidden=True)
     timesteps: int | None = opt(None, f"fast score: K, the recorded timesteps (default {DEFAULT_TIMESTEPS})", "int")
-    weighting: str = opt("uniform", "fast score: uniform (every recorded timestep the same, on the prediction) or "
-                         "step (on the next latent: weighted by the scheduler's step)", "choice", WEIGHTINGS)
+    weighting: str = opt("uniform", "fast score: uniform (every recorded timestep the same, on the prediction), "
+                         "step (on the next latent: weighted by the scheduler's step) or denoised (on the "
+                         "clean-latent estimate)", "choice", WEIGHTINGS)
     ablation_batch: int = opt(1, "fast score: operators removed per denoiser call (per-sample gates)", "int")
 
     def __post_init__(self):
