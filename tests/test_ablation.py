@@ -24,7 +24,7 @@ from pruning.masks import masked
 from pruning.methods import Scores, ablation, ldpruner
 from pruning.methods.ldpruner import SweepSettings, ldpruner_score, sweep
 from pruning.plan import PruningPlan
-from pruning.rollout import guided, prepare, raw_outputs, rollout
+from pruning.rollout import advance, guided, prepare, raw_outputs, rollout
 from pruning.runs import Budget
 from pruning.sampling import spec
 
@@ -48,8 +48,10 @@ def _settings(h, **kw) -> SweepSettings:
 @torch.no_grad()
 def _naive(h, s: SweepSettings) -> dict[str, float]:
     """Each operator from scratch: the original rollout to each recorded step, the masked model's
-    raw outputs there, LD-Pruner's distance on the guided prediction, the mean over the steps."""
+    raw outputs there, LD-Pruner's distance on the guided prediction ("uniform") or on the next
+    latent it steps to ("step"), the mean over the steps."""
     s = s.resolved(h)
+    after = (lambda i, z, p: p) if s.weighting == "uniform" else (lambda i, z, p: advance(traj, i, z, p))
     prompts, seeds = s.samples()
     traj = prepare(h, prompts, seeds, steps=s.steps, guidance=s.guidance, resolution=s.resolution)
     zs = rollout(h.denoiser, traj)
@@ -57,9 +59,9 @@ def _naive(h, s: SweepSettings) -> dict[str, float]:
     for fqn in s.operators:
         total = 0.0
         for i in ablation.recorded_steps(s.steps, s.timesteps):
-            p0 = guided(traj, raw_outputs(h.denoiser, traj, i, zs[i]))
+            p0 = after(i, zs[i], guided(traj, raw_outputs(h.denoiser, traj, i, zs[i])))
             with masked(h.denoiser, PruningPlan(family=h.family, base=h.model_ref, removed_operators=(fqn,))):
-                p1 = guided(traj, raw_outputs(h.denoiser, traj, i, zs[i]))
+                p1 = after(i, zs[i], guided(traj, raw_outputs(h.denoiser, traj, i, zs[i])))
             total += ldpruner_score(p0, p1)["score"]
         out[fqn] = total / s.timesteps
     return out
@@ -68,13 +70,15 @@ def _naive(h, s: SweepSettings) -> dict[str, float]:
 def test_fast_score_equals_a_naive_recomputation(tiny_handle):
     h = tiny_handle
     ablation.clear_cache()
-    s = _settings(h)
-    df = sweep(h, s, show_progress=False)
-    naive = _naive(h, s)
-    assert sorted(df["fqn"]) == sorted(s.operators) and not df.attrs["partial"]
-    np.testing.assert_allclose(df["score"], [naive[f] for f in df["fqn"]], rtol=1e-9, atol=0)
-    assert (df["score"] > 0).all() and list(df["score"]) == list(df["avg_dist"] + df["std_dist"])
-    assert df.attrs["settings"]["fast"] and df.attrs["settings"]["timesteps"] == ldpruner.DEFAULT_TIMESTEPS
+    for weighting in ("step", "uniform"):
+        s = _settings(h, weighting=None if weighting == "step" else weighting)
+        df = sweep(h, s, show_progress=False)
+        naive = _naive(h, s)
+        assert sorted(df["fqn"]) == sorted(s.operators) and not df.attrs["partial"]
+        np.testing.assert_allclose(df["score"], [naive[f] for f in df["fqn"]], rtol=1e-9, atol=0)
+        assert (df["score"] > 0).all() and list(df["score"]) == list(df["avg_dist"] + df["std_dist"])
+        assert df.attrs["settings"]["fast"] and df.attrs["settings"]["timesteps"] == ldpruner.DEFAULT_TIMESTEPS
+        assert df.attrs["settings"]["weighting"] == weighting
 
 
 def test_several_ablations_per_call_equal_one_per_call(tiny_handle):
@@ -185,7 +189,7 @@ def test_fast_settings_and_presets(tiny_sd):
     m = methods.get("ldpruner")
     assert m.presets == ("full", "proxy", "fast")
     f = m.settings(preset="fast")
-    assert f.fast and not f.proxy and f.timesteps == ldpruner.DEFAULT_TIMESTEPS and f.weighting == "uniform"
+    assert f.fast and not f.proxy and f.timesteps == ldpruner.DEFAULT_TIMESTEPS and f.weighting == "step"
     assert m.settings(preset="fast", timesteps=3, ablation_batch=4).ablation_batch == 4
     with pytest.raises(SettingsError, match="apply to the fast score only"):
         SweepSettings(timesteps=3)
