@@ -110,7 +110,7 @@ class SweepSettings:
     fast: bool = opt(False, "one-step ablation: no rollouts, the denoiser's output change at K recorded timesteps "
                      "(chosen with the preset)", "bool", hidden=True)
     timesteps: int | None = opt(None, f"fast score: K, the recorded timesteps (default {DEFAULT_TIMESTEPS})", "int")
-    weighting: str | None = opt(None, f"fast score: step (the default: on the next latent, each timestep weighted "
+    weighting: str | None = opt(None, "fast score: step (the default: on the next latent, each timestep weighted "
                                 "by the scheduler's step), uniform (every recorded timestep the same, on the "
                                 "prediction) or denoised (on the clean-latent estimate)", "choice", WEIGHTINGS)
     ablation_batch: int = opt(1, "fast score: operators removed per denoiser call (per-sample gates)", "int")
