@@ -16,8 +16,8 @@ import inspect
 import math
 import os
 import threading
-from dataclasses import fields
 from pathlib import Path
+from dataclasses import fields
 
 import gradio as gr
 import pandas as pd
