@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import threading
 from dataclasses import fields
@@ -49,6 +50,7 @@ from pruning.export import check_removes_something
 from pruning.facts import model_facts
 from pruning.loading import BUNDLED, DTYPES
 from pruning.methods import Scores
+from pruning.methods.ablation import fast_note
 from pruning.native import describe, native_layout, report
 from pruning.plan import PruningPlan
 from pruning.reconstruct import reconstruct
@@ -370,10 +372,41 @@ def preset_values(model, preset):
 
 
 def ldpruner_preset_note(model, preset):
-    """The proxy sweep's measured agreement with the full one, shown while "proxy" is chosen."""
-    if preset != "proxy":
+    """The proxy's or the fast score's measured agreement with the full sweep, shown while one is
+    chosen; for the fast score, also why it is suggested when the full sweep exceeds the GPU budget."""
+    if preset not in ("proxy", "fast"):
         return ""
-    return methods.ldpruner.proxy_note(_handle(model).model_ref if model else None)
+    ref = _handle(model).model_ref if model else None
+    if preset == "proxy":
+        return methods.ldpruner.proxy_note(ref)
+    over = _sweep_over_budget(model)
+    why = ""
+    if over is not None:
+        t, budget = over.seconds, _gpu_budget()
+        when = f"about {t:.0f} s" if t < 120 else f"about {t / 60:.0f} min"
+        why = (f"**Suggested for this model**: the full sweep needs {when}, over the {budget:g} s of one GPU call "
+               f"(about {math.ceil(t / budget)} chunks); it stays available: choose \"full\". ")
+    return why + fast_note(ref)
+
+
+def _sweep_over_budget(model):
+    """The full sweep's estimate (default settings) when it exceeds one GPU call's budget, else None."""
+    budget = _gpu_budget()
+    if not model or budget is None:
+        return None
+    h = _handle(model)
+    with CACHE.lock(h):  # the estimate times the shared denoiser
+        e = estimate(h, "ldpruner", methods.get("ldpruner").settings(), budget_s=budget)
+    return e if e.seconds > budget else None
+
+
+def suggest_ldpruner_preset(model):
+    """On a model whose full sweep exceeds one GPU call's budget, the fast score is chosen (the
+    full sweep stays one click away); elsewhere the choice is left as it is."""
+    try:
+        return gr.update(value="fast") if _sweep_over_budget(model) is not None else gr.update()
+    except PruningError:  # no estimate (e.g. the model did not load): leave the choice alone
+        return gr.update()
 
 
 @friendly
@@ -765,7 +798,8 @@ def build_app() -> gr.Blocks:
                         granularity = gr.Radio(["fine", "block", "all"], value="fine", label="granularity",
                                                info=H["granularity"])
                     ld_ops = gr.Dropdown([], multiselect=True, label="only these operators", info=H["operators"])
-                    ld_preset = gr.Radio([("full (default)", "full"), ("fast proxy", "proxy")], value="full",
+                    ld_preset = gr.Radio([("full (default)", "full"), ("fast proxy", "proxy"),
+                                          ("fast score: one-step ablation", "fast")], value="full",
                                          label="sweep settings", info=H["ld_preset"])
                     ld_note = gr.Markdown(elem_id="ld-proxy-note")
                 with gr.Group(visible=False) as eco_group:
@@ -914,6 +948,7 @@ def build_app() -> gr.Blocks:
         eco_preset.change(preset_values, [model, eco_preset], [eco_beta, eco_lr], api_visibility="private", **UI)
         for trigger in (ld_preset, model):  # the note names the loaded model's figures when it was measured
             trigger.change(ldpruner_preset_note, [model, ld_preset], ld_note, api_visibility="private", **UI)
+        model.change(suggest_ldpruner_preset, model, ld_preset, api_visibility="private", **UI)
         sc_est_btn.click(score_estimate, sc_inputs[:-2], sc_estimate, api_name="estimate", **run)
         sc_run.click(stamp, None, clicked, queue=False, api_visibility="private").then(
             run_score, sc_inputs, [sc_table, sc_plot, eco_loss, store, last_method, sc_status, fill_method,

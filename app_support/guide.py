@@ -76,8 +76,10 @@ HELP = {
                   "authors' configs: their released SDXL/FLUX settings (calmer gate noise, a per-layer L1 penalty, "
                   "beta 0.5 for UNets and 0.01 for FLUX). Choosing one fills the push and learning rate.",
     "ld_preset": "full: the model's steps and resolution; proxy: about half of each, several times faster, with "
-                 "a ranking that agrees with the full one only in part (the measured agreement shows below). "
-                 "Steps typed above still win.",
+                 "a ranking that agrees with the full one only in part (the measured agreement shows below); fast "
+                 "score: no regeneration per operator, only the denoiser's output change at 2 recorded timesteps "
+                 "(about 1/10 of the full sweep's work on real models; chosen for you when the full sweep exceeds "
+                 "the GPU budget). Steps typed above still win.",
     "reconstruct": "Re-fit the layers that read the removed units so they best reproduce the original's outputs "
                    "(closed-form least squares, no training). Costs one pass of the original over 32 calibration "
                    "prompts: about 2-5 s on the bundled models on this CPU, like generating 32 images on others.",

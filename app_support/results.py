@@ -49,6 +49,8 @@ def settings_line(settings: dict) -> str:
 
     >>> settings_line({"n_gen": 8, "steps": 5, "resolution": 32, "proxy": True})
     'N_gen 8, steps 5, proxy at 32 px'
+    >>> settings_line({"n_gen": 8, "fast": True, "timesteps": 2})
+    'N_gen 8, fast score: one-step ablation at 2 timesteps'
     """
     parts = []
     for key, name in _SHOWN.items():
@@ -63,6 +65,8 @@ def settings_line(settings: dict) -> str:
             parts.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
     if settings.get("proxy"):
         parts.append(f"proxy at {settings.get('resolution')} px")
+    if settings.get("fast"):
+        parts.append(f"fast score: one-step ablation at {settings.get('timesteps')} timesteps")
     return ", ".join(parts)
 
 

@@ -266,7 +266,10 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
             k = len(ops) if gran == "all" else int(ops["granularity"].isin([gran, "both"]).sum())
         secs, calls, batch = _gen_seconds(cost, handle, s, get("n_gen", prompts))
         working = cost.working_bytes(batch) + 2 * _latent_bytes(handle, s, get("n_gen", prompts))  # + both latents
-        return (k + 1) * secs, {"generations": k + 1, "denoiser calls": (k + 1) * calls, "batch": batch}, working, \
+        if get("fast"):  # one-step ablation: a recording rollout, then K calls per operator (group)
+            return _fast_cost(handle, settings, s, cost, k, calls, batch)
+        return (k + 1) * secs, {"generations": k + 1, "denoiser calls": (k + 1) * calls, "batch": batch,
+                                "work": (k + 1) * calls * batch}, working, \
             ["lower N_gen or the steps", "score only some operators", "or the fast proxy (fewer steps, lower resolution)"]
     if method == "ecodiff":
         b = min(get("batch_size", 4), prompts)
@@ -297,6 +300,21 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
             ["a larger timestep stride", "fewer prompts", "fewer steps for the images"]
     # magnitude, random: weights only; a float32 copy of the largest weight at a time
     return 0.05, {"denoiser calls": 0}, max(p.numel() for p in handle.denoiser.parameters()) * 4, []
+
+
+def _fast_cost(handle, settings, s, cost: StepCost, k: int, gen_calls: int, batch: int):
+    """LD-Pruner's fast score (:mod:`pruning.methods.ablation`): its counts, times and memory."""
+    from .methods.ablation import fast_calls
+
+    m = settings.ablation_batch
+    c = fast_calls(k, s.steps, settings.timesteps, batch=batch, calls_per_step=gen_calls // s.steps, ablation_batch=m)
+    full, rest = divmod(k, m)  # groups of m operators per call, and a smaller last one
+    per_group = settings.timesteps * gen_calls // s.steps  # calls per group
+    seconds = (c["recording calls"] * cost.call(batch) + full * per_group * cost.call(batch * m)
+               + (per_group * cost.call(batch * rest) if rest else 0.0))
+    # the recorded inputs and outputs (about 4 latents per recorded step), one ablation call
+    working = cost.working_bytes(batch * m) + 4 * settings.timesteps * _latent_bytes(handle, s, batch)
+    return seconds, c, working, ["fewer recorded timesteps (K)", "score only some operators", "lower N_gen"]
 
 
 def estimate(handle, method: str, settings=None, *, budget_s: float | None = None) -> Estimate:

@@ -68,19 +68,26 @@ def raw_outputs(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Te
     return families.get(traj.family).raw_outputs(denoiser, traj, i, z)
 
 
-def step(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -> torch.Tensor:
-    """One denoising step from z_i; a pure function of its inputs (and the denoiser's gates)."""
-    outs = raw_outputs(denoiser, traj, i, z)
+def guided(traj: Trajectory, outs: list[torch.Tensor]) -> torch.Tensor:
+    """The per-sample prediction the sampler steps with, from :func:`raw_outputs` (guidance applied)."""
     if traj.mode == "true_cfg":
-        pred = outs[1] + traj.guidance * (outs[0] - outs[1])
-    elif traj.mode == "cfg":
-        uncond, text = outs[0].chunk(2)
-        pred = uncond + traj.guidance * (text - uncond)
-    else:
-        pred = outs[0]
+        return outs[1] + traj.guidance * (outs[0] - outs[1])
+    if traj.mode == "cfg":
+        uncond, text = outs[0].chunk(2)  # (2B, ...) -> two (B, ...)
+        return uncond + traj.guidance * (text - uncond)
+    return outs[0]
+
+
+def advance(traj: Trajectory, i: int, z: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """z_{i+1} from z_i and the guided prediction at step i (the scheduler's update)."""
     sched = traj.scheduler
     sched._step_index = i  # the scheduler keeps no other state across steps
     return sched.step(pred, traj.timesteps[i], z, return_dict=False)[0]
+
+
+def step(denoiser: torch.nn.Module, traj: Trajectory, i: int, z: torch.Tensor) -> torch.Tensor:
+    """One denoising step from z_i; a pure function of its inputs (and the denoiser's gates)."""
+    return advance(traj, i, z, guided(traj, raw_outputs(denoiser, traj, i, z)))
 
 
 def rollout(denoiser: torch.nn.Module, traj: Trajectory, z: torch.Tensor | None = None,

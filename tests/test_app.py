@@ -196,6 +196,29 @@ def test_ldpruner_proxy_choice_shows_the_agreement_and_changes_the_settings(c):
     assert text.startswith("**Estimate**")
 
 
+def test_ldpruner_fast_score_is_suggested_over_the_gpu_budget_with_its_agreement(monkeypatch):
+    model = {"source": SOURCE, "device": "cpu", "dtype": "float32"}
+    h = app._handle(model)
+    monkeypatch.setattr(app, "_gpu_budget", lambda: None)  # no budget (not on a Space): nothing is suggested
+    assert app.suggest_ldpruner_preset(model) == app.gr.update()
+    note = app.ldpruner_preset_note(model, "fast")
+    assert note.startswith("Fast score (one-step ablation") and "measured on tiny-shapes-sd" in note
+    assert "Spearman" in note and "Suggested" not in note
+    monkeypatch.setattr(app, "_gpu_budget", lambda: 1e-6)  # any full sweep exceeds it
+    assert app.suggest_ldpruner_preset(model)["value"] == "fast"
+    note = app.ldpruner_preset_note(model, "fast")
+    assert note.startswith("**Suggested for this model**") and "choose \"full\"" in note and "Spearman" in note
+    fast = app._settings("ldpruner", h, *score_args("ldpruner", steps=None)[1:], "ours", "fast").resolved(h)
+    assert fast.fast and fast.timesteps == methods.ldpruner.DEFAULT_TIMESTEPS
+
+
+def test_ldpruner_fast_score_runs_from_the_app(c):
+    _, ops = resnets(c, 3)
+    table, fig, _, status, _, _ = c.predict(*score_args("ldpruner", operators=ops), "ours", "fast", api_name="/score")
+    assert len(frame(table)) == 3 and "3 of 3 operators" in status
+    assert "fast score: one-step ablation at 2 timesteps" in figure(fig).layout.title.text
+
+
 def test_manual_selection_totals_match(c):
     table, two = resnets(c, 2)
     for row in table:

@@ -20,7 +20,7 @@ PROMPTS = ("a red circle at the center on a white background", "a blue square at
 
 def test_proxy_preset_halves_steps_and_resolution_and_values_win(tiny_sd, tiny_flux):
     m = methods.get("ldpruner")
-    assert m.presets == ("full", "proxy") and m.settings(preset="full") == SweepSettings() == m.settings()
+    assert m.presets == ("full", "proxy", "fast") and m.settings(preset="full") == SweepSettings() == m.settings()
     for h in (tiny_sd, tiny_flux):
         d, p = spec(h), m.settings(preset="proxy", family=h.family).resolved(h)
         assert p.proxy and p.steps == max(2, (d.steps + 1) // 2) < d.steps
@@ -30,7 +30,7 @@ def test_proxy_preset_halves_steps_and_resolution_and_values_win(tiny_sd, tiny_f
     one = m.settings(preset="proxy", steps=3).resolved(tiny_sd)
     assert (one.steps, one.resolution) == (3, spec(tiny_sd).resolution // 2)
     with pytest.raises(SettingsError, match="preset must be one of .*'fast'"):
-        m.settings(preset="fast")
+        m.settings(preset="fastest")
     with pytest.raises(SettingsError, match="proxy must be true or false, got 'yes'"):
         SweepSettings(proxy="yes")
     assert "proxy" not in {f["name"] for f in methods.base.settings_fields(SweepSettings)}  # chosen by preset

@@ -228,9 +228,13 @@ def run_score(args, name: str) -> int:
 
 
 def _preset_note(name: str, args, handle) -> None:
-    """The sweep's proxy: one line with its measured agreement with the full sweep."""
+    """The sweep's proxy or fast score: one line with its measured agreement with the full sweep."""
     if name == "ldpruner" and getattr(args, "preset", None) == "proxy":
         print(f"proxy     {ldpruner.proxy_note(handle.model_ref)}")
+    if name == "ldpruner" and getattr(args, "preset", None) == "fast":
+        from ..methods.ablation import fast_note
+
+        print(f"fast      {fast_note(handle.model_ref)}")
 
 
 def _report(scores, path, processes: int = 1) -> None:
