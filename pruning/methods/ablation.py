@@ -67,6 +67,7 @@ from ..replacements import replacement_for
 from ..rollout import Trajectory, advance, guided, prepare, raw_outputs
 from ..runs import as_control
 from ..sampling import GenerationStopped
+from .sweep_table import SCORE_COLUMNS, _table, ldpruner_score, select_operators
 
 TARGETS = ("uniform", "step", "denoised")  # the weightings, in the order of the distance arrays' axis 1
 
@@ -300,8 +301,6 @@ def denoised(traj: Trajectory, i: int, z: torch.Tensor, pred: torch.Tensor) -> t
 def _distances(rec: Recording, k: int, outs: list[torch.Tensor]) -> np.ndarray:
     """``(3, 2)``: [uniform (prediction), step (next latent), denoised (clean estimate)] x
     [avg_dist, std_dist] at recorded step k."""
-    from .ldpruner import ldpruner_score
-
     i, z = rec.steps[k], rec.z[k]
     pred = guided(rec.traj, outs)
     pairs = ((rec.pred[k], pred), (rec.next[k], advance(rec.traj, i, z, pred)),
@@ -345,8 +344,6 @@ def sweep(handle, s, *, control=None, resume: pd.DataFrame | None = None, record
           show_progress: bool = True) -> pd.DataFrame:
     """:func:`pruning.methods.ldpruner.sweep` for fast settings (``s.fast``, resolved): the same
     table, scored by one-step ablation. ``recorded``: the recorded latents of an earlier chunk."""
-    from .ldpruner import SCORE_COLUMNS, _table, select_operators
-
     control = as_control(control)
     todo = select_operators(handle, s)
     total = len(todo)
