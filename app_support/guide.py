@@ -75,6 +75,10 @@ HELP = {
     "eco_preset": "ours: per-unit L0 penalty, the paper's gate noise (measured better on the bundled models); the "
                   "authors' configs: their released SDXL/FLUX settings (calmer gate noise, a per-layer L1 penalty, "
                   "beta 0.5 for UNets and 0.01 for FLUX). Choosing one fills the push and learning rate.",
+    "obs_preset": "ours: the model's steps and resolution, 32 calibration prompts, weights falling linearly "
+                  "from 1.2 to 0.8 over the steps, every block pruned; the authors' values: their released script "
+                  "(100 prompts x 25 steps at 512 px, guidance 7, log-shaped weights 1.2 -> 0.8, the last block "
+                  "kept). Both: 1% damping, 4 groups, rank fusion k = 60.",
     "ld_preset": "full: the model's steps and resolution; proxy: about half of each, several times faster, with "
                  "a ranking that agrees with the full one only in part (the measured agreement shows below). "
                  "Steps typed above still win.",
