@@ -331,6 +331,7 @@ def _obsdiff_cost(handle, settings, s, prompts: int, cost: StepCost) -> tuple[fl
     float64 solves; memory: the largest pass's Grams, the slim copy and one call's working memory."""
     from .methods.obsdiff import passes
 
+    prompts = len(settings.resolved(handle).prompts)
     groups = passes(handle, settings)
     layers = tuple(sorted({c for g in groups for c in g}))
     b = min(settings.batch_size, prompts)
@@ -400,8 +401,11 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
     plans = 0
     for name in names:
         m = methods.get(name)
-        ms, mcalls, working, _ = _method_cost(handle, name, method_settings(m, s, calib), cost)
+        ms_settings = method_settings(m, s, calib)
+        ms, mcalls, working, _ = _method_cost(handle, name, ms_settings, cost)
         seconds += ms
+        if name == "obsdiff":  # its selection depends on the target: one more run per other sparsity
+            seconds += ms * sum(1 for t in sps if t != ms_settings.sparsity)
         peak = max(peak, cost.weights_bytes + working)
         draws = s.random_draws if name == "random" else 1
         plans += draws * len(sps)

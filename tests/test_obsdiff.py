@@ -22,8 +22,8 @@ from pruning.slim import slim
 PROMPTS = ["a red circle", "a blue square"]
 
 
-def _settings(**kw):
-    return obsdiff.METHOD.settings(**{"prompts": PROMPTS, "steps": 2, **kw})
+def _settings(**kw):  # every unit kind: heads exercise the joint (RRF) and shared-consumer paths
+    return obsdiff.METHOD.settings(**{"prompts": PROMPTS, "steps": 2, "kinds": ("head", "neuron", "group"), **kw})
 
 
 def _layer(out=6, heads=4, head=4, rows=300, seed=0, dead=None):
@@ -115,7 +115,8 @@ def test_registered_presets_and_settings():
     a = m.settings("authors")
     assert (a.num_prompts, a.steps, a.resolution, a.alpha_first, a.alpha_last, a.damping, a.groups, a.rrf_k) == \
         (100, 25, 512, 1.2, 0.8, 0.01, 4, 60)
-    assert a.schedule == "log" and a.skip_last == 1 and "OBS-Diff" in obsdiff.AUTHORS_SOURCE
+    assert a.schedule == "log" and a.skip_last == 1 and a.kinds == ("head", "neuron")
+    assert "OBS-Diff" in obsdiff.AUTHORS_SOURCE and m.settings().kinds == ("neuron", "group")
     with pytest.raises(SettingsError, match="schedule"):
         m.settings(schedule="cosine")
     assert obsdiff.timestep_weights(m.settings(), 3) == pytest.approx([1.2, 1.0, 0.8])

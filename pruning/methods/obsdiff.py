@@ -77,6 +77,9 @@ from .base import Method, Scores, check_scores_fit, opt
 
 SEED_OFFSET = 10_000  # calibration seeds apart from the evaluation seeds 0..
 SCHEDULES = ("linear", "log")
+# Measured at 20% params removed on the bundled models (16 held-out prompts, latent MSE): with heads
+# tiny-shapes-flux 0.282 and tiny-shapes-sd3 0.056, without 0.0052 and 0.026 (their layers have 4 heads).
+DEFAULT_KINDS = ("neuron", "group")
 PRESETS = ("ours", "authors")
 # The authors' values: scripts/OBS_Diff_Structured.sh and main.py of Alrightlone/OBS-Diff (commit
 # 3383a4f): 100 prompts (gcc3m) x 25 steps at 512 px, guidance 7.0, batch 4, timestep weights
@@ -84,7 +87,7 @@ PRESETS = ("ours", "authors")
 # blocks minlayer 0 .. maxlayer num_layers - 1 (the last block is left unpruned, the first is pruned).
 AUTHORS = {"num_prompts": 100, "steps": 25, "resolution": 512, "guidance": 7.0, "batch_size": 4,
            "alpha_first": 1.2, "alpha_last": 0.8, "schedule": "log", "damping": 0.01, "groups": 4, "rrf_k": 60,
-           "skip_first": 0, "skip_last": 1}
+           "skip_first": 0, "skip_last": 1, "kinds": ("head", "neuron")}
 AUTHORS_SOURCE = ("Alrightlone/OBS-Diff @3383a4f: scripts/OBS_Diff_Structured.sh, main.py, lib/prune.py, "
                   "lib/OBS_Diff_Structured.py")
 MAX_CACHED = 4
@@ -104,7 +107,10 @@ class OBSDiffSettings:
     resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
     sparsity: float = opt(0.2, "the target (fraction of params) at which `score` computes the OBS errors; a plan at "
                           "another target runs the procedure again at that target", "float")
-    kinds: tuple[str, ...] = opt(UNIT_KINDS, "structures to prune: head, neuron, group", "choices", UNIT_KINDS)
+    kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "structures to prune: head, neuron, group (default neuron and group: "
+                                 "the bundled models have 4 heads a layer, so a per-layer fraction removes heads a "
+                                 "quarter at a time, which measured worse; the authors' preset prunes heads too)",
+                                 "choices", UNIT_KINDS)
     alpha_first: float = opt(1.2, "timestep weight of the first (noisiest) step", "float")
     alpha_last: float = opt(0.8, "timestep weight of the last step", "float")
     schedule: str = opt("linear", "how the weights fall from first to last: linear, or log (the authors' "
