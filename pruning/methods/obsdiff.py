@@ -7,6 +7,8 @@ of their consumer layer* (``to_out.0`` and ``to_add_out`` for heads, ``ff.net.2`
 ``ff_context.net.2`` for neurons, a FLUX single block's ``proj_out`` for its heads and MLP,
 a resnet's ``conv2`` (its ``k x k`` patches) for channel groups); the producers are sliced to
 match by the plan (``kept_heads`` / ``kept_neurons`` / ``kept_groups``) as for every method.
+The defaults prune neurons and channel groups only (``DEFAULT_KINDS``: on the bundled models'
+4-head layers heads measured worse); the authors' preset prunes heads and neurons.
 
 **Statistics.** For each consumer, ``H = sum_t alpha_t X_t^T X_t / sum_t alpha_t rows_t`` in
 float64 over the calibration trajectories (both classifier-free-guidance branches), ``alpha``
