@@ -35,7 +35,9 @@ see the inputs of the already-pruned model.
 **Allocation** (a global target sparsity): every target structure loses the same fraction ``p``
 of its units (``round(p * units)``, as the authors' per-layer ``sparsity_ratio``, at most all but
 one), ``p`` chosen by bisection so that the plan removes the target fraction of the denoiser's
-params (``PruningPlan.summary``); blocks left unpruned (``skip_first`` / ``skip_last``) raise the
+params (``PruningPlan.summary``); where the rounding leaves a gap (8 channel groups a resnet move
+in steps of 12.5%), single units are added, each to the layer that has lost the smallest fraction,
+while that brings the total closer to the target. Blocks left unpruned (``skip_first`` / ``skip_last``) raise the
 other layers' fraction. The selection depends on the target, so ``to_plan`` runs the procedure at
 its target (runs are cached per model, settings and target); ``score`` runs it at ``sparsity``
 and its scores (each unit's OBS error: at its removal, or for a kept unit what removing it next
@@ -355,7 +357,18 @@ def allocate(handle, rows: pd.DataFrame, target: float) -> tuple[dict[str, int],
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if reached(counts(mid)) < target else (lo, mid)
     p = min((lo, hi), key=lambda q: abs(reached(counts(q)) - target))
-    return counts(p), p, reached(counts(p))
+    c = counts(p)
+    units = dict(zip(rows["fqn"], rows["units"]))
+    while reached(c) < target:  # rounding left a gap: one more unit where the smallest fraction went
+        open_ = [f for f in c if c[f] < units[f] - 1]
+        if not open_:
+            break
+        f = min(open_, key=lambda f: ((c[f] + 1) / units[f], f))
+        bigger = {**c, f: c[f] + 1}
+        if abs(reached(bigger) - target) >= abs(reached(c) - target):
+            break
+        c = bigger
+    return c, p, reached(c)
 
 
 def _jobs(den: nn.Module, rows: pd.DataFrame, counts: dict[str, int]) -> list[list[Unit]]:
