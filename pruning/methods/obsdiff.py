@@ -94,7 +94,7 @@ AUTHORS = {"num_prompts": 100, "steps": 25, "resolution": 512, "guidance": 7.0, 
            "skip_first": 0, "skip_last": 1, "kinds": ("head", "neuron")}
 AUTHORS_SOURCE = ("Alrightlone/OBS-Diff @3383a4f: scripts/OBS_Diff_Structured.sh, main.py, lib/prune.py, "
                   "lib/OBS_Diff_Structured.py")
-MAX_CACHED = 4
+MAX_CACHED = 2  # runs kept (their compensated consumer weights): a comparison plans and builds one target at a time
 
 
 @dataclass(frozen=True)
