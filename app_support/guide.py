@@ -108,9 +108,9 @@ def estimate_seconds(handle, *, n_gen: int = 4, epochs: int = 4, prompts: int = 
 
     p = calibration_prompts(handle.model_ref, prompts)
     values = {"ldpruner": dict(n_gen=n_gen, prompts=p), "ecodiff": dict(epochs=epochs, prompts=p),
-              "taylor": dict(stride=stride, prompts=p)}
+              "taylor": dict(stride=stride, prompts=p), "obsdiff": dict(prompts=p)}
     return {m: estimate(handle, m, methods.get(m).settings(**values.get(m, {}))).seconds
-            for m in ("magnitude", "random", "ldpruner", "ecodiff", "taylor")}
+            for m in ("magnitude", "random", "ldpruner", "ecodiff", "taylor", "obsdiff")}
 
 
 def estimate_text(est: dict) -> str:
