@@ -122,7 +122,7 @@ def test_registered_presets_and_settings():
     assert obsdiff.timestep_weights(m.settings(), 3) == pytest.approx([1.2, 1.0, 0.8])
 
 
-@pytest.mark.parametrize("family", ["sd", "flux", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "flux", "sd3"])
 def test_plan_masked_equals_slim_and_compensation_is_recorded(family, request):
     h = request.getfixturevalue(f"tiny_{family}")
     m = methods.get("obsdiff")
