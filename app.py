@@ -326,7 +326,7 @@ def load_model(source, device, dtype, progress=PROGRESS):
 
 
 def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-              stride, thr, ty_kinds, base_kinds, eco_preset=None, ld_preset=None):
+              stride, thr, ty_kinds, base_kinds, eco_preset=None, ld_preset=None, obs_preset=None):
     m = methods.get(method)
     names = {f.name for f in fields(m.Settings)}
     values = {"prompts": _prompts(prompts) if not m.data_free else None, "steps": _steps(steps)}
@@ -335,22 +335,22 @@ def _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, 
         "ecodiff": dict(epochs=check_size("epochs", epochs), batch_size=check_size("batch_size", batch),
                         kinds=eco_kinds, beta=beta, lr=lr),
         "taylor": dict(stride=check_size("stride", stride), thr=thr, kinds=ty_kinds),
-        "magnitude": dict(kinds=base_kinds), "random": dict(kinds=base_kinds),
+        "magnitude": dict(kinds=base_kinds), "random": dict(kinds=base_kinds), "obsdiff": dict(kinds=base_kinds),
     }.get(method, {})
     values.update(per)
-    preset = {"ecodiff": eco_preset, "ldpruner": ld_preset}.get(method)
+    preset = {"ecodiff": eco_preset, "ldpruner": ld_preset, "obsdiff": obs_preset}.get(method)
     return m.settings(preset=preset, family=h.family, **{k: v for k, v in values.items() if k in names and v is not None})
 
 
 @friendly
 def score_estimate(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-                   stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset):
+                   stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset, obs_preset=None):
     """The predicted time and memory of the Run about to start (a few timed denoiser calls)."""
     if not model:
         return ""
     h = _handle(model)
     settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
-                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset)
+                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset, obs_preset)
     with CACHE.lock(h):  # the estimate times the shared denoiser
         return _estimate_text(h, estimate(h, method, settings, budget_s=_gpu_budget()))
 
@@ -411,11 +411,11 @@ def suggest_ldpruner_preset(model):
 
 @friendly
 def run_score(model, method, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds, beta, lr,
-              stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset, store, clicked, request: gr.Request,
+              stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset, obs_preset, store, clicked, request: gr.Request,
               progress=PROGRESS):
     h = _handle(model)
     settings = _settings(method, h, prompts, steps, n_gen, granularity, operators, epochs, batch, eco_kinds,
-                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset)
+                         beta, lr, stride, thr, ty_kinds, base_kinds, eco_preset, ld_preset, obs_preset)
     live, run, est = [], None, ""
     work = _with_estimate(lambda c: _score(h, method, settings, c),
                           lambda: _estimate_text(h, estimate(h, method, settings, budget_s=_gpu_budget())))
@@ -442,8 +442,8 @@ def run_score(model, method, prompts, steps, n_gen, granularity, operators, epoc
 @friendly
 def show_method(model, method, store):
     """Switching methods shows that method's own last result (or says there is none)."""
-    groups = [gr.update(visible=method == k) for k in ("ldpruner", "ecodiff", "taylor")]
-    base = gr.update(visible=method in ("magnitude", "random"))
+    groups = [gr.update(visible=method == k) for k in ("ldpruner", "ecodiff", "taylor", "obsdiff")]
+    base = gr.update(visible=method in ("magnitude", "random", "obsdiff"))
     m = methods.get(method)
     if not model:
         return (*groups, base, gr.skip(), gr.skip(), f"{m.title}: {m.summary}", gr.update(visible=method == "ecodiff"))
@@ -819,6 +819,9 @@ def build_app() -> gr.Blocks:
                         ty_thr = Slider(0.0, 0.5, value=0.05, step=0.01, label="stop threshold", info=H["thr"])
                         ty_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron", "group"],
                                                     label="units", info=H["taylor_kinds"])
+                with gr.Group(visible=False) as obs_group:
+                    obs_preset = gr.Radio([("ours (default)", "ours"), ("the authors' values", "authors")],
+                                          value="ours", label="settings", info=H["obs_preset"])
                 with gr.Group(visible=True) as base_group:
                     base_kinds = gr.CheckboxGroup(["head", "neuron", "group"], value=["head", "neuron", "group"],
                                                   label="units", info=H["kinds"])
@@ -940,11 +943,11 @@ def build_app() -> gr.Blocks:
             btn.click(stop_run, None, None, api_name="stop" if btn is sc_stop else None,
                       api_visibility="public" if btn is sc_stop else "private", queue=False)
         method.change(show_method, [model, method, store],
-                      [ld_group, eco_group, ty_group, base_group, sc_table, sc_plot, method_note, eco_loss],
+                      [ld_group, eco_group, ty_group, obs_group, base_group, sc_table, sc_plot, method_note, eco_loss],
                       api_visibility="private", **UI)
         sc_inputs = [model, method, sc_prompts, sc_steps, n_gen, granularity, ld_ops, eco_epochs, eco_batch,
                      eco_kinds, eco_beta, eco_lr, ty_stride, ty_thr, ty_kinds, base_kinds, eco_preset, ld_preset,
-                     store, clicked]
+                     obs_preset, store, clicked]
         eco_preset.change(preset_values, [model, eco_preset], [eco_beta, eco_lr], api_visibility="private", **UI)
         for trigger in (ld_preset, model):  # the note names the loaded model's figures when it was measured
             trigger.change(ldpruner_preset_note, [model, ld_preset], ld_note, api_visibility="private", **UI)

@@ -75,6 +75,10 @@ HELP = {
     "eco_preset": "ours: per-unit L0 penalty, the paper's gate noise (measured better on the bundled models); the "
                   "authors' configs: their released SDXL/FLUX settings (calmer gate noise, a per-layer L1 penalty, "
                   "beta 0.5 for UNets and 0.01 for FLUX). Choosing one fills the push and learning rate.",
+    "obs_preset": "ours: the model's steps and resolution, 32 calibration prompts, weights falling linearly "
+                  "from 1.2 to 0.8 over the steps, every block pruned; the authors' values: their released script "
+                  "(100 prompts x 25 steps at 512 px, guidance 7, log-shaped weights 1.2 -> 0.8, the last block "
+                  "kept). Both: 1% damping, 4 groups, rank fusion k = 60.",
     "ld_preset": "full: the model's steps and resolution; proxy: about half of each, several times faster, with "
                  "a ranking that agrees with the full one only in part (the measured agreement shows below); fast "
                  "score: no regeneration per operator, only the denoiser's output change at 2 recorded timesteps "
@@ -106,9 +110,9 @@ def estimate_seconds(handle, *, n_gen: int = 4, epochs: int = 4, prompts: int = 
 
     p = calibration_prompts(handle.model_ref, prompts)
     values = {"ldpruner": dict(n_gen=n_gen, prompts=p), "ecodiff": dict(epochs=epochs, prompts=p),
-              "taylor": dict(stride=stride, prompts=p)}
+              "taylor": dict(stride=stride, prompts=p), "obsdiff": dict(prompts=p)}
     return {m: estimate(handle, m, methods.get(m).settings(**values.get(m, {}))).seconds
-            for m in ("magnitude", "random", "ldpruner", "ecodiff", "taylor")}
+            for m in ("magnitude", "random", "ldpruner", "ecodiff", "taylor", "obsdiff")}
 
 
 def estimate_text(est: dict) -> str:

@@ -32,6 +32,7 @@ from . import validate
 from .catalog import UNIT_KINDS
 from .clipscore import load_clip
 from .errors import ModelLoadError, PruningError, SettingsError
+from .export import build as build_model
 from .methods import Scores, get, names
 from .metrics import count_params, total_macs
 from .prompts import calibration_prompts, evaluation_prompts, is_shapes_model
@@ -39,7 +40,6 @@ from .quality import bootstrap_ci, evaluate, mean_se
 from .reconstruct import ReconstructSettings, reconstruct
 from .runs import RunControl, RunState, as_control
 from .sampling import count_inputs
-from .slim import slim
 
 ACCURACIES = ("color", "shape", "position", "all")
 
@@ -281,7 +281,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
 
 def _plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip, recon) -> list[dict]:
     """The slim row of one (method, sparsity), and the reconstructed one with ``recon``."""
-    variants = [(False, lambda p: slim(handle.denoiser, p))]
+    variants = [(False, lambda p: build_model(handle, p))]  # build: a plan that carries its own weights (OBS-Diff) gets them
     if recon is not None:
         variants.append((True, lambda p: reconstruct(handle, p, recon, control=control)))
     out = []

@@ -133,6 +133,30 @@ class StepCost:
             self._saved[batch] = max(self._saved.get(batch, 0), saved)
         return self._times[key]
 
+    def gram_call(self, batch: int, layers: tuple[str, ...]) -> float:
+        """Seconds of one no-grad call at ``batch`` while OBS-Diff accumulates the float64 input
+        Grams of ``layers`` (its calibration's per-call cost)."""
+        from .methods.obsdiff import GramRecorder
+
+        key = ("gram", batch, layers)
+        if key not in self._times:
+            kw = self._inputs(batch)
+            with GramRecorder(self.den, list(layers)), torch.no_grad():
+                self.den(**kw)  # warm up
+                self._times[key] = _median_time(lambda: self.den(**kw), self.repeats)
+        return self._times[key]
+
+    def solve_seconds(self, width: int) -> float:
+        """Seconds of OBS-Diff's float64 work on one ``width``-input consumer: a Cholesky inverse, the
+        closed-form solve and the downdates (timed once per width; about 3 inversions' worth)."""
+        key = ("solve", width)
+        if key not in self._times:
+            a = torch.randn(width, width, dtype=torch.float64)
+            h = a @ a.T + width * torch.eye(width, dtype=torch.float64)
+            self._times[key] = 3 * _median_time(lambda: torch.cholesky_inverse(torch.linalg.cholesky(h)),
+                                                self.repeats)
+        return self._times[key]
+
     def saved_bytes(self, batch: int) -> int:
         """Bytes autograd saves for the backward of one call at ``batch``."""
         if batch not in self._saved:
@@ -298,6 +322,8 @@ def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, 
         working = max(cost.working_bytes(prompts, "weights"), cost.working_bytes(batch)) + sums
         return secs + grads, {"generation calls": calls, "timesteps (at most)": n_t, "batch": prompts}, working, \
             ["a larger timestep stride", "fewer prompts", "fewer steps for the images"]
+    if method == "obsdiff":
+        return _obsdiff_cost(handle, settings, s, prompts, cost)
     # magnitude, random: weights only; a float32 copy of the largest weight at a time
     return 0.05, {"denoiser calls": 0}, max(p.numel() for p in handle.denoiser.parameters()) * 4, []
 
@@ -317,6 +343,34 @@ def _fast_cost(handle, settings, s, cost: StepCost, k: int, gen_calls: int, batc
     return seconds, c, working, ["fewer recorded timesteps (K)", "score only some operators", "lower N_gen"]
 
 
+def _obsdiff_cost(handle, settings, s, prompts: int, cost: StepCost) -> tuple[float, dict, int, list[str]]:
+    """OBS-Diff: one calibration pass per group over its prompts (the pruned model's own trajectories,
+    every step) with the Gram updates of that group's consumers, a slim copy per pass, and the
+    float64 solves; memory: the largest pass's Grams, the slim copy and one call's working memory."""
+    from .methods.obsdiff import passes
+
+    prompts = len(settings.resolved(handle).prompts)
+    groups = passes(handle, settings)
+    layers = tuple(sorted({c for g in groups for c in g}))
+    b = min(settings.batch_size, prompts)
+    batches = math.ceil(prompts / b)
+    calls, batch = _generation_calls(handle, s, b)
+    plain, hooked = cost.call(batch), cost.gram_call(batch, layers)
+    widths = {c: _flat_width(handle.denoiser.get_submodule(c)) for c in layers}
+    seconds = len(groups) * batches * calls * plain + batches * calls * max(hooked - plain, 0.0)
+    seconds += sum(cost.solve_seconds(w) for w in widths.values()) + len(groups) * cost.weights_bytes / 1e9
+    grams = max(sum(8 * (widths[c] + 1) ** 2 for c in g) for g in groups)
+    working = grams + cost.weights_bytes + cost.working_bytes(batch)
+    return seconds, {"denoiser calls": len(groups) * batches * calls, "passes": len(groups), "batch": batch,
+                     "gram_mb": round(grams / 2 ** 20, 1)}, working, \
+        ["fewer calibration prompts or steps", "a smaller max_gram_mb (more passes, less memory)", "fewer groups"]
+
+
+def _flat_width(layer) -> int:
+    w = layer.weight
+    return w[0].numel()  # inputs of one output row: in_features, or C*kh*kw for a conv
+
+
 def estimate(handle, method: str, settings=None, *, budget_s: float | None = None) -> Estimate:
     """The predicted cost of scoring ``handle`` with ``method`` (a registered name) and its settings."""
     budget_s = check_budget(budget_s)
@@ -327,7 +381,8 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
     cost = step_cost(handle, resolution=getattr(settings, "resolution", None))
     seconds, calls, working, levers = _method_cost(handle, m.name, settings, cost)
     peak = cost.weights_bytes + working
-    return _finish(Estimate(m.title, seconds, peak, calls, device=cost.device, chunkable=not m.data_free), handle,
+    return _finish(Estimate(m.title, seconds, peak, calls, device=cost.device,
+                            chunkable=m.chunkable and not m.data_free), handle,
                    budget_s, levers)
 
 
@@ -367,8 +422,11 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
     plans = 0
     for name in names:
         m = methods.get(name)
-        ms, mcalls, working, _ = _method_cost(handle, name, method_settings(m, s, calib), cost)
+        ms_settings = method_settings(m, s, calib)
+        ms, mcalls, working, _ = _method_cost(handle, name, ms_settings, cost)
         seconds += ms
+        if name == "obsdiff":  # its selection depends on the target: one more run per other sparsity
+            seconds += ms * sum(1 for t in sps if t != ms_settings.sparsity)
         peak = max(peak, cost.weights_bytes + working)
         draws = s.random_draws if name == "random" else 1
         plans += draws * len(sps)

@@ -440,8 +440,16 @@ def _reapply_export(folder: Path, base, *, device=None, dtype=None):
 
 def build(handle, plan: PruningPlan) -> nn.Module:
     """The slim denoiser ``plan`` describes: ``slim``, or for a plan that records a reconstruction,
-    the reconstruction computed again with its recorded settings."""
-    return reapply(handle, plan) if plan.reconstruction is not None else slim(handle.denoiser, plan)
+    the reconstruction computed again with its recorded settings (a method that compensates its
+    own weights, as OBS-Diff, records its name there and rebuilds them)."""
+    if plan.reconstruction is None:
+        return slim(handle.denoiser, plan)
+    method = plan.reconstruction["settings"].get("method")
+    if method is not None:
+        from . import methods
+
+        return methods.get(method).rebuild(handle, plan)
+    return reapply(handle, plan)
 
 
 def check_base(plan: PruningPlan, handle, where) -> None:

@@ -258,6 +258,13 @@ def test_structure_methods(c):
     assert "PSNR" in redrawn.layout.yaxis.title.text and len(redrawn.data) == 3
 
 
+def test_obsdiff_scores_in_the_app(c):
+    table, fig, _, status, _, _ = c.predict(*score_args("obsdiff", kinds=("head", "neuron")), "ours", "full", "ours",
+                                            api_name="/score")
+    assert frame(table) and "Done" in status
+    assert app.show_method(None, "obsdiff", None)[3]["visible"]  # its settings group shows
+
+
 def test_every_registered_method_is_offered(c):
     radio = [comp for comp in app.demo.config["components"] if comp.get("props", {}).get("label") == "method"][0]
     assert [v for _, v in radio["props"]["choices"]] == methods.names()

@@ -4,13 +4,13 @@ Adding a method is one new module defining a :class:`~pruning.methods.base.Metho
 plus one line in ``BUILTIN`` below; ``register`` adds one at run time (a plugin, a test).
 
 >>> names()
-['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random']
+['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random', 'obsdiff']
 >>> get("taylor").level, get("ldpruner").level
 ('unit', 'operator')
 >>> get("obs")
 Traceback (most recent call last):
 ...
-pruning.errors.UnknownName: method must be one of ['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random'], got 'obs'
+pruning.errors.UnknownName: method must be one of ['ldpruner', 'ecodiff', 'taylor', 'magnitude', 'random', 'obsdiff'], got 'obs'
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ BUILTIN = (  # module, attribute: in the order users see them
     ("pruning.methods.diffpruning", "METHOD"),
     ("pruning.methods.baselines", "MAGNITUDE"),
     ("pruning.methods.baselines", "RANDOM"),
+    ("pruning.methods.obsdiff", "METHOD"),
 )
 METHODS: dict[str, Method] = {}
 

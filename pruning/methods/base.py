@@ -226,6 +226,7 @@ class Method:
     Settings: ClassVar[type]
     data_free: ClassVar[bool] = False  # True: no generation needed; scoring takes well under a second
     presets: ClassVar[tuple[str, ...]] = ("ours",)  # named starting points for the settings (the first: the defaults)
+    chunkable: ClassVar[bool] = True  # False: its run cannot stop at a chunk boundary and resume (one chunk)
 
     def settings(self, preset: str | None = None, family: str | None = None, **values) -> Any:
         """Validated settings (unknown names are refused); ``preset`` (one of ``presets``) gives
@@ -253,6 +254,11 @@ class Method:
         if state is not None:
             raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
         return self.score(handle, settings, control=control), None
+
+    def rebuild(self, handle, plan: PruningPlan):
+        """The slim denoiser of a plan whose ``reconstruction`` names this method (a method that
+        compensates weights itself, as OBS-Diff, overrides it; ``pruning.export.build`` calls it)."""
+        raise PlanError(f"{self.name} plans carry no weights of their own: slim them (pruning.slim)")
 
     def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global",
                 native: bool = False) -> PruningPlan:

@@ -1,0 +1,548 @@
+"""OBS-Diff (ICLR 2026, code Alrightlone/OBS-Diff): structured pruning by the Optimal Brain
+Surgeon, with timestep-weighted statistics, selection coupled with compensation and sequential
+groups in depth order. Training free.
+
+**Units** are attention heads, FFN neurons and resnet channel groups, pruned as *input columns
+of their consumer layer* (``to_out.0`` and ``to_add_out`` for heads, ``ff.net.2`` /
+``ff_context.net.2`` for neurons, a FLUX single block's ``proj_out`` for its heads and MLP,
+a resnet's ``conv2`` (its ``k x k`` patches) for channel groups); the producers are sliced to
+match by the plan (``kept_heads`` / ``kept_neurons`` / ``kept_groups``) as for every method.
+The defaults prune neurons and channel groups only (``DEFAULT_KINDS``: on the bundled models'
+4-head layers heads measured worse); the authors' preset prunes heads and neurons.
+
+**Statistics.** For each consumer, ``H = sum_t alpha_t X_t^T X_t / sum_t alpha_t rows_t`` in
+float64 over the calibration trajectories (both classifier-free-guidance branches), ``alpha``
+falling from ``alpha_first`` (1.2, the first and noisiest step) to ``alpha_last`` (0.8), linearly
+or (``schedule="log"``, the authors' released script) along ``log``. Columns whose diagonal is 0
+are dead (their weights zeroed, their diagonal set to 1); the damping adds ``damping`` (1%) of
+the mean diagonal.
+
+**Selection and compensation.** The OBS error of removing unit ``u`` (columns ``c``) from weight
+``W`` is ``tr(W_c (Hinv_cc)^-1 W_c^T)``. Heads and channel groups are removed one at a time,
+least error first, ``Hinv`` downdated after each removal and the remaining columns compensated
+by the OBS update; FFN neurons are removed in shrinking blocks (the authors' schedule: ``(n -
+512) // 2`` columns, at least 64, at most 1024, halving). A structure read by two consumers
+(MMDiT joint heads: ``to_out.0`` and ``to_add_out``) ranks its heads in each and merges the
+rankings by reciprocal rank fusion (``rrf_k`` = 60); each consumer is compensated with its own
+``H``. The final weights are the closed form ``W' = W H[:, K] H[K, K]^-1`` over the kept columns
+``K`` (what the sequential updates give, recomputed exactly).
+
+**Sequential groups.** The target layers, in depth order, are split into ``groups`` (4) contiguous
+groups (each also within ``max_gram_mb``); each group is calibrated on the trajectories of the
+model pruned so far (its own trajectories, as the authors' pipeline runs them), so later layers
+see the inputs of the already-pruned model.
+
+**Allocation** (a global target sparsity): every target structure loses the same fraction ``p``
+of its units (``round(p * units)``, as the authors' per-layer ``sparsity_ratio``, at most all but
+one), ``p`` chosen by bisection so that the plan removes the target fraction of the denoiser's
+params (``PruningPlan.summary``); where the rounding leaves a gap (8 channel groups a resnet move
+in steps of 12.5%), single units are added, each to the layer that has lost the smallest fraction,
+while that brings the total closer to the target. Blocks left unpruned (``skip_first`` / ``skip_last``) raise the
+other layers' fraction. The selection depends on the target, so ``to_plan`` runs the procedure at
+its target (runs are cached per model, settings and target); ``score`` runs it at ``sparsity``
+and its scores (each unit's OBS error: at its removal, or for a kept unit what removing it next
+would cost) feed the heatmap. It runs in one chunk (a sequential calibration cannot resume
+mid-group).
+
+The plan records the run (``plan.reconstruction = {"settings": {"method": "obsdiff", ...,
+"target_sparsity": t}, "compensated": []}``) and :func:`rebuild` gives its compensated slim
+denoiser (``pruning.export.build``), so export, plan-only export and ``load_pruned`` reproduce it.
+
+>>> from pruning.testing import tiny_pipeline
+>>> from pruning.loading import handle_from_pipe
+>>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+>>> s = METHOD.settings(prompts=["a red circle", "a blue square"], steps=2, kinds=("head", "neuron"))
+>>> plan = METHOD.to_plan(h, METHOD.score(h, s), target_sparsity=0.2)
+>>> abs(plan.summary(h.denoiser)["params_fraction"] - 0.2) < 0.05, plan.reconstruction["settings"]["method"]
+(True, 'obsdiff')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields, replace
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import validate
+from ..catalog import UNIT_KINDS, catalog, discover
+from ..errors import PlanError, RunStopped, SettingsError
+from ..plan import KEPT_FIELDS, PruningPlan
+from ..prompts import calibration_prompts
+from ..rollout import prepare, step
+from ..runs import RunControl, as_control
+from ..slim import slim
+from .base import Method, Scores, check_scores_fit, opt
+from .obs import OBSLayer, Unit, compensated, prepare_hessian, rrf, select  # noqa: F401 (the solver, re-exported)
+
+SEED_OFFSET = 10_000  # calibration seeds apart from the evaluation seeds 0..
+SCHEDULES = ("linear", "log")
+# Measured at 20% params removed on the bundled models (16 held-out prompts, latent MSE): with heads
+# tiny-shapes-flux 0.282 and tiny-shapes-sd3 0.056, without 0.0052 and 0.026 (their layers have 4 heads).
+DEFAULT_KINDS = ("neuron", "group")
+PRESETS = ("ours", "authors")
+# The authors' values: scripts/OBS_Diff_Structured.sh and main.py of Alrightlone/OBS-Diff (commit
+# 3383a4f): 100 prompts (gcc3m) x 25 steps at 512 px, guidance 7.0, batch 4, timestep weights
+# 1.2 -> 0.8 ("log_decrease"), percdamp 0.01, 4 groups, RRF k = 60 (lib/OBS_Diff_Structured.py),
+# blocks minlayer 0 .. maxlayer num_layers - 1 (the last block is left unpruned, the first is pruned).
+AUTHORS = {"num_prompts": 100, "steps": 25, "resolution": 512, "guidance": 7.0, "batch_size": 4,
+           "alpha_first": 1.2, "alpha_last": 0.8, "schedule": "log", "damping": 0.01, "groups": 4, "rrf_k": 60,
+           "skip_first": 0, "skip_last": 1, "kinds": ("head", "neuron")}
+AUTHORS_SOURCE = ("Alrightlone/OBS-Diff @3383a4f: scripts/OBS_Diff_Structured.sh, main.py, lib/prune.py, "
+                  "lib/OBS_Diff_Structured.py")
+MAX_CACHED = 2  # runs kept (their compensated consumer weights): a comparison plans and builds one target at a time
+
+
+@dataclass(frozen=True)
+class OBSDiffSettings:
+    """What OBS-Diff calibrates on and how (frozen; every value checked)."""
+
+    prompts: tuple[str, ...] | None = opt(None, "calibration prompts (default: num_prompts of the model's "
+                                          "calibration prompts)", "strs")
+    seeds: tuple[int, ...] | None = opt(None, f"one seed per prompt (default {SEED_OFFSET}, {SEED_OFFSET + 1}, ...)",
+                                        "ints")
+    num_prompts: int = opt(32, "how many calibration prompts when none are given", "int")
+    steps: int | None = opt(None, "sampling steps of the calibration trajectories (default: the model's)", "int")
+    guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
+    resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
+    sparsity: float = opt(0.2, "the target (fraction of params) at which `score` computes the OBS errors; a plan at "
+                          "another target runs the procedure again at that target", "float")
+    kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "structures to prune: head, neuron, group (default neuron and group: "
+                                 "the bundled models have 4 heads a layer, so a per-layer fraction removes heads a "
+                                 "quarter at a time, which measured worse; the authors' preset prunes heads too)",
+                                 "choices", UNIT_KINDS)
+    alpha_first: float = opt(1.2, "timestep weight of the first (noisiest) step", "float")
+    alpha_last: float = opt(0.8, "timestep weight of the last step", "float")
+    schedule: str = opt("linear", "how the weights fall from first to last: linear, or log (the authors' "
+                        "released script: log_decrease)", "choice", SCHEDULES)
+    damping: float = opt(0.01, "damping: this fraction of the mean diagonal of H is added to it", "float")
+    groups: int = opt(4, "sequential calibration groups in depth order (each sees the already-pruned model)", "int")
+    rrf_k: int = opt(60, "k of the reciprocal rank fusion of joint heads' rankings (to_out, to_add_out)", "int")
+    skip_first: int = opt(0, "blocks at the start left unpruned", "int")
+    skip_last: int = opt(0, "blocks at the end left unpruned", "int")
+    batch_size: int = opt(8, "prompts per calibration batch", "int")
+    max_gram_mb: float = opt(2048.0, "memory for the statistics (float64 H) of one calibration pass, in MB; a group "
+                             "that needs more is split into more passes", "float")
+
+    def __post_init__(self):
+        v = validate
+        values = {**v.sampling_fields(prompts=self.prompts, seeds=self.seeds, steps=self.steps,
+                                      guidance=self.guidance, resolution=self.resolution),
+                  "num_prompts": v.integer("num_prompts", self.num_prompts, lo=1, hi=v.LIMITS.max_prompts),
+                  "sparsity": v.fraction("sparsity", self.sparsity),
+                  "kinds": v.subset("kinds", self.kinds, UNIT_KINDS),
+                  "alpha_first": v.number("alpha_first", self.alpha_first, lo=0, hi=100, open_lo=True),
+                  "alpha_last": v.number("alpha_last", self.alpha_last, lo=0, hi=100, open_lo=True),
+                  "schedule": v.choice("schedule", self.schedule, SCHEDULES),
+                  "damping": v.number("damping", self.damping, lo=0, hi=100),
+                  "groups": v.integer("groups", self.groups, lo=1, hi=1000),
+                  "rrf_k": v.integer("rrf_k", self.rrf_k, lo=0, hi=10 ** 6),
+                  "skip_first": v.integer("skip_first", self.skip_first, lo=0, hi=1000),
+                  "skip_last": v.integer("skip_last", self.skip_last, lo=0, hi=1000),
+                  "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
+                  "max_gram_mb": v.number("max_gram_mb", self.max_gram_mb, lo=0.01, hi=1 << 20)}
+        for k, val in values.items():
+            object.__setattr__(self, k, val)
+
+    def resolved(self, handle) -> OBSDiffSettings:
+        """These settings with the prompts and seeds filled in."""
+        prompts = self.prompts or calibration_prompts(handle.model_ref, self.num_prompts)
+        seeds = self.seeds or tuple(SEED_OFFSET + i for i in range(len(prompts)))
+        return replace(self, prompts=tuple(prompts), seeds=tuple(seeds))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d) -> OBSDiffSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SettingsError(f"obsdiff settings have unknown field(s) {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def timestep_weights(s: OBSDiffSettings, steps: int) -> list[float]:
+    """alpha_t of each sampling step, first (noisiest) to last.
+
+    >>> s = OBSDiffSettings()
+    >>> [round(a, 2) for a in timestep_weights(s, 5)]
+    [1.2, 1.1, 1.0, 0.9, 0.8]
+    >>> [round(a, 3) for a in timestep_weights(replace(s, schedule="log"), 5)]  # the authors' log_decrease
+    [1.2, 1.145, 1.073, 0.972, 0.8]
+    """
+    if steps == 1:
+        return [s.alpha_first]
+    if s.schedule == "linear":
+        return [s.alpha_first + (s.alpha_last - s.alpha_first) * i / (steps - 1) for i in range(steps)]
+    return [s.alpha_last + (s.alpha_first - s.alpha_last) * math.log(steps - i) / math.log(steps)
+            for i in range(steps)]
+
+
+# --------------------------------------------------------------------------- targets and allocation
+
+
+def _consumer_columns(den: nn.Module, s) -> dict[str, torch.Tensor]:
+    """``{consumer fqn: (units, k) columns}`` of a structure, in the layer's flattened inputs."""
+    out = {}
+    for cut in s.cuts:
+        if cut.dim != 1:
+            continue
+        fqn = cut.param.rsplit(".", 1)[0]
+        layer = den.get_submodule(fqn)
+        first = cut.offset + torch.arange(s.units)[:, None] * s.unit_size + torch.arange(s.unit_size)  # (units, us)
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1:
+                raise SettingsError(f"OBS-Diff cannot prune {s.fqn!r}: its consumer {fqn!r} is a grouped conv")
+            kk = layer.kernel_size[0] * layer.kernel_size[1]
+            first = (first[:, :, None] * kk + torch.arange(kk)).reshape(s.units, -1)  # (units, us*kh*kw)
+        out[fqn] = first
+    return out
+
+
+def targets(handle, s: OBSDiffSettings) -> pd.DataFrame:
+    """The structures OBS-Diff prunes (catalog rows, in depth order): the chosen kinds outside the
+    blocks left unpruned."""
+    _, st = catalog(handle.denoiser)
+    blocks = list(dict.fromkeys(st["block"]))  # in depth order
+    skipped = set(blocks[:s.skip_first]) | set(blocks[len(blocks) - s.skip_last:] if s.skip_last else [])
+    rows = st[st["kind"].isin(s.kinds) & ~st["block"].isin(skipped) & (st["units"] > 1)]
+    if rows.empty:
+        raise SettingsError(f"OBS-Diff has nothing to prune: no {list(s.kinds)} structures outside the "
+                            f"{len(skipped)} skipped blocks (skip_first={s.skip_first}, skip_last={s.skip_last})")
+    return rows.reset_index(drop=True)
+
+
+def allocate(handle, rows: pd.DataFrame, target: float) -> tuple[dict[str, int], float, float]:
+    """Units to remove per structure (the same fraction ``p`` of each, all but one at most) so that
+    ``target`` of the params is removed: ``(counts, p, params fraction reached)``."""
+    total = catalog(handle.denoiser)[1].attrs["total_params"]
+
+    def counts(p):
+        return {f: min(int(round(p * u)), u - 1) for f, u in zip(rows["fqn"], rows["units"])}
+
+    def reached(c):
+        return sum(n * int(up) for n, up in zip(c.values(), rows["unit_params"])) / total
+
+    most = reached(counts(1.0))
+    if target > most + 0.01:
+        raise PlanError(f"target sparsity {target:.3f} is not reachable with OBS-Diff's targets: keeping one unit of "
+                        f"each of its {len(rows)} structures removes at most {most:.3f} of the params (fewer "
+                        "skipped blocks or more kinds?)")
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if reached(counts(mid)) < target else (lo, mid)
+    p = min((lo, hi), key=lambda q: abs(reached(counts(q)) - target))
+    c = counts(p)
+    units = dict(zip(rows["fqn"], rows["units"]))
+    while reached(c) < target:  # rounding left a gap: one more unit where the smallest fraction went
+        open_ = [f for f in c if c[f] < units[f] - 1]
+        if not open_:
+            break
+        f = min(open_, key=lambda f: ((c[f] + 1) / units[f], f))
+        bigger = {**c, f: c[f] + 1}
+        if abs(reached(bigger) - target) >= abs(reached(c) - target):
+            break
+        c = bigger
+    return c, p, reached(c)
+
+
+def _jobs(den: nn.Module, rows: pd.DataFrame, counts: dict[str, int]) -> list[list[Unit]]:
+    """Structures that share a consumer solved together, in depth order."""
+    found = discover(den).structures
+    units = [Unit(f, found[f].kind, found[f].units, counts[f], _consumer_columns(den, found[f])) for f in rows["fqn"]]
+    jobs: list[list[Unit]] = []
+    for u in units:
+        joined = [j for j in jobs if any(set(u.cols) & set(v.cols) for v in j)]
+        merged = [v for j in joined for v in j] + [u]
+        jobs = [j for j in jobs if all(j is not x for x in joined)] + [merged]
+    for j in jobs:
+        j.sort(key=lambda u: (u.kind != "head", u.fqn))  # heads first on a shared consumer (FLUX single blocks)
+    return jobs
+
+
+def _reuse():
+    """reconstruct's helpers (imported late: ``pruning.reconstruct`` imports ``pruning.methods``)."""
+    from ..reconstruct import Consumer, Stats, flat_weight, layer_inputs
+
+    return Consumer, Stats, flat_weight, layer_inputs
+
+
+def _width(den: nn.Module, fqn: str) -> int:
+    return _reuse()[2](den.get_submodule(fqn)).shape[1]
+
+
+def split_groups(den: nn.Module, jobs: list[list[Unit]], groups: int, budget_mb: float) -> list[list[list[Unit]]]:
+    """``groups`` contiguous groups of jobs (sizes as the authors' ``group_modules_with_parallelism``),
+    each split again where its statistics would pass ``budget_mb``."""
+    n, g = len(jobs), min(groups, len(jobs))
+    size, extra = divmod(n, g)
+    out, start = [], 0
+    for i in range(g):
+        end = start + size + (1 if i < extra else 0)
+        part, mb = [[]], 0.0
+        for job in jobs[start:end]:
+            need = sum(_reuse()[0](c, torch.ones(_width(den, c), dtype=torch.bool)).gram_bytes() / 2 ** 20
+                       for c in {c for u in job for c in u.cols})
+            if part[-1] and mb + need > budget_mb:
+                part.append([])
+                mb = 0.0
+            part[-1].append(job)
+            mb += need
+        out += part
+        start = end
+    return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _trajectories(handle, s: OBSDiffSettings, control: RunControl) -> list:
+    out = []
+    for i in range(0, len(s.prompts), s.batch_size):
+        if control.stopped():
+            raise RunStopped(f"OBS-Diff {control.reason or 'stopped'} while preparing the calibration set")
+        out.append(prepare(handle, list(s.prompts[i:i + s.batch_size]), list(s.seeds[i:i + s.batch_size]),
+                           steps=s.steps, guidance=s.guidance, resolution=s.resolution))
+    return out
+
+
+class GramRecorder:
+    """Forward pre-hooks that accumulate each layer's timestep-weighted input Gram in float64
+    (``alpha``: the current step's weight); ``means()`` gives ``{layer: H}``. A context manager."""
+
+    def __init__(self, model: nn.Module, layers: list[str]):
+        _, Stats, _, self._inputs = _reuse()
+        device = next(model.parameters()).device
+        self.device = torch.device("cpu") if device.type == "mps" else device  # no float64 on MPS
+        self.model, self.layers, self.alpha = model, list(layers), 1.0
+        self.stats = {f: Stats(_width(model, f), 0, self.device, keep=torch.ones(_width(model, f), dtype=torch.bool))
+                      for f in self.layers}
+        self.weight = {f: 0.0 for f in self.layers}
+        self.hooks = []
+
+    def _record(self, m, args, fqn):
+        x = self._inputs(m, args[0]).detach().to(self.device)  # (rows, D)
+        self.stats[fqn].add(x.double() * math.sqrt(self.alpha))
+        self.weight[fqn] += self.alpha * x.shape[0]
+
+    def __enter__(self) -> GramRecorder:
+        self.hooks = [self.model.get_submodule(f).register_forward_pre_hook(
+            lambda m, a, f=f: self._record(m, a, f)) for f in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
+            h.remove()
+
+    def means(self) -> dict[str, torch.Tensor]:
+        return {f: (st.G[:-1, :-1] / max(self.weight[f], 1e-30)).cpu() for f, st in self.stats.items()}
+
+
+def calibrate(model: nn.Module, trajs: list, layers: list[str], s: OBSDiffSettings, control: RunControl,
+              what: str) -> dict[str, torch.Tensor]:
+    """``{layer: H}``: the timestep-weighted mean ``E[x x^T]`` of each layer's inputs over ``model``'s own
+    trajectories (every call: both CFG branches), in float64."""
+    with GramRecorder(model, layers) as rec, torch.no_grad():
+        for n, traj in enumerate(trajs):
+            ws = timestep_weights(s, traj.steps)
+            z = traj.z0
+            for i in range(traj.steps):
+                if control.stopped():
+                    raise RunStopped(f"OBS-Diff {control.reason or 'stopped'} during {what} (batch {n + 1} of "
+                                     f"{len(trajs)}); nothing was pruned (it runs in one chunk)")
+                rec.alpha = ws[i]
+                z = step(model, traj, i, z)
+    return rec.means()
+
+
+def passes(handle, s: OBSDiffSettings) -> list[list[str]]:
+    """The consumer layers of each calibration pass (for the estimator)."""
+    rows = targets(handle, s)
+    jobs = _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]})
+    return [sorted({c for job in g for u in job for c in u.cols})
+            for g in split_groups(handle.denoiser, jobs, s.groups, s.max_gram_mb)]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Result:
+    """One OBS-Diff run: the plan (recording the run), the compensated consumer weights of the slim
+    model (``deltas``: what differs from plain slimming), the scores table and a report."""
+
+    plan: PruningPlan
+    deltas: dict
+    table: pd.DataFrame
+    info: dict
+
+    def build(self, handle) -> nn.Module:
+        small = slim(handle.denoiser, self.plan)
+        own = small.state_dict()
+        small.load_state_dict({**own, **{k: v.to(own[k].device, own[k].dtype) for k, v in self.deltas.items()}})
+        small.pruning_plan = self.plan
+        small.reconstruction = self.info
+        return small
+
+
+_CACHE: OrderedDict = OrderedDict()
+
+
+def _key(handle, s: OBSDiffSettings, target: float) -> tuple:
+    return handle.model_ref, str(handle.device), str(handle.dtype), json.dumps(s.to_dict(), sort_keys=True), \
+        round(target, 12)
+
+
+def run(handle, settings: OBSDiffSettings | None = None, target: float = 0.2, *,
+        control: RunControl | None = None) -> Result:
+    """OBS-Diff at ``target`` (fraction of params removed); cached per model, settings and target."""
+    s = (settings or OBSDiffSettings()).resolved(handle)
+    target = validate.fraction("target sparsity", target)
+    key = _key(handle, s, target)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    result = _run(handle, s, target, as_control(control))
+    _CACHE[key] = result
+    while len(_CACHE) > MAX_CACHED:
+        _CACHE.popitem(last=False)
+    return result
+
+
+def _run(handle, s: OBSDiffSettings, target: float, control: RunControl) -> Result:
+    t0 = time.perf_counter()
+    den = handle.denoiser
+    rows = targets(handle, s)
+    counts, p, reached = allocate(handle, rows, target)
+    jobs = _jobs(den, rows, counts)
+    groups = split_groups(den, jobs, s.groups, s.max_gram_mb)
+    trajs = _trajectories(handle, s, control)
+    record = {"settings": {"method": "obsdiff", **s.to_dict(), "target_sparsity": target}, "compensated": []}
+    kept: dict[str, list[int]] = {}
+    weights: dict[str, torch.Tensor] = {}  # consumer fqn -> compensated (out, D) float64
+    scores: dict[str, dict[int, float]] = {}
+    layers_info = {}
+    model, gram_mb = den, 0.0
+    for n, group in enumerate(groups):
+        names = sorted({c for job in group for u in job for c in u.cols})
+        H = calibrate(model, trajs, names, s, control, f"calibration pass {n + 1} of {len(groups)}")
+        gram_mb = max(gram_mb, sum(h.numel() * 8 for h in H.values()) / 2 ** 20)
+        for job in group:
+            layers = {c: OBSLayer(_reuse()[2](den.get_submodule(c)).cpu(), H[c], s.damping) for c in
+                      sorted({c for u in job for c in u.cols})}
+            for u in job:
+                order, scores[u.fqn] = select(u, layers, s.rrf_k)
+                kept[u.fqn] = sorted(set(range(u.units)) - set(order))
+            for c, layer in layers.items():
+                weights[c] = layer.final()
+                Hc = layer.H
+                W0 = layer.W0
+                diff = W0 - weights[c]
+                layers_info[c] = {"columns_kept": int(layer.live.sum()), "columns": int(layer.live.numel()),
+                                  "obs_rel_error": float(torch.einsum("od,de,oe->", diff, Hc, diff) /
+                                                         torch.einsum("od,de,oe->", W0, Hc, W0).clamp_min(1e-30))}
+        plan = _plan(handle, kept, record)
+        model = _apply(den, plan, weights)
+        control.report(n + 1, len(groups), group=n + 1)
+    found = discover(den).structures
+    table = pd.DataFrame([{"fqn": f, "kind": found[f].kind, "component": found[f].component, "index": i,
+                           "score": sc[i], "removed": i not in set(kept[f])} for f, sc in scores.items()
+                          for i in range(found[f].units)],
+                         columns=["fqn", "kind", "component", "index", "score", "removed"])
+    plan = plan.with_provenance(method="obsdiff", target_sparsity=target, allocation="uniform per layer",
+                                layer_fraction=p, settings=record["settings"])
+    plain = slim(den, plan).state_dict()
+    own = model.state_dict()
+    deltas = {k: v.detach().clone() for k, v in own.items() if not torch.equal(v, plain[k])}
+    info = {"target_sparsity": target, "params_fraction": reached, "layer_fraction": p, "passes": len(groups),
+            "gram_mb": round(gram_mb, 3), "seconds": round(time.perf_counter() - t0, 2), "layers": layers_info}
+    return Result(plan, deltas, table, info)
+
+
+def _plan(handle, kept: dict[str, list[int]], record: dict) -> PruningPlan:
+    found = discover(handle.denoiser).structures
+    by = {name: {} for name in KEPT_FIELDS.values()}
+    for f, k in kept.items():
+        by[KEPT_FIELDS[found[f].kind]][f] = k
+    return PruningPlan(family=handle.family, base=handle.model_ref, reconstruction=record,
+                       **by).normalized(handle.denoiser)
+
+
+def _apply(den: nn.Module, plan: PruningPlan, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The slim model for ``plan`` with the compensated consumer weights written in."""
+    small = slim(den, plan)
+    found = discover(den).structures
+    keep_cols: dict[str, torch.Tensor] = {}
+    for c, W in weights.items():
+        keep_cols[c] = torch.ones(W.shape[1], dtype=torch.bool)
+    for kind in UNIT_KINDS:
+        for f, kept in plan.kept(kind).items():
+            for c, cols in _consumer_columns(den, found[f]).items():
+                if c in keep_cols:
+                    gone = sorted(set(range(found[f].units)) - set(kept))
+                    keep_cols[c][cols[gone].flatten()] = False
+    with torch.no_grad():
+        for c, W in weights.items():
+            layer = small.get_submodule(c)
+            layer.weight.copy_(W[:, keep_cols[c]].reshape(layer.weight.shape).to(layer.weight))  # (out, k) -> conv
+    return small
+
+
+def rebuild(handle, plan: PruningPlan) -> nn.Module:
+    """The compensated slim denoiser an OBS-Diff plan describes (from the cache, or run again with
+    its recorded settings and target: deterministic on one device)."""
+    rec = dict(plan.reconstruction["settings"])
+    rec.pop("method", None)
+    target = rec.pop("target_sparsity")
+    result = run(handle, OBSDiffSettings.from_dict(rec), target)
+    mine = plan.normalized(handle.denoiser)
+    if any(result.plan.kept(k) != mine.kept(k) for k in UNIT_KINDS) or mine.removed_operators:
+        raise PlanError("this OBS-Diff plan's units differ from what its recorded settings select on "
+                        f"{handle.model_ref}: it was edited, or made on another device")
+    return result.build(handle)
+
+
+class OBSDiff(Method):
+    name = "obsdiff"
+    title = "Optimal Brain Surgeon (OBS-Diff)"
+    summary = ("Removes the heads, neurons and channel groups whose loss the remaining weights can best make up "
+               "for (Optimal Brain Surgeon on timestep-weighted statistics), layer group by layer group, and "
+               "compensates the rest; no training.")
+    level = "unit"
+    Settings = OBSDiffSettings
+    presets = PRESETS
+    chunkable = False  # a sequential calibration: one chunk
+
+    def preset_settings(self, preset: str, family: str, **values) -> OBSDiffSettings:
+        """"authors": the released script's values (``AUTHORS``, source ``AUTHORS_SOURCE``)."""
+        validate.choice("preset", preset, PRESETS)
+        return OBSDiffSettings(**{**AUTHORS, **values})
+
+    def score(self, handle, settings=None, *, control: RunControl | None = None) -> Scores:
+        s = settings or self.Settings()
+        r = run(handle, s, s.sparsity, control=control)
+        info = {k: v for k, v in r.info.items() if k != "layers"}
+        return Scores(self.name, "unit", r.table, handle.model_ref, s.to_dict(), info=info)
+
+    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "local") -> PruningPlan:
+        """OBS-Diff's plan at ``target_sparsity``: its own run at that target (every layer loses the same
+        fraction of its units, the authors' allocation, whatever ``scope`` says; the plan's provenance
+        records it). The plan records the run, so ``pruning.export.build`` gives its compensated model."""
+        check_scores_fit(handle, scores)
+        validate.choice("scope", scope, ("global", "local"))
+        s = OBSDiffSettings.from_dict(scores.settings)
+        plan = run(handle, s, validate.fraction("target sparsity", target_sparsity)).plan
+        return plan.with_provenance(scope=scope, partial_scores=scores.partial)
+
+    def rebuild(self, handle, plan: PruningPlan) -> nn.Module:
+        return rebuild(handle, plan)
+
+
+METHOD = OBSDiff()

@@ -1,0 +1,207 @@
+"""OBS-Diff (pruning.methods.obsdiff): the OBS solver against its closed form and a brute-force
+greedy, the registry / CLI / estimator / chunks wiring, and the invariants every method keeps
+(masked == slim, export and plan-only export reload bit for bit)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pruning import methods
+from pruning.chunks import score_chunk, score_chunked
+from pruning.errors import PlanError, SettingsError
+from pruning.estimate import estimate
+from pruning.export import build, export, load_pruned
+from pruning.masks import masked
+from pruning.methods import obsdiff
+from pruning.methods.obsdiff import OBSLayer, Unit, compensated, prepare_hessian, rrf, select
+from pruning.runs import Budget
+from pruning.sampling import generate_latents
+from pruning.slim import slim
+
+PROMPTS = ["a red circle", "a blue square"]
+
+
+def _settings(**kw):  # every unit kind: heads exercise the joint (RRF) and shared-consumer paths
+    return obsdiff.METHOD.settings(**{"prompts": PROMPTS, "steps": 2, "kinds": ("head", "neuron", "group"), **kw})
+
+
+def _layer(out=6, heads=4, head=4, rows=300, seed=0, dead=None):
+    g = torch.Generator().manual_seed(seed)
+    D = heads * head
+    W = torch.randn(out, D, generator=g, dtype=torch.float64)
+    X = torch.randn(rows, D, generator=g, dtype=torch.float64) @ torch.randn(D, D, generator=g, dtype=torch.float64)
+    if dead is not None:
+        X[:, dead] = 0
+    return W, X.T @ X / rows
+
+
+def _heads(n, size, remove, consumers=("c",)):
+    cols = torch.arange(n * size).reshape(n, size)  # (units, k)
+    return Unit("s", "head", n, remove, {c: cols for c in consumers})
+
+
+def _loss(W0, H, keep):
+    """The OBS objective at its optimum for kept columns ``keep``: tr((W0 - W') H (W0 - W')^T)."""
+    d = W0 - compensated(W0, H, keep)
+    return float(torch.einsum("od,de,oe->", d, H, d))
+
+
+def test_compensated_weights_equal_the_closed_form():
+    W, H = _layer()
+    layer = OBSLayer(W, H, 0.01)
+    order, _ = select(_heads(4, 4, 2), {"c": layer}, 60)
+    keep = layer.live
+    Hd = H + 0.01 * H.diagonal().mean() * torch.eye(16, dtype=torch.float64)  # the same damping
+    K = keep.nonzero().flatten()
+    closed = W @ Hd[:, K] @ torch.linalg.inv(Hd[K][:, K])
+    assert len(order) == 2 and int(keep.sum()) == 8
+    assert torch.allclose(layer.final()[:, K], closed, atol=1e-10)
+    assert torch.allclose(layer.W[:, K], closed, atol=1e-8)  # the sequential OBS updates reach it too
+    assert torch.all(layer.final()[:, ~keep] == 0)
+
+
+def test_each_removal_picks_the_head_of_least_obs_error():
+    W, H = _layer(heads=6, seed=1)
+    Hd, W0 = prepare_hessian(H, W, 0.01)
+    layer = OBSLayer(W, H, 0.01)
+    order, scores = select(_heads(6, 4, 4), {"c": layer}, 60)
+    keep = torch.ones(24, dtype=torch.bool)
+    for picked in order:  # brute force: the head whose removal raises the optimal loss least
+        base = _loss(W0, Hd, keep)
+        rise = {}
+        for h in range(6):
+            if keep[h * 4]:
+                k = keep.clone()
+                k[h * 4:(h + 1) * 4] = False
+                rise[h] = _loss(W0, Hd, k) - base
+        assert picked == min(rise, key=rise.get)
+        assert scores[picked] == pytest.approx(rise[picked], rel=1e-6)
+        keep[picked * 4:(picked + 1) * 4] = False
+
+
+def test_joint_heads_merge_rankings_and_compensate_each_consumer_with_its_own_h():
+    W1, H1 = _layer(seed=2)
+    W2, H2 = _layer(seed=3)
+    a, b = OBSLayer(W1, H1, 0.01), OBSLayer(W2, H2, 0.01)
+    cols = torch.arange(16).reshape(4, 4)
+    first = [torch.argsort(x.errors(cols), stable=True).tolist() for x in (a, b)]
+    order, _ = select(_heads(4, 4, 1, ("a", "b")), {"a": a, "b": b}, 60)
+    assert order == rrf(first, 60)[:1]
+    for x, W, H in ((a, W1, H1), (b, W2, H2)):
+        Hd, W0 = prepare_hessian(H, W, 0.01)
+        assert torch.allclose(x.final(), compensated(W0, Hd, x.live), atol=1e-12)
+
+
+def test_dead_columns_are_zeroed():
+    W, H = _layer(dead=[5])
+    layer = OBSLayer(W, H, 0.01)
+    assert layer.H[5, 5] > 1 and torch.all(layer.W0[:, 5] == 0)
+    select(_heads(4, 4, 1), {"c": layer}, 60)
+    assert torch.all(layer.final()[:, 5] == 0)
+
+
+def test_neurons_are_removed_in_blocks_and_units_never_emptied(tiny_sd):
+    rows = obsdiff.targets(tiny_sd, _settings())
+    counts, p, reached = obsdiff.allocate(tiny_sd, rows, 0.3)
+    assert all(0 < n < u for n, u in zip(counts.values(), rows["units"]) if n) and reached == pytest.approx(0.3, abs=0.02)
+    with pytest.raises(PlanError, match="not reachable"):
+        obsdiff.allocate(tiny_sd, rows[rows["kind"] == "head"], 0.9)
+
+
+def test_registered_presets_and_settings():
+    assert "obsdiff" in methods.names()
+    m = methods.get("obsdiff")
+    a = m.settings("authors")
+    assert (a.num_prompts, a.steps, a.resolution, a.alpha_first, a.alpha_last, a.damping, a.groups, a.rrf_k) == \
+        (100, 25, 512, 1.2, 0.8, 0.01, 4, 60)
+    assert a.schedule == "log" and a.skip_last == 1 and a.kinds == ("head", "neuron")
+    assert "OBS-Diff" in obsdiff.AUTHORS_SOURCE and m.settings().kinds == ("neuron", "group")
+    with pytest.raises(SettingsError, match="schedule"):
+        m.settings(schedule="cosine")
+    assert obsdiff.timestep_weights(m.settings(), 3) == pytest.approx([1.2, 1.0, 0.8])
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "flux", "sd3"])
+def test_plan_masked_equals_slim_and_compensation_is_recorded(family, request):
+    h = request.getfixturevalue(f"tiny_{family}")
+    m = methods.get("obsdiff")
+    scores = m.score(h, _settings())
+    assert set(scores.table["kind"]) <= {"head", "neuron", "group"} and (scores.table["score"] >= 0).all()
+    plan = m.to_plan(h, scores, target_sparsity=0.2)
+    assert plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.2, abs=0.01)
+    assert plan.reconstruction["settings"]["method"] == "obsdiff"
+    kw = dict(steps=2, resolution=h.defaults["resolution"])
+    plain = slim(h.denoiser, plan)
+    with masked(h.denoiser, plan):
+        z_masked = generate_latents(h, PROMPTS, [0, 1], **kw)
+    z_slim = generate_latents(h, PROMPTS, [0, 1], denoiser=plain, **kw)
+    assert torch.allclose(z_masked, z_slim, atol=1e-5)
+    small = build(h, plan)
+    assert small.pruning_plan.reconstruction == plan.reconstruction
+    changed = [k for k, v in small.state_dict().items() if not torch.equal(v, plain.state_dict()[k])]
+    assert changed and all(k.endswith("weight") for k in changed)  # consumer weights only
+
+
+def test_export_and_plan_only_export_reload_bit_for_bit(tiny_sd3, tmp_path):
+    h = tiny_sd3
+    m = methods.get("obsdiff")
+    plan = m.to_plan(h, m.score(h, _settings()), target_sparsity=0.2)
+    small = build(h, plan)
+    kw = dict(steps=2, resolution=h.defaults["resolution"])
+    z = generate_latents(h, PROMPTS, [0, 1], denoiser=small, **kw)
+    full = load_pruned(export(h, plan, tmp_path / "full", denoiser=small, card=False))
+    assert torch.equal(generate_latents(h, PROMPTS, [0, 1], denoiser=full, **kw), z)
+    again = load_pruned(export(h, plan, tmp_path / "built", card=False))  # export builds it from the plan
+    assert torch.equal(generate_latents(h, PROMPTS, [0, 1], denoiser=again, **kw), z)
+    only = load_pruned(export(h, plan, tmp_path / "plan", plan_only=True, card=False), base=h)
+    assert torch.equal(generate_latents(only, PROMPTS, [0, 1], **kw), z)
+
+
+def test_rebuild_without_the_cache_is_deterministic(tiny_sd3):
+    h = tiny_sd3
+    m = methods.get("obsdiff")
+    plan = m.to_plan(h, m.score(h, _settings(sparsity=0.3)), target_sparsity=0.3)
+    first = build(h, plan).state_dict()
+    obsdiff._CACHE.clear()
+    second = build(h, plan).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    edited = plan.__class__.from_dict({**plan.to_dict(), "kept_heads": {}})
+    with pytest.raises(PlanError, match="differ"):
+        build(h, edited)
+
+
+def test_estimator_counts_its_calibration_and_it_runs_in_one_chunk(tiny_sd):
+    s = _settings()
+    e = estimate(tiny_sd, "obsdiff", s)
+    assert e.calls["passes"] == 4 and e.calls["denoiser calls"] == 4 * 2 and e.seconds > 0.05
+    assert e.calls["gram_mb"] > 0 and not e.chunkable
+    scores, state = score_chunk(tiny_sd, "obsdiff", s, budget=Budget(units=1))
+    assert state is None and not scores.partial
+    assert score_chunked(tiny_sd, "obsdiff", s, budget=Budget(units=1)).chunks == 1
+    with pytest.raises(SettingsError, match="one chunk"):
+        methods.get("obsdiff").run(tiny_sd, s, state=object())
+
+
+def test_cli_lists_it(capsys):
+    from pruning.cli import main
+
+    try:
+        code = main(["score", "obsdiff", "--help"])
+    except SystemExit as e:  # argparse's --help
+        code = e.code
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "--damping" in out and "--rrf-k" in out and "authors" in out
+
+
+@pytest.mark.slow
+def test_cli_scores_and_plans_a_bundled_model(tmp_path):
+    from pruning.cli import main
+
+    scores, plan = tmp_path / "s.csv", tmp_path / "plan.json"
+    assert main(["score", "obsdiff", "--model", "tiny-shapes-sd", "--prompt", "a red circle", "--steps", "2",
+                 "--out", str(scores)]) == 0
+    assert main(["prune", "--model", "tiny-shapes-sd", "--scores", str(scores), "--target-sparsity", "0.2",
+                 "--out", str(plan)]) == 0
+    assert '"method": "obsdiff"' in plan.read_text()
