@@ -54,12 +54,19 @@ def difference(original: Image.Image, pruned: Image.Image) -> Image.Image:
 def compare_images(handle: Handle, plan: PruningPlan, prompt: str, seed: int, *, steps: int | None = None,
                    control=None, latency: bool = True, reconstructed: bool = False) -> dict:
     """Original and pruned images for one prompt and seed (the pruned one through ``masked``,
-    or, ``reconstructed``, through the re-fitted slim model of ``pruning.reconstruct``), with
+    or, ``reconstructed``, through the re-fitted slim model of ``pruning.reconstruct``, or, for a
+    plan that carries its own compensated weights (OBS-Diff), through that slim model), with
     params, MACs, latency, latent MSE, PSNR and (shapes models) task accuracy. ``"reconstruction"``
     (with ``reconstructed``): the re-fit's report (seconds, layers)."""
     kw = dict(steps=steps, stop=control)
     z0 = generate_latents(handle, [prompt], [int(seed)], **kw)
-    rebuilt = reconstruct(handle, plan, control=control) if reconstructed else None
+    rebuilt = None
+    if reconstructed:
+        rebuilt = reconstruct(handle, plan, control=control)
+    elif plan.reconstruction is not None:  # a plan that carries its own weights (OBS-Diff's compensation)
+        from pruning.export import build
+
+        rebuilt = build(handle, plan)
     if rebuilt is not None:
         z1 = generate_latents(handle, [prompt], [int(seed)], denoiser=rebuilt, **kw)
     else:
@@ -80,7 +87,7 @@ def compare_images(handle: Handle, plan: PruningPlan, prompt: str, seed: int, *,
     if is_shapes_model(handle.model_ref):
         m["task"] = shape_accuracy([original, pruned], prompt)
     out = {"original": original, "pruned": pruned, "metrics": m}
-    if rebuilt is not None:
+    if reconstructed:
         out["reconstruction"] = rebuilt.reconstruction
     return out
 

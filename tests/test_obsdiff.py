@@ -205,3 +205,23 @@ def test_cli_scores_and_plans_a_bundled_model(tmp_path):
     assert main(["prune", "--model", "tiny-shapes-sd", "--scores", str(scores), "--target-sparsity", "0.2",
                  "--out", str(plan)]) == 0
     assert '"method": "obsdiff"' in plan.read_text()
+
+
+def test_the_apps_comparison_shows_the_compensated_model(tiny_sd3):
+    """The Select tab's side-by-side view of an OBS-Diff plan generates with its compensated weights
+    (what export writes), not with the plain masked model."""
+    pytest.importorskip("gradio")
+    from app_support.comparison import compare_images
+
+    h = tiny_sd3
+    m = methods.get("obsdiff")
+    plan = m.to_plan(h, m.score(h, _settings()), target_sparsity=0.2)
+    out = compare_images(h, plan, PROMPTS[0], 0, steps=2, latency=False)
+    z = generate_latents(h, PROMPTS[:1], [0], steps=2, denoiser=build(h, plan))
+    with masked(h.denoiser, plan):
+        z_plain = generate_latents(h, PROMPTS[:1], [0], steps=2)
+    z_orig = generate_latents(h, PROMPTS[:1], [0], steps=2)
+    from pruning.quality import latent_mse
+
+    assert out["metrics"]["latent_mse"] == pytest.approx(latent_mse(z_orig, z), rel=1e-6)
+    assert latent_mse(z_orig, z) != pytest.approx(latent_mse(z_orig, z_plain), rel=1e-3)
