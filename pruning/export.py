@@ -92,7 +92,8 @@ def check_target(folder: Path, overwrite: bool) -> None:
 def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipeline: bool = False,
            denoiser: nn.Module | None = None, overwrite: bool = False, card: bool = True,
            evaluate: bool | None = None, plan_only: bool = False, lora: str | os.PathLike | None = None,
-           push_to_hub: str | None = None, private: bool = False, token: str | None = None) -> Path:
+           push_to_hub: str | None = None, private: bool = False, token: str | None = None,
+           inplace: bool = False) -> Path:
     """Write the slim model for ``plan`` to ``folder`` atomically (temp folder, then rename).
 
     ``denoiser`` may be a slim (e.g. recovery-finetuned) module already built for ``plan``;
@@ -105,6 +106,11 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     weights (see the module doc). ``lora``: a LoRA safetensors file for the base model, sliced
     for the plan into ``lora/`` (``pruning.lora``). ``push_to_hub``: then upload the folder to that
     model repo (``token`` / ``private`` for it); offline this fails before any work.
+
+    ``inplace``: the handle is yours to spend: its denoiser is slimmed in place (``slim(inplace=True)``,
+    peak memory the model plus its largest layer) after the card and LoRA have read the base; the
+    handle holds the slim denoiser afterwards. Not with ``plan_only``, ``denoiser``, a reconstructed
+    plan or a measured card (they need the base model next to the slim one).
     """
     folder = Path(folder).expanduser().resolve()
     check_target(folder, overwrite)
@@ -117,7 +123,11 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         check_reachable(push_to_hub)  # before any work
     check_base(plan, handle, "given to export")
     plan = plan.normalized(handle.denoiser)
-    small = denoiser if denoiser is not None else build(handle, plan)
+    why = inplace_refusal(handle, plan, denoiser=denoiser, plan_only=plan_only, card=card, evaluate=evaluate)
+    if inplace and why is not None:
+        raise ExportError(f"export(inplace=True) cannot write {why}: it needs the base model next to the slim one "
+                          "(export with inplace=False)")
+    small = denoiser if denoiser is not None else (None if inplace else build(handle, plan))
     carried = getattr(small, "pruning_plan", None)
     if carried is not None and carried.reconstruction != plan.reconstruction:
         raise PlanError("the denoiser given to export was reconstructed with other settings than the plan records; "
@@ -127,6 +137,20 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True)
+        extra = {"plan_only": True} if plan_only else {}
+        lora_report = None
+        if lora is not None:
+            from .lora import slice_lora_file
+
+            lora_report = slice_lora_file(handle, plan, lora, tmp / "lora")
+            extra["lora"] = lora_report
+        if card and inplace:  # the card reads the base model: before it is slimmed
+            from .card import write_card
+
+            extra["card"] = write_card(tmp, handle, plan, None, full_pipeline=full_pipeline, evaluate=False,
+                                       folder_name=folder.name, repo=push_to_hub, lora=lora_report)
+        if inplace:
+            small = slim(handle.denoiser, plan, inplace=True)
         state = {k: v.detach().contiguous().cpu() for k, v in small.state_dict().items()}
         if plan_only:
             if plan.reconstruction is not None:
@@ -138,14 +162,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if full_pipeline:
             _save_other_components(handle, tmp)
         (tmp / DEFAULTS_FILE).write_text(json.dumps(handle.defaults, indent=2, default=str))
-        extra = {"plan_only": True} if plan_only else {}
-        lora_report = None
-        if lora is not None:
-            from .lora import slice_lora_file
-
-            lora_report = slice_lora_file(handle, plan, lora, tmp / "lora")
-            extra["lora"] = lora_report
-        if card:
+        if card and not inplace:
             from .card import write_card
 
             extra["card"] = write_card(tmp, handle, plan, small, full_pipeline=full_pipeline, plan_only=plan_only,
@@ -167,6 +184,18 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
 
         push(folder, push_to_hub, token=token, private=private)
     return folder
+
+
+def inplace_refusal(handle, plan: PruningPlan, *, denoiser=None, plan_only: bool = False, card: bool = True,
+                    evaluate: bool | None = None) -> str | None:
+    """Why ``export(inplace=True)`` cannot write this export (it needs the base model next to the
+    slim one), or None when it can."""
+    from .card import EVALUATE_BELOW_PARAMS
+
+    measured = card and (evaluate if evaluate is not None else
+                         sum(p.numel() for p in handle.denoiser.parameters()) < EVALUATE_BELOW_PARAMS)
+    return ("a plan-only export" if plan_only else "a given denoiser" if denoiser is not None else
+            "a reconstructed plan" if plan.reconstruction is not None else "a measured card" if measured else None)
 
 
 def _deltas(handle, plan: PruningPlan, state: dict) -> dict:
@@ -245,7 +274,7 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
         raise ExportError(f"cannot read the base config in {str(path.parent)!r}: {e}") from None
     with init_empty_weights():
         base = cls.from_config(config)
-    small = slim(base, plan)  # structure only: meta tensors, no allocation
+    small = slim(base, plan, inplace=True)  # structure only: meta tensors, no allocation
     try:
         small.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
@@ -297,9 +326,10 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
     if base is None:
         raise ExportError(f"re-applying plan file {str(path)!r} needs base=<model source or Handle>")
     plan = PruningPlan.read(path)
-    handle = base if hasattr(base, "pipe") else load_pipeline(base, device=device, dtype=dtype)
+    owned = not hasattr(base, "pipe")  # a handle loaded here is ours: slim it in place
+    handle = load_pipeline(base, device=device, dtype=dtype) if owned else base
     check_base(plan, handle, path)
-    return _with_denoiser(handle, build(handle, plan), plan)
+    return _with_denoiser(handle, build(handle, plan, inplace=owned), plan)
 
 
 def _looks_like_repo(path: str) -> bool:
@@ -327,9 +357,10 @@ def base_source(plan: PruningPlan) -> str:
 def _reapply_export(folder: Path, base, *, device=None, dtype=None):
     """A plan-only export re-applied to the base weights, with its re-fitted tensors loaded."""
     plan, manifest = read_manifest(folder)
-    handle = base if hasattr(base, "pipe") else load_pipeline(base or base_source(plan), device=device, dtype=dtype)
+    owned = not hasattr(base, "pipe")  # a handle loaded here is ours: slim it in place
+    handle = load_pipeline(base or base_source(plan), device=device, dtype=dtype) if owned else base
     check_base(plan, handle, folder)
-    small = slim(handle.denoiser, plan)
+    small = slim(handle.denoiser, plan, inplace=owned)
     if plan.reconstruction is not None:
         deltas = _load_weights(folder / DELTAS, manifest["files"][DELTAS])
         own = small.state_dict()
@@ -341,10 +372,13 @@ def _reapply_export(folder: Path, base, *, device=None, dtype=None):
     return _with_denoiser(handle, small, plan)
 
 
-def build(handle, plan: PruningPlan) -> nn.Module:
+def build(handle, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
     """The slim denoiser ``plan`` describes: ``slim``, or for a plan that records a reconstruction,
-    the reconstruction computed again with its recorded settings."""
-    return reapply(handle, plan) if plan.reconstruction is not None else slim(handle.denoiser, plan)
+    the reconstruction computed again with its recorded settings. ``inplace``: the handle is ours,
+    slim its denoiser in place (a reconstruction still builds a new model)."""
+    if plan.reconstruction is not None:
+        return reapply(handle, plan)
+    return slim(handle.denoiser, plan, inplace=inplace)
 
 
 def check_base(plan: PruningPlan, handle, where) -> None:

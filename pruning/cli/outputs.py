@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import SettingsError
 from ..estimate import estimate_export, estimate_reconstruction
-from ..export import check_target, export
+from ..export import check_target, export, inplace_refusal
 from ..manifest import read_manifest
 from ..metrics import count_params
 from ..reconstruct import ReconstructSettings, consumer_groups, consumers, reconstruct
@@ -89,11 +89,14 @@ def cmd_export(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     small = reconstruct(h, plan) if args.reconstruct else None
+    before = count_params(h.denoiser)
+    # the handle was loaded for this command alone: slim it in place where the export allows (half the memory)
+    inplace = small is None and inplace_refusal(h, plan, plan_only=args.plan_only, evaluate=args.card_eval) is None
     folder = export(h, plan if small is None else small.pruning_plan, args.out, full_pipeline=args.full_pipeline,
-                    denoiser=small, overwrite=args.overwrite, **_export_kw(args))
+                    denoiser=small, overwrite=args.overwrite, inplace=inplace, **_export_kw(args))
     work_done()
     note = (" (full pipeline)" if args.full_pipeline else "") + ("" if small is None else _fitted(small))
-    _report(folder, count_params(h.denoiser), note)
+    _report(folder, before, note)
     return 0
 
 
