@@ -3,7 +3,7 @@
 The public API (a contract: code outside this package uses these names)::
 
     from pruning import (load_pipeline, catalog, PruningPlan, masked, slim, export,
-                         load_pruned, generate_latents)
+                         load_pruned, materialize, generate_latents)
     from pruning.methods import ldpruner, ecodiff, diffpruning   # and the registry: methods.get("taylor")
 
 This package never imports gradio: the app lives beside it (``app.py``, ``app_support/``).
@@ -31,6 +31,7 @@ try:
     from .export import export, load_pruned
     from .loading import Handle, load_pipeline
     from .masks import masked
+    from .materialize import materialize
     from .plan import PruningPlan
     from .reconstruct import ReconstructSettings, reconstruct
     from .recover import RecoverSettings, recover
@@ -41,7 +42,7 @@ finally:
     _tlog.set_verbosity(_verbosity)
 
 __all__ = [
-    "load_pipeline", "Handle", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
+    "load_pipeline", "Handle", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned", "materialize",
     "generate_latents", "generate_images", "reconstruct", "ReconstructSettings", "recover", "RecoverSettings",
     "compare_methods", "CompareSettings",
     "RunControl", "PruningError", "ModelLoadError", "PlanError", "ExportError", "SettingsError", "RunStopped",

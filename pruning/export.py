@@ -73,6 +73,7 @@ from .manifest import (
 )
 from .plan import PruningPlan
 from .reconstruct import reapply
+from .shards import INDEX, weight_files
 from .slim import slim
 
 
@@ -258,6 +259,24 @@ def _load_weights(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
         raise ExportError(f"corrupt safetensors file {str(path)!r}: {e}") from None
 
 
+def _load_denoiser_weights(folder: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """The slim denoiser's tensors: one file, or every shard of a sharded export (each hash checked)."""
+    name = manifest["denoiser"]["name"]
+    index = weights_path(folder, manifest)
+    if index.name == WEIGHTS:
+        return _load_weights(index, manifest["files"][f"{name}/{WEIGHTS}"])
+    listed = {rel: sha for rel, sha in manifest["files"].items() if rel.startswith(f"{name}/")}
+    if not index.is_file() or sha256_file(index) != listed[f"{name}/{INDEX}"]:
+        raise ExportError(f"missing or changed shard index {str(index)!r}")
+    state = {}
+    for file in weight_files(index.parent)[1:]:
+        rel = f"{name}/{file}"
+        if rel not in listed:
+            raise ExportError(f"{str(index)!r} names a shard the manifest does not hash: {file!r}")
+        state.update(_load_weights(index.parent / file, listed[rel]))
+    return state
+
+
 def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) -> nn.Module:
     """The slim denoiser of an export folder: base config + plan on meta, then strict weights."""
     folder = Path(folder).resolve()
@@ -267,7 +286,7 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
                           "load_pruned(folder, base=<the base model>)")
     cls = denoiser_classes()[manifest["denoiser"]["class"]]
     path = weights_path(folder, manifest)
-    state = _load_weights(path, manifest["files"][f"{manifest['denoiser']['name']}/{WEIGHTS}"])
+    state = _load_denoiser_weights(folder, manifest)
     try:
         config = cls.load_config(str(path.parent))
     except Exception as e:

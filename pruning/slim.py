@@ -74,6 +74,8 @@ def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn
         forget(denoiser)  # its cached discovery and catalog describe the unpruned model
     new = denoiser if inplace else plain_copy(denoiser)  # the copy has no offload hooks (nor what they point at)
     _slice_parameters(new, keep_masks(new, found.structures, plan))
+    if inplace:
+        _realign(new)
     owned: dict[str, dict[str, Structure]] = defaultdict(dict)
     for kind in ("head", "neuron", "group"):
         for fqn in plan.kept(kind):
@@ -137,6 +139,19 @@ def _slice_parameters(model: nn.Module, keep_masks: dict[str, dict[int, torch.Te
         old = getattr(owner, pname)
         setattr(owner, pname, nn.Parameter(slice_tensor(old.detach(), dims), requires_grad=old.requires_grad))
         del old
+
+
+def _realign(model: nn.Module, alignment: int = 64) -> None:
+    """Give every tensor left unsliced fresh, aligned storage (one at a time), as the copy's deep copy
+    does: weights loaded from safetensors sit at unaligned addresses, and CPU kernels can round
+    differently there, so an in-place model would not compute bit for bit as a copied one."""
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is not None and not t.is_meta and t.data_ptr() % alignment:
+                    fresh = t.detach().clone()
+                    store[name] = nn.Parameter(fresh, requires_grad=t.requires_grad) if isinstance(
+                        t, nn.Parameter) else fresh
 
 
 def _sync_leaves(model: nn.Module, owners) -> None:

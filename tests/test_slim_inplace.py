@@ -72,3 +72,17 @@ def test_inplace_refuses_offloaded_model():
     h = enable_memory_savers(h, offload="sequential", device="cpu")
     with pytest.raises(SettingsError, match="offload hooks"):
         slim(h.denoiser, _one_kind_plan(h, "head"), inplace=True)
+
+
+def test_inplace_on_loaded_weights_computes_bit_for_bit(sd_folder):
+    """Weights loaded from safetensors sit unaligned; the in-place model still computes as the copy."""
+    from pruning.loading import load_pipeline
+
+    h = load_pipeline(str(sd_folder))  # ours: nobody else holds it
+    plan = random_plan(h, 11)
+    want = slim(h.denoiser, plan)
+    a = generate_latents(h, ["a red circle"], [0], steps=2, denoiser=want)
+    got = slim(h.denoiser, plan, inplace=True)
+    assert got is h.denoiser
+    _assert_same(got, want, "loaded")
+    torch.testing.assert_close(generate_latents(h, ["a red circle"], [0], steps=2), a, rtol=0, atol=0)

@@ -1,5 +1,5 @@
-"""``export`` (the slimmed model), ``reconstruct`` (re-fit the consumer layers, then export) and
-``recover`` (a short distillation, then export)."""
+"""``export`` (the slimmed model), ``materialize`` (the same export, streamed from the base's files),
+``reconstruct`` (re-fit the consumer layers, then export) and ``recover`` (a short distillation, then export)."""
 
 from __future__ import annotations
 
@@ -221,4 +221,32 @@ def cmd_lora(args) -> int:
     print(f"lora      {out}: {len(small.layers)} of {len(lora.layers)} layers kept (sliced where the plan slims them)")
     for d in small.dropped:
         print(f"dropped   {d}")
+    return 0
+
+
+def _materialize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", required=True, metavar="PLAN", help="a plan JSON or an export folder (a plan-only "
+                   "export brings its re-fitted tensors)")
+    p.add_argument("--base", required=True, metavar="MODEL", help="the base model: a diffusers folder, a bundled "
+                   "model, or a Hub id org/name[@revision] (its denoiser files are fetched; offline only from the cache)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder (only one written "
+                   "by an earlier export)")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest weights file (default 5GB)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights (default: as stored)")
+
+
+@add_command("materialize", help="write the full export of a plan straight from the base model's files (tensor by "
+             "tensor: the model is never loaded)", arguments=_materialize_args)
+def cmd_materialize(args) -> int:
+    from ..loading import DTYPES
+    from ..materialize import materialize
+
+    folder = materialize(args.plan, args.base, args.out, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                         dtype=DTYPES[args.dtype] if args.dtype else None)
+    work_done()
+    manifest = read_manifest(folder)[1]
+    weights = [f for f in manifest["files"] if f.endswith(".safetensors")]
+    print(f"exported  {folder} (from the files of {args.base}: {len(weights)} weights file(s))")
+    print(f"params    {human(manifest['params'])} in the slim {manifest['denoiser']['name']}")
     return 0
