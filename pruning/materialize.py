@@ -217,8 +217,8 @@ class _ConfigPipe:
 
     def __init__(self, folder: Path):
         vae = _config(folder / "vae" / "config.json")
+        self.vae = SimpleNamespace(config=SimpleNamespace(**(vae or {})))  # a folder may hold the denoiser alone
         if vae is not None:
-            self.vae = SimpleNamespace(config=SimpleNamespace(**vae))
             self.vae_scale_factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)  # as diffusers computes it
         for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
             cfg = _config(folder / tok / "tokenizer_config.json")
