@@ -118,3 +118,25 @@ def test_cli_materialize(saved, tmp_path, capsys):
     assert main(["materialize", "--plan", str(plan_file), "--base", "nobody/nothing", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'nobody/nothing'" in err
+
+
+def test_streaming_holds_one_tensor_at_a_time(saved, tmp_path, monkeypatch):
+    """The path R6 measures at FLUX size: no base tensor read outlives the next read by more than one."""
+    import gc
+    import weakref
+
+    folder, h = saved
+    alive, most = [], [0]
+    real_get = LazyWeights.get
+
+    def get(self, key):
+        gc.collect()
+        alive[:] = [r for r in alive if r() is not None]
+        most[0] = max(most[0], len(alive))
+        t = real_get(self, key)
+        alive.append(weakref.ref(t))
+        return t
+
+    monkeypatch.setattr(LazyWeights, "get", get)
+    materialize(random_plan(h, 5), str(folder), tmp_path / "out", max_shard_size="20KB")
+    assert most[0] <= 1

@@ -80,8 +80,10 @@ def _report(folder: Path, before: int, recovered: str = "") -> None:
 def cmd_export(args) -> int:
     if args.estimate:
         h = load_handle(args)
-        load_plan(args.plan, h)
-        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=args.budget))
+        plan = load_plan(args.plan, h)
+        inplace = not args.reconstruct and inplace_refusal(h, plan, plan_only=args.plan_only,
+                                                           evaluate=args.card_eval) is None
+        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=args.budget, inplace=inplace))
         return 0
     _need_out(args)
     check_target(Path(args.out).expanduser().resolve(), args.overwrite)  # before loading anything
