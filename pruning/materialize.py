@@ -50,7 +50,15 @@ from .catalog import discover
 from .errors import ExportError
 from .export import _load_weights, _swap_in, check_base, check_target, read_plan
 from .files import write_error
-from .loading import DEFAULTS_FILE, Handle, _default_settings, folder_hash, hub_offline, preset_defaults, read_defaults
+from .loading import (
+    DEFAULTS_FILE,
+    Handle,
+    _default_settings,
+    folder_hash,
+    hub_offline,
+    preset_defaults,
+    read_defaults,
+)
 from .manifest import DELTAS, FORMAT, MANIFEST
 from .plan import PruningPlan
 from .shards import MAX_SHARD_SIZE, LazyWeights, nbytes, write_sharded
