@@ -363,8 +363,9 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
                    handle, budget_s, levers)
 
 
-# Python with torch, diffusers and this package imported (VmRSS 0.46-0.49 GB measured here), plus
-# the meta model, its catalog and the card's figures for a FLUX.1-dev-size transformer (R6)
+# Python with torch, diffusers and this package imported (VmRSS 0.43-0.49 GB measured here), plus
+# the meta model, its catalog and the card's figures for a FLUX.1-dev-size transformer (R6: the
+# streaming export peaked at 0.78 GB, this formula says 0.97 GB)
 RUNTIME_BYTES = 600 * 2 ** 20
 
 

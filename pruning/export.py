@@ -5,7 +5,8 @@ Layout of an export folder::
     pruning_plan.json                 manifest: the plan, the denoiser class, sha256 of weights
     README.md, grid.png               the model card (``pruning.card``) and its original-vs-pruned images
     <unet|transformer>/config.json    the *base* denoiser config
-    <unet|transformer>/diffusion_pytorch_model.safetensors   the slim weights
+    <unet|transformer>/diffusion_pytorch_model.safetensors   the slim weights (or, as ``materialize``
+        writes them, shards ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` + ``.index.json``)
     model_index.json, vae/, text_encoder/, ...               only with full_pipeline=True
     lora/pytorch_lora_weights.safetensors                    only with lora=: the LoRA sliced for the plan
 

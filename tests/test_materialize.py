@@ -57,7 +57,6 @@ def _assert_same_export(a, b, name) -> None:
     assert json.loads((a / "pruning_defaults.json").read_text()) == json.loads((b / "pruning_defaults.json").read_text())
 
 
-@pytest.mark.slow
 def test_materialize_equals_export(saved, tmp_path):
     folder, h = saved
     name = h.denoiser_name
@@ -76,7 +75,6 @@ def test_materialize_equals_export(saved, tmp_path):
     _assert_same_export(export(h, plan, tmp_path / "one-export", evaluate=False), one, name)
 
 
-@pytest.mark.slow
 def test_plan_only_export_becomes_full(tmp_path):
     """A plan-only export of a reconstruction (with its re-fitted tensors) becomes the full export."""
     folder = tmp_path / "tiny-sd"
