@@ -53,3 +53,4 @@ register("R2", "benchmarks.r2_real_checkpointing", "real-size EcoDiff memory: SD
 register("R3", "benchmarks.r3_estimator", "cost estimator: predicted / measured time")
 register("R4", "benchmarks.r4_proxy", "sweep proxy: rank agreement")
 register("R5", "benchmarks.r5_ablation", "LD-Pruner fast score (one-step ablation): agreement, plans, cost")
+register("R6", "benchmarks.r6_streaming", "big models: FLUX.1-dev streaming export, SDXL slim in place (memory)")

@@ -15,7 +15,8 @@ The public API (a contract: code outside this package uses these names; ``__all_
   read pruned units), ``recover`` / ``RecoverSettings`` (a short distillation finetune).
 * **Images**: ``generate_latents`` / ``generate_images`` (the one generation path).
 * **Exports**: ``export`` writes safetensors, the plan, a manifest and a model card;
-  ``load_pruned`` reads an export folder, a plan-only export, a plan file or a Hub repo.
+  ``load_pruned`` reads an export folder, a plan-only export, a plan file or a Hub repo;
+  ``materialize(plan, base, out)`` writes a full export from the base's files without loading it.
 * **Runs**: :class:`RunControl` (stop, progress, time limits).
 * **Errors**: every error raised on purpose is a :class:`PruningError`: ``SettingsError`` (a bad
   value; ``UnknownName`` for a name no registry holds), ``ModelLoadError``, ``PlanError``,
@@ -80,6 +81,7 @@ try:
     from .export import export, load_pruned
     from .loading import Handle, handle_from_pipe, load_pipeline
     from .masks import masked
+    from .materialize import materialize
     from .plan import PruningPlan
     from .reconstruct import ReconstructSettings, reconstruct
     from .recover import RecoverSettings, recover
@@ -90,7 +92,7 @@ finally:
     _tlog.set_verbosity(_verbosity)
 
 __all__ = [
-    "load_pipeline", "Handle", "handle_from_pipe", "methods", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
+    "load_pipeline", "Handle", "handle_from_pipe", "methods", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned", "materialize",
     "generate_latents", "generate_images", "reconstruct", "ReconstructSettings", "recover", "RecoverSettings",
     "compare_methods", "CompareSettings",
     "RunControl", "PruningError", "ModelLoadError", "PlanError", "ExportError", "SettingsError", "RunStopped",

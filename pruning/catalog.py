@@ -52,6 +52,12 @@ _DISCOVERY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CATALOG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def forget(denoiser: nn.Module) -> None:
+    """Drop the cached discovery and catalogs of ``denoiser`` (its structure is about to change in place)."""
+    _DISCOVERY.pop(denoiser, None)
+    _CATALOG.pop(denoiser, None)
+
+
 def discover(denoiser: nn.Module) -> Discovery:
     """Operators and structures of ``denoiser`` keyed by FQN (cached per module object)."""
     if denoiser in _DISCOVERY:
@@ -266,5 +272,5 @@ def kind_shares(denoiser: nn.Module, structures: pd.DataFrame | None = None) -> 
 __all__ = [
     "Cut", "Structure", "Operator", "Discovery", "discover", "catalog", "kind_shares", "position",
     "unit_params", "unit_macs", "unit_view", "unit_totals", "operator_params", "operator_macs", "UNIT_KINDS",
-    "inside", "linear_cuts", "fine_kinds", "block_kinds",
+    "inside", "linear_cuts", "fine_kinds", "block_kinds", "forget",
 ]

@@ -442,13 +442,46 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
                    handle, budget_s, levers)
 
 
+# Python with torch, diffusers and this package imported (VmRSS 0.43-0.49 GB measured here), plus
+# the meta model, its catalog and the card's figures for a FLUX.1-dev-size transformer (R6: the
+# streaming export peaked at 0.78 GB, this formula says 0.97 GB)
+RUNTIME_BYTES = 600 * 2 ** 20
+
+
+def streaming_export_bytes(largest_tensor_bytes: int) -> int:
+    """Peak memory of ``materialize``: the runtime plus, at once, the largest base tensor read, its
+    slice and a dtype cast of it; nothing else of the model is ever held (R6 measures it).
+
+    >>> streaming_export_bytes(94_371_840) / 2 ** 30 < 1  # FLUX.1-dev's largest tensor, bf16
+    True
+    """
+    return RUNTIME_BYTES + 3 * largest_tensor_bytes
+
+
+def inplace_slim_bytes(model_bytes: int, largest_param_bytes: int) -> int:
+    """Peak memory of ``slim(inplace=True)`` beyond the runtime: the model, plus the old tensor's
+    new slice and the intermediate of a cut along two dims (R6 measures it on SDXL fp32)."""
+    return model_bytes + 2 * largest_param_bytes
+
+
 def estimate_export(handle, *, reconstruct: bool = False, recover_iters: int = 0, recover_batch: int = 4,
-                    budget_s: float | None = None) -> Estimate:
+                    budget_s: float | None = None, inplace: bool = False, streaming: bool = False) -> Estimate:
     """An export: the optional reconstruction, the optional recovery finetune (each iteration one
-    teacher call and one student call with backward to its weights), and writing the weights."""
+    teacher call and one student call with backward to its weights), and writing the weights.
+
+    Memory of the slimming itself, from tensor sizes: the model and its slim copy (``slim``), the
+    model and its largest layer (``inplace``: ``export(inplace=True)``), or one layer and the
+    runtime (``streaming``: ``materialize``, which never loads the model)."""
     budget_s = check_budget(budget_s)
     cost = step_cost(handle)
-    seconds, peak = 0.0, 2 * cost.weights_bytes  # the model and its slim copy
+    largest = max((p.numel() * p.element_size() for p in handle.denoiser.parameters()), default=0)
+    if streaming:
+        peak = streaming_export_bytes(largest)
+    elif inplace:
+        peak = inplace_slim_bytes(cost.weights_bytes, largest)
+    else:
+        peak = 2 * cost.weights_bytes  # the model and its slim copy
+    seconds = 0.0
     calls = {}
     if reconstruct:
         r = estimate_reconstruction(handle)
@@ -489,4 +522,4 @@ def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:
 
 
 __all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_reconstruction", "estimate_comparison",
-           "estimate_export", "device_memory"]
+           "estimate_export", "device_memory", "streaming_export_bytes", "inplace_slim_bytes", "RUNTIME_BYTES"]

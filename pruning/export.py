@@ -5,7 +5,8 @@ Layout of an export folder::
     pruning_plan.json                 manifest: the plan, the denoiser class, sha256 of weights
     README.md, grid.png               the model card (``pruning.card``) and its original-vs-pruned images
     <unet|transformer>/config.json    the *base* denoiser config
-    <unet|transformer>/diffusion_pytorch_model.safetensors   the slim weights
+    <unet|transformer>/diffusion_pytorch_model.safetensors   the slim weights (or, as ``materialize``
+        writes them, shards ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` + ``.index.json``)
     model_index.json, vae/, text_encoder/, ...               only with full_pipeline=True
     lora/pytorch_lora_weights.safetensors                    only with lora=: the LoRA sliced for the plan
 
@@ -79,6 +80,7 @@ from .manifest import (
 )
 from .plan import PruningPlan
 from .reconstruct import reapply
+from .shards import INDEX, weight_files
 from .slim import slim
 from .validate import check_outputs, shown
 
@@ -131,7 +133,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
            denoiser: nn.Module | None = None, overwrite: bool = False, card: bool = True,
            evaluate: bool | None = None, plan_only: bool = False, lora: str | os.PathLike | None = None,
            push_to_hub: str | None = None, private: bool = False, token: str | None = None,
-           native: bool = False, single_file: bool = False) -> Path:
+           native: bool = False, single_file: bool = False, inplace: bool = False) -> Path:
     """Write the slim model for ``plan`` to ``folder`` atomically (temp folder, then rename).
 
     ``denoiser`` may be a slim (e.g. recovery-finetuned) module already built for ``plan``;
@@ -147,6 +149,11 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     the denoiser in stock diffusers form (``pruning.native``: rewritten config, renumbered keys); a plan
     that is not native is one ``PlanError`` naming the layer, before any work. ``single_file`` (with
     ``native``, FLUX and SD3): also the denoiser as one safetensors file in the original key layout.
+
+    ``inplace``: the handle is yours to spend: its denoiser is slimmed in place (``slim(inplace=True)``,
+    peak memory the model plus its largest layer) after the card and LoRA have read the base; the
+    handle holds the slim denoiser afterwards. Not with ``plan_only``, ``denoiser``, a reconstructed
+    plan or a measured card (they need the base model next to the slim one).
     """
     check_outputs({"export folder": folder}, {"the model folder": source_folder(handle), "lora": lora},
                   folders=["export folder"])
@@ -173,7 +180,12 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if not native:
             raise ExportError("a single-file checkpoint comes with a native export (native=True / --native)")
         check_single_file(plan.family)
-    small = denoiser if denoiser is not None else build(handle, plan)
+    why = inplace_refusal(handle, plan, denoiser=denoiser, plan_only=plan_only, card=card, evaluate=evaluate,
+                          native=native)
+    if inplace and why is not None:
+        raise ExportError(f"export(inplace=True) cannot write {why}: it needs the base model next to the slim one "
+                          "(export with inplace=False)")
+    small = denoiser if denoiser is not None else (None if inplace else build(handle, plan))
     carried = getattr(small, "pruning_plan", None)
     if carried is not None and carried.reconstruction != plan.reconstruction:
         raise PlanError("the denoiser given to export was reconstructed with other settings than the plan records; "
@@ -183,8 +195,21 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in small.state_dict().items()}
         extra = {"plan_only": True} if plan_only else {}
+        lora_report = None
+        if lora is not None:
+            from .lora import slice_lora_file
+
+            lora_report = slice_lora_file(handle, plan, lora, tmp / "lora")
+            extra["lora"] = lora_report
+        if card and inplace:  # the card reads the base model: before it is slimmed
+            from .card import write_card
+
+            extra["card"] = write_card(tmp, handle, plan, None, full_pipeline=full_pipeline, evaluate=False,
+                                       folder_name=folder.name, repo=push_to_hub, lora=lora_report)
+        if inplace:
+            small = slim(handle.denoiser, plan, inplace=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in small.state_dict().items()}
         if plan_only:
             if plan.reconstruction is not None:
                 save_file(_deltas(handle, plan, state), str(tmp / DELTAS), metadata={"format": "pt", "pruning": FORMAT})
@@ -200,18 +225,13 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         if full_pipeline:
             _save_other_components(handle, tmp)
         (tmp / DEFAULTS_FILE).write_text(json.dumps(handle.defaults, indent=2, default=str))
-        lora_report = None
-        if lora is not None:
+        if lora is not None and native:  # for plain diffusers: block indices renumbered as in the native folder
             from .lora import slice_lora_file
+            from .native import LORA_DIR, module_rename
 
-            lora_report = slice_lora_file(handle, plan, lora, tmp / "lora")
-            if native:  # for plain diffusers: block indices renumbered as in the native folder
-                from .native import LORA_DIR, module_rename
-
-                rename = module_rename(handle.denoiser, plan)
-                extra["native"]["lora"] = slice_lora_file(handle, plan, lora, tmp / LORA_DIR, rename=rename)["file"]
-            extra["lora"] = lora_report
-        if card:
+            rename = module_rename(handle.denoiser, plan)
+            extra["native"]["lora"] = slice_lora_file(handle, plan, lora, tmp / LORA_DIR, rename=rename)["file"]
+        if card and not inplace:
             from .card import write_card
 
             extra["card"] = write_card(tmp, handle, plan, small, full_pipeline=full_pipeline, plan_only=plan_only,
@@ -238,6 +258,19 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
 
         push(folder, push_to_hub, token=token, private=private)
     return folder
+
+
+def inplace_refusal(handle, plan: PruningPlan, *, denoiser=None, plan_only: bool = False, card: bool = True,
+                    evaluate: bool | None = None, native: bool = False) -> str | None:
+    """Why ``export(inplace=True)`` cannot write this export (it needs the base model next to the
+    slim one), or None when it can."""
+    from .card import EVALUATE_BELOW_PARAMS
+
+    measured = card and (evaluate if evaluate is not None else
+                         sum(p.numel() for p in handle.denoiser.parameters()) < EVALUATE_BELOW_PARAMS)
+    return ("a plan-only export" if plan_only else "a given denoiser" if denoiser is not None else
+            "a reconstructed plan" if plan.reconstruction is not None else "a measured card" if measured else
+            "a native export" if native else None)
 
 
 def _deltas(handle, plan: PruningPlan, state: dict) -> dict:
@@ -300,6 +333,24 @@ def _load_weights(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
         raise ExportError(f"corrupt safetensors file {str(path)!r}: {e}") from None
 
 
+def _load_denoiser_weights(folder: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """The slim denoiser's tensors: one file, or every shard of a sharded export (each hash checked)."""
+    name = manifest["denoiser"]["name"]
+    index = weights_path(folder, manifest)
+    if index.name == WEIGHTS:
+        return _load_weights(index, manifest["files"][f"{name}/{WEIGHTS}"])
+    listed = {rel: sha for rel, sha in manifest["files"].items() if rel.startswith(f"{name}/")}
+    if not index.is_file() or sha256_file(index) != listed[f"{name}/{INDEX}"]:
+        raise ExportError(f"missing or changed shard index {str(index)!r}")
+    state = {}
+    for file in weight_files(index.parent)[1:]:
+        rel = f"{name}/{file}"
+        if rel not in listed:
+            raise ExportError(f"{str(index)!r} names a shard the manifest does not hash: {file!r}")
+        state.update(_load_weights(index.parent / file, listed[rel]))
+    return state
+
+
 def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) -> nn.Module:
     """The slim denoiser of an export folder: base config + plan on meta, then strict weights."""
     folder = Path(folder).resolve()
@@ -309,7 +360,7 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
                           "load_pruned(folder, base=<the base model>)")
     cls = denoiser_classes()[manifest["denoiser"]["class"]]
     path = weights_path(folder, manifest)
-    state = _load_weights(path, manifest["files"][f"{manifest['denoiser']['name']}/{WEIGHTS}"])
+    state = _load_denoiser_weights(folder, manifest)
     try:
         config = manifest["native"]["base_config"] if manifest.get("native") else cls.load_config(str(path.parent))
     except Exception as e:
@@ -320,7 +371,7 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
         from .native import slim_state
 
         state = slim_state(folder, manifest, base, plan, state)
-    small = slim(base, plan)  # structure only: meta tensors, no allocation
+    small = slim(base, plan, inplace=True)  # structure only: meta tensors, no allocation
     try:
         small.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
@@ -372,9 +423,10 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
     if base is None:
         raise ExportError(f"re-applying plan file {str(path)!r} needs base=<model source or Handle>")
     plan = PruningPlan.read(path)
-    handle = base if hasattr(base, "pipe") else load_pipeline(base, device=device, dtype=dtype)
+    owned = not hasattr(base, "pipe")  # a handle loaded here is ours: slim it in place
+    handle = load_pipeline(base, device=device, dtype=dtype) if owned else base
     check_base(plan, handle, path)
-    return _with_denoiser(handle, build(handle, plan), plan)
+    return _with_denoiser(handle, build(handle, plan, inplace=owned), plan)
 
 
 def _looks_like_repo(path: str) -> bool:
@@ -424,9 +476,10 @@ def _check_hub_ref(base: str, repo_id: str, revision: str) -> None:
 def _reapply_export(folder: Path, base, *, device=None, dtype=None):
     """A plan-only export re-applied to the base weights, with its re-fitted tensors loaded."""
     plan, manifest = read_manifest(folder)
-    handle = base if hasattr(base, "pipe") else load_pipeline(base or base_source(plan), device=device, dtype=dtype)
+    owned = not hasattr(base, "pipe")  # a handle loaded here is ours: slim it in place
+    handle = load_pipeline(base or base_source(plan), device=device, dtype=dtype) if owned else base
     check_base(plan, handle, folder)
-    small = slim(handle.denoiser, plan)
+    small = slim(handle.denoiser, plan, inplace=owned)
     if plan.reconstruction is not None:
         deltas = _load_weights(folder / DELTAS, manifest["files"][DELTAS])
         own = small.state_dict()
@@ -438,12 +491,13 @@ def _reapply_export(folder: Path, base, *, device=None, dtype=None):
     return _with_denoiser(handle, small, plan)
 
 
-def build(handle, plan: PruningPlan) -> nn.Module:
+def build(handle, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
     """The slim denoiser ``plan`` describes: ``slim``, or for a plan that records a reconstruction,
     the reconstruction computed again with its recorded settings (a method that compensates its
-    own weights, as OBS-Diff, records its name there and rebuilds them)."""
+    own weights, as OBS-Diff, records its name there and rebuilds them). ``inplace``: the handle is
+    ours, slim its denoiser in place (a reconstruction still builds a new model)."""
     if plan.reconstruction is None:
-        return slim(handle.denoiser, plan)
+        return slim(handle.denoiser, plan, inplace=inplace)
     method = plan.reconstruction["settings"].get("method")
     if method is not None:
         from . import methods

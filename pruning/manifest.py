@@ -7,7 +7,9 @@ Schema (``format: "pruning-export/1"``)::
     denoiser       {"name": "unet" | "transformer", "class": the family's denoiser class (UNet2DConditionModel, ...)}
     full_pipeline  bool
     params         int, the slim denoiser's parameter count
-    files          {relative path: sha256 hex} for every .safetensors file in the folder
+    files          {relative path: sha256 hex} for every .safetensors file in the folder (and the
+                   shard index ``<denoiser>/diffusion_pytorch_model.safetensors.index.json`` when the
+                   weights are sharded, as ``pruning.materialize`` writes them)
     card           optional: the model card's figures (``pruning.card``: summary, quality, method)
     plan_only      optional, bool: no denoiser weights; ``load_pruned`` re-applies the plan to the
                    base weights (and loads ``DELTAS``, the re-fitted tensors, when it records a reconstruction)
@@ -34,10 +36,10 @@ from . import families
 from .errors import ExportError, PlanError, SettingsError
 from .files import sha256_file
 from .plan import PruningPlan
+from .shards import INDEX, WEIGHTS
 from .validate import few, inside, read_json, shown
 
 MANIFEST = "pruning_plan.json"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 FORMAT = "pruning-export/1"
 DELTAS = "reconstruction.safetensors"  # plan-only exports: the re-fitted tensors that differ from plain slim
 # family -> (pipeline component, denoiser class name), from the registry
@@ -126,12 +128,13 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
             inside(rel, folder)
         except SettingsError as e:
             raise ExportError(f"{where}: files: {e}") from None
-    weights = f"{den['name']}/{WEIGHTS}"
-    if plan_only and (weights in files or (plan.reconstruction is not None) != (DELTAS in files)):
+    weights, index = f"{den['name']}/{WEIGHTS}", f"{den['name']}/{INDEX}"
+    if plan_only and (weights in files or index in files or (plan.reconstruction is not None) != (DELTAS in files)):
         raise ExportError(f"{where}: a plan-only export holds no denoiser weights, and {DELTAS!r} exactly when "
                           "its plan records a reconstruction")
-    if not plan_only and weights not in files:
-        raise ExportError(f"{where}: 'files' has no hash for the denoiser weights {weights!r}")
+    if not plan_only and (weights in files) == (index in files):
+        raise ExportError(f"{where}: 'files' must hash the denoiser weights: {weights!r} or (sharded) {index!r}, "
+                          "not both")
     return plan, dict(m)
 
 
@@ -151,5 +154,7 @@ def verify_files(folder: str | Path, manifest: Mapping) -> None:
 
 
 def weights_path(folder: str | Path, manifest: Mapping) -> Path:
-    """The denoiser weights file, resolved inside ``folder``."""
-    return inside(f"{manifest['denoiser']['name']}/{WEIGHTS}", folder)
+    """The denoiser weights file (the shard index when sharded), resolved inside ``folder``."""
+    name = manifest["denoiser"]["name"]
+    sharded = f"{name}/{INDEX}" in manifest["files"]
+    return inside(f"{name}/{INDEX if sharded else WEIGHTS}", folder)

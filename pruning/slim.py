@@ -1,6 +1,8 @@
 """Physical surgery: ``slim(denoiser, plan)`` returns a new, smaller module.
 
-Two passes over a deep copy (the input is never mutated):
+Two passes over a deep copy (the input is never mutated), or with ``inplace=True`` over the
+denoiser itself (no copy: each parameter is replaced by its slice, so the old one is freed
+at once and the peak is the model plus its largest parameter):
 
 1. tensors: every parameter touched by a pruned structure is sliced once, with one keep-mask
    per (parameter, dim) built from the structures' ``Cut`` specs (so a FLUX single block's
@@ -10,7 +12,10 @@ Two passes over a deep copy (the input is never mutated):
 
 Removed operators are replaced by the stand-ins of ``replacements.py``. Works on the meta
 device too (no weights are allocated), and on a denoiser with accelerate's offload hooks (the
-copy has none: see ``memory.plain_copy``).
+copy has none: see ``memory.plain_copy``; ``inplace`` refuses a hooked denoiser).
+
+``inplace`` is for a model nobody else holds (one loaded for this export or generation, a meta
+model built to load an export): never for a model shared between users (``app_support.cache``).
 
 >>> import torch
 >>> from pruning.testing import tiny_pipeline
@@ -20,6 +25,9 @@ copy has none: see ``memory.plain_copy``).
 >>> small = slim(unet, PruningPlan(family="sd", base="tiny:sd", kept_heads={attn: (0,)}))
 >>> small.get_submodule(attn).heads, unet.get_submodule(attn).heads > 1
 (1, True)
+>>> same = slim(unet, PruningPlan(family="sd", base="tiny:sd", kept_heads={attn: (0,)}), inplace=True)
+>>> same is unet, unet.get_submodule(attn).heads
+(True, 1)
 """
 
 from __future__ import annotations
@@ -32,19 +40,31 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.transformers.transformer_flux import FluxAttention
 from torch import nn
 
-from .catalog import Structure, discover
-from .memory import plain_copy
+from .catalog import Structure, discover, forget
+from .errors import SettingsError
+from .memory import offloaded, plain_copy
 from .plan import PruningPlan
 from .replacements import replacement_for
 from .specs import CUTTERS, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
 
 
-def slim(denoiser: nn.Module, plan: PruningPlan) -> nn.Module:
-    """A physically slimmed copy of ``denoiser`` following ``plan`` (validated and normalized)."""
+def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
+    """A physically slimmed copy of ``denoiser`` following ``plan`` (validated and normalized).
+
+    ``inplace``: slim ``denoiser`` itself and return it (peak memory: the model plus its largest
+    parameter, instead of twice the model); the same tensors as the copy, bit for bit.
+    """
     plan = plan.normalized(denoiser)
     found = discover(denoiser)  # loads every family module, and with them their cutters
-    new = plain_copy(denoiser)  # without accelerate's offload hooks (and what they point at)
+    if inplace and offloaded(denoiser):
+        raise SettingsError("slim(inplace=True) needs a denoiser without accelerate's offload hooks "
+                            "(its weights live in the hooks): slim a copy instead (inplace=False)")
+    if inplace:
+        forget(denoiser)  # its cached discovery and catalog describe the unpruned model
+    new = denoiser if inplace else plain_copy(denoiser)  # the copy has no offload hooks (nor what they point at)
     _slice_parameters(new, keep_masks(new, found.structures, plan))
+    if inplace:
+        _realign(new)
     owned: dict[str, dict[str, Structure]] = defaultdict(dict)
     for kind in ("head", "neuron", "group"):
         for fqn in plan.kept(kind):
@@ -88,15 +108,39 @@ def keep_masks(model: nn.Module, structures: dict[str, Structure], plan: Pruning
     return masks
 
 
+def slice_tensor(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
+    """``t`` restricted to the kept indices of each dim (``dims``: ``{dim: (size,) bool}``, one
+    entry of :func:`keep_masks`); a new contiguous tensor. ``slim`` and ``materialize`` both cut with it.
+
+    >>> slice_tensor(torch.arange(6).reshape(2, 3), {1: torch.tensor([True, False, True])}).tolist()
+    [[0, 2], [3, 5]]
+    """
+    for dim, keep in dims.items():
+        t = t.index_select(dim, keep.nonzero().flatten().to(t.device))
+    return t.contiguous()
+
+
 def _slice_parameters(model: nn.Module, keep_masks: dict[str, dict[int, torch.Tensor]]) -> None:
+    """Replace each parameter by its slice, one at a time (in place, the old tensor is freed before the next)."""
     for name, dims in keep_masks.items():
         owner_name, _, pname = name.rpartition(".")
         owner = model.get_submodule(owner_name)
         old = getattr(owner, pname)
-        t = old.detach()
-        for dim, keep in dims.items():
-            t = t.index_select(dim, keep.nonzero().flatten().to(t.device))
-        setattr(owner, pname, nn.Parameter(t.contiguous(), requires_grad=old.requires_grad))
+        setattr(owner, pname, nn.Parameter(slice_tensor(old.detach(), dims), requires_grad=old.requires_grad))
+        del old
+
+
+def _realign(model: nn.Module, alignment: int = 64) -> None:
+    """Give every tensor left unsliced fresh, aligned storage (one at a time), as the copy's deep copy
+    does: weights loaded from safetensors sit at unaligned addresses, and CPU kernels can round
+    differently there, so an in-place model would not compute bit for bit as a copied one."""
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is not None and not t.is_meta and t.data_ptr() % alignment:
+                    fresh = t.detach().clone()
+                    store[name] = nn.Parameter(fresh, requires_grad=t.requires_grad) if isinstance(
+                        t, nn.Parameter) else fresh
 
 
 def _sync_leaves(model: nn.Module, owners) -> None:

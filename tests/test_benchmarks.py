@@ -47,7 +47,7 @@ def test_measured_at_is_the_utc_date_of_the_merge(tmp_path):
 
 
 def test_registry_and_unknown_row(tmp_path):
-    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5"} <= set(ROWS)
+    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5", "R6"} <= set(ROWS)
     with pytest.raises(SystemExit):
         main(["P0", "--out", str(tmp_path / "r.json")])
     with pytest.raises(ValueError, match="missing"):

@@ -144,3 +144,30 @@ def test_taylor_counts_its_weight_sized_passes(tiny_sd):
     coarse = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=500))
     fine = estimate(tiny_sd, "taylor", methods.get("taylor").settings(stride=50))
     assert fine.seconds > coarse.seconds
+
+
+def test_export_memory_from_tensor_sizes(tiny_sd):
+    from pruning.estimate import RUNTIME_BYTES, estimate_export, inplace_slim_bytes, streaming_export_bytes
+
+    weights = sum(p.numel() * p.element_size() for p in tiny_sd.denoiser.parameters())
+    largest = max(p.numel() * p.element_size() for p in tiny_sd.denoiser.parameters())
+    copy, inplace = estimate_export(tiny_sd), estimate_export(tiny_sd, inplace=True)
+    streamed = estimate_export(tiny_sd, streaming=True)
+    assert copy.peak_bytes == 2 * weights
+    assert inplace.peak_bytes == inplace_slim_bytes(weights, largest) == weights + 2 * largest
+    assert streamed.peak_bytes == streaming_export_bytes(largest) == RUNTIME_BYTES + 3 * largest
+
+
+@pytest.mark.slow
+def test_inplace_slim_memory_measured_against_prediction():
+    """A 53M-param UNet (fp32) slimmed in a subprocess: the in-place peak is the prediction (model plus
+    its largest layer) within allocator noise, the copying one about twice the model."""
+    from benchmarks.r6_streaming import _child
+    from pruning.estimate import inplace_slim_bytes
+
+    ip, cp = _child("slim", "mid", "inplace"), _child("slim", "mid", "copy")
+    assert ip["peak_reset"] and cp["peak_reset"]
+    measured = ip["peak_rss"] - ip["rss_before"]
+    predicted = inplace_slim_bytes(ip["model_bytes"], ip["largest_param_bytes"])
+    assert measured <= predicted + 64 * 2 ** 20, (measured, predicted)
+    assert cp["peak_rss"] - cp["rss_before"] > measured + 0.4 * ip["slim_bytes"]

@@ -3,7 +3,7 @@
 * :mod:`~pruning.cli.inspect`: ``info``, ``generate``
 * :mod:`~pruning.cli.score`: ``score <method>`` for every registered method, with the paper
   names as shortcuts (``sweep`` = LD-Pruner, ``ecodiff``, ``taylor``), and ``prune``
-* :mod:`~pruning.cli.outputs`: ``export``, ``recover``
+* :mod:`~pruning.cli.outputs`: ``export``, ``materialize``, ``reconstruct``, ``recover``, ``lora``
 * :mod:`~pruning.cli.compare`: ``compare``
 
 Every :class:`~pruning.errors.PruningError`, ``OSError`` and usage error ends as one line on

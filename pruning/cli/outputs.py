@@ -1,5 +1,5 @@
-"""``export`` (the slimmed model), ``reconstruct`` (re-fit the consumer layers, then export) and
-``recover`` (a short distillation, then export)."""
+"""``export`` (the slimmed model), ``materialize`` (the same export, streamed from the base's files),
+``reconstruct`` (re-fit the consumer layers, then export) and ``recover`` (a short distillation, then export)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import SettingsError
 from ..estimate import estimate_export, estimate_reconstruction
-from ..export import check_removes_something, check_target, export
+from ..export import check_removes_something, check_target, export, inplace_refusal
 from ..manifest import read_manifest
 from ..metrics import count_params
 from ..reconstruct import ReconstructSettings, consumer_groups, consumers, reconstruct
@@ -94,8 +94,10 @@ def cmd_export(args) -> int:
     if args.estimate:
         seconds = check_budget(args)
         h = load_handle(args)
-        load_plan(args.plan, h)
-        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=seconds))
+        plan = load_plan(args.plan, h)
+        inplace = not args.reconstruct and inplace_refusal(h, plan, plan_only=args.plan_only, native=args.native,
+                                                           evaluate=args.card_eval) is None
+        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=seconds, inplace=inplace))
         return 0
     _need_out(args)
     check_io(args, {"--out": args.out}, folders=["--out"])  # before loading anything
@@ -105,11 +107,15 @@ def cmd_export(args) -> int:
     plan = load_plan(args.plan, h)
     check_removes_something(plan, h)  # before a reconstruction
     small = reconstruct(h, plan) if args.reconstruct else None
+    before = count_params(h.denoiser)
+    # the handle was loaded for this command alone: slim it in place where the export allows (half the memory)
+    inplace = small is None and inplace_refusal(h, plan, plan_only=args.plan_only, evaluate=args.card_eval,
+                                                 native=args.native) is None
     folder = export(h, plan if small is None else small.pruning_plan, args.out, full_pipeline=args.full_pipeline,
-                    denoiser=small, overwrite=args.overwrite, **_export_kw(args))
+                    denoiser=small, overwrite=args.overwrite, inplace=inplace, **_export_kw(args))
     work_done()
     note = (" (full pipeline)" if args.full_pipeline else "") + ("" if small is None else _fitted(small))
-    _report(folder, count_params(h.denoiser), note)
+    _report(folder, before, note)
     if not args.native:  # would --native work for this plan?
         from ..native import describe, report
 
@@ -246,4 +252,32 @@ def cmd_lora(args) -> int:
     print(f"lora      {out}: {len(small.layers)} of {len(lora.layers)} layers kept (sliced where the plan slims them)")
     for d in small.dropped:
         print(f"dropped   {d}")
+    return 0
+
+
+def _materialize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", required=True, metavar="PLAN", help="a plan JSON or an export folder (a plan-only "
+                   "export brings its re-fitted tensors)")
+    p.add_argument("--base", required=True, metavar="MODEL", help="the base model: a diffusers folder, a bundled "
+                   "model, or a Hub id org/name[@revision] (its denoiser files are fetched; offline only from the cache)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder (only one written "
+                   "by an earlier export)")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest weights file (default 5GB)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights (default: as stored)")
+
+
+@add_command("materialize", help="write the full export of a plan straight from the base model's files (tensor by "
+             "tensor: the model is never loaded)", arguments=_materialize_args)
+def cmd_materialize(args) -> int:
+    from ..loading import DTYPES
+    from ..materialize import materialize
+
+    folder = materialize(args.plan, args.base, args.out, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                         dtype=DTYPES[args.dtype] if args.dtype else None)
+    work_done()
+    manifest = read_manifest(folder)[1]
+    weights = [f for f in manifest["files"] if f.endswith(".safetensors")]
+    print(f"exported  {folder} (from the files of {args.base}: {len(weights)} weights file(s))")
+    print(f"params    {human(manifest['params'])} in the slim {manifest['denoiser']['name']}")
     return 0
