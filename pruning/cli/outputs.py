@@ -108,6 +108,11 @@ def cmd_export(args) -> int:
     check_removes_something(plan, h)  # before a reconstruction
     small = reconstruct(h, plan) if args.reconstruct else None
     before = count_params(h.denoiser)
+    native_note = None
+    if not args.native:  # would --native work for this plan? (asked of the base, before an in-place slim)
+        from ..native import describe, report
+
+        native_note = describe(report(h.denoiser, plan))
     # the handle was loaded for this command alone: slim it in place where the export allows (half the memory)
     inplace = small is None and inplace_refusal(h, plan, plan_only=args.plan_only, evaluate=args.card_eval,
                                                  native=args.native) is None
@@ -116,10 +121,8 @@ def cmd_export(args) -> int:
     work_done()
     note = (" (full pipeline)" if args.full_pipeline else "") + ("" if small is None else _fitted(small))
     _report(folder, before, note)
-    if not args.native:  # would --native work for this plan?
-        from ..native import describe, report
-
-        print(f"native    {describe(report(h.denoiser, plan))}")
+    if native_note is not None:
+        print(f"native    {native_note}")
     return 0
 
 
