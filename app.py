@@ -83,6 +83,8 @@ CSS = """
 @media (max-width: 600px) {
   .tab-container button { padding-left: 6px !important; padding-right: 6px !important; font-size: 13px !important; }
   #img-diff { max-width: 100%; }
+  #export-options { flex-wrap: wrap !important; }
+  #export-options > * { flex: 1 1 100% !important; min-width: 100% !important; }  /* full-width options, no tall columns */
 }
 """
 CACHE, RUNS = ModelCache(), Runs()
@@ -906,13 +908,13 @@ def build_app() -> gr.Blocks:
             with gr.Tab("5 Export", id="export"):
                 gr.Markdown("### 5. Export the slimmed model")
                 exp_summary = gr.Markdown("No plan yet.", elem_id="export-summary")
-                with gr.Row():
+                with gr.Row(elem_id="export-options"):  # one option per line on a phone (CSS)
                     full = Checkbox(True, label="full pipeline", info=H["full"])
                     rec_iters = Number(0, precision=0, label="recovery iterations", info=H["recover"])
                     exp_recon = Checkbox(False, label="reconstruct", info=H["reconstruct"], elem_id="exp-recon")
                     exp_native = Checkbox(False, label="native diffusers folder", elem_id="exp-native",
-                                             info="rewritten config, renumbered keys: DiffusionPipeline.from_pretrained "
-                                                  "loads it without pruning (whole-block plans only)")
+                                          info="rewritten config, renumbered keys: DiffusionPipeline.from_pretrained "
+                                               "loads it without pruning (whole-block plans only)")
                 exp_lora = gr.File(label="LoRA to carry through (optional, .safetensors for the base model: exported "
                                    "sliced for the plan into lora/)", file_types=[".safetensors"], type="filepath",
                                    elem_id="exp-lora")
