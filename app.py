@@ -83,8 +83,8 @@ CSS = """
 @media (max-width: 600px) {
   .tab-container button { padding-left: 6px !important; padding-right: 6px !important; font-size: 13px !important; }
   #img-diff { max-width: 100%; }
-  #export-options { flex-wrap: wrap !important; }
-  #export-options > * { flex: 1 1 100% !important; min-width: 100% !important; }  /* full-width options, no tall columns */
+  #export-options, #export-options > .form { flex-wrap: wrap !important; }  /* gradio groups the inputs in a .form */
+  #export-options > .form > * { flex: 1 1 100% !important; min-width: 100% !important; }  /* full width, no tall columns */
 }
 """
 CACHE, RUNS = ModelCache(), Runs()
