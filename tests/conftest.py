@@ -120,3 +120,32 @@ def app_url():
     url = app.launch(prevent_thread_lock=True, quiet=True)
     yield url
     app.demo.close()
+
+
+# --------------------------------------------------------------------------- the abuse tests (tests/test_abuse.py, tests/abuse/)
+
+
+@pytest.fixture(scope="module")
+def sd(sd_folder_handle):
+    return sd_folder_handle
+
+
+@pytest.fixture(scope="module")
+def plan_file(sd, sd_folder):
+    from pruning.plan import PruningPlan
+
+    path = sd_folder.parent / "abuse-plan.json"
+    path.write_text(PruningPlan(family="sd", base=sd.model_ref, removed_operators=("mid_block.resnets.0",)).to_json())
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundled_unchanged():
+    """The shipped tiny models never change, whatever the tests throw at the code (a module uses it
+    with ``pytestmark = pytest.mark.usefixtures("bundled_unchanged")``)."""
+    from pruning.bundled import BUNDLED
+    from pruning.loading import folder_hash
+
+    before = {name: folder_hash(path) for name, path in BUNDLED.items()}
+    yield
+    assert {name: folder_hash(path) for name, path in BUNDLED.items()} == before

@@ -20,12 +20,11 @@ import pytest
 import torch
 
 from pruning import PruningPlan, export, load_pruned
-from pruning.bundled import BUNDLED
 from pruning.cli import main
 from pruning.compare import check_sparsities
 from pruning.errors import ExportError, ModelLoadError, PlanError, PruningError, SettingsError
 from pruning.files import sha256_file
-from pruning.loading import folder_hash, load_pipeline
+from pruning.loading import load_pipeline
 from pruning.manifest import MANIFEST, WEIGHTS
 from pruning.methods import Scores
 from pruning.methods.ecodiff import EcoDiffSettings
@@ -56,24 +55,7 @@ def tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def sd(sd_folder_handle):
-    return sd_folder_handle
-
-
-@pytest.fixture(scope="module")
-def plan_file(sd, sd_folder):
-    path = sd_folder.parent / "abuse-plan.json"
-    path.write_text(PruningPlan(family="sd", base=sd.model_ref, removed_operators=("mid_block.resnets.0",)).to_json())
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def bundled_unchanged():
-    """The shipped tiny models never change, whatever the tests throw at the code."""
-    before = {name: folder_hash(path) for name, path in BUNDLED.items()}
-    yield
-    assert {name: folder_hash(path) for name, path in BUNDLED.items()} == before
+pytestmark = pytest.mark.usefixtures("bundled_unchanged")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- 2. overwrite deletes only our exports

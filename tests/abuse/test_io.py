@@ -21,6 +21,9 @@ from pruning.errors import ExportError, PlanError, SettingsError
 from pruning.testing import tiny_pipeline
 from tests.test_abuse import FQN, ROOT, cli, one_line_error, tree
 
+pytestmark = pytest.mark.usefixtures("bundled_unchanged")  # tests/conftest.py
+
+
 # --------------------------------------------------------------------------- 1. an output that is an input
 
 
