@@ -352,6 +352,8 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
         draws = s.random_draws if name == "random" else 1
         plans += draws * len(sps)
         seconds += draws * sum(eval_s * (1 - t) for t in sps) * (2 if s.reconstruct else 1)
+    if s.fewer_steps:  # the original at about (1 - sparsity) of its steps, once per target
+        seconds += sum(eval_s * (1 - t) for t in sps)
     if s.reconstruct:
         r = estimate_reconstruction(handle, ReconstructSettings(**s.reconstruct_settings))
         seconds += plans * r.seconds

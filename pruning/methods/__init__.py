@@ -50,9 +50,9 @@ def get(name: str) -> Method:
     return METHODS[choice("method", name, names())]
 
 
-def to_plan(handle, scores: Scores, *, target_sparsity: float, scope: str = "global"):
+def to_plan(handle, scores: Scores, *, target_sparsity: float, scope: str | None = None, budget=None):
     """Cut any method's scores at ``target_sparsity`` (dispatches on ``scores.method``)."""
-    return get(scores.method).to_plan(handle, scores, target_sparsity=target_sparsity, scope=scope)
+    return get(scores.method).to_plan(handle, scores, target_sparsity=target_sparsity, scope=scope, budget=budget)
 
 
 for _module, _attr in BUILTIN:

@@ -36,7 +36,7 @@ from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
 from ..validate import choice, fraction, read_json
-from .select import plan_from_operator_scores, plan_from_unit_scores
+from .select import LayerBudget, plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
 LEVELS = ("operator", "unit")
@@ -254,11 +254,21 @@ class Method:
             raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
         return self.score(handle, settings, control=control), None
 
-    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
-        """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone."""
+    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str | None = None,
+                budget=None) -> PruningPlan:
+        """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone.
+
+        ``scope``: "global" or "local" for unit scores; None takes the scores' own ``scope``
+        setting (Diff-Pruning's authors' preset: "local") or "global". ``budget``: a
+        :class:`~pruning.methods.select.LayerBudget` (or a dict of its fields) for unit scores: the
+        per-structure cap, the score normalisation, protected ends, lower early sparsity.
+        """
         check_scores_fit(handle, scores)
         target = fraction("target sparsity", target_sparsity)
+        if scope is None:
+            scope = scores.settings.get("scope") or "global"
         choice("scope", scope, SCOPES)
+        budget = LayerBudget.of(budget)
         prov = {"method": scores.method, "settings": dict(scores.settings), "scope": scope,
                 "target_sparsity": target, "partial_scores": scores.partial}
         if scores.level == "operator":
@@ -266,7 +276,7 @@ class Method:
                 raise SettingsError(f"scope {scope!r} needs unit scores; {scores.method} scores whole operators")
             return plan_from_operator_scores(handle, scores.table, target_sparsity=target, provenance=prov)
         return plan_from_unit_scores(handle, unit_scores_for(handle, scores), target_sparsity=target, scope=scope,
-                                     provenance=prov)
+                                     provenance=prov, budget=budget)
 
 
 def unit_scores_for(handle, scores: Scores) -> dict[str, torch.Tensor]:
