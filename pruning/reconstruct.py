@@ -64,6 +64,9 @@ from .runs import RunControl, as_control
 from .slim import keep_masks, slim
 
 DEFAULT_RIDGE = 0.1
+TIMESTEP_WEIGHTS = ("flat", "linear")
+HOLDOUT_EVERY = 4  # the guard-rail holds out every fourth calibration prompt
+LEGACY = {"groups": 1, "timestep_weights": "flat", "guard": False}  # what a plan recorded before these settings
 DEFAULT_PROMPTS = 32
 SEED_OFFSET = 10_000  # calibration seeds 10000.. stay apart from the evaluation seeds 0..
 MAX_GRAM_MB = 1 << 20
@@ -95,6 +98,14 @@ class ReconstructSettings:
     inputs: str = opt("original", "which inputs the re-fit reads: 'pruned' (what the pruned model feeds the layer, "
                       "layers re-fitted in order) or 'original' (the original model's)", "choice",
                       ("pruned", "original"))
+    groups: int = opt(1, "sequential groups: the consumers are split into this many groups in depth order, each "
+                      "re-fitted on the inputs of the model whose earlier groups are already re-fitted (with "
+                      "inputs='pruned'; one calibration pass per group)", "int")
+    timestep_weights: str = opt("flat", "weight of each sampling step in the statistics: 'flat', or 'linear' from "
+                                "1.2 at the first (noisiest) step to 0.8 at the last (OBS-Diff)", "choice",
+                                TIMESTEP_WEIGHTS)
+    guard: bool = opt(False, "guard-rail: a re-fit that raises the output error on held-out calibration prompts "
+                      "(every fourth batch) falls back to the plain pruned weights for that layer", "bool")
     batch_size: int = opt(8, "prompts per calibration batch", "int")
     max_gram_mb: float = opt(2048.0, "memory for the layer statistics of one calibration pass, in MB (more "
                              "layers per pass = fewer passes)", "float")
@@ -106,9 +117,12 @@ class ReconstructSettings:
                   "ridge": v.number("ridge", self.ridge, lo=0, hi=1e6),
                   "inputs": v.choice("inputs", self.inputs, ("pruned", "original")),
                   "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
+                  "groups": v.integer("groups", self.groups, lo=1, hi=1000),
+                  "timestep_weights": v.choice("timestep_weights", self.timestep_weights, TIMESTEP_WEIGHTS),
                   "max_gram_mb": v.number("max_gram_mb", self.max_gram_mb, lo=0.01, hi=MAX_GRAM_MB)}
-        if not isinstance(self.compensate_operators, bool):
-            raise SettingsError(f"compensate_operators must be true or false, got {self.compensate_operators!r}")
+        for name in ("compensate_operators", "guard"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for k, val in values.items():
             object.__setattr__(self, k, val)
 
@@ -125,7 +139,7 @@ class ReconstructSettings:
         unknown = sorted(set(record) - known)
         if unknown:
             raise SettingsError(f"reconstruction settings have unknown field(s) {unknown}")
-        d = dict(record)
+        d = {**LEGACY, **record}  # a plan recorded before a setting existed was made without it
         for k in ("prompts", "seeds"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
@@ -211,16 +225,25 @@ class Stats:
         self.X = None if keep is not None else torch.zeros(width + 1, kept + 1, **f64)  # (D+1, k+1)
         self.rows = 0
 
-    def add(self, x: torch.Tensor, h: torch.Tensor | None = None) -> None:
+    def add(self, x: torch.Tensor, h: torch.Tensor | None = None, weight: float = 1.0) -> None:
         """``x``: (rows, D) original inputs; ``h``: (rows, k) the pruned model's, same positions
-        (omitted with ``keep``)."""
+        (omitted with ``keep``); ``weight``: these rows' weight (a timestep weight)."""
         xa = _augment(x)
-        self.G += xa.T @ xa
+        self.G += weight * (xa.T @ xa)
         if self.cols is None:
             ha = _augment(h)
-            self.H += ha.T @ ha
-            self.X += xa.T @ ha
-        self.rows += xa.shape[0]
+            self.H += weight * (ha.T @ ha)
+            self.X += weight * (xa.T @ ha)
+        self.rows += weight * xa.shape[0]
+
+    def merged(self, other: Stats) -> Stats:
+        """These statistics and ``other``'s (same layer) pooled."""
+        out = Stats.__new__(Stats)
+        out.cols, out.rows = self.cols, self.rows + other.rows
+        out.G = self.G + other.G
+        out.H = None if self.H is None else self.H + other.H
+        out.X = None if self.X is None else self.X + other.X
+        return out
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = max(self.rows, 1)
@@ -289,6 +312,21 @@ def _trajectories(handle, s: ReconstructSettings, control: RunControl) -> list:
     return out
 
 
+def sequential_groups(items: list[Consumer], budget_bytes: float, paired: bool = False,
+                      n: int = 1) -> list[list[Consumer]]:
+    """``items`` (in depth order) cut into ``n`` contiguous groups of about equal count, each then
+    packed by :func:`consumer_groups`.
+
+    >>> cs = [Consumer(str(i), torch.ones(3, dtype=torch.bool)) for i in range(5)]
+    >>> [[c.fqn for c in g] for g in sequential_groups(cs, 1e9, n=2)]
+    [['0', '1'], ['2', '3', '4']]
+    """
+    n = max(1, min(n, len(items)))
+    cuts = [round(i * len(items) / n) for i in range(n + 1)]
+    parts = [items[a:b] for a, b in zip(cuts, cuts[1:])]
+    return [g for part in parts for g in consumer_groups(part, budget_bytes, paired) if g] or [[]]
+
+
 def consumer_groups(items: list[Consumer], budget_bytes: float, paired: bool = False) -> list[list[Consumer]]:
     """Consumers packed greedily (in order) into groups whose Grams fit the budget (one alone may not)."""
     groups, size = [[]], 0
@@ -328,8 +366,21 @@ def _stat_device(handle) -> torch.device:
     return torch.device("cpu") if handle.device.type == "mps" else handle.device  # no float64 on MPS
 
 
+def step_weights(steps: int, kind: str = "flat") -> list[float]:
+    """Each sampling step's weight in the statistics: 1, or from 1.2 at the first (noisiest) step
+    down to 0.8 at the last (OBS-Diff's alpha_t).
+
+    >>> step_weights(3, "linear"), step_weights(2)
+    ([1.2, 1.0, 0.8], [1.0, 1.0])
+    """
+    if kind == "flat" or steps == 1:
+        return [1.0] * steps
+    return [round(1.2 - 0.4 * i / (steps - 1), 12) for i in range(steps)]
+
+
 def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consumer], operators: list[str],
-               control: RunControl, what: str) -> tuple[dict[str, Stats], dict[str, _Means]]:
+               control: RunControl, what: str, weights: str = "flat",
+               held: set | None = None) -> tuple[dict[str, Stats], dict[str, _Means]]:
     """One pass over the original model's calibration trajectories. At every step the original
     denoiser runs on ``z_i`` (its inputs ``x`` to ``group``'s layers and the branch outputs of
     ``operators`` are recorded) and, with ``small``, the pruned model runs on the same ``z_i``
@@ -340,19 +391,25 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
     device = _stat_device(handle)
     stats = {c.fqn: Stats(c.width, int(c.keep.sum()), device, keep=None if small is not None else c.keep)
              for c in group}
+    held_stats = {c.fqn: Stats(c.width, int(c.keep.sum()), device, keep=None if small is not None else c.keep)
+                  for c in group} if held else {}
+    now = {"w": 1.0, "held": False}  # this step's weight, and whether its batch is held out
     seen: dict[str, list[torch.Tensor]] = {c.fqn: [] for c in group}  # this step's original inputs, in call order
     means = {op: _Means() for op in operators}
     handles = []
 
+    def target(fqn):
+        return (held_stats if now["held"] else stats)[fqn]
+
     def record_original(m, args, fqn):
         x = layer_inputs(m, args[0]).to(device)
         if small is None:
-            stats[fqn].add(x)
+            target(fqn).add(x, weight=now["w"])
         else:
             seen[fqn].append(x)
 
     def record_pruned(m, args, fqn):
-        stats[fqn].add(seen[fqn].pop(0), layer_inputs(m, args[0]).to(device))
+        target(fqn).add(seen[fqn].pop(0), layer_inputs(m, args[0]).to(device), weight=now["w"])
 
     try:
         for c in group:
@@ -371,7 +428,10 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
         with torch.no_grad():
             for n, traj in enumerate(trajs):
                 z = traj.z0
+                ws = step_weights(traj.steps, weights)
+                now["held"] = bool(held) and n in held
                 for i in range(traj.steps):
+                    now["w"] = ws[i]
                     if control.stopped():
                         raise RunStopped(f"reconstruction {control.reason or 'stopped'} during {what} (batch "
                                          f"{n + 1} of {len(trajs)}); nothing was changed")
@@ -382,6 +442,8 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
     finally:
         for h in handles:
             h.remove()
+    if held:
+        stats = {f: (st, held_stats[f]) for f, st in stats.items()}
     return stats, means
 
 
@@ -410,14 +472,17 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     new_plan = replace(base_plan, reconstruction=record)
     items = consumers(den, base_plan)
     paired = settings.inputs == "pruned"
-    groups = consumer_groups(items, settings.max_gram_mb * 2 ** 20, paired)
+    groups = sequential_groups(items, settings.max_gram_mb * 2 ** 20 / (2 if settings.guard else 1), paired,
+                               settings.groups if paired else 1)
     trajs = _trajectories(handle, settings, control)
+    held = {n for n in range(len(trajs)) if n % HOLDOUT_EVERY == HOLDOUT_EVERY - 1} if settings.guard else set()
     small = slim(den, new_plan)
     report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
         stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
-                                  ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}")
+                                  ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}",
+                                  settings.timestep_weights, held)
         for op, acc in means.items():
             with torch.no_grad():
                 for p, m in zip(small.get_submodule(op).compensation, acc.means()):
@@ -426,13 +491,20 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
         for c in group:  # written into `small` now: the next group's pass reads through them
             layer, new = den.get_submodule(c.fqn), small.get_submodule(c.fqn)
             st = stats[c.fqn]
+            st, st_held = st if isinstance(st, tuple) else (st, None)
             keep = c.keep.to(st.G.device)
             W = flat_weight(layer).to(st.G.device)
             b = None if layer.bias is None else layer.bias.detach().double().to(st.G.device)
             Wk, bk = solve(W, b, st, keep, settings.ridge)
+            entry = {}
+            if st_held is not None:  # the guard-rail: judged on prompts the fit did not see
+                plain_err, fit_err = rel_error(W, b, st_held, W[:, keep], b), rel_error(W, b, st_held, Wk, bk)
+                entry = {"held_out_before": plain_err, "held_out_after": fit_err, "fallback": fit_err > plain_err}
+                st = st.merged(st_held)
+                Wk, bk = (W[:, keep], b) if entry["fallback"] else solve(W, b, st, keep, settings.ridge)
             report["layers"][c.fqn] = {"rows": st.rows, "inputs_kept": int(keep.sum()), "inputs": c.width,
                                        "rel_error_before": rel_error(W, b, st, W[:, keep], b),
-                                       "rel_error_after": rel_error(W, b, st, Wk, bk)}
+                                       "rel_error_after": rel_error(W, b, st, Wk, bk), **entry}
             with torch.no_grad():
                 new.weight.copy_(Wk.reshape(new.weight.shape).to(new.weight))  # (out, k) -> (out, k', kh, kw) for a conv
                 if bk is not None:
@@ -461,6 +533,7 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
     return small
 
 
-__all__ = ["ReconstructSettings", "reconstruct", "reapply", "consumers", "consumer_groups", "Stats", "solve",
+__all__ = ["ReconstructSettings", "reconstruct", "reapply", "consumers", "consumer_groups", "sequential_groups",
+           "step_weights", "Stats", "solve",
            "rel_error",
            "layer_inputs", "flat_weight"]
