@@ -28,6 +28,7 @@ one model (its CSV), keeping the others' committed tables.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -194,7 +195,7 @@ def comparison(quick: bool = False, models: tuple[str, ...] | None = None) -> tu
         return _RUNS[quick]
     from pruning import compare_methods, load_pipeline, methods
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # OMP_NUM_THREADS=1 on a shared machine
     out = Path(tempfile.mkdtemp(prefix="q-quick-")) if quick else OUT  # quick never overwrites the tables
     out.mkdir(exist_ok=True)
     tables, detail = {}, {"methods": methods.names(), "threads": torch.get_num_threads()}

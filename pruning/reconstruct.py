@@ -59,14 +59,14 @@ from .methods.base import opt
 from .plan import PruningPlan
 from .prompts import calibration_prompts
 from .replacements import channel_dim, output_tensors, replacement_for
-from .rollout import prepare, raw_outputs, step
+from .rollout import prepare, raw_outputs, rollout, step
 from .runs import RunControl, as_control
 from .slim import keep_masks, slim
 
 DEFAULT_RIDGE = 0.1
 TIMESTEP_WEIGHTS = ("flat", "linear")
 HOLDOUT_EVERY = 4  # the guard-rail holds out every fourth calibration prompt
-LEGACY = {"groups": 1, "timestep_weights": "flat", "guard": False}  # what a plan recorded before these settings
+LEGACY = {"groups": 1, "timestep_weights": "flat", "guard": False, "check": False}  # what a plan recorded before these settings
 DEFAULT_PROMPTS = 32
 SEED_OFFSET = 10_000  # calibration seeds 10000.. stay apart from the evaluation seeds 0..
 MAX_GRAM_MB = 1 << 20
@@ -106,6 +106,9 @@ class ReconstructSettings:
                                 TIMESTEP_WEIGHTS)
     guard: bool = opt(False, "guard-rail: a re-fit that raises the output error on held-out calibration prompts "
                       "(every fourth batch) falls back to the plain pruned weights for that layer", "bool")
+    check: bool = opt(False, "end-to-end check: a group's re-fits are kept only if they lower the final latents' "
+                      "error against the original on the held-out calibration batches (else that group keeps "
+                      "the plain pruned weights)", "bool")
     batch_size: int = opt(8, "prompts per calibration batch", "int")
     max_gram_mb: float = opt(2048.0, "memory for the layer statistics of one calibration pass, in MB (more "
                              "layers per pass = fewer passes)", "float")
@@ -120,7 +123,7 @@ class ReconstructSettings:
                   "groups": v.integer("groups", self.groups, lo=1, hi=1000),
                   "timestep_weights": v.choice("timestep_weights", self.timestep_weights, TIMESTEP_WEIGHTS),
                   "max_gram_mb": v.number("max_gram_mb", self.max_gram_mb, lo=0.01, hi=MAX_GRAM_MB)}
-        for name in ("compensate_operators", "guard"):
+        for name in ("compensate_operators", "guard", "check"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for k, val in values.items():
@@ -473,9 +476,15 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     items = consumers(den, base_plan)
     paired = settings.inputs == "pruned"
     groups = sequential_groups(items, settings.max_gram_mb * 2 ** 20 / (2 if settings.guard else 1), paired,
-                               settings.groups if paired else 1)
+                               settings.groups)
     trajs = _trajectories(handle, settings, control)
-    held = {n for n in range(len(trajs)) if n % HOLDOUT_EVERY == HOLDOUT_EVERY - 1} if settings.guard else set()
+    held_out = {n for n in range(len(trajs)) if n % HOLDOUT_EVERY == HOLDOUT_EVERY - 1}
+    held = held_out if settings.guard else set()
+    checked = [trajs[n] for n in sorted(held_out)] if settings.check else []
+    if checked:
+        with torch.no_grad():
+            targets = [rollout(den, t)[-1] for t in checked]  # the original's final latents
+        best_error = _final_error(small, checked, targets)
     small = slim(den, new_plan)
     report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
@@ -488,6 +497,8 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                 for p, m in zip(small.get_submodule(op).compensation, acc.means()):
                     p.copy_(m.to(device=p.device, dtype=p.dtype))
             report["operators"][op] = {"bias_norm": float(sum(m.norm() for m in acc.means()))}
+        before = {c.fqn: [t.detach().clone() for t in (small.get_submodule(c.fqn).weight, small.get_submodule(c.fqn).bias)
+                          if t is not None] for c in group} if checked else {}
         for c in group:  # written into `small` now: the next group's pass reads through them
             layer, new = den.get_submodule(c.fqn), small.get_submodule(c.fqn)
             st = stats[c.fqn]
@@ -509,10 +520,31 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                 new.weight.copy_(Wk.reshape(new.weight.shape).to(new.weight))  # (out, k) -> (out, k', kh, kw) for a conv
                 if bk is not None:
                     new.bias.copy_(bk.to(new.bias))
+        if checked:  # the end-to-end check of this group's re-fits
+            error = _final_error(small, checked, targets)
+            kept = error <= best_error
+            if kept:
+                best_error = error
+            else:
+                with torch.no_grad():
+                    for fqn, saved in before.items():
+                        m = small.get_submodule(fqn)
+                        for t, v in zip([t for t in (m.weight, m.bias) if t is not None], saved):
+                            t.copy_(v)
+            for c in group:
+                report["layers"][c.fqn]["kept_by_check"] = kept
+            report.setdefault("check", []).append({"layers": len(group), "final_error": error, "kept": kept})
     report["seconds"] = round(time.perf_counter() - t0, 2)
     small.pruning_plan = new_plan
     small.reconstruction = report
     return small
+
+
+def _final_error(small: nn.Module, trajs: list, targets: list[torch.Tensor]) -> float:
+    """Mean squared error of ``small``'s final latents against ``targets`` on ``trajs``."""
+    with torch.no_grad():
+        errs = [float(F.mse_loss(rollout(small, t)[-1].double(), z.double())) for t, z in zip(trajs, targets)]
+    return sum(errs) / max(len(errs), 1)
 
 
 def _record(s: ReconstructSettings) -> dict:
