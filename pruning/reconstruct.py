@@ -36,7 +36,7 @@ a consumer larger than the budget gets a pass of its own.
 >>> plan = PruningPlan(family="sd", base="tiny:sd", kept_heads={attn: (0,)})
 >>> small = reconstruct(h, plan, ReconstructSettings(prompts=("a red circle",), steps=2))
 >>> small.get_submodule(attn).heads, small.pruning_plan.reconstruction["settings"]["ridge"]
-(1, 0.1)
+(1, 0.01)
 >>> r = small.reconstruction["layers"][attn + ".to_out.0"]
 >>> r["rel_error_after"] <= r["rel_error_before"]
 True
@@ -63,7 +63,8 @@ from .rollout import prepare, raw_outputs, rollout, step
 from .runs import RunControl, as_control
 from .slim import keep_masks, slim
 
-DEFAULT_RIDGE = 0.1
+DEFAULT_RIDGE = 0.01
+DEFAULT_GROUPS = 4
 TIMESTEP_WEIGHTS = ("flat", "linear")
 HOLDOUT_EVERY = 4  # the guard-rail holds out every fourth calibration prompt
 LEGACY = {"groups": 1, "timestep_weights": "flat", "guard": False, "check": False}  # what a plan recorded before these settings
@@ -98,7 +99,7 @@ class ReconstructSettings:
     inputs: str = opt("original", "which inputs the re-fit reads: 'pruned' (what the pruned model feeds the layer, "
                       "layers re-fitted in order) or 'original' (the original model's)", "choice",
                       ("pruned", "original"))
-    groups: int = opt(1, "sequential groups: the consumers are split into this many groups in depth order, each "
+    groups: int = opt(DEFAULT_GROUPS, "sequential groups: the consumers are split into this many groups in depth order, each "
                       "re-fitted on the inputs of the model whose earlier groups are already re-fitted (with "
                       "inputs='pruned'; one calibration pass per group)", "int")
     timestep_weights: str = opt("flat", "weight of each sampling step in the statistics: 'flat', or 'linear' from "
@@ -106,7 +107,7 @@ class ReconstructSettings:
                                 TIMESTEP_WEIGHTS)
     guard: bool = opt(False, "guard-rail: a re-fit that raises the output error on held-out calibration prompts "
                       "(every fourth batch) falls back to the plain pruned weights for that layer", "bool")
-    check: bool = opt(False, "end-to-end check: a group's re-fits are kept only if they lower the final latents' "
+    check: bool = opt(True, "end-to-end check: a group's re-fits are kept only if they lower the final latents' "
                       "error against the original on the held-out calibration batches (else that group keeps "
                       "the plain pruned weights)", "bool")
     batch_size: int = opt(8, "prompts per calibration batch", "int")
@@ -481,11 +482,11 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     held_out = {n for n in range(len(trajs)) if n % HOLDOUT_EVERY == HOLDOUT_EVERY - 1}
     held = held_out if settings.guard else set()
     checked = [trajs[n] for n in sorted(held_out)] if settings.check else []
+    small = slim(den, new_plan)
     if checked:
         with torch.no_grad():
             targets = [rollout(den, t)[-1] for t in checked]  # the original's final latents
         best_error = _final_error(small, checked, targets)
-    small = slim(den, new_plan)
     report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
@@ -527,6 +528,11 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                 best_error = error
             else:
                 with torch.no_grad():
+                    if n == 0:  # the operators' mean-output biases were written with this group
+                        for op in means:
+                            for p in small.get_submodule(op).compensation:
+                                p.zero_()
+                            report["operators"][op]["kept_by_check"] = False
                     for fqn, saved in before.items():
                         m = small.get_submodule(fqn)
                         for t, v in zip([t for t in (m.weight, m.bias) if t is not None], saved):
