@@ -287,8 +287,18 @@ def solve(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, keep: torch.Ten
     rhs = C + lam * torch.cat([prior[:, :k], prior.new_zeros(prior.shape[0], 1)], 1)
     if b is None:  # no bias to fit: drop the constant column
         A, rhs = A[:k, :k], rhs[:, :k]
-    sol = torch.linalg.lstsq(A, rhs.T).solution.T  # A symmetric: sol A = rhs
+    sol = _solve_symmetric(A, rhs.T).T  # A symmetric: sol A = rhs
     return (sol[:, :k], sol[:, k]) if b is not None else (sol, None)
+
+
+def _solve_symmetric(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``X`` with ``A X = B`` for a symmetric ``A``: Cholesky when ``A`` is positive definite (the
+    ridge makes it so; reproducible bit for bit, which LAPACK's least squares here is not), else
+    the least-squares solution."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        return torch.cholesky_solve(B, L)
+    return torch.linalg.lstsq(A, B).solution
 
 
 def rel_error(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, Wk: torch.Tensor,
