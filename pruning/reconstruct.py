@@ -15,6 +15,23 @@ and a tiny one the least-squares fit). A removed operator gets its branch's mean
 bias on its stand-in (``replacements.StandIn.compensate``): attention / FFN branches, resnets,
 whole transformer and FLUX blocks.
 
+**Sequential groups and the checks.** The consumers are cut into ``groups`` (default 4)
+groups in depth order, each one calibration pass. With ``inputs="pruned"`` a group is fitted on
+what the model, its earlier groups already re-fitted, feeds it, against the original's output
+(asymmetric); ``timestep_weights="linear"`` weights the steps from 1.2 (noisiest) to 0.8
+(OBS-Diff); ``guard`` judges each layer's fit on held-out calibration batches (every fourth)
+and keeps the plain pruned weights where the fit raised that error; ``check`` (default on)
+keeps a group's fits only if they lower the final latents' error against the original on those
+held-out batches (else the group keeps the plain weights). Measured on tiny-shapes-sd (32
+held-out prompts, reconstructed / plain latent MSE at 20% / 30%): ridge 0.1 with the original's
+inputs, Taylor 0.92 / 0.23, magnitude 0.47 / 0.28; ridge 0.01: Taylor 0.84 / 0.21, magnitude
+0.38 / 0.26, EcoDiff 0.22 / 0.22; ridge 0.01 with 4 checked groups (the default): Taylor
+0.80 / 0.21, magnitude 0.43 / 0.23, EcoDiff 0.22 / 0.29; the pruned model's inputs (ridge 0.1,
+4 groups): Taylor 0.99 / 0.22, magnitude 0.70 / 0.41; linear timestep weights and the layer
+guard changed nothing measurable. What mattered most was the calibration prompts: fitted on
+the first 32 training captions (all red circles) every re-fit raised the held-out latent MSE
+(Taylor 20%: 1.63x); :func:`~pruning.prompts.calibration_prompts` now spreads them.
+
 The result is a slim model: the same shapes as ``slim(denoiser, plan)``, other consumer weights,
 plus the compensation biases; its ``pruning_plan`` records the settings (``plan.reconstruction``),
 so ``export`` writes it like any export and ``load_pruned`` rebuilds it bit for bit.
