@@ -72,7 +72,8 @@ def _markdown(tables: dict[str, pd.DataFrame]) -> str:
         label = df["method"].astype(str)
         if "steps" in df:
             few = df["method"] == "fewer steps"
-            label[few] = [f"fewer steps ({int(k)} of {int(n)})" for k, n in zip(df["steps"][few], df["steps_full"][few])]
+            label[few] = [f"fewer steps ({int(k)} of {int(n)})"
+                          for k, n in zip(df["steps"][few], df["steps_full"][few])]
         out = pd.DataFrame({
             "method": label, "reconstructed": pd.Series(rec).map({True: "yes", False: ""}).values,
             "sparsity": df["sparsity"], "params removed": df["params_fraction"].map(lambda v: f"{v:.1%}"),
@@ -91,7 +92,8 @@ def _markdown(tables: dict[str, pd.DataFrame]) -> str:
             out.loc[df["latent_mse"].isna().values, col] = ""
         parts.append(f"**{model}**\n\n" + _table(out))
     summary = q3_table(tables)
-    head = ("**Q3: the best training-free plan per model** (task accuracy acc_all, 95% interval; gap in "
+    head = ("**Q3: the best training-free plan per model**, read from the tables below (task accuracy "
+            "acc_all, 95% interval; gap in "
             "points below the original; fewer steps: the original at the steps that spend the plans' MACs "
             "per image)\n\n" + _table(summary) + "\n\n") if len(summary) else ""
     return head + "\n\n".join(parts) + "\n"
