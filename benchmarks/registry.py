@@ -46,6 +46,8 @@ register("P2", "benchmarks.p2_checkpointing", "time-step checkpointing memory")
 register("E1", "benchmarks.p2_checkpointing", "EcoDiff run time, T=10, 8 prompts", func="run_e1")
 register("Q1", "benchmarks.quality_tables", "method comparison tables (both bundled models)")
 register("Q2", "benchmarks.quality_tables", "reconstruction: MSE ratio, accuracy, time", func="run_q2")
+register("Q3", "benchmarks.quality_tables", "best training-free plan: accuracy gap at 20% / 30%, and fewer steps",
+         func="run_q3")
 register("P5", "benchmarks.p5_app", "app start and first comparison")
 register("R0", "benchmarks.r0_ui_latency", "UI call under model load")
 register("R1", "benchmarks.r1_real_size", "real-size slimming: SD 1.5, SDXL")

@@ -14,32 +14,39 @@ against the prompt when the CLIP model can be loaded (else ``attrs["clip"]`` say
 >>> s = CompareSettings(eval_prompts=["a red circle", "a blue square"], calib_prompts=["a red circle"],
 ...                     random_draws=1)
 >>> df = compare_methods(h, [0.2], ["magnitude", "random"], settings=s)
->>> df["method"].tolist(), [round(f, 2) for f in df["params_fraction"]]
+>>> df["method"].tolist()[:3], [round(f, 2) for f in df["params_fraction"]][:3]
 (['original', 'magnitude', 'random'], [0.0, 0.2, 0.2])
+
+The "fewer steps" rows: the original sampled with the steps that spend each plan's MACs per
+image (``matched_steps``), on the same prompts and seeds (``fewer_steps=False`` leaves them out).
+
+>>> few = df[df["method"] == FEWER_STEPS]
+>>> bool((few["steps"] < few["steps_full"]).all()), set(few["sparsity"])
+(True, {0.2})
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import validate
-from .catalog import UNIT_KINDS
 from .clipscore import load_clip
 from .errors import ModelLoadError, PruningError, SettingsError
 from .export import build as build_model
 from .methods import Scores, get, names
+from .methods.select import LayerBudget
 from .metrics import count_params, total_macs
 from .prompts import calibration_prompts, evaluation_prompts, is_shapes_model
 from .quality import bootstrap_ci, evaluate, mean_se
 from .reconstruct import ReconstructSettings, reconstruct
 from .runs import RunControl, RunState, as_control
-from .sampling import count_inputs
+from .sampling import count_inputs, spec
 
 ACCURACIES = ("color", "shape", "position", "all")
 
@@ -63,6 +70,8 @@ class CompareSettings:
     reconstruct: bool = False  # also evaluate every plan re-fitted by pruning.reconstruct (a second row)
     reconstruct_settings: Mapping = field(default_factory=dict)  # ReconstructSettings values
     clip: bool = True  # CLIP score on models that are not the shapes models (needs the CLIP model)
+    fewer_steps: bool = True  # the "fewer steps" baseline: the original with steps cut to each plan's MACs
+    budget: Mapping | None = None  # unit plans' selection budget (pruning.methods.select.LayerBudget fields)
 
     def __post_init__(self):
         v = validate
@@ -76,12 +85,13 @@ class CompareSettings:
                                                                                            "calib_prompts"),
                   "random_draws": v.integer("random_draws", self.random_draws, lo=1, hi=MAX_DRAWS),
                   "method_settings": {str(k): dict(val) for k, val in self.method_settings.items()}}
-        for name in ("reconstruct", "clip"):
+        for name in ("reconstruct", "clip", "fewer_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.reconstruct_settings, Mapping):
             raise SettingsError("reconstruct_settings must be a dict of ReconstructSettings values")
         values["reconstruct_settings"] = dict(self.reconstruct_settings)
+        values["budget"] = None if self.budget is None else LayerBudget.of(self.budget).to_dict()  # checked now
         ReconstructSettings(**values["reconstruct_settings"])  # checked now, not after the scoring
         for k, val in values.items():
             object.__setattr__(self, k, val)
@@ -108,11 +118,21 @@ def method_settings(method, s: CompareSettings, calib: tuple[str, ...]):
     """The method's settings: its defaults, the comparison's calibration prompts and steps, overrides."""
     names = {f.name for f in fields(method.Settings)}
     values = {k: v for k, v in (("prompts", calib), ("steps", s.steps)) if k in names and v is not None}
-    if method.name == "ldpruner":
-        values["n_gen"] = max(2, len(calib))
-    if "kinds" in names:
-        values["kinds"] = UNIT_KINDS
-    return method.settings(**{**values, **s.method_settings.get(method.name, {})})
+    return method.settings(**{**values, **method.comparison_settings(tuple(calib)),
+                              **s.method_settings.get(method.name, {})})
+
+
+def matched_steps(steps: int, macs_fraction: float) -> int:
+    """The steps at which the original spends the MACs per image of a plan that removes
+    ``macs_fraction`` of the MACs per denoiser call: ``steps x (1 - macs_fraction)``, rounded,
+    at least 1 (20% fewer MACs = 20% fewer steps).
+
+    >>> matched_steps(20, 0.2), matched_steps(25, 0.3), matched_steps(3, 0.9)
+    (16, 18, 1)
+    """
+    steps = validate.integer("steps", steps, lo=1, hi=10_000)
+    f = validate.number("macs_fraction", macs_fraction, lo=0, hi=1)
+    return max(1, int(round(steps * (1 - f))))
 
 
 def _evaluate(handle, denoiser, prompts, seeds, ref, s: CompareSettings, control, clip=None) -> dict:
@@ -175,9 +195,39 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
     return compare_chunk(handle, sparsities, methods, settings=settings, control=control)[0]
 
 
-def _jobs(chosen: list[str], sps: list[float]) -> list[tuple]:
-    """The comparison's units of work in order: each method's scoring, then its plans."""
-    return [job for name in chosen for job in [("score", name, None), *(("plan", name, t) for t in sps)]]
+FEWER_STEPS = "fewer steps"  # the method column of the baseline's rows
+
+
+def _jobs(chosen: list[str], sps: list[float], fewer_steps: bool = False) -> list[tuple]:
+    """The comparison's units of work in order: each method's scoring, then its plans; last the
+    fewer-steps baseline (it reads the plans' MACs)."""
+    jobs = [job for name in chosen for job in [("score", name, None), *(("plan", name, t) for t in sps)]]
+    return jobs + ([("steps", FEWER_STEPS, None)] if fewer_steps else [])
+
+
+def _fewer_steps_rows(handle, rows, prompts, seeds, ref, s: CompareSettings, control, clip) -> list[dict]:
+    """One row per (sparsity, step count) the plain plans call for: the original sampled with the
+    steps that spend each plan's MACs per image (``matched_steps``), on the same prompts and seeds.
+    ``plans`` says which methods' plans each row matches."""
+    full = spec(handle, steps=s.steps).steps
+    orig = next(r for r in rows if r.get("method") == "original")
+    wanted: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r.get("method") in ("original", FEWER_STEPS) or r.get("reconstructed") or pd.isna(r.get("macs", np.nan)):
+            continue
+        k = matched_steps(full, 1 - r["macs"] / orig["macs"])
+        wanted.setdefault((r["sparsity"], k), []).append(r["method"])
+    done: dict[int, dict] = {}
+    out = []
+    for (t, k), who in sorted(wanted.items()):
+        if k not in done:
+            settings = replace(s, steps=k)
+            done[k] = _row([_evaluate(handle, handle.denoiser, prompts, seeds, ref, settings, control, clip)[0]])
+        row = dict(done[k])
+        row["macs"] = orig["macs"] * k / full  # MACs per denoiser call, scaled to the same MACs per image
+        out.append({"method": FEWER_STEPS, "reconstructed": False, "sparsity": t, **row, "params_fraction": 0.0,
+                    "steps": k, "steps_full": full, "plans": ", ".join(dict.fromkeys(who))})
+    return out
 
 
 def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | None = None, *,
@@ -202,7 +252,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
     key = {"sparsities": sps, "methods": chosen, "settings": asdict(s)}
     clip = _clip_scorer(handle, s, attrs)
     recon = ReconstructSettings(**s.reconstruct_settings) if s.reconstruct else None
-    jobs = _jobs(chosen, sps)
+    jobs = _jobs(chosen, sps, s.fewer_steps)
     n_jobs = len(chosen) * len(sps)
     rows, total, ref, j, scored, inner = [], None, None, 0, None, None
     if state is not None:
@@ -238,6 +288,11 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                 chunk_ended = True
                 break
             kind, name, t = jobs[j]
+            if kind == "steps":
+                rows.extend(_fewer_steps_rows(handle, rows, prompts, seeds, ref, s, control, clip))
+                j += 1
+                control.unit_done()
+                continue
             method = get(name)
             if kind == "score":
                 if name == "random":
@@ -255,7 +310,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                 j += 1
                 continue
             try:
-                plans = [method.to_plan(handle, x, target_sparsity=t) for x in scored]
+                plans = [method.to_plan(handle, x, target_sparsity=t, budget=s.budget) for x in scored]
             except PruningError as e:
                 rows.append({"method": name, "sparsity": t, "error": str(e)})
                 plans = None

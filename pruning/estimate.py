@@ -394,7 +394,9 @@ def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s:
     s = spec(handle, steps=s0.steps, guidance=s0.guidance, resolution=s0.resolution)
     batches = math.ceil(len(s0.prompts) / s0.batch_size)
     calls, batch = _generation_calls(handle, s, min(s0.batch_size, len(s0.prompts)))
-    seconds = passes * batches * calls * cost.call(batch)
+    passes = max(passes, s0.groups) * (2 if s0.inputs == "pruned" else 1)  # sequential groups; the pruned model too
+    checks = (batches // 4) * (1 + s0.groups) if s0.check else 0  # the end-to-end check's held-out rollouts
+    seconds = (passes * batches + checks) * calls * cost.call(batch)
     peak = cost.weights_bytes * 2 + cost.saved_bytes(batch) + int(s0.max_gram_mb * 2 ** 20)  # + the slim copy
     return _finish(Estimate("Reconstruction", seconds, peak, {"denoiser calls": passes * batches * calls,
                                                               "batch": batch, "passes": passes},
@@ -431,6 +433,8 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
         draws = s.random_draws if name == "random" else 1
         plans += draws * len(sps)
         seconds += draws * sum(eval_s * (1 - t) for t in sps) * (2 if s.reconstruct else 1)
+    if s.fewer_steps:  # the original at about (1 - sparsity) of its steps, once per target
+        seconds += sum(eval_s * (1 - t) for t in sps)
     if s.reconstruct:
         r = estimate_reconstruction(handle, ReconstructSettings(**s.reconstruct_settings))
         seconds += plans * r.seconds

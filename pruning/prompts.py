@@ -4,8 +4,8 @@ On the bundled shapes models (and exports of them) both come from the shapes dat
 apart (calibration uses training captions, evaluation the held-out ones); on every other
 model they come from a small fixed list of everyday captions, also kept apart.
 
->>> calibration_prompts("bundled:tiny-shapes-sd@abc", 2)
-('a red circle at the top left on a white background', 'a red circle at the top left on a gray background')
+>>> calibration_prompts("bundled:tiny-shapes-sd@abc", 2)  # spread over the training captions
+('a red circle at the top left on a white background', 'a yellow circle at the top right on a black background')
 >>> evaluation_prompts("hub:org/model@1", 1)
 ('a photo of a red sports car parked on a city street',)
 """
@@ -54,10 +54,24 @@ def _take(pool: tuple[str, ...], n: int) -> tuple[str, ...]:
     return tuple(pool[i % len(pool)] for i in range(n))
 
 
+def _spread(pool: tuple[str, ...], n: int) -> tuple[str, ...]:
+    """``n`` prompts spread evenly over ``pool`` (all of it, cycling, when ``n`` exceeds it).
+
+    >>> _spread(tuple("abcdefgh"), 4)
+    ('a', 'c', 'e', 'g')
+    """
+    if n > len(pool):
+        return _take(pool, n)
+    return tuple(pool[i * len(pool) // n] for i in range(n))
+
+
 def calibration_prompts(model_ref: str, n: int = 8) -> tuple[str, ...]:
-    """``n`` prompts for a method to score with (disjoint from the evaluation prompts)."""
+    """``n`` prompts for a method to score with (disjoint from the evaluation prompts). On the
+    shapes models they are spread over the training captions, which are sorted by colour and
+    shape: the first 32 are all red circles, and a reconstruction fitted on them made held-out
+    captions worse (Taylor 20% on tiny-shapes-sd: 1.6x the plain latent MSE)."""
     if is_shapes_model(model_ref):
-        return _take(tuple(train_prompts()), n)
+        return _spread(tuple(train_prompts()), n)
     return _take(_EVERYDAY[_N_EVAL:], n)
 
 

@@ -54,7 +54,7 @@ def toy():
 def test_a_fifth_method_appears_everywhere_without_other_changes(toy, tiny_sd):
     s = CompareSettings(eval_prompts=["a red circle", "a blue square"], calib_prompts=["a red circle"])
     df = compare_methods(tiny_sd, [0.2], [toy, "magnitude"], settings=s)
-    assert list(df["method"]) == ["original", toy, "magnitude"]
+    assert list(df["method"])[:3] == ["original", toy, "magnitude"] and set(df["method"][3:]) == {"fewer steps"}
     assert abs(df.set_index("method").loc[toy, "params_fraction"] - 0.2) < 0.011
 
     from pruning.cli import build_parser

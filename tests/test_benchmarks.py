@@ -47,7 +47,7 @@ def test_measured_at_is_the_utc_date_of_the_merge(tmp_path):
 
 
 def test_registry_and_unknown_row(tmp_path):
-    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5", "R6"} <= set(ROWS)
+    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5", "R6", "Q3"} <= set(ROWS)
     with pytest.raises(SystemExit):
         main(["P0", "--out", str(tmp_path / "r.json")])
     with pytest.raises(ValueError, match="missing"):
@@ -76,3 +76,24 @@ def test_missing_dependency_skips_but_broken_import_fails(tmp_path, monkeypatch,
     assert runner.main(["X2", "--out", str(out)]) == 1  # the project's own import broke: a failure
     assert "X2: failed: ImportError" in capsys.readouterr().err
     assert json.loads(out.read_text()) == {}
+
+
+def test_q3_reads_the_best_plan_and_the_fewer_steps_baseline():
+    import pandas as pd
+
+    from benchmarks.quality_tables import _markdown, q3_figures
+
+    df = pd.DataFrame({
+        "method": ["original", "taylor", "taylor", "random", "fewer steps", "ldpruner"],
+        "reconstructed": [False, False, True, False, False, False], "sparsity": [0, 0.2, 0.2, 0.2, 0.2, 0.3],
+        "params_fraction": [0, 0.2, 0.2, 0.2, 0.0, float("nan")], "params": [1e6, 8e5, 8e5, 8e5, 1e6, float("nan")],
+        "macs": [1e7, 8e6, 8e6, 8e6, 8e6, float("nan")], "latent_mse": [0, 0.1, 0.05, 0.3, 0.02, float("nan")],
+        "psnr": [100, 30, 31, 20, 35, float("nan")], "acc_all": [0.95, 0.8, 0.9, 0.99, 0.93, float("nan")],
+        "acc_all_lo": [0.9, 0.7, 0.8, 0.9, 0.85, float("nan")], "acc_all_hi": [1, 0.9, 0.95, 1, 0.97, float("nan")],
+        "steps": [None, None, None, None, 16, None], "steps_full": [None, None, None, None, 20, None],
+        "error": [None] * 5 + ["target_sparsity=0.3 is not reachable: removing them removes at most 0.4392"]})
+    f = q3_figures({"m": df})
+    assert f["m 20%"]["best"] == "taylor + reconstruction" and f["m 20%"]["gap_points"] == 5.0  # random is no plan
+    assert f["m 20%"]["fewer_steps"]["steps"] == "16 of 20" and not f["m 20%"]["ok"]
+    md = _markdown({"m": df})
+    assert "not reachable (at most 44%)" in md and "nan%" not in md and "fewer steps (16 of 20)" in md

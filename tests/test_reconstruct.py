@@ -187,8 +187,8 @@ def test_memory_is_bounded_by_groups_and_the_result_does_not_depend_on_them():
     h = fresh("sd")
     plan = random_plan(h, seed=5)
     # with the original model's inputs the layers are independent: grouping changes nothing
-    one = reconstruct(h, plan, ReconstructSettings(prompts=CALIB.prompts, steps=2, inputs="original"))
-    many = reconstruct(h, plan, ReconstructSettings(prompts=CALIB.prompts, steps=2, inputs="original",
+    one = reconstruct(h, plan, ReconstructSettings(prompts=CALIB.prompts, steps=2, inputs="original", groups=1))
+    many = reconstruct(h, plan, ReconstructSettings(prompts=CALIB.prompts, steps=2, inputs="original", groups=1,
                                                     max_gram_mb=0.05))
     assert one.reconstruction["passes"] == 1 and many.reconstruction["passes"] > 2
     assert many.reconstruction["gram_mb"] < one.reconstruction["gram_mb"]
@@ -214,9 +214,10 @@ def test_compare_reports_both_with_intervals(tiny_sd):
     s = CompareSettings(eval_prompts=["a red circle", "a blue square", "a green star"], calib_prompts=["a red circle"],
                         random_draws=2, reconstruct=True, reconstruct_settings={"steps": 2, "prompts": list(PROMPTS[:4])})
     df = compare_methods(tiny_sd, [0.3], ["magnitude", "random"], settings=s)
-    assert df[["method", "reconstructed"]].values.tolist() == [
+    assert df[["method", "reconstructed"]].values.tolist()[:5] == [
         ["original", False], ["magnitude", False], ["magnitude", True], ["random", False], ["random", True]]
-    rec = df[df["reconstructed"]]
+    assert set(df["method"][5:]) == {"fewer steps"}
+    rec = df[df["reconstructed"].fillna(False).astype(bool)]
     assert (rec["reconstruct_s"] > 0).all() and rec["latent_mse_se"].notna().all()
     plain = df[(df["method"] == "magnitude") & ~df["reconstructed"]].iloc[0]
     assert plain["params"] == rec.iloc[0]["params"]  # the same plan: the same shapes
@@ -243,3 +244,56 @@ def test_clip_fails_fast_and_clearly_offline():
     with pytest.raises(ModelLoadError, match="CLIP model 'openai/clip-vit-base-patch16'.*offline"):
         load_clip()
     assert time.perf_counter() - t0 < 10
+
+
+def test_the_guard_rail_falls_back_to_plain_slimming_where_a_fit_raises_held_out_error():
+    """A fit that cannot generalise (huge negative ridge is refused, so: a pure least-squares fit on
+    one calibration batch of a single prompt) is judged on the held-out batch; every layer whose
+    held-out error the fit raised keeps the plain slim weights, and every kept fit lowered it."""
+    h = fresh("sd")
+    plan = random_plan(h, seed=5, keep=0.3)
+    prompts = ("red",) * 3 + PROMPTS[:1]  # three batches of one prompt to fit, the fourth held out
+    s = ReconstructSettings(prompts=prompts, steps=2, ridge=0.0, batch_size=1, guard=True, inputs="pruned",
+                            groups=2, timestep_weights="linear", check=False)  # the layer guard alone
+    small = reconstruct(h, plan, s)
+    plain = slim(h.denoiser, plan)
+    layers = small.reconstruction["layers"]
+    assert layers and all("fallback" in r for r in layers.values())
+    for fqn, r in layers.items():
+        same = torch.equal(small.get_submodule(fqn).weight, plain.get_submodule(fqn).weight)
+        assert same == r["fallback"], fqn
+        assert r["fallback"] == (r["held_out_after"] > r["held_out_before"])
+    assert small.reconstruction["passes"] >= 2  # sequential: one pass per group
+
+
+def test_a_sequential_reconstruction_exports_and_reloads_bit_identically(tmp_path):
+    h = fresh("sd")
+    plan = random_plan(h, seed=6, keep=0.5)
+    s = ReconstructSettings(prompts=PROMPTS[:8], steps=2, batch_size=2, inputs="pruned", groups=3,
+                            timestep_weights="linear", guard=True)
+    small = reconstruct(h, plan, s)
+    back = load_pruned(export(h, small.pruning_plan, tmp_path / "exp", denoiser=small))
+    a, b = small.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_record_without_the_newer_settings_means_the_legacy_values():
+    rec = {k: v for k, v in CALIB.__dict__.items() if k not in ("groups", "timestep_weights", "guard")}
+    s = ReconstructSettings.from_record({**rec, "prompts": list(CALIB.prompts)})
+    assert (s.groups, s.timestep_weights, s.guard) == (1, "flat", False)
+
+
+def test_the_fewer_steps_baseline_spends_each_plans_macs_per_image(tiny_sd):
+    from pruning.compare import CompareSettings, compare_methods, matched_steps
+
+    assert [matched_steps(20, f) for f in (0.0, 0.2, 0.24, 0.26, 1.0)] == [20, 16, 15, 15, 1]
+    s = CompareSettings(eval_prompts=["a red circle", "a blue square"], calib_prompts=["a red circle"], steps=10,
+                        random_draws=1)
+    df = compare_methods(tiny_sd, [0.3], ["magnitude"], settings=s)
+    orig = df[df["method"] == "original"].iloc[0]
+    plan = df[df["method"] == "magnitude"].iloc[0]
+    few = df[df["method"] == "fewer steps"]
+    assert len(few) == 1 and few["steps_full"].iloc[0] == 10
+    assert few["steps"].iloc[0] == round(10 * plan["macs"] / orig["macs"]) < 10
+    assert few["params_fraction"].iloc[0] == 0 and few["plans"].iloc[0] == "magnitude"
+    assert 0 < few["latent_mse"].iloc[0]  # fewer steps is not the original

@@ -14,6 +14,14 @@ at the visitor's own plan.
 
 Rows with ``reconstructed`` true (``compare_methods(..., reconstruct=True)``) get their own
 dashed line in the method's colour; ``latent_mse_se`` and ``acc_*_lo`` / ``_hi`` become error bars.
+The "fewer steps" baseline (the original at the steps that spend a plan's MACs per image) is a
+grey dotted line drawn at the target sparsity of the plans it matches.
+
+>>> few = pd.DataFrame({"method": ["fewer steps"], "sparsity": [0.2], "params_fraction": [0.0],
+...                     "latent_mse": [0.03], "reconstructed": [False]})
+>>> fig = quality_vs_sparsity(pd.concat([df, few]), "latent_mse")
+>>> [(t.name, [float(v) for v in t.x]) for t in fig.data][-1]
+('fewer steps (same MACs per image)', [0.0, 0.2])
 
 >>> df["reconstructed"] = [False, False, False, False]
 >>> rec = pd.DataFrame({"method": ["ldpruner"], "params_fraction": [0.1], "latent_mse": [0.005],
@@ -31,6 +39,7 @@ import plotly.graph_objects as go
 from .theme import apply_theme, titled
 
 HEIGHT = 420
+FEWER_STEPS = "fewer steps"  # pruning.compare.FEWER_STEPS (kept in step by tests/test_visual.py)
 METRICS = {  # column -> (axis label, direction)
     "latent_mse": ("latent MSE vs the original", "lower is better"),
     "psnr": ("PSNR vs the original (dB)", "higher is better"),
@@ -65,20 +74,27 @@ def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "
     xs = []
     if len(df) and metric in df.columns and x in df.columns:
         df = df.dropna(subset=[x, metric]).copy()
+        few = df["method"] == FEWER_STEPS
+        if few.any() and "sparsity" in df:
+            df.loc[few, x] = df.loc[few, "sparsity"]  # beside the plans whose MACs it matches
         df["reconstructed"] = df["reconstructed"].fillna(False).astype(bool) if "reconstructed" in df else False
         original = df[df["method"] == "original"]
         colours = {}
         for (method, rebuilt), part in df[df["method"] != "original"].groupby(["method", "reconstructed"], sort=False):
             part = pd.concat([original, part]).sort_values(x)
             xs += list(part[x])
-            colour = colours.setdefault(method, PALETTE[len(colours) % len(PALETTE)])
+            colour = colours.setdefault(method, "#555555" if method == FEWER_STEPS
+                                        else PALETTE[len(colours) % len(PALETTE)])
             name = f"{method} + reconstruction" if rebuilt else str(method)
+            name = f"{FEWER_STEPS} (same MACs per image)" if method == FEWER_STEPS else name
+            dash = "dot" if method == FEWER_STEPS else ("dash" if rebuilt else "solid")
             fig.add_trace(go.Scatter(x=part[x], y=part[metric], mode="lines+markers", name=name,
-                                     line={"color": colour, "dash": "dash" if rebuilt else "solid"},
+                                     line={"color": colour, "dash": dash},
                                      error_y=_error_bars(part, metric),
                                      hovertemplate=f"{name}<br>params removed: %{{x:.1%}}<br>{label}: "
                                                    "%{y:.4g}<extra></extra>"))
-        fig.data = tuple(sorted(fig.data, key=lambda t: list(colours).index(t.name.split(" + ")[0])))
+        fig.data = tuple(sorted(fig.data, key=lambda t: list(colours).index(
+            FEWER_STEPS if t.name.startswith(FEWER_STEPS) else t.name.split(" + ")[0])))
     if mark is not None:
         fig.add_vline(x=mark, line={"dash": "dot", "color": "#e4572e"},
                       annotation_text=f"your plan: {mark:.0%}", annotation_position="top")

@@ -297,8 +297,9 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
                         "fraction of the params is gone, in (0, 1)")
     target.add_argument("--target-macs", metavar="F", help="operator scores: the same, for the fraction of MACs")
     target.add_argument("--operators", nargs="+", metavar="FQN", help="operator scores: remove exactly these")
-    p.add_argument("--scope", default="global", choices=("global", "local"),
-                   help="unit scores: rank all units together (global) or remove the same fraction per layer")
+    p.add_argument("--scope", default=None, choices=("global", "local"),
+                   help="unit scores: rank all units together (global, normalised and capped per layer) or remove "
+                        "the same fraction per layer (default: the scores' own setting, else global)")
     p.add_argument("--native", action="store_true", help="whole blocks only: a plan stock diffusers loads "
                    "(export --native); with --target-sparsity")
     p.add_argument("--out", required=True, metavar="PLAN_JSON", help="where to write the plan")

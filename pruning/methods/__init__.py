@@ -51,10 +51,12 @@ def get(name: str) -> Method:
     return METHODS[registered("method", name, names())]
 
 
-def to_plan(handle, scores: Scores, *, target_sparsity: float, scope: str = "global", native: bool = False):
+def to_plan(handle, scores: Scores, *, target_sparsity: float, scope: str | None = None, budget=None,
+            native: bool = False):
     """Cut any method's scores at ``target_sparsity`` (dispatches on ``scores.method``); ``native``: whole
     blocks only, a plan that stock diffusers loads (``pruning.methods.native_plan``)."""
-    return get(scores.method).to_plan(handle, scores, target_sparsity=target_sparsity, scope=scope, native=native)
+    return get(scores.method).to_plan(handle, scores, target_sparsity=target_sparsity, scope=scope, budget=budget,
+                                      native=native)
 
 
 for _module, _attr in BUILTIN:

@@ -36,7 +36,7 @@ from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
 from ..validate import choice, few, fraction, read_json, shown
-from .select import plan_from_operator_scores, plan_from_unit_scores
+from .select import LayerBudget, plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
 LEVELS = ("operator", "unit")
@@ -255,18 +255,35 @@ class Method:
             raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
         return self.score(handle, settings, control=control), None
 
+    def comparison_settings(self, calib: tuple[str, ...]) -> dict:
+        """What a method comparison (``compare_methods``, the app's How much? tab, the Q benchmarks)
+        sets for this method beyond the shared calibration prompts and steps: by default every unit
+        kind, so unit methods compare on the same structures. A method overrides it with its own."""
+        from ..catalog import UNIT_KINDS
+
+        return {"kinds": UNIT_KINDS} if "kinds" in {f.name for f in fields(self.Settings)} else {}
+
     def rebuild(self, handle, plan: PruningPlan):
         """The slim denoiser of a plan whose ``reconstruction`` names this method (a method that
         compensates weights itself, as OBS-Diff, overrides it; ``pruning.export.build`` calls it)."""
         raise PlanError(f"{self.name} plans carry no weights of their own: slim them (pruning.slim)")
 
-    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global",
-                native: bool = False) -> PruningPlan:
-        """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone;
-        ``native``: only whole blocks a diffusers config states (``methods.native_plan``)."""
+    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str | None = None,
+                budget=None, native: bool = False) -> PruningPlan:
+        """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone.
+
+        ``scope``: "global" or "local" for unit scores; None takes the scores' own ``scope``
+        setting (Diff-Pruning's authors' preset: "local") or "global". ``budget``: a
+        :class:`~pruning.methods.select.LayerBudget` (or a dict of its fields) for unit scores: the
+        per-structure cap, the score normalisation, protected ends, lower early sparsity.
+        ``native``: only whole blocks a diffusers config states (``methods.native_plan``).
+        """
         check_scores_fit(handle, scores)
         target = fraction("target sparsity", target_sparsity)
+        if scope is None:
+            scope = scores.settings.get("scope") or "global"
         choice("scope", scope, SCOPES)
+        budget = LayerBudget.of(budget)
         prov = {"method": scores.method, "settings": dict(scores.settings), "scope": scope,
                 "target_sparsity": target, "partial_scores": scores.partial}
         if native:
@@ -278,7 +295,7 @@ class Method:
                 raise SettingsError(f"scope {scope!r} needs unit scores; {scores.method} scores whole operators")
             return plan_from_operator_scores(handle, scores.table, target_sparsity=target, provenance=prov)
         return plan_from_unit_scores(handle, unit_scores_for(handle, scores), target_sparsity=target, scope=scope,
-                                     provenance=prov)
+                                     provenance=prov, budget=budget)
 
 
 def unit_scores_for(handle, scores: Scores) -> dict[str, torch.Tensor]:

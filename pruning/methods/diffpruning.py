@@ -90,6 +90,9 @@ class TaylorSettings:
     thr: float = opt(0.05, "thr: stop once the loss falls below thr x its maximum (the paper: 0-0.1)", "float")
     kinds: tuple[str, ...] = opt(UNIT_KINDS, "structures to score: head, neuron, group", "choices", UNIT_KINDS)
     noise_seed: int = opt(0, "seed of the noise added to the clean images", "int")
+    scope: str = opt("global", "how a plan cuts these scores: global (one ranking of the scores, "
+                     "at most 75% of any layer) or local (the same fraction of every layer, as the authors' "
+                     "ddpm_prune.py: Torch-Pruning's default global_pruning=False)", "choice", ("global", "local"))
 
     def __post_init__(self):
         v = validate
@@ -107,6 +110,7 @@ class TaylorSettings:
             "thr": ThresholdRule(self.thr).thr,
             "kinds": v.subset("kinds", self.kinds, UNIT_KINDS),
             "noise_seed": v.seed("noise_seed", self.noise_seed),
+            "scope": v.choice("scope", self.scope, ("global", "local")),
         }
         for k, val in values.items():
             object.__setattr__(self, k, val)
@@ -322,6 +326,12 @@ class Taylor(Method):
                "denoising loss over each unit's weights: low importance = safe to remove.")
     level = "unit"
     Settings = TaylorSettings
+    # "authors": VainF/Diff-Pruning's ddpm_prune.py prunes with Torch-Pruning's default
+    # global_pruning=False, so every layer loses the same fraction (scope "local")
+    presets = ("ours", "authors")
+
+    def preset_settings(self, preset: str, family: str, **values) -> TaylorSettings:
+        return TaylorSettings(**{"scope": "local", **values})
 
     def score(self, handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return self.run(handle, settings, control=control)[0]

@@ -369,6 +369,10 @@ class LDPruner(Method):
     Settings = SweepSettings
     presets = PRESETS
 
+    def comparison_settings(self, calib: tuple[str, ...]) -> dict:
+        """One generated sample per calibration prompt (at least 2: a standard deviation needs two)."""
+        return {"n_gen": max(2, len(calib))}
+
     def preset_settings(self, preset: str, family: str, **values) -> SweepSettings:
         """The "proxy" preset: about half the model's steps and resolution, resolved once the model is
         known (``values`` override). The same for every family.

@@ -520,6 +520,12 @@ class OBSDiff(Method):
     presets = PRESETS
     chunkable = False  # a sequential calibration: one chunk
 
+    def comparison_settings(self, calib: tuple[str, ...]) -> dict:
+        """Its own default kinds (neurons and channel groups): with heads, an equal per-layer fraction
+        removes a quarter or half of every 4-head attention (latent MSE at 20%: flux 0.282 vs 0.0052,
+        sd3 0.056 vs 0.0257 without heads)."""
+        return {}
+
     def preset_settings(self, preset: str, family: str, **values) -> OBSDiffSettings:
         """"authors": the released script's values (``AUTHORS``, source ``AUTHORS_SOURCE``)."""
         validate.choice("preset", preset, PRESETS)
@@ -531,11 +537,17 @@ class OBSDiff(Method):
         info = {k: v for k, v in r.info.items() if k != "layers"}
         return Scores(self.name, "unit", r.table, handle.model_ref, s.to_dict(), info=info)
 
-    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "local") -> PruningPlan:
+    def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str | None = "local",
+                budget=None, native: bool = False) -> PruningPlan:
         """OBS-Diff's plan at ``target_sparsity``: its own run at that target (every layer loses the same
-        fraction of its units, the authors' allocation, whatever ``scope`` says; the plan's provenance
-        records it). The plan records the run, so ``pruning.export.build`` gives its compensated model."""
+        fraction of its units, the authors' allocation, whatever ``scope`` or a ``budget`` say; the plan's
+        provenance records it). The plan records the run, so ``pruning.export.build`` gives its
+        compensated model. ``native``: whole blocks cut from its scores (no compensation: a native
+        plan removes whole blocks, which leaves no consumer to compensate)."""
+        if native:
+            return super().to_plan(handle, scores, target_sparsity=target_sparsity, native=True)
         check_scores_fit(handle, scores)
+        scope = scope or "local"
         validate.choice("scope", scope, ("global", "local"))
         s = OBSDiffSettings.from_dict(scores.settings)
         plan = run(handle, s, validate.fraction("target sparsity", target_sparsity)).plan
