@@ -45,6 +45,14 @@ FORMAT = "pruning-scores/1"
 _REQUIRED = {"operator": ("fqn", "score"), "unit": ("fqn", "index", "score")}
 
 
+META_KEYS = ("format", "method", "level", "model_ref", "settings", "partial", "info", "direction", "records")
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x, default=str))
 
@@ -138,10 +146,34 @@ class Scores:
 
     @classmethod
     def _from_meta(cls, m: Mapping, table: pd.DataFrame, what: str) -> Scores:
+        """Scores from read metadata, every field checked: the method is a registered one, the level
+        its level, the settings valid settings of that method (its settings class builds them: unknown
+        names, wrong types and out-of-range values are refused), the info a JSON object."""
+        from . import get  # the registry imports this module
+
         for key, typ in (("method", str), ("level", str), ("model_ref", str), ("settings", Mapping),
                          ("partial", bool), ("info", Mapping)):
             if not isinstance(m.get(key), typ):
-                raise SettingsError(f"{what}: field {key!r} must be a {typ.__name__}, got {m.get(key)!r}")
+                raise SettingsError(f"{what}: field {key!r} must be a {typ.__name__}, got {_short(m.get(key))}")
+        extra = sorted(str(k) for k in m if k not in META_KEYS)
+        if extra:
+            raise SettingsError(f"{what}: field {_short(extra[0])} is not a field of {FORMAT} metadata")
+        if m.get("direction", DIRECTION) != DIRECTION:
+            raise SettingsError(f"{what}: direction must be {DIRECTION!r}, got {_short(m.get('direction'))}")
+        if not m["model_ref"].strip():
+            raise SettingsError(f"{what}: field 'model_ref' is empty")
+        try:
+            method = get(m["method"])
+        except SettingsError as e:
+            raise SettingsError(f"{what}: {e}") from None
+        if m["level"] != method.level:
+            raise SettingsError(f"{what}: {method.name} scores {method.level}s, the file says level {_short(m['level'])}")
+        try:
+            method.settings(**{str(k): v for k, v in m["settings"].items()})
+        except SettingsError as e:
+            raise SettingsError(f"{what}: its settings are not valid {method.name} settings: {e}") from None
+        except TypeError as e:  # a settings class that takes no such argument
+            raise SettingsError(f"{what}: its settings are not valid {method.name} settings: {e}") from None
         try:
             return cls(m["method"], m["level"], table, m["model_ref"], m["settings"], m["partial"], m["info"])
         except SettingsError as e:
