@@ -30,7 +30,7 @@ from huggingface_hub import ModelCardData
 from PIL import Image
 
 from .catalog import UNIT_KINDS, discover
-from .errors import ModelLoadError
+from .errors import ExportError, ModelLoadError
 from .plan import PruningPlan
 from .prompts import evaluation_prompts, is_shapes_model
 from .sampling import count_inputs
@@ -64,7 +64,13 @@ def front_matter(text: str) -> dict:
     if not text.startswith("---\n"):
         return {}
     block = text[4:].split("\n---", 1)[0]
-    return yaml.safe_load(block) or {}
+    try:
+        data = yaml.safe_load(block)
+    except yaml.YAMLError as e:
+        raise ExportError(f"the card's metadata block is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ExportError(f"the card's metadata block must be a YAML mapping, got {type(data).__name__}")
+    return data or {}
 
 
 def summary_figures(handle, plan: PruningPlan) -> dict:

@@ -45,6 +45,13 @@ FORMAT = "pruning-scores/1"
 _REQUIRED = {"operator": ("fqn", "score"), "unit": ("fqn", "index", "score")}
 
 
+def parquet_available() -> bool:
+    """Whether pandas can read and write .parquet here (pyarrow or fastparquet installed)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("pyarrow", "fastparquet"))
+
+
 META_KEYS = ("format", "method", "level", "model_ref", "settings", "partial", "info", "direction", "records")
 
 
@@ -185,6 +192,9 @@ class Scores:
         path = Path(path)
         if path.suffix == ".safetensors":
             return write_tensors(path, self.unit_scores(), FORMAT, self.meta())
+        if path.suffix == ".parquet" and not parquet_available():
+            raise SettingsError(f"cannot write {str(path)!r}: .parquet needs pyarrow or fastparquet, which are not "
+                                "installed; write .csv or .safetensors")
         with atomic_write(path) as tmp:
             if path.suffix == ".parquet":
                 self.table.to_parquet(tmp, index=False)
@@ -285,6 +295,12 @@ class Method:
         if state is not None:
             raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
         return self.score(handle, settings, control=control), None
+
+    def check_state(self, handle, settings, state: RunState) -> None:
+        """Refuse a state this run cannot resume (another run's, or one whose fields do not fit this
+        model and these settings): one ``StateMismatch`` naming the field. :meth:`run` checks the
+        same before it uses a state; this checks without running."""
+        raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
 
     def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str = "global") -> PruningPlan:
         """Remove the lowest-scoring operators or units until ``target_sparsity`` of the params is gone."""

@@ -363,6 +363,14 @@ class Taylor(Method):
     def score(self, handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return self.run(handle, settings, control=control)[0]
 
+    def check_state(self, handle, settings: TaylorSettings | None, state: RunState) -> None:
+        settings = settings or TaylorSettings()
+        if settings.prompts is None and settings.images is None:
+            settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
+        state.check("taylor", handle.model_ref, settings.to_dict())
+        n_train = handle.pipe.scheduler.config.num_train_timesteps
+        _check_state(state, settings, unit_params(handle, settings.kinds), list(range(0, n_train, settings.stride)))
+
     def run(self, handle, settings: TaylorSettings | None = None, *, state: RunState | None = None,
             control: RunControl | None = None):
         df = importance(handle, settings, control=control, state=state)

@@ -498,6 +498,15 @@ class EcoDiff(Method):
     def score(self, handle, settings: EcoDiffSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return optimize(handle, settings, control=control).to_scores()
 
+    def check_state(self, handle, settings: EcoDiffSettings | None, state: RunState) -> None:
+        settings = settings or EcoDiffSettings()
+        if settings.prompts is None:
+            settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
+        state.check("ecodiff", handle.model_ref, settings.to_dict())
+        gates = GateSet.for_denoiser(handle.denoiser, kinds=tuple(settings.kinds), gate=settings.gate,
+                                     init=settings.init, eps=settings.masking_eps)
+        _check_state(state, settings, gates, _batches(settings))
+
     def run(self, handle, settings: EcoDiffSettings | None = None, *, state: RunState | None = None,
             control: RunControl | None = None):
         out = optimize(handle, settings, control=control, state=state)

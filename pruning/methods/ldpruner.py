@@ -452,6 +452,11 @@ class LDPruner(Method):
             info["stopped"] = control.reason or "chunk ended"
         return Scores(self.name, "operator", df, handle.model_ref, df.attrs["settings"], df.attrs["partial"], info)
 
+    def check_state(self, handle, settings: SweepSettings | None, state: RunState) -> None:
+        s = (settings or SweepSettings()).resolved(handle)
+        state.check(self.name, handle.model_ref, s.to_dict())
+        _check_state(handle, s, state)
+
     def run(self, handle, settings: SweepSettings | None = None, *, state=None, control: RunControl | None = None):
         """One chunk of operators; the state holds the rows scored so far and the original latents."""
         control = as_control(control)
