@@ -149,6 +149,9 @@ class Scores:
         records = d.get("records")
         if not isinstance(records, list):
             raise SettingsError(f"{what} have no records list")
+        bad = next((i for i, r in enumerate(records) if not isinstance(r, Mapping)), None)
+        if bad is not None:
+            raise SettingsError(f"{what}: records[{bad}] must be an object (fqn, score...), got {_short(records[bad])}")
         return cls._from_meta(d, pd.DataFrame(records), what)
 
     @classmethod

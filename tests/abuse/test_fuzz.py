@@ -349,7 +349,12 @@ def state_edit(draw, state: RunState):
             tensors[name] = torch.tensor(draw(st.floats(allow_nan=True)))
         else:
             tensors[name] = torch.zeros(0)
-    return RunState(state.what, state.model_ref, dict(state.settings), data, tensors)
+    what, ref, settings_ = state.what, state.model_ref, dict(state.settings)
+    if not draw(st.integers(0, 9)):  # now and then another run's envelope
+        what = draw(st.sampled_from([what, "compare", "magnitude", "x"]))
+        ref = draw(st.sampled_from([ref, "tiny:flux", ""]))
+        settings_ = draw(mutated(settings_))
+    return RunState(what, ref, settings_, data, tensors)
 
 
 @FUZZ
