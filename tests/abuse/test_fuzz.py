@@ -67,13 +67,18 @@ STATE_SETTINGS = {
 STATE_UNITS = {"ldpruner": 1, "taylor": 2, "ecodiff": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report():
-    yield
+def _write_report() -> None:
+    """``PRUNING_FUZZ_REPORT``: the examples each reader survived so far (JSON), merged with the file's."""
     path = os.environ.get("PRUNING_FUZZ_REPORT")
     if path:
         old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
         Path(path).write_text(json.dumps({**old, **COUNTS}, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    _write_report()
 
 
 # --------------------------------------------------------------------------- the harness
@@ -106,6 +111,8 @@ def survive(reader: str, fn, *folders: Path, memory: bool = False):
         assert peak < MEMORY_LIMIT, f"{reader} allocated {peak / 2**20:.0f} MiB"
     assert [tree(f) for f in folders] == before, f"{reader} changed files on disk"
     COUNTS[reader] += 1
+    if COUNTS[reader] % 500 == 0:  # a long run reports as it goes
+        _write_report()
     return out
 
 
