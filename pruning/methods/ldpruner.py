@@ -46,7 +46,6 @@ from ..masks import masked
 from ..parallel import Processes
 from ..plan import PruningPlan
 from ..prompts import calibration_prompts
-from ..rollout import prepare
 from ..runs import RunControl, RunState, StateSchema, as_control
 from ..sampling import GenerationStopped, count_inputs, generate_latents, resolution_multiple, spec
 from .base import Method, Scores, opt
@@ -389,6 +388,20 @@ def plan_from_scores(handle, scores: pd.DataFrame, *, target_sparsity: float | N
 # --------------------------------------------------------------------------- the method
 
 
+def latent_shape(handle, n: int, resolution: int) -> tuple[int, int, int, int]:
+    """(n, C, H, W) of the final latents ``generate_latents`` gives at ``resolution`` (unpacked for FLUX),
+    from the VAE's config: its latent channels and downscale factor.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> latent_shape(handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd"), 2, 32)
+    (2, 4, 8, 8)
+    """
+    cfg = handle.pipe.vae.config
+    side = resolution // 2 ** (len(cfg.block_out_channels) - 1)  # the pipelines' vae_scale_factor
+    return (n, cfg.latent_channels, side, side)
+
+
 def _check_state(handle, s: SweepSettings, state: RunState) -> list[dict]:
     """A resumed sweep state checked against this model and these (resolved) settings: its rows
     (one per operator scored, each an operator of this sweep, once, with finite distances >= 0)
@@ -413,9 +426,7 @@ def _check_state(handle, s: SweepSettings, state: RunState) -> list[dict]:
     out = [sc.record(f"data.rows[{i}]", r, {"fqn": operator, **{k: distance for k in SCORE_COLUMNS[:3]}})
            for i, r in enumerate(rows)]
     if "originals" in state.tensors:
-        traj = prepare(handle, s.prompts[:1], s.seeds[:1], steps=s.steps, guidance=s.guidance,
-                       resolution=s.resolution)
-        sc.tensor("originals", shape=(s.n_gen, *traj.unpack(traj.z0).shape[1:]), dtype=torch.float32)
+        sc.tensor("originals", shape=latent_shape(handle, s.n_gen, s.resolution), dtype=torch.float32)
     sc.only_tensors({"originals"})
     return out
 

@@ -61,9 +61,9 @@ ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
 PROMPTS = ["a red circle at the center", "a blue square at the top left", "a green triangle at the bottom"]
 STATE_SETTINGS = {
     "ldpruner": dict(prompts=PROMPTS[:2], n_gen=2, steps=2, operators=("mid_block.resnets.0", f"{ATTN[:-5]}attn2")),
-    "taylor": dict(prompts=PROMPTS[:2], steps=2, stride=200, thr=0.0),
-    "ecodiff": dict(prompts=PROMPTS, steps=2, epochs=2, batch_size=2),
-}
+    "taylor": dict(prompts=PROMPTS[:2], steps=2, stride=200, thr=0.0, kinds=["head"]),
+    "ecodiff": dict(prompts=PROMPTS, steps=2, epochs=2, batch_size=2, kinds=["head"]),
+}  # heads only: fewer tensors per state, so that a long run reaches 10,000 examples in reasonable time
 STATE_UNITS = {"ldpruner": 1, "taylor": 2, "ecodiff": 3}
 
 
@@ -392,9 +392,9 @@ def test_fuzz_chunk_states(h, states, method, data):
 
 @pytest.fixture(scope="module")
 def lora_file(tmp_path_factory):
-    from test_lora import SD_TARGETS, _make_lora
+    from test_lora import _make_lora
 
-    return _make_lora(tiny_pipeline("sd"), SD_TARGETS, tmp_path_factory.mktemp("fuzz-lora"), 0)
+    return _make_lora(tiny_pipeline("sd"), ["to_q", "to_out.0", "conv1"], tmp_path_factory.mktemp("fuzz-lora"), 0)
 
 
 @st.composite
@@ -420,13 +420,21 @@ def lora_tensors(draw, names: list[str]):
     return out
 
 
-@FUZZ
-@given(data=st.data())
-def test_fuzz_lora_files(h, lora_file, data):
-    valid = lora_file.read_bytes()
+@pytest.fixture(scope="module")
+def lora_parts(lora_file):
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    names = sorted({k.rsplit(".lora_", 1)[0] for k in load_file(str(lora_file))})
+    tensors = load_file(str(lora_file))
+    with safe_open(str(lora_file), "pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    return lora_file.read_bytes(), tensors, meta, sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_lora_files(h, lora_file, lora_parts, data):
+    valid, valid_tensors, valid_meta, names = lora_parts
     kind = data.draw(st.sampled_from(["header", "bytes", "tensors", "metadata"]))
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "lora.safetensors"
@@ -435,11 +443,8 @@ def test_fuzz_lora_files(h, lora_file, data):
         elif kind == "bytes":
             path.write_bytes(data.draw(mutated_bytes(valid, hot=_safetensors_header(lora_file))))
         else:
-            tensors = data.draw(lora_tensors(names)) if kind == "tensors" else load_file(str(lora_file))
-            from safetensors import safe_open
-
-            with safe_open(str(lora_file), "pt") as f:
-                meta = json.loads(f.metadata()["lora_adapter_metadata"])
+            tensors = data.draw(lora_tensors(names)) if kind == "tensors" else valid_tensors
+            meta = valid_meta
             meta = data.draw(mutated(meta)) if kind == "metadata" or data.draw(st.booleans()) else meta
             save_file(tensors, str(path), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(meta)})
 
@@ -458,7 +463,7 @@ def test_fuzz_lora_files(h, lora_file, data):
 def _cut(h, scores: Scores):
     """What ``prune`` does with scores read: check they fit the model, cut a plan."""
     check_scores_fit(h, scores)
-    return methods.to_plan(h, scores, target_sparsity=0.2)
+    return methods.to_plan(h, scores, target_sparsity=0.05)
 
 
 def _valid_scores(scores: Scores) -> None:
