@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,7 +35,7 @@ from ..files import atomic_write, read_tensors, write_tensors
 from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
-from ..validate import choice, fraction, read_json
+from ..validate import LIMITS, choice, fraction, read_json
 from .select import plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
@@ -52,6 +52,7 @@ def parquet_available() -> bool:
     return any(importlib.util.find_spec(m) is not None for m in ("pyarrow", "fastparquet"))
 
 
+SIDE_FILE_LIMITS = replace(LIMITS, max_json_bytes=4 * 2**20)  # settings and info (EcoDiff's history: ~1 MB at most)
 META_KEYS = ("format", "method", "level", "model_ref", "settings", "partial", "info", "direction", "records")
 
 
@@ -219,7 +220,7 @@ class Scores:
         meta_path = Path(f"{path}.json")
         if not meta_path.is_file():
             raise SettingsError(f"{what} has no {meta_path.name} beside it (written by `python -m pruning score`)")
-        meta = read_json(meta_path, "scores metadata")
+        meta = read_json(meta_path, "scores metadata", limits=SIDE_FILE_LIMITS)
         if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
             raise SettingsError(f"{str(meta_path)!r} is not {FORMAT} metadata")
         try:
