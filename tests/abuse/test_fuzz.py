@@ -123,8 +123,9 @@ def survive(reader: str, fn, *folders: Path, memory: bool | int = False):
 EDGES = [None, True, False, 0, -1, 1, 2**63, -(2**70), 1e308, -1e308, 1e-320, 0.5, "", "abc", "NaN", "Infinity",
          "-1", "1e30", [], {}, [1, "x"], {"a": None}, "../../etc/passwd", "\n---\ntags: [x]", "<script>x</script>",
          "a`b", "x" * 300]
+edges = st.sampled_from(EDGES).map(copy.deepcopy)  # fresh objects: a later edit must not change EDGES
 json_leaf = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats()
-             | st.text(max_size=20) | st.sampled_from(EDGES))
+             | st.text(max_size=20) | edges)
 json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c,
                                                                                         max_size=4), max_leaves=20)
 
@@ -153,10 +154,10 @@ def _mutate_once(draw, node, keys: list[str]):
         node.append(draw(json_value))
         return node
     if op == "duplicate" and isinstance(node, list) and node:
-        return node * draw(st.integers(2, 20))
+        return [copy.deepcopy(x) for x in node * draw(st.integers(2, 20))]  # copies: edits stay local
     if op == "number" and isinstance(node, (int, float)) and not isinstance(node, bool):
         return draw(st.sampled_from([node + 1, node - 1, -node, node * 1000, node / 3, float(node), 10 ** 30]))
-    return draw(st.sampled_from(EDGES)) if op == "edge" else draw(json_value)
+    return draw(edges) if op == "edge" else draw(json_value)
 
 
 def _keys(doc, out=None) -> list[str]:
