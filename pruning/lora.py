@@ -187,7 +187,8 @@ def read_lora(handle, path: str | os.PathLike) -> Lora:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise SettingsError(f"{what} is not a readable safetensors file: {e}") from None
+        # one line: safetensors quotes the file's own tensor names, which may hold newlines
+        raise SettingsError(f"{what} is not a readable safetensors file: {' '.join(str(e).split())[:300]}") from None
     meta = _metadata(path, what)
     cls = type(handle.pipe)
     try:
