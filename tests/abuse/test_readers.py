@@ -410,3 +410,37 @@ def test_12_the_side_file_of_a_csv_is_validated(tiny_sd, tmp_path):
     assert Scores.from_dict(s.to_dict()).settings == s.settings  # valid data still reads
     with pytest.raises(SettingsError, match="kinds"):
         Scores.from_dict({**s.to_dict(), "settings": {"kinds": ["evil", 5]}})
+
+
+# --------------------------------------------------------------------------- found by the fuzzer
+
+
+def test_fuzz_found_a_tensor_name_with_a_newline_is_one_line(shapes_sd, tmp_path):
+    import struct
+
+    header = json.dumps({"\n": {"dtype": "F32", "shape": [], "data_offsets": [1, 1]}}).encode()
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(SettingsError) as e:
+        read_lora(shapes_sd, path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SettingsError) as e:
+        RunState.load(path)
+    assert "\n" not in str(e.value)
+
+
+def test_fuzz_found_json_is_bounded_by_its_values(tmp_path):
+    import time
+
+    from pruning.errors import ModelLoadError, PlanError
+    from pruning.loading import read_defaults
+
+    (tmp_path / "pruning_defaults.json").write_text("[" + ",".join(["{}"] * 100_000) + "]")  # 300 KB
+    with pytest.raises(ModelLoadError, match="at most 65536"):
+        read_defaults(tmp_path)
+    plan = tmp_path / "plan.json"
+    plan.write_text("[" + "{}," * 2_100_000 + "{}]")  # 6 MB, under the byte limit: 2.1M objects
+    t0 = time.perf_counter()
+    with pytest.raises(PlanError, match="JSON values"):
+        PruningPlan.read(plan)
+    assert time.perf_counter() - t0 < 10  # refused before json.loads builds 2.1M objects
