@@ -26,6 +26,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -42,6 +43,7 @@ DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts 
 LEVELS = ("operator", "unit")
 SCOPES = ("global", "local")
 FORMAT = "pruning-scores/1"
+MAX_UNIT_INDEX = 2**31 - 1  # far above any layer's units; larger values would wrap in int64
 _REQUIRED = {"operator": ("fqn", "score"), "unit": ("fqn", "index", "score")}
 
 
@@ -91,6 +93,9 @@ class Scores:
         table = self.table.reset_index(drop=True)
         if table["fqn"].map(lambda f: not isinstance(f, str) or not f).any():
             raise SettingsError(f"{what}: every fqn must be a non-empty string")
+        for col in _REQUIRED[self.level][1:]:  # true/false is not a number here (pandas would read it as 1/0)
+            if table[col].dtype == bool or table[col].map(lambda v: isinstance(v, (bool, np.bool_))).any():
+                raise SettingsError(f"{what}: the {col} column holds true/false values, not numbers")
         try:
             values = pd.to_numeric(table["score"], errors="raise").astype("float64")
         except (TypeError, ValueError) as e:
@@ -103,8 +108,8 @@ class Scores:
         table["score"] = values
         if self.level == "unit":
             idx = pd.to_numeric(table["index"], errors="coerce")
-            if idx.isna().any() or (idx % 1 != 0).any() or (idx < 0).any():
-                raise SettingsError(f"{what}: the index column must hold unit indices >= 0")
+            if idx.isna().any() or (idx % 1 != 0).any() or (idx < 0).any() or (idx > MAX_UNIT_INDEX).any():
+                raise SettingsError(f"{what}: the index column must hold unit indices in 0..{MAX_UNIT_INDEX}")
             table["index"] = idx.astype("int64")
         object.__setattr__(self, "table", table)
         object.__setattr__(self, "settings", _jsonable(dict(self.settings or {})))
