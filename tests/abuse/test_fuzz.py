@@ -9,7 +9,7 @@ line), never another exception, within a time bound (and a memory bound for the 
 measured with ``tracemalloc``); nothing on disk may change (every folder involved is hashed before
 and after).
 
-The suite runs a few dozen examples per reader; ``PRUNING_FUZZ_EXAMPLES=10000`` runs more, and
+The suite runs 100 examples per reader (a few seconds each); ``PRUNING_FUZZ_EXAMPLES=10000`` runs more, and
 ``PRUNING_FUZZ_REPORT=counts.json`` writes how many examples each reader survived.
 """
 
@@ -50,7 +50,7 @@ from pruning.testing import tiny_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the LoRA maker of test_lora
 
-EXAMPLES = int(os.environ.get("PRUNING_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("PRUNING_FUZZ_EXAMPLES", "100"))  # a few seconds per reader
 TIME_LIMIT_S = float(os.environ.get("PRUNING_FUZZ_TIME_LIMIT", "10"))  # per example; generous on a shared CPU
 MEMORY_LIMIT = 64 * 2**20  # peak Python allocations of one JSON reader call
 BIG_MEMORY_LIMIT = 512 * 2**20  # plans and manifests: up to 16 MiB and 2M values of JSON (validate.MAX_JSON_ITEMS)
