@@ -444,3 +444,13 @@ def test_fuzz_found_json_is_bounded_by_its_values(tmp_path):
     with pytest.raises(PlanError, match="JSON values"):
         PruningPlan.read(plan)
     assert time.perf_counter() - t0 < 10  # refused before json.loads builds 2.1M objects
+
+
+@pytest.mark.parametrize("index, score, words", [(2**64, 1.0, "0..2147483647"), (1e19, 1.0, "0..2147483647"),
+                                                  (True, 1.0, "true/false"), (0, True, "true/false")])
+def test_fuzz_found_unit_indices_that_wrap_or_are_booleans(index, score, words):
+    d = {"format": "pruning-scores/1", "method": "magnitude", "level": "unit", "model_ref": "tiny:sd",
+         "settings": {}, "partial": False, "info": {},
+         "records": [{"fqn": "down_blocks.0.attentions.0.transformer_blocks.0.attn1", "index": index, "score": score}]}
+    with pytest.raises(SettingsError, match=words):
+        Scores.from_dict(d)
