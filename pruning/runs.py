@@ -179,9 +179,10 @@ class RunState:
         if self.model_ref != model_ref:
             raise StateMismatch(f"cannot resume: the state was made on {self.model_ref!r}, not {model_ref!r}")
         if _plain(self.settings) != _plain(settings):
-            diff = sorted(k for k in set(self.settings) | set(settings)
+            diff = sorted(str(k) for k in set(self.settings) | set(settings)
                           if _plain(self.settings.get(k)) != _plain(settings.get(k)))
-            raise StateMismatch(f"cannot resume: the state was made with other settings ({', '.join(diff)} differ)")
+            names = ", ".join(k if k.isidentifier() else _short(k, 40) for k in diff[:5])  # odd names quoted + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+            raise StateMismatch(f"cannot resume: the state was made with other settings ({names} differ)")
         return self
 
     def save(self, path: str | Path) -> Path:

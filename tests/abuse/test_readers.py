@@ -454,3 +454,10 @@ def test_fuzz_found_unit_indices_that_wrap_or_are_booleans(index, score, words):
          "records": [{"fqn": "down_blocks.0.attentions.0.transformer_blocks.0.attn1", "index": index, "score": score}]}
     with pytest.raises(SettingsError, match=words):
         Scores.from_dict(d)
+
+
+def test_fuzz_found_a_settings_key_with_a_newline_is_one_line():
+    st = RunState("taylor", "tiny:sd", {"\n": 1, "steps": 2}, {}, {})
+    with pytest.raises(StateMismatch) as e:
+        st.check("taylor", "tiny:sd", {"steps": 3})
+    assert "\n" not in str(e.value) and "'\\n'" in str(e.value) and "steps" in str(e.value)
