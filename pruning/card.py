@@ -18,7 +18,10 @@ when it was skipped and how to ask for it.
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from huggingface_hub import ModelCardData
 from PIL import Image
 
 from .catalog import UNIT_KINDS, discover
-from .errors import ModelLoadError
+from .errors import ExportError, ModelLoadError
 from .plan import PruningPlan
 from .prompts import evaluation_prompts, is_shapes_model
 from .sampling import count_inputs
@@ -61,7 +64,13 @@ def front_matter(text: str) -> dict:
     if not text.startswith("---\n"):
         return {}
     block = text[4:].split("\n---", 1)[0]
-    return yaml.safe_load(block) or {}
+    try:
+        data = yaml.safe_load(block)
+    except yaml.YAMLError as e:
+        raise ExportError(f"the card's metadata block is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ExportError(f"the card's metadata block must be a YAML mapping, got {type(data).__name__}")
+    return data or {}
 
 
 def summary_figures(handle, plan: PruningPlan) -> dict:
@@ -108,6 +117,63 @@ def grid(original: np.ndarray, pruned: np.ndarray) -> Image.Image:
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@=+,\- ]*")  # text shown as is in a code span
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()!|~$])")
+_TAG = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+
+
+def md(value) -> str:
+    r"""Any text as inert Markdown on one line: whitespace (newlines too) collapsed, Markdown's
+    punctuation backslash-escaped, HTML's characters as entities.
+
+    >>> print(md("a *b*\n---\n<script>`x`"))
+    a \*b\* --- &lt;script&gt;\`x\`
+    """
+    text = _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+    return html.escape(text, quote=True)
+
+
+def code(value) -> str:
+    r"""Text as inline code: a Markdown code span when it is plain (names, FQNs, paths), else an
+    HTML ``<code>`` element with the text escaped (a backtick cannot end it, no HTML gets through).
+
+    >>> print(code("mid_block.resnets.0"), code("a`b<i>"))
+    `mid_block.resnets.0` <code>a\`b&lt;i&gt;</code>
+    """
+    text = " ".join(str(value).split())
+    return f"`{text}`" if text and _PLAIN.fullmatch(text) else f"<code>{md(text)}</code>"
+
+
+def py_str(value) -> str:
+    r"""A Python string literal for ``value`` (``json.dumps``: valid Python), with ``<``, ``>``, ``&`` and
+    backticks as escapes, so that it reads the same in Python and stays inert in Markdown and HTML.
+
+    >>> import ast
+    >>> text = 'evil"); import os; os.system("x") <b>`'
+    >>> print(py_str(text))
+    "evil\"); import os; os.system(\"x\") \u003cb\u003e\u0060"
+    >>> ast.literal_eval(py_str(text)) == text
+    True
+    """
+    out = json.dumps(str(value), ensure_ascii=True)
+    for ch in "<>&`":
+        out = out.replace(ch, f"\\u{ord(ch):04x}")
+    return out
+
+
+def _fence(body: str, lang: str) -> list[str]:
+    """A fenced code block longer than any run of backticks inside it."""
+    longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + lang, body, fence]
+
+
+def _method_tag(method: str) -> list[str]:
+    """``pruning-<method>`` when the method is a plain name (a tag must not carry arbitrary text)."""
+    slug = method.strip().lower()
+    return [f"pruning-{slug}"] if _TAG.fullmatch(slug) else []
+
+
 def _table(rows: list[tuple], head: tuple) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
@@ -120,21 +186,21 @@ def _pct(x: float) -> str:
 def load_lines(folder_name: str, *, full_pipeline: bool, plan_only: bool, base: str, denoiser: str,
                prompt: str, repo: str | None = None, lora: str | None = None) -> str:
     """The Python lines that load the export as downloaded (the unzipped folder, or the Hub repo)."""
-    where = repo or folder_name
+    where, base, denoiser = py_str(repo or folder_name), py_str(base), md(denoiser)
     lines = ["from pruning import generate_images, load_pruned"]
     if full_pipeline:
-        lines.append(f'pruned = load_pruned("{where}")  # the pipeline with the slim {denoiser}')
+        lines.append(f'pruned = load_pruned({where})  # the pipeline with the slim {denoiser}')
     elif plan_only and repo:
-        lines.append(f'pruned = load_pruned("{where}")  # the plan re-applied to the base model\'s own Hub weights')
+        lines.append(f'pruned = load_pruned({where})  # the plan re-applied to the base model\'s own Hub weights')
     elif plan_only:
-        lines.append(f'pruned = load_pruned("{where}", base="{base}")  # the plan re-applied to the base weights')
+        lines.append(f'pruned = load_pruned({where}, base={base})  # the plan re-applied to the base weights')
     else:
-        lines.append(f'pruned = load_pruned("{where}", base="{base}")  # the slim {denoiser} in the base pipeline')
+        lines.append(f'pruned = load_pruned({where}, base={base})  # the slim {denoiser} in the base pipeline')
     if lora:
         sub, _, name = lora.rpartition("/")
-        lines.append(f'pruned.pipe.load_lora_weights("{where}", subfolder="{sub}", weight_name="{name}")'
+        lines.append(f'pruned.pipe.load_lora_weights({where}, subfolder={py_str(sub)}, weight_name={py_str(name)})'
                      "  # the LoRA, sliced for this plan")
-    lines += [f'image = generate_images(pruned, ["{prompt}"], [0])[0]', 'image.save("pruned.png")']
+    lines += [f'image = generate_images(pruned, [{py_str(prompt)}], [0])[0]', 'image.save("pruned.png")']
     return "\n".join(lines)
 
 
@@ -167,10 +233,17 @@ def write_card(folder: Path, handle, plan: PruningPlan, small, *, full_pipeline:
     return card
 
 
+def _settings_text(settings) -> str:
+    """``k=v, ...`` of a settings mapping, the values as JSON, as inline code."""
+    return code(", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in dict(settings).items()))
+
+
 def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, lora, install) -> str:
+    """The card's text, built from data: the YAML front matter by a YAML emitter, every user string in
+    the body escaped (:func:`md`, :func:`code`) and quoted in the code snippets (:func:`py_str`)."""
     s, q, method = card["summary"], card["quality"], card["method"]
     base = handle.source
-    tags = ["pruning", "structural-pruning", f"pruning-{method}", "diffusers", PIPELINE_TAG]
+    tags = ["pruning", "structural-pruning", *_method_tag(method), "diffusers", PIPELINE_TAG]
     if lora:
         tags.append("lora")
     data = ModelCardData(base_model=base, library_name="diffusers", pipeline_tag=PIPELINE_TAG, tags=tags)
@@ -180,33 +253,35 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
     if q is not None:
         meta["pruning"]["quality"] = {k: v for k, v in q.items() if k not in ("prompts", "seeds")}
     out = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
-    kind = "the full pipeline" if full_pipeline else ("the plan only" if plan_only else f"the slim {handle.denoiser_name}")
-    out += [f"# {base}, structurally pruned ({_pct(s['params_fraction'])} of the {handle.denoiser_name}'s params)",
-            "", f"Pruned from `{base}` (weights `{plan.base}`) with the `pruning` library; this export holds {kind}.",
-            "", "## What was removed", "",
+    den = md(handle.denoiser_name)
+    kind = "the full pipeline" if full_pipeline else ("the plan only" if plan_only else f"the slim {den}")
+    out += [f"# {md(base)}, structurally pruned ({_pct(s['params_fraction'])} of the {den}'s params)",
+            "", f"Pruned from {code(base)} (weights {code(plan.base)}) with the `pruning` library; this export "
+            f"holds {kind}.", "", "## What was removed", "",
             f"**{s['params_removed']:,} of {s['params_total']:,} params ({_pct(s['params_fraction'])})** and "
             f"**{s['macs_removed']:,} of {s['macs_total']:,} MACs per denoiser call ({_pct(s['macs_fraction'])})** "
-            f"at {handle.defaults['resolution']} px.", ""]
+            f"at {md(handle.defaults['resolution'])} px.", ""]
     out += [_table([(KIND_WORDS[k], f"{v:,}", _pct(v / s["params_total"]))
                     for k, v in s["params_removed_by_kind"].items() if v], ("by kind", "params removed", "share")), ""]
     if s["removed_operators"]:
-        out += ["Removed operators: " + ", ".join(f"`{f}`" for f in s["removed_operators"]) + ".", ""]
+        out += ["Removed operators: " + ", ".join(code(f) for f in s["removed_operators"]) + ".", ""]
     if s["kept_fraction"]:
         out += ["Kept fraction of every slimmed layer:", "",
-                _table([(f"`{f}`", f"{v:.2f}") for f, v in s["kept_fraction"].items()], ("layer", "kept")), ""]
+                _table([(code(f), f"{v:.2f}") for f, v in s["kept_fraction"].items()], ("layer", "kept")), ""]
     settings = plan.provenance.get("settings")
-    out += ["## Method", "", f"Method: **{method}**" + (f", target sparsity {plan.provenance['target_sparsity']}"
-                                                         if "target_sparsity" in plan.provenance else "") + ".", ""]
-    if settings:
-        out += ["Settings: `" + ", ".join(f"{k}={v}" for k, v in dict(settings).items()) + "`.", ""]
+    target = plan.provenance.get("target_sparsity")
+    out += ["## Method", "", f"Method: **{md(method)}**" + (f", target sparsity {md(target)}"
+                                                             if "target_sparsity" in plan.provenance else "") + ".", ""]
+    if isinstance(settings, dict) and settings:
+        out += [f"Settings: {_settings_text(settings)}.", ""]
     rec = card["reconstruction"]
-    out += [("Reconstruction: applied (closed-form re-fit of the layers that read pruned units; settings `"
-             + ", ".join(f"{k}={v}" for k, v in rec.items()) + "`).") if rec else "Reconstruction: not applied.",
-            "", f"Recovery finetune: applied ({card['recovery']['steps']} steps)." if card["recovery"]
+    out += [("Reconstruction: applied (closed-form re-fit of the layers that read pruned units; settings "
+             + _settings_text(rec) + ").") if rec else "Reconstruction: not applied.",
+            "", f"Recovery finetune: applied ({int(card['recovery']['steps'])} steps)." if card["recovery"]
             else "Recovery finetune: not applied.", ""]
     out += ["## Quality against the base model", ""]
     if q is None:
-        out += [f"Quality {card['quality_note']}.", ""]
+        out += [f"Quality {md(card['quality_note'])}.", ""]
     else:
         rows = [("latent MSE (lower is better)", f"{q['latent_mse']:.6g}"), ("SSIM (higher is better)", f"{q['ssim']:.4f}")]
         if "task_accuracy" in q:
@@ -217,28 +292,30 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
             rows.append(("CLIP score (original -> pruned)", f"{q['clip_score_original']:.2f} -> {q['clip_score']:.2f}"))
             clip = ""
         else:
-            clip = f"CLIP score: unavailable ({q.get('clip_score_skipped', 'not measured')})."
-        out += [f"Measured at export on {len(q['prompts'])} prompts (seeds {q['seeds'][0]}-{q['seeds'][-1]}, "
-                f"{q['steps']} steps), against the base model's outputs for the same seeds:", "",
+            clip = f"CLIP score: unavailable ({md(q.get('clip_score_skipped', 'not measured'))})."
+        out += [f"Measured at export on {len(q['prompts'])} prompts (seeds {md(q['seeds'][0])}-{md(q['seeds'][-1])}, "
+                f"{md(q['steps'])} steps), against the base model's outputs for the same seeds:", "",
                 _table(rows, ("figure", "value")), ""]
-        out += ([clip, ""] if clip else []) + ["Prompts: " + "; ".join(f'"{p}"' for p in q["prompts"]) + ".", "",
+        out += ([clip, ""] if clip else []) + ["Prompts: " + "; ".join(f'"{md(p)}"' for p in q["prompts"]) + ".", "",
                                                f"![original (top) vs pruned (bottom)]({GRID})", ""]
     if lora:
-        out += ["## LoRA", "", f"`{lora['file']}`: the LoRA `{lora['source']}` sliced for this plan "
-                f"({lora['sliced']} layers sliced, {len(lora['dropped'])} dropped with the operators they adapted"
-                + (": " + ", ".join(f"`{d}`" for d in lora["dropped"]) if lora["dropped"] else "") + ").", ""]
-    prompt = (q["prompts"][0] if q else evaluation_prompts(handle.model_ref, 1)[0]).replace('"', "'")
+        out += ["## LoRA", "", f"{code(lora['file'])}: the LoRA {code(lora['source'])} sliced for this plan "
+                f"({int(lora['sliced'])} layers sliced, {len(lora['dropped'])} dropped with the operators they adapted"
+                + (": " + ", ".join(code(d) for d in lora["dropped"]) if lora["dropped"] else "") + ").", ""]
+    prompt = q["prompts"][0] if q else evaluation_prompts(handle.model_ref, 1)[0]
     lora_file = lora["file"] if lora else None
-    code = load_lines(folder_name, full_pipeline=full_pipeline, plan_only=plan_only, base=base,
-                      denoiser=handle.denoiser_name, prompt=prompt, lora=lora_file)
-    out += ["## Use it", "", "```bash", f"{install}", "```", "", f"In the folder that holds `{folder_name}/`:", "",
-            "```python", code, "```", ""]
+    snippet = load_lines(folder_name, full_pipeline=full_pipeline, plan_only=plan_only, base=base,
+                         denoiser=handle.denoiser_name, prompt=prompt, lora=lora_file)
+    out += ["## Use it", "", *_fence(install, "bash"), "", f"In the folder that holds {code(folder_name + '/')}:", "",
+            *_fence(snippet, "python"), ""]
     if repo:
-        out += ["From the Hub:", "", "```python",
-                load_lines(folder_name, full_pipeline=full_pipeline, plan_only=plan_only, base=base,
-                           denoiser=handle.denoiser_name, prompt=prompt, repo=repo, lora=lora_file), "```", ""]
+        out += ["From the Hub:", "",
+                *_fence(load_lines(folder_name, full_pipeline=full_pipeline, plan_only=plan_only, base=base,
+                                   denoiser=handle.denoiser_name, prompt=prompt, repo=repo, lora=lora_file), "python"),
+                ""]
     return "\n".join(out)
 
 
-__all__ = ["write_card", "front_matter", "install_line", "load_lines", "summary_figures", "measure", "grid",
+__all__ = ["write_card", "front_matter", "install_line", "load_lines", "summary_figures", "measure", "grid", "md", "code",
+           "py_str",
            "CARD", "GRID"]

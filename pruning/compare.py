@@ -45,7 +45,7 @@ from .metrics import count_params, total_macs
 from .prompts import calibration_prompts, evaluation_prompts, is_shapes_model
 from .quality import bootstrap_ci, evaluate, mean_se
 from .reconstruct import ReconstructSettings, reconstruct
-from .runs import RunControl, RunState, as_control
+from .runs import RunControl, RunState, StateSchema, as_control
 from .sampling import count_inputs, spec
 
 ACCURACIES = ("color", "shape", "position", "all")
@@ -257,6 +257,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
     rows, total, ref, j, scored, inner = [], None, None, 0, None, None
     if state is not None:
         state.check("compare", handle.model_ref, key)
+        _check_state(state, jobs, len(prompts), ["original", *chosen], s)
         rows, j, total = [dict(r) for r in state.data["rows"]], int(state.data["job"]), state.data["total"]
         ref = {"latents": state.tensors["ref.latents"], "images": state.tensors["ref.images"].numpy()}
         scored = [Scores.from_dict(d) for d in state.data["scores"]] if state.data.get("scores") else None
@@ -332,6 +333,39 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
     df = pd.DataFrame(rows)
     df.attrs.update(attrs)
     return df, (snapshot() if attrs["partial"] and ref is not None else None)
+
+
+def _check_state(state: RunState, jobs: list, n_prompts: int, methods: list[str], s: CompareSettings) -> None:
+    """A resumed comparison state checked before use: the job reached, the rows so far (an object per
+    row naming a compared method), the scores being evaluated (``Scores`` data), the inner state of
+    the method being scored (checked by that method when it resumes), and the original's latents
+    and images for the ``n_prompts`` evaluation prompts."""
+    sc = StateSchema(state)
+    sc.data_keys(required=("rows", "job", "total", "scores", "inner"))
+    d = state.data
+    sc.integer("data.job", d["job"], lo=0, hi=len(jobs))
+    sc.number("data.total", d["total"], lo=1)  # the original's params (a mean over draws: a float)
+    per_plan = 1 + bool(s.reconstruct)
+    for i, row in enumerate(sc.items("rows", max_len=1 + per_plan * len(jobs))):
+        if not isinstance(row, Mapping) or row.get("method") not in methods:
+            sc.fail(f"data.rows[{i}]", f"must be an object whose method is one of {methods}")
+    if d["scores"] is not None:
+        for i, x in enumerate(sc.items("scores", max_len=max(1, s.random_draws))):
+            try:
+                Scores.from_dict(x, what=f"data.scores[{i}]")
+            except SettingsError as e:
+                sc.fail(f"data.scores[{i}]", f"are not valid scores ({e})")
+    inner = d["inner"]
+    if inner is not None:
+        sc.record("data.inner", inner, {"what": lambda n, v: v if v in methods else sc.fail(n, "names no method"),
+                                        "model_ref": lambda n, v: v if v == state.model_ref else sc.fail(n, "differs"),
+                                        "settings": lambda n, v: v if isinstance(v, Mapping) else sc.fail(n, "is no object"),
+                                        "data": lambda n, v: v if isinstance(v, Mapping) else sc.fail(n, "is no object")})
+    lat = sc.tensor("ref.latents")
+    if lat.dim() < 3 or lat.shape[0] != n_prompts:
+        sc.fail("tensor 'ref.latents'", f"has shape {tuple(lat.shape)}, not {n_prompts} latents")
+    sc.tensor("ref.images", shape=(n_prompts, None, None, 3), dtype=torch.uint8)
+    sc.only_tensors(lambda k: k in ("ref.latents", "ref.images") or (inner is not None and k.startswith("inner.")))
 
 
 def _plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip, recon) -> list[dict]:

@@ -120,7 +120,8 @@ def read_tensors(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, di
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise SettingsError(f"{what} is not a valid safetensors file: {e}") from None
+        # one line: safetensors quotes the file's own tensor names, which may hold newlines
+        raise SettingsError(f"{what} is not a valid safetensors file: {' '.join(str(e).split())[:300]}") from None
     if header.get("format") != fmt:
         raise SettingsError(f"{what} is not a {fmt} file (format {header.get('format')!r})")
     meta = parse_json(header.get("meta", ""), f"{what} metadata")

@@ -16,6 +16,7 @@ pruning.errors.ModelLoadError: 'no-such-model' is not a bundled model (tiny-shap
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -52,6 +53,7 @@ FAMILY_DEFAULTS = {f.name: dict(f.defaults) for f in families.all_families()}
 SMALL_DENOISER_PARAMS = 50_000_000  # below this, a test/toy model: default to 4 steps
 HUB_TIMEOUT_S = 8.0  # metadata call; an unreachable Hub must fail well within 10 s
 DEFAULTS_FILE = "pruning_defaults.json"
+DEFAULTS_LIMITS = dataclasses.replace(validate.LIMITS, max_json_bytes=64 * 2**10)  # a few settings: KiB, not MiB
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # dtype name -> torch dtype; every one loads, generates, scores and exports on CPU (torch >= 2.8)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -292,7 +294,7 @@ def read_defaults(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        data = validate.read_json(path, "generation defaults")
+        data = validate.read_json(path, "generation defaults", limits=DEFAULTS_LIMITS)
     except SettingsError as e:
         raise ModelLoadError(str(e)) from None
     return check_defaults(data, str(path))

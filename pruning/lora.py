@@ -42,6 +42,7 @@ from .files import atomic_write, sha256_file
 from .memory import plain_copy
 from .plan import PruningPlan
 from .slim import keep_masks
+from .validate import number, parse_json
 
 LORA_DIR = "lora"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for in a folder
@@ -60,31 +61,59 @@ class Lora:
         return {k[len(name) + 1:]: v for k, v in self.layers.items() if k.startswith(name + ".")}
 
 
-def _metadata(path: Path) -> dict:
+MAX_ALPHA = 1e6  # far beyond any trained LoRA's alpha; larger values only overflow the fused weights
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")  # passed through unchanged
+
+
+def _metadata(path: Path, what: str) -> dict:
+    """The peft adapter metadata diffusers writes (``lora_adapter_metadata``, a JSON object), or {}."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     raw = meta.get("lora_adapter_metadata")
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    data = parse_json(raw, f"{what}: its lora_adapter_metadata")
+    if not isinstance(data, dict):
+        raise SettingsError(f"{what}: its lora_adapter_metadata must be a JSON object, got {type(data).__name__}")
+    return data
 
 
-def _module_scale(module: str, rank: int, alphas: dict, meta: dict) -> float:
-    """``alpha / rank`` for one module from kohya alphas or peft metadata (1 when neither says)."""
+def _alpha(name: str, value) -> float:
+    """A LoRA alpha: a finite number in (0, MAX_ALPHA]."""
+    return number(name, value, lo=0, hi=MAX_ALPHA, open_lo=True)
+
+
+def _flag(meta: dict, key: str, what: str) -> bool:
+    value = meta.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise SettingsError(f"{what}: metadata {key!r} must be true or false, got {value!r:.80}")
+    return value
+
+
+def _module_scale(module: str, rank: int, alphas: dict, meta: dict, what: str) -> float:
+    """``alpha / rank`` for one module from kohya alphas or peft metadata (1 when neither says);
+    every value is checked (an alpha is a finite number in (0, MAX_ALPHA])."""
     prefix, _, name = module.partition(".")
     if f"{module}.alpha" in alphas:
-        alpha = float(alphas[f"{module}.alpha"])
-        return alpha / rank
+        return _alpha(f"{what}: alpha of {module!r}", alphas[f"{module}.alpha"]) / rank
     if f"{prefix}.lora_alpha" not in meta and f"{prefix}.r" not in meta:
         return 1.0
-    if meta.get(f"{prefix}.use_dora"):
+    if _flag(meta, f"{prefix}.use_dora", what):
         raise SettingsError(f"LoRA module {module!r} is DoRA: only plain LoRA factors can be sliced")
-    alpha = meta.get(f"{prefix}.lora_alpha", rank)
-    for pattern, a in (meta.get(f"{prefix}.alpha_pattern") or {}).items():
+    alpha = _alpha(f"{what}: metadata {prefix}.lora_alpha", meta.get(f"{prefix}.lora_alpha", rank))
+    patterns = meta.get(f"{prefix}.alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise SettingsError(f"{what}: metadata {prefix}.alpha_pattern must be an object (module pattern -> "
+                            f"alpha), got {type(patterns).__name__}")
+    for pattern, a in patterns.items():
         if name == pattern or name.endswith("." + pattern):
-            alpha = a
-    return float(alpha) / (rank ** 0.5 if meta.get(f"{prefix}.use_rslora") else rank)
+            alpha = _alpha(f"{what}: metadata {prefix}.alpha_pattern[{pattern!r:.80}]", a)
+    return alpha / (rank ** 0.5 if _flag(meta, f"{prefix}.use_rslora", what) else rank)
 
 
-def _module_alphas(alphas: dict, convert) -> dict:
+def _module_alphas(alphas: dict, convert, what: str) -> dict:
     """``{"<module>.alpha": value}`` from diffusers' network alphas (keyed by the factor's key + ``.alpha``
     for converted kohya files, or by ``<module>.alpha``)."""
     out = {}
@@ -93,8 +122,54 @@ def _module_alphas(alphas: dict, convert) -> dict:
         if base.endswith(".weight"):
             (conv,) = convert({base: value})
             base = conv.rsplit(".lora_", 1)[0]
-        out[f"{base}.alpha"] = float(value)
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise SettingsError(f"{what}: alpha {key!r:.120} must hold one number, it has shape "
+                                    f"{tuple(value.shape)}")
+            value = value.item()
+        out[f"{base}.alpha"] = value
     return out
+
+
+def _check_factors(module: str, A: torch.Tensor, B: torch.Tensor, bias, what: str) -> None:
+    """Rank >= 1, matching ranks, the factor layouts of a linear or conv LoRA, finite values."""
+    if A.dim() not in (2, 4) or B.dim() != A.dim():
+        raise SettingsError(f"{what}: module {module!r} has factors of shapes {tuple(A.shape)} and "
+                            f"{tuple(B.shape)}; a LoRA's are 2-d (linear) or 4-d (conv)")
+    if A.shape[0] < 1 or B.shape[1] != A.shape[0] or A[0].numel() == 0 or B.shape[0] < 1:
+        raise SettingsError(f"{what}: module {module!r} has factors of shapes {tuple(B.shape)} x {tuple(A.shape)}: "
+                            "the rank must be at least 1 and the same in lora_A and lora_B")
+    if bias is not None and tuple(bias.shape) != (B.shape[0],):
+        raise SettingsError(f"{what}: module {module!r} has a bias of shape {tuple(bias.shape)}, not ({B.shape[0]},)")
+    for slot, t in (("lora_A", A), ("lora_B", B), ("bias", bias)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise SettingsError(f"{what}: module {module!r} has non-finite values (NaN or infinity) in its {slot}")
+
+
+def _check_fits(handle, layers: dict, what: str) -> None:
+    """Refuse a LoRA whose modules are not this pipeline's: every denoiser module must be a linear or
+    conv layer of the denoiser with the factors' shapes; other components must be its text encoders."""
+    den, prefix = handle.denoiser, handle.denoiser_name
+    comps = set(getattr(handle.pipe, "components", {}) or {})
+    bad = []
+    for module, (A, B, _bias) in layers.items():
+        part, _, name = module.partition(".")
+        if part == prefix:
+            try:
+                layer = den.get_submodule(name)
+            except AttributeError:
+                bad.append(module)
+                continue
+            w = getattr(layer, "weight", None)
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)) or B.shape[0] != w.shape[0] or A.shape[1] != w.shape[1] \
+                    or (A.dim() == 4) != (w.dim() == 4):
+                bad.append(f"{module} (factors {tuple(B.shape)} x {tuple(A.shape)}, weight {tuple(w.shape) if w is not None else None})")
+        elif part not in TEXT_ENCODERS or part not in comps:
+            bad.append(module)
+    if bad:
+        raise SettingsError(f"{what} does not fit {handle.source!r}: {len(bad)} of its {len(layers)} layers are not "
+                            f"layers of its {prefix} or text encoders: " + ", ".join(repr(b) for b in bad[:3])
+                            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + " (a LoRA for another model?)")
 
 
 def read_lora(handle, path: str | os.PathLike) -> Lora:
@@ -108,18 +183,27 @@ def read_lora(handle, path: str | os.PathLike) -> Lora:
     if path.suffix != ".safetensors" or not path.is_file():
         raise SettingsError(f"LoRA {str(path)!r}: not a .safetensors file (only safetensors LoRAs are read; "
                             "nothing is unpickled)")
+    what = f"LoRA {str(path)!r}"
     try:
-        tensors, meta = load_file(str(path)), _metadata(path)
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise SettingsError(f"LoRA {str(path)!r} is not a readable safetensors file: {e}") from None
+        # one line: safetensors quotes the file's own tensor names, which may hold newlines
+        raise SettingsError(f"{what} is not a readable safetensors file: {' '.join(str(e).split())[:300]}") from None
+    meta = _metadata(path, what)
     cls = type(handle.pipe)
     try:
         state, alphas = families.of(handle).lora_state_dict(cls, dict(tensors))
     except Exception as e:  # an unknown layout: diffusers would refuse it too
         raise SettingsError(f"LoRA {str(path)!r}: diffusers cannot read it for a {cls.__name__}: "
                             f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
-    state = convert_unet_state_dict_to_peft(state)
-    alphas = _module_alphas(alphas or {}, convert_unet_state_dict_to_peft)
+    try:
+        state = convert_unet_state_dict_to_peft(state)
+        alphas = _module_alphas(alphas or {}, convert_unet_state_dict_to_peft, what)
+    except SettingsError:
+        raise
+    except Exception as e:  # a layout diffusers' converter does not know
+        raise SettingsError(f"{what}: diffusers cannot convert its keys: {type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]}") from None
     factors: dict[str, dict] = {}
     for key, t in state.items():
         for part, slot in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_B.bias", "bias")):
@@ -135,10 +219,16 @@ def read_lora(handle, path: str | os.PathLike) -> Lora:
     for module, f in sorted(factors.items()):
         if "A" not in f or "B" not in f:
             raise SettingsError(f"LoRA {str(path)!r}: module {module!r} lacks its lora_A or lora_B")
-        A, B = f["A"].float(), f["B"].float()
-        scale = _module_scale(module, A.shape[0], alphas, meta)
-        bias = f.get("bias")
-        layers[module] = (A, B * scale, None if bias is None else bias.float() * scale)
+        if not all(t.is_floating_point() for t in f.values()):
+            raise SettingsError(f"{what}: module {module!r} has factors that are not floating-point tensors")
+        A, B, bias = f["A"].float(), f["B"].float(), f.get("bias")
+        bias = None if bias is None else bias.float()
+        _check_factors(module, A, B, bias, what)
+        scale = _module_scale(module, A.shape[0], alphas, meta, what)
+        B, bias = B * scale, None if bias is None else bias * scale
+        _check_factors(module, A, B, bias, what)  # the folded scale may overflow
+        layers[module] = (A, B, bias)
+    _check_fits(handle, layers, what)
     return Lora(layers, str(path))
 
 

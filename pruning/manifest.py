@@ -96,7 +96,7 @@ def read_manifest(folder: str | Path) -> tuple[PruningPlan, dict]:
     except PlanError as e:
         raise ExportError(f"{where}: plan: {e}") from None
     den = m["denoiser"]
-    if not isinstance(den, Mapping) or set(den) != {"name", "class"}:
+    if not isinstance(den, Mapping) or set(den) != {"name", "class"} or not all(isinstance(v, str) for v in den.values()):
         raise ExportError(f"{where}: 'denoiser' must be {{'name': ..., 'class': ...}}, got {shown(den)}")
     supported = set(DENOISERS.values())
     if (den["name"], den["class"]) not in supported:

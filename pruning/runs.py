@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from . import validate
 from .errors import SettingsError, StateMismatch
 from .files import read_tensors, write_tensors
 
@@ -178,9 +179,10 @@ class RunState:
         if self.model_ref != model_ref:
             raise StateMismatch(f"cannot resume: the state was made on {self.model_ref!r}, not {model_ref!r}")
         if _plain(self.settings) != _plain(settings):
-            diff = sorted(k for k in set(self.settings) | set(settings)
+            diff = sorted(str(k) for k in set(self.settings) | set(settings)
                           if _plain(self.settings.get(k)) != _plain(settings.get(k)))
-            raise StateMismatch(f"cannot resume: the state was made with other settings ({', '.join(diff)} differ)")
+            names = ", ".join(k if k.isidentifier() else _short(k, 40) for k in diff[:5])  # odd names quoted + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+            raise StateMismatch(f"cannot resume: the state was made with other settings ({names} differ)")
         return self
 
     def save(self, path: str | Path) -> Path:
@@ -191,12 +193,149 @@ class RunState:
 
     @classmethod
     def load(cls, path: str | Path) -> RunState:
+        """Read what :meth:`save` wrote. Only the envelope is checked here (what / model_ref /
+        settings / data); each method checks ``data`` and ``tensors`` against the model and
+        settings it resumes with (:class:`StateSchema`) before using any of them."""
         what = f"run state {str(path)!r}"
         m, tensors = read_tensors(path, STATE_FORMAT, what)
         if not all(isinstance(m.get(k), t) for k, t in (("what", str), ("model_ref", str), ("settings", Mapping),
                                                          ("data", Mapping))):
             raise SettingsError(f"{what}: its metadata lacks what / model_ref / settings / data")
         return cls(m["what"], m["model_ref"], dict(m["settings"]), dict(m["data"]), tensors)
+
+
+class StateSchema:
+    """Checks one :class:`RunState`'s ``data`` fields and ``tensors`` against what this model and
+    these settings produce; the first problem is one :class:`~pruning.errors.StateMismatch`
+    naming the field (``data.timesteps[2]``, ``tensor 'x0'``). Each resumable loop states its
+    schema with these calls before it uses anything from the state.
+
+    >>> st = RunState("taylor", "tiny:sd", {}, {"timesteps": [0, "abc"]}, {"x0": torch.zeros(2, 4)})
+    >>> sc = StateSchema(st)
+    >>> sc.data_keys(required=("timesteps",))
+    >>> sc.integers("timesteps", lo=0, hi=999)
+    Traceback (most recent call last):
+    ...
+    pruning.errors.StateMismatch: cannot resume the taylor run: its state's data.timesteps[1] must be an integer in 0..999, got 'abc'
+    >>> sc.tensor("x0", shape=(3, 4))
+    Traceback (most recent call last):
+    ...
+    pruning.errors.StateMismatch: cannot resume the taylor run: its state's tensor 'x0' has shape (2, 4), this model and these settings give (3, 4)
+    """
+
+    def __init__(self, state: RunState):
+        self.state = state
+        self.prefix = f"cannot resume the {state.what} run: its state's"
+
+    def fail(self, field_: str, message: str):
+        raise StateMismatch(f"{self.prefix} {field_} {message}")
+
+    def _checked(self, field_: str, check, *args, **kw):
+        try:
+            return check(field_, *args, **kw)
+        except SettingsError as e:
+            raise StateMismatch(f"{self.prefix} {e}") from None
+
+    # ------------------------------------------------------------------ data
+
+    def data_keys(self, required: tuple = (), optional: tuple = ()) -> None:
+        """``data`` holds the ``required`` keys, and no key beyond them and ``optional``."""
+        data = self.state.data
+        for k in required:
+            if k not in data:
+                self.fail(f"data.{k}", "is missing")
+        extra = sorted(str(k) for k in data if k not in required and k not in optional)
+        if extra:
+            self.fail(f"data.{extra[0]}", f"is not a field of a {self.state.what} state")
+
+    def items(self, key: str, *, max_len: int | None = None, length: int | None = None,
+              data: Mapping | None = None, name: str | None = None) -> list:
+        """``data[key]`` as a list (of at most ``max_len`` / exactly ``length`` items)."""
+        name = name or f"data.{key}"
+        value = (self.state.data if data is None else data).get(key)
+        if not isinstance(value, list):
+            self.fail(name, f"must be a list, got {_short(value)}")
+        if length is not None and len(value) != length:
+            self.fail(name, f"must have {length} items (this model and these settings), got {len(value)}")
+        if max_len is not None and len(value) > max_len:
+            self.fail(name, f"has {len(value)} items, at most {max_len} for this model and these settings")
+        return value
+
+    def integer(self, name: str, value, *, lo: int | None = None, hi: int | None = None) -> int:
+        return self._checked(name, validate.integer, value, lo=lo, hi=hi, strict=True)
+
+    def number(self, name: str, value, *, lo: float | None = None, hi: float | None = None) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            self.fail(name, f"must be a number, got {_short(value)}")
+        return self._checked(name, validate.number, value, lo=lo, hi=hi)
+
+    def integers(self, key: str, *, lo: int | None = None, hi: int | None = None, max_len: int | None = None,
+                 length: int | None = None) -> list[int]:
+        return [self.integer(f"data.{key}[{i}]", v, lo=lo, hi=hi)
+                for i, v in enumerate(self.items(key, max_len=max_len, length=length))]
+
+    def numbers(self, key: str, *, lo: float | None = None, hi: float | None = None, max_len: int | None = None,
+                length: int | None = None) -> list[float]:
+        return [self.number(f"data.{key}[{i}]", v, lo=lo, hi=hi)
+                for i, v in enumerate(self.items(key, max_len=max_len, length=length))]
+
+    def record(self, name: str, value, required: dict, optional: dict | None = None) -> dict:
+        """A JSON object with the ``required`` keys (key -> check(name, value)) and maybe ``optional``
+        ones (a key -> check mapping, or a prefix ending in ``*`` -> check)."""
+        if not isinstance(value, Mapping):
+            self.fail(name, f"must be an object, got {_short(value)}")
+        optional = optional or {}
+        out = {}
+        for k, check in required.items():
+            if k not in value:
+                self.fail(f"{name}.{k}", "is missing")
+            out[k] = check(f"{name}.{k}", value[k])
+        for k, v in value.items():
+            if k in required:
+                continue
+            check = optional.get(k) or next((c for p, c in optional.items()
+                                             if p.endswith("*") and isinstance(k, str) and k.startswith(p[:-1])), None)
+            if check is None:
+                self.fail(f"{name}.{k}", "is not a field of this record")
+            out[k] = check(f"{name}.{k}", v)
+        return out
+
+    # ------------------------------------------------------------------ tensors
+
+    def tensor(self, name: str, *, shape: tuple | None = None, dtype: torch.dtype | None = None,
+               floating: bool = True, finite: bool = True, required: bool = True) -> torch.Tensor | None:
+        """The tensor ``name``, checked: its shape (None entries: any size), dtype (or any floating
+        dtype with ``floating``) and finiteness. A missing one is refused when ``required``."""
+        t = self.state.tensors.get(name)
+        what = f"tensor {name!r}"
+        if t is None:
+            if required:
+                self.fail(what, "is missing")
+            return None
+        if shape is not None and (t.dim() != len(shape) or any(s is not None and s != n for s, n in
+                                                                zip(shape, t.shape))):
+            want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+            self.fail(what, f"has shape {tuple(t.shape)}, this model and these settings give {want}")
+        if dtype is not None and t.dtype != dtype:
+            self.fail(what, f"has dtype {t.dtype}, not {dtype}")
+        if dtype is None and floating and not t.is_floating_point():
+            self.fail(what, f"has dtype {t.dtype}, not a floating-point dtype")
+        if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            self.fail(what, "holds non-finite values (NaN or infinity)")
+        return t
+
+    def only_tensors(self, allowed) -> None:
+        """No tensor beyond ``allowed`` (names, or a predicate on the name)."""
+        ok = allowed if callable(allowed) else set(allowed).__contains__
+        extra = sorted(k for k in self.state.tensors if not ok(k))
+        if extra:
+            self.fail(f"tensor {extra[0]!r}", f"is not part of a {self.state.what} state"
+                      + (f" ({len(extra) - 1} more such tensors)" if len(extra) > 1 else ""))
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _plain(x):

@@ -352,9 +352,7 @@ def parse_json(text: str, what: str, *, limits: Limits = LIMITS):
     ...
     pruning.errors.SettingsError: plan is nested deeper than 32 levels
     """
-    depth = _max_depth(text)
-    if depth > limits.max_json_depth:
-        raise SettingsError(f"{what} is nested deeper than {limits.max_json_depth} levels")
+    json_size_check(text, what, limits)
 
     def no_constants(name):
         raise ValueError(f"{name} is not allowed")
@@ -504,3 +502,45 @@ __all__ = [
     "check_device", "check_outputs", "shown", "few", "registered",
 ]
 
+
+# --------------------------------------------------------------------------- JSON size (issue 20)
+
+MAX_JSON_ITEMS = 2_000_000  # values in one JSON text: a plan of SDXL's every kept neuron has under 1M
+_JSON_STRING = None
+
+
+def json_shape(text: str) -> tuple[int, int]:
+    """(nesting depth, number of values at most) of a JSON text, from one vectorised pass outside its
+    strings: cheap next to ``json.loads`` and bounded in memory by the text's size.
+
+    >>> json_shape('{"a": [1, 2, {"b": "[[["}], "c": 3}')
+    (3, 7)
+    """
+    import re
+
+    import numpy as np
+
+    global _JSON_STRING
+    if _JSON_STRING is None:
+        _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+    bare = np.frombuffer(_JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    opens = (bare == ord("[")) | (bare == ord("{"))
+    steps = opens.astype(np.int64) - ((bare == ord("]")) | (bare == ord("}")))
+    depth = int(np.cumsum(steps).max()) if len(steps) else 0
+    return max(depth, 0), int(opens.sum() + (bare == ord(",")).sum()) + 1
+
+
+def json_size_check(text: str, what: str, limits: Limits = LIMITS) -> None:
+    """Refuse a JSON text nested deeper than ``limits.max_json_depth`` or holding more than
+    ``MAX_JSON_ITEMS`` values, before ``json.loads`` builds it (each value costs tens of bytes).
+
+    >>> json_size_check("[" + "0," * 2_000_000 + "0]", "plan")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: plan holds about 2000002 JSON values, at most 2000000
+    """
+    depth, items = json_shape(text)
+    if depth > limits.max_json_depth:
+        raise SettingsError(f"{what} is nested deeper than {limits.max_json_depth} levels")
+    if items > MAX_JSON_ITEMS:
+        raise SettingsError(f"{what} holds about {items} JSON values, at most {MAX_JSON_ITEMS}")

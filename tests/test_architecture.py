@@ -106,8 +106,9 @@ def test_the_library_never_imports_the_app():
 
 def _import_graph(package: Path) -> dict[str, set[str]]:
     """Module -> the package's modules it imports, every import statement included (those inside
-    functions too). ``from . import x`` imports the module ``x``, not the package; a parent package
-    is imported first by Python anyway, so it is no edge."""
+    functions too; not those under ``if TYPE_CHECKING:``, which never run). ``from . import x``
+    imports the module ``x``, not the package; a parent package is imported first by Python anyway,
+    so it is no edge."""
     import ast
 
     mods = {}
@@ -117,7 +118,11 @@ def _import_graph(package: Path) -> dict[str, set[str]]:
     graph = {m: set() for m in mods}
     for m, p in mods.items():
         pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(p.read_text())):
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):  # imports only type checkers see (`if TYPE_CHECKING:`) are never run
+            if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
+                node.body = []
+        for node in ast.walk(tree):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]

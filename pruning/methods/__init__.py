@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..validate import registered
 from .base import DIRECTION, Method, Scores, check_scores_fit
+from .registry import METHODS, get, names, register, unregister
 
 BUILTIN = (  # module, attribute: in the order users see them
     ("pruning.methods.ldpruner", "METHOD"),
@@ -28,29 +28,6 @@ BUILTIN = (  # module, attribute: in the order users see them
     ("pruning.methods.baselines", "RANDOM"),
     ("pruning.methods.obsdiff", "METHOD"),
 )
-METHODS: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    """Add (or replace) a method under ``method.name``."""
-    METHODS[method.name] = method
-    return method
-
-
-def unregister(name: str) -> None:
-    METHODS.pop(name, None)
-
-
-def names() -> list[str]:
-    """Registered method names, in order."""
-    return list(METHODS)
-
-
-def get(name: str) -> Method:
-    """The method registered as ``name`` (errors list the registered ones)."""
-    return METHODS[registered("method", name, names())]
-
-
 def to_plan(handle, scores: Scores, *, target_sparsity: float, scope: str | None = None, budget=None,
             native: bool = False):
     """Cut any method's scores at ``target_sparsity`` (dispatches on ``scores.method``); ``native``: whole

@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -35,14 +36,31 @@ from ..files import atomic_write, read_tensors, write_tensors
 from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
-from ..validate import choice, few, fraction, read_json, shown
+from ..validate import LIMITS, choice, few, fraction, read_json, shown
 from .select import LayerBudget, plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
 LEVELS = ("operator", "unit")
 SCOPES = ("global", "local")
 FORMAT = "pruning-scores/1"
+MAX_UNIT_INDEX = 2**31 - 1  # far above any layer's units; larger values would wrap in int64
 _REQUIRED = {"operator": ("fqn", "score"), "unit": ("fqn", "index", "score")}
+
+
+def parquet_available() -> bool:
+    """Whether pandas can read and write .parquet here (pyarrow or fastparquet installed)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("pyarrow", "fastparquet"))
+
+
+SIDE_FILE_LIMITS = replace(LIMITS, max_json_bytes=4 * 2**20)  # settings and info (EcoDiff's history: ~1 MB at most)
+META_KEYS = ("format", "method", "level", "model_ref", "settings", "partial", "info", "direction", "records")
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _jsonable(x):
@@ -75,6 +93,9 @@ class Scores:
         table = self.table.reset_index(drop=True)
         if table["fqn"].map(lambda f: not isinstance(f, str) or not f).any():
             raise SettingsError(f"{what}: every fqn must be a non-empty string")
+        for col in _REQUIRED[self.level][1:]:  # true/false is not a number here (pandas would read it as 1/0)
+            if table[col].dtype == bool or table[col].map(lambda v: isinstance(v, (bool, np.bool_))).any():
+                raise SettingsError(f"{what}: the {col} column holds true/false values, not numbers")
         try:
             values = pd.to_numeric(table["score"], errors="raise").astype("float64")
         except (TypeError, ValueError) as e:
@@ -87,8 +108,8 @@ class Scores:
         table["score"] = values
         if self.level == "unit":
             idx = pd.to_numeric(table["index"], errors="coerce")
-            if idx.isna().any() or (idx % 1 != 0).any() or (idx < 0).any():
-                raise SettingsError(f"{what}: the index column must hold unit indices >= 0")
+            if idx.isna().any() or (idx % 1 != 0).any() or (idx < 0).any() or (idx > MAX_UNIT_INDEX).any():
+                raise SettingsError(f"{what}: the index column must hold unit indices in 0..{MAX_UNIT_INDEX}")
             table["index"] = idx.astype("int64")
         object.__setattr__(self, "table", table)
         object.__setattr__(self, "settings", _jsonable(dict(self.settings or {})))
@@ -134,14 +155,41 @@ class Scores:
         records = d.get("records")
         if not isinstance(records, list):
             raise SettingsError(f"{what} have no records list")
+        bad = next((i for i, r in enumerate(records) if not isinstance(r, Mapping)), None)
+        if bad is not None:
+            raise SettingsError(f"{what}: records[{bad}] must be an object (fqn, score...), got {_short(records[bad])}")
         return cls._from_meta(d, pd.DataFrame(records), what)
 
     @classmethod
     def _from_meta(cls, m: Mapping, table: pd.DataFrame, what: str) -> Scores:
+        """Scores from read metadata, every field checked: the method is a registered one, the level
+        its level, the settings valid settings of that method (its settings class builds them: unknown
+        names, wrong types and out-of-range values are refused), the info a JSON object."""
+        from .registry import get
+
         for key, typ in (("method", str), ("level", str), ("model_ref", str), ("settings", Mapping),
                          ("partial", bool), ("info", Mapping)):
             if not isinstance(m.get(key), typ):
-                raise SettingsError(f"{what}: field {key!r} must be a {typ.__name__}, got {m.get(key)!r}")
+                raise SettingsError(f"{what}: field {key!r} must be a {typ.__name__}, got {_short(m.get(key))}")
+        extra = sorted(str(k) for k in m if k not in META_KEYS)
+        if extra:
+            raise SettingsError(f"{what}: field {_short(extra[0])} is not a field of {FORMAT} metadata")
+        if m.get("direction", DIRECTION) != DIRECTION:
+            raise SettingsError(f"{what}: direction must be {DIRECTION!r}, got {_short(m.get('direction'))}")
+        if not m["model_ref"].strip():
+            raise SettingsError(f"{what}: field 'model_ref' is empty")
+        try:
+            method = get(m["method"])
+        except SettingsError as e:
+            raise SettingsError(f"{what}: {e}") from None
+        if m["level"] != method.level:
+            raise SettingsError(f"{what}: {method.name} scores {method.level}s, the file says level {_short(m['level'])}")
+        try:
+            method.settings(**{str(k): v for k, v in m["settings"].items()})
+        except SettingsError as e:
+            raise SettingsError(f"{what}: its settings are not valid {method.name} settings: {e}") from None
+        except TypeError as e:  # a settings class that takes no such argument
+            raise SettingsError(f"{what}: its settings are not valid {method.name} settings: {e}") from None
         try:
             return cls(m["method"], m["level"], table, m["model_ref"], m["settings"], m["partial"], m["info"])
         except SettingsError as e:
@@ -153,6 +201,9 @@ class Scores:
         path = Path(path)
         if path.suffix == ".safetensors":
             return write_tensors(path, self.unit_scores(), FORMAT, self.meta())
+        if path.suffix == ".parquet" and not parquet_available():
+            raise SettingsError(f"cannot write {str(path)!r}: .parquet needs pyarrow or fastparquet, which are not "
+                                "installed; write .csv or .safetensors")
         with atomic_write(path) as tmp:
             if path.suffix == ".parquet":
                 self.table.to_parquet(tmp, index=False)
@@ -174,7 +225,7 @@ class Scores:
         meta_path = Path(f"{path}.json")
         if not meta_path.is_file():
             raise SettingsError(f"{what} has no {meta_path.name} beside it (written by `python -m pruning score`)")
-        meta = read_json(meta_path, "scores metadata")
+        meta = read_json(meta_path, "scores metadata", limits=SIDE_FILE_LIMITS)
         if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
             raise SettingsError(f"{str(meta_path)!r} is not {FORMAT} metadata")
         try:
@@ -267,6 +318,12 @@ class Method:
         """The slim denoiser of a plan whose ``reconstruction`` names this method (a method that
         compensates weights itself, as OBS-Diff, overrides it; ``pruning.export.build`` calls it)."""
         raise PlanError(f"{self.name} plans carry no weights of their own: slim them (pruning.slim)")
+
+    def check_state(self, handle, settings, state: RunState) -> None:
+        """Refuse a state this run cannot resume (another run's, or one whose fields do not fit this
+        model and these settings): one ``StateMismatch`` naming the field. :meth:`run` checks the
+        same before it uses a state; this checks without running."""
+        raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
 
     def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str | None = None,
                 budget=None, native: bool = False) -> PruningPlan:

@@ -46,7 +46,7 @@ from ..memory import execution_device
 from ..parallel import SINGLE, Processes
 from ..prompts import calibration_prompts
 from ..rollout import prepare, rollout
-from ..runs import RunControl, RunState, as_control
+from ..runs import RunControl, RunState, StateSchema, as_control
 from ..sampling import spec
 from .base import Method, Scores, opt
 from .baselines import unit_table
@@ -128,10 +128,14 @@ class TaylorSettings:
 # --------------------------------------------------------------------------- data
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+
+
 def _load_images(images, resolution: int) -> list:
     if isinstance(images, (str, Path)):
         folder = Path(images)
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        files = _image_files(folder)
         if not files:
             raise SettingsError(f"no PNG/JPEG images in folder {str(folder)!r}")
         if len(files) > validate.LIMITS.max_prompts:
@@ -245,9 +249,11 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
     params = unit_params(handle, settings.kinds)
     used, losses, x0, ready = [], [], None, False  # ready: the clean images exist (on some process)
+    n_train = handle.pipe.scheduler.config.num_train_timesteps
+    ts = list(range(0, n_train, settings.stride))
     if state is not None:
         state.check("taylor", handle.model_ref, settings.to_dict())
-        used, losses, x0 = list(state.data["timesteps"]), list(state.data["losses"]), state.tensors.get("x0")
+        used, losses, x0 = _check_state(state, settings, params, ts)
     # a resumed run adds to the state's own sums (no copy: they are the size of the model in fp32)
     grads = {n: (state.tensors[f"grad.{n}"].to(p.device) if state is not None and f"grad.{n}" in state.tensors
                  else torch.zeros_like(p, dtype=torch.float32)) for n, p in params.items()}
@@ -267,6 +273,8 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     if x0 is not None:  # all the images: take this process's rows
         n_images = x0.shape[0]
         cond = _clean_latents(handle, settings, conditioning_only=True, processes=ps)
+        if cond is not None:
+            StateSchema(state).tensor("x0", shape=(n_images, *cond.z0.shape[1:]))
         x0 = x0[ps.share(n_images)] if cond is not None else None
     else:
         if control.ending():
@@ -283,8 +291,6 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
         g = torch.Generator().manual_seed(settings.noise_seed)  # one draw for all the images, this share's rows
         noise = torch.randn((n_images, *x0.shape[1:]), generator=g, dtype=torch.float32)[ps.share(n_images)]
         noise = noise.to(x0.device, x0.dtype)
-    n_train = handle.pipe.scheduler.config.num_train_timesteps
-    ts = list(range(0, n_train, settings.stride))
     rule, partial = ThresholdRule(settings.thr), False
     finished = False
     for loss in losses:  # the rule's state after the timesteps already done
@@ -319,6 +325,38 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     return table(taylor_scores(handle, grads, settings.kinds) if used else {}, partial)
 
 
+def _n_images(settings: TaylorSettings) -> int:
+    """How many clean images these settings give (prompts filled in)."""
+    if settings.images is None:
+        return len(settings.prompts)
+    return len(_image_files(Path(settings.images))) if isinstance(settings.images, str) else len(settings.images)
+
+
+def _check_state(state: RunState, settings: TaylorSettings, params: dict, ts: list[int]):
+    """A resumed state checked against this model and these settings: ``(timesteps, losses, x0)``.
+
+    The timesteps are the first ones of the run's schedule (0, stride, ...) with one finite loss >= 0
+    each, none after the threshold rule stopped; ``x0`` holds every clean image (its latent shape
+    is checked once the conditioning is known) and ``grad.<param>`` each scored weight's float32
+    gradient sum."""
+    sc = StateSchema(state)
+    sc.data_keys(required=("timesteps", "losses"))
+    used = sc.integers("timesteps", lo=0, hi=ts[-1], max_len=len(ts))
+    for i, t in enumerate(used):
+        if t != ts[i]:
+            sc.fail(f"data.timesteps[{i}]", f"is {t}, the run's timestep {i} is {ts[i]} (stride {settings.stride})")
+    losses = sc.numbers("losses", lo=0, length=len(used))
+    if len(timesteps_used(losses, settings.thr)) < len(losses):
+        sc.fail("data.losses", f"go on after the threshold rule (thr={settings.thr:g}) stopped the run")
+    x0, n = sc.tensor("x0"), _n_images(settings)
+    if x0.dim() < 3 or x0.shape[0] != n:
+        sc.fail("tensor 'x0'", f"has shape {tuple(x0.shape)}, these settings give {n} clean latents")
+    for n, p in params.items():
+        sc.tensor(f"grad.{n}", shape=tuple(p.shape), dtype=torch.float32)
+    sc.only_tensors({"x0", *(f"grad.{n}" for n in params)})
+    return used, losses, x0
+
+
 class Taylor(Method):
     name = "taylor"
     title = "Taylor importance (Diff-Pruning)"
@@ -335,6 +373,14 @@ class Taylor(Method):
 
     def score(self, handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return self.run(handle, settings, control=control)[0]
+
+    def check_state(self, handle, settings: TaylorSettings | None, state: RunState) -> None:
+        settings = settings or TaylorSettings()
+        if settings.prompts is None and settings.images is None:
+            settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
+        state.check("taylor", handle.model_ref, settings.to_dict())
+        n_train = handle.pipe.scheduler.config.num_train_timesteps
+        _check_state(state, settings, unit_params(handle, settings.kinds), list(range(0, n_train, settings.stride)))
 
     def run(self, handle, settings: TaylorSettings | None = None, *, state: RunState | None = None,
             control: RunControl | None = None):

@@ -50,7 +50,7 @@ from ..masks import GATE_TYPES, GateSet, gated
 from ..parallel import SINGLE, Processes
 from ..prompts import calibration_prompts
 from ..rollout import Trajectory, prepare, rollout, step
-from ..runs import RunControl, RunState, as_control
+from ..runs import RunControl, RunState, StateSchema, as_control
 from .base import Method, Scores, opt
 
 DEFAULT_LR = 0.5  # lr 0.2 for 2 epochs lost to random on tiny-shapes-sd
@@ -319,6 +319,7 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
     rows, targets = [], []  # targets: this process's rows of each batch's (None: no rows here)
     if state is not None:
         state.check("ecodiff", handle.model_ref, settings.to_dict())
+        _check_state(state, settings, gates, batches)
         rows, targets = _restore(state, gates, opt_, gen)
         targets = [t[sh] if sh.stop > sh.start else None for t, sh in zip(targets, shares)]
     last_good = gates.lambdas()
@@ -340,6 +341,8 @@ def optimize(handle, settings: EcoDiffSettings | None = None, *, control: RunCon
                            steps=settings.steps, guidance=settings.guidance, resolution=settings.resolution)
             weight = ps.weight(len(prompts))
             if k < len(targets):
+                # a stored target has the shape of this batch's final latents, (B, C, H, W)
+                StateSchema(state).tensor(f"target.{k}", shape=(len(prompts), *traj.unpack(traj.z0).shape[1:]))
                 data.append((traj, targets[k], weight))
                 continue
             if control.ending():
@@ -404,6 +407,61 @@ def _snapshot(handle, settings, gates: GateSet, opt_, gen, rows, targets) -> Run
                     {"history": [dict(r) for r in rows], "targets": len(targets)}, tensors)
 
 
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _check_state(state: RunState, settings: EcoDiffSettings, gates: GateSet, batches: list) -> None:
+    """A resumed state checked against this model's gates and these settings, before any of it is used.
+
+    ``data.targets`` counts the batches whose target latents are stored (``target.<k>``, one row per
+    prompt); the optimizer steps (``data.history``, one row each) start once every target is there.
+    ``lambda.<fqn>`` holds each gate's logits, ``adam.<i>.{step, exp_avg, exp_avg_sq}`` the AdamW
+    state of gate i after ``len(history)`` steps (none before the first), ``rng`` the gate noise's
+    generator state."""
+    sc = StateSchema(state)
+    sc.data_keys(required=("history", "targets"))
+    n_targets = sc.integer("data.targets", state.data["targets"], lo=0, hi=len(batches))
+    total = settings.epochs * len(batches)
+    history = sc.items("history", max_len=total)
+    if history and n_targets < len(batches):
+        sc.fail("data.history", f"has {len(history)} optimizer steps before all {len(batches)} target batches "
+                "were computed")
+    kinds = tuple(settings.kinds)
+    for i, row in enumerate(history):
+        name = f"data.history[{i}]"
+        r = sc.record(name, row, {
+            "step": lambda n, v: sc.integer(n, v, lo=0), "epoch": lambda n, v: sc.integer(n, v, lo=0),
+            "recon": lambda n, v: sc.number(n, v, lo=0), "reg": lambda n, v: sc.number(n, v),
+            "loss": lambda n, v: sc.number(n, v)},
+            {f"kept_{k}": (lambda n, v: sc.number(n, v, lo=0, hi=1)) for k in kinds})
+        if r["step"] != i or r["epoch"] != i // len(batches):
+            sc.fail(name, f"is step {r['step']} of epoch {r['epoch']}, expected step {i} of epoch {i // len(batches)}")
+    names = {"rng"}
+    sc.tensor("rng", shape=tuple(torch.Generator().get_state().shape), dtype=torch.uint8)
+    for f, g in zip(gates.fqns, gates.gates):
+        names.add(f"lambda.{f}")
+        sc.tensor(f"lambda.{f}", shape=tuple(g.log_alpha.shape), dtype=torch.float32)
+    for i, g in enumerate(gates.gates):
+        if not history:
+            break
+        names.update(f"adam.{i}.{k}" for k in ("step", *ADAM_MOMENTS))
+        step_ = sc.tensor(f"adam.{i}.step", shape=(), dtype=torch.float32)
+        if float(step_) != len(history):
+            sc.fail(f"tensor 'adam.{i}.step'", f"is {float(step_):g}, the history has {len(history)} steps")
+        for k in ADAM_MOMENTS:
+            m = sc.tensor(f"adam.{i}.{k}", shape=tuple(g.log_alpha.shape), dtype=torch.float32)
+            if k == "exp_avg_sq" and bool((m < 0).any()):
+                sc.fail(f"tensor 'adam.{i}.{k}'", "holds negative values")
+    for k in range(n_targets):
+        names.add(f"target.{k}")
+        t = sc.tensor(f"target.{k}")
+        n = len(batches[k][0])
+        if t.dim() != 4 or t.shape[0] != n:
+            sc.fail(f"tensor 'target.{k}'", f"has shape {tuple(t.shape)}, these settings give {n} latents "
+                    "(B, C, H, W)")
+    sc.only_tensors(names)
+
+
 def _restore(state: RunState, gates: GateSet, opt_, gen) -> tuple[list, list]:
     """Load a snapshot into the fresh gates, optimizer and generator; returns (history, targets)."""
     t = state.tensors
@@ -439,6 +497,15 @@ class EcoDiff(Method):
 
     def score(self, handle, settings: EcoDiffSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return optimize(handle, settings, control=control).to_scores()
+
+    def check_state(self, handle, settings: EcoDiffSettings | None, state: RunState) -> None:
+        settings = settings or EcoDiffSettings()
+        if settings.prompts is None:
+            settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
+        state.check("ecodiff", handle.model_ref, settings.to_dict())
+        gates = GateSet.for_denoiser(handle.denoiser, kinds=tuple(settings.kinds), gate=settings.gate,
+                                     init=settings.init, eps=settings.masking_eps)
+        _check_state(state, settings, gates, _batches(settings))
 
     def run(self, handle, settings: EcoDiffSettings | None = None, *, state: RunState | None = None,
             control: RunControl | None = None):

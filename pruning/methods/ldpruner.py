@@ -45,7 +45,7 @@ from ..masks import masked
 from ..parallel import Processes
 from ..plan import PruningPlan
 from ..prompts import calibration_prompts
-from ..runs import RunControl, RunState, as_control
+from ..runs import RunControl, RunState, StateSchema, as_control
 from ..sampling import GenerationStopped, generate_latents, resolution_multiple, spec
 from .base import Method, Scores, opt
 from .proxy import proxy_agreement, proxy_generation, proxy_note  # noqa: F401  (the proxy's public names)
@@ -360,6 +360,49 @@ def plan_from_scores(handle, scores: pd.DataFrame, *, target_sparsity: float | N
 # --------------------------------------------------------------------------- the method
 
 
+def latent_shape(handle, n: int, resolution: int) -> tuple[int, int, int, int]:
+    """(n, C, H, W) of the final latents ``generate_latents`` gives at ``resolution`` (unpacked for FLUX),
+    from the VAE's config: its latent channels and downscale factor.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> latent_shape(handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd"), 2, 32)
+    (2, 4, 8, 8)
+    """
+    cfg = handle.pipe.vae.config
+    side = resolution // 2 ** (len(cfg.block_out_channels) - 1)  # the pipelines' vae_scale_factor
+    return (n, cfg.latent_channels, side, side)
+
+
+def _check_state(handle, s: SweepSettings, state: RunState) -> list[dict]:
+    """A resumed sweep state checked against this model and these (resolved) settings: its rows
+    (one per operator scored, each an operator of this sweep, once, with finite distances >= 0)
+    and its original latents, when stored ((N_gen, C, H, W) float32, as this model generates them)."""
+    sc = StateSchema(state)
+    sc.data_keys(required=("rows",))
+    todo = list(select_operators(handle, s)["fqn"])
+    known, seen = set(todo), set()
+    rows = sc.items("rows", max_len=len(todo))
+
+    def distance(name, v):
+        return sc.number(name, v, lo=0)
+
+    def operator(name, v):
+        if not isinstance(v, str) or v not in known:
+            sc.fail(name, f"must be one of the {len(todo)} operators this sweep scores, got {v!r:.80}")
+        if v in seen:
+            sc.fail(name, f"names {v!r} a second time")
+        seen.add(v)
+        return v
+
+    out = [sc.record(f"data.rows[{i}]", r, {"fqn": operator, **{k: distance for k in SCORE_COLUMNS[:3]}})
+           for i, r in enumerate(rows)]
+    if "originals" in state.tensors:
+        sc.tensor("originals", shape=latent_shape(handle, s.n_gen, s.resolution), dtype=torch.float32)
+    sc.only_tensors({"originals"})
+    return out
+
+
 class LDPruner(Method):
     name = "ldpruner"
     title = "Operator sweep (LD-Pruner)"
@@ -396,6 +439,11 @@ class LDPruner(Method):
             info["stopped"] = control.reason or "chunk ended"
         return Scores(self.name, "operator", df, handle.model_ref, df.attrs["settings"], df.attrs["partial"], info)
 
+    def check_state(self, handle, settings: SweepSettings | None, state: RunState) -> None:
+        s = (settings or SweepSettings()).resolved(handle)
+        state.check(self.name, handle.model_ref, s.to_dict())
+        _check_state(handle, s, state)
+
     def run(self, handle, settings: SweepSettings | None = None, *, state=None, control: RunControl | None = None):
         """One chunk of operators; the state holds the rows scored so far and the original latents."""
         control = as_control(control)
@@ -403,7 +451,8 @@ class LDPruner(Method):
         resume = originals = None
         if state is not None:
             state.check(self.name, handle.model_ref, s.to_dict())
-            resume = pd.DataFrame(state.data["rows"])
+            rows = _check_state(handle, s, state)
+            resume = pd.DataFrame(rows, columns=["fqn", *SCORE_COLUMNS[:3]])
             resume.attrs.update(settings=s.to_dict(), model_ref=handle.model_ref)
             originals = state.tensors.get("originals")
         df = sweep(handle, s, control=control, resume=resume, originals=originals, show_progress=False)
