@@ -201,7 +201,7 @@ def add_settings_args(p: argparse.ArgumentParser, settings_cls, *, skip: tuple[s
         flag = "--" + f["name"].replace("_", "-")
         kind, default = f["kind"], f["default"]
         shown = f" (default: {list(default) if isinstance(default, tuple) else default})" if default is not None else ""
-        kw = {"dest": f["name"], "default": None, "help": f["help"] + shown}
+        kw = {"dest": f["name"], "default": None, "help": (f["help"] + shown).replace("%", "%%")}  # argparse formats %
         if kind in ("strs", "ints"):
             kw.update(nargs="+", type=_TYPES[kind], metavar=kind[:-1].upper())
         elif kind == "choices":
