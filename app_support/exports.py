@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pruning.card import install_line
+from pruning.card import install_line, py_str
 from pruning.export import export
 from pruning.loading import Handle
 from pruning.lora import LORA_FILE
@@ -94,12 +94,12 @@ PY
 """
 LOAD_PIPELINE = """\
 pruned = load_pruned("{folder}")  # the pipeline with the slim {denoiser}
-image = generate_images(pruned, ["{prompt}"], [0])[0]
+image = generate_images(pruned, [{prompt}], [0])[0]
 image.save("pruned.png")"""
 LOAD_DENOISER = """\
 {denoiser} = load_pruned("{folder}")  # the slim {denoiser} alone
-pruned = load_pruned("{folder}", base="{base}")  # with the base model's other components
-image = generate_images(pruned, ["{prompt}"], [0])[0]
+pruned = load_pruned("{folder}", base={base})  # with the base model's other components
+image = generate_images(pruned, [{prompt}], [0])[0]
 image.save("pruned.png")"""
 NATIVE_PIPELINE = """
 # native export: plain diffusers reads the same folder, without pruning
@@ -109,7 +109,7 @@ NATIVE_LOAD = """
 # native export: plain diffusers reads the same folder, without pruning
 from diffusers import DiffusionPipeline, {cls}
 {denoiser} = {cls}.from_pretrained("{folder}", subfolder="{denoiser}")
-pipe = DiffusionPipeline.from_pretrained("{base}", {denoiser}={denoiser})"""
+pipe = DiffusionPipeline.from_pretrained({base}, {denoiser}={denoiser})"""
 
 
 def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline: bool = True, denoiser=None,
@@ -133,7 +133,8 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
         shutil.rmtree(work, ignore_errors=True)
         raise
     template = LOAD_PIPELINE if full_pipeline else LOAD_DENOISER
-    load = template.format(folder=FOLDER, denoiser=handle.denoiser_name, prompt=prompt, base=handle.source)
+    load = template.format(folder=FOLDER, denoiser=handle.denoiser_name, prompt=py_str(prompt),
+                           base=py_str(handle.source))  # user values as inert string literals
     if report:  # before generating: the images are then of the model with its LoRA
         lines = load.splitlines()
         at = next(i for i, line in enumerate(lines) if line.startswith("image ="))
@@ -142,7 +143,7 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
         load = "\n".join(lines)
     if native:  # the same folder, read by plain diffusers
         load += NATIVE_LOAD.format(folder=FOLDER, cls=type(handle.denoiser).__name__, denoiser=handle.denoiser_name,
-                                   base=handle.source) if not full_pipeline else NATIVE_PIPELINE.format(folder=FOLDER)
+                                   base=py_str(handle.source)) if not full_pipeline else NATIVE_PIPELINE.format(folder=FOLDER)
     snippet = SNIPPET.format(install=install_line(), folder=FOLDER, zip_name=Path(zip_path).name, load=load)
     cleanup(root)
     return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet, "lora": report}

@@ -34,6 +34,7 @@ from .errors import ExportError, ModelLoadError
 from .plan import PruningPlan
 from .prompts import evaluation_prompts, is_shapes_model
 from .sampling import count_inputs
+from .validate import py_str  # noqa: F401 (re-exported: the card's snippets use it)
 
 CARD = "README.md"
 GRID = "grid.png"
@@ -142,23 +143,6 @@ def code(value) -> str:
     """
     text = " ".join(str(value).split())
     return f"`{text}`" if text and _PLAIN.fullmatch(text) else f"<code>{md(text)}</code>"
-
-
-def py_str(value) -> str:
-    r"""A Python string literal for ``value`` (``json.dumps``: valid Python), with ``<``, ``>``, ``&`` and
-    backticks as escapes, so that it reads the same in Python and stays inert in Markdown and HTML.
-
-    >>> import ast
-    >>> text = 'evil"); import os; os.system("x") <b>`'
-    >>> print(py_str(text))
-    "evil\"); import os; os.system(\"x\") \u003cb\u003e\u0060"
-    >>> ast.literal_eval(py_str(text)) == text
-    True
-    """
-    out = json.dumps(str(value), ensure_ascii=True)
-    for ch in "<>&`":
-        out = out.replace(ch, f"\\u{ord(ch):04x}")
-    return out
 
 
 def _fence(body: str, lang: str) -> list[str]:

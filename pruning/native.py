@@ -50,6 +50,7 @@ from .errors import ExportError, PlanError
 from .files import sha256_file
 from .plan import PruningPlan
 from .validate import inside as inside_folder
+from .validate import py_str
 
 DROPPED = "native_dropped.safetensors"
 LORA_DIR = "lora_native"  # a LoRA sliced for the plan, its block indices renumbered as in the native folder
@@ -260,6 +261,7 @@ def slim_state(folder: Path, manifest: Mapping, base: nn.Module, plan: PruningPl
 def card_section(record: Mapping, *, family: str, name: str, folder_name: str, full_pipeline: bool,
                  repo: str | None = None, base: str = "<the base model>") -> str:
     """The model card's section on loading the export without ``pruning`` (plain diffusers)."""
+    # user values (folder, repo, base) as inert string literals in the code: validate.py_str
     fam = families.get(family)
     where = repo or folder_name
     cls = fam.denoiser_class.__name__
@@ -268,20 +270,20 @@ def card_section(record: Mapping, *, family: str, name: str, folder_name: str, f
              "stock diffusers reads this folder (`pip install diffusers transformers torch`):", "", "```python"]
     if full_pipeline:
         lines += ["from diffusers import DiffusionPipeline",
-                  f'pipe = DiffusionPipeline.from_pretrained("{where}")  # the whole pipeline, slim {name}']
+                  f'pipe = DiffusionPipeline.from_pretrained({py_str(where)})  # the whole pipeline, slim {name}']
     else:
         lines += [f"from diffusers import {fam.pipeline_class.__name__}, {cls}",
-                  f'{name} = {cls}.from_pretrained("{where}", subfolder="{name}")',
-                  f'pipe = {fam.pipeline_class.__name__}.from_pretrained("{base}", {name}={name})']
+                  f'{name} = {cls}.from_pretrained({py_str(where)}, subfolder="{name}")',
+                  f'pipe = {fam.pipeline_class.__name__}.from_pretrained({py_str(base)}, {name}={name})']
     if record.get("single_file"):
-        lines += ["", f"# or the single file `{record['single_file']}` ({record['single_file_layout']} key layout; "
+        lines += ["", f"# or the single file {record['single_file']} ({record['single_file_layout']} key layout; "
                   "block counts follow from its keys):",
-                  f'{name} = {cls}.from_single_file("{where}/{record["single_file"]}", config="{where}", '
-                  f'subfolder="{name}")']
+                  f'{name} = {cls}.from_single_file({py_str(where + "/" + record["single_file"])}, '
+                  f'config={py_str(where)}, subfolder="{name}")']
     if record.get("lora"):
         sub, _, weight = record["lora"].rpartition("/")
-        lines.append(f'pipe.load_lora_weights("{where}", subfolder="{sub}", weight_name="{weight}")  # the LoRA, '
-                     "sliced for the plan, its blocks renumbered as in this folder")
+        lines.append(f'pipe.load_lora_weights({py_str(where)}, subfolder={py_str(sub)}, weight_name={py_str(weight)})'
+                     "  # the LoRA, sliced for the plan, its blocks renumbered as in this folder")
     lines += ["```", "", "Loaders that read it: diffusers (`from_pretrained`), `pruning.load_pruned` (the plan in "
               "`pruning_plan.json` is re-applied to the base config)"
               + (", and single-file loaders (ComfyUI, `from_single_file`) through the single-file checkpoint."

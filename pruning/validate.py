@@ -496,10 +496,27 @@ def check_outputs(outputs, inputs, *, folders: Iterable[str] = ()) -> None:
                 raise SettingsError(f"{name} {raw!r} and {other} {other_raw!r} are the same file {tail}")
 
 
+def py_str(value) -> str:
+    r"""A Python string literal (for code we write: model cards, snippets) for ``value`` (``json.dumps``: valid Python), with ``<``, ``>``, ``&`` and
+    backticks as escapes, so that it reads the same in Python and stays inert in Markdown and HTML.
+
+    >>> import ast
+    >>> text = 'evil"); import os; os.system("x") <b>`'
+    >>> print(py_str(text))
+    "evil\"); import os; os.system(\"x\") \u003cb\u003e\u0060"
+    >>> ast.literal_eval(py_str(text)) == text
+    True
+    """
+    out = json.dumps(str(value), ensure_ascii=True)
+    for ch in "<>&`":
+        out = out.replace(ch, f"\\u{ord(ch):04x}")
+    return out
+
+
 __all__ = [
     "Limits", "LIMITS", "integer", "number", "fraction", "choice", "subset", "seed", "seed_list", "prompt_list",
     "steps", "guidance", "resolution", "sampling_fields", "finite", "read_json", "parse_json", "inside",
-    "check_device", "check_outputs", "shown", "few", "registered",
+    "check_device", "check_outputs", "shown", "few", "registered", "py_str",
 ]
 
 

@@ -461,3 +461,20 @@ def test_fuzz_found_a_settings_key_with_a_newline_is_one_line():
     with pytest.raises(StateMismatch) as e:
         st.check("taylor", "tiny:sd", {"steps": 3})
     assert "\n" not in str(e.value) and "'\\n'" in str(e.value) and "steps" in str(e.value)
+
+
+def test_7_the_apps_load_snippet_quotes_user_values(tiny_sd, tmp_path):
+    """The app's "load it" snippet (not only the card) holds the prompt and the base as inert string
+    literals: a prompt that closes its quotes runs no code."""
+    import ast
+
+    pytest.importorskip("gradio")
+    from app_support.exports import export_zip
+
+    evil = 'x"], [0]); import os; os.system("echo pwned"); (["'
+    plan = PruningPlan(family="sd", base=tiny_sd.model_ref, removed_operators=("mid_block.resnets.0",))
+    out = export_zip(tiny_sd, plan, session="q" * 16, root=tmp_path / "exports", full_pipeline=False, prompt=evil)
+    code = out["snippet"].split("python - <<'PY'\n", 1)[1].split("\nPY", 1)[0]
+    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
+    assert not [c for c in calls if getattr(c.func, "attr", "") == "system"]
+    assert evil in [n.value for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Constant)]
