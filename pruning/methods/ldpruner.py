@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -397,7 +398,14 @@ def _check_state(handle, s: SweepSettings, state: RunState) -> list[dict]:
 
     out = [sc.record(f"data.rows[{i}]", r, {"fqn": operator, **{k: distance for k in SCORE_COLUMNS[:3]}})
            for i, r in enumerate(rows)]
-    if "originals" in state.tensors:
+    if "originals" in state.tensors and s.fast:  # the fast score's recorded latents: (K, N_gen, ...) as the
+        # denoiser consumes them (FLUX's packed tokens hold the same elements as the latents)
+        t = sc.tensor("originals", dtype=torch.float32)
+        per_sample = math.prod(latent_shape(handle, 1, s.resolution))
+        if t.dim() < 3 or tuple(t.shape[:2]) != (s.timesteps, s.n_gen) or t[0, 0].numel() != per_sample:
+            sc.fail("tensor 'originals'", f"has shape {tuple(t.shape)}, this model and these settings give "
+                    f"({s.timesteps}, {s.n_gen}, ...) with {per_sample} values per sample")
+    elif "originals" in state.tensors:
         sc.tensor("originals", shape=latent_shape(handle, s.n_gen, s.resolution), dtype=torch.float32)
     sc.only_tensors({"originals"})
     return out

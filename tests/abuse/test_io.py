@@ -176,14 +176,20 @@ def test_13_a_pickle_only_folder_is_one_stderr_line(tmp_path):
 def test_14_two_million_duplicate_indices_give_a_short_error(capsys, sd_folder_handle, sd_folder, tmp_path):
     path = tmp_path / "dups.json"
     path.write_text(json.dumps({"schema_version": 1, "family": "sd", "base": sd_folder_handle.model_ref,
-                                "kept_heads": {FQN: [0] * 2_000_000}}))
+                                "kept_heads": {FQN: [0] * 1_900_000}}))  # under the JSON value limit (2M)
     before = tree(tmp_path)
     t0 = time.time()
     code, _, err = cli(capsys, "generate", "--model", sd_folder, "--prompt", "a", "--plan", path,
                        "--out", tmp_path / "imgs")
-    one_line_error(code, err, FQN, "2000000 kept indices")
+    one_line_error(code, err, FQN, "1900000 kept indices")
     assert len(err) < 500 and time.time() - t0 < 60, (len(err), time.time() - t0)
-    assert tree(tmp_path) == before
+    path.write_text(json.dumps({"schema_version": 1, "family": "sd", "base": sd_folder_handle.model_ref,
+                                "kept_heads": {FQN: [0] * 2_000_000}}))  # the 2 million: refused as JSON
+    code, _, err = cli(capsys, "generate", "--model", sd_folder, "--prompt", "a", "--plan", path,
+                       "--out", tmp_path / "imgs")
+    one_line_error(code, err, "JSON values, at most 2000000")
+    assert len(err) < 500
+    assert sorted(tree(tmp_path)) == sorted(before)  # nothing written beside the (rewritten) plan
 
 
 FF = "down_blocks.0.attentions.0.transformer_blocks.0.ff"  # 128 neurons in the tiny SD
@@ -219,7 +225,7 @@ def test_14_manifest_and_scores_lists_are_short(sd_folder_handle, tmp_path):
     table = tmp_path / "wide.csv"
     table.write_text(",".join(f"c{i}" for i in range(5_000)) + "\n" + ",".join("1" * 5_000) + "\n")
     Path(f"{table}.json").write_text(json.dumps({"format": "pruning-scores/1", "method": "magnitude",
-                                                  "level": "operator", "model_ref": "x", "settings": {},
+                                                  "level": "unit", "model_ref": "x", "settings": {},
                                                   "partial": False, "info": {}}))
     with pytest.raises(SettingsError) as e:
         Scores.read(table)
