@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,13 @@ from safetensors.torch import load_file, save_file
 from pruning import PruningPlan, export, load_pipeline, methods
 from pruning.card import CARD, front_matter
 from pruning.chunks import score_chunk
-from pruning.cli import main
 from pruning.errors import SettingsError, StateMismatch
 from pruning.files import sha256_file
 from pruning.lora import read_lora
 from pruning.methods import Scores
 from pruning.runs import Budget, RunState
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the LoRA maker of test_lora
-from test_lora import FLUX_TARGETS, SD_TARGETS, _make_lora  # noqa: E402
+from tests.test_abuse import cli, one_line_error, tree
+from tests.test_lora import FLUX_TARGETS, SD_TARGETS, _make_lora
 
 PROMPTS = ["a red circle at the center", "a blue square at the top left", "a green triangle at the bottom"]
 OPS = ("mid_block.resnets.0", "down_blocks.0.attentions.0.transformer_blocks.0.attn2")
@@ -41,22 +38,6 @@ SETTINGS = {
 UNITS = {"ldpruner": 1, "taylor": 2, "ecodiff": 3}  # a chunk that stops mid-run, with every kind of field
 
 
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *culprits):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for c in culprits:
-        assert str(c) in err, (c, err)
-
-
-def tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # --------------------------------------------------------------------------- item 2: resumed states
