@@ -9,13 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning import load_pipeline, methods, recover, slim
+from pruning import load_pipeline, methods, recover
 from pruning.catalog import UNIT_KINDS, discover
 from pruning.compare import CompareSettings, method_settings
+from pruning.export import build
 from pruning.loading import BUNDLED
 from pruning.methods import diffpruning, ecodiff, ldpruner
 from pruning.methods.baselines import magnitude_scores, random_scores
 from pruning.methods.select import DEFAULT_MAX_FRACTION, LayerBudget, plan_from_unit_scores
+from pruning.prompts import calibration_prompts
 from pruning.quality import latent_mse, shape_task_accuracy
 from pruning.recover import RecoverSettings
 from pruning.sampling import decode_latents, generate_latents
@@ -38,7 +40,7 @@ class Bench:
         self.ref = generate_latents(self.h, self.prompts, self.seeds)
 
     def evaluate(self, plan=None, denoiser=None) -> tuple[float, float]:
-        den = denoiser if denoiser is not None else slim(self.h.denoiser, plan)
+        den = denoiser if denoiser is not None else build(self.h, plan)  # OBS-Diff plans carry their weights
         z = generate_latents(self.h, self.prompts, self.seeds, denoiser=den)
         return latent_mse(z, self.ref), shape_task_accuracy(decode_latents(self.h, z), self.prompts)["all"]
 
@@ -130,7 +132,7 @@ CHEAP = {"ecodiff": {"epochs": 4}, "ldpruner": {"n_gen": 4}}
 def test_every_method_beats_random_at_20_percent(bench32, random_at_20, name):
     """Latent MSE and task accuracy, plain plans at 20% params removed, the default selection rule."""
     bench, method = bench32, methods.get(name)
-    calib = tuple(bench.calib)
+    calib = tuple(calibration_prompts(bench.h.model_ref, 8))  # spread over the captions, as compare_methods
     scores = method.score(bench.h, method_settings(method, CompareSettings(method_settings={name: CHEAP.get(name, {})}),
                                                    calib))
     mse, acc = bench.evaluate(methods.to_plan(bench.h, scores, target_sparsity=TARGET))

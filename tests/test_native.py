@@ -322,11 +322,11 @@ def test_native_plan_removes_a_unet_mid_block_with_its_partner(tiny_sdxl):
 
 
 @pytest.mark.slow
-def test_cli_prune_and_export_native(capsys, sd_folder, sd_handle, tmp_path):
+def test_cli_prune_and_export_native(capsys, sd_folder, sd_folder_handle, tmp_path):
     from pruning import methods
     from pruning.cli import main
 
-    scores = methods.get("magnitude").score(sd_handle).write(tmp_path / "mag.csv")
+    scores = methods.get("magnitude").score(sd_folder_handle).write(tmp_path / "mag.csv")
     plan_path = tmp_path / "plan.json"
     assert main(["prune", "--model", str(sd_folder), "--scores", str(scores), "--target-sparsity", "0.05",
                  "--native", "--out", str(plan_path)]) == 0
@@ -339,7 +339,7 @@ def test_cli_prune_and_export_native(capsys, sd_folder, sd_handle, tmp_path):
     assert main(["export", "--model", str(sd_folder), "--plan", str(plan_path), "--out", str(tmp_path / "plain"),
                  "--no-card-eval"]) == 0
     assert "native    native: plain diffusers loads its export (export --native)" in capsys.readouterr().out
-    heads = PruningPlan(family="sd", base=sd_handle.model_ref,
+    heads = PruningPlan(family="sd", base=sd_folder_handle.model_ref,
                         kept_heads={"down_blocks.0.attentions.0.transformer_blocks.0.attn1": (0,)})
     (tmp_path / "heads.json").write_text(heads.to_json())
     code = main(["prune", "--model", str(sd_folder), "--scores", str(scores), "--operators", "x", "--native",
