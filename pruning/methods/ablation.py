@@ -41,14 +41,12 @@ times and each operator is removed only in its own copy (per-sample gates, :func
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +65,7 @@ from ..replacements import replacement_for
 from ..rollout import Trajectory, advance, guided, prepare, raw_outputs
 from ..runs import as_control
 from ..sampling import GenerationStopped
+from .proxy import read_measured
 from .sweep_table import SCORE_COLUMNS, _table, ldpruner_score, select_operators
 
 TARGETS = ("uniform", "step", "denoised")  # the weightings, in the order of the distance arrays' axis 1
@@ -427,19 +426,9 @@ FORMAT = "pruning-ablation-agreement/1"
 FIGURES = ("spearman", "top_k_overlap", "removed_overlap", "time_ratio")  # each model entry has these
 
 
-@lru_cache(maxsize=4)
-def _read(path: str, mtime: float) -> dict | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
-
-
 def measured(path: Path = AGREEMENT_FILE) -> dict | None:
     """The whole measured-agreement file (written by ``python -m benchmarks R5``), or None if absent."""
-    path = Path(path)
-    return _read(str(path), path.stat().st_mtime) if path.is_file() else None
+    return read_measured(path, FORMAT)
 
 
 def fast_agreement(model_ref: str, path: Path = AGREEMENT_FILE) -> dict | None:

@@ -75,19 +75,25 @@ def set_overlap(a: Collection, b: Collection) -> float:
 # --------------------------------------------------------------------------- the measured figures
 
 
-@lru_cache(maxsize=4)
-def _read(path: str, mtime: float) -> dict | None:
+@lru_cache(maxsize=8)
+def _read(path: str, mtime: float, fmt: str) -> dict | None:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+    return data if isinstance(data, dict) and data.get("format") == fmt else None
+
+
+def read_measured(path: Path, fmt: str) -> dict | None:
+    """A shipped measured-agreement file of format ``fmt`` (this proxy's, the fast score's), read once
+    per change of the file; None when it is absent, unreadable or of another format."""
+    path = Path(path)
+    return _read(str(path), path.stat().st_mtime, fmt) if path.is_file() else None
 
 
 def measured(path: Path = AGREEMENT_FILE) -> dict | None:
     """The whole measured-agreement file (written by ``python -m benchmarks R4``), or None if absent."""
-    path = Path(path)
-    return _read(str(path), path.stat().st_mtime) if path.is_file() else None
+    return read_measured(path, FORMAT)
 
 
 def proxy_agreement(model_ref: str, path: Path = AGREEMENT_FILE) -> dict | None:
