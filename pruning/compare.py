@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -158,20 +159,30 @@ def settings_key(s: CompareSettings) -> dict:
 
 
 def check_sparsities(values) -> list[float]:
-    """1..20 distinct targets, each in (0, 1).
+    """1..20 distinct targets, each in (0, 1); an error says what a target is and names the culprit.
 
     >>> check_sparsities([0.1, 1.5])
     Traceback (most recent call last):
     ...
-    pruning.errors.SettingsError: sparsities[1] must be a finite number in (0, 1), got 1.5
+    pruning.errors.SettingsError: target sparsities are fractions between 0 and 1, like 0.2 (the share of the params to remove); sparsities[1] is 1.5
     """
     items = [values] if isinstance(values, (int, float, str)) else list(values)
     if not items:
-        raise SettingsError("give at least one target sparsity in (0, 1)")
+        raise SettingsError("give at least one target sparsity: a fraction between 0 and 1, like 0.2")
     if len(items) > MAX_SPARSITIES:
         raise SettingsError(f"{len(items)} sparsities, at most {MAX_SPARSITIES} in one comparison "
                             "(each is a plan to slim and evaluate)")
-    return list(dict.fromkeys(validate.fraction(f"sparsities[{i}]", x) for i, x in enumerate(items)))
+    out = []
+    for i, x in enumerate(items):
+        try:
+            out.append(validate.fraction(f"sparsities[{i}]", x))
+        except SettingsError:
+            text = x.strip() if isinstance(x, str) else None
+            shown_x = f"{x:g}" if isinstance(x, float) else text if text and re.fullmatch(r"[\w.%+-]{1,20}", text) \
+                else validate.shown(x)  # as typed, quoted only when it is odd
+            raise SettingsError("target sparsities are fractions between 0 and 1, like 0.2 (the share of the params "
+                                f"to remove); sparsities[{i}] is {shown_x}{validate.percent_hint(x)}") from None
+    return list(dict.fromkeys(out))
 
 
 def method_settings(method, s: CompareSettings, calib: tuple[str, ...]):

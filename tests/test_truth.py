@@ -180,3 +180,106 @@ def test_intervals_and_latency_do_not_overclaim():
     noisy = labels.latency_change([1.0, 1.05, 0.95, 1.1], [1.02, 0.93, 1.07, 0.98])
     assert not noisy["significant"] and noisy["text"].startswith("no measurable change")
     assert labels.psnr_text(100.0) == "identical"
+
+
+# --------------------------------------------------------------------------- items 3, 4: the export's card
+
+
+def test_install_line_is_never_a_server_path(monkeypatch):
+    from pruning import card
+
+    monkeypatch.delenv("PRUNING_INSTALL", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    line = card.install_line()
+    assert line.startswith("pip install") and str(card.Path(card.__file__).resolve().parent.parent) not in line
+    assert "/work" not in line and "/tmp" not in line
+    monkeypatch.setenv("SPACE_ID", "someone/pruning-demo")
+    assert card.install_line() == 'pip install "pruning @ git+https://huggingface.co/spaces/someone/pruning-demo"'
+    monkeypatch.setenv("SPACE_ID", "../../etc")  # not a Space id: not used
+    assert card.install_line() in (card.PUBLISHED_INSTALL, card._installed_from())
+    monkeypatch.setenv("PRUNING_INSTALL", "pip install my-pruning==1.0")
+    assert card.install_line() == "pip install my-pruning==1.0"
+
+
+def test_install_line_from_a_remote_install(monkeypatch):
+    from pruning import card
+
+    class Dist:
+        def __init__(self, text):
+            self.text = text
+
+        def read_text(self, name):
+            return self.text
+
+    import importlib.metadata as md
+
+    cases = {'{"url": "https://github.com/o/pruning", "vcs_info": {"vcs": "git", "commit_id": "0123abc"}}':
+             'pip install "pruning @ git+https://github.com/o/pruning@0123abc"',
+             '{"url": "file:///srv/checkout", "dir_info": {"editable": true}}': None,
+             '{"url": "https://user:token@github.com/o/pruning", "vcs_info": {"vcs": "git"}}': None}
+    for text, want in cases.items():
+        monkeypatch.setattr(md, "distribution", lambda name, t=text: Dist(t))
+        assert card._installed_from() == want
+
+
+def test_card_names_the_method_and_edit_and_shows_quality_rows(shapes_sd, tmp_path):
+    from pruning.card import CARD, front_matter, quality_rows, quality_table
+    from pruning.export import export
+    from pruning.manifest import MANIFEST
+
+    m = get("magnitude")
+    base = m.to_plan(shapes_sd, m.score(shapes_sd), target_sparsity=0.2)
+    edited = mark_edited(base.__class__(family="sd", base=base.base, removed_operators=("mid_block.resnets.0",),
+                                        provenance={"created_at": "x"}), base)
+    out = export(shapes_sd, edited, tmp_path / "pruned-model")
+    text = (out / CARD).read_text()
+    tags = front_matter(text)["tags"]
+    assert "pruning-magnitude" in tags and "hand-edited" in tags and "pruning-manual" not in tags
+    assert "Method: **Weight magnitude 20%, edited by hand**" in text
+    assert "1 operator removed: `mid_block.resnets.0`." in text
+    import json
+
+    c = json.loads((out / MANIFEST).read_text())["card"]
+    assert c["method"] == "magnitude" and c["method_text"] == "Weight magnitude 20%, edited by hand"
+    rows = quality_rows(c["quality"])
+    assert [r["figure"] for r in rows][:2] == ["latent MSE (lower is better)", "SSIM (higher is better)"]
+    assert rows[2]["figure"].startswith("shapes task accuracy")
+    assert list(quality_table(c["quality"]).columns) == ["figure", "original", "pruned", "meaning"]
+    for r in rows:
+        assert f"| {r['figure']} | {r['original']} | {r['pruned']} |" in text
+    assert quality_rows(None) == []
+
+
+# --------------------------------------------------------------------------- item 9: plain words
+
+
+def test_sparsity_errors_say_what_a_target_is():
+    from pruning.compare import check_sparsities
+    from pruning.validate import fraction
+
+    with pytest.raises(SettingsError, match=r"^target sparsities are fractions between 0 and 1, like 0.2 .*"
+                                            r"sparsities\[0\] is 150% \(write 20% as 0.2\)$"):
+        check_sparsities(["150%"])
+    with pytest.raises(SettingsError, match=r"sparsities\[1\] is 5$"):
+        check_sparsities([0.1, 5.0])
+    with pytest.raises(SettingsError, match="^target sparsity must be a fraction between 0 and 1, like 0.2, got '0.9x'$"):
+        fraction("target sparsity", 0.9) and fraction("target sparsity", "0.9x")
+
+
+def test_a_file_that_is_no_lora_is_explained_by_its_base_name(tiny_sd, tmp_path):
+    from safetensors.torch import save_file
+
+    from pruning.lora import read_lora
+
+    folder = tmp_path / "gradio-upload-1234"
+    folder.mkdir()
+    path = folder / "not-a-lora.safetensors"
+    save_file({"embeddings.position_embedding.weight": torch.zeros(4, 4)}, str(path))
+    with pytest.raises(SettingsError) as e:
+        read_lora(tiny_sd, path)
+    msg = str(e.value)
+    assert "'not-a-lora.safetensors' is not a LoRA" in msg and "'embeddings.position_embedding.weight'" in msg
+    assert "low-rank" in msg and str(tmp_path) not in msg and "gradio-upload" not in msg
+    with pytest.raises(SettingsError) as e:
+        read_lora(tiny_sd, folder / "x.bin")
+    assert "'x.bin'" in str(e.value) and str(folder) not in str(e.value)
