@@ -44,7 +44,7 @@ from .clipscore import load_clip
 from .errors import ModelLoadError, PruningError, SettingsError
 from .export import build as build_model
 from .export import check_base
-from .labels import plural, settings_label
+from .labels import model_name, model_tooltip, plural, settings_label
 from .methods import Scores, check_scores_fit, get, names
 from .methods.select import LayerBudget
 from .metrics import count_params, total_macs
@@ -264,7 +264,8 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
     seconds to re-fit the plan (reconstructed rows). With ``settings.own_plan``, one more row
     (method :data:`OWN_PLAN`) for the visitor's plan on the same prompts and seeds.
 
-    ``attrs``: ``labels`` ({method: label}), ``computed_on`` (one line: what every figure is
+    ``attrs``: ``model`` (its display name), ``weights`` (the hash, for a tooltip),
+    ``labels`` ({method: label}), ``computed_on`` (one line: what every figure is
     computed on, :func:`computed_on`), ``reused_scores`` (methods not scored again:
     ``settings.method_scores``), ``eval_prompts`` / ``eval_seeds`` / ``calib_prompts``, ``clip``.
 
@@ -335,14 +336,14 @@ def computed_on(handle, settings: CompareSettings | None = None) -> str:
 
 def _own_row(handle, plan: PruningPlan, total, prompts, seeds, ref, s: CompareSettings, control, clip) -> dict:
     """The visitor's own plan, built as exported (``pruning.export.build``) and evaluated like every plan."""
-    from .plan import describe
+    from .plan import EDITED, describe
 
     small = build_model(handle, plan)
     row = _row([_evaluate(handle, small, prompts, seeds, ref, s, control, clip)[0]])
     row["params_fraction"] = 1 - row["params"] / total
-    target = plan.provenance.get("target_sparsity")
-    sparsity = float(target) if isinstance(target, (int, float)) and not isinstance(target, bool) else \
-        round(row["params_fraction"], 4)
+    target = plan.provenance.get("target_sparsity")  # a method's target; after a hand edit, what it removes
+    aimed = isinstance(target, (int, float)) and not isinstance(target, bool) and not plan.provenance.get(EDITED)
+    sparsity = float(target) if aimed else round(row["params_fraction"], 4)
     return {"method": OWN_PLAN, "label": s.own_label or describe(plan), "reconstructed": False,
             "sparsity": sparsity, **row, "n_prompts": len(prompts)}
 
@@ -442,7 +443,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
     attrs = dict(model_ref=handle.model_ref, eval_prompts=prompts, eval_seeds=seeds, calib_prompts=list(calib),
                  methods=chosen, sparsities=sps, partial=False, labels=labels,
                  reused_scores=[n for n in chosen if n in s.method_scores and n != "random"],
-                 computed_on=computed_on(handle, s))
+                 computed_on=computed_on(handle, s), model=model_name(handle), weights=model_tooltip(handle))
     key = {"sparsities": sps, "methods": chosen, "settings": settings_key(s)}
     clip = _clip_scorer(handle, s, attrs)
     recon = ReconstructSettings(**s.reconstruct_settings) if s.reconstruct else None

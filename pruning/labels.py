@@ -196,6 +196,19 @@ def interval_text(mean: float, lo: float, hi: float, *, n: int, as_percent: bool
     return f"{f(mean)} [{f(lo)}-{f(hi)}]"
 
 
+def accuracy_text(row, key: str = "acc_all", *, min_n: int = MIN_INTERVAL_PROMPTS) -> str:
+    """A comparison row's accuracy with its interval (``interval_text`` of ``row[key]``,
+    ``row[key + "_lo"]``, ``row[key + "_hi"]`` over ``row["n_prompts"]`` prompts).
+
+    >>> accuracy_text({"acc_all": 1.0, "acc_all_lo": 1.0, "acc_all_hi": 1.0, "n_prompts": 4})
+    '100.0% (an interval needs >= 10 prompts, got 4)'
+    """
+    n = row.get("n_prompts")
+    n = int(n) if isinstance(n, (int, float)) and math.isfinite(n) else 0
+    lo, hi = row.get(f"{key}_lo", float("nan")), row.get(f"{key}_hi", float("nan"))
+    return interval_text(float(row[key]), float(lo), float(hi), n=n, min_n=min_n)
+
+
 def psnr_text(db: float) -> str:
     """PSNR in words the same on every tab: ``"identical"`` for identical images (the 100 dB the
     measures use for them), else ``"28.8 dB"``.
@@ -236,4 +249,4 @@ def latency_change(before: Sequence[float], after: Sequence[float], *, min_timin
 
 
 __all__ = ["plural", "weights_hash", "model_name", "source_name", "model_tooltip", "method_name", "settings_label",
-           "percent", "interval_text", "psnr_text", "latency_change", "MIN_INTERVAL_PROMPTS", "MIN_TIMINGS"]
+           "percent", "interval_text", "accuracy_text", "psnr_text", "latency_change", "MIN_INTERVAL_PROMPTS", "MIN_TIMINGS"]

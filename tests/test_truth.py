@@ -48,6 +48,8 @@ def test_own_plan_point_equals_a_direct_evaluation(tiny_sd, magnitude_plan, monk
     df = compare_methods(tiny_sd, [0.2], ["magnitude"], settings=s)
     own = df[df["method"] == OWN_PLAN].iloc[0]
     assert own["label"] == "Weight magnitude 20%, edited by hand" == describe(mine)
+    assert own["sparsity"] == round(own["params_fraction"], 4) < 0.2  # edited: what it removes, not the target
+    assert df.attrs["model"] == "tiny-sd, float32" or df.attrs["model"].endswith(", float32")
     alone = evaluate_plan(tiny_sd, mine, s)
     for k in FIGURES:
         assert own[k] == pytest.approx(alone[k], rel=0, abs=0), k
@@ -283,3 +285,23 @@ def test_a_file_that_is_no_lora_is_explained_by_its_base_name(tiny_sd, tmp_path)
     with pytest.raises(SettingsError) as e:
         read_lora(tiny_sd, folder / "x.bin")
     assert "'x.bin'" in str(e.value) and str(folder) not in str(e.value)
+
+
+def test_a_comparison_with_the_visitors_plan_and_scores_resumes(tiny_sd, magnitude_plan, tmp_path):
+    """The own plan and the reused scores are part of a chunked comparison's state (saved and checked)."""
+    from pruning.chunks import Budget, compare_chunked
+    from pruning.compare import compare_chunk
+    from pruning.runs import RunControl, RunState
+
+    m = get("magnitude")
+    s = _settings(own_plan=magnitude_plan, method_scores={"magnitude": m.score(tiny_sd)})
+    whole = compare_methods(tiny_sd, [0.1], ["magnitude"], settings=s)
+    assert list(whole["method"]) == ["original", OWN_PLAN, "magnitude"]
+    df, state = compare_chunk(tiny_sd, [0.1], ["magnitude"], settings=s, control=RunControl(chunk=Budget(units=2)))
+    assert df.attrs["partial"] and list(df["method"]) == ["original", OWN_PLAN]
+    state = RunState.load(state.save(tmp_path / "cmp.safetensors"))
+    rest = compare_chunked(tiny_sd, [0.1], ["magnitude"], settings=s, state=state)
+    pd.testing.assert_frame_equal(rest.result, whole, check_exact=True)
+    other = _settings(own_plan=magnitude_plan)  # not the same comparison: refused
+    with pytest.raises(SettingsError, match="made with other settings"):
+        compare_chunked(tiny_sd, [0.1], ["magnitude"], settings=other, state=state)
