@@ -44,7 +44,7 @@ from .clipscore import load_clip
 from .errors import ModelLoadError, PruningError, SettingsError
 from .export import build as build_model
 from .export import check_base
-from .labels import model_name, model_tooltip, plural, settings_label
+from .labels import method_name, model_name, model_tooltip, plural, settings_label
 from .methods import Scores, check_scores_fit, get, names
 from .methods.select import LayerBudget
 from .metrics import count_params, total_macs
@@ -382,7 +382,7 @@ def _label(handle, name: str, s: CompareSettings, calib) -> str:
     """The curve's label: the method and the settings it ran with (the visitor's scores say so)."""
     method = get(name)
     if name == "random":
-        return f"{settings_label(name, {}, family=handle.family)} mean of {plural(s.random_draws, 'draw')}"
+        return f"{method_name(name)} (mean of {plural(s.random_draws, 'draw')})"
     values = asdict(method_settings(method, s, calib))
     note = "your scores" if name in s.method_scores else None
     if name in s.method_scores and s.method_scores[name].partial:

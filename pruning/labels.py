@@ -100,8 +100,8 @@ def method_name(name: str) -> str:
     ``"by hand"`` for a hand-made plan; an unknown name as given."""
     if name in ("manual", "", None):
         return "by hand"
-    from .methods.registry import get  # the leaf registry (filled when pruning.methods is imported)
     from .errors import SettingsError
+    from .methods.registry import get  # the leaf registry (filled when pruning.methods is imported)
 
     try:
         title = get(name).title

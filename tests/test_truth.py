@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from pruning import labels, ties
-from pruning.compare import (OWN_PLAN, CompareSettings, compare_methods, computed_on, evaluate_plan,
-                             evaluation_set)
+from pruning.compare import (
+    OWN_PLAN,
+    CompareSettings,
+    compare_methods,
+    computed_on,
+    evaluate_plan,
+    evaluation_set,
+)
 from pruning.errors import PlanError, SettingsError
 from pruning.methods import Scores, get
 from pruning.plan import describe, mark_edited
@@ -78,7 +84,7 @@ def test_visitor_settings_are_used_and_named(tiny_sd):
     df = compare_methods(tiny_sd, [0.1], ["magnitude", "random"], settings=s)
     labels_ = dict(zip(df["method"], df["label"]))
     assert labels_["magnitude"] == "Weight magnitude (defaults, kinds head)"
-    assert labels_["random"] == "Random (defaults) mean of 1 draw"
+    assert labels_["random"] == "Random (mean of 1 draw)"
 
 
 def test_scores_of_another_model_or_method_are_refused(tiny_sd):
