@@ -31,7 +31,7 @@ from PIL import Image
 
 from .catalog import UNIT_KINDS, discover
 from .errors import ExportError, ModelLoadError
-from .labels import plural
+from .labels import plural, source_name
 from .plan import EDITED, PruningPlan, describe
 from .prompts import evaluation_prompts, is_shapes_model
 from .sampling import count_inputs
@@ -323,7 +323,7 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
     out = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
     den = md(handle.denoiser_name)
     kind = "the full pipeline" if full_pipeline else ("the plan only" if plan_only else f"the slim {den}")
-    out += [f"# {md(base)}, structurally pruned ({_pct(s['params_fraction'])} of the {den}'s params)",
+    out += [f"# {md(source_name(handle))}, structurally pruned ({_pct(s['params_fraction'])} of the {den}'s params)",
             "", f"Pruned from {code(base)} (weights {code(plan.base)}) with the `pruning` library; this export "
             f"holds {kind}.", "", "## What was removed", "",
             f"**{s['params_removed']:,} of {s['params_total']:,} params ({_pct(s['params_fraction'])})** and "
