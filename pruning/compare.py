@@ -335,7 +335,7 @@ def computed_on(handle, settings: CompareSettings | None = None) -> str:
             f"guidance {g.guidance:g}")
 
 
-def rows_label(plan: PruningPlan, s: CompareSettings) -> str:
+def plan_label(plan: PruningPlan, s: CompareSettings) -> str:
     """The own plan's label: ``s.own_label``, else the plan's description ("EcoDiff 20%, edited by hand")."""
     from .plan import describe
 
@@ -352,7 +352,7 @@ def _own_row(handle, plan: PruningPlan, total, prompts, seeds, ref, s: CompareSe
     target = plan.provenance.get("target_sparsity")  # a method's target; after a hand edit, what it removes
     aimed = isinstance(target, (int, float)) and not isinstance(target, bool) and not plan.provenance.get(EDITED)
     sparsity = float(target) if aimed else round(row["params_fraction"], 4)
-    return {"method": OWN_PLAN, "label": rows_label(plan, s), "reconstructed": False,
+    return {"method": OWN_PLAN, "label": plan_label(plan, s), "reconstructed": False,
             "sparsity": sparsity, **row, "n_prompts": len(prompts)}
 
 
@@ -528,7 +528,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                 break
             kind, name, t = jobs[j]
             if kind == "own":
-                progress.report(1 + j, f"evaluating your plan ({rows_label(own, s)})")
+                progress.report(1 + j, f"evaluating your plan ({plan_label(own, s)})")
                 rows.append(_own_row(handle, own, total, prompts, seeds, ref, s, control, clip))
                 j += 1
                 control.unit_done()
