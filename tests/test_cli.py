@@ -224,7 +224,7 @@ def test_chunk_options_are_checked(capsys, sd_folder, tmp_path):
     assert code == 3 and state.is_file(), err
     eco = ["ecodiff", "--model", sd_folder, "--out", tmp_path / "m.csv", *CHUNKED["ecodiff"], "--state", state]
     _assert_one_line_error(*run(capsys, *eco)[::2], "run.safetensors")
-    assert "taylor run, not ecodiff" in run(capsys, *eco)[2]
+    assert "diffpruning run, not ecodiff" in run(capsys, *eco)[2]
     code, _, err = run(capsys, *base, "--stride", 500, "--state", state)
     _assert_one_line_error(code, err, "stride differ")
     assert "run.safetensors" in err and not (tmp_path / "s.csv").exists()

@@ -175,7 +175,7 @@ def test_ecodiff_gradients_match_float32(case):
 
 def test_taylor_importance_finite(case):
     _, _, h = case
-    df = diffpruning.importance(h, diffpruning.TaylorSettings(prompts=PROMPTS, steps=2, stride=500))
+    df = diffpruning.importance(h, diffpruning.DiffPruningSettings(prompts=PROMPTS, steps=2, stride=500))
     imp = torch.tensor(df["importance"].to_numpy())
     assert len(imp) and _finite(imp) and (imp >= 0).all() and imp.sum() > 0
     assert df.attrs["timesteps"] and all(0 < v < float("inf") for v in df.attrs["losses"])
