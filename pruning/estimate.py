@@ -285,6 +285,14 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
                    budget_s, list(c.levers))
 
 
+def estimate_methods(handle, prompts: int = 4, *, budget_s: float | None = None) -> dict[str, Estimate]:
+    """Every registered method's estimate at its quick settings (:meth:`~pruning.methods.base.Method.quick_settings`)
+    on ``prompts`` of the model's calibration prompts: what the app's guide says a run takes."""
+    p = calibration_prompts(handle.model_ref, prompts)
+    return {name: estimate(handle, name, methods.get(name).quick_settings(p), budget_s=budget_s)
+            for name in methods.names()}
+
+
 def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s: float | None = None) -> Estimate:
     """Reconstruction: ``passes`` calibration passes over its prompts (plus the Gram updates)."""
     budget_s = check_budget(budget_s)
@@ -422,5 +430,5 @@ def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:
     return e
 
 
-__all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_reconstruction", "estimate_comparison",
-           "estimate_export", "device_memory", "streaming_export_bytes", "inplace_slim_bytes", "RUNTIME_BYTES"]
+__all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_methods", "estimate_reconstruction",
+           "estimate_comparison", "estimate_export", "device_memory", "streaming_export_bytes", "inplace_slim_bytes", "RUNTIME_BYTES"]

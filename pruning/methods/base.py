@@ -327,6 +327,13 @@ class Method:
         """The settings values of a quick interactive run (fields whose ``quick`` differs from the default)."""
         return {f["name"]: f["quick"] for f in self.fields() if f["quick"] != f["default"]}
 
+    def quick_settings(self, prompts=None, **values) -> Any:
+        """Settings of a quick interactive run (the app's first values, its guide's estimates): the
+        fields' quick values, ``prompts`` where the method takes prompts, then ``values``."""
+        takes = {f.name for f in fields(self.Settings)}
+        given = {"prompts": tuple(prompts)} if prompts is not None and "prompts" in takes else {}
+        return self.settings(**{**self.quick_values(), **given, **values})
+
     def preset_title(self, preset: str) -> str:
         return self.preset_titles.get(preset, preset)
 
