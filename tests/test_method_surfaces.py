@@ -59,6 +59,7 @@ def test_every_method_says_what_shows_it(name):
     m.settings(**m.comparison_settings(("a red circle", "a blue square"), quick=True))
     assert set(m.setting_help()) == {f["name"] for f in fields}
     assert all(m.preset_title(p) for p in m.presets) and (len(m.presets) == 1 or m.preset_help)
+    assert m.budget_preset is None or m.budget_preset in m.presets
 
 
 def test_setting_help_is_the_library_s():
