@@ -46,7 +46,7 @@ from .errors import ModelLoadError, PruningError, SettingsError
 from .export import build as build_model
 from .export import check_base
 from .labels import method_name, model_name, model_tooltip, plural, settings_label
-from .methods import Scores, check_scores_fit, get, names
+from .methods import Method, Scores, check_scores_fit, get, names
 from .methods.select import LayerBudget
 from .metrics import count_params, total_macs
 from .plan import PruningPlan
@@ -194,8 +194,9 @@ def method_settings(method, s: CompareSettings, calib: tuple[str, ...]):
         return method.settings(**s.method_scores[method.name].settings)
     names = {f.name for f in fields(method.Settings)}
     values = {k: v for k, v in (("prompts", calib), ("steps", s.steps)) if k in names and v is not None}
-    return method.settings(**{**values, **method.comparison_settings(tuple(calib)),
-                              **s.method_settings.get(method.name, {})})
+    overrides = {k: v for name, given in s.method_settings.items() if get(name).name == method.name
+                 for k, v in given.items()}  # keyed by its name or an older one
+    return method.settings(**{**values, **method.comparison_settings(tuple(calib)), **overrides})
 
 
 def matched_steps(steps: int, macs_fraction: float) -> int:
@@ -417,10 +418,16 @@ class _Progress:
             self.control.reason, self.control.stopped_at = view.reason, view.stopped_at
 
 
+def _redrawn(name: str) -> bool:
+    """Whether the method's comparison runs are fresh random draws (it overrides
+    ``Method.comparison_draws``): never the visitor's scores, a mean over draws."""
+    return type(get(name)).comparison_draws is not Method.comparison_draws
+
+
 def _label(handle, name: str, s: CompareSettings, calib) -> str:
     """The curve's label: the method and the settings it ran with (the visitor's scores say so)."""
     method = get(name)
-    if name == "random":
+    if _redrawn(name):
         return f"{method_name(name)} (mean of {plural(s.random_draws, 'draw')})"
     values = asdict(method_settings(method, s, calib))
     note = "your scores" if name in s.method_scores else None
@@ -481,7 +488,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
     labels = {name: _label(handle, name, s, calib) for name in chosen}
     attrs = dict(model_ref=handle.model_ref, eval_prompts=prompts, eval_seeds=seeds, calib_prompts=list(calib),
                  methods=chosen, sparsities=sps, partial=False, labels=labels,
-                 reused_scores=[n for n in chosen if n in s.method_scores and n != "random"],
+                 reused_scores=[n for n in chosen if n in s.method_scores and not _redrawn(n)],
                  computed_on=computed_on(handle, s), model=model_name(handle), weights=model_tooltip(handle))
     key = {"sparsities": sps, "methods": chosen, "settings": settings_key(s)}
     clip = _clip_scorer(handle, s, attrs)
@@ -546,16 +553,19 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                 phase = f"scoring with {labels[name]}"
                 view = progress.child(1 + j, phase)
                 progress.report(1 + j, phase, method=name)
-                if name == "random":
-                    scored = [method.score(handle, method.settings(seed=d), control=view)
-                              for d in range(s.random_draws)]
-                elif name in s.method_scores:  # the visitor's own scores: not scored again
+                own_loop = False
+                if name in s.method_scores and not _redrawn(name):  # the visitor's own scores: not scored again
                     scored = [s.method_scores[name]]
                 else:
-                    x, inner = method.run(handle, method_settings(method, s, calib), state=inner, control=view)
+                    draws = method.comparison_draws(method_settings(method, s, calib), s.random_draws)
+                    if len(draws) > 1:  # independent random draws (the random baseline), each scored whole
+                        scored = [method.score(handle, d, control=view) for d in draws]
+                    else:
+                        x, inner = method.run(handle, draws[0], state=inner, control=view)
+                        own_loop = True
                     scored = [x]
                 progress.settle(view)
-                if inner is not None and name not in s.method_scores and name != "random":
+                if own_loop and inner is not None:
                     scored, chunk_ended = None, not control.stopped()  # the method's own loop ended the chunk
                     break
                 if any(x.partial for x in scored) or control.stopped():
