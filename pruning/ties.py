@@ -38,14 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import validate
-from .errors import SettingsError
+from .errors import PruningError, SettingsError
 
 MESSAGE = "scores barely differ: this ranking is unreliable; run more epochs or another preset"
 RTOL = 1e-3
 DIGITS = 4  # what the app's tables show (``.4g``)
 MAX_DIGITS = 12
 WINDOW = 0.05  # the fraction of all scores on each side of the cut that is looked at
-METHOD_ATOL = {"ecodiff": 1e-3}  # gate-logit units: below this the gates are the same gate
 
 
 @dataclass(frozen=True)
@@ -93,13 +92,23 @@ def _collisions(values, digits: int) -> float:
     return sum(1 for s in shown if counts[s] > 1) / max(1, len(shown))
 
 
+def _floor(method: str | None) -> float:
+    """The method's own noise floor (``Method.tie_floor``; 0 for an unknown or unnamed method)."""
+    from .methods.registry import canonical, get  # the registry is a leaf; methods never import ties
+
+    try:
+        return float(get(canonical(method)).tie_floor) if method else 0.0
+    except PruningError:
+        return 0.0
+
+
 def check_ties(scores, *, target_sparsity: float | None = None, structures: bool = False, rtol: float = RTOL,
                atol: float | None = None, digits: int = DIGITS, window: float = WINDOW) -> TieCheck:
     """Whether the scores around the cut at ``target_sparsity`` barely differ (see the module text).
 
     ``scores``: a :class:`~pruning.methods.Scores` (or any sequence of numbers); ``structures``:
     judge the per-structure means (what a heatmap colours) instead of the unit scores; ``atol``:
-    the method's own floor (default: ``METHOD_ATOL`` of the scores' method, else 0)."""
+    the method's own floor (default: the scores' method's ``Method.tie_floor``, else 0)."""
     method = getattr(scores, "method", None)
     if hasattr(scores, "table"):
         values = (scores.per_structure() if structures else scores.table)["score"].to_numpy(np.float64)
@@ -110,7 +119,7 @@ def check_ties(scores, *, target_sparsity: float | None = None, structures: bool
     if not np.isfinite(values).all():
         raise SettingsError("check_ties: the scores hold a non-finite value")
     rtol = validate.number("rtol", rtol, lo=0, hi=1)
-    atol = validate.number("atol", METHOD_ATOL.get(method, 0.0) if atol is None else atol, lo=0)
+    atol = validate.number("atol", _floor(method) if atol is None else atol, lo=0)
     digits = validate.integer("digits", digits, lo=1, hi=MAX_DIGITS)
     v = np.sort(values)
     n = len(v)
@@ -139,4 +148,4 @@ def check_ties(scores, *, target_sparsity: float | None = None, structures: bool
                     coll, reason)
 
 
-__all__ = ["check_ties", "digits_needed", "TieCheck", "MESSAGE", "METHOD_ATOL"]
+__all__ = ["check_ties", "digits_needed", "TieCheck", "MESSAGE"]

@@ -312,6 +312,7 @@ class Method:
     preset_help: ClassVar[str] = ""  # plain words on what the presets set
     chunkable: ClassVar[bool] = True  # False: its run cannot stop at a chunk boundary and resume (one chunk)
     budget_preset: ClassVar[str | None] = None  # the preset to suggest when its default run exceeds a time budget
+    tie_floor: ClassVar[float] = 0.0  # scores closer than this are the same score (``pruning.ties``)
     history: ClassVar[bool] = False  # its progress reports a loss per step (rows of ``info["history"]``): plot it
 
     # ------------------------------------------------------------------ what it shows people

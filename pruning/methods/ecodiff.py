@@ -502,6 +502,7 @@ class EcoDiff(Method):
     work_unit = "optimizer steps"
     data_parallel = True
     history = True  # the loss of every optimizer step
+    tie_floor = 1e-3  # gate-logit units: gates closer than this are the same gate
     presets = PRESETS
     preset_titles = {"ours": "ours (default)", "authors": "the authors' configs"}
     preset_help = ("ours: per-unit L0 penalty, the paper's gate noise (measured better on the bundled models); the "
