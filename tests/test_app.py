@@ -17,18 +17,32 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 
 import app  # noqa: E402
+from app_support import format as fmt  # noqa: E402
+from app_support import method_controls as mc  # noqa: E402
+from app_support import wiring  # noqa: E402
+from app_support.tabs import score as score_tab  # noqa: E402
 from pruning import methods  # noqa: E402
 
 SOURCE = "tiny-shapes-sd"
 PROMPT = "a red circle at the top left on a white background"
 PROMPTS = PROMPT + "\na blue square at the bottom right on a black background"
 KINDS = ["head", "neuron", "group"]
+MAG = "Weight magnitude (baseline)"  # the method's title: the same name on every tab
 
 
-def score_args(method, *, prompts=PROMPTS, steps=2, n_gen=2, granularity="fine", operators=(), epochs=1, batch=2,
-               eco_kinds=("head", "neuron"), beta=0.1, lr=0.5, stride=500, thr=0.05, ty_kinds=KINDS, kinds=KINDS):
-    return (method, prompts, steps, n_gen, granularity, list(operators), epochs, batch, list(eco_kinds), beta, lr,
-            stride, thr, list(ty_kinds), list(kinds))
+TINY = {  # tiny settings per method (test values), by setting name
+    "ldpruner": {"n_gen": 2, "granularity": "fine"},
+    "ecodiff": {"epochs": 1, "batch_size": 2, "kinds": ["head", "neuron"], "beta": 0.1, "lr": 0.5},
+    "taylor": {"stride": 500, "thr": 0.05, "kinds": KINDS},
+}
+
+
+def score_args(method, *, prompts=PROMPTS, steps=2, preset=None, **values):
+    """The score endpoint's arguments: the method and its settings as named data."""
+    data = {"prompts": prompts.splitlines(), "steps": steps, **TINY.get(method, {}), **values}
+    if preset is not None:
+        data["preset"] = preset
+    return method, data
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +76,8 @@ def frame(d):
 def figure(plot):
     import plotly.io
 
+    if plot.get("__type__") == "update":  # a plot returned with its visibility
+        plot = plot["value"]
     return plotly.io.from_json(plot["plot"])
 
 
@@ -93,9 +109,9 @@ def test_load_model(c):
     info, kinds = out[0], frame(out[1])
     assert "family `sd`" in info and "params" in info and "MACs" in info and SOURCE in info
     assert {r["kind"] for r in kinds} >= {"resnet", "attn1", "attn2", "ff", "head", "neuron", "group"}
-    table = frame(out[9])
-    assert out[10] == "operators" and len(table) > 10
-    assert list(out[9]["headers"]) == ["prune", "score", "fqn", "kind", "kept units", "params", "MACs",
+    table = frame(out[11])
+    assert out[12] == "operators" and len(table) > 10
+    assert list(out[11]["headers"]) == ["prune", "score", "fqn", "kind", "kept units", "params", "MACs",
                                        "kept indices"]
 
 
@@ -106,6 +122,8 @@ def test_bad_inputs_give_toasts(c):
         c.predict("stabilityai/stable-diffusion-xl-base-1.0", "cpu", "float32", api_name="/load_model")
     with pytest.raises(gradio_client.exceptions.AppError, match="prompt"):
         c.predict(*score_args("ldpruner", prompts=""), api_name="/score")
+    with pytest.raises(gradio_client.exceptions.AppError, match="n gen must be a int"):
+        c.predict(*score_args("ldpruner", n_gen="many"), api_name="/score")
     with pytest.raises(gradio_client.exceptions.AppError, match=r"sparsities\[1\] must be a finite number in \(0, 1\)"):
         c.predict(["magnitude"], "0.1, 2", PROMPTS, 2, "latent_mse", api_name="/compare_methods")
 
@@ -157,7 +175,7 @@ def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
                                    api_name="/compare_methods")
     rows = frame(table)
     assert [(r["method"], r["reconstructed"]) for r in rows if r["method"] != "fewer steps"] == [
-        ("original", ""), ("magnitude", ""), ("magnitude", "yes")] and "Done" in status
+        ("original", ""), (MAG, ""), (MAG, "yes")] and "Done" in status
     assert len([r for r in rows if r["method"] == "fewer steps"]) == 1  # the baseline at the plan's MACs
     assert [t.name for t in figure(fig).data if "fewer" not in t.name] == ["magnitude", "magnitude + reconstruction"]
     zip_file, plan_file, _, status, _ = c.predict(True, 0, PROMPTS, 2, True, api_name="/export")
@@ -172,51 +190,58 @@ def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
 
 
 def test_estimate_before_a_run(c):
-    text = c.predict(*score_args("ldpruner", n_gen=2), "ours", api_name="/estimate")
+    text = c.predict(*score_args("ldpruner", n_gen=2), api_name="/estimate")
     assert text.startswith("**Estimate**") and "Operator sweep (LD-Pruner): " in text and "peak memory" in text
 
 
 def test_ecodiff_with_the_authors_settings(c):
-    table, fig, loss, status, _, _ = c.predict(*score_args("ecodiff"), "authors", api_name="/score")
+    args = score_args("ecodiff", preset="authors")
+    for k in ("beta", "lr"):  # the preset's own values
+        args[1].pop(k)
+    table, fig, loss, status, _, _ = c.predict(*args, api_name="/score")
     assert frame(table) and "Done" in status
-    assert app.preset_values(None, "authors") == (0.5, 0.5)  # beta, lr for a UNet
-    with pytest.raises(gradio_client.exceptions.AppError, match="theirs.*not in the list of choices"):
-        c.predict(*score_args("ecodiff"), "theirs", api_name="/score")  # the radio names the bad value
+    shown = mc.shown_values("ecodiff", "authors", "sd")
+    assert (shown["beta"], shown["lr"]) == (0.5, 0.5)  # the controls a preset fills: beta, lr for a UNet
+    with pytest.raises(gradio_client.exceptions.AppError, match="no preset 'theirs'"):
+        c.predict(*score_args("ecodiff", preset="theirs"), api_name="/score")  # the error names the bad value
+    with pytest.raises(gradio_client.exceptions.AppError, match="no setting 'betta'"):
+        c.predict(*score_args("ecodiff", betta=1), api_name="/score")
 
 
 def test_ldpruner_proxy_choice_shows_the_agreement_and_changes_the_settings(c):
     model = {"source": SOURCE, "device": "cpu", "dtype": "float32"}
-    h = app._handle(model)
-    note = app.ldpruner_preset_note(model, "proxy")
-    assert "Measured on tiny-shapes-sd" in note and "Spearman" in note and app.ldpruner_preset_note(model, "full") == ""
-    args = score_args("ldpruner", steps=None)[1:]  # (prompts, steps, ...) without the method
-    full = app._settings("ldpruner", h, *args, "ours", "full").resolved(h)
-    fast = app._settings("ldpruner", h, *args, "ours", "proxy").resolved(h)
+    note = score_tab.preset_note(model, "ldpruner", "proxy")
+    assert "Measured on tiny-shapes-sd" in note and "Spearman" in note
+    assert score_tab.preset_note(model, "ldpruner", "full") == ""
+    h, full = score_tab.method_settings(model, "ldpruner", score_args("ldpruner", steps=None)[1])
+    _, fast = score_tab.method_settings(model, "ldpruner", score_args("ldpruner", steps=None, preset="proxy")[1])
+    full, fast = full.resolved(h), fast.resolved(h)
     assert fast.proxy and (fast.steps, fast.resolution) == (full.steps // 2, full.resolution // 2)  # 10, 64 px
-    assert app._settings("ldpruner", h, *score_args("ldpruner", steps=3)[1:], "ours", "proxy").resolved(h).steps == 3
-    text = c.predict(*score_args("ldpruner", n_gen=2), "ours", "proxy", api_name="/estimate")
+    _, three = score_tab.method_settings(model, "ldpruner", score_args("ldpruner", steps=3, preset="proxy")[1])
+    assert three.resolved(h).steps == 3
+    text = c.predict(*score_args("ldpruner", n_gen=2, preset="proxy"), api_name="/estimate")
     assert text.startswith("**Estimate**")
 
 
 def test_ldpruner_fast_score_is_suggested_over_the_gpu_budget_with_its_agreement(monkeypatch):
     model = {"source": SOURCE, "device": "cpu", "dtype": "float32"}
-    h = app._handle(model)
-    monkeypatch.setattr(app, "_gpu_budget", lambda: None)  # no budget (not on a Space): nothing is suggested
-    assert app.suggest_ldpruner_preset(model) == app.gr.update()
-    note = app.ldpruner_preset_note(model, "fast")
+    monkeypatch.setattr(wiring, "GPU_BUDGET_S", None)  # no budget (not on a Space): nothing is suggested
+    assert score_tab._over_budget(model, "ldpruner") is None
+    note = score_tab.preset_note(model, "ldpruner", "fast")
     assert note.startswith("Fast score (one-step ablation") and "measured on tiny-shapes-sd" in note
     assert "Spearman" in note and "Suggested" not in note
-    monkeypatch.setattr(app, "_gpu_budget", lambda: 1e-6)  # any full sweep exceeds it
-    assert app.suggest_ldpruner_preset(model)["value"] == "fast"
-    note = app.ldpruner_preset_note(model, "fast")
+    monkeypatch.setattr(wiring, "GPU_BUDGET_S", 1e-6)  # any full sweep exceeds it
+    assert score_tab._over_budget(model, "ldpruner") is not None
+    note = score_tab.preset_note(model, "ldpruner", "fast")
     assert note.startswith("**Suggested for this model**") and "choose \"full\"" in note and "Spearman" in note
-    fast = app._settings("ldpruner", h, *score_args("ldpruner", steps=None)[1:], "ours", "fast").resolved(h)
+    h, fast = score_tab.method_settings(model, "ldpruner", score_args("ldpruner", steps=None, preset="fast")[1])
+    fast = fast.resolved(h)
     assert fast.fast and fast.timesteps == methods.ldpruner.DEFAULT_TIMESTEPS
 
 
 def test_ldpruner_fast_score_runs_from_the_app(c):
     _, ops = resnets(c, 3)
-    table, fig, _, status, _, _ = c.predict(*score_args("ldpruner", operators=ops), "ours", "fast", api_name="/score")
+    table, fig, _, status, _, _ = c.predict(*score_args("ldpruner", operators=ops, preset="fast"), api_name="/score")
     assert len(frame(table)) == 3 and "3 of 3 operators" in status
     assert "fast score: one-step ablation at 2 timesteps" in figure(fig).layout.title.text
 
@@ -225,12 +250,12 @@ def test_manual_selection_totals_match(c):
     table, two = resnets(c, 2)
     for row in table:
         row["prune"] = row["fqn"] in two
-    new_table, totals, *_ = c.predict("operators", table_value(table), api_name="/plan_totals")
+    new_table, _, totals, *_ = c.predict("operators", table_value(table), api_name="/plan_totals")
     from pruning.catalog import catalog
 
     ops = catalog(app.CACHE.get(SOURCE).denoiser)[0].set_index("fqn")
     removed = int(ops.loc[two, "params"].sum())
-    assert frame(totals)[0]["removed"] == app.fmt.count(removed)
+    assert frame(totals)[0]["removed"] == fmt.count(removed)
     kept = {r["fqn"]: r["kept units"] for r in frame(new_table)}
     assert all(kept[f] == "0 of 1" for f in two)  # the kept column follows a manual tick
 
@@ -252,7 +277,7 @@ def test_structure_methods(c):
                                 api_name="/compare_methods")
     rows = frame(df)
     assert [r["method"] for r in rows if r["method"] != "fewer steps"] == (
-        ["original"] + ["magnitude"] * 2 + ["random"] * 2 + ["taylor"] * 2)
+        ["original"] + [methods.get(n).title for n in ("magnitude", "random", "taylor") for _ in range(2)])
     assert [r["method"] for r in rows].count("fewer steps") >= 1  # the baseline at the plans' MACs
     methods_drawn = [t for t in figure(fig).data if "fewer" not in (t.name or "")]
     assert len(methods_drawn) == 3 and "Done" in status
@@ -265,10 +290,8 @@ def test_structure_methods(c):
 
 
 def test_obsdiff_scores_in_the_app(c):
-    table, fig, _, status, _, _ = c.predict(*score_args("obsdiff", kinds=("head", "neuron")), "ours", "full", "ours",
-                                            api_name="/score")
+    table, fig, _, status, _, _ = c.predict(*score_args("obsdiff", kinds=["head", "neuron"]), api_name="/score")
     assert frame(table) and "Done" in status
-    assert app.show_method(None, "obsdiff", None)[3]["visible"]  # its settings group shows
 
 
 def test_every_registered_method_is_offered(c):

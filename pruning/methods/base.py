@@ -278,6 +278,12 @@ class Method:
     data_free: ClassVar[bool] = False  # True: no generation needed; scoring takes well under a second
     presets: ClassVar[tuple[str, ...]] = ("ours",)  # named starting points for the settings (the first: the defaults)
     chunkable: ClassVar[bool] = True  # False: its run cannot stop at a chunk boundary and resume (one chunk)
+    budget_preset: ClassVar[str | None] = None  # the preset to suggest when the defaults exceed one GPU call's budget
+
+    def preset_note(self, preset: str, model_ref: str | None = None) -> str:
+        """What a preset trades, measured where it was (e.g. a shortcut's agreement with the full
+        run on ``model_ref``), for the app to show beside the choice; "" when there is nothing to say."""
+        return ""
 
     def settings(self, preset: str | None = None, family: str | None = None, **values) -> Any:
         """Validated settings (unknown names are refused); ``preset`` (one of ``presets``) gives

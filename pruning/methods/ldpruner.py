@@ -419,6 +419,17 @@ class LDPruner(Method):
     level = "operator"
     Settings = SweepSettings
     presets = PRESETS
+    budget_preset = "fast"
+
+    def preset_note(self, preset: str, model_ref: str | None = None) -> str:
+        """The proxy's or the fast score's measured agreement with the full sweep."""
+        if preset == "proxy":
+            return proxy_note(model_ref)
+        if preset == "fast":
+            from .ablation import fast_note
+
+            return fast_note(model_ref)
+        return ""
 
     def comparison_settings(self, calib: tuple[str, ...]) -> dict:
         """One generated sample per calibration prompt (at least 2: a standard deviation needs two)."""

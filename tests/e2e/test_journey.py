@@ -221,10 +221,10 @@ def test_stop_says_stopped_and_shows_what_finished(browser, app_url):
 def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, monkeypatch):
     """The estimate is on screen before the run; a run split into one-operator chunks (as on a
     Space, where each chunk is one GPU call) shows one progress count over the whole run."""
-    import app
+    from app_support import wiring
     from pruning.runs import Budget
 
-    monkeypatch.setattr(app, "CHUNK", Budget(units=1))
+    monkeypatch.setattr(wiring, "CHUNK", Budget(units=1))
     ctx, page = open_page(browser, 1440, 900)
     try:
         sweep_settings(page, app_url, steps=6)

@@ -1,0 +1,148 @@
+"""The Score tab's controls of a method, built from its settings dataclass (the fields' help,
+kind, default and choices, as the CLI reads them), and the settings read back from them.
+
+A method needs nothing of the app: one group of controls per registered method, one control per
+user-facing field. The prompts and steps are the tab's own (shared by every method that takes
+them); free-text fields (a folder on the server) are not offered. The first few fields with a
+default of their own are shown, the rest sit under "more settings" (blank = the model's default).
+
+>>> from dataclasses import dataclass
+>>> from pruning.methods.base import opt
+>>> @dataclass(frozen=True)
+... class S:
+...     prompts: tuple | None = opt(None, "prompts", "strs")
+...     power: float = opt(1.0, "how strongly", "float")
+...     kinds: tuple = opt(("head",), "units", "choices", ("head", "neuron"))
+...     where: str = opt(None, "a folder", "str")
+>>> [(f["name"], main) for f, main in offered(S)]
+[('power', True), ('kinds', True)]
+>>> values(S, {"power": "2", "kinds": ["neuron"], "prompts": ["a"]})
+{'power': 2.0, 'kinds': ('neuron',)}
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import gradio as gr
+
+from pruning import methods
+from pruning.errors import SettingsError
+from pruning.methods.base import settings_fields
+from pruning.validate import shown
+
+from .inputs import Checkbox, Number
+from .runs import APP_LIMITS, check_size
+
+SHARED = ("prompts", "steps")  # the tab's own controls, read for every method that has them
+TYPED = ("int", "float", "choice", "choices", "bool", "ints")  # kinds the app offers ("str"/"strs": free text)
+MAIN = 4  # plain fields shown before "more settings"
+
+
+def _extra(settings_cls, name: str) -> dict:
+    return next((dict(f.metadata) for f in fields(settings_cls) if f.name == name), {})
+
+
+def offered(settings_cls) -> list[tuple[dict, bool]]:
+    """(field, shown at once) for every field the app offers, in the class's order. A field's
+    metadata may say ``primary=True/False``; otherwise the first :data:`MAIN` fields with a default
+    of their own and every unit-kind choice are shown at once."""
+    out, shown_ = [], 0
+    for f in settings_fields(settings_cls):
+        if f["name"] in SHARED or f["kind"] not in TYPED:
+            continue
+        primary = _extra(settings_cls, f["name"]).get("primary")
+        if primary is None:
+            primary = f["kind"] == "choices" or (f["default"] is not None and f["kind"] != "ints" and shown_ < MAIN)
+        shown_ += bool(primary) and f["kind"] != "choices"
+        out.append((f, bool(primary)))
+    return out
+
+
+def label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def control(f: dict, elem_id: str):
+    """One input for one settings field (its help as the info line)."""
+    kind, default, info = f["kind"], f["default"], f["help"] or None
+    kw = {"label": label(f["name"]), "info": info, "elem_id": elem_id}
+    if kind == "choices":
+        return gr.CheckboxGroup(list(f["choices"]), value=list(default or ()), **kw)
+    if kind == "choice":
+        choices = [("(the default)", None)] if default is None else []
+        return gr.Dropdown(choices + [(str(c), c) for c in f["choices"]], value=default, **kw)
+    if kind == "bool":
+        return Checkbox(bool(default), **kw)
+    if kind == "ints":
+        return gr.Textbox(", ".join(map(str, default or ())), placeholder="blank = the default", **kw)
+    return Number(default, precision=0 if kind == "int" else None, placeholder="blank = the model's default", **kw)
+
+
+def values(settings_cls, data: dict) -> dict:
+    """The settings named in ``data`` (a JSON object from the page or an API client), each read by
+    its field's kind; blank values are left out (the default holds). Unknown names are refused by
+    the method's ``settings``; the prompts and steps are read by the tab."""
+    kinds = {f["name"]: f for f in settings_fields(settings_cls)}
+    out = {}
+    for name, v in data.items():
+        f = kinds.get(name)
+        if f is None or name in SHARED or v is None or (isinstance(v, str) and not v.strip()):
+            continue
+        kind = f["kind"]
+        try:
+            if kind == "int":
+                v = check_size(name, v) if name in APP_LIMITS else int(_number(name, v, whole=True))
+            elif kind == "float":
+                v = float(_number(name, v))
+            elif kind in ("choices", "strs"):
+                v = tuple(v if isinstance(v, (list, tuple)) else str(v).splitlines())
+            elif kind == "ints":
+                v = tuple(int(_number(name, x, whole=True)) for x in
+                          (v if isinstance(v, (list, tuple)) else str(v).replace(",", " ").split()))
+        except (TypeError, ValueError):
+            raise SettingsError(f"{label(name)} must be a {kind}, got {shown(v)}") from None
+        out[name] = v
+    return out
+
+
+def _number(name: str, v, whole: bool = False) -> float:
+    if isinstance(v, bool):
+        raise SettingsError(f"{label(name)} must be a number, got {shown(v)}")
+    x = float(v)
+    if whole and not x.is_integer():
+        raise SettingsError(f"{label(name)} must be a whole number, got {shown(v)}")
+    return x
+
+
+def settings(name: str, data, family: str, prompts=None, steps=None):
+    """A method's validated settings from the named data ``{"preset": ..., field: value, ...}``
+    (``prompts`` and ``steps`` come from the tab for the methods that take them)."""
+    m = methods.get(name)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"the settings must be a JSON object of name: value, got {shown(data)}")
+    names = {f.name for f in fields(m.Settings)}
+    given = values(m.Settings, data)
+    unknown = sorted(str(k) for k in data if k not in names and k != "preset" and k not in SHARED)
+    if unknown:
+        raise SettingsError(f"{m.title} has no setting {unknown[0]!r}; it has {sorted(names - set(SHARED)) or 'none'}")
+    shared = {"prompts": prompts if not m.data_free else None, "steps": steps}
+    given.update({k: v for k, v in shared.items() if k in names and v is not None})
+    preset = data.get("preset")
+    if preset is not None and preset not in m.presets:
+        raise SettingsError(f"{m.title} has no preset {preset!r}; it has {list(m.presets)}")
+    return m.settings(preset=preset, family=family, **given)
+
+
+def shown_values(name: str, preset: str | None, family: str) -> dict:
+    """The value each offered control shows for ``preset`` (the model ``family``'s)."""
+    m = methods.get(name)
+    s = m.settings(preset=preset, family=family)
+    out = {}
+    for f, _ in offered(m.Settings):
+        v = getattr(s, f["name"], None)
+        out[f["name"]] = (", ".join(map(str, v)) if f["kind"] == "ints" and v else
+                          list(v) if f["kind"] == "choices" else v)
+    return out
