@@ -16,6 +16,8 @@ default of their own are shown, the rest sit under "more settings" (blank = the 
 ...     where: str = opt(None, "a folder", "str")
 >>> [(f["name"], main) for f, main in offered(S)]
 [('power', True), ('kinds', True)]
+>>> "seeds" in common_fields() and "n_gen" not in common_fields()
+True
 >>> values(S, {"power": "2", "kinds": ["neuron"], "prompts": ["a"]})
 {'power': 2.0, 'kinds': ('neuron',)}
 """
@@ -43,17 +45,26 @@ def _extra(settings_cls, name: str) -> dict:
     return next((dict(f.metadata) for f in fields(settings_cls) if f.name == name), {})
 
 
-def offered(settings_cls) -> list[tuple[dict, bool]]:
+def common_fields() -> set[str]:
+    """Settings that three or more registered methods share (seeds, guidance, resolution...): the
+    sampling knobs, shown under "more settings" so each method's own settings come first."""
+    from collections import Counter
+
+    counts = Counter(f.name for n in methods.names() for f in fields(methods.get(n).Settings))
+    return {name for name, k in counts.items() if k >= 3}
+
+
+def offered(settings_cls, common: set[str] | frozenset = frozenset()) -> list[tuple[dict, bool]]:
     """(field, shown at once) for every field the app offers, in the class's order. A field's
-    metadata may say ``primary=True/False``; otherwise the first :data:`MAIN` fields with a default
-    of their own and every unit-kind choice are shown at once."""
+    metadata may say ``primary=True/False``; otherwise the unit-kind choices and the first
+    :data:`MAIN` fields of the method's own (not in ``common``) are shown at once."""
     out, shown_ = [], 0
     for f in settings_fields(settings_cls):
         if f["name"] in SHARED or f["kind"] not in TYPED:
             continue
         primary = _extra(settings_cls, f["name"]).get("primary")
         if primary is None:
-            primary = f["kind"] == "choices" or (f["default"] is not None and f["kind"] != "ints" and shown_ < MAIN)
+            primary = f["kind"] == "choices" or (f["name"] not in common and f["kind"] != "ints" and shown_ < MAIN)
         shown_ += bool(primary) and f["kind"] != "choices"
         out.append((f, bool(primary)))
     return out
@@ -69,6 +80,8 @@ def control(f: dict, elem_id: str):
     kw = {"label": label(f["name"]), "info": info, "elem_id": elem_id}
     if kind == "choices":
         return gr.CheckboxGroup(list(f["choices"]), value=list(default or ()), **kw)
+    if kind == "choice" and default is not None and len(f["choices"]) <= 4:
+        return gr.Radio([(str(c), c) for c in f["choices"]], value=default, **kw)
     if kind == "choice":
         choices = [("(the default)", None)] if default is None else []
         return gr.Dropdown(choices + [(str(c), c) for c in f["choices"]], value=default, **kw)
@@ -76,7 +89,9 @@ def control(f: dict, elem_id: str):
         return Checkbox(bool(default), **kw)
     if kind == "ints":
         return gr.Textbox(", ".join(map(str, default or ())), placeholder="blank = the default", **kw)
-    return Number(default, precision=0 if kind == "int" else None, placeholder="blank = the model's default", **kw)
+    if default is None:  # a number box cannot be blank in the browser (it sends 0): blank text = the default
+        return gr.Textbox("", placeholder="blank = the default", **kw)
+    return Number(default, precision=0 if kind == "int" else None, **kw)
 
 
 def values(settings_cls, data: dict) -> dict:
@@ -101,7 +116,8 @@ def values(settings_cls, data: dict) -> dict:
                 v = tuple(int(_number(name, x, whole=True)) for x in
                           (v if isinstance(v, (list, tuple)) else str(v).replace(",", " ").split()))
         except (TypeError, ValueError):
-            raise SettingsError(f"{label(name)} must be a {kind}, got {shown(v)}") from None
+            what = {"int": "a whole number", "float": "a number", "ints": "whole numbers"}.get(kind, f"a {kind}")
+            raise SettingsError(f"{label(name)} must be {what}, got {shown(v)}") from None
         out[name] = v
     return out
 
@@ -141,8 +157,9 @@ def shown_values(name: str, preset: str | None, family: str) -> dict:
     m = methods.get(name)
     s = m.settings(preset=preset, family=family)
     out = {}
-    for f, _ in offered(m.Settings):
+    for f, _ in offered(m.Settings, common_fields()):
         v = getattr(s, f["name"], None)
         out[f["name"]] = (", ".join(map(str, v)) if f["kind"] == "ints" and v else
-                          list(v) if f["kind"] == "choices" else v)
+                          list(v) if f["kind"] == "choices" else
+                          ("" if v is None else str(v)) if f["default"] is None else v)  # a text box: blank = default
     return out

@@ -122,7 +122,7 @@ def test_bad_inputs_give_toasts(c):
         c.predict("stabilityai/stable-diffusion-xl-base-1.0", "cpu", "float32", api_name="/load_model")
     with pytest.raises(gradio_client.exceptions.AppError, match="prompt"):
         c.predict(*score_args("ldpruner", prompts=""), api_name="/score")
-    with pytest.raises(gradio_client.exceptions.AppError, match="n gen must be a int"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="n gen must be a whole number"):
         c.predict(*score_args("ldpruner", n_gen="many"), api_name="/score")
     with pytest.raises(gradio_client.exceptions.AppError, match=r"sparsities\[1\] must be a finite number in \(0, 1\)"):
         c.predict(["magnitude"], "0.1, 2", PROMPTS, 2, "latent_mse", api_name="/compare_methods")

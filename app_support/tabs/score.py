@@ -37,7 +37,7 @@ def build(S) -> SimpleNamespace:
     H = guide.HELP
     first = methods.names()[0]
     default = next((n for n in methods.names() if methods.get(n).data_free), first)  # instant: no images needed
-    groups = {}
+    groups, common = {}, mc.common_fields()
     with gr.Tab("2 Score", id="score"):
         gr.Markdown("### 2. Score what can be removed")
         note = gr.Markdown(f"{methods.get(default).title}: {methods.get(default).summary}", elem_id="method-note")
@@ -55,7 +55,7 @@ def build(S) -> SimpleNamespace:
                           if len(m.presets) > 1 else None)
                 preset_note = gr.Markdown(elem_id=f"preset-note-{name}") if len(m.presets) > 1 else None
                 controls = {}
-                offered = mc.offered(m.Settings)
+                offered = mc.offered(m.Settings, common)
                 with gr.Row():
                     for f, main in offered:
                         if main:
