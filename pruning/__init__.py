@@ -78,7 +78,7 @@ try:
         SettingsError,
         UnknownName,
     )
-    from .export import export, load_pruned
+    from .export import export, load_pruned, load_pruned_denoiser
     from .loading import Handle, handle_from_pipe, load_pipeline
     from .masks import masked
     from .materialize import materialize
@@ -92,7 +92,8 @@ finally:
     _tlog.set_verbosity(_verbosity)
 
 __all__ = [
-    "load_pipeline", "Handle", "handle_from_pipe", "methods", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned", "materialize",
+    "load_pipeline", "Handle", "handle_from_pipe", "methods", "catalog", "PruningPlan", "masked", "slim", "export", "load_pruned",
+    "load_pruned_denoiser", "materialize",
     "generate_latents", "generate_images", "reconstruct", "ReconstructSettings", "recover", "RecoverSettings",
     "compare_methods", "CompareSettings",
     "RunControl", "PruningError", "ModelLoadError", "PlanError", "ExportError", "SettingsError", "RunStopped",

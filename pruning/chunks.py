@@ -15,8 +15,8 @@ so that a run can also resume in another process (``python -m pruning ... --stat
 >>> from pruning.loading import handle_from_pipe
 >>> from pruning.runs import Budget
 >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
->>> s = methods.get("taylor").settings(prompts=["a red circle"], steps=2, stride=250, thr=0.0)
->>> run = score_chunked(h, "taylor", s, budget=Budget(units=2))
+>>> s = methods.get("diffpruning").settings(prompts=["a red circle"], steps=2, stride=250, thr=0.0)
+>>> run = score_chunked(h, "diffpruning", s, budget=Budget(units=2))
 >>> run.chunks, run.result.partial, run.result.info["timesteps"]
 (3, False, [0, 250, 500, 750])
 """

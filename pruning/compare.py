@@ -118,8 +118,9 @@ def method_settings(method, s: CompareSettings, calib: tuple[str, ...]):
     """The method's settings: its defaults, the comparison's calibration prompts and steps, overrides."""
     names = {f.name for f in fields(method.Settings)}
     values = {k: v for k, v in (("prompts", calib), ("steps", s.steps)) if k in names and v is not None}
-    return method.settings(**{**values, **method.comparison_settings(tuple(calib)),
-                              **s.method_settings.get(method.name, {})})
+    overrides = {k: v for name, given in s.method_settings.items() if get(name).name == method.name
+                 for k, v in given.items()}  # keyed by its name or an older one
+    return method.settings(**{**values, **method.comparison_settings(tuple(calib)), **overrides})
 
 
 def matched_steps(steps: int, macs_fraction: float) -> int:
@@ -296,12 +297,11 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                 continue
             method = get(name)
             if kind == "score":
-                if name == "random":
-                    scored = [method.score(handle, method.settings(seed=d), control=control)
-                              for d in range(s.random_draws)]
+                draws = method.comparison_draws(method_settings(method, s, calib), s.random_draws)
+                if len(draws) > 1:  # independent random draws (the random baseline), each scored whole
+                    scored = [method.score(handle, d, control=control) for d in draws]
                 else:
-                    x, inner = method.run(handle, method_settings(method, s, calib), state=inner,
-                                          control=control)
+                    x, inner = method.run(handle, draws[0], state=inner, control=control)
                     scored = [x]
                     if inner is not None:  # the method's own loop ended the chunk (or was stopped)
                         scored, chunk_ended = None, not control.stopped()

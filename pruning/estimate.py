@@ -41,8 +41,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from . import families, methods, validate
-from .catalog import catalog
 from .compare import CALIB_PROMPTS, EVAL_PROMPTS, CompareSettings, check_sparsities, method_settings
+from .errors import SettingsError
+from .methods.cost import MethodCost, generation_calls, generation_seconds
 from .metrics import SavedTensorMeter, example_inputs
 from .prompts import calibration_prompts
 from .reconstruct import ReconstructSettings
@@ -256,119 +257,19 @@ class Estimate:
         return line + (" - " + "; ".join(self.advice) if self.advice else "")
 
 
-def _generation_calls(handle, s, prompts: int) -> tuple[int, int]:
-    """(denoiser calls, samples per call) of generating ``prompts`` images at spec ``s``."""
-    cfg = s.guidance_mode == "cfg" and s.guidance > 1 and families.of(handle).cfg_doubles_batch
-    calls = s.steps * (2 if s.guidance_mode == "true_cfg" and s.guidance > 1 else 1)
-    return calls, prompts * (2 if cfg else 1)
+def _method_cost(handle, method, settings, cost: StepCost) -> MethodCost:
+    """The method's own count of its run (:meth:`~pruning.methods.base.Method.cost`), checked: a
+    method that does not say what it costs is refused, never given a default."""
+    out = method.cost(handle, settings, cost)
+    if not isinstance(out, MethodCost):
+        raise SettingsError(f"method {method.name!r}: cost() must return a pruning.methods.MethodCost, "
+                            f"got {type(out).__name__}")
+    return out
 
 
-def _gen_seconds(cost: StepCost, handle, s, prompts: int) -> tuple[float, int, int]:
-    calls, batch = _generation_calls(handle, s, prompts)
-    return calls * cost.call(batch), calls, batch
-
-
-def _latent_bytes(handle, s, samples: int) -> int:
-    """Bytes of one latent batch of ``samples`` at spec ``s``."""
-    side = s.resolution // int(getattr(handle.pipe, "vae_scale_factor", 8))
-    channels = int(getattr(handle.denoiser.config, "in_channels", 4))
-    per = channels * side * side // families.of(handle).latent_packing  # FLUX packs 2x2 patches
-    return samples * per * torch.finfo(handle.dtype).bits // 8
-
-
-def _method_cost(handle, method: str, settings, cost: StepCost) -> tuple[float, dict, int, list[str]]:
-    """(seconds, call counts, working bytes (what the run holds beyond the weights), advice levers)."""
-    get = lambda name, default=None: getattr(settings, name, default)  # noqa: E731
-    s = spec(handle, steps=get("steps"), guidance=get("guidance"), resolution=get("resolution"))
-    prompts = len(get("prompts") or calibration_prompts(handle.model_ref, 8))
-    if method == "ldpruner":
-        ops = catalog(handle.denoiser, **count_inputs(handle))[0]
-        if get("operators"):
-            k = len(get("operators"))
-        else:
-            gran = get("granularity", "fine")
-            k = len(ops) if gran == "all" else int(ops["granularity"].isin([gran, "both"]).sum())
-        secs, calls, batch = _gen_seconds(cost, handle, s, get("n_gen", prompts))
-        working = cost.working_bytes(batch) + 2 * _latent_bytes(handle, s, get("n_gen", prompts))  # + both latents
-        if get("fast"):  # one-step ablation: a recording rollout, then K calls per operator (group)
-            return _fast_cost(handle, settings, s, cost, k, calls, batch)
-        return (k + 1) * secs, {"generations": k + 1, "denoiser calls": (k + 1) * calls, "batch": batch,
-                                "work": (k + 1) * calls * batch}, working, \
-            ["lower N_gen or the steps", "score only some operators", "or the fast proxy (fewer steps, lower resolution)"]
-    if method == "ecodiff":
-        b = min(get("batch_size", 4), prompts)
-        batches = math.ceil(prompts / b)
-        calls, batch = _generation_calls(handle, s, b)
-        target = batches * calls * cost.call(batch)
-        train = get("epochs", 4) * batches * calls * (cost.call(batch) + cost.grad_call(batch))
-        # the rollout's latents (kept for the replay) and every batch's target
-        latents = (s.steps + 1) * _latent_bytes(handle, s, batch) + prompts * _latent_bytes(handle, s, 1)
-        working = cost.working_bytes(batch, "input") + latents
-        if get("checkpointing", "timestep") == "none":  # the graph of all T steps is held
-            train = get("epochs", 4) * batches * calls * cost.grad_call(batch)
-            working = s.steps * cost.working_bytes(batch, "input") + latents
-        return target + train, {"optimizer steps": get("epochs", 4) * batches,
-                                "denoiser calls": batches * calls * (1 + 2 * get("epochs", 4)), "batch": batch}, \
-            working, ["fewer epochs or steps T", "a lower resolution", "fewer prompts per batch"]
-    if method == "taylor":
-        secs, calls, batch = _gen_seconds(cost, handle, s, prompts)
-        n_t = math.ceil(1000 / get("stride", 50))
-        grads = n_t * cost.grad_call(prompts, weights=True)
-        owned = methods.diffpruning.unit_params(handle, get("kinds") or ("head", "neuron", "group"))
-        numel = sum(p.numel() for p in owned.values())
-        sums = numel * 4
-        grads += cost.sums_seconds(numel, n_t)
-        # one timestep's backward with its weight gradients, the float32 sums, or the clean images' generation
-        working = max(cost.working_bytes(prompts, "weights"), cost.working_bytes(batch)) + sums
-        return secs + grads, {"generation calls": calls, "timesteps (at most)": n_t, "batch": prompts}, working, \
-            ["a larger timestep stride", "fewer prompts", "fewer steps for the images"]
-    if method == "obsdiff":
-        return _obsdiff_cost(handle, settings, s, prompts, cost)
-    # magnitude, random: weights only; a float32 copy of the largest weight at a time
-    return 0.05, {"denoiser calls": 0}, max(p.numel() for p in handle.denoiser.parameters()) * 4, []
-
-
-def _fast_cost(handle, settings, s, cost: StepCost, k: int, gen_calls: int, batch: int):
-    """LD-Pruner's fast score (:mod:`pruning.methods.ablation`): its counts, times and memory."""
-    from .methods.ablation import fast_calls
-
-    m = settings.ablation_batch
-    c = fast_calls(k, s.steps, settings.timesteps, batch=batch, calls_per_step=gen_calls // s.steps, ablation_batch=m)
-    full, rest = divmod(k, m)  # groups of m operators per call, and a smaller last one
-    per_group = settings.timesteps * gen_calls // s.steps  # calls per group
-    seconds = (c["recording calls"] * cost.call(batch) + full * per_group * cost.call(batch * m)
-               + (per_group * cost.call(batch * rest) if rest else 0.0))
-    # the recorded inputs and outputs (about 4 latents per recorded step), one ablation call
-    working = cost.working_bytes(batch * m) + 4 * settings.timesteps * _latent_bytes(handle, s, batch)
-    return seconds, c, working, ["fewer recorded timesteps (K)", "score only some operators", "lower N_gen"]
-
-
-def _obsdiff_cost(handle, settings, s, prompts: int, cost: StepCost) -> tuple[float, dict, int, list[str]]:
-    """OBS-Diff: one calibration pass per group over its prompts (the pruned model's own trajectories,
-    every step) with the Gram updates of that group's consumers, a slim copy per pass, and the
-    float64 solves; memory: the largest pass's Grams, the slim copy and one call's working memory."""
-    from .methods.obsdiff import passes
-
-    prompts = len(settings.resolved(handle).prompts)
-    groups = passes(handle, settings)
-    layers = tuple(sorted({c for g in groups for c in g}))
-    b = min(settings.batch_size, prompts)
-    batches = math.ceil(prompts / b)
-    calls, batch = _generation_calls(handle, s, b)
-    plain, hooked = cost.call(batch), cost.gram_call(batch, layers)
-    widths = {c: _flat_width(handle.denoiser.get_submodule(c)) for c in layers}
-    seconds = len(groups) * batches * calls * plain + batches * calls * max(hooked - plain, 0.0)
-    seconds += sum(cost.solve_seconds(w) for w in widths.values()) + len(groups) * cost.weights_bytes / 1e9
-    grams = max(sum(8 * (widths[c] + 1) ** 2 for c in g) for g in groups)
-    working = grams + cost.weights_bytes + cost.working_bytes(batch)
-    return seconds, {"denoiser calls": len(groups) * batches * calls, "passes": len(groups), "batch": batch,
-                     "gram_mb": round(grams / 2 ** 20, 1)}, working, \
-        ["fewer calibration prompts or steps", "a smaller max_gram_mb (more passes, less memory)", "fewer groups"]
-
-
-def _flat_width(layer) -> int:
-    w = layer.weight
-    return w[0].numel()  # inputs of one output row: in_features, or C*kh*kw for a conv
+def _resolved(handle, settings):
+    """Settings that depend on the model (the sweep's proxy halves steps and size) resolved for it."""
+    return settings.resolved(handle) if hasattr(settings, "resolved") else settings
 
 
 def estimate(handle, method: str, settings=None, *, budget_s: float | None = None) -> Estimate:
@@ -376,14 +277,20 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
     budget_s = check_budget(budget_s)
     m = methods.get(method)
     settings = settings if settings is not None else m.settings()
-    if hasattr(settings, "resolved"):  # settings that depend on the model (the sweep's proxy halves steps and size)
-        settings = settings.resolved(handle)
+    settings = _resolved(handle, settings)
     cost = step_cost(handle, resolution=getattr(settings, "resolution", None))
-    seconds, calls, working, levers = _method_cost(handle, m.name, settings, cost)
-    peak = cost.weights_bytes + working
-    return _finish(Estimate(m.title, seconds, peak, calls, device=cost.device,
-                            chunkable=m.chunkable and not m.data_free), handle,
-                   budget_s, levers)
+    c = _method_cost(handle, m, settings, cost)
+    return _finish(Estimate(m.title, c.seconds, cost.weights_bytes + c.working_bytes, dict(c.calls),
+                            device=cost.device, chunkable=m.chunkable and not m.data_free), handle,
+                   budget_s, list(c.levers))
+
+
+def estimate_methods(handle, prompts: int = 4, *, budget_s: float | None = None) -> dict[str, Estimate]:
+    """Every registered method's estimate at its quick settings (:meth:`~pruning.methods.base.Method.quick_settings`)
+    on ``prompts`` of the model's calibration prompts: what the app's guide says a run takes."""
+    p = calibration_prompts(handle.model_ref, prompts)
+    return {name: estimate(handle, name, methods.get(name).quick_settings(p), budget_s=budget_s)
+            for name in methods.names()}
 
 
 def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s: float | None = None) -> Estimate:
@@ -393,7 +300,7 @@ def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s:
     cost = step_cost(handle, resolution=s0.resolution)
     s = spec(handle, steps=s0.steps, guidance=s0.guidance, resolution=s0.resolution)
     batches = math.ceil(len(s0.prompts) / s0.batch_size)
-    calls, batch = _generation_calls(handle, s, min(s0.batch_size, len(s0.prompts)))
+    calls, batch = generation_calls(handle, s, min(s0.batch_size, len(s0.prompts)))
     passes = max(passes, s0.groups) * (2 if s0.inputs == "pruned" else 1)  # sequential groups; the pruned model too
     checks = (batches // 4) * (1 + s0.groups) if s0.check else 0  # the end-to-end check's held-out rollouts
     seconds = (passes * batches + checks) * calls * cost.call(batch)
@@ -419,20 +326,18 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
     g = spec(handle, steps=s.steps, guidance=s.guidance)
     n_eval = len(s.eval_prompts or range(EVAL_PROMPTS))
     calib = tuple(s.calib_prompts or calibration_prompts(handle.model_ref, CALIB_PROMPTS))
-    eval_s, calls, batch = _gen_seconds(cost, handle, g, n_eval)
+    eval_s, calls, batch = generation_seconds(cost, handle, g, n_eval)
     seconds, peak, levers = eval_s, cost.weights_bytes + cost.saved_bytes(batch), ["fewer sparsities or methods"]
     plans = 0
     for name in names:
         m = methods.get(name)
         ms_settings = method_settings(m, s, calib)
-        ms, mcalls, working, _ = _method_cost(handle, name, ms_settings, cost)
-        seconds += ms
-        if name == "obsdiff":  # its selection depends on the target: one more run per other sparsity
-            seconds += ms * sum(1 for t in sps if t != ms_settings.sparsity)
-        peak = max(peak, cost.weights_bytes + working)
-        draws = s.random_draws if name == "random" else 1
-        plans += draws * len(sps)
-        seconds += draws * sum(eval_s * (1 - t) for t in sps) * (2 if s.reconstruct else 1)
+        draws = m.comparison_draws(ms_settings, s.random_draws)  # the settings of each scored draw
+        c = _method_cost(handle, m, _resolved(handle, draws[0]), cost)
+        seconds += c.seconds * len(draws) * m.comparison_runs(ms_settings, sps)
+        peak = max(peak, cost.weights_bytes + c.working_bytes)
+        plans += len(draws) * len(sps)
+        seconds += len(draws) * sum(eval_s * (1 - t) for t in sps) * (2 if s.reconstruct else 1)
     if s.fewer_steps:  # the original at about (1 - sparsity) of its steps, once per target
         seconds += sum(eval_s * (1 - t) for t in sps)
     if s.reconstruct:
@@ -525,5 +430,5 @@ def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:
     return e
 
 
-__all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_reconstruction", "estimate_comparison",
-           "estimate_export", "device_memory", "streaming_export_bytes", "inplace_slim_bytes", "RUNTIME_BYTES"]
+__all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_methods", "estimate_reconstruction",
+           "estimate_comparison", "estimate_export", "device_memory", "streaming_export_bytes", "inplace_slim_bytes", "RUNTIME_BYTES"]

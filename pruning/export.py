@@ -382,11 +382,12 @@ def load_pruned_denoiser(folder: str | os.PathLike, *, device=None, dtype=None) 
 
 
 def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
-    """Load a pruned model.
+    """Load a pruned model: always a :class:`~pruning.loading.Handle` (the pipeline with the slim
+    denoiser); :func:`load_pruned_denoiser` gives the slim denoiser module alone.
 
-    * ``load_pruned(folder)``: an export folder. Returns a ``Handle`` when the export holds the
-      full pipeline (or ``base`` is given to supply the other components), else the slim
-      denoiser module.
+    * ``load_pruned(folder)``: an export folder. A full-pipeline export holds every component; a
+      denoiser-only export takes the others from ``base``, by default the model its plan names
+      (a bundled model, a Hub id at its commit, an existing folder).
     * ``load_pruned("plan.json", base=<source or Handle>)``: re-applies the plan to the base
       weights and returns a ``Handle`` with the slim denoiser in its pipeline.
     * a plan-only export folder: the same, with the re-fitted tensors it holds; ``base`` defaults
@@ -408,8 +409,13 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
         folder = path.resolve()
         small = load_pruned_denoiser(folder, device=device, dtype=dtype)
         plan, manifest = read_manifest(folder)
-        if base is None and not manifest["full_pipeline"]:
-            return small
+        if base is None and not manifest["full_pipeline"]:  # the other components from the plan's base
+            try:
+                base = base_source(plan)
+            except ExportError as e:
+                raise ExportError(f"{str(folder)!r} holds the slim denoiser only, and its plan's base names no "
+                                  f"model to load the other components from ({e}): pass base=<model source or "
+                                  "Handle>, or load the denoiser alone with load_pruned_denoiser(folder)") from None
         if base is None:
             pipe = _load_export_pipeline(folder, manifest, small, dtype)
             pipe.to(device=device or "cpu", silence_dtype_warnings=True)

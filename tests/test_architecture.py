@@ -17,31 +17,44 @@ from pruning import methods
 from pruning.compare import CompareSettings, compare_methods
 from pruning.facts import model_facts
 from pruning.loading import load_pipeline
-from pruning.methods.base import Method, Scores
+from pruning.methods.base import Method, Scores, opt
 from pruning.methods.baselines import magnitude_scores, unit_table
+from pruning.methods.cost import MethodCost
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
-class _NoSettings:
+class _ToySettings:
+    passes: int = opt(1, "times the weights are read (a toy knob)", "int", label="passes", basic=True, low=1,
+                      high=8, step=1)
+
     def to_dict(self) -> dict:
-        return {}
+        return {"passes": self.passes}
 
 
 class MinusMagnitude(Method):
     """A toy fifth method: the largest weights are scored as the most prunable."""
 
     name = "minus_magnitude"
+    aliases = ("minus",)
     title = "Minus magnitude (toy)"
     summary = "The opposite of the magnitude baseline."
     level = "unit"
-    Settings = _NoSettings
+    Settings = _ToySettings
+    commands = ("antimag",)
+    work_unit = "passes"
     data_free = True
 
     def score(self, handle, settings=None, *, control=None) -> Scores:
         scores = {f: -s for f, s in magnitude_scores(handle).items()}
-        return Scores(self.name, "unit", unit_table(handle, scores), handle.model_ref, {})
+        return Scores(self.name, "unit", unit_table(handle, scores), handle.model_ref,
+                      (settings or self.Settings()).to_dict())
+
+    def cost(self, handle, settings, step) -> MethodCost:
+        """Its own count: ``passes`` reads of the weights at 1 GB/s, a float32 copy of them held."""
+        return MethodCost(settings.passes * step.weights_bytes / 1e9, {"weight passes": settings.passes},
+                          step.weights_bytes, ["fewer passes"])
 
 
 @pytest.fixture
@@ -62,6 +75,24 @@ def test_a_fifth_method_appears_everywhere_without_other_changes(toy, tiny_sd):
     parser = build_parser()
     assert parser.parse_args(["score", toy, "--model", "m", "--out", "s.csv"]).method == toy
     assert parser.parse_args(["compare", "--model", "m", "--methods", toy, "--out", "q.csv"]).methods == [toy]
+    # its own shortcut, its alias and its settings' options (help from the settings field)
+    assert parser.parse_args(["antimag", "--model", "m", "--out", "s.csv", "--passes", "3"]).passes == 3
+    assert parser.parse_args(["score", "minus", "--model", "m", "--out", "s.csv"]).method == "minus"
+    assert "times the weights are read" in _help(parser, ["score", toy])
+
+    # a real estimate: its own count, priced with this device's timings
+    from pruning.estimate import estimate, estimate_comparison
+
+    e = estimate(tiny_sd, toy, methods.get(toy).settings(passes=3))
+    assert e.what == "Minus magnitude (toy)" and e.calls == {"weight passes": 3}
+    weights = sum(p.numel() * p.element_size() for p in tiny_sd.denoiser.parameters())
+    assert e.peak_bytes == 2 * weights and abs(e.seconds - 3 * weights / 1e9) < 1e-9
+    both = estimate_comparison(tiny_sd, [0.2], [toy, "magnitude"], s)
+    assert both.calls["plans"] == 2 and both.seconds > e.seconds / 3
+    # and through the CLI's --estimate, by its shortcut
+    from pruning.cli import main
+
+    assert main(["antimag", "--model", "tiny-shapes-sd", "--estimate", "--passes", "2"]) == 0
 
     import app
 
@@ -70,6 +101,35 @@ def test_a_fifth_method_appears_everywhere_without_other_changes(toy, tiny_sd):
     assert toy in [v for _, v in radios[0]["choices"]]
     fill = [c["props"] for c in demo.config["components"] if c.get("props", {}).get("label") == "pre-fill from"]
     assert toy in [v for _, v in fill[0]["choices"]]
+
+
+def _help(parser, argv) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        parser.parse_args([*argv, "--help"])
+    return " ".join(out.getvalue().split())
+
+
+def test_a_method_that_does_not_say_its_cost_gets_no_estimate(tiny_sd):
+    """No silent "weights only" default: a method without cost() is refused, by name."""
+    from pruning.errors import SettingsError
+    from pruning.estimate import estimate
+
+    class Silent(MinusMagnitude):
+        name = "silent"
+        aliases = ()
+        commands = ()
+        cost = Method.cost
+
+    methods.register(Silent())
+    try:
+        with pytest.raises(SettingsError, match="'silent' does not say what a run costs"):
+            estimate(tiny_sd, "silent")
+    finally:
+        methods.unregister("silent")
 
 
 @pytest.mark.parametrize("name", ["tiny-shapes-sd", "tiny-shapes-flux"])

@@ -113,7 +113,7 @@ def test_a_state_from_another_run_is_refused(h, tmp_path):
     other = methods.get("taylor").settings(**{**SETTINGS["taylor"], "stride": 300})
     with pytest.raises(SettingsError, match="stride differ"):
         score_chunk(h, "taylor", other, state)
-    with pytest.raises(SettingsError, match="state is of a taylor run, not ecodiff"):
+    with pytest.raises(SettingsError, match="state is of a diffpruning run, not ecodiff"):
         score_chunk(h, "ecodiff", methods.get("ecodiff").settings(**SETTINGS["ecodiff"]), state)
     with pytest.raises(SettingsError, match="magnitude runs in one chunk"):
         score_chunk(h, "magnitude", None, state)

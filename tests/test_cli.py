@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from pruning.catalog import catalog
 from pruning.cli import build_parser, main
-from pruning.export import load_pruned
+from pruning.export import load_pruned, load_pruned_denoiser
 from pruning.plan import PruningPlan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +104,13 @@ def test_export_then_load_pruned(capsys, sd_folder, sd_folder_handle, plan_file,
     code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir)
     assert code == 0, err
     assert str(out_dir) in out
-    small = load_pruned(out_dir)
+    small = load_pruned_denoiser(out_dir)
     removed = sum(p.numel() for p in sd_folder_handle.denoiser.parameters()) - sum(p.numel() for p in small.parameters())
     assert removed > 0 and f"{removed:,} removed" in out
+    # load_pruned: one type, a Handle; a denoiser-only export takes the other components from the plan's base
+    h = load_pruned(out_dir)
+    assert h.family == "sd" and h.model_ref.startswith("pruned:") and h.denoiser.pruning_plan == small.pruning_plan
+    assert all(torch.equal(a, b) for a, b in zip(h.denoiser.state_dict().values(), small.state_dict().values()))
     # exporting again needs --overwrite
     code, _, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", out_dir)
     assert code == 2 and "already exists" in err
@@ -224,7 +229,7 @@ def test_chunk_options_are_checked(capsys, sd_folder, tmp_path):
     assert code == 3 and state.is_file(), err
     eco = ["ecodiff", "--model", sd_folder, "--out", tmp_path / "m.csv", *CHUNKED["ecodiff"], "--state", state]
     _assert_one_line_error(*run(capsys, *eco)[::2], "run.safetensors")
-    assert "taylor run, not ecodiff" in run(capsys, *eco)[2]
+    assert "diffpruning run, not ecodiff" in run(capsys, *eco)[2]
     code, _, err = run(capsys, *base, "--stride", 500, "--state", state)
     _assert_one_line_error(code, err, "stride differ")
     assert "run.safetensors" in err and not (tmp_path / "s.csv").exists()

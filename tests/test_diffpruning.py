@@ -13,7 +13,7 @@ from pruning.catalog import discover
 from pruning.errors import PruningError, SettingsError
 from pruning.methods import Scores
 from pruning.methods.diffpruning import (
-    TaylorSettings,
+    DiffPruningSettings,
     ThresholdRule,
     _clean_latents,
     _loss_at,
@@ -24,7 +24,7 @@ from pruning.runs import RunControl
 
 
 def to_plan(handle, df, **kw):
-    scores = Scores("taylor", "unit", df.rename(columns={"importance": "score"}), df.attrs["model_ref"],
+    scores = Scores("diffpruning", "unit", df.rename(columns={"importance": "score"}), df.attrs["model_ref"],
                     df.attrs["settings"])
     return methods.to_plan(handle, scores, **kw)
 
@@ -42,7 +42,7 @@ def test_threshold_rule_on_hand_built_losses():
 
 
 def test_importance_equals_hand_computed_taylor(tiny_sd):
-    settings = TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=1000, kinds=("head",))
+    settings = DiffPruningSettings(prompts=["a red circle", "a blue square"], steps=2, stride=1000, kinds=("head",))
     df = importance(tiny_sd, settings)
     assert df.attrs["timesteps"] == [0]  # stride 1000: only t = 0
     fqn = next(f for f, s in discover(tiny_sd.denoiser).structures.items() if s.kind == "head")
@@ -70,27 +70,27 @@ def test_importance_equals_hand_computed_taylor(tiny_sd):
 
 
 def test_importance_table_and_plan(tiny_handle):
-    df = importance(tiny_handle, TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=250))
+    df = importance(tiny_handle, DiffPruningSettings(prompts=["a red circle", "a blue square"], steps=2, stride=250))
     found = discover(tiny_handle.denoiser).structures
     assert len(df) == sum(s.units for s in found.values())
     assert (df["importance"] >= 0).all() and df["importance"].sum() > 0
     assert 1 <= len(df.attrs["timesteps"]) <= 4 and len(df.attrs["losses"]) == len(df.attrs["timesteps"])
     plan = to_plan(tiny_handle, df, target_sparsity=0.2)
     assert abs(plan.summary(tiny_handle.denoiser)["params_fraction"] - 0.2) <= 0.01
-    assert plan.provenance["method"] == "taylor"
+    assert plan.provenance["method"] == "diffpruning"
 
 
 def test_importance_stop_and_bad_input(tiny_sd):
     stop = threading.Event()
-    df = importance(tiny_sd, TaylorSettings(prompts=["a red circle"], steps=2, stride=100, thr=0.0),
+    df = importance(tiny_sd, DiffPruningSettings(prompts=["a red circle"], steps=2, stride=100, thr=0.0),
                     control=RunControl(stop, progress=lambda done, total, info: stop.set()))
     assert df.attrs["partial"] and df.attrs["timesteps"] == [0] and df.attrs["stopped"] == "stopped"
     with pytest.raises(SettingsError, match="timestep stride must be an integer in 1..1000, got 0"):
-        TaylorSettings(prompts=["a"], stride=0)
+        DiffPruningSettings(prompts=["a"], stride=0)
     with pytest.raises(SettingsError, match="'rows'"):
-        TaylorSettings(prompts=["a"], kinds=("rows",))
+        DiffPruningSettings(prompts=["a"], kinds=("rows",))
     with pytest.raises(SettingsError, match="thr must be a finite number"):
-        TaylorSettings(prompts=["a"], thr=float("nan"))
+        DiffPruningSettings(prompts=["a"], thr=float("nan"))
 
 
 def test_importance_from_user_images(tiny_sd, tmp_path):
@@ -98,10 +98,10 @@ def test_importance_from_user_images(tiny_sd, tmp_path):
 
     for i, color in enumerate([(255, 0, 0), (0, 0, 255)]):
         Image.new("RGB", (32, 32), color).save(tmp_path / f"{i}.png")
-    df = importance(tiny_sd, TaylorSettings(images=str(tmp_path), stride=500, kinds=("neuron",)))
+    df = importance(tiny_sd, DiffPruningSettings(images=str(tmp_path), stride=500, kinds=("neuron",)))
     assert set(df["kind"]) == {"neuron"} and df["importance"].sum() > 0
     with pytest.raises(PruningError, match="no PNG/JPEG images"):
-        importance(tiny_sd, TaylorSettings(images=str(tmp_path / "empty")))
+        importance(tiny_sd, DiffPruningSettings(images=str(tmp_path / "empty")))
 
 
 def test_recover_trains_only_the_copy(tiny_sd):
@@ -129,6 +129,6 @@ def test_cli_taylor_then_prune(tiny_sd, tmp_path):
                  "--steps", "2", "--stride", "500", "--out", str(table)]) == 0
     assert main(["prune", "--model", str(folder), "--taylor", str(table), "--target-sparsity", "0.2",
                  "--out", str(plan)]) == 0
-    assert json.loads(plan.read_text())["provenance"]["method"] == "taylor"
+    assert json.loads(plan.read_text())["provenance"]["method"] == "diffpruning"  # the older command, the one name
     assert main(["prune", "--model", str(folder), "--taylor", str(plan), "--target-sparsity", "0.2",
                  "--out", str(tmp_path / "x.json")]) == 2  # not a scores file: a clean error

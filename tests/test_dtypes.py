@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning import export, load_pruned, masked, slim
+from pruning import export, load_pruned_denoiser, masked, slim
 from pruning.catalog import discover
 from pruning.grads import requires_grad
 from pruning.loading import handle_from_pipe, load_pipeline
@@ -175,7 +175,7 @@ def test_ecodiff_gradients_match_float32(case):
 
 def test_taylor_importance_finite(case):
     _, _, h = case
-    df = diffpruning.importance(h, diffpruning.TaylorSettings(prompts=PROMPTS, steps=2, stride=500))
+    df = diffpruning.importance(h, diffpruning.DiffPruningSettings(prompts=PROMPTS, steps=2, stride=500))
     imp = torch.tensor(df["importance"].to_numpy())
     assert len(imp) and _finite(imp) and (imp >= 0).all() and imp.sum() > 0
     assert df.attrs["timesteps"] and all(0 < v < float("inf") for v in df.attrs["losses"])
@@ -202,7 +202,7 @@ def test_export_reloads_bit_identical(case, tmp_path):
     _, dtype, h = case
     plan = random_plan(h, 5)
     folder = export(h, plan, tmp_path / "export")
-    small = load_pruned(folder, dtype=dtype)
+    small = load_pruned_denoiser(folder, dtype=dtype)
     want = slim(h.denoiser, plan)
     a, b = want.state_dict(), small.state_dict()
     assert a.keys() == b.keys()

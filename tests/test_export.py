@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pruning import PruningPlan, export, load_pruned, slim
+from pruning import PruningPlan, export, load_pruned, load_pruned_denoiser, slim
 from pruning.errors import ExportError, PlanError
 from pruning.files import sha256_file
 from pruning.loading import load_pipeline
@@ -30,8 +30,11 @@ def test_denoiser_export_reloads_bit_identical(tiny_handle, tmp_path):
     assert manifest["plan"]["base"] == tiny_handle.model_ref
     assert list(manifest["files"]) == [f"{tiny_handle.denoiser_name}/{WEIGHTS}"]
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))  # safetensors only
-    again = load_pruned(out)
+    again = load_pruned_denoiser(out)
     assert isinstance(again, torch.nn.Module)
+    # load_pruned gives a Handle, the other components from the plan's base: an in-memory model has none
+    with pytest.raises(ExportError, match="holds the slim denoiser only.*load_pruned_denoiser"):
+        load_pruned(out)
     kw = _kw(small)
     assert torch.equal(again(**kw)[0], small(**kw)[0])
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), small.state_dict().values()))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from pruning import materialize
 from pruning.cli import main
 from pruning.errors import ExportError, PlanError
-from pruning.export import export, load_pruned
+from pruning.export import export, load_pruned_denoiser
 from pruning.loading import load_pipeline
 from pruning.manifest import MANIFEST, read_manifest
 from pruning.plan import PruningPlan
@@ -66,7 +66,7 @@ def test_materialize_equals_export(saved, tmp_path):
         got = materialize(plan, str(folder), tmp_path / f"streamed-{seed}", max_shard_size="20KB")
         assert (got / name / INDEX).is_file() and len(list((got / name).glob("*-of-*.safetensors"))) > 1
         _assert_same_export(want, got, name)
-        small, ref = load_pruned(got), load_pruned(want)  # a normal export: load_pruned reads the shards
+        small, ref = load_pruned_denoiser(got), load_pruned_denoiser(want)  # a normal export: the loader reads the shards
         sa, sb = small.state_dict(), ref.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb) and sa.keys() == sb.keys()
     plan = random_plan(h, 3)  # one shard when the model fits: the single-file layout, byte for byte

@@ -72,7 +72,7 @@ def test_ecodiff_beats_random_magnitude_and_ldpruner(bench, baselines):
 
 
 def test_taylor_beats_random_and_magnitude(bench, baselines):
-    scores = methods.get("taylor").score(bench.h, diffpruning.TaylorSettings(prompts=bench.calib))
+    scores = methods.get("taylor").score(bench.h, diffpruning.DiffPruningSettings(prompts=bench.calib))
     mse, acc = bench.evaluate(methods.to_plan(bench.h, scores, target_sparsity=TARGET))
     print(f"taylor {mse:.4f} (acc {acc:.2f}) {baselines}")
     assert mse < baselines["random"] and mse < baselines["magnitude"]
@@ -141,7 +141,7 @@ def test_every_method_beats_random_at_20_percent(bench32, random_at_20, name):
 
 
 def test_recovery_helps_a_30_percent_plan(bench):
-    scores = methods.get("taylor").score(bench.h, diffpruning.TaylorSettings(prompts=bench.calib))
+    scores = methods.get("taylor").score(bench.h, diffpruning.DiffPruningSettings(prompts=bench.calib))
     # the uncapped rule this test was written for: a damaged 30% plan that recovery has to repair
     plan = methods.to_plan(bench.h, scores, target_sparsity=0.3, budget=LayerBudget(max_fraction=1.0))
     before_mse, before_acc = bench.evaluate(plan)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from pruning import families
 from pruning.catalog import discover
 from pruning.errors import ExportError, PlanError
-from pruning.export import export, load_pruned
+from pruning.export import export, load_pruned, load_pruned_denoiser
 from pruning.loading import load_pipeline
 from pruning.manifest import WEIGHTS, read_manifest
 from pruning.metrics import example_inputs
@@ -173,7 +173,7 @@ def test_native_denoiser_equals_the_slim_model_in_process(request, family, tmp_p
     fam = families.get(family)
     native = fam.denoiser_class.from_pretrained(folder / h.denoiser_name).eval()
     small = slim(h.denoiser, plan).eval()
-    back = load_pruned(folder)
+    back = load_pruned_denoiser(folder)
     a, b = small.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     kw = example_inputs(h.denoiser, device="cpu")
@@ -423,7 +423,7 @@ def test_sd3_single_file_round_trip_through_from_single_file(tiny_sd3, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert single.config.num_layers == 2 and list(single.config.dual_attention_layers) == []
     prompts, seeds = ["a red circle at the top left"], [0]
-    want = generate_latents(h, prompts, seeds, denoiser=load_pruned(folder), steps=2)
+    want = generate_latents(h, prompts, seeds, denoiser=load_pruned_denoiser(folder), steps=2)
     assert torch.equal(generate_latents(h, prompts, seeds, denoiser=single, steps=2), want)
     assert "from_single_file" in (folder / "README.md").read_text()
 

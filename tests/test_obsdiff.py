@@ -11,7 +11,7 @@ from pruning import methods
 from pruning.chunks import score_chunk, score_chunked
 from pruning.errors import PlanError, SettingsError
 from pruning.estimate import estimate
-from pruning.export import build, export, load_pruned
+from pruning.export import build, export, load_pruned, load_pruned_denoiser
 from pruning.masks import masked
 from pruning.methods import obsdiff
 from pruning.methods.obsdiff import OBSLayer, Unit, compensated, prepare_hessian, rrf, select
@@ -150,9 +150,9 @@ def test_export_and_plan_only_export_reload_bit_for_bit(tiny_sd3, tmp_path):
     small = build(h, plan)
     kw = dict(steps=2, resolution=h.defaults["resolution"])
     z = generate_latents(h, PROMPTS, [0, 1], denoiser=small, **kw)
-    full = load_pruned(export(h, plan, tmp_path / "full", denoiser=small, card=False))
+    full = load_pruned_denoiser(export(h, plan, tmp_path / "full", denoiser=small, card=False))
     assert torch.equal(generate_latents(h, PROMPTS, [0, 1], denoiser=full, **kw), z)
-    again = load_pruned(export(h, plan, tmp_path / "built", card=False))  # export builds it from the plan
+    again = load_pruned_denoiser(export(h, plan, tmp_path / "built", card=False))  # export builds it from the plan
     assert torch.equal(generate_latents(h, PROMPTS, [0, 1], denoiser=again, **kw), z)
     only = load_pruned(export(h, plan, tmp_path / "plan", plan_only=True, card=False), base=h)
     assert torch.equal(generate_latents(only, PROMPTS, [0, 1], **kw), z)

@@ -24,7 +24,7 @@ from pruning.errors import SettingsError
 from pruning.loading import handle_from_pipe
 from pruning.masks import masked
 from pruning.memory import enable_memory_savers, offloaded, plain_copy
-from pruning.methods.diffpruning import TaylorSettings, importance
+from pruning.methods.diffpruning import DiffPruningSettings, importance
 from pruning.metrics import example_inputs
 from pruning.plan import PruningPlan
 from pruning.rollout import prepare, rollout
@@ -118,7 +118,7 @@ def test_ecodiff_gate_gradients_equal_without_hooks(family):
 
 
 def test_taylor_importance_equals_without_hooks():
-    settings = TaylorSettings(prompts=["a red circle"], steps=2, stride=500)
+    settings = DiffPruningSettings(prompts=["a red circle"], steps=2, stride=500)
     plain, hooked = (importance(h, settings) for h in _pair("sd"))
     assert plain["importance"].abs().max() > 0
     assert plain.attrs["timesteps"] == hooked.attrs["timesteps"] == [0, 500]
@@ -128,7 +128,7 @@ def test_taylor_importance_equals_without_hooks():
 def test_taylor_on_user_images_under_offload():
     """The images go to where the VAE computes, not where an offloaded VAE's weights wait."""
     images = [np.full((32, 32, 3), v, np.uint8) for v in (30, 200)]
-    settings = TaylorSettings(images=images, steps=2, stride=500)
+    settings = DiffPruningSettings(images=images, steps=2, stride=500)
     plain, hooked = (importance(h, settings) for h in _pair("sd"))
     assert plain["importance"].abs().max() > 0
     np.testing.assert_array_equal(hooked["importance"].to_numpy(), plain["importance"].to_numpy())
@@ -234,4 +234,4 @@ def test_sequential_offload_gate_gradients_and_taylor_refusal():
     assert grads[0][1].abs().max() > 0 and grads[0][0] == grads[1][0]
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=0)
     with pytest.raises(SettingsError, match=r"on the meta device \(with sequential offload"):
-        importance(seq, TaylorSettings(prompts=["a red circle"], steps=2, stride=500))
+        importance(seq, DiffPruningSettings(prompts=["a red circle"], steps=2, stride=500))

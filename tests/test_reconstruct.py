@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pruning import PruningPlan, export, load_pruned, masked, slim
+from pruning import PruningPlan, export, load_pruned_denoiser, masked, slim
 from pruning.catalog import discover, unit_view
 from pruning.errors import PlanError, RunStopped, SettingsError
 from pruning.loading import handle_from_pipe
@@ -136,7 +136,7 @@ def test_export_reloads_bit_identically_and_the_plan_records_it(tmp_path):
     rec = small.pruning_plan.reconstruction
     assert rec["settings"]["ridge"] == ReconstructSettings().ridge and rec["settings"]["prompts"] == list(CALIB.prompts)
     out = export(h, small.pruning_plan, tmp_path / "exp", denoiser=small)
-    back = load_pruned(out)
+    back = load_pruned_denoiser(out)
     assert back.pruning_plan.reconstruction == rec
     a, b = small.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -272,7 +272,7 @@ def test_a_sequential_reconstruction_exports_and_reloads_bit_identically(tmp_pat
     s = ReconstructSettings(prompts=PROMPTS[:8], steps=2, batch_size=2, inputs="pruned", groups=3,
                             timestep_weights="linear", guard=True)
     small = reconstruct(h, plan, s)
-    back = load_pruned(export(h, small.pruning_plan, tmp_path / "exp", denoiser=small))
+    back = load_pruned_denoiser(export(h, small.pruning_plan, tmp_path / "exp", denoiser=small))
     a, b = small.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

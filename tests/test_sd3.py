@@ -18,7 +18,7 @@ from pruning import families
 from pruning.catalog import catalog, discover
 from pruning.cli import main
 from pruning.masks import masked
-from pruning.methods.diffpruning import TaylorSettings, _clean_latents, _loss_at, importance
+from pruning.methods.diffpruning import DiffPruningSettings, _clean_latents, _loss_at, importance
 from pruning.metrics import count_params, example_inputs
 from pruning.plan import PruningPlan
 from pruning.reference import PIPELINES, meta_denoiser
@@ -130,7 +130,7 @@ def test_removed_blocks_pass_both_streams(tiny_sd3):
 
 def test_taylor_equals_hand_computed_on_joint_heads(tiny_sd3):
     """sum |w * grad| over to_q/k/v and add_q/k/v_proj rows (+ biases) and to_out / to_add_out columns."""
-    settings = TaylorSettings(prompts=["a red circle", "a blue square"], steps=2, stride=1000, kinds=("head",))
+    settings = DiffPruningSettings(prompts=["a red circle", "a blue square"], steps=2, stride=1000, kinds=("head",))
     df = importance(tiny_sd3, settings)
     fqn = "transformer_blocks.0.attn"
     s = discover(tiny_sd3.denoiser).structures[fqn]

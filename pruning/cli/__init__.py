@@ -1,8 +1,9 @@
 """``python -m pruning <command>``: the library, headless. One module per command group:
 
 * :mod:`~pruning.cli.inspect`: ``info``, ``generate``
-* :mod:`~pruning.cli.score`: ``score <method>`` for every registered method, with the paper
-  names as shortcuts (``sweep`` = LD-Pruner, ``ecodiff``, ``taylor``), and ``prune``
+* :mod:`~pruning.cli.score`: ``score <method>`` for every registered method, with the shortcuts
+  each method names (``sweep`` = LD-Pruner, ``ecodiff``, ``diffpruning`` and its older name
+  ``taylor``), and ``prune``
 * :mod:`~pruning.cli.outputs`: ``export``, ``materialize``, ``reconstruct``, ``recover``, ``lora``
 * :mod:`~pruning.cli.compare`: ``compare``
 
@@ -42,15 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser with one subparser per registered command (the groups register themselves)."""
     for module in GROUPS:
         importlib.import_module(module)
+    commands = {}
+    for name, cmd in COMMANDS.items():  # each method's shortcuts right after `score`, from the registry now
+        commands[name] = cmd
+        if name == "score":
+            commands.update(importlib.import_module("pruning.cli.score").shortcut_commands())
     parser = Parser(prog=PROG, description="Structural pruning of diffusion models (SD, SDXL, FLUX).")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and progress bars")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
     sub.required = True
-    for cmd in COMMANDS.values():
+    for cmd in commands.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.arguments(p)
         p.set_defaults(_run=cmd.run)
-    parser._commands = dict(COMMANDS)
+    parser._commands = commands
     return parser
 
 

@@ -26,8 +26,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--sparsities", nargs="+", default=["0.1", "0.2", "0.3", "0.5"], metavar="F",
                    help="target fractions of params to remove, each in (0, 1) (default 0.1 0.2 0.3 0.5)")
-    p.add_argument("--methods", nargs="+", default=methods.names(), choices=methods.names(), metavar="METHOD",
-                   help=f"any of {', '.join(methods.names())} (default: all)")
+    p.add_argument("--methods", nargs="+", default=methods.names(), choices=[*methods.names(), *methods.ALIASES],
+                   metavar="METHOD", help=f"any of {', '.join(methods.names())} (default: all)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--out", help="comparison table (.csv); not needed with --estimate")
     add_estimate_args(p)

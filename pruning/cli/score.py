@@ -1,16 +1,18 @@
-"""``score <method>`` for every registered method (options generated from its settings class),
-the paper-named shortcuts ``sweep`` (LD-Pruner), ``ecodiff`` and ``taylor``, and ``prune``
-(a plan from any scores file)::
+"""``score <method>`` for every registered method (options generated from its settings class, each
+with the help its settings field gives), the shortcuts each method names in its ``commands``
+(``sweep`` for LD-Pruner, ``ecodiff``, ``diffpruning`` and its older name ``taylor``), and
+``prune`` (a plan from any scores file)::
 
     python -m pruning score ldpruner --model tiny-shapes-sd --n-gen 8 --out scores.csv
     python -m pruning sweep --model tiny-shapes-sd --out scores.csv                 # the same
     python -m pruning ecodiff --model tiny-shapes-sd --epochs 2 --out mask.safetensors
     python -m pruning prune --model tiny-shapes-sd --scores mask.safetensors --target-sparsity 0.2 --out plan.json
 
-Under ``accelerate launch --num_processes N -m pruning sweep|ecodiff|taylor ...`` the work is
-split across the processes (the sweep's operators; EcoDiff's and Taylor's prompts, their
-gradients summed, see :mod:`pruning.parallel`) and rank 0 writes the result, equal to a
-single-process run (within float tolerance for EcoDiff and Taylor).
+Under ``accelerate launch --num_processes N -m pruning sweep|ecodiff|diffpruning ...`` the work is
+split across the processes (a ``sharded`` method's own split, the sweep's operators; a
+``data_parallel`` method's prompts, EcoDiff's and Diff-Pruning's, their gradients summed, see
+:mod:`pruning.parallel`) and rank 0 writes the result, equal to a single-process run (within
+float tolerance for the data-parallel ones).
 
 Chunked runs (:mod:`pruning.chunks`): ``--chunk-s SECONDS`` (or ``--chunk-units N``) runs at
 most one chunk and ``--state FILE`` keeps where the run stands. Run the same command again
@@ -18,7 +20,7 @@ until it exits 0: exit code 3 (:data:`CHUNK_NOT_DONE`) means "chunk done, the ru
 finished, the state is saved"; the scores are written to ``--out`` once the run is finished.
 The state file is never deleted (it is not needed any more once the run is done)::
 
-    python -m pruning taylor --model tiny-shapes-sd --out s.csv --chunk-s 60 --state run.safetensors
+    python -m pruning diffpruning --model tiny-shapes-sd --out s.csv --chunk-s 60 --state run.safetensors
 
 >>> from pruning.cli import build_parser
 >>> a = build_parser().parse_args(["sweep", "--model", "m", "--out", "s.csv", "--prompts", "a", "b", "--n-gen", "4"])
@@ -42,13 +44,14 @@ from ..chunks import score_chunk
 from ..errors import RunDiverged, SettingsError, StateMismatch
 from ..estimate import estimate
 from ..files import atomic_write
-from ..methods import Scores, ldpruner
 from ..methods.select import plan_from_operator_scores
+from ..methods.sweep_table import mac_resolution
 from ..native import describe, report
 from ..parallel import Processes
 from ..runs import Budget, RunControl, RunState
 from ..sampling import count_inputs
 from .common import (
+    Command,
     Parser,
     add_command,
     add_estimate_args,
@@ -64,10 +67,16 @@ from .common import (
     writable,
 )
 
-SHORTCUTS = {"sweep": "ldpruner", "ecodiff": "ecodiff", "taylor": "taylor"}  # command -> method
-DATA_PARALLEL = ("ecodiff", "taylor")  # methods whose prompts split across launched processes
 CHUNK_NOT_DONE = 3  # exit code: one chunk done, the run is not finished (its state is saved)
-UNITS = {"ldpruner": "operators", "ecodiff": "optimizer steps", "taylor": "timesteps (at most)"}
+
+
+def shortcuts() -> dict[str, str]:
+    """Command -> method name: the shortcuts the registered methods name (``Method.commands``).
+
+    >>> shortcuts()["sweep"], shortcuts()["taylor"]
+    ('ldpruner', 'diffpruning')
+    """
+    return {c: name for name in methods.names() for c in methods.get(name).commands}
 
 
 def _method_args(p: argparse.ArgumentParser, method) -> None:
@@ -96,7 +105,8 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     sub.required = True
     for name in methods.names():
         m = methods.get(name)
-        _method_args(sub.add_parser(name, help=m.summary, description=f"{m.title}: {m.summary}"), m)
+        _method_args(sub.add_parser(name, aliases=list(m.aliases), help=m.summary,
+                                    description=f"{m.title}: {m.summary}"), m)
 
 
 def _distributed() -> bool:
@@ -155,13 +165,14 @@ def _run_chunk(h, name: str, settings, control, budget, path):
 
 def run_score(args, name: str) -> int:
     m = methods.get(name)
+    name = m.name  # an older name given on the command line
     if args.estimate:
         seconds = check_budget(args)
         settings = settings_from_args(m, args)
         h = load_handle(args)
         if getattr(args, "preset", None):
             settings = settings_from_args(m, args, preset=args.preset, family=h.family)
-        _preset_note(name, args, h)
+        _preset_note(m, args, h)
         print_estimate(estimate(h, name, settings, budget_s=seconds))
         return 0
     if not args.out:
@@ -176,20 +187,21 @@ def run_score(args, name: str) -> int:
     check_io(args, {"--state": state_path})
     processes = None
     if _distributed():
-        if name == "ldpruner":
+        if m.sharded:
             if budget is not None or state_path is not None:
-                raise SettingsError("the sweep split by accelerate launch runs in one go: drop --chunk-s / "
+                raise SettingsError(f"{m.title} split by accelerate launch runs in one go: drop --chunk-s / "
                                     "--chunk-units / --state, or run it in one process")
-            return _sharded_sweep(args, settings)
-        if name not in DATA_PARALLEL:
-            raise SettingsError(f"{name} does not split across processes ({', '.join(['sweep', *DATA_PARALLEL])} "
-                                "do): run it without accelerate launch")
+            return _sharded(args, m, settings)
+        if not m.data_parallel:
+            splits = [n for n in methods.names() if methods.get(n).sharded or methods.get(n).data_parallel]
+            raise SettingsError(f"{name} does not split across processes ({', '.join(splits)} do): run it "
+                                "without accelerate launch")
         processes = Processes.launched(_launch(args))
     main = processes is None or processes.main
     h = load_handle(args)
     if getattr(args, "preset", None):  # a family's preset: known once the model is loaded
         settings = settings_from_args(m, args, preset=args.preset, family=h.family)
-    _preset_note(name, args, h)
+    _preset_note(m, args, h)
     control, bar = _control(args, m.title, processes)
     resume = None
     try:
@@ -210,7 +222,7 @@ def run_score(args, name: str) -> int:
             resume.save(state_path)
             work_done()
             done, total = control.done
-            where = f"at {done}/{total} {UNITS.get(name, 'units')}" if total else "while preparing (nothing scored yet)"
+            where = f"at {done}/{total} {m.work_unit}" if total else "while preparing (nothing scored yet)"
             print(f"chunk     ended {where}{f' on {count} processes' if count > 1 else ''}: the run is not "
                   f"finished, nothing written to {str(out)!r} yet")
             print(f"state     saved to {state_path}: run the same command again to continue "
@@ -227,14 +239,13 @@ def run_score(args, name: str) -> int:
     return 0
 
 
-def _preset_note(name: str, args, handle) -> None:
-    """The sweep's proxy or fast score: one line with its measured agreement with the full sweep."""
-    if name == "ldpruner" and getattr(args, "preset", None) == "proxy":
-        print(f"proxy     {ldpruner.proxy_note(handle.model_ref)}")
-    if name == "ldpruner" and getattr(args, "preset", None) == "fast":
-        from ..methods.ablation import fast_note
-
-        print(f"fast      {fast_note(handle.model_ref)}")
+def _preset_note(m, args, handle) -> None:
+    """The chosen preset's note, when the method has one (the sweep's proxy or fast score: its
+    measured agreement with the full sweep)."""
+    preset = getattr(args, "preset", None)
+    note = m.preset_note(preset, handle.model_ref) if preset else None
+    if note:
+        print(f"{preset:<9} {note}")
 
 
 def _report(scores, path, processes: int = 1) -> None:
@@ -248,17 +259,16 @@ def _report(scores, path, processes: int = 1) -> None:
     print(f"wrote     {path}" + ("" if path.suffix == ".safetensors" else f" (+ {path.name}.json)"))
 
 
-def _sharded_sweep(args, settings) -> int:
+def _sharded(args, m, settings) -> int:
+    """A ``sharded`` method's own split of its work across the launched processes."""
     state = _launch(args)
     h = load_handle(args)
     if getattr(args, "preset", None):  # as in run_score: the preset is known once the model is loaded
-        settings = settings_from_args(methods.get("ldpruner"), args, preset=args.preset, family=h.family)
+        settings = settings_from_args(m, args, preset=args.preset, family=h.family)
     if state.is_main_process:
-        _preset_note("ldpruner", args, h)
-    df = ldpruner.sweep_sharded(h, settings, state=state, show_progress=bool(args.verbose))
+        _preset_note(m, args, h)
+    scores = m.score_sharded(h, settings, state=state, show_progress=bool(args.verbose))
     if state.is_main_process:
-        scores = Scores("ldpruner", "operator", df, h.model_ref, df.attrs["settings"], False,
-                        {"scored": len(df), "total": len(df)})
         _report(scores, scores.write(args.out), state.num_processes)
     _end_launch()
     return 0
@@ -269,20 +279,21 @@ def cmd_score(args) -> int:
     return run_score(args, args.method)
 
 
-def _shortcut(command: str, method: str):
+def _shortcut(command: str, method: str) -> Command:
     def arguments(p):
         _method_args(p, methods.get(method))
 
     def run(args):
         return run_score(args, method)
 
-
     m = methods.get(method)
-    add_command(command, help=f"{m.title}: the same as `score {method}`", arguments=arguments)(run)
+    return Command(command, f"{m.title}: the same as `score {m.name}`", arguments, run)
 
 
-for _command, _method in SHORTCUTS.items():
-    _shortcut(_command, _method)
+def shortcut_commands() -> dict[str, Command]:
+    """One command per shortcut the methods registered now name (``Method.commands``): the parser
+    asks for them each time it is built, so a method registered at run time has its own."""
+    return {command: _shortcut(command, method) for command, method in shortcuts().items()}
 
 
 # ----------------------------------------------------------------------------- prune
@@ -291,7 +302,7 @@ for _command, _method in SHORTCUTS.items():
 def _prune_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--scores", "--mask", "--taylor", dest="scores", required=True, metavar="PATH",
-                   help="scores written by `score` / `sweep` / `ecodiff` / `taylor` (any method)")
+                   help="scores written by `score` or a method's own command (any method)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-sparsity", metavar="F", help="remove the lowest-scoring parts until this "
                         "fraction of the params is gone, in (0, 1)")
@@ -322,7 +333,7 @@ def cmd_prune(args) -> int:
     else:
         prov = {"method": scores.method, "settings": dict(scores.settings), "partial_scores": scores.partial}
         plan = plan_from_operator_scores(h, scores.table, target_macs=args.target_macs, operators=args.operators,
-                                         provenance=prov, resolution=ldpruner.mac_resolution(scores.settings))
+                                         provenance=prov, resolution=mac_resolution(scores.settings))
     s = plan.summary(h.denoiser, **count_inputs(h))
     with atomic_write(out) as tmp:
         tmp.write_text(plan.to_json() + "\n")

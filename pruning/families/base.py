@@ -15,6 +15,29 @@ import torch
 from torch import nn
 
 
+def cond_kwargs(cond) -> dict:
+    """The denoiser's conditioning kwargs of a :class:`Trajectory` (its ``cond``) or a plain dict."""
+    return cond.cond if isinstance(cond, Trajectory) else dict(cond)
+
+
+def flow_sigma(t, n_train: int, x0: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """A flow family's noise level sigma = t / n_train: ``((B,) sigma x scale, the denoiser's
+    timestep; sigma broadcastable against x0)``, for one timestep (a number) or one per sample
+    (a (B,) tensor).
+
+    >>> s, b = flow_sigma(torch.tensor([0.0, 500.0]), 1000, torch.zeros(2, 16, 4))
+    >>> s.tolist(), tuple(b.shape)
+    ([0.0, 0.5], (2, 1, 1))
+    >>> flow_sigma(250, 1000, torch.zeros(2, 16, 4), scale=1000)[0].tolist()
+    [250.0, 250.0]
+    """
+    if torch.is_tensor(t):
+        sigma = (t.to(x0.device, torch.float32) / n_train).to(x0.dtype)
+        return sigma * scale, sigma.view(-1, *(1,) * (x0.dim() - 1))  # (B,) -> (B, 1, ...)
+    sigma = t / n_train
+    return torch.full((x0.shape[0],), sigma * scale, dtype=x0.dtype, device=x0.device), sigma
+
+
 @dataclass
 class Trajectory:
     """Everything a step needs besides z_i. Tensors are fixed (no grad)."""
@@ -117,14 +140,22 @@ class Family:
         """(state dict, network alphas) as the pipeline's ``load_lora_weights`` reads a LoRA file."""
         return pipeline_class.lora_state_dict(tensors)
 
-    # ------------------------------------------------------------------ methods/diffpruning.py
+    # ------------------------------------------------------------------ methods/diffpruning.py, tiny/train.py
     def taylor_guidance(self, handle) -> float:
         """Guidance of Taylor's conditional pass (1.0: no CFG; embedded guidance where distilled)."""
         return 1.0
 
-    def train_loss(self, handle, x0: torch.Tensor, noise: torch.Tensor, cond, t: int) -> torch.Tensor:
-        """The denoising objective at integer timestep t in [0, num_train_timesteps)."""
+    def train_loss(self, handle, x0: torch.Tensor, noise: torch.Tensor, cond, t) -> torch.Tensor:
+        """The denoising objective (the model's training loss) at timestep ``t`` in
+        [0, num_train_timesteps): one int for every sample, or a (B,) tensor, one per sample (see
+        :meth:`train_timesteps`). ``x0`` and ``noise`` as the denoiser consumes latents (see
+        :meth:`pack`); ``cond``: a ``Trajectory`` or a dict of the denoiser's conditioning kwargs."""
         raise NotImplementedError
+
+    def train_timesteps(self, batch: int, generator: torch.Generator, n_train: int) -> torch.Tensor:
+        """(batch,) timesteps drawn as this family's models train: uniform integers in [0, n_train)
+        (DDPM); the flow families draw a logit-normal sigma (fractional timesteps)."""
+        return torch.randint(0, n_train, (batch,), generator=generator)
 
     # ------------------------------------------------------------------ native.py
     def native_blockers(self, denoiser: nn.Module, plan) -> list[str]:

@@ -20,7 +20,7 @@ from ..catalog import discover
 from ..replacements import EmptyAttention, IdentityFluxBlock
 from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter, set_heads
 from ..tiny import parts
-from .base import Family, Trajectory
+from .base import Family, Trajectory, cond_kwargs, flow_sigma
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
 DEFAULT_FLUX_SAMPLE = 128  # latent pixels (1024 px / 8), packed 2x2 into 64x64 = 4096 tokens
@@ -276,12 +276,15 @@ class FluxFamily(Family):
         return handle.defaults["guidance"] if embedded else 1.0
 
     def train_loss(self, handle, x0, noise, cond, t):
-        n_train = handle.pipe.scheduler.config.num_train_timesteps
-        sigma = t / n_train
+        """Rectified flow on packed latents: z_t = (1 - s) x0 + s noise, target noise - x0; FLUX reads t = s."""
+        timestep, sigma = flow_sigma(t, handle.pipe.scheduler.config.num_train_timesteps, x0)
         zt = (1 - sigma) * x0 + sigma * noise
-        timestep = torch.full((x0.shape[0],), sigma, dtype=x0.dtype, device=x0.device)
-        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond.cond)[0]
+        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond_kwargs(cond))[0]
         return torch.nn.functional.mse_loss(pred, noise - x0)
+
+    def train_timesteps(self, batch, generator, n_train):
+        """A logit-normal sigma in (0, 1) per sample, as a timestep sigma * n_train."""
+        return torch.sigmoid(torch.randn(batch, generator=generator)) * n_train
 
     def tiny_components(self):
         """2 double and 2 single blocks of width 64, a CLIP and a T5 text encoder."""

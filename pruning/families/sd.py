@@ -25,7 +25,7 @@ from ..native import renumber
 from ..replacements import IdentityTransformer, ResnetShortcut
 from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter
 from ..tiny import parts
-from .base import Family, Trajectory
+from .base import Family, Trajectory, cond_kwargs
 
 _SD_COMMON = {
     "act_fn": "silu",
@@ -304,11 +304,12 @@ class UNetFamily(Family):
     def train_loss(self, handle, x0, noise, cond, t):
         den = handle.denoiser
         sched = DDPMScheduler.from_config(handle.pipe.scheduler.config)
-        tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
+        tt = (t.to(x0.device, torch.long) if torch.is_tensor(t)
+              else torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device))  # (B,)
         zt = sched.add_noise(x0, noise, tt)
         kind = sched.config.prediction_type
         target = noise if kind == "epsilon" else (sched.get_velocity(x0, noise, tt) if kind == "v_prediction" else x0)
-        pred = den(zt, tt, return_dict=False, **cond.cond)[0]
+        pred = den(zt, tt, return_dict=False, **cond_kwargs(cond))[0]
         return torch.nn.functional.mse_loss(pred, target)
 
 

@@ -31,7 +31,7 @@ from ..catalog import discover
 from ..replacements import IdentityFluxBlock
 from ..specs import Operator
 from ..tiny import parts
-from .base import Family, Trajectory
+from .base import Family, Trajectory, cond_kwargs, flow_sigma
 
 # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
 SD3_MEDIUM_TRANSFORMER = {
@@ -268,12 +268,14 @@ class SD3Family(Family):
     # ------------------------------------------------------------------ Taylor
     def train_loss(self, handle, x0, noise, cond, t):
         """Rectified flow: z_t = (1 - s) x0 + s noise, target noise - x0; SD3 reads t = 1000 s."""
-        n_train = handle.pipe.scheduler.config.num_train_timesteps
-        sigma = t / n_train
+        timestep, sigma = flow_sigma(t, handle.pipe.scheduler.config.num_train_timesteps, x0, scale=1000)
         zt = (1 - sigma) * x0 + sigma * noise
-        timestep = torch.full((x0.shape[0],), sigma * 1000, dtype=x0.dtype, device=x0.device)
-        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond.cond)[0]
+        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond_kwargs(cond))[0]
         return torch.nn.functional.mse_loss(pred, noise - x0)
+
+    def train_timesteps(self, batch, generator, n_train):
+        """A logit-normal sigma in (0, 1) per sample, as a timestep sigma * n_train."""
+        return torch.sigmoid(torch.randn(batch, generator=generator)) * n_train
 
     # ------------------------------------------------------------------ tests
     def tiny_components(self) -> dict:

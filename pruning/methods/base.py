@@ -37,6 +37,7 @@ from ..loading import same_weights
 from ..plan import PruningPlan
 from ..runs import RunControl, RunState
 from ..validate import LIMITS, choice, few, fraction, read_json, shown
+from .cost import MethodCost
 from .select import LayerBudget, plan_from_operator_scores, plan_from_unit_scores
 
 DIRECTION = "low = prunable"  # every method's scores: the lowest-scoring parts are removed first
@@ -163,7 +164,7 @@ class Scores:
     @classmethod
     def _from_meta(cls, m: Mapping, table: pd.DataFrame, what: str) -> Scores:
         """Scores from read metadata, every field checked: the method is a registered one, the level
-        its level, the settings valid settings of that method (its settings class builds them: unknown
+        its level (an older name of it is read as its name), the settings valid settings of that method (its settings class builds them: unknown
         names, wrong types and out-of-range values are refused), the info a JSON object."""
         from .registry import get
 
@@ -191,7 +192,7 @@ class Scores:
         except TypeError as e:  # a settings class that takes no such argument
             raise SettingsError(f"{what}: its settings are not valid {method.name} settings: {e}") from None
         try:
-            return cls(m["method"], m["level"], table, m["model_ref"], m["settings"], m["partial"], m["info"])
+            return cls(method.name, m["level"], table, m["model_ref"], m["settings"], m["partial"], m["info"])
         except SettingsError as e:
             raise SettingsError(f"{what}: {e}") from None
 
@@ -246,21 +247,38 @@ class Scores:
 
 
 def settings_fields(settings_cls) -> list[dict]:
-    """The user-facing fields of a settings dataclass: name, default, help, kind, choices (for the
-    CLI's generated options and the app's controls)."""
+    """The user-facing fields of a settings dataclass, for the CLI's generated options, the app's
+    controls and the guide: ``name``, ``default``, ``help`` (plain words, the paper's name in
+    brackets), ``kind`` ("int", "float", "str", "ints", "strs", "choice", "choices"),
+    ``choices``, ``label`` (a control's short label), ``basic`` (shown among a method's first
+    controls), ``low`` / ``high`` / ``step`` (a slider's range, where one makes sense) and
+    ``quick`` (the value for a quick interactive run on a CPU; the default when not set).
+
+    >>> @dataclass(frozen=True)
+    ... class S:
+    ...     stride: int = opt(50, "score every n-th noise level", "int", label="noise-level stride", quick=100)
+    >>> [(f["name"], f["label"], f["default"], f["quick"], f["basic"]) for f in settings_fields(S)]
+    [('stride', 'noise-level stride', 50, 100, False)]
+    """
     out = []
     for f in fields(settings_cls):
         if f.metadata.get("hidden"):
             continue
         default = f.default if f.default is not MISSING else (
             f.default_factory() if f.default_factory is not MISSING else None)
-        out.append({"name": f.name, "default": default, "help": f.metadata.get("help", ""),
-                    "kind": f.metadata.get("kind", "str"), "choices": f.metadata.get("choices")})
+        md = f.metadata
+        out.append({"name": f.name, "default": default, "help": md.get("help", ""),
+                    "kind": md.get("kind", "str"), "choices": md.get("choices"),
+                    "label": md.get("label") or f.name.replace("_", " "), "basic": bool(md.get("basic", False)),
+                    "low": md.get("low"), "high": md.get("high"), "step": md.get("step"),
+                    "quick": md.get("quick", default)})
     return out
 
 
 def opt(default, help: str, kind: str, choices=None, **extra):
-    """A settings field with its user-facing help (shown by the CLI and the app)."""
+    """A settings field with its user-facing help (shown by the CLI and the app). ``extra``: the
+    control's ``label``, ``basic=True`` (among the method's first controls), ``low`` / ``high`` /
+    ``step`` (a slider), ``quick`` (the value of a quick interactive run), ``hidden=True``."""
     return field(default=default, metadata={"help": help, "kind": kind, "choices": choices, **extra})
 
 
@@ -268,22 +286,74 @@ def opt(default, help: str, kind: str, choices=None, **extra):
 
 
 class Method:
-    """A scoring method. Subclasses set the class attributes and implement :meth:`score`."""
+    """A scoring method. Subclasses set the class attributes and implement :meth:`score` and
+    :meth:`cost`; everything else that shows a method (the CLI, the estimator, a comparison, the
+    app) reads it from here, so a new method is one module and one registration.
+
+    Names: ``name`` is the one registry name (its module's name where it has one module, its CLI
+    command ``score <name>``, the ``method`` field of its scores, plans and run states);
+    ``aliases`` are older names still read in those files and on the command line; ``title`` is
+    its name for people.
+    """
 
     name: ClassVar[str]
-    title: ClassVar[str]  # e.g. "Operator sweep (LD-Pruner)"
+    title: ClassVar[str]  # for people, e.g. "Operator sweep (LD-Pruner)"
     summary: ClassVar[str]  # one plain-words sentence for the app and ``--help``
     level: ClassVar[str]  # "operator" | "unit"
     Settings: ClassVar[type]
+    aliases: ClassVar[tuple[str, ...]] = ()  # older names, still read in files and on the command line
+    commands: ClassVar[tuple[str, ...]] = ()  # CLI shortcuts besides `score <name>` (e.g. "sweep")
+    work_unit: ClassVar[str] = "units"  # what a chunk's progress counts (e.g. "optimizer steps")
+    data_parallel: ClassVar[bool] = False  # under `accelerate launch` its prompts split across the processes
+    sharded: ClassVar[bool] = False  # under `accelerate launch` it runs :meth:`score_sharded` (its own split)
     data_free: ClassVar[bool] = False  # True: no generation needed; scoring takes well under a second
     presets: ClassVar[tuple[str, ...]] = ("ours",)  # named starting points for the settings (the first: the defaults)
+    preset_titles: ClassVar[dict[str, str]] = {}  # preset -> its name for people (default: the preset)
+    preset_help: ClassVar[str] = ""  # plain words on what the presets set
     chunkable: ClassVar[bool] = True  # False: its run cannot stop at a chunk boundary and resume (one chunk)
     budget_preset: ClassVar[str | None] = None  # the preset to suggest when the defaults exceed one GPU call's budget
 
-    def preset_note(self, preset: str, model_ref: str | None = None) -> str:
-        """What a preset trades, measured where it was (e.g. a shortcut's agreement with the full
-        run on ``model_ref``), for the app to show beside the choice; "" when there is nothing to say."""
-        return ""
+    # ------------------------------------------------------------------ what it shows people
+
+    def fields(self) -> list[dict]:
+        """Its user-facing settings (:func:`settings_fields`): what the CLI's options, the app's
+        controls and the guide show, with their plain-words help."""
+        return settings_fields(self.Settings)
+
+    def setting_help(self) -> dict[str, str]:
+        """``{setting: plain-words help}`` of its user-facing settings."""
+        return {f["name"]: f["help"] for f in self.fields()}
+
+    def quick_values(self) -> dict:
+        """The settings values of a quick interactive run (fields whose ``quick`` differs from the default)."""
+        return {f["name"]: f["quick"] for f in self.fields() if f["quick"] != f["default"]}
+
+    def quick_settings(self, prompts=None, **values) -> Any:
+        """Settings of a quick interactive run (the app's first values, its guide's estimates): the
+        fields' quick values, ``prompts`` where the method takes prompts, then ``values``."""
+        takes = {f.name for f in fields(self.Settings)}
+        given = {"prompts": tuple(prompts)} if prompts is not None and "prompts" in takes else {}
+        return self.settings(**{**self.quick_values(), **given, **values})
+
+    def preset_title(self, preset: str) -> str:
+        return self.preset_titles.get(preset, preset)
+
+    def preset_note(self, preset: str | None, model_ref: str) -> str | None:
+        """One line to show when ``preset`` is chosen for ``model_ref`` (e.g. a proxy's measured
+        agreement with the full run), or None."""
+        return None
+
+    # ------------------------------------------------------------------ what a run costs
+
+    def cost(self, handle, settings, step) -> MethodCost:
+        """The predicted cost of one :meth:`score` run with ``settings`` (already resolved for the
+        model): count the denoiser calls the run makes and price them with ``step`` (a
+        :class:`~pruning.estimate.StepCost`: timed calls on this device), see
+        :mod:`pruning.methods.cost`. A method that does not say is refused, never guessed."""
+        raise SettingsError(f"method {self.name!r} does not say what a run costs: it defines no cost() "
+                            "(see pruning.methods.cost), so no estimate can be given")
+
+    # ------------------------------------------------------------------ settings
 
     def settings(self, preset: str | None = None, family: str | None = None, **values) -> Any:
         """Validated settings (unknown names are refused); ``preset`` (one of ``presets``) gives
@@ -312,13 +382,30 @@ class Method:
             raise SettingsError(f"{self.name} runs in one chunk; there is no state to resume")
         return self.score(handle, settings, control=control), None
 
-    def comparison_settings(self, calib: tuple[str, ...]) -> dict:
+    def comparison_settings(self, calib: tuple[str, ...], quick: bool = False) -> dict:
         """What a method comparison (``compare_methods``, the app's How much? tab, the Q benchmarks)
         sets for this method beyond the shared calibration prompts and steps: by default every unit
-        kind, so unit methods compare on the same structures. A method overrides it with its own."""
+        kind, so unit methods compare on the same structures; ``quick`` (an interactive comparison
+        on a CPU) adds the fields' quick values. A method overrides it with its own."""
         from ..catalog import UNIT_KINDS
 
-        return {"kinds": UNIT_KINDS} if "kinds" in {f.name for f in fields(self.Settings)} else {}
+        out = {"kinds": UNIT_KINDS} if "kinds" in {f.name for f in fields(self.Settings)} else {}
+        return {**out, **self.quick_values()} if quick else out
+
+    def comparison_draws(self, settings, draws: int) -> list:
+        """The settings of each run a comparison scores and evaluates for this method: one by
+        default; a method whose scores are a random draw (the random baseline) gives ``draws``."""
+        return [settings]
+
+    def comparison_runs(self, settings, sparsities) -> int:
+        """How many scoring runs a comparison at ``sparsities`` makes (one by default; a method
+        whose selection depends on the target runs once per target, as OBS-Diff)."""
+        return 1
+
+    def score_sharded(self, handle, settings, *, state, show_progress: bool = False) -> Scores:
+        """Its own split of the work across the processes of an ``accelerate launch`` (``state``:
+        accelerate's ``PartialState``); only for ``sharded`` methods."""
+        raise SettingsError(f"{self.name} does not split its work across processes")
 
     def rebuild(self, handle, plan: PruningPlan):
         """The slim denoiser of a plan whose ``reconstruction`` names this method (a method that

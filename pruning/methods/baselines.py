@@ -15,7 +15,7 @@ Both are data free (no generation) and score the units of the chosen structure k
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 import torch
@@ -24,6 +24,7 @@ from .. import validate
 from ..catalog import UNIT_KINDS, discover, unit_totals
 from ..runs import RunControl
 from .base import Method, Scores, opt
+from .cost import MethodCost, weights_only
 
 
 def magnitude_scores(handle, kinds=UNIT_KINDS) -> dict[str, torch.Tensor]:
@@ -49,7 +50,8 @@ def unit_table(handle, scores: dict[str, torch.Tensor]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class BaselineSettings:
-    kinds: tuple[str, ...] = opt(UNIT_KINDS, "structure kinds to score: head, neuron, group", "choices", UNIT_KINDS)
+    kinds: tuple[str, ...] = opt(UNIT_KINDS, "which units are scored: attention heads (head), FFN neurons (neuron), "
+                                 "resnet channel groups (group)", "choices", UNIT_KINDS, label="units", basic=True)
     seed: int = opt(0, "random draw (random only)", "int")
 
     def __post_init__(self):
@@ -71,6 +73,9 @@ class Magnitude(Method):
     def scores(self, handle, s: BaselineSettings) -> dict[str, torch.Tensor]:
         return magnitude_scores(handle, s.kinds)
 
+    def cost(self, handle, settings, step) -> MethodCost:
+        return weights_only(handle)
+
     def score(self, handle, settings=None, *, control: RunControl | None = None) -> Scores:
         s = settings or self.Settings()
         return Scores(self.name, "unit", unit_table(handle, self.scores(handle, s)), handle.model_ref, s.to_dict())
@@ -83,6 +88,10 @@ class Random(Magnitude):
 
     def scores(self, handle, s: BaselineSettings) -> dict[str, torch.Tensor]:
         return random_scores(handle, s.kinds, s.seed)
+
+    def comparison_draws(self, settings: BaselineSettings, draws: int) -> list[BaselineSettings]:
+        """``draws`` independent draws (seeds 0 .. draws-1): a comparison shows their spread."""
+        return [replace(settings, seed=d) for d in range(draws)]
 
 
 MAGNITUDE, RANDOM = Magnitude(), Random()

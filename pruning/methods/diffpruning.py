@@ -28,6 +28,7 @@ the same timestep) and accumulates the same gradient sums as one process would.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -50,6 +51,15 @@ from ..runs import RunControl, RunState, StateSchema, as_control
 from ..sampling import spec
 from .base import Method, Scores, opt
 from .baselines import unit_table
+from .cost import MethodCost, generation_seconds, prompt_count, run_spec
+
+NAME = "diffpruning"  # the registry name (scores, plans, run states, the CLI command)
+OLD_NAMES = ("taylor",)  # its name before: still read in files and on the command line
+
+
+def _renamed(state: RunState) -> RunState:
+    """A run state saved under an older name, read as this method's."""
+    return replace(state, what=NAME) if state.what in OLD_NAMES else state
 
 
 class ThresholdRule:
@@ -75,7 +85,7 @@ def timesteps_used(losses: Sequence[float], thr: float = 0.05) -> list[int]:
 
 
 @dataclass(frozen=True)
-class TaylorSettings:
+class DiffPruningSettings:
     """x0 from ``images`` (PIL images / arrays, or a folder of PNG/JPEG files) or, by default,
     generated from ``prompts`` by the original model (data-free). Frozen; checked here."""
 
@@ -86,9 +96,13 @@ class TaylorSettings:
     steps: int | None = opt(None, "sampling steps for the generated images (default: the model's)", "int")
     guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
     resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
-    stride: int = opt(50, "timestep stride: score every stride-th of the 1000 training timesteps", "int")
-    thr: float = opt(0.05, "thr: stop once the loss falls below thr x its maximum (the paper: 0-0.1)", "float")
-    kinds: tuple[str, ...] = opt(UNIT_KINDS, "structures to score: head, neuron, group", "choices", UNIT_KINDS)
+    stride: int = opt(50, "score every n-th of the 1000 noise levels [timestep stride, Diff-Pruning]: larger = "
+                      "faster", "int", label="noise-level stride", basic=True, low=1, high=500, step=1, quick=100)
+    thr: float = opt(0.05, "stop once the loss falls below this fraction of its maximum [thr in Diff-Pruning, "
+                     "0-0.1]", "float", label="stop threshold", basic=True, low=0.0, high=0.5, step=0.01)
+    kinds: tuple[str, ...] = opt(UNIT_KINDS, "which units get an importance score: attention heads (head), FFN "
+                                 "neurons (neuron), resnet channel groups (group)", "choices", UNIT_KINDS,
+                                 label="units", basic=True)
     noise_seed: int = opt(0, "seed of the noise added to the clean images", "int")
     scope: str = opt("global", "how a plan cuts these scores: global (one ranking of the scores, "
                      "at most 75% of any layer) or local (the same fraction of every layer, as the authors' "
@@ -162,7 +176,7 @@ def _encode(handle, images, resolution: int) -> torch.Tensor:
     return families.of(handle).pack(pipe, z)  # FLUX: (B, C, H, W) -> (B, H/2 * W/2, 4C)
 
 
-def _clean_latents(handle, s: TaylorSettings, control=None, conditioning_only: bool = False,
+def _clean_latents(handle, s: DiffPruningSettings, control=None, conditioning_only: bool = False,
                    processes: Processes = SINGLE):
     """(x0 as the denoiser consumes it, conditioning trajectory) of this process's share of the
     images (None for an empty share); with ``conditioning_only`` just the conditioning (x0 is
@@ -226,7 +240,7 @@ def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=UNIT_KINDS) -> d
     return unit_totals(handle.denoiser, lambda name, w: (w.detach().float() * grads[name].float()).abs(), kinds)
 
 
-def importance(handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None,
+def importance(handle, settings: DiffPruningSettings | None = None, *, control: RunControl | None = None,
                show_progress: bool = False, state: RunState | None = None) -> pd.DataFrame:
     """One row per unit: fqn, kind, component, index, importance. ``attrs`` hold the timesteps
     used, their losses and whether ``control`` cut the run short (``partial``).
@@ -244,7 +258,7 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     control = as_control(control)
     ps = control.processes or SINGLE
     inner = control if ps.count == 1 else None  # a stop inside a rollout would leave the others waiting
-    settings = settings or TaylorSettings()
+    settings = settings or DiffPruningSettings()
     if settings.prompts is None and settings.images is None:
         settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
     params = unit_params(handle, settings.kinds)
@@ -252,7 +266,7 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     n_train = handle.pipe.scheduler.config.num_train_timesteps
     ts = list(range(0, n_train, settings.stride))
     if state is not None:
-        state.check("taylor", handle.model_ref, settings.to_dict())
+        state = _renamed(state).check(NAME, handle.model_ref, settings.to_dict())
         used, losses, x0 = _check_state(state, settings, params, ts)
     # a resumed run adds to the state's own sums (no copy: they are the size of the model in fp32)
     grads = {n: (state.tensors[f"grad.{n}"].to(p.device) if state is not None and f"grad.{n}" in state.tensors
@@ -261,11 +275,11 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     def table(scores: dict, partial: bool, resume: bool = False) -> pd.DataFrame:
         df = unit_table(handle, scores).rename(columns={"score": "importance"})
         df.attrs.update(timesteps=used, losses=losses, partial=partial, model_ref=handle.model_ref,
-                        settings=settings.to_dict(), method="taylor",
+                        settings=settings.to_dict(), method=NAME,
                         stopped=(control.reason or "chunk ended") if partial else None)
         if partial and ready:
             whole = x0.detach().cpu() if ps.count == 1 else ps.gather_rows(x0)
-            df.attrs["resume"] = RunState("taylor", handle.model_ref, settings.to_dict(),
+            df.attrs["resume"] = RunState(NAME, handle.model_ref, settings.to_dict(),
                                           {"timesteps": list(used), "losses": list(losses)},
                                           {"x0": whole, **{f"grad.{n}": g for n, g in grads.items()}})
         return df
@@ -325,14 +339,14 @@ def importance(handle, settings: TaylorSettings | None = None, *, control: RunCo
     return table(taylor_scores(handle, grads, settings.kinds) if used else {}, partial)
 
 
-def _n_images(settings: TaylorSettings) -> int:
+def _n_images(settings: DiffPruningSettings) -> int:
     """How many clean images these settings give (prompts filled in)."""
     if settings.images is None:
         return len(settings.prompts)
     return len(_image_files(Path(settings.images))) if isinstance(settings.images, str) else len(settings.images)
 
 
-def _check_state(state: RunState, settings: TaylorSettings, params: dict, ts: list[int]):
+def _check_state(state: RunState, settings: DiffPruningSettings, params: dict, ts: list[int]):
     """A resumed state checked against this model and these settings: ``(timesteps, losses, x0)``.
 
     The timesteps are the first ones of the run's schedule (0, stride, ...) with one finite loss >= 0
@@ -357,32 +371,54 @@ def _check_state(state: RunState, settings: TaylorSettings, params: dict, ts: li
     return used, losses, x0
 
 
-class Taylor(Method):
-    name = "taylor"
+class DiffPruning(Method):
+    name = NAME
+    aliases = OLD_NAMES
     title = "Taylor importance (Diff-Pruning)"
     summary = ("Adds noise to clean images at increasing timesteps and sums |weight x gradient| of the "
                "denoising loss over each unit's weights: low importance = safe to remove.")
     level = "unit"
-    Settings = TaylorSettings
+    Settings = DiffPruningSettings
+    commands = (NAME, *OLD_NAMES)
+    work_unit = "timesteps (at most)"
+    data_parallel = True
     # "authors": VainF/Diff-Pruning's ddpm_prune.py prunes with Torch-Pruning's default
     # global_pruning=False, so every layer loses the same fraction (scope "local")
     presets = ("ours", "authors")
+    preset_titles = {"ours": "ours (default)", "authors": "the authors' scope"}
+    preset_help = ("ours: one ranking of all units (at most 75% of any layer); the authors': the same fraction "
+                   "removed from every layer, as the authors' released script does.")
 
-    def preset_settings(self, preset: str, family: str, **values) -> TaylorSettings:
-        return TaylorSettings(**{"scope": "local", **values})
+    def cost(self, handle, settings: DiffPruningSettings, step) -> MethodCost:
+        """The clean images' generation, then one backward to the weights per timestep (at most
+        1000 / stride of them) and the float32 gradient sums' passes."""
+        s = run_spec(handle, settings)
+        prompts = prompt_count(handle, settings)
+        secs, calls, batch = generation_seconds(step, handle, s, prompts)
+        n_t = math.ceil(1000 / settings.stride)
+        grads = n_t * step.grad_call(prompts, weights=True)
+        numel = sum(p.numel() for p in unit_params(handle, settings.kinds or UNIT_KINDS).values())
+        grads += step.sums_seconds(numel, n_t)
+        # one timestep's backward with its weight gradients, the float32 sums, or the clean images' generation
+        working = max(step.working_bytes(prompts, "weights"), step.working_bytes(batch)) + numel * 4
+        return MethodCost(secs + grads, {"generation calls": calls, "timesteps (at most)": n_t, "batch": prompts},
+                          working, ["a larger timestep stride", "fewer prompts", "fewer steps for the images"])
 
-    def score(self, handle, settings: TaylorSettings | None = None, *, control: RunControl | None = None) -> Scores:
+    def preset_settings(self, preset: str, family: str, **values) -> DiffPruningSettings:
+        return DiffPruningSettings(**{"scope": "local", **values})
+
+    def score(self, handle, settings: DiffPruningSettings | None = None, *, control: RunControl | None = None) -> Scores:
         return self.run(handle, settings, control=control)[0]
 
-    def check_state(self, handle, settings: TaylorSettings | None, state: RunState) -> None:
-        settings = settings or TaylorSettings()
+    def check_state(self, handle, settings: DiffPruningSettings | None, state: RunState) -> None:
+        settings = settings or DiffPruningSettings()
         if settings.prompts is None and settings.images is None:
             settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
-        state.check("taylor", handle.model_ref, settings.to_dict())
+        _renamed(state).check(self.name, handle.model_ref, settings.to_dict())
         n_train = handle.pipe.scheduler.config.num_train_timesteps
         _check_state(state, settings, unit_params(handle, settings.kinds), list(range(0, n_train, settings.stride)))
 
-    def run(self, handle, settings: TaylorSettings | None = None, *, state: RunState | None = None,
+    def run(self, handle, settings: DiffPruningSettings | None = None, *, state: RunState | None = None,
             control: RunControl | None = None):
         df = importance(handle, settings, control=control, state=state)
         resume = df.attrs.pop("resume", None)
@@ -394,4 +430,4 @@ class Taylor(Method):
         return scores, resume
 
 
-METHOD = Taylor()
+METHOD = DiffPruning()

@@ -52,6 +52,7 @@ from ..prompts import calibration_prompts
 from ..rollout import Trajectory, prepare, rollout, step
 from ..runs import RunControl, RunState, StateSchema, as_control
 from .base import Method, Scores, opt
+from .cost import MethodCost, generation_calls, latent_bytes, prompt_count, run_spec
 
 DEFAULT_LR = 0.5  # lr 0.2 for 2 epochs lost to random on tiny-shapes-sd
 DEFAULT_EPOCHS = 4
@@ -77,10 +78,15 @@ class EcoDiffSettings:
     steps: int | None = opt(None, "T: denoising steps of each rollout (default: the model's)", "int")
     guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
     resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
-    epochs: int = opt(DEFAULT_EPOCHS, f"passes over the prompts, 1..{MAX_EPOCHS}", "int")
-    batch_size: int = opt(4, "prompts per optimizer step", "int")
-    lr: float = opt(DEFAULT_LR, "learning rate of the gate logits (AdamW)", "float")
-    beta: float = opt(DEFAULT_BETA, "beta: weight of the sparsity regularizer (higher = sparser masks)", "float")
+    epochs: int = opt(DEFAULT_EPOCHS, f"passes over the prompts while learning the gates, 1..{MAX_EPOCHS}", "int",
+                      basic=True, low=1, high=50, step=1)
+    batch_size: int = opt(4, "prompts per learning step (optimizer step)", "int", label="batch size", basic=True,
+                          low=1, high=16, step=1)
+    lr: float = opt(DEFAULT_LR, "learning rate of the gates (AdamW on their logits); too high and the run diverges "
+                    "(it then stops with a message)", "float", label="learning rate", basic=True)
+    beta: float = opt(DEFAULT_BETA, "how hard the gates are pushed to close [beta in the EcoDiff paper, the weight "
+                      "of the sparsity regularizer]: higher = sparser, less faithful", "float", label="sparsity push",
+                      basic=True)
     regularizer: str = opt("l0", "l0: expected kept gates; l1: |lambda|", "choice", REGULARIZERS)
     reg_norm: str = opt("unit", "unit: the regulariser is a mean over all units (the kept fraction); layer: a sum "
                         "over each layer's units, averaged over the layers of each kind (attention, FFN) and "
@@ -89,7 +95,9 @@ class EcoDiffSettings:
                              "the authors' configs use 0.5 (SDXL) and 0.1 (FLUX): calmer gates", "float")
     gate: str = opt("hard_concrete", "hard_concrete (the paper's noisy gates) or sigmoid", "choice",
                     tuple(GATE_TYPES))
-    kinds: tuple[str, ...] = opt(("head", "neuron"), "structures to mask: head, neuron, group", "choices", UNIT_KINDS)
+    kinds: tuple[str, ...] = opt(("head", "neuron"), "which units get a gate: attention heads (head), FFN neurons "
+                                 "(neuron), resnet channel groups (group)", "choices", UNIT_KINDS, label="gates on",
+                                 basic=True)
     checkpointing: str = opt("timestep", "timestep: memory O(1) in T; none: plain autograd (for checks)",
                              "choice", CHECKPOINTING)
     init: float = opt(3.0, "initial gate logit lambda (3: the gates start open)", "float")
@@ -490,7 +498,35 @@ class EcoDiff(Method):
                "the original's, with a penalty that pushes gates to close: low gate = safe to remove.")
     level = "unit"
     Settings = EcoDiffSettings
+    commands = ("ecodiff",)
+    work_unit = "optimizer steps"
+    data_parallel = True
     presets = PRESETS
+    preset_titles = {"ours": "ours (default)", "authors": "the authors' configs"}
+    preset_help = ("ours: per-unit L0 penalty, the paper's gate noise (measured better on the bundled models); the "
+                   "authors' configs: their released SDXL/FLUX settings (calmer gate noise, a per-layer L1 penalty, "
+                   "beta 0.5 for UNets and 0.01 for FLUX). Choosing one fills the sparsity push and learning rate.")
+
+    def cost(self, handle, settings: EcoDiffSettings, step) -> MethodCost:
+        """One rollout per batch for the targets, then per epoch and batch T replayed calls, each
+        with its backward to the input (one call's graph at a time with timestep checkpointing)."""
+        s = run_spec(handle, settings)
+        prompts = prompt_count(handle, settings)
+        b = min(settings.batch_size, prompts)
+        batches = math.ceil(prompts / b)
+        calls, batch = generation_calls(handle, s, b)
+        epochs = settings.epochs
+        target = batches * calls * step.call(batch)
+        train = epochs * batches * calls * (step.call(batch) + step.grad_call(batch))
+        # the rollout's latents (kept for the replay) and every batch's target
+        latents = (s.steps + 1) * latent_bytes(handle, s, batch) + prompts * latent_bytes(handle, s, 1)
+        working = step.working_bytes(batch, "input") + latents
+        if settings.checkpointing == "none":  # the graph of all T steps is held
+            train = epochs * batches * calls * step.grad_call(batch)
+            working = s.steps * step.working_bytes(batch, "input") + latents
+        return MethodCost(target + train, {"optimizer steps": epochs * batches,
+                                           "denoiser calls": batches * calls * (1 + 2 * epochs), "batch": batch},
+                          working, ["fewer epochs or steps T", "a lower resolution", "fewer prompts per batch"])
 
     def preset_settings(self, preset: str, family: str, **values) -> EcoDiffSettings:
         return EcoDiffSettings.preset(preset, family, **values)
@@ -502,7 +538,7 @@ class EcoDiff(Method):
         settings = settings or EcoDiffSettings()
         if settings.prompts is None:
             settings = replace(settings, prompts=calibration_prompts(handle.model_ref, 8))
-        state.check("ecodiff", handle.model_ref, settings.to_dict())
+        state.check(self.name, handle.model_ref, settings.to_dict())
         gates = GateSet.for_denoiser(handle.denoiser, kinds=tuple(settings.kinds), gate=settings.gate,
                                      init=settings.init, eps=settings.masking_eps)
         _check_state(state, settings, gates, _batches(settings))

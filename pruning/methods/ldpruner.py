@@ -41,14 +41,16 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .. import validate
+from ..catalog import catalog
 from ..errors import PruningError, SettingsError
 from ..masks import masked
 from ..parallel import Processes
 from ..plan import PruningPlan
 from ..prompts import calibration_prompts
 from ..runs import RunControl, RunState, StateSchema, as_control
-from ..sampling import GenerationStopped, generate_latents, resolution_multiple, spec
+from ..sampling import GenerationStopped, count_inputs, generate_latents, resolution_multiple, spec
 from .base import Method, Scores, opt
+from .cost import MethodCost, generation_seconds, latent_bytes, prompt_count, run_spec
 from .proxy import proxy_agreement, proxy_generation, proxy_note  # noqa: F401  (the proxy's public names)
 from .select import plan_from_operator_scores
 from .sweep_table import (  # noqa: F401 (the sweep table's vocabulary, re-exported)
@@ -104,14 +106,17 @@ class SweepSettings:
     prompts: tuple[str, ...] | None = opt(None, "prompts, cycled over the samples (default: the model's "
                                           "calibration prompts)", "strs")
     seeds: tuple[int, ...] | None = opt(None, "explicit seeds (default 0 .. N_gen-1)", "ints")
-    n_gen: int | None = opt(None, f"N_gen: images generated per operator, 2..{MAX_N_GEN} (default "
-                            f"{DEFAULT_N_GEN}, or one per prompt)", "int")
+    n_gen: int | None = opt(None, f"images generated for each operator [N_gen in the LD-Pruner paper], "
+                            f"2..{MAX_N_GEN}: more = steadier scores, slower (default {DEFAULT_N_GEN}, or one "
+                            "per prompt)", "int", label="images per operator", basic=True, low=2, high=16, step=1,
+                            quick=4)
     steps: int | None = opt(None, "denoising steps (default: the model's)", "int")
     guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
     resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
-    granularity: str = opt("fine", "fine: attention, FFN and resnet branches; block: whole blocks; all: both",
-                           "choice", GRANULARITIES)
-    operators: tuple[str, ...] | None = opt(None, "score only these operator FQNs", "strs")
+    granularity: str = opt("fine", "fine: attention, FFN and resnet branches one by one; block: whole blocks; "
+                           "all: both", "choice", GRANULARITIES, basic=True)
+    operators: tuple[str, ...] | None = opt(None, "score only these operators (their FQNs; default: all of the "
+                                            "chosen granularity)", "strs", label="only these operators", basic=True)
     proxy: bool = opt(False, "score at about half the model's steps and resolution (chosen with the preset)",
                       "bool", hidden=True)
     fast: bool = opt(False, "one-step ablation: no rollouts, the denoiser's output change at K recorded timesteps "
@@ -418,22 +423,56 @@ class LDPruner(Method):
                "regenerates N_gen images and scores how far their latents move: low = safe to remove.")
     level = "operator"
     Settings = SweepSettings
+    commands = ("sweep",)
+    work_unit = "operators"
+    sharded = True  # under accelerate launch the operators split across the processes (sweep_sharded)
     presets = PRESETS
     budget_preset = "fast"
+    preset_titles = {"full": "full (default)", "proxy": "fast proxy", "fast": "fast score: one-step ablation"}
+    preset_help = ("full: the model's steps and resolution; proxy: about half of each, several times faster, with "
+                   "a ranking that agrees with the full one only in part (its measured agreement is shown); fast "
+                   "score: no regeneration per operator, only the denoiser's output change at 2 recorded "
+                   "timesteps (about 1/10 of the full sweep's work on real models). Steps given still win.")
 
-    def preset_note(self, preset: str, model_ref: str | None = None) -> str:
-        """The proxy's or the fast score's measured agreement with the full sweep."""
+    def comparison_settings(self, calib: tuple[str, ...], quick: bool = False) -> dict:
+        """One generated sample per calibration prompt (at least 2: a standard deviation needs two;
+        ``quick``: at most 8)."""
+        return {"n_gen": max(2, min(len(calib), 8) if quick else len(calib))}
+
+    def preset_note(self, preset: str | None, model_ref: str) -> str | None:
+        """The proxy's or the fast score's measured agreement with the full sweep on ``model_ref``."""
         if preset == "proxy":
             return proxy_note(model_ref)
         if preset == "fast":
             from .ablation import fast_note
 
             return fast_note(model_ref)
-        return ""
+        return None
 
-    def comparison_settings(self, calib: tuple[str, ...]) -> dict:
-        """One generated sample per calibration prompt (at least 2: a standard deviation needs two)."""
-        return {"n_gen": max(2, len(calib))}
+    def score_sharded(self, handle, settings, *, state, show_progress: bool = False) -> Scores:
+        df = sweep_sharded(handle, settings, state=state, show_progress=show_progress)
+        return Scores(self.name, "operator", df, handle.model_ref, df.attrs["settings"], False,
+                      {"scored": len(df), "total": len(df)})
+
+    def cost(self, handle, settings: SweepSettings, step) -> MethodCost:
+        """K + 1 generations of N_gen samples (the original and one per operator), or the fast
+        score's recording rollout and K calls per operator group."""
+        s = run_spec(handle, settings)
+        n_gen = settings.n_gen or prompt_count(handle, settings)
+        if settings.operators:
+            k = len(settings.operators)
+        else:
+            ops = catalog(handle.denoiser, **count_inputs(handle))[0]
+            gran = settings.granularity
+            k = len(ops) if gran == "all" else int(ops["granularity"].isin([gran, "both"]).sum())
+        secs, calls, batch = generation_seconds(step, handle, s, n_gen)
+        if settings.fast:
+            return _fast_cost(handle, settings, s, step, k, calls, batch)
+        working = step.working_bytes(batch) + 2 * latent_bytes(handle, s, n_gen)  # + both latents
+        return MethodCost((k + 1) * secs, {"generations": k + 1, "denoiser calls": (k + 1) * calls, "batch": batch,
+                                           "work": (k + 1) * calls * batch}, working,
+                          ["lower N_gen or the steps", "score only some operators",
+                           "or the fast proxy (fewer steps, lower resolution)"])
 
     def preset_settings(self, preset: str, family: str, **values) -> SweepSettings:
         """The "proxy" preset: about half the model's steps and resolution, resolved once the model is
@@ -487,6 +526,21 @@ class LDPruner(Method):
             z0 = originals if originals is not None else (None if rec is None else rec.stacked())
         tensors = {} if z0 is None else {"originals": z0}
         return scores, RunState(self.name, handle.model_ref, s.to_dict(), {"rows": rows}, tensors)
+
+
+def _fast_cost(handle, settings, s, step, k: int, gen_calls: int, batch: int) -> MethodCost:
+    """The fast score (:mod:`.ablation`): its counts, times and memory."""
+    from .ablation import fast_calls
+
+    m = settings.ablation_batch
+    c = fast_calls(k, s.steps, settings.timesteps, batch=batch, calls_per_step=gen_calls // s.steps, ablation_batch=m)
+    full, rest = divmod(k, m)  # groups of m operators per call, and a smaller last one
+    per_group = settings.timesteps * gen_calls // s.steps  # calls per group
+    seconds = (c["recording calls"] * step.call(batch) + full * per_group * step.call(batch * m)
+               + (per_group * step.call(batch * rest) if rest else 0.0))
+    # the recorded inputs and outputs (about 4 latents per recorded step), one ablation call
+    working = step.working_bytes(batch * m) + 4 * settings.timesteps * latent_bytes(handle, s, batch)
+    return MethodCost(seconds, c, working, ["fewer recorded timesteps (K)", "score only some operators", "lower N_gen"])
 
 
 METHOD = LDPruner()

@@ -78,6 +78,7 @@ from ..rollout import prepare, step
 from ..runs import RunControl, as_control
 from ..slim import slim
 from .base import Method, Scores, check_scores_fit, opt
+from .cost import MethodCost, generation_calls, run_spec
 from .obs import OBSLayer, Unit, compensated, prepare_hessian, rrf, select  # noqa: F401 (the solver, re-exported)
 
 SEED_OFFSET = 10_000  # calibration seeds apart from the evaluation seeds 0..
@@ -115,7 +116,7 @@ class OBSDiffSettings:
     kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "structures to prune: head, neuron, group (default neuron and group: "
                                  "the bundled models have 4 heads a layer, so a per-layer fraction removes heads a "
                                  "quarter at a time, which measured worse; the authors' preset prunes heads too)",
-                                 "choices", UNIT_KINDS)
+                                 "choices", UNIT_KINDS, label="units", basic=True)
     alpha_first: float = opt(1.2, "timestep weight of the first (noisiest) step", "float")
     alpha_last: float = opt(0.8, "timestep weight of the last step", "float")
     schedule: str = opt("linear", "how the weights fall from first to last: linear, or log (the authors' "
@@ -518,13 +519,44 @@ class OBSDiff(Method):
     level = "unit"
     Settings = OBSDiffSettings
     presets = PRESETS
+    preset_titles = {"ours": "ours (default)", "authors": "the authors' values"}
+    preset_help = ("ours: the model's steps and resolution, 32 calibration prompts, weights falling linearly "
+                   "from 1.2 to 0.8 over the steps, every block pruned; the authors' values: their released script "
+                   "(100 prompts x 25 steps at 512 px, guidance 7, log-shaped weights 1.2 -> 0.8, the last block "
+                   "kept). Both: 1% damping, 4 groups, rank fusion k = 60.")
     chunkable = False  # a sequential calibration: one chunk
 
-    def comparison_settings(self, calib: tuple[str, ...]) -> dict:
+    def comparison_settings(self, calib: tuple[str, ...], quick: bool = False) -> dict:
         """Its own default kinds (neurons and channel groups): with heads, an equal per-layer fraction
         removes a quarter or half of every 4-head attention (latent MSE at 20%: flux 0.282 vs 0.0052,
         sd3 0.056 vs 0.0257 without heads)."""
-        return {}
+        return self.quick_values() if quick else {}
+
+    def comparison_runs(self, settings, sparsities) -> int:
+        """Its selection depends on the target: one more run per target other than ``settings.sparsity``."""
+        return 1 + sum(1 for t in sparsities if t != settings.sparsity)
+
+    def cost(self, handle, settings, step) -> MethodCost:
+        """One calibration pass per group over its prompts (the pruned model's own trajectories,
+        every step) with the Gram updates of that group's consumers, a slim copy per pass, and the
+        float64 solves; memory: the largest pass's Grams, the slim copy and one call's working memory."""
+        s = run_spec(handle, settings)
+        prompts = len(settings.resolved(handle).prompts)
+        groups = passes(handle, settings)
+        layers = tuple(sorted({c for g in groups for c in g}))
+        b = min(settings.batch_size, prompts)
+        batches = math.ceil(prompts / b)
+        calls, batch = generation_calls(handle, s, b)
+        plain, hooked = step.call(batch), step.gram_call(batch, layers)
+        widths = {c: handle.denoiser.get_submodule(c).weight[0].numel() for c in layers}  # in_features, or C*kh*kw
+        seconds = len(groups) * batches * calls * plain + batches * calls * max(hooked - plain, 0.0)
+        seconds += sum(step.solve_seconds(w) for w in widths.values()) + len(groups) * step.weights_bytes / 1e9
+        grams = max(sum(8 * (widths[c] + 1) ** 2 for c in g) for g in groups)
+        working = grams + step.weights_bytes + step.working_bytes(batch)
+        return MethodCost(seconds, {"denoiser calls": len(groups) * batches * calls, "passes": len(groups),
+                                    "batch": batch, "gram_mb": round(grams / 2 ** 20, 1)}, working,
+                          ["fewer calibration prompts or steps", "a smaller max_gram_mb (more passes, less memory)",
+                           "fewer groups"])
 
     def preset_settings(self, preset: str, family: str, **values) -> OBSDiffSettings:
         """"authors": the released script's values (``AUTHORS``, source ``AUTHORS_SOURCE``)."""

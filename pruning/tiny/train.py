@@ -71,12 +71,12 @@ import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDPMScheduler,
     FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
 )
 
+from .. import families
 from ..bundled import ASSETS  # package data: pruning/assets/<name>
 from ..loading import handle_from_pipe, load_pipeline, read_defaults
 from ..quality import evaluate, shape_task_accuracy, to_uint8
@@ -289,38 +289,45 @@ def cache_latents(vae, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def text_embeddings(arch: str, pipe) -> dict:
-    """Embeddings of TRAIN_PROMPTS + [""] (the last row is the empty prompt), as the pipeline computes them."""
+def text_embeddings(arch: str, pipe, latent_side: int = 8) -> tuple[dict, dict]:
+    """The denoiser's conditioning kwargs for TRAIN_PROMPTS + [""] (the last row is the empty
+    prompt), as the pipeline computes them: ``(per-prompt kwargs, indexed by prompt row; kwargs
+    shared by every row)``, for latents of ``latent_side`` (FLUX's image ids). Each pipeline's
+    ``encode_prompt`` has its own signature."""
     prompts = TRAIN_PROMPTS + [""]
     if arch == "sd":
         emb, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
-        return {"emb": emb}
+        return {"encoder_hidden_states": emb}, {}
     if arch == "sd3":
         emb, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
             max_sequence_length=M.MAX_LENGTH,
         )
-        return {"emb": emb, "pooled": pooled}
-    emb, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=M.MAX_LENGTH)
-    return {"emb": emb, "pooled": pooled}
+        return {"encoder_hidden_states": emb, "pooled_projections": pooled}, {}
+    emb, pooled, txt_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=M.MAX_LENGTH)
+    side = latent_side // 2  # 8x8 latents -> 4x4 packed tokens
+    img_ids = pipe._prepare_latent_image_ids(BATCH, side, side, "cpu", torch.float32)  # (side * side, 3)
+    return {"encoder_hidden_states": emb, "pooled_projections": pooled}, {"txt_ids": txt_ids, "img_ids": img_ids}
 
 
 def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, threads: int | None = None):
-    """Train the SD UNet or the FLUX transformer on cached latents; returns the pipeline (EMA weights)."""
+    """Train the SD UNet, the FLUX or the SD3 transformer on cached latents; returns the pipeline (EMA
+    weights). The objective, its timesteps and the latents' packing are the family's own
+    (``Family.train_loss``, ``train_timesteps``, ``pack``): what Diff-Pruning's scores differentiate."""
     if threads:
         torch.set_num_threads(threads)
     steps = steps or DENOISER_STEPS[arch]
     comps = components(vae, seed, arch)
     model = {"sd": M.unet, "flux": M.flux_transformer, "sd3": M.sd3_transformer}[arch](seed)
     pipe = build_pipeline(arch, model, comps)
-    text = text_embeddings(arch, pipe)
-    lat, pidx = cache_latents(vae, seed)
+    family = families.get(arch)
+    handle = _handle(arch, pipe)
+    lat, pidx = cache_latents(vae, seed)  # (N, C, H, W), (N,)
+    rows, shared = text_embeddings(arch, pipe, lat.shape[-1])
     empty = len(TRAIN_PROMPTS)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    noise_sched = DDPMScheduler(**{k: v for k, v in M.SD_SCHEDULER.items() if k != "set_alpha_to_one"})
-    img_ids = FluxPipeline._prepare_latent_image_ids(BATCH, 4, 4, "cpu", torch.float32)  # (16, 3)
-    txt_ids = torch.zeros(M.MAX_LENGTH, 3)
+    n_train = pipe.scheduler.config.num_train_timesteps
     g = torch.Generator().manual_seed(seed + 10)
     model.train()
     t0 = time.time()
@@ -331,34 +338,10 @@ def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, t
         x0, p = lat[i], pidx[i].clone()
         p[torch.rand(BATCH, generator=g) < DROPOUT] = empty
         noise = torch.randn(x0.shape, generator=g)
-        if arch == "sd":
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (BATCH,), generator=g)
-            xt = noise_sched.add_noise(x0, noise, t)
-            pred = model(xt, t, text["emb"][p]).sample
-            target = noise_sched.get_velocity(x0, noise, t)
-        elif arch == "sd3":  # rectified flow as FLUX, on unpacked latents; SD3 takes t = 1000 sigma
-            s = torch.sigmoid(torch.randn(BATCH, generator=g))
-            xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
-            pred = model(
-                hidden_states=xt,
-                timestep=s * 1000,
-                encoder_hidden_states=text["emb"][p],
-                pooled_projections=text["pooled"][p],
-            ).sample
-            target = noise - x0
-        else:
-            s = torch.sigmoid(torch.randn(BATCH, generator=g))  # logit-normal sigma in (0, 1)
-            xt = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
-            pred = model(
-                hidden_states=FluxPipeline._pack_latents(xt, BATCH, 4, 8, 8),
-                timestep=s,
-                pooled_projections=text["pooled"][p],
-                encoder_hidden_states=text["emb"][p],
-                txt_ids=txt_ids,
-                img_ids=img_ids,
-            ).sample  # (B, 16 tokens, 16)
-            target = FluxPipeline._pack_latents(noise - x0, BATCH, 4, 8, 8)
-        loss = (pred - target).pow(2).mean()
+        t = family.train_timesteps(BATCH, g, n_train)  # (B,)
+        cond = {**{k: v[p] for k, v in rows.items()}, **shared}
+        # (B, 4, 8, 8) latents as the denoiser consumes them (FLUX: (B, 16 tokens, 16))
+        loss = family.train_loss(handle, family.pack(pipe, x0), family.pack(pipe, noise), cond, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
