@@ -31,7 +31,8 @@ from PIL import Image
 
 from .catalog import UNIT_KINDS, discover
 from .errors import ExportError, ModelLoadError
-from .plan import PruningPlan
+from .labels import plural, source_name
+from .plan import EDITED, PruningPlan, describe
 from .prompts import evaluation_prompts, is_shapes_model
 from .sampling import count_inputs
 from .validate import py_str  # noqa: F401 (re-exported: the card's snippets use it)
@@ -45,19 +46,53 @@ KIND_WORDS = {"operator": "whole operators", "head": "attention heads", "neuron"
               "group": "resnet channel groups"}
 
 
-def install_line() -> str:
-    """How to install the loader: ``PRUNING_INSTALL``, the Space this runs on, this checkout, or
-    the installed version (the one that wrote the export)."""
-    if os.environ.get("PRUNING_INSTALL"):
-        return os.environ["PRUNING_INSTALL"]
-    if os.environ.get("SPACE_ID"):
-        return f'pip install "pruning @ git+https://huggingface.co/spaces/{os.environ["SPACE_ID"]}"'
-    checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").is_file():
-        return f'pip install "{checkout}"'
-    from importlib.metadata import version
+# The package's published install line (README, "Install the library"): the library installs from
+# the Space that hosts it; <owner>/<space> stands for that Space until one is known.
+PUBLISHED_INSTALL = 'pip install "pruning @ git+https://huggingface.co/spaces/<owner>/<space>"'
 
-    return f"pip install pruning=={version('pruning')}"
+
+def install_line() -> str:
+    """How to install the loader on the reader's own machine, never a path of the machine that
+    wrote the export: ``PRUNING_INSTALL`` when set, else the Space this runs on (``SPACE_ID``),
+    else the remote URL this package was installed from (pip's ``direct_url.json`` of a
+    ``pip install git+https://...`` or an https archive), else the published line
+    (:data:`PUBLISHED_INSTALL`).
+
+    >>> import os
+    >>> os.environ["PRUNING_INSTALL"] = "pip install pruning-fork"
+    >>> install_line()
+    'pip install pruning-fork'
+    >>> del os.environ["PRUNING_INSTALL"]
+    """
+    if os.environ.get("PRUNING_INSTALL", "").strip():
+        return os.environ["PRUNING_INSTALL"].strip()
+    space = os.environ.get("SPACE_ID", "").strip()
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", space):
+        return f'pip install "pruning @ git+https://huggingface.co/spaces/{space}"'
+    return _installed_from() or PUBLISHED_INSTALL
+
+
+def _installed_from() -> str | None:
+    """``pip install "pruning @ <url>"`` when the installed distribution records a remote https URL
+    (a VCS checkout at its commit, or an archive); None for a local path or an editable install."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        text = distribution("pruning").read_text("direct_url.json")
+        info = json.loads(text) if text else None
+    except (PackageNotFoundError, ValueError, OSError):
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("url"), str):
+        return None
+    url = info["url"]
+    if not url.startswith("https://") or "@" in url.split("//", 1)[1].split("/", 1)[0]:  # no credentials, no paths
+        return None
+    vcs = info.get("vcs_info")
+    if isinstance(vcs, dict) and vcs.get("vcs") == "git":
+        commit = vcs.get("commit_id")
+        pin = f"@{commit}" if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{7,40}", commit) else ""
+        return f'pip install "pruning @ git+{url}{pin}"'
+    return f'pip install "pruning @ {url}"'
 
 
 def front_matter(text: str) -> dict:
@@ -209,12 +244,59 @@ def write_card(folder: Path, handle, plan: PruningPlan, small, *, full_pipeline:
     method = str(prov.get("method", "manual"))
     recovery = getattr(small, "recovery", None)
     card = {"summary": figures, "quality": quality, "quality_note": note, "method": method,
+            "method_text": describe(plan), "edited_by_hand": bool(prov.get(EDITED)),
             "reconstruction": None if plan.reconstruction is None else dict(plan.reconstruction["settings"]),
             "recovery": None if recovery is None else {"steps": len(recovery.get("losses", []))}}
     text = _render(handle, plan, card, full_pipeline=full_pipeline, plan_only=plan_only,
                    folder_name=folder_name or folder.name, repo=repo, lora=lora, install=install or install_line())
     (folder / CARD).write_text(text)
     return card
+
+
+def quality_rows(quality: dict | None) -> list[dict]:
+    """The card's quality figures as rows the app can show (``figure``, ``original``, ``pruned``,
+    ``meaning``), from a card's ``quality`` (``write_card(...)["quality"]``, the manifest's
+    ``card.quality``); ``[]`` when the export was not measured.
+
+    >>> q = {"prompts": ["a", "b"], "seeds": [0, 1], "steps": 10, "latent_mse": 0.071, "ssim": 0.9,
+    ...      "task_accuracy_original": 1.0, "task_accuracy": 0.5}
+    >>> [(r["figure"], r["original"], r["pruned"]) for r in quality_rows(q)]
+    [('latent MSE (lower is better)', '0', '0.071'), ('SSIM (higher is better)', '1', '0.9000'), ('shapes task accuracy (higher is better)', '100%', '50%')]
+    """
+    if not quality:
+        return []
+    q = quality
+    rows = [{"figure": "latent MSE (lower is better)", "original": "0", "pruned": f"{float(q['latent_mse']):.6g}",
+             "meaning": "mean squared difference of the final latents from the original's, same prompt and seed"},
+            {"figure": "SSIM (higher is better)", "original": "1", "pruned": f"{float(q['ssim']):.4f}",
+             "meaning": "structural similarity of the images to the original's (1 = identical)"}]
+    if "task_accuracy" in q:
+        rows.append({"figure": "shapes task accuracy (higher is better)",
+                     "original": f"{100 * float(q['task_accuracy_original']):.0f}%",
+                     "pruned": f"{100 * float(q['task_accuracy']):.0f}%",
+                     "meaning": "images that show the prompt's colour, shape and position, checked on the pixels"})
+    elif "clip_score" in q:
+        rows.append({"figure": "CLIP score (higher is better)", "original": f"{float(q['clip_score_original']):.2f}",
+                     "pruned": f"{float(q['clip_score']):.2f}", "meaning": "100 x cos(image, prompt) in CLIP space"})
+    return rows
+
+
+def quality_table(quality: dict | None):
+    """:func:`quality_rows` as a pandas DataFrame (columns figure, original, pruned, meaning)."""
+    import pandas as pd
+
+    return pd.DataFrame(quality_rows(quality), columns=["figure", "original", "pruned", "meaning"])
+
+
+def quality_line(quality: dict) -> str:
+    """What the card's figures are computed on, in one line.
+
+    >>> quality_line({"prompts": ["a", "b", "c", "d"], "seeds": [0, 1, 2, 3], "steps": 10})
+    'Measured at export on 4 prompts x 1 seed each (seeds 0-3), 10 steps'
+    """
+    seeds = list(quality["seeds"])
+    return (f"Measured at export on {plural(len(quality['prompts']), 'prompt')} x 1 seed each "
+            f"(seeds {seeds[0]}-{seeds[-1]}), {plural(int(quality['steps']), 'step')}")
 
 
 def _settings_text(settings) -> str:
@@ -228,6 +310,8 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
     s, q, method = card["summary"], card["quality"], card["method"]
     base = handle.source
     tags = ["pruning", "structural-pruning", *_method_tag(method), "diffusers", PIPELINE_TAG]
+    if plan.provenance.get(EDITED) is True:
+        tags.insert(3, "hand-edited")
     if lora:
         tags.append("lora")
     data = ModelCardData(base_model=base, library_name="diffusers", pipeline_tag=PIPELINE_TAG, tags=tags)
@@ -239,7 +323,7 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
     out = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
     den = md(handle.denoiser_name)
     kind = "the full pipeline" if full_pipeline else ("the plan only" if plan_only else f"the slim {den}")
-    out += [f"# {md(base)}, structurally pruned ({_pct(s['params_fraction'])} of the {den}'s params)",
+    out += [f"# {md(source_name(handle))}, structurally pruned ({_pct(s['params_fraction'])} of the {den}'s params)",
             "", f"Pruned from {code(base)} (weights {code(plan.base)}) with the `pruning` library; this export "
             f"holds {kind}.", "", "## What was removed", "",
             f"**{s['params_removed']:,} of {s['params_total']:,} params ({_pct(s['params_fraction'])})** and "
@@ -248,14 +332,19 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
     out += [_table([(KIND_WORDS[k], f"{v:,}", _pct(v / s["params_total"]))
                     for k, v in s["params_removed_by_kind"].items() if v], ("by kind", "params removed", "share")), ""]
     if s["removed_operators"]:
-        out += ["Removed operators: " + ", ".join(code(f) for f in s["removed_operators"]) + ".", ""]
+        out += [f"{plural(len(s['removed_operators']), 'operator')} removed: "
+                + ", ".join(code(f) for f in s["removed_operators"]) + ".", ""]
     if s["kept_fraction"]:
         out += ["Kept fraction of every slimmed layer:", "",
                 _table([(code(f), f"{v:.2f}") for f, v in s["kept_fraction"].items()], ("layer", "kept")), ""]
     settings = plan.provenance.get("settings")
     target = plan.provenance.get("target_sparsity")
-    out += ["## Method", "", f"Method: **{md(method)}**" + (f", target sparsity {md(target)}"
-                                                             if "target_sparsity" in plan.provenance else "") + ".", ""]
+    text = card.get("method_text") or describe(plan)
+    out += ["## Method", "", f"Method: **{md(text)}**" + (f" (provenance: method {code(method)}"
+                                                          + (f", target sparsity {md(target)}" if "target_sparsity"
+                                                             in plan.provenance else "")
+                                                          + (", then edited by hand" if plan.provenance.get(EDITED)
+                                                             is True else "") + ")") + ".", ""]
     if isinstance(settings, dict) and settings:
         out += [f"Settings: {_settings_text(settings)}.", ""]
     rec = card["reconstruction"]
@@ -267,19 +356,15 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
     if q is None:
         out += [f"Quality {md(card['quality_note'])}.", ""]
     else:
-        rows = [("latent MSE (lower is better)", f"{q['latent_mse']:.6g}"), ("SSIM (higher is better)", f"{q['ssim']:.4f}")]
+        rows = [(r["figure"], md(r["original"]), md(r["pruned"])) for r in quality_rows(q)]
         if "task_accuracy" in q:
-            rows.append(("shapes task accuracy (original -> pruned)",
-                         f"{q['task_accuracy_original']:.2f} -> {q['task_accuracy']:.2f}"))
             clip = "CLIP score: not measured (the shapes task accuracy replaces it on the bundled models)."
         elif "clip_score" in q:
-            rows.append(("CLIP score (original -> pruned)", f"{q['clip_score_original']:.2f} -> {q['clip_score']:.2f}"))
             clip = ""
         else:
             clip = f"CLIP score: unavailable ({md(q.get('clip_score_skipped', 'not measured'))})."
-        out += [f"Measured at export on {len(q['prompts'])} prompts (seeds {md(q['seeds'][0])}-{md(q['seeds'][-1])}, "
-                f"{md(q['steps'])} steps), against the base model's outputs for the same seeds:", "",
-                _table(rows, ("figure", "value")), ""]
+        out += [f"{md(quality_line(q))}, against the base model's outputs for the same seeds:", "",
+                _table(rows, ("figure", "original", "pruned")), ""]
         out += ([clip, ""] if clip else []) + ["Prompts: " + "; ".join(f'"{md(p)}"' for p in q["prompts"]) + ".", "",
                                                f"![original (top) vs pruned (bottom)]({GRID})", ""]
     if lora:
@@ -301,5 +386,5 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
 
 
 __all__ = ["write_card", "front_matter", "install_line", "load_lines", "summary_figures", "measure", "grid", "md", "code",
-           "py_str",
+           "py_str", "quality_rows", "quality_table", "quality_line", "PUBLISHED_INSTALL",
            "CARD", "GRID"]

@@ -27,9 +27,13 @@ image (``matched_steps``), on the same prompts and seeds (``fewer_steps=False`` 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,9 +43,12 @@ from . import validate
 from .clipscore import load_clip
 from .errors import ModelLoadError, PruningError, SettingsError
 from .export import build as build_model
-from .methods import Scores, get, names
+from .export import check_base
+from .labels import method_name, model_name, model_tooltip, plural, settings_label
+from .methods import Scores, check_scores_fit, get, names
 from .methods.select import LayerBudget
 from .metrics import count_params, total_macs
+from .plan import PruningPlan
 from .prompts import calibration_prompts, evaluation_prompts, is_shapes_model
 from .quality import bootstrap_ci, evaluate, mean_se
 from .reconstruct import ReconstructSettings, reconstruct
@@ -58,7 +65,17 @@ CALIB_PROMPTS = 32  # what the methods score with, apart from the evaluation pro
 
 @dataclass(frozen=True)
 class CompareSettings:
-    """Frozen and checked. ``method_settings`` maps a method name to its settings values (a dict)."""
+    """Frozen and checked. ``method_settings`` maps a method name to its settings values (a dict):
+    the settings the visitor ran, used instead of the comparison's (each curve's ``label`` names them).
+
+    ``method_scores`` maps a method name to scores the visitor already has for this model (a
+    :class:`~pruning.methods.Scores` or its ``to_dict()`` data): that method is not scored again,
+    its plans are cut from these scores and its label names their settings ("...; your scores").
+    Random is always drawn again (its curve is a mean over ``random_draws`` draws).
+
+    ``own_plan`` (a :class:`~pruning.plan.PruningPlan` or its dict): the visitor's own plan, evaluated
+    as one more row (method :data:`OWN_PLAN`, label ``own_label`` or the plan's description) on the
+    same prompts and seeds as every curve; :func:`evaluate_plan` gives the same figures alone."""
 
     eval_prompts: tuple[str, ...] | None = None  # default: 64 evaluation prompts of the model
     eval_seeds: tuple[int, ...] | None = None
@@ -72,11 +89,22 @@ class CompareSettings:
     clip: bool = True  # CLIP score on models that are not the shapes models (needs the CLIP model)
     fewer_steps: bool = True  # the "fewer steps" baseline: the original with steps cut to each plan's MACs
     budget: Mapping | None = None  # unit plans' selection budget (pruning.methods.select.LayerBudget fields)
+    method_scores: Mapping[str, Any] = field(default_factory=dict)  # method name -> the visitor's Scores
+    own_plan: Any = None  # the visitor's PruningPlan: one more row on the same prompts and seeds
+    own_label: str | None = None  # that row's label (default: the plan's description)
 
     def __post_init__(self):
         v = validate
         if not isinstance(self.method_settings, Mapping):
             raise SettingsError("method_settings must map a method name to a dict of its settings")
+        if not all(isinstance(val, Mapping) for val in self.method_settings.values()):
+            bad = next(k for k, val in self.method_settings.items() if not isinstance(val, Mapping))
+            raise SettingsError(f"method_settings[{bad!r}] must be a dict of {bad}'s settings, "
+                                f"got {type(self.method_settings[bad]).__name__}")
+        object.__setattr__(self, "method_scores", _checked_scores(self.method_scores))
+        object.__setattr__(self, "own_plan", _checked_plan(self.own_plan))
+        if self.own_label is not None and (not isinstance(self.own_label, str) or not self.own_label.strip()):
+            raise SettingsError(f"own_label must be a non-empty text, got {self.own_label!r}")
         ev = v.sampling_fields(prompts=self.eval_prompts, seeds=self.eval_seeds, steps=self.steps,
                                guidance=self.guidance)
         values = {"eval_prompts": ev["prompts"], "eval_seeds": ev["seeds"], "steps": ev["steps"],
@@ -97,25 +125,72 @@ class CompareSettings:
             object.__setattr__(self, k, val)
 
 
+def _checked_scores(value) -> dict[str, Scores]:
+    """``{method name: Scores}``, each the scores of the method it is filed under."""
+    if not isinstance(value, Mapping):
+        raise SettingsError("method_scores must map a method name to that method's scores")
+    out = {}
+    for name, x in value.items():
+        key = get(str(name)).name
+        sc = x if isinstance(x, Scores) else Scores.from_dict(x, what=f"method_scores[{str(name)!r}]")
+        if sc.method != key:
+            raise SettingsError(f"method_scores[{str(name)!r}] are {sc.method} scores, not {key} scores")
+        out[key] = sc
+    return out
+
+
+def _checked_plan(value) -> PruningPlan | None:
+    if value is None or isinstance(value, PruningPlan):
+        return value
+    if isinstance(value, Mapping):
+        return PruningPlan.from_dict(value)
+    raise SettingsError(f"own_plan must be a PruningPlan (or its dict), got {type(value).__name__}")
+
+
+def settings_key(s: CompareSettings) -> dict:
+    """The settings as plain JSON data (what a resumed comparison must match): the visitor's
+    scores by a digest of their data, the own plan as its dict."""
+    plain = {f.name: getattr(s, f.name) for f in fields(s) if f.name not in ("method_scores", "own_plan")}
+    out = json.loads(json.dumps(plain, default=list))
+    out["method_scores"] = {k: hashlib.sha256(json.dumps(x.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+                            for k, x in s.method_scores.items()}
+    out["own_plan"] = None if s.own_plan is None else s.own_plan.to_dict()
+    return out
+
+
 def check_sparsities(values) -> list[float]:
-    """1..20 distinct targets, each in (0, 1).
+    """1..20 distinct targets, each in (0, 1); an error says what a target is and names the culprit.
 
     >>> check_sparsities([0.1, 1.5])
     Traceback (most recent call last):
     ...
-    pruning.errors.SettingsError: sparsities[1] must be a finite number in (0, 1), got 1.5
+    pruning.errors.SettingsError: target sparsities are fractions between 0 and 1, like 0.2 (the share of the params to remove); sparsities[1] is 1.5
     """
     items = [values] if isinstance(values, (int, float, str)) else list(values)
     if not items:
-        raise SettingsError("give at least one target sparsity in (0, 1)")
+        raise SettingsError("give at least one target sparsity: a fraction between 0 and 1, like 0.2")
     if len(items) > MAX_SPARSITIES:
         raise SettingsError(f"{len(items)} sparsities, at most {MAX_SPARSITIES} in one comparison "
                             "(each is a plan to slim and evaluate)")
-    return list(dict.fromkeys(validate.fraction(f"sparsities[{i}]", x) for i, x in enumerate(items)))
+    out = []
+    for i, x in enumerate(items):
+        try:
+            out.append(validate.fraction(f"sparsities[{i}]", x))
+        except SettingsError:
+            text = x.strip() if isinstance(x, str) else None
+            shown_x = f"{x:g}" if isinstance(x, float) else text if text and re.fullmatch(r"[\w.%+-]{1,20}", text) \
+                else validate.shown(x)  # as typed, quoted only when it is odd
+            raise SettingsError("target sparsities are fractions between 0 and 1, like 0.2 (the share of the params "
+                                f"to remove); sparsities[{i}] is {shown_x}{validate.percent_hint(x)}") from None
+    return list(dict.fromkeys(out))
 
 
 def method_settings(method, s: CompareSettings, calib: tuple[str, ...]):
-    """The method's settings: its defaults, the comparison's calibration prompts and steps, overrides."""
+    """The method's settings: its defaults, the comparison's calibration prompts and steps, overrides
+    (``s.method_settings``); with the visitor's scores (``s.method_scores``), the settings they were
+    made with."""
+    if method.name in s.method_scores:
+        return method.settings(**s.method_scores[method.name].settings)
     names = {f.name for f in fields(method.Settings)}
     values = {k: v for k, v in (("prompts", calib), ("steps", s.steps)) if k in names and v is not None}
     overrides = {k: v for name, given in s.method_settings.items() if get(name).name == method.name
@@ -182,10 +257,18 @@ def _clip_scorer(handle, s: CompareSettings, attrs: dict):
 
 def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] | None = None, *,
                     settings: CompareSettings | None = None, control: RunControl | None = None) -> pd.DataFrame:
-    """Long table: method, reconstructed, sparsity (target), params_fraction (measured), params,
-    macs, latent_mse (and latent_mse_se), psnr, ssim, (shapes models) acc_color / acc_shape /
-    acc_position / acc_all with ``_lo`` / ``_hi`` 95% intervals, (other models) clip_score;
-    reconstruct_s: seconds to re-fit the plan (reconstructed rows).
+    """Long table: method, label (the method and the settings it ran with, e.g. "EcoDiff
+    (authors' configs, 3 epochs)"), reconstructed, sparsity (target), params_fraction (measured),
+    params, macs, latent_mse (and latent_mse_se), psnr, ssim, (shapes models) acc_color /
+    acc_shape / acc_position / acc_all with ``_lo`` / ``_hi`` 95% intervals, (other models)
+    clip_score; n_prompts (the images each figure is a mean over, per draw); reconstruct_s:
+    seconds to re-fit the plan (reconstructed rows). With ``settings.own_plan``, one more row
+    (method :data:`OWN_PLAN`) for the visitor's plan on the same prompts and seeds.
+
+    ``attrs``: ``model`` (its display name), ``weights`` (the hash, for a tooltip),
+    ``labels`` ({method: label}), ``computed_on`` (one line: what every figure is
+    computed on, :func:`computed_on`), ``reused_scores`` (methods not scored again:
+    ``settings.method_scores``), ``eval_prompts`` / ``eval_seeds`` / ``calib_prompts``, ``clip``.
 
     ``methods``: names in the registry (default: all). Random rows are the mean of
     ``random_draws`` plans; an unreachable target gives a row with ``error`` set instead of
@@ -197,13 +280,115 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
 
 
 FEWER_STEPS = "fewer steps"  # the method column of the baseline's rows
+OWN_PLAN = "your plan"  # the method column of the visitor's own plan (CompareSettings.own_plan)
 
 
-def _jobs(chosen: list[str], sps: list[float], fewer_steps: bool = False) -> list[tuple]:
-    """The comparison's units of work in order: each method's scoring, then its plans; last the
-    fewer-steps baseline (it reads the plans' MACs)."""
-    jobs = [job for name in chosen for job in [("score", name, None), *(("plan", name, t) for t in sps)]]
+def _jobs(chosen: list[str], sps: list[float], fewer_steps: bool = False, own: bool = False) -> list[tuple]:
+    """The comparison's units of work in order: the visitor's own plan, each method's scoring,
+    then its plans; last the fewer-steps baseline (it reads the plans' MACs)."""
+    jobs = [("own", OWN_PLAN, None)] if own else []
+    jobs += [job for name in chosen for job in [("score", name, None), *(("plan", name, t) for t in sps)]]
     return jobs + ([("steps", FEWER_STEPS, None)] if fewer_steps else [])
+
+
+def evaluation_set(handle, settings: CompareSettings | None = None) -> tuple[list[str], list[int]]:
+    """The prompts and seeds every figure of a comparison is computed on (one seed per prompt):
+    ``settings.eval_prompts`` (default: the model's first ``EVAL_PROMPTS`` evaluation prompts) and
+    ``settings.eval_seeds`` (default 0, 1, ...). :func:`evaluate_plan` uses the same.
+
+    >>> from types import SimpleNamespace
+    >>> evaluation_set(SimpleNamespace(model_ref="tiny:sd"), CompareSettings(eval_prompts=["a", "b"]))
+    (['a', 'b'], [0, 1])
+    """
+    s = settings or CompareSettings()
+    prompts = list(s.eval_prompts or evaluation_prompts(handle.model_ref, EVAL_PROMPTS))
+    seeds = list(s.eval_seeds or range(len(prompts)))
+    if len(seeds) != len(prompts):
+        raise SettingsError(f"eval_seeds: {plural(len(seeds), 'seed')} for {plural(len(prompts), 'prompt')}; "
+                            "give one seed per prompt")
+    return prompts, seeds
+
+
+def computed_on(handle, settings: CompareSettings | None = None) -> str:
+    """One line saying what every figure of a comparison (and :func:`evaluate_plan`) is computed on,
+    e.g. "latent MSE, PSNR and SSIM against the original and the shapes task accuracy, on 4 prompts
+    x 1 seed each (seeds 0-3), 10 steps, guidance 1".
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+    >>> computed_on(h, CompareSettings(eval_prompts=["a red circle", "a blue square"], steps=2))
+    'latent MSE, PSNR and SSIM against the original (CLIP score where the CLIP model loads), on 2 prompts x 1 seed each (seeds 0-1), 2 steps, guidance 7.5'
+    """
+    s = settings or CompareSettings()
+    prompts, seeds = evaluation_set(handle, s)
+    g = spec(handle, steps=s.steps, guidance=s.guidance)
+    if is_shapes_model(handle.model_ref):
+        what = "latent MSE, PSNR and SSIM against the original and the shapes task accuracy"
+    elif s.clip:
+        what = "latent MSE, PSNR and SSIM against the original (CLIP score where the CLIP model loads)"
+    else:
+        what = "latent MSE, PSNR and SSIM against the original"
+    span = f"seeds {seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[0] + len(seeds))) else \
+        f"seeds {', '.join(map(str, seeds[:4]))}{'...' if len(seeds) > 4 else ''}"
+    return (f"{what}, on {plural(len(prompts), 'prompt')} x 1 seed each ({span}), {plural(g.steps, 'step')}, "
+            f"guidance {g.guidance:g}")
+
+
+def _own_row(handle, plan: PruningPlan, total, prompts, seeds, ref, s: CompareSettings, control, clip) -> dict:
+    """The visitor's own plan, built as exported (``pruning.export.build``) and evaluated like every plan."""
+    from .plan import EDITED, describe
+
+    small = build_model(handle, plan)
+    row = _row([_evaluate(handle, small, prompts, seeds, ref, s, control, clip)[0]])
+    row["params_fraction"] = 1 - row["params"] / total
+    target = plan.provenance.get("target_sparsity")  # a method's target; after a hand edit, what it removes
+    aimed = isinstance(target, (int, float)) and not isinstance(target, bool) and not plan.provenance.get(EDITED)
+    sparsity = float(target) if aimed else round(row["params_fraction"], 4)
+    return {"method": OWN_PLAN, "label": s.own_label or describe(plan), "reconstructed": False,
+            "sparsity": sparsity, **row, "n_prompts": len(prompts)}
+
+
+def evaluate_plan(handle, plan: PruningPlan, settings: CompareSettings | None = None, *,
+                  control: RunControl | None = None) -> dict:
+    """One plan's figures on the comparison's prompts and seeds (:func:`evaluation_set`), the same
+    row a comparison with ``CompareSettings(own_plan=plan)`` gives it (method :data:`OWN_PLAN`):
+    params, macs, params_fraction, latent_mse (+ latent_mse_se), psnr, ssim, and on the shapes
+    models acc_color / acc_shape / acc_position / acc_all with ``_lo`` / ``_hi``, n_prompts, label;
+    ``computed_on`` says on what, in one line. For the Select tab's figure to equal the
+    comparison's point of the same plan, compute it here with the same settings.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> from pruning.methods import get
+    >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+    >>> plan = get("magnitude").to_plan(h, get("magnitude").score(h), target_sparsity=0.2)
+    >>> r = evaluate_plan(h, plan, CompareSettings(eval_prompts=["a red circle", "a blue square"], steps=2))
+    >>> r["method"], r["label"], r["n_prompts"], r["latent_mse"] > 0
+    ('your plan', 'Weight magnitude 20%', 2, True)
+    """
+    control = as_control(control)
+    s = settings or CompareSettings()
+    check_base(plan, handle, "your plan")
+    prompts, seeds = evaluation_set(handle, s)
+    attrs: dict = {}
+    clip = _clip_scorer(handle, s, attrs)
+    base, out = _evaluate(handle, handle.denoiser, prompts, seeds, None, s, control, clip)
+    ref = {"latents": out["latents"], "images": out["images"]}
+    row = _own_row(handle, plan, _row([base])["params"], prompts, seeds, ref, s, control, clip)
+    return {**row, "computed_on": computed_on(handle, s), **({"clip": attrs["clip"]} if "clip" in attrs else {})}
+
+
+def _label(handle, name: str, s: CompareSettings, calib) -> str:
+    """The curve's label: the method and the settings it ran with (the visitor's scores say so)."""
+    method = get(name)
+    if name == "random":
+        return f"{method_name(name)} (mean of {plural(s.random_draws, 'draw')})"
+    values = asdict(method_settings(method, s, calib))
+    note = "your scores" if name in s.method_scores else None
+    if name in s.method_scores and s.method_scores[name].partial:
+        note = "your scores, stopped early"
+    return settings_label(name, values, family=handle.family, note=note)
 
 
 def _fewer_steps_rows(handle, rows, prompts, seeds, ref, s: CompareSettings, control, clip) -> list[dict]:
@@ -214,7 +399,8 @@ def _fewer_steps_rows(handle, rows, prompts, seeds, ref, s: CompareSettings, con
     orig = next(r for r in rows if r.get("method") == "original")
     wanted: dict[tuple, list[str]] = {}
     for r in rows:
-        if r.get("method") in ("original", FEWER_STEPS) or r.get("reconstructed") or pd.isna(r.get("macs", np.nan)):
+        if r.get("method") in ("original", FEWER_STEPS, OWN_PLAN) or r.get("reconstructed") or \
+                pd.isna(r.get("macs", np.nan)):
             continue
         k = matched_steps(full, 1 - r["macs"] / orig["macs"])
         wanted.setdefault((r["sparsity"], k), []).append(r["method"])
@@ -226,8 +412,9 @@ def _fewer_steps_rows(handle, rows, prompts, seeds, ref, s: CompareSettings, con
             done[k] = _row([_evaluate(handle, handle.denoiser, prompts, seeds, ref, settings, control, clip)[0]])
         row = dict(done[k])
         row["macs"] = orig["macs"] * k / full  # MACs per denoiser call, scaled to the same MACs per image
-        out.append({"method": FEWER_STEPS, "reconstructed": False, "sparsity": t, **row, "params_fraction": 0.0,
-                    "steps": k, "steps_full": full, "plans": ", ".join(dict.fromkeys(who))})
+        out.append({"method": FEWER_STEPS, "label": f"original at {plural(k, 'step')} (same MACs per image)",
+                    "reconstructed": False, "sparsity": t, **row, "params_fraction": 0.0,
+                    "steps": k, "steps_full": full, "plans": ", ".join(dict.fromkeys(who)), "n_prompts": len(prompts)})
     return out
 
 
@@ -245,20 +432,29 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
     chosen = [get(m).name for m in (methods if methods is not None else names())]
     if not chosen:
         raise SettingsError("choose at least one method to compare")
-    prompts = list(s.eval_prompts or evaluation_prompts(handle.model_ref, EVAL_PROMPTS))
-    seeds = list(s.eval_seeds or range(len(prompts)))
+    prompts, seeds = evaluation_set(handle, s)
     calib = tuple(s.calib_prompts or calibration_prompts(handle.model_ref, CALIB_PROMPTS))
+    own = s.own_plan
+    if own is not None:
+        check_base(own, handle, "your plan")
+    for name, x in s.method_scores.items():
+        if name in chosen:
+            check_scores_fit(handle, x)
+    labels = {name: _label(handle, name, s, calib) for name in chosen}
     attrs = dict(model_ref=handle.model_ref, eval_prompts=prompts, eval_seeds=seeds, calib_prompts=list(calib),
-                 methods=chosen, sparsities=sps, partial=False)
-    key = {"sparsities": sps, "methods": chosen, "settings": asdict(s)}
+                 methods=chosen, sparsities=sps, partial=False, labels=labels,
+                 reused_scores=[n for n in chosen if n in s.method_scores and n != "random"],
+                 computed_on=computed_on(handle, s), model=model_name(handle), weights=model_tooltip(handle))
+    key = {"sparsities": sps, "methods": chosen, "settings": settings_key(s)}
     clip = _clip_scorer(handle, s, attrs)
     recon = ReconstructSettings(**s.reconstruct_settings) if s.reconstruct else None
-    jobs = _jobs(chosen, sps, s.fewer_steps)
+    jobs = _jobs(chosen, sps, s.fewer_steps, own is not None)
+    labels = {**labels, "original": f"original ({plural(spec(handle, steps=s.steps).steps, 'step')})"}
     n_jobs = len(chosen) * len(sps)
     rows, total, ref, j, scored, inner = [], None, None, 0, None, None
     if state is not None:
         state.check("compare", handle.model_ref, key)
-        _check_state(state, jobs, len(prompts), ["original", *chosen], s)
+        _check_state(state, jobs, len(prompts), ["original", *chosen, *([OWN_PLAN] if own is not None else [])], s)
         rows, j, total = [dict(r) for r in state.data["rows"]], int(state.data["job"]), state.data["total"]
         ref = {"latents": state.tensors["ref.latents"], "images": state.tensors["ref.images"].numpy()}
         scored = [Scores.from_dict(d) for d in state.data["scores"]] if state.data.get("scores") else None
@@ -282,14 +478,20 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
             ref = {"latents": out["latents"], "images": out["images"]}
             base_row = _row([base])
             total = base_row["params"]
-            rows.append({"method": "original", "reconstructed": False, "sparsity": 0.0, "params_fraction": 0.0,
-                         "latent_mse": 0.0, "latent_mse_se": 0.0, "psnr": 100.0, "ssim": 1.0, **base_row})
+            rows.append({"method": "original", "label": labels["original"], "reconstructed": False, "sparsity": 0.0,
+                         "params_fraction": 0.0, "latent_mse": 0.0, "latent_mse_se": 0.0, "psnr": 100.0, "ssim": 1.0,
+                         **base_row, "n_prompts": len(prompts)})
             control.unit_done()
         while j < len(jobs) and not control.stopped():
             if control.chunk_full():
                 chunk_ended = True
                 break
             kind, name, t = jobs[j]
+            if kind == "own":
+                rows.append(_own_row(handle, own, total, prompts, seeds, ref, s, control, clip))
+                j += 1
+                control.unit_done()
+                continue
             if kind == "steps":
                 rows.extend(_fewer_steps_rows(handle, rows, prompts, seeds, ref, s, control, clip))
                 j += 1
@@ -300,6 +502,8 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                 draws = method.comparison_draws(method_settings(method, s, calib), s.random_draws)
                 if len(draws) > 1:  # independent random draws (the random baseline), each scored whole
                     scored = [method.score(handle, d, control=control) for d in draws]
+                elif name in s.method_scores:  # the visitor's own scores: not scored again
+                    scored = [s.method_scores[name]]
                 else:
                     x, inner = method.run(handle, draws[0], state=inner, control=control)
                     scored = [x]
@@ -313,10 +517,12 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
             try:
                 plans = [method.to_plan(handle, x, target_sparsity=t, budget=s.budget) for x in scored]
             except PruningError as e:
-                rows.append({"method": name, "sparsity": t, "error": str(e)})
+                rows.append({"method": name, "label": labels[name], "sparsity": t, "error": str(e)})
                 plans = None
             if plans:
-                rows.extend(_plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip, recon))
+                rows.extend({**r, "label": labels[name], "n_prompts": len(prompts)}
+                            for r in _plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip,
+                                                recon))
             j += 1
             if j == len(jobs) or jobs[j][0] == "score":
                 scored = None  # this method's plans are done

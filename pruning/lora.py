@@ -172,6 +172,10 @@ def _check_fits(handle, layers: dict, what: str) -> None:
                             + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + " (a LoRA for another model?)")
 
 
+WHAT_IS_A_LORA = ("a LoRA file holds small low-rank factor pairs (lora_A / lora_B, or lora_down / lora_up "
+                  "weights) that adapt some layers of a base model, as diffusers' load_lora_weights reads them")
+
+
 def read_lora(handle, path: str | os.PathLike) -> Lora:
     """The LoRA in ``path`` (a ``.safetensors`` file, or a folder holding ``pytorch_lora_weights.safetensors``)
     for ``handle``'s pipeline, converted the way ``load_lora_weights`` converts it, scales folded."""
@@ -180,10 +184,10 @@ def read_lora(handle, path: str | os.PathLike) -> Lora:
     path = Path(path)
     if path.is_dir():
         path = path / LORA_FILE
+    what = f"LoRA file {path.name!r}"  # its base name: never a folder of this machine (an upload's path)
     if path.suffix != ".safetensors" or not path.is_file():
-        raise SettingsError(f"LoRA {str(path)!r}: not a .safetensors file (only safetensors LoRAs are read; "
+        raise SettingsError(f"{what}: not a .safetensors file (only safetensors LoRAs are read; "
                             "nothing is unpickled)")
-    what = f"LoRA {str(path)!r}"
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -194,7 +198,7 @@ def read_lora(handle, path: str | os.PathLike) -> Lora:
     try:
         state, alphas = families.of(handle).lora_state_dict(cls, dict(tensors))
     except Exception as e:  # an unknown layout: diffusers would refuse it too
-        raise SettingsError(f"LoRA {str(path)!r}: diffusers cannot read it for a {cls.__name__}: "
+        raise SettingsError(f"{what}: diffusers cannot read it for a {cls.__name__}: "
                             f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
     try:
         state = convert_unet_state_dict_to_peft(state)
@@ -212,13 +216,14 @@ def read_lora(handle, path: str | os.PathLike) -> Lora:
                 break
         else:
             if not key.endswith(".alpha"):
-                raise SettingsError(f"LoRA {str(path)!r}: cannot slice {key!r} (only lora_A / lora_B factors)")
+                raise SettingsError(f"{what} is not a LoRA: {WHAT_IS_A_LORA}; it holds {key!r}, which is none of "
+                                    "them (a whole model or text-encoder checkpoint?)")
     if not factors:
-        raise SettingsError(f"LoRA {str(path)!r} holds no LoRA factors")
+        raise SettingsError(f"{what} holds no LoRA factors: {WHAT_IS_A_LORA}")
     layers = {}
     for module, f in sorted(factors.items()):
         if "A" not in f or "B" not in f:
-            raise SettingsError(f"LoRA {str(path)!r}: module {module!r} lacks its lora_A or lora_B")
+            raise SettingsError(f"{what}: module {module!r} lacks its lora_A or lora_B")
         if not all(t.is_floating_point() for t in f.values()):
             raise SettingsError(f"{what}: module {module!r} has factors that are not floating-point tensors")
         A, B, bias = f["A"].float(), f["B"].float(), f.get("bias")
@@ -258,11 +263,11 @@ def slice_lora(handle, plan: PruningPlan, lora: Lora) -> Lora:
         try:
             layer = den.get_submodule(name)
         except AttributeError:
-            raise SettingsError(f"LoRA {lora.source!r} adapts {name!r}, which {handle.source!r} does not have "
+            raise SettingsError(f"LoRA file {Path(lora.source).name!r} adapts {name!r}, which {handle.source!r} does not have "
                                 "(a LoRA for another model?)") from None
         if not isinstance(layer, (nn.Linear, nn.Conv2d)) or B.shape[0] != layer.weight.shape[0] \
                 or A.shape[1] != layer.weight.shape[1]:
-            raise SettingsError(f"LoRA {lora.source!r}: factors for {name!r} ({tuple(B.shape)} x {tuple(A.shape)}) "
+            raise SettingsError(f"LoRA file {Path(lora.source).name!r}: factors for {name!r} ({tuple(B.shape)} x {tuple(A.shape)}) "
                                 f"do not fit its weight {tuple(layer.weight.shape)}")
         op = _removed_by(name, plan, found)
         rows = masks.get(f"{name}.weight", {}).get(0)
@@ -310,7 +315,7 @@ def fuse_lora(handle, path: str | os.PathLike, scale: float = 1.0):
     comps = dict(handle.pipe.components)
     missing = sorted(parts - set(comps))
     if missing:
-        raise SettingsError(f"LoRA {lora.source!r} adapts {missing[0]!r}, which {handle.source!r} does not have")
+        raise SettingsError(f"LoRA file {Path(lora.source).name!r} adapts {missing[0]!r}, which {handle.source!r} does not have")
     for part in parts:
         comps[part] = fuse_into(plain_copy(comps[part]), lora.for_component(part), scale)
     pipe = type(handle.pipe)(**comps)
@@ -351,7 +356,7 @@ def slice_lora_file(handle, plan: PruningPlan, source: str | os.PathLike, out_di
     if rename is not None:
         small = renamed(small, handle.denoiser_name, rename)
     if not small.layers:
-        raise ExportError(f"every layer the LoRA {lora.source!r} adapts is removed by the plan: "
+        raise ExportError(f"every layer the LoRA file {Path(lora.source).name!r} adapts is removed by the plan: "
                           + ", ".join(small.dropped[:3]))
     write_lora(small, Path(out_dir) / LORA_FILE)
     changed = sum(1 for k, v in small.layers.items() if v[0].shape != lora.layers[k][0].shape

@@ -142,6 +142,16 @@ def median_latency(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 
     >>> median_latency(lambda: sum(range(100)), repeats=3, warmup=1) >= 0
     True
     """
+    return statistics.median(timings(fn, repeats=repeats, warmup=warmup))
+
+
+def timings(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 2) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn()`` in seconds, after ``warmup`` untimed calls (for a
+    latency with its spread: :func:`pruning.labels.latency_change`).
+
+    >>> len(timings(lambda: None, repeats=3, warmup=0))
+    3
+    """
     for _ in range(warmup):
         fn()
     times = []
@@ -149,7 +159,7 @@ def median_latency(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 @torch.no_grad()
@@ -157,6 +167,13 @@ def denoiser_latency(denoiser: nn.Module, *, batch: int = 1, repeats: int = 7, *
     """Median seconds of one no-grad forward on random example inputs."""
     kw = example_inputs(denoiser, batch=batch, generator=torch.Generator().manual_seed(0), **input_kw)
     return median_latency(lambda: denoiser(**kw), repeats=repeats)
+
+
+@torch.no_grad()
+def denoiser_timings(denoiser: nn.Module, *, batch: int = 1, repeats: int = 7, **input_kw) -> list[float]:
+    """Seconds of each of ``repeats`` no-grad forwards on random example inputs (after 2 warm-up calls)."""
+    kw = example_inputs(denoiser, batch=batch, generator=torch.Generator().manual_seed(0), **input_kw)
+    return timings(lambda: denoiser(**kw), repeats=repeats)
 
 
 class SavedTensorMeter:

@@ -277,6 +277,60 @@ class PruningPlan:
         }
 
 
+# --------------------------------------------------------------------------- provenance in words
+
+MANUAL = "manual"  # provenance["method"] of a plan chosen by hand from scratch
+EDITED = "edited_by_hand"  # provenance key: True when a method's plan was then edited by hand
+
+
+def _same_selection(a: PruningPlan, b: PruningPlan) -> bool:
+    return (set(a.removed_operators) == set(b.removed_operators)
+            and all({f: set(k) for f, k in a.kept(kind).items()} == {f: set(k) for f, k in b.kept(kind).items()}
+                    for kind in KEPT_FIELDS))
+
+
+def mark_edited(plan: PruningPlan, origin: PruningPlan | Mapping | None) -> PruningPlan:
+    """``plan`` with the provenance of a hand edit of ``origin`` (the plan a method pre-filled, or
+    its provenance): the method, its target and settings are kept and ``edited_by_hand`` is set;
+    when ``plan`` selects exactly what ``origin`` selects, ``origin``'s provenance as is; without
+    an origin (or a hand-made one) the method is ``"manual"``.
+
+    >>> a = PruningPlan(family="sd", base="tiny:sd", removed_operators=("x", "y"),
+    ...                 provenance={"method": "ecodiff", "target_sparsity": 0.2})
+    >>> b = mark_edited(PruningPlan(family="sd", base="tiny:sd", removed_operators=("x",)), a)
+    >>> b.provenance["method"], b.provenance["edited_by_hand"], describe(b)
+    ('ecodiff', True, 'EcoDiff 20%, edited by hand')
+    >>> describe(mark_edited(a, a)), describe(mark_edited(b, None))
+    ('EcoDiff 20%', 'chosen by hand')
+    """
+    prov = dict(origin.provenance if isinstance(origin, PruningPlan) else (origin or {}))
+    own = {k: v for k, v in plan.provenance.items() if k not in ("method", EDITED)}
+    if not prov or prov.get("method", MANUAL) == MANUAL:
+        return replace(plan, provenance={**prov, **own, "method": MANUAL})
+    if isinstance(origin, PruningPlan) and _same_selection(plan, origin):
+        return replace(plan, provenance={**own, **prov})
+    return replace(plan, provenance={**own, **prov, EDITED: True})
+
+
+def describe(plan: PruningPlan | Mapping) -> str:
+    """The plan's origin in words, the same on every tab and in the card: the method's name and
+    target ("EcoDiff 20%"), ", edited by hand" after a hand edit, "chosen by hand" for a plan made
+    by hand (``plan`` or its provenance).
+
+    >>> describe({"method": "ldpruner", "target_sparsity": 0.125}), describe({})
+    ('LD-Pruner 12.5%', 'chosen by hand')
+    """
+    from .labels import method_name  # the method registry imports this module
+
+    prov = plan.provenance if isinstance(plan, PruningPlan) else (plan or {})
+    method = str(prov.get("method") or MANUAL)
+    if method == MANUAL:
+        return "chosen by hand"
+    t = prov.get("target_sparsity")
+    target = f" {100 * t:.3g}%" if isinstance(t, (int, float)) and not isinstance(t, bool) else ""
+    return f"{method_name(method)}{target}" + (", edited by hand" if prov.get(EDITED) else "")
+
+
 def _reconstruction(value) -> Mapping[str, Any] | None:
     """``None`` or ``{"settings": {...}, "compensated": [FQN, ...]}``, checked and frozen."""
     if value is None:

@@ -159,8 +159,28 @@ def number(name: str, value, *, lo: float | None = None, hi: float | None = None
 
 
 def fraction(name: str, value) -> float:
-    """A fraction strictly inside (0, 1), e.g. a target sparsity."""
-    return number(name, value, lo=0, hi=1, open_lo=True, open_hi=True)
+    """A fraction strictly inside (0, 1), e.g. a target sparsity; the error says it in plain words
+    (and how to write a percentage).
+
+    >>> fraction("target sparsity", "150%")
+    Traceback (most recent call last):
+    ...
+    pruning.errors.SettingsError: target sparsity must be a fraction between 0 and 1, like 0.2, got '150%' (write 20% as 0.2)
+    """
+    try:
+        return number(name, value, lo=0, hi=1, open_lo=True, open_hi=True)
+    except SettingsError:
+        raise SettingsError(f"{name} must be a fraction between 0 and 1, like 0.2, got {_plain_shown(value)}"
+                            + percent_hint(value)) from None
+
+
+def _plain_shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) and math.isfinite(value) else shown(value)
+
+
+def percent_hint(value) -> str:
+    """`` (write 20% as 0.2)`` when ``value`` is a percentage written as text, else ``""``."""
+    return " (write 20% as 0.2)" if isinstance(value, str) and value.strip().endswith("%") else ""
 
 
 def choice(name: str, value, choices: Sequence[str]) -> str:

@@ -295,7 +295,8 @@ def test_9_nan_settings_are_refused(capsys, sd_folder, tmp_path):
     with pytest.raises(SettingsError, match="recovery lr must be a finite number"):
         RecoverSettings(lr=float("nan"))
     code, _, err = cli(capsys, "compare", "--model", sd_folder, "--sparsities", "1.5", "--out", tmp_path / "q.csv")
-    one_line_error(code, err, r"sparsities[0] must be a finite number in (0, 1), got 1.5")
+    one_line_error(code, err, "target sparsities are fractions between 0 and 1, like 0.2 (the share of the params to "
+                   "remove); sparsities[0] is 1.5")
     code, _, err = cli(capsys, "ecodiff", "--model", sd_folder, "--lr", "nan", "--out", tmp_path / "m.safetensors")
     one_line_error(code, err, "lr must be a finite number")
 
@@ -502,7 +503,7 @@ def test_16_target_sparsity_that_is_not_a_number(capsys, sd, sd_folder, tmp_path
     path = scores.write(tmp_path / "mag.csv")
     code, _, err = cli(capsys, "prune", "--model", sd_folder, "--scores", path, "--target-sparsity", "abc",
                        "--out", tmp_path / "p.json")
-    one_line_error(code, err, "target sparsity must be a finite number in (0, 1), got 'abc'")
+    one_line_error(code, err, "target sparsity must be a fraction between 0 and 1, like 0.2, got 'abc'")
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def test_card_front_matter_figures_and_grid(shapes_sd, tmp_path):
     q = card["quality"]
     assert meta["pruning"]["quality"]["latent_mse"] == q["latent_mse"] > 0
     assert 0 < q["ssim"] < 1 and 0 <= q["task_accuracy"] <= 1 and len(q["prompts"]) == 4
-    assert f"| latent MSE (lower is better) | {q['latent_mse']:.6g} |" in text
+    assert f"| latent MSE (lower is better) | 0 | {q['latent_mse']:.6g} |" in text
     assert all(p in text for p in q["prompts"]) and "CLIP score: not measured" in text
     assert f"| `{ATTN}` | 0.50 |" in text and "`mid_block.resnets.0`" in text
     assert "Reconstruction: not applied." in text and "Recovery finetune: not applied." in text

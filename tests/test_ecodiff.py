@@ -124,7 +124,7 @@ def test_threshold_cut(tiny_sd, state):
 
 def test_to_plan_bad_input(tiny_sd, tiny_flux, state):
     for bad in (0, 1, -0.1, 1.5):
-        with pytest.raises(SettingsError, match=f"target sparsity must be a finite number in \\(0, 1\\), got {bad:g}"):
+        with pytest.raises(SettingsError, match=f"target sparsity must be a fraction between 0 and 1, like 0.2, got {bad:g}"):
             to_plan(tiny_sd, state, target_sparsity=bad)
     heads_only = MaskState({f: v for f, v in state.lambdas.items() if state.kinds[f] == "head"},
                            state.kinds, state.history, state.model_ref, "sd", state.settings)
