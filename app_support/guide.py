@@ -109,20 +109,11 @@ EXAMPLE_PROMPTS = {
 
 
 def estimate_seconds(handle, *, prompts: int = 4) -> dict:
-    """Predicted wall times of each registered method at its default settings (``pruning.estimate``)."""
-    from dataclasses import fields
-
+    """Predicted wall times of each registered method at its quick settings (``pruning.estimate``)."""
     from pruning import methods
-    from pruning.estimate import estimate
-    from pruning.prompts import calibration_prompts
+    from pruning.estimate import estimate_methods
 
-    p = calibration_prompts(handle.model_ref, prompts)
-    out = {}
-    for name in methods.names():
-        m = methods.get(name)
-        given = {"prompts": p} if "prompts" in {f.name for f in fields(m.Settings)} else {}
-        out[m.title] = estimate(handle, name, m.settings(**given)).seconds
-    return out
+    return {methods.get(n).title: e.seconds for n, e in estimate_methods(handle, prompts).items()}
 
 
 def estimate_text(est: dict) -> str:

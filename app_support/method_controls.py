@@ -33,7 +33,7 @@ from pruning.errors import SettingsError
 from pruning.methods.base import settings_fields
 from pruning.validate import shown
 
-from .inputs import Checkbox, Number
+from .inputs import Checkbox, Number, Slider
 from .runs import APP_LIMITS, check_size
 
 SHARED = ("prompts", "steps")  # the tab's own controls, read for every method that has them
@@ -55,15 +55,18 @@ def common_fields() -> set[str]:
 
 
 def offered(settings_cls, common: set[str] | frozenset = frozenset()) -> list[tuple[dict, bool]]:
-    """(field, shown at once) for every field the app offers, in the class's order. A field's
-    metadata may say ``primary=True/False``; otherwise the unit-kind choices and the first
-    :data:`MAIN` fields of the method's own (not in ``common``) are shown at once."""
+    """(field, shown at once) for every field the app offers, in the class's order: the fields the
+    method marks ``basic``; for a method that marks none, the unit-kind choices and the first
+    :data:`MAIN` fields of its own (not in ``common``)."""
     out, shown_ = [], 0
-    for f in settings_fields(settings_cls):
+    every = settings_fields(settings_cls)
+    marked = any(f.get("basic") for f in every)
+    for f in every:
         if f["name"] in SHARED or f["kind"] not in TYPED:
             continue
-        primary = _extra(settings_cls, f["name"]).get("primary")
-        if primary is None:
+        if marked:
+            primary = bool(f.get("basic"))
+        else:
             primary = f["kind"] == "choices" or (f["name"] not in common and f["kind"] != "ints" and shown_ < MAIN)
         shown_ += bool(primary) and f["kind"] != "choices"
         out.append((f, bool(primary)))
@@ -74,10 +77,21 @@ def label(name: str) -> str:
     return name.replace("_", " ")
 
 
+def first_value(f: dict):
+    """What a control shows first: the field's value for a quick interactive run (its default
+    unless the method says otherwise)."""
+    return f.get("quick", f["default"])
+
+
+def is_text(f: dict) -> bool:
+    """A number whose first value is "the model's default": a text box (blank = that default)."""
+    return f["kind"] in ("int", "float") and first_value(f) is None
+
+
 def control(f: dict, elem_id: str):
     """One input for one settings field (its help as the info line)."""
-    kind, default, info = f["kind"], f["default"], f["help"] or None
-    kw = {"label": label(f["name"]), "info": info, "elem_id": elem_id}
+    kind, default, info = f["kind"], first_value(f), f["help"] or None
+    kw = {"label": f.get("label") or label(f["name"]), "info": info, "elem_id": elem_id}
     if kind == "choices":
         return gr.CheckboxGroup(list(f["choices"]), value=list(default or ()), **kw)
     if kind == "choice" and default is not None and len(f["choices"]) <= 4:
@@ -89,8 +103,10 @@ def control(f: dict, elem_id: str):
         return Checkbox(bool(default), **kw)
     if kind == "ints":
         return gr.Textbox(", ".join(map(str, default or ())), placeholder="blank = the default", **kw)
-    if default is None:  # a number box cannot be blank in the browser (it sends 0): blank text = the default
+    if is_text(f):  # a number box cannot be blank in the browser (it sends 0): blank text = the default
         return gr.Textbox("", placeholder="blank = the default", **kw)
+    if f.get("low") is not None and f.get("high") is not None:
+        return Slider(f["low"], f["high"], value=default, step=f.get("step") or (1 if kind == "int" else None), **kw)
     return Number(default, precision=0 if kind == "int" else None, **kw)
 
 
@@ -153,13 +169,19 @@ def settings(name: str, data, family: str, prompts=None, steps=None):
 
 
 def shown_values(name: str, preset: str | None, family: str) -> dict:
-    """The value each offered control shows for ``preset`` (the model ``family``'s)."""
+    """The value each offered control shows for ``preset`` (the model ``family``'s): the preset's
+    values, and a quick run's where the preset leaves a field at its default."""
+    from dataclasses import asdict
+
     m = methods.get(name)
-    s = m.settings(preset=preset, family=family)
+    base = asdict(m.settings())
+    values = asdict(m.settings(preset=preset, family=family))
     out = {}
     for f, _ in offered(m.Settings, common_fields()):
-        v = getattr(s, f["name"], None)
-        out[f["name"]] = (", ".join(map(str, v)) if f["kind"] == "ints" and v else
+        v = values.get(f["name"])
+        if v == base.get(f["name"]):
+            v = first_value(f)
+        out[f["name"]] = ((", ".join(map(str, v)) if v else "") if f["kind"] == "ints" else
                           list(v) if f["kind"] == "choices" else
-                          ("" if v is None else str(v)) if f["default"] is None else v)  # a text box: blank = default
+                          ("" if v is None else str(v)) if is_text(f) else v)
     return out

@@ -30,7 +30,8 @@ LOSS_EMPTY = "A method that optimises (its loss per step) draws its curves here.
 
 
 def _preset_label(m, p: str) -> str:
-    return f"{p} (default)" if p == m.presets[0] else p
+    title = m.preset_title(p)
+    return f"{title} (default)" if p == m.presets[0] and title == p else title
 
 
 def build(S) -> SimpleNamespace:
@@ -51,7 +52,7 @@ def build(S) -> SimpleNamespace:
             m = methods.get(name)
             with gr.Group(visible=name == default, elem_id=f"settings-{name}") as group:
                 preset = (gr.Radio([(_preset_label(m, p), p) for p in m.presets], value=m.presets[0],
-                                   label="settings", info=H["preset"], elem_id=f"preset-{name}")
+                                   label="settings", info=m.preset_help or H["preset"], elem_id=f"preset-{name}")
                           if len(m.presets) > 1 else None)
                 preset_note = gr.Markdown(elem_id=f"preset-note-{name}") if len(m.presets) > 1 else None
                 controls = {}
@@ -149,7 +150,7 @@ def preset_note(model, name, preset) -> str:
     budget, why the method's budget preset is suggested."""
     m = methods.get(name)
     ref = handle(model).model_ref if model else None
-    text = m.preset_note(preset, ref) if preset else ""
+    text = (m.preset_note(preset, ref or "") or "") if preset else ""
     if preset and preset == m.budget_preset:
         over = _over_budget(model, name)
         if over is not None:
