@@ -142,7 +142,8 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
                prompt: str = "a red circle at the top left on a white background", root: Path = EXPORTS,
                lora: str | None = None, native: bool = False) -> dict:
     """Export ``plan`` (with its model card, and ``lora`` sliced for it), zip it, write the bare plan
-    JSON; returns {"zip", "plan_json", "snippet", "lora"} ("lora": the export's LoRA report or None)."""
+    JSON; returns {"zip", "plan_json", "snippet", "lora", "card"} ("lora": the export's LoRA report or None;
+    "card": what its model card records, quality figures included)."""
     root.mkdir(parents=True, exist_ok=True)
     cleanup(root)
     work = root / f"{session[:12]}-{uuid.uuid4().hex}"  # unguessable: the folder is served by its path
@@ -151,7 +152,8 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
     try:
         folder = export(handle, plan, work / FOLDER, full_pipeline=full_pipeline, denoiser=denoiser, lora=lora,
                         native=native)
-        report = json.loads((folder / MANIFEST).read_text()).get("lora")
+        manifest = json.loads((folder / MANIFEST).read_text())
+        report, card = manifest.get("lora"), manifest.get("card") or {}
         zip_path = shutil.make_archive(str(work / FOLDER), "zip", root_dir=work, base_dir=FOLDER)
         plan_json = work / "pruning_plan.json"
         plan_json.write_text(plan.to_json())
@@ -172,4 +174,4 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
                                    base=py_str(handle.source)) if not full_pipeline else NATIVE_PIPELINE.format(folder=FOLDER)
     snippet = SNIPPET.format(install=public_install_line(), folder=FOLDER, zip_name=Path(zip_path).name, load=load)
     cleanup(root)
-    return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet, "lora": report}
+    return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet, "lora": report, "card": card}

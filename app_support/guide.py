@@ -111,9 +111,18 @@ EXAMPLE_PROMPTS = {
 def estimate_seconds(handle, *, prompts: int = 4) -> dict:
     """Predicted wall times of each registered method at its quick settings (``pruning.estimate``)."""
     from pruning import methods
-    from pruning.estimate import estimate_methods
+    from pruning.errors import SettingsError
+    from pruning.estimate import estimate
+    from pruning.prompts import calibration_prompts
 
-    return {methods.get(n).title: e.seconds for n, e in estimate_methods(handle, prompts).items()}
+    p, out = calibration_prompts(handle.model_ref, prompts), {}
+    for name in methods.names():
+        m = methods.get(name)
+        try:
+            out[m.title] = estimate(handle, name, m.quick_settings(p)).seconds
+        except SettingsError:  # a method that does not say what it costs: no figure, never a guess
+            continue
+    return out
 
 
 def estimate_text(est: dict) -> str:

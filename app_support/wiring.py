@@ -47,13 +47,14 @@ PROGRESS = gr.Progress()  # gradio's per-call progress marker (a default argumen
 UI = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}  # cheap: never waits on model work
 RUN = {"concurrency_id": "model", "concurrency_limit": 1}  # shared models: one job at a time
 PRIVATE = {"api_visibility": "private"}
+ACTIVE: dict[str, str] = {}  # session -> what its running run is ("the EcoDiff run on tiny-shapes-sd")
 DEMOS: weakref.WeakSet = weakref.WeakSet()  # the built apps (a run finds its queue entry in them)
 EMPTY = {  # tables before their first result: the real headers, never gradio's "1 2 3"
     "kinds": pd.DataFrame(columns=["what", "kind", "count", "params", "share of params", "share of MACs"]),
     "scores": pd.DataFrame(columns=["rank", "operator / structure", "kind", "score (low = prunable)"]),
     "totals": pd.DataFrame(columns=["what", "removed", "of", "fraction"]),
     "metrics": pd.DataFrame(columns=["figure", "original", "pruned", "change / meaning"]),
-    "quality": pd.DataFrame(columns=["method", "reconstructed", "target", "params removed", "MACs",
+    "quality": pd.DataFrame(columns=["method", "settings", "reconstructed", "target", "params removed", "MACs",
                                      "latent MSE ± SE (lower = closer)", "PSNR dB (higher = closer)",
                                      "SSIM (higher = closer)"]),
 }
@@ -181,16 +182,27 @@ def run_with_estimate(h, work, cost, *, request, clicked, progress, phase: str):
         control.report(0, 1, estimate=text)
         return work(control)
 
-    best = 0.0
-    for msg in owned(with_estimate, runs=RUNS, session=sid(request), lock=CACHE.lock(h),
+    session = sid(request)
+    ACTIVE[session] = f"the {phase} run on {results.model_label(h)}"
+    try:
+        yield from _forward(h, with_estimate, session, clicked, request, progress, phase)
+    finally:
+        ACTIVE.pop(session, None)
+
+
+def _forward(h, work, session, clicked, request, progress, phase):
+    best, main = 0.0, None  # main: the run's own count (the first total > 1); nested counts only name the phase
+    for msg in owned(work, runs=RUNS, session=session, lock=CACHE.lock(h),
                      clicked_at=asked_at(clicked, request)):
         if msg[0] == "progress" and "estimate" in msg[3]:
             yield ("estimate", msg[3]["estimate"])
         elif msg[0] == "progress":
             done, total, info = msg[1], msg[2], msg[3]
-            best = max(best, done / total if total else 0.0)  # monotone, whatever the phases report
+            main = main or (total if total and total > 1 else None)
+            if total == main:
+                best = max(best, done / total)  # monotone, whatever the phases report
             name = info.get("phase") or phase
-            progress(best, desc=f"{name}: {done}/{total}" if total else name)
+            progress(best, desc=f"{name}: {round(best * main)}/{main}" if main else name)
             yield msg
         else:
             yield msg
@@ -205,6 +217,12 @@ def gpu_chunk(fn, *args):
 def stamp():
     """A run button's click time (unqueued), so a Stop pressed while the run still waits stops it."""
     return RUNS.clicked()
+
+
+def waiting_note(request: gr.Request) -> str:
+    """What a model switch waits for while this session's run holds the model (or "")."""
+    what = ACTIVE.get(sid(request))
+    return f"Waiting for {what} to finish (press **Stop** in its tab to load now)..." if what else gr.skip()
 
 
 def stop_run(request: gr.Request):

@@ -21,13 +21,13 @@ from app_support import format as fmt  # noqa: E402
 from app_support import method_controls as mc  # noqa: E402
 from app_support import wiring  # noqa: E402
 from app_support.tabs import score as score_tab  # noqa: E402
-from pruning import methods  # noqa: E402
+from pruning import labels, methods  # noqa: E402
 
 SOURCE = "tiny-shapes-sd"
 PROMPT = "a red circle at the top left on a white background"
 PROMPTS = PROMPT + "\na blue square at the bottom right on a black background"
 KINDS = ["head", "neuron", "group"]
-MAG = "Weight magnitude (baseline)"  # the method's title: the same name on every tab
+MAG = "Weight magnitude"  # pruning.labels.method_name: the same name on every tab
 
 
 TINY = {  # tiny settings per method (test values), by setting name
@@ -101,7 +101,8 @@ def resnets(c, n):
 def test_endpoints_are_named(c):
     names = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert names == {"/load_model", "/stop", "/score", "/prefill", "/table_mode", "/plan_totals", "/generate",
-                     "/compare_methods", "/redraw", "/export", "/estimate", "/estimate_compare", "/estimate_export"}
+                     "/compare_methods", "/redraw", "/export", "/estimate", "/estimate_compare", "/estimate_export",
+                     "/evaluate_plan"}
 
 
 def test_load_model(c):
@@ -137,7 +138,7 @@ def test_sweep_prefill_generate_export(c, tmp_path):
     assert len(frame(table)) == 3 and "3 of 3 operators" in status
     heat = figure(fig).data[0]
     assert heat.type == "heatmap" and "params" in heat.hovertemplate
-    assert SOURCE in figure(fig).layout.title.text and "N_gen 2" in figure(fig).layout.title.text
+    assert SOURCE in figure(fig).layout.title.text and "2 samples" in figure(fig).layout.title.text
     table, mode, totals = c.predict("ldpruner", 0.02, "global", api_name="/prefill")[:3]
     assert mode == "operators" and 0 < sum(r["prune"] for r in frame(table)) <= 3
     assert float(frame(totals)[0]["fraction"].rstrip("%")) >= 2
@@ -146,7 +147,18 @@ def test_sweep_prefill_generate_export(c, tmp_path):
     m = {r["figure"]: r for r in frame(metrics)}
     assert m["denoiser params"]["change / meaning"].startswith("-") and "latency" in "".join(m)
     asked = c.predict(0, False, api_name="/estimate_export")
-    zip_file, plan_file, snippet, _, estimate = c.predict(True, 0, PROMPTS, 2, api_name="/export")
+    zip_file, plan_file, snippet, _, estimate, quality, quality_line = c.predict(True, 0, PROMPTS, 2, api_name="/export")
+    assert "Method**: LD-Pruner 2%" in quality_line and "Measured at export on 4 prompts" in quality_line
+    card = (tmp_path / "card")  # the screen shows the rows the card records
+    with zipfile.ZipFile(zip_file["value"]) as z:
+        z.extractall(card)
+    from pruning.card import quality_rows
+    from pruning.manifest import MANIFEST
+
+    recorded = json.loads((card / "pruned-model" / MANIFEST).read_text())["card"]["quality"]
+    assert [(r["figure"], r["pruned"]) for r in frame(quality)] == [(r["figure"], r["pruned"])
+                                                                   for r in quality_rows(recorded)]
+    assert "shapes task accuracy (higher is better)" in [r["figure"] for r in frame(quality)]
     assert "Export:" in estimate and "Export:" in asked
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path)
@@ -154,7 +166,7 @@ def test_sweep_prefill_generate_export(c, tmp_path):
     plan = json.loads(open(plan_file["value"]).read())
     assert plan["removed_operators"] and pruned.family == "sd"
     assert 'load_pruned("pruned-model")' in snippet and "pip install" in snippet
-    zip_file, _, snippet, _, _ = c.predict(False, 2, PROMPTS, 2, api_name="/export")  # denoiser only, recovered
+    zip_file, _, snippet, *_ = c.predict(False, 2, PROMPTS, 2, api_name="/export")  # denoiser only, recovered
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path / "recovered")
     small = load_pruned(tmp_path / "recovered" / "pruned-model")
@@ -175,10 +187,13 @@ def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
                                    api_name="/compare_methods")
     rows = frame(table)
     assert [(r["method"], r["reconstructed"]) for r in rows if r["method"] != "fewer steps"] == [
-        ("original", ""), (MAG, ""), (MAG, "yes")] and "Done" in status
+        ("original", ""), ("your plan", ""), (MAG, ""), (MAG, "yes")] and "Done" in status
+    assert [r["settings"] for r in rows if r["method"] == "your plan"] == ["Weight magnitude 20%"]
     assert len([r for r in rows if r["method"] == "fewer steps"]) == 1  # the baseline at the plan's MACs
-    assert [t.name for t in figure(fig).data if "fewer" not in t.name] == ["magnitude", "magnitude + reconstruction"]
-    zip_file, plan_file, _, status, _ = c.predict(True, 0, PROMPTS, 2, True, api_name="/export")
+    names = [t.name for t in figure(fig).data if "fewer" not in t.name]  # each curve names its settings
+    assert names == ["Weight magnitude (defaults)", "Weight magnitude (defaults) + reconstruction",
+                     "your plan: Weight magnitude 20%"], names
+    zip_file, plan_file, _, status, *_ = c.predict(True, 0, PROMPTS, 2, True, api_name="/export")
     assert "reconstructed:" in status
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path)
@@ -243,7 +258,7 @@ def test_ldpruner_fast_score_runs_from_the_app(c):
     _, ops = resnets(c, 3)
     table, fig, _, status, _, _ = c.predict(*score_args("ldpruner", operators=ops, preset="fast"), api_name="/score")
     assert len(frame(table)) == 3 and "3 of 3 operators" in status
-    assert "fast score: one-step ablation at 2 timesteps" in figure(fig).layout.title.text
+    assert "LD-Pruner (fast preset" in figure(fig).layout.title.text
 
 
 def test_manual_selection_totals_match(c):
@@ -277,16 +292,17 @@ def test_structure_methods(c):
                                 api_name="/compare_methods")
     rows = frame(df)
     assert [r["method"] for r in rows if r["method"] != "fewer steps"] == (
-        ["original"] + [methods.get(n).title for n in ("magnitude", "random", "diffpruning") for _ in range(2)])
+        ["original", "your plan"] + [labels.method_name(n) for n in ("magnitude", "random", "diffpruning")
+                                     for _ in range(2)])
     assert [r["method"] for r in rows].count("fewer steps") >= 1  # the baseline at the plans' MACs
-    methods_drawn = [t for t in figure(fig).data if "fewer" not in (t.name or "")]
+    methods_drawn = [t for t in figure(fig).data if "fewer" not in (t.name or "") and t.mode == "lines+markers"]
     assert len(methods_drawn) == 3 and "Done" in status
     assert estimate.startswith("**Estimate**") and "Comparison:" in estimate
     asked = c.predict(["magnitude", "random", "diffpruning"], "0.1, 0.2", PROMPTS, 2, False, api_name="/estimate_compare")
     assert "Comparison:" in asked and "peak memory" in asked
     redrawn = figure(c.predict("psnr", api_name="/redraw"))  # from the stored table, no re-run
     assert "PSNR" in redrawn.layout.yaxis.title.text
-    assert len([t for t in redrawn.data if "fewer" not in (t.name or "")]) == 3
+    assert len([t for t in redrawn.data if "fewer" not in (t.name or "") and t.mode == "lines+markers"]) == 3
 
 
 def test_obsdiff_scores_in_the_app(c):
@@ -337,7 +353,7 @@ def test_export_with_a_lora_upload(url, tmp_path):
     c = client(url)
     c.predict("magnitude", 0.2, "global", api_name="/prefill")
     lora = gradio_client.handle_file(str(tmp_path / "in" / "pytorch_lora_weights.safetensors"))
-    zip_file, _, snippet, status, _ = c.predict(True, 0, PROMPTS, 2, False, lora, api_name="/export")
+    zip_file, _, snippet, status, *_ = c.predict(True, 0, PROMPTS, 2, False, lora, api_name="/export")
     assert "with the LoRA sliced" in status and 'subfolder="lora"' in snippet
     names = zipfile.ZipFile(zip_file["value"]).namelist()
     assert {"pruned-model/README.md", "pruned-model/grid.png", "pruned-model/lora/pytorch_lora_weights.safetensors"} \
@@ -358,7 +374,7 @@ def test_native_switch_in_select_and_export(url, tmp_path):
         c.predict(True, 0, PROMPTS, 2, False, None, True, api_name="/export")
     note = c.predict("magnitude", 0.1, "global", True, api_name="/prefill")[-1]
     assert "The plan is native: plain diffusers loads its export" in note
-    zip_file, _, snippet, status, _ = c.predict(True, 0, PROMPTS, 2, False, None, True, api_name="/export")
+    zip_file, _, snippet, status, *_ = c.predict(True, 0, PROMPTS, 2, False, None, True, api_name="/export")
     assert 'DiffusionPipeline.from_pretrained("pruned-model")' in snippet
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path)

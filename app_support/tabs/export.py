@@ -8,7 +8,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from pruning import methods
+from pruning import labels
+from pruning.card import quality_line, quality_table
+from pruning.plan import describe as describe_plan
 from pruning.estimate import estimate_export
 from pruning.export import check_removes_something
 from pruning.native import describe, native_layout, report
@@ -24,6 +26,7 @@ from ..wiring import (CACHE, GPU, PRIVATE, PROGRESS, RUN, UI, estimate_text, fri
                       prompts, run_with_estimate, sid, stamp, steps)
 
 KEY = "export"
+EMPTY_QUALITY = quality_table(None)
 NO_PLAN = "No plan yet: make one in **Select and compare** (pre-fill or tick rows)."
 
 
@@ -49,19 +52,23 @@ def build(S) -> SimpleNamespace:
         with gr.Row():
             dl_zip = gr.DownloadButton("Download the model (.zip)", visible=False)
             dl_json = gr.DownloadButton("Download pruning_plan.json", visible=False)
+        quality_md = gr.Markdown(elem_id="export-quality-line")
+        quality = gr.Dataframe(EMPTY_QUALITY, label="the card's quality figures (pruned vs the original)",
+                               interactive=False, visible=False, elem_id="export-quality")
         snippet = gr.Code(language="shell", label="load it", elem_id="snippet")
     return SimpleNamespace(summary=summary, full=full, iters=iters, recon=recon, native=native, lora=lora, run=run,
-                           est_btn=est_btn, est=est, status=status, dl_zip=dl_zip, dl_json=dl_json, snippet=snippet)
+                           est_btn=est_btn, est=est, status=status, dl_zip=dl_zip, dl_json=dl_json, snippet=snippet,
+                           quality=quality, quality_md=quality_md)
 
 
 def reset_outputs(t) -> list:
-    return [t.summary, t.dl_zip, t.dl_json, t.snippet, t.status, t.est]
+    return [t.summary, t.dl_zip, t.dl_json, t.snippet, t.status, t.est, t.quality, t.quality_md]
 
 
 def _gone(t) -> dict:
     """Nothing of a previous export stays on screen."""
     return {t.dl_zip: gr.update(value=None, visible=False), t.dl_json: gr.update(value=None, visible=False),
-            t.snippet: "", t.status: ""}
+            t.snippet: "", t.status: "", t.quality: gr.update(value=EMPTY_QUALITY, visible=False), t.quality_md: ""}
 
 
 def cleared(t, h) -> dict:
@@ -69,14 +76,8 @@ def cleared(t, h) -> dict:
 
 
 def plan_source(p) -> str:
-    """The method a plan came from, in words ("EcoDiff at 20%, edited by hand", "your selection")."""
-    prov = p.provenance or {}
-    name = prov.get("method")
-    if name in methods.names():
-        target = prov.get("target_sparsity")
-        text = methods.get(name).title + (f" at {float(target):.0%}" if target is not None else "")
-        return text + (", edited by hand" if prov.get("edited") else "")
-    return "your selection (ticked by hand)"
+    """The method a plan came from, in words ("EcoDiff 20%, edited by hand"), as its card says."""
+    return describe_plan(p)
 
 
 def _lora_path(lora_file) -> str | None:
@@ -124,7 +125,7 @@ def wire(S, T) -> None:
         s = totals(h, p)
         ops, layers = s["operators_removed"], s["structures_pruned"]
         return {t.summary: (f"Exports **{results.model_label(h)}** pruned by the plan from **{plan_source(p)}**: "
-                            f"{ops} operator{'s' * (ops != 1)} removed and {layers} layer{'s' * (layers != 1)} "
+                            f"{labels.plural(ops, 'operator')} removed and {labels.plural(layers, 'layer')} "
                             f"slimmed, **{fmt.percent(s['params_fraction'])} of the params** "
                             f"({fmt.count(s['params_removed'])} of {fmt.count(s['params_total'])}) and "
                             f"{fmt.percent(s['macs_fraction'])} of the MACs per denoiser call. The plan is "
@@ -180,7 +181,13 @@ def wire(S, T) -> None:
             done += (f", with the LoRA sliced ({r['kept']} layers kept, {r['sliced']} sliced"
                      + (f"; dropped with removed operators: {', '.join(d.split(' ')[0] for d in r['dropped'])}"
                         if r["dropped"] else "") + ")")
-        yield {t.dl_zip: gr.update(value=out["zip"], visible=True),
+        card = out.get("card") or {}
+        q = card.get("quality")
+        shown = {t.quality: gr.update(value=quality_table(q), visible=bool(q)),
+                 t.quality_md: (f"**Method**: {card.get('method_text') or plan_source(p)}. "
+                                + (f"{quality_line(q)}; the card records:" if q else
+                                   f"Quality {card.get('quality_note') or 'not measured'}."))}
+        yield {**shown, t.dl_zip: gr.update(value=out["zip"], visible=True),
                t.dl_json: gr.update(value=out["plan_json"], visible=True), t.snippet: out["snippet"],
                t.status: f"{done}: download the zip, then follow the lines below.", t.est: asked}
 
@@ -190,5 +197,6 @@ def wire(S, T) -> None:
     t.run.click(stamp, None, S.clicked, queue=False, **PRIVATE).then(
         export_model, [S.model, S.plan, t.full, t.iters, rec_prompts, gen_steps, t.recon, S.clicked, t.lora,
                        t.native],
-        [t.dl_zip, t.dl_json, t.snippet, t.status, t.est], api_name="export", show_progress_on=[t.status], **RUN)
+        [t.dl_zip, t.dl_json, t.snippet, t.status, t.est, t.quality, t.quality_md], api_name="export",
+        show_progress_on=[t.status], **RUN)
     t.est_btn.click(export_estimate, [S.model, S.plan, t.iters, t.recon], t.est, api_name="estimate_export", **RUN)

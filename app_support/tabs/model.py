@@ -16,7 +16,7 @@ from pruning.reference import PIPELINES
 from .. import format as fmt
 from .. import guide, results
 from ..cache import TINY_RANDOM
-from ..wiring import CACHE, EMPTY, PRIVATE, PROGRESS, RUN, friendly
+from ..wiring import CACHE, EMPTY, PRIVATE, PROGRESS, RUN, friendly, waiting_note
 
 KEY = "model"
 DEFAULT_MODEL = os.environ.get("PRUNING_DEFAULT_MODEL", "tiny-shapes-sd")
@@ -80,6 +80,7 @@ def wire(S, T) -> None:
             out.update(mod.cleared(getattr(T, mod.KEY), h))
         return out
 
+    t.load.click(waiting_note, None, t.status, queue=False, **PRIVATE)  # said at once, not after the queue
     t.load.click(load_model, [t.source, t.device, t.dtype], outputs, api_name="load_model",
                  show_progress_on=[t.status], **RUN)
     T.demo.load(load_model, [t.source, t.device, t.dtype], outputs, show_progress_on=[t.status], **PRIVATE, **RUN)

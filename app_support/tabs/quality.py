@@ -10,9 +10,11 @@ import gradio as gr
 import pandas as pd
 
 import visual
-from pruning import methods
+from pruning import labels, methods
+from pruning.methods import Scores
+from pruning.plan import PruningPlan
 from pruning.chunks import compare_chunked
-from pruning.compare import CompareSettings, check_sparsities
+from pruning.compare import OWN_PLAN, CompareSettings, check_sparsities
 from pruning.estimate import estimate_comparison
 
 from .. import format as fmt
@@ -25,7 +27,7 @@ from ..wiring import (CACHE, EMPTY, PRIVATE, PROGRESS, RUN, UI, chunks_note, est
 
 KEY = "quality"
 PROMPTS = "\n".join(guide.EXAMPLE_PROMPTS["shapes"])
-BASELINES = ("original", "fewer steps")  # rows that are no method's plan
+BASELINES = ("original", "fewer steps", OWN_PLAN)  # rows that are no method's plan
 
 
 def build(S) -> SimpleNamespace:
@@ -76,13 +78,21 @@ def sparsities(text) -> list[float]:
     return check_sparsities(check_count("sparsities", items))
 
 
-def quality_settings(chosen, sps, prompt_text, n_steps, recon):
-    """(sparsities, prompts, CompareSettings) of the tab's widgets."""
+def quality_settings(chosen, sps, prompt_text, n_steps, recon, store=None, plan_dict=None, model=None):
+    """(sparsities, prompts, CompareSettings) of the tab's widgets. A method the visitor ran in the
+    Score tab is cut from those scores (its settings, not the defaults); the others run at their
+    quick settings; the visitor's plan from Select is one more point on the same prompts and seeds."""
     if not chosen:
         raise gr.Error("Pick at least one method to compare.", print_exception=False)
     p = prompts(prompt_text)
+    chosen = [methods.get(n).name for n in chosen]
+    h = handle(model) if model else None
+    mine = {n: store[n] for n in chosen if n in (store or {}) and not Scores.from_dict(store[n]).partial
+            and h is not None and Scores.from_dict(store[n]).model_ref == h.model_ref}
+    quick = {n: methods.get(n).quick_values() for n in chosen if n not in mine}
     settings = CompareSettings(eval_prompts=p, calib_prompts=p, steps=steps(n_steps), random_draws=1,
-                               reconstruct=check_flag("reconstruct", recon))
+                               reconstruct=check_flag("reconstruct", recon), method_settings=quick,
+                               method_scores=mine, own_plan=plan_dict or None)
     return sparsities(sps), p, settings
 
 
@@ -99,17 +109,25 @@ def quality_plot(table: dict | None, metric, plan_dict, model):
     a = table["attrs"]
     sub = (f"{table['label']} · {len(a['eval_prompts'])} prompts, seeds 0-{len(a['eval_prompts']) - 1}"
            + (" · STOPPED" if a.get("partial") else ""))
+    same = bool(table.get("own_plan") and plan_dict) and \
+        PruningPlan.from_dict(table["own_plan"]).to_dict() == plan(plan_dict).to_dict()
+    if same:
+        mark = None  # the plan's own measured point says where it is
+    else:  # no plan then, or it changed since: a line where the plan is now, no stale point
+        df = df[df["method"] != OWN_PLAN]
     return visual.quality_vs_sparsity(df, metric, subtitle=sub, mark=mark)
 
 
 def _psnr(v) -> str:
-    return "identical" if pd.notna(v) and v >= 100 else fmt.number(v, 3)  # 100 dB: the cap of identical images
+    return labels.psnr_text(v) if pd.notna(v) else "-"  # 100 dB (the cap): "identical"
 
 
 def quality_table(df: pd.DataFrame) -> pd.DataFrame:
     empty = pd.Series(dtype=float)
     rebuilt = df.get("reconstructed", pd.Series(False, index=df.index)).fillna(False).astype(bool)
-    out = pd.DataFrame({"method": [methods.get(m).title if m in methods.names() else m for m in df["method"]],
+    names = [labels.method_name(m) if m in methods.names() else m for m in df["method"]]
+    out = pd.DataFrame({"method": names,
+                        "settings": df["label"].fillna("") if "label" in df else "",
                         "reconstructed": rebuilt.map({True: "yes", False: ""}),
                         "target": df["sparsity"].map(fmt.percent),
                         "params removed": df.get("params_fraction", empty).map(fmt.percent),
@@ -121,10 +139,8 @@ def quality_table(df: pd.DataFrame) -> pd.DataFrame:
     if "ssim" in df.columns:
         out["SSIM (higher = closer)"] = df["ssim"].map(lambda v: fmt.number(v, 3))
     if "acc_all" in df.columns:
-        lo, hi = df.get("acc_all_lo", df["acc_all"]), df.get("acc_all_hi", df["acc_all"])
-        out["task accuracy (95% interval)"] = [f"{fmt.percent(a)} [{fmt.percent(x)}-{fmt.percent(y)}]"
-                                               if pd.notna(x) else fmt.percent(a)
-                                               for a, x, y in zip(df["acc_all"], lo, hi)]
+        out["task accuracy (95% interval)"] = [labels.accuracy_text(r) if pd.notna(r.get("acc_all")) else "-"
+                                               for r in df.to_dict("records")]
     if "error" in df.columns:
         out["note"] = df["error"].fillna("")
     return out
@@ -138,20 +154,21 @@ def wire(S, T) -> None:
     gen_steps = T.select.steps
 
     @friendly
-    def quality_estimate(model, chosen, sps, prompt_text, n_steps, recon):
+    def quality_estimate(model, chosen, sps, prompt_text, n_steps, recon, store, plan_dict):
         """The predicted time and memory of the comparison about to start."""
         if not model:
             return ""
         h = handle(model)
-        sp, _, settings = quality_settings(chosen, sps, prompt_text, n_steps, recon)
+        sp, _, settings = quality_settings(chosen, sps, prompt_text, n_steps, recon, store, plan_dict, model)
         with CACHE.lock(h):
             return estimate_text(h, estimate_comparison(h, sp, list(chosen), settings, budget_s=gpu_budget()))
 
     @friendly
-    def run_quality(model, chosen, sps, prompt_text, n_steps, metric, recon, plan_dict, clicked,
+    def run_quality(model, chosen, sps, prompt_text, n_steps, metric, recon, store, plan_dict, clicked,
                     request: gr.Request, progress=PROGRESS):
         h = handle(model)
-        sp, p, settings = quality_settings(chosen, sps, prompt_text, n_steps, recon)
+        sp, p, settings = quality_settings(chosen, sps, prompt_text, n_steps, recon, store, plan_dict, model)
+        chosen = [methods.get(n).name for n in chosen]
         run = None
 
         def work(control):
@@ -173,10 +190,14 @@ def wire(S, T) -> None:
             else:
                 yield {t.status: gr.skip()}
         df = run.result
-        table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h)}
+        table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h),
+                 "own_plan": plan_dict or None}
         why = "" if df.attrs.get("stopped") in (None, "stopped") else f" ({df.attrs['stopped']})"
         note = (f"**Stopped**{why}: the finished rows are shown." if df.attrs.get("partial")
-                else f"Done: {int((~df['method'].isin(BASELINES)).sum())} plans evaluated on {len(p)} prompts.")
+                else f"Done: {int((~df['method'].isin(BASELINES)).sum())} plans evaluated.")
+        reused = [labels.method_name(n) for n in df.attrs.get("reused_scores", [])]
+        note += (f" Computed on: {df.attrs['computed_on']}." if df.attrs.get("computed_on") else "") + \
+            (f" Cut from your Score-tab scores: {', '.join(reused)}." if reused else "")
         yield {t.plot: quality_plot(table, metric, plan_dict, model),
                t.table: gr.update(value=quality_table(df), label=f"every plan against the original: "
                                                                   f"{results.model_label(h)}"),
@@ -186,10 +207,10 @@ def wire(S, T) -> None:
         return quality_plot(table, metric, plan_dict, model)
 
     t.run.click(stamp, None, S.clicked, queue=False, **PRIVATE).then(
-        run_quality, [S.model, t.chosen, t.sps, t.prompts, gen_steps, t.metric, t.recon, S.plan, S.clicked],
+        run_quality, [S.model, t.chosen, t.sps, t.prompts, gen_steps, t.metric, t.recon, S.store, S.plan, S.clicked],
         [t.plot, t.table, S.comparison, t.status, t.est], api_name="compare_methods", show_progress_on=[t.status],
         **RUN)
-    t.est_btn.click(quality_estimate, [S.model, t.chosen, t.sps, t.prompts, gen_steps, t.recon], t.est,
+    t.est_btn.click(quality_estimate, [S.model, t.chosen, t.sps, t.prompts, gen_steps, t.recon, S.store, S.plan], t.est,
                     api_name="estimate_compare", **RUN)
     t.metric.change(redraw, [S.comparison, t.metric, S.plan, S.model], t.plot, api_name="redraw", **UI)
     S.plan.change(redraw, [S.comparison, t.metric, S.plan, S.model], t.plot, **PRIVATE, **UI)

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 import visual
-from pruning import methods
+from pruning import labels, methods
 from pruning.chunks import score_chunked
 from pruning.errors import PruningError
 from pruning.estimate import estimate
@@ -198,7 +198,7 @@ def wire(S, T) -> None:
         yield {t.status: f"Running {m.title} on {results.model_label(h)}...", t.est: ""}
         asked = ""
         for msg in run_with_estimate(h, work, cost, request=request, clicked=clicked, progress=progress,
-                                     phase=m.title):
+                                     phase=labels.method_name(name)):
             if msg[0] == "estimate":
                 asked = msg[1]
                 yield {t.est: asked}

@@ -9,10 +9,12 @@ import gradio as gr
 import pandas as pd
 
 import visual
-from pruning import methods
+from pruning import labels, methods
+from pruning.compare import CompareSettings, evaluate_plan
 from pruning.methods import Scores
 from pruning.native import describe, report
-from pruning.plan import PruningPlan
+from pruning.plan import EDITED, PruningPlan, mark_edited
+from pruning.plan import describe as describe_plan
 
 from .. import format as fmt
 from .. import guide, results
@@ -75,17 +77,20 @@ def build(S) -> SimpleNamespace:
         slider = gr.ImageSlider(label="original | pruned", visible=False, type="pil", format="png",
                                 elem_classes="pixelated", elem_id="slider")
         metrics = gr.Dataframe(EMPTY["metrics"], label="original vs pruned", interactive=False, elem_id="metrics")
+        with gr.Row():
+            measure = gr.Button("Measure the plan on the How much? prompts", size="sm", scale=1)
+            evaluated = gr.Markdown(elem_id="plan-eval", elem_classes="status")
         next_ = gr.Button("Next: how much can I prune? →", size="sm")
     return SimpleNamespace(fill_method=fill_method, target=target, scope=scope, native=native,
                            target_note=target_note, fill=fill, mode=mode, table=table, plan_df=plan_df,
                            plan_json=plan_json, kept_plot=kept_plot, prompt=prompt, seed=seed, steps=gen_steps, gen=gen,
                            view=view, recon=recon, gen_status=gen_status, img_a=img_a, img_b=img_b, img_d=img_d,
-                           slider=slider, metrics=metrics, next=next_)
+                           slider=slider, metrics=metrics, measure=measure, evaluated=evaluated, next=next_)
 
 
 def reset_outputs(t) -> list:
     return [t.table, t.mode, t.plan_df, t.plan_json, t.kept_plot, t.img_a, t.img_b, t.img_d, t.slider, t.metrics,
-            t.gen_status, t.fill_method, t.target, t.target_note]
+            t.gen_status, t.fill_method, t.target, t.target_note, t.evaluated]
 
 
 def cleared(t, h) -> dict:
@@ -94,7 +99,7 @@ def cleared(t, h) -> dict:
             t.plan_json: None, t.kept_plot: visual.placeholder(f"No plan for {results.model_label(h)} yet."),
             t.img_a: None, t.img_b: None, t.img_d: None, t.slider: gr.update(value=None, visible=False),
             t.metrics: EMPTY["metrics"], t.gen_status: "", t.fill_method: gr.update(value=default),
-            t.target: gr.update(maximum=0.9, value=0.2), t.target_note: ""}
+            t.target: gr.update(maximum=0.9, value=0.2), t.target_note: "", t.evaluated: ""}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -128,14 +133,30 @@ def plan_note(h, p: PruningPlan) -> str:
     """What the plan on screen removes, recomputed from the plan itself (hand edits included)."""
     prov = p.provenance or {}
     reached = totals(h, p)["params_fraction"]
-    if prov.get("method") in methods.names() and prov.get("target_sparsity") is not None:
-        src = (f"Pre-filled from {methods.get(prov['method']).title}: your target "
-               f"{float(prov['target_sparsity']):.0%}, the plan removes {reached:.1%} of the params"
-               + (" (whole operators overshoot the target)." if reached > float(prov["target_sparsity"]) + 0.005
-                  and p.removed_operators else "."))
-    else:
-        src = f"Your selection removes {reached:.1%} of the params."
-    return f"{src} The plan is {describe(report(h.denoiser, p))}."
+    target = prov.get("target_sparsity")
+    src = f"Your plan ({describe_plan(p)}) removes {reached:.1%} of the params"
+    if isinstance(target, (int, float)) and not prov.get(EDITED):
+        src += f" (target {float(target):.0%}" + ("; whole operators overshoot it)" if reached > float(target) + 0.005
+                                                  and p.removed_operators else ")")
+    return f"{src}. The plan is {describe(report(h.denoiser, p))}."
+
+
+def evaluation_text(row: dict) -> str:
+    """A plan's figures on the comparison's prompts and seeds, in the words of How much?."""
+    parts = [f"latent MSE **{fmt.number(row['latent_mse'])}**"
+             + (f" ± {fmt.number(row['latent_mse_se'])}" if row.get("latent_mse_se") is not None else ""),
+             f"PSNR {labels.psnr_text(row['psnr'])}"]
+    if row.get("ssim") is not None:
+        parts.append(f"SSIM {fmt.number(row['ssim'], 3)}")
+    if row.get("acc_all") is not None:
+        parts.append(f"task accuracy {labels.accuracy_text(row)}")
+    return (f"**{row['label']}** ({fmt.percent(row['params_fraction'])} of the params removed): "
+            f"{', '.join(parts)}. Computed on {row['computed_on']}: the same figures as its point in How much?.")
+
+
+@GPU(duration=120)
+def _evaluate(h, p, settings, control):
+    return evaluate_plan(h, p, settings, control=control)
 
 
 @GPU(duration=120)
@@ -180,10 +201,12 @@ def wire(S, T) -> None:
         p = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope, native=check_flag("native", native))
         mode = "operators" if scores.level == "operator" else "structures"
         per = scores.per_structure()
+        tie = results.ties(scores, float(target))
+        warn = f" **Warning: {tie.message}** (the plan is cut from near-tied scores)." if tie.tied else ""
         return {t.table: selection_table(h, mode, p, dict(zip(per["fqn"], per["score"]))), t.mode: mode,
                 t.plan_df: totals_view(h, p), S.plan: p.to_dict(),
                 t.kept_plot: kept_plot(h, p, f"{methods.get(name).title} at {float(target):.0%} ({scope})"),
-                t.target_note: plan_note(h, p)}
+                t.target_note: plan_note(h, p) + warn}
 
     @friendly
     def change_mode(model, mode):
@@ -197,9 +220,8 @@ def wire(S, T) -> None:
         h = handle(model)
         if not isinstance(table, pd.DataFrame):
             raise gr.Error("The selection table must be a table (headers and rows).", print_exception=False)
-        before = PruningPlan.from_dict(plan_dict).provenance if plan_dict else {}
-        prov = {**before, "edited": True} if before.get("method") else {}
-        p = plan_from_table(h, mode, table, provenance=prov or None)
+        origin = PruningPlan.from_dict(plan_dict) if plan_dict else None
+        p = mark_edited(plan_from_table(h, mode, table), origin)  # a method's plan, edited: both are kept
         return {t.table: refresh_kept(h, mode, table), t.plan_df: totals_view(h, p), S.plan: p.to_dict(),
                 t.kept_plot: kept_plot(h, p, "your selection"), t.target_note: plan_note(h, p)}
 
@@ -229,6 +251,22 @@ def wire(S, T) -> None:
                                     label=f"original vs pruned: {results.model_label(h)}, seed {seed}"),
                S.pair: {"original": out["original"], "pruned": out["pruned"]}, t.gen_status: caption}
 
+    @friendly
+    def measure(model, plan_dict, prompt_text, n_steps, clicked, request: gr.Request, progress=PROGRESS):
+        """The plan on the How much? tab's prompts and seeds (its point there has the same figures)."""
+        h = handle(model)
+        p = plan(plan_dict)
+        settings = CompareSettings(eval_prompts=prompts(prompt_text), steps=steps(n_steps))
+        row = None
+        yield {t.evaluated: f"Measuring {describe_plan(p)} on {results.model_label(h)}..."}
+        for msg in run_with_estimate(h, lambda c: _evaluate(h, p, settings, c), lambda: "", request=request,
+                                     clicked=clicked, progress=progress, phase="measure"):
+            if msg[0] == "done":
+                row = msg[1]
+            else:
+                yield {t.evaluated: gr.skip()}
+        yield {t.evaluated: evaluation_text(row)}
+
     def switch_view(view, pair):
         if not pair:
             return {t.img_a: gr.update(visible=view != "slider"), t.img_b: gr.update(visible=view != "slider"),
@@ -249,5 +287,9 @@ def wire(S, T) -> None:
         generate, [S.model, S.plan, t.prompt, t.seed, t.steps, t.view, t.recon, S.clicked],
         [t.img_a, t.img_b, t.img_d, t.slider, t.metrics, S.pair, t.gen_status], api_name="generate",
         show_progress_on=[t.gen_status], **RUN)
+    t.measure.click(stamp, None, S.clicked, queue=False, **PRIVATE).then(
+        measure, [S.model, S.plan, T.quality.prompts, t.steps, S.clicked], t.evaluated, api_name="evaluate_plan",
+        show_progress_on=[t.evaluated], **RUN)
+    S.plan.change(lambda: "", None, t.evaluated, **PRIVATE, **UI)  # the figures were of another plan
     t.view.change(switch_view, [t.view, S.pair], [t.img_a, t.img_b, t.img_d, t.slider], **PRIVATE, **UI)
     t.next.click(lambda: gr.Tabs(selected="quality"), None, T.tabs, queue=False, **PRIVATE)

@@ -13,6 +13,7 @@ from pruning import methods
 from pruning.catalog import UNIT_KINDS
 from pruning.methods.base import Method, Scores, opt
 from pruning.methods.baselines import magnitude_scores, unit_table
+from pruning.methods.cost import weights_only
 from tests.e2e.conftest import open_page
 from tests.test_architecture import MinusMagnitude
 
@@ -37,6 +38,9 @@ class PowerMagnitude(Method):
     level = "unit"
     Settings = PowerSettings
     data_free = True
+
+    def cost(self, handle, settings, step):
+        return weights_only(handle)
 
     def score(self, handle, settings=None, *, control=None) -> Scores:
         s = settings or PowerSettings()
@@ -68,10 +72,14 @@ def test_a_method_registered_at_run_time_gets_working_controls(browser, toy_url)
         expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-sd", timeout=120_000)
         page.get_by_role("tab", name="2 Score").click()
         page.get_by_label("Minus magnitude (toy)").check()
-        expect(page.locator("#settings-minus_magnitude")).to_contain_text("no settings of its own")
+        passes = page.locator("#settings-minus_magnitude").get_by_label("number input for passes")
+        passes.fill("3")  # its own control, from its settings field
+        passes.press("Enter")
         page.get_by_role("button", name="Run", exact=True).click()
         expect(page.locator("#score-status")).to_contain_text("Done", timeout=60_000)
-        expect(page.locator("#score-plot")).to_contain_text("Minus magnitude (toy)")
+        expect(page.locator("#score-plot")).to_contain_text("passes 3")  # the run used the control's value
+        page.get_by_role("button", name="Estimate the cost").first.click()
+        expect(page.locator("#score-estimate")).to_contain_text("weight passes")  # its own cost
 
         page.get_by_label("Power magnitude (toy)").check()
         expect(page.locator("#settings-minus_magnitude")).to_be_hidden()
@@ -86,7 +94,7 @@ def test_a_method_registered_at_run_time_gets_working_controls(browser, toy_url)
         expect(page.get_by_label("pre-fill from")).to_have_value("Power magnitude (toy)")
         expect(page.locator("#target-note")).to_contain_text("head, neuron units")  # the settings reached the run
         page.get_by_role("button", name="Pre-fill the table").click()
-        expect(page.locator("#target-note")).to_contain_text("Pre-filled from Power magnitude (toy)")
+        expect(page.locator("#target-note")).to_contain_text("removes")
         assert not page.errors, page.errors
     finally:
         ctx.close()
