@@ -199,10 +199,12 @@ def _forward(h, work, session, clicked, request, progress, phase):
         elif msg[0] == "progress":
             done, total, info = msg[1], msg[2], msg[3]
             main = main or (total if total and total > 1 else None)
-            if total == main:
+            if isinstance(info.get("fraction"), (int, float)):  # the run's own share of the whole (a comparison)
+                best = max(best, float(info["fraction"]))
+            elif total == main:
                 best = max(best, done / total)  # monotone, whatever the phases report
             name = info.get("phase") or phase
-            progress(best, desc=f"{name}: {round(best * main)}/{main}" if main else name)
+            progress(best, desc=f"{name}: {min(round(best * main), main)}/{main}" if main else name)
             yield msg
         else:
             yield msg
