@@ -4,18 +4,23 @@ The public API (a contract: code outside this package uses these names; ``__all_
 
 * **Models**: ``load_pipeline(source)`` -> :class:`Handle` (a bundled tiny model, a local
   diffusers folder or a Hub id; safetensors only); ``handle_from_pipe(pipe)`` wraps a diffusers
-  pipeline you already hold; ``catalog(denoiser)`` lists what can be removed (operators and the
+  pipeline you already hold (without ``model_ref=`` it derives one from the pipeline's config and
+  weights, and warns that it did); ``catalog(denoiser)`` lists what can be removed (operators and the
   units of heads, FFN neurons and channel groups, with params and MACs).
 * **Scoring**: ``pruning.methods`` is the registry of methods (``methods.names()``,
-  ``methods.get(name).score(handle, settings)`` -> ``Scores``, ``methods.to_plan(...)``); the
-  comparison of every method at several sparsities is ``compare_methods`` / ``CompareSettings``.
+  ``methods.get(name).score(handle, settings)`` -> ``Scores``, ``methods.to_plan(...)``); each
+  method also says its cost (``pruning.estimate``), its settings' plain-words help
+  (``methods.fields(name)``) and its CLI commands. The comparison of every method at several
+  sparsities is ``compare_methods`` / ``CompareSettings``.
 * **Plans**: :class:`PruningPlan` (what to remove, as JSON); ``masked`` (a zero-cost preview of a
   plan) and ``slim`` (the physically smaller denoiser) agree exactly.
 * **Quality**: ``reconstruct`` / ``ReconstructSettings`` (training-free re-fit of the layers that
   read pruned units), ``recover`` / ``RecoverSettings`` (a short distillation finetune).
 * **Images**: ``generate_latents`` / ``generate_images`` (the one generation path).
 * **Exports**: ``export`` writes safetensors, the plan, a manifest and a model card;
-  ``load_pruned`` reads an export folder, a plan-only export, a plan file or a Hub repo;
+  ``load_pruned`` reads an export folder, a plan-only export, a plan file or a Hub repo, always
+  as a :class:`Handle` (a denoiser-only export takes the other components from the model its
+  plan names, or ``base=``); ``load_pruned_denoiser(folder)`` gives the slim denoiser alone;
   ``materialize(plan, base, out)`` writes a full export from the base's files without loading it.
 * **Runs**: :class:`RunControl` (stop, progress, time limits).
 * **Errors**: every error raised on purpose is a :class:`PruningError`: ``SettingsError`` (a bad

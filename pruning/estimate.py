@@ -134,15 +134,13 @@ class StepCost:
             self._saved[batch] = max(self._saved.get(batch, 0), saved)
         return self._times[key]
 
-    def gram_call(self, batch: int, layers: tuple[str, ...]) -> float:
-        """Seconds of one no-grad call at ``batch`` while OBS-Diff accumulates the float64 input
-        Grams of ``layers`` (its calibration's per-call cost)."""
-        from .methods.obsdiff import GramRecorder
-
-        key = ("gram", batch, layers)
+    def hooked_call(self, batch: int, key: tuple, hooks) -> float:
+        """Seconds of one no-grad call at ``batch`` inside ``hooks()`` (a context manager a method's
+        run keeps on the denoiser, e.g. OBS-Diff's Gram recorder); cached under ``key``."""
+        key = ("hooked", batch, *key)
         if key not in self._times:
             kw = self._inputs(batch)
-            with GramRecorder(self.den, list(layers)), torch.no_grad():
+            with hooks(), torch.no_grad():
                 self.den(**kw)  # warm up
                 self._times[key] = _median_time(lambda: self.den(**kw), self.repeats)
         return self._times[key]

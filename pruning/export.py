@@ -31,8 +31,11 @@ that is itself an earlier export, never anything else.
 >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
 >>> plan = PruningPlan(family="sd", base="tiny:sd", removed_operators=("mid_block.resnets.0",))
 >>> out = export(h, plan, tempfile.mkdtemp() + "/export")
->>> small = load_pruned(out)
->>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in h.denoiser.parameters())
+>>> pruned = load_pruned(out, base=h)  # a Handle: the other components from the base
+>>> sum(p.numel() for p in pruned.denoiser.parameters()) < sum(p.numel() for p in h.denoiser.parameters())
+True
+>>> small = load_pruned_denoiser(out)  # the slim denoiser alone
+>>> sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in pruned.denoiser.parameters())
 True
 >>> export(h, plan, tempfile.mkdtemp(), overwrite=True)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
@@ -413,9 +416,9 @@ def load_pruned(path: str | os.PathLike, base=None, *, device=None, dtype=None):
             try:
                 base = base_source(plan)
             except ExportError as e:
-                raise ExportError(f"{str(folder)!r} holds the slim denoiser only, and its plan's base names no "
-                                  f"model to load the other components from ({e}): pass base=<model source or "
-                                  "Handle>, or load the denoiser alone with load_pruned_denoiser(folder)") from None
+                raise ExportError(f"{str(folder)!r} holds the slim denoiser only, and {e} (or Handle) for the "
+                                  "other components, or load the denoiser alone with load_pruned_denoiser(folder)"
+                                  ) from None
         if base is None:
             pipe = _load_export_pipeline(folder, manifest, small, dtype)
             pipe.to(device=device or "cpu", silence_dtype_warnings=True)

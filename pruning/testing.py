@@ -20,6 +20,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from . import families
 from .tiny import parts
 from .tiny.parts import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION  # noqa: F401 (re-exported)
+from .validate import registered
 
 FAMILIES = families.names()  # every registered family has a tiny pipeline
 
@@ -33,8 +34,7 @@ def tiny_components(family: str, seed: int = 0) -> dict:
     >>> torch.equal(c["vae"].encoder.conv_in.weight, tiny_components("flux")["vae"].encoder.conv_in.weight)
     True
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    registered("model family", family, FAMILIES)  # UnknownName, as every registry
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

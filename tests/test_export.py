@@ -140,4 +140,4 @@ def test_export_is_atomic(tiny_sd, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="cannot write .*new.*disk full"):
         export(tiny_sd, plan, tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no temp leftovers, old export kept
-    assert load_pruned(target) is not None
+    assert load_pruned_denoiser(target) is not None

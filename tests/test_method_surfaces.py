@@ -59,6 +59,7 @@ def test_every_method_says_what_shows_it(name):
     m.settings(**m.comparison_settings(("a red circle", "a blue square"), quick=True))
     assert set(m.setting_help()) == {f["name"] for f in fields}
     assert all(m.preset_title(p) for p in m.presets) and (len(m.presets) == 1 or m.preset_help)
+    assert m.budget_preset is None or m.budget_preset in m.presets
 
 
 def test_setting_help_is_the_library_s():
@@ -115,3 +116,22 @@ def test_a_comparison_asks_the_method_for_its_draws_and_runs():
     assert methods.get("magnitude").comparison_draws(rnd.settings(), 3) == [rnd.settings()]
     assert obs.comparison_runs(obs.settings(sparsity=0.2), [0.1, 0.2, 0.3]) == 3
     assert methods.get("ecodiff").comparison_runs(None, [0.1, 0.2, 0.3]) == 1
+
+
+def test_the_package_docstring_documents_its_whole_public_surface():
+    import re
+
+    import pruning
+
+    missing = [n for n in pruning.__all__ if not re.search(rf"``{n}\b|`{n}`", pruning.__doc__)]
+    assert missing == []
+
+
+def test_quick_estimates_for_every_method(tiny_sd):
+    """The app's guide asks the library: every registered method's estimate at its quick settings."""
+    from pruning.estimate import estimate_methods
+
+    found = estimate_methods(tiny_sd, prompts=2)
+    assert list(found) == methods.names()
+    assert all(e.seconds > 0 and e.peak_bytes > 0 for e in found.values())
+    assert methods.get("diffpruning").quick_settings(["a red circle"]).stride == 100

@@ -311,7 +311,8 @@ class Method:
     preset_titles: ClassVar[dict[str, str]] = {}  # preset -> its name for people (default: the preset)
     preset_help: ClassVar[str] = ""  # plain words on what the presets set
     chunkable: ClassVar[bool] = True  # False: its run cannot stop at a chunk boundary and resume (one chunk)
-    budget_preset: ClassVar[str | None] = None  # the preset to suggest when the defaults exceed one GPU call's budget
+    budget_preset: ClassVar[str | None] = None  # the preset to suggest when its default run exceeds a time budget
+    history: ClassVar[bool] = False  # its progress reports a loss per step (rows of ``info["history"]``): plot it
 
     # ------------------------------------------------------------------ what it shows people
 

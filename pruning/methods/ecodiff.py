@@ -501,6 +501,7 @@ class EcoDiff(Method):
     commands = ("ecodiff",)
     work_unit = "optimizer steps"
     data_parallel = True
+    history = True  # the loss of every optimizer step
     presets = PRESETS
     preset_titles = {"ours": "ours (default)", "authors": "the authors' configs"}
     preset_help = ("ours: per-unit L0 penalty, the paper's gate noise (measured better on the bundled models); the "

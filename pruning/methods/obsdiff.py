@@ -547,7 +547,8 @@ class OBSDiff(Method):
         b = min(settings.batch_size, prompts)
         batches = math.ceil(prompts / b)
         calls, batch = generation_calls(handle, s, b)
-        plain, hooked = step.call(batch), step.gram_call(batch, layers)
+        plain = step.call(batch)
+        hooked = step.hooked_call(batch, ("gram", layers), lambda: GramRecorder(handle.denoiser, list(layers)))
         widths = {c: handle.denoiser.get_submodule(c).weight[0].numel() for c in layers}  # in_features, or C*kh*kw
         seconds = len(groups) * batches * calls * plain + batches * calls * max(hooked - plain, 0.0)
         seconds += sum(step.solve_seconds(w) for w in widths.values()) + len(groups) * step.weights_bytes / 1e9
