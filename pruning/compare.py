@@ -27,6 +27,7 @@ image (``matched_steps``), on the same prompts and seeds (``fewer_steps=False`` 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -335,9 +336,16 @@ def computed_on(handle, settings: CompareSettings | None = None) -> str:
             f"guidance {g.guidance:g}")
 
 
+def plan_label(plan: PruningPlan, s: CompareSettings) -> str:
+    """The own plan's label: ``s.own_label``, else the plan's description ("EcoDiff 20%, edited by hand")."""
+    from .plan import describe
+
+    return s.own_label or describe(plan)
+
+
 def _own_row(handle, plan: PruningPlan, total, prompts, seeds, ref, s: CompareSettings, control, clip) -> dict:
     """The visitor's own plan, built as exported (``pruning.export.build``) and evaluated like every plan."""
-    from .plan import EDITED, describe
+    from .plan import EDITED
 
     small = build_model(handle, plan)
     row = _row([_evaluate(handle, small, prompts, seeds, ref, s, control, clip)[0]])
@@ -345,7 +353,7 @@ def _own_row(handle, plan: PruningPlan, total, prompts, seeds, ref, s: CompareSe
     target = plan.provenance.get("target_sparsity")  # a method's target; after a hand edit, what it removes
     aimed = isinstance(target, (int, float)) and not isinstance(target, bool) and not plan.provenance.get(EDITED)
     sparsity = float(target) if aimed else round(row["params_fraction"], 4)
-    return {"method": OWN_PLAN, "label": s.own_label or describe(plan), "reconstructed": False,
+    return {"method": OWN_PLAN, "label": plan_label(plan, s), "reconstructed": False,
             "sparsity": sparsity, **row, "n_prompts": len(prompts)}
 
 
@@ -377,6 +385,37 @@ def evaluate_plan(handle, plan: PruningPlan, settings: CompareSettings | None = 
     ref = {"latents": out["latents"], "images": out["images"]}
     row = _own_row(handle, plan, _row([base])["params"], prompts, seeds, ref, s, control, clip)
     return {**row, "computed_on": computed_on(handle, s), **({"clip": attrs["clip"]} if "clip" in attrs else {})}
+
+
+class _Progress:
+    """The comparison's one progress count: ``(units done, units)`` over the whole run (the original,
+    the own plan, each method's scoring, each plan, the fewer-steps baseline), never going back;
+    ``info``: ``phase`` (what runs now, in words), ``fraction`` (of the whole run, with the running
+    method's own progress inside its unit: monotone too) and, during a method's scoring, ``inner``
+    (that method's own ``done``, ``total`` and report)."""
+
+    def __init__(self, control: RunControl, jobs: list):
+        self.control, self.units, self.best = control, len(jobs) + 1, 0.0
+
+    def report(self, done_units: int, phase: str, share: float = 0.0, **info) -> None:
+        self.best = max(self.best, min(1.0, (done_units + share) / self.units))
+        self.control.report(done_units, self.units, phase=phase, fraction=self.best, **info)
+
+    def child(self, done_units: int, phase: str) -> RunControl:
+        """A view of the control for a method's own loop: the same stop event, clock and processes;
+        its reports become this count's (at ``done_units``, the method's share inside ``fraction``)."""
+        view = copy.copy(self.control)
+
+        def forward(done, total, info):
+            self.report(done_units, phase, done / total if total else 0.0, inner={"done": done, "total": total, **info})
+
+        view._progress = forward
+        return view
+
+    def settle(self, view: RunControl) -> None:
+        """A stop the method's loop met (a time limit) is the comparison's, with its reason."""
+        if view.reason and not self.control.reason:
+            self.control.reason, self.control.stopped_at = view.reason, view.stopped_at
 
 
 def _label(handle, name: str, s: CompareSettings, calib) -> str:
@@ -482,38 +521,50 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                          "params_fraction": 0.0, "latent_mse": 0.0, "latent_mse_se": 0.0, "psnr": 100.0, "ssim": 1.0,
                          **base_row, "n_prompts": len(prompts)})
             control.unit_done()
+        progress = _Progress(control, jobs)
+        progress.report(1 + j, "original evaluated")
         while j < len(jobs) and not control.stopped():
             if control.chunk_full():
                 chunk_ended = True
                 break
             kind, name, t = jobs[j]
             if kind == "own":
+                progress.report(1 + j, f"evaluating your plan ({plan_label(own, s)})")
                 rows.append(_own_row(handle, own, total, prompts, seeds, ref, s, control, clip))
                 j += 1
                 control.unit_done()
+                progress.report(1 + j, "your plan evaluated")
                 continue
             if kind == "steps":
+                progress.report(1 + j, "evaluating the original with fewer steps")
                 rows.extend(_fewer_steps_rows(handle, rows, prompts, seeds, ref, s, control, clip))
                 j += 1
                 control.unit_done()
+                progress.report(1 + j, "fewer-steps baseline evaluated")
                 continue
             method = get(name)
             if kind == "score":
+                phase = f"scoring with {labels[name]}"
+                view = progress.child(1 + j, phase)
+                progress.report(1 + j, phase, method=name)
                 draws = method.comparison_draws(method_settings(method, s, calib), s.random_draws)
                 if len(draws) > 1:  # independent random draws (the random baseline), each scored whole
-                    scored = [method.score(handle, d, control=control) for d in draws]
+                    scored = [method.score(handle, d, control=view) for d in draws]
                 elif name in s.method_scores:  # the visitor's own scores: not scored again
                     scored = [s.method_scores[name]]
                 else:
-                    x, inner = method.run(handle, draws[0], state=inner, control=control)
+                    x, inner = method.run(handle, draws[0], state=inner, control=view)
                     scored = [x]
-                    if inner is not None:  # the method's own loop ended the chunk (or was stopped)
-                        scored, chunk_ended = None, not control.stopped()
-                        break
+                progress.settle(view)
+                if inner is not None and name not in s.method_scores and len(draws) == 1:
+                    scored, chunk_ended = None, not control.stopped()  # the method's own loop ended the chunk
+                    break
                 if any(x.partial for x in scored) or control.stopped():
                     break
                 j += 1
+                progress.report(1 + j, f"{labels[name]}: scored", method=name)
                 continue
+            progress.report(1 + j, f"evaluating {labels[name]} at {100 * t:.3g}%", method=name, sparsity=t)
             try:
                 plans = [method.to_plan(handle, x, target_sparsity=t, budget=s.budget) for x in scored]
             except PruningError as e:
@@ -527,7 +578,8 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
             if j == len(jobs) or jobs[j][0] == "score":
                 scored = None  # this method's plans are done
             control.unit_done()
-            control.report(sum(1 for k in jobs[:j] if k[0] == "plan"), n_jobs, method=name, sparsity=t)
+            progress.report(1 + j, f"{labels[name]} at {100 * t:.3g}% evaluated", method=name, sparsity=t,
+                            plans_done=sum(1 for k in jobs[:j] if k[0] == "plan"), plans=n_jobs)
     except PruningError as e:
         if not control.stopped():
             raise

@@ -325,3 +325,23 @@ def test_ecodiff_authors_preset_on_the_shapes_model_is_called_a_tie(shapes_sd):
         t = ties.check_ties(authors, target_sparsity=target)
         assert t.tied and t.message == ties.MESSAGE, target
         assert not ties.check_ties(ours, target_sparsity=target).tied, target
+
+
+def test_comparison_progress_is_one_monotone_count_with_the_phase_named(tiny_sd, magnitude_plan):
+    """Item 8's library side: a method's own progress (EcoDiff's optimizer steps) stays inside the
+    comparison's count instead of replacing it ("6/9" then "2/4")."""
+    from pruning.runs import RunControl
+
+    reports = []
+    control = RunControl(progress=lambda d, t, info: reports.append((d, t, dict(info))))
+    s = _settings(own_plan=magnitude_plan, method_settings={"ecodiff": {"epochs": 2, "batch_size": 1}})
+    compare_methods(tiny_sd, [0.1, 0.2], ["ecodiff", "magnitude"], settings=s, control=control)
+    done = [d for d, _, _ in reports]
+    fraction = [i["fraction"] for _, _, i in reports]
+    assert done == sorted(done) and fraction == sorted(fraction) and fraction[-1] == 1.0
+    assert len({t for _, t, _ in reports}) == 1 and done[-1] == reports[0][1]  # one count, finished
+    inner = [i for _, _, i in reports if "inner" in i]
+    assert inner and all(i["phase"].startswith("scoring with EcoDiff") for i in inner)
+    phases = [i["phase"] for _, _, i in reports]
+    assert any(p.startswith("evaluating your plan") for p in phases)
+    assert "Weight magnitude (defaults) at 20% evaluated" in phases
