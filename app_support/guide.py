@@ -144,5 +144,5 @@ def estimates(handle, max_params: int = 100_000_000) -> str:
         return where + "Press **Estimate the cost** in the Score tab for a run's time and memory before you start it."
     with torch.no_grad():
         est = estimate_seconds(handle)
-    return (f"On {device_note(handle)}, with the default settings: {estimate_text(est)}; comparing all "
+    return (f"On {device_note(handle)}, at the settings the Score tab starts with: {estimate_text(est)}; comparing all "
             "methods takes about as long as running them all.")

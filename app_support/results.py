@@ -145,7 +145,7 @@ def _gates_line(scores: Scores) -> str:
     last = history[-1]
     kept = {k.removeprefix("kept_"): v for k, v in last.items() if k.startswith("kept_")}
     off = ", ".join(f"{1 - v:.0%} of {k}s" for k, v in kept.items())
-    return (f" After {len(history)} steps the gates alone would switch off {off} (expected sparsity); the plan "
+    return (f" After {labels.plural(len(history), 'step')} the gates alone would switch off {off} (expected sparsity); the plan "
             "is cut from their scores at the target you choose in Select.")
 
 

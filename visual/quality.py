@@ -10,7 +10,7 @@ at the visitor's own plan.
 ...                    "latent_mse": [0.0, 0.01, 0.05, 0.02]})
 >>> fig = quality_vs_sparsity(df, "latent_mse")
 >>> [t.name for t in fig.data], [float(x) for x in fig.data[1].x], fig.layout.height
-(['ldpruner', 'ecodiff'], [0.0, 0.1], 420)
+(['ldpruner', 'ecodiff'], [0.0, 0.1], 480)
 
 Rows with ``reconstructed`` true (``compare_methods(..., reconstruct=True)``) get their own
 dashed line in the method's colour; ``latent_mse_se`` and ``acc_*_lo`` / ``_hi`` become error bars.
@@ -127,7 +127,8 @@ def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "
         xs.append(mark)
     hi = max(xs + [0.1]) * 1.08
     fig.update_layout(title=titled(title or f"Quality vs sparsity: {label} ({direction})", subtitle),
-                      height=HEIGHT, margin={"l": 60, "r": 20, "t": 70, "b": 40},
+                      height=HEIGHT + 60, margin={"l": 60, "r": 20, "t": 70, "b": 40},
+                      legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"},  # below: long labels, phones
                       xaxis={"title": "params removed", "tickformat": ".0%", "range": [-0.01, hi]},
                       yaxis={"title": f"{label} ({direction})" if direction else label,
                              **({"range": [-0.02, 1.02]} if metric.startswith("acc") else {"rangemode": "tozero"})})
