@@ -48,6 +48,7 @@ UI = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidde
 RUN = {"concurrency_id": "model", "concurrency_limit": 1}  # shared models: one job at a time
 PRIVATE = {"api_visibility": "private"}
 ACTIVE: dict[str, str] = {}  # session -> what its running run is ("the EcoDiff run on tiny-shapes-sd")
+WAITED: dict[str, str] = {}  # session -> the run a model switch waited for (its result is then cleared)
 DEMOS: weakref.WeakSet = weakref.WeakSet()  # the built apps (a run finds its queue entry in them)
 EMPTY = {  # tables before their first result: the real headers, never gradio's "1 2 3"
     "kinds": pd.DataFrame(columns=["what", "kind", "count", "params", "share of params", "share of MACs"]),
@@ -224,7 +225,10 @@ def stamp():
 def waiting_note(request: gr.Request) -> str:
     """What a model switch waits for while this session's run holds the model (or "")."""
     what = ACTIVE.get(sid(request))
-    return f"Waiting for {what} to finish (press **Stop** in its tab to load now)..." if what else gr.skip()
+    if not what:
+        return gr.skip()
+    WAITED[sid(request)] = what
+    return f"Waiting for {what} to finish (press **Stop** in its tab to load now)..."
 
 
 def stop_run(request: gr.Request):

@@ -379,3 +379,20 @@ def test_native_switch_in_select_and_export(url, tmp_path):
     with zipfile.ZipFile(zip_file["value"]) as z:
         z.extractall(tmp_path)
     assert read_manifest(tmp_path / "pruned-model")[1]["native"]["params"] > 0
+
+
+def test_a_model_switch_says_what_it_waits_for():
+    """Issue 23 item 5: Load pressed during a run says which run it waits for, and the new model's
+    status says that run's result was cleared."""
+    from types import SimpleNamespace
+
+    req = SimpleNamespace(session_hash="s-wait")
+    assert wiring.waiting_note(req) == app.gr.skip()  # nothing running: the status is left alone
+    wiring.ACTIVE["s-wait"] = "the EcoDiff run on tiny-shapes-sd, float32"
+    try:
+        note = wiring.waiting_note(req)
+        assert note.startswith("Waiting for the EcoDiff run on tiny-shapes-sd, float32 to finish") and "Stop" in note
+        assert wiring.WAITED["s-wait"] == "the EcoDiff run on tiny-shapes-sd, float32"
+    finally:
+        wiring.ACTIVE.pop("s-wait", None)
+        wiring.WAITED.pop("s-wait", None)

@@ -16,7 +16,7 @@ from pruning.reference import PIPELINES
 from .. import format as fmt
 from .. import guide, results
 from ..cache import TINY_RANDOM
-from ..wiring import CACHE, EMPTY, PRIVATE, PROGRESS, RUN, friendly, waiting_note
+from ..wiring import CACHE, EMPTY, PRIVATE, PROGRESS, RUN, WAITED, friendly, sid, waiting_note
 
 KEY = "model"
 DEFAULT_MODEL = os.environ.get("PRUNING_DEFAULT_MODEL", "tiny-shapes-sd")
@@ -60,7 +60,7 @@ def wire(S, T) -> None:
                S.last_method, S.pair, *[c for mod in tabs for c in mod.reset_outputs(getattr(T, mod.KEY))]]
 
     @friendly
-    def load_model(source, device, dtype, progress=PROGRESS):
+    def load_model(source, device, dtype, request: gr.Request = None, progress=PROGRESS):
         progress(0.1, desc=f"loading {source}")
         h = CACHE.get(str(source or "").strip(), device, dtype)
         f = model_facts(h)
@@ -73,7 +73,9 @@ def wire(S, T) -> None:
               f"{f['guidance']:g}. Parameter shares: {shares}.\n\n{est}\n\n"
               f"<small>weights hash (provenance): `{h.model_ref}`</small>")
         model = {"source": h.source, "device": str(h.device), "dtype": f["dtype"], "model_ref": h.model_ref}
-        out = {S.model: model, t.info: md, t.kinds: _kinds(f), t.status: f"Loaded {results.model_label(h)}.",
+        waited = WAITED.pop(sid(request), None)
+        dropped = f" The result of {waited}, which finished first, was cleared with the switch." if waited else ""
+        out = {S.model: model, t.info: md, t.kinds: _kinds(f), t.status: f"Loaded {results.model_label(h)}.{dropped}",
                T.steps_md: guide.steps(h, est), T.glossary: guide.glossary(h), S.store: {}, S.plan: None,
                S.comparison: None, S.last_method: None, S.pair: None}
         for mod in tabs:
