@@ -10,11 +10,14 @@ the direction that is better.
 
 from __future__ import annotations
 
+import statistics
+
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+from pruning import labels
 from pruning.loading import Handle
 from pruning.masks import masked
 from pruning.plan import PruningPlan
@@ -78,12 +81,12 @@ def compare_images(handle: Handle, plan: PruningPlan, prompt: str, seed: int, *,
          "macs": (s["macs_total"], s["macs_total"] - s["macs_removed"]),
          "latent_mse": latent_mse(z0, z1), "psnr": psnr([original], [pruned])}
     if latency and s["params_total"] <= LATENCY_MAX_PARAMS:
-        from pruning.metrics import denoiser_latency
+        from pruning.metrics import denoiser_timings
         from pruning.slim import slim
 
         small = rebuilt if rebuilt is not None else slim(handle.denoiser, plan)
-        m["latency"] = (denoiser_latency(handle.denoiser, repeats=5, **count_inputs(handle)),
-                        denoiser_latency(small, repeats=5, **count_inputs(handle)))
+        m["latency"] = (denoiser_timings(handle.denoiser, repeats=7, **count_inputs(handle)),
+                        denoiser_timings(small, repeats=7, **count_inputs(handle)))  # repeated: a spread
     if is_shapes_model(handle.model_ref):
         m["task"] = shape_accuracy([original, pruned], prompt)
     out = {"original": original, "pruned": pruned, "metrics": m}
@@ -106,12 +109,13 @@ def metrics_table(m: dict) -> pd.DataFrame:
     (p0, p1), (c0, c1) = m["params"], m["macs"]
     rows = [["denoiser params", fmt.count(p0), fmt.count(p1), fmt.change(p0, p1)],
             ["MACs per denoiser call", fmt.count(c0), fmt.count(c1), fmt.change(c0, c1)]]
-    if "latency" in m:
-        t0, t1 = m["latency"]
-        rows.append(["latency per denoiser call (slim copy, this CPU)", fmt.seconds(t0), fmt.seconds(t1),
-                     fmt.change(t0, t1)])
+    change = labels.latency_change(*m["latency"]) if "latency" in m else None
+    if change is not None:  # only from repeated timings, with their spread (noise is said to be noise)
+        t0, t1 = (statistics.median(x) for x in m["latency"])
+        rows.append(["latency per denoiser call (slim copy, this device; median)", fmt.seconds(t0), fmt.seconds(t1),
+                     change["text"]])
     rows.append(["latent MSE vs original", "0", fmt.number(m["latent_mse"], 3), "lower = closer to the original"])
-    rows.append(["image PSNR vs original", "identical", f"{m['psnr']:.1f} dB" if m["psnr"] < 100 else "identical",
+    rows.append(["image PSNR vs original", "identical", labels.psnr_text(m["psnr"]),
                  "higher = closer (over 30 dB: hard to tell apart)"])
     task = m.get("task")
     if isinstance(task, tuple):

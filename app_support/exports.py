@@ -72,8 +72,11 @@ def cleanup(root: Path = EXPORTS, *, max_age_s: float = MAX_AGE_S, max_bytes: in
     sizes = {d: _size(d) for d in folders}
     total = sum(sizes.values())
     for d in folders:
-        stale = time.time() - d.stat().st_mtime > max_age_s
-        of_session = session is not None and (d / MARKER).read_text().strip() == session
+        try:
+            stale = time.time() - d.stat().st_mtime > max_age_s
+            of_session = session is not None and (d / MARKER).read_text().strip() == session
+        except FileNotFoundError:  # removed meanwhile (another session's cleanup)
+            continue
         if stale or of_session or total > max_bytes:
             shutil.rmtree(d, ignore_errors=True)
             total -= sizes[d]
@@ -112,11 +115,35 @@ from diffusers import DiffusionPipeline, {cls}
 pipe = DiffusionPipeline.from_pretrained({base}, {denoiser}={denoiser})"""
 
 
+def public_install_line() -> str:
+    """The install line for the person reading it, on their machine: ``PRUNING_INSTALL``, the
+    Space's, or the package's own (name and version) when the library would name this server's
+    checkout folder (a path that exists only here).
+
+    >>> str(Path(__file__).resolve().parent.parent) in public_install_line()
+    False
+    """
+    line = install_line()
+    checkout = str(Path(__file__).resolve().parent.parent)
+    if checkout not in line:
+        return line
+    try:
+        from importlib.metadata import version
+
+        v = version("pruning")
+    except Exception:  # not installed: this checkout's pyproject.toml says the version
+        import tomllib
+
+        v = tomllib.loads((Path(checkout) / "pyproject.toml").read_text())["project"]["version"]
+    return f'pip install "pruning=={v}"'
+
+
 def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline: bool = True, denoiser=None,
                prompt: str = "a red circle at the top left on a white background", root: Path = EXPORTS,
                lora: str | None = None, native: bool = False) -> dict:
     """Export ``plan`` (with its model card, and ``lora`` sliced for it), zip it, write the bare plan
-    JSON; returns {"zip", "plan_json", "snippet", "lora"} ("lora": the export's LoRA report or None)."""
+    JSON; returns {"zip", "plan_json", "snippet", "lora", "card"} ("lora": the export's LoRA report or None;
+    "card": what its model card records, quality figures included)."""
     root.mkdir(parents=True, exist_ok=True)
     cleanup(root)
     work = root / f"{session[:12]}-{uuid.uuid4().hex}"  # unguessable: the folder is served by its path
@@ -125,7 +152,8 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
     try:
         folder = export(handle, plan, work / FOLDER, full_pipeline=full_pipeline, denoiser=denoiser, lora=lora,
                         native=native)
-        report = json.loads((folder / MANIFEST).read_text()).get("lora")
+        manifest = json.loads((folder / MANIFEST).read_text())
+        report, card = manifest.get("lora"), manifest.get("card") or {}
         zip_path = shutil.make_archive(str(work / FOLDER), "zip", root_dir=work, base_dir=FOLDER)
         plan_json = work / "pruning_plan.json"
         plan_json.write_text(plan.to_json())
@@ -144,6 +172,6 @@ def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline
     if native:  # the same folder, read by plain diffusers
         load += NATIVE_LOAD.format(folder=FOLDER, cls=type(handle.denoiser).__name__, denoiser=handle.denoiser_name,
                                    base=py_str(handle.source)) if not full_pipeline else NATIVE_PIPELINE.format(folder=FOLDER)
-    snippet = SNIPPET.format(install=install_line(), folder=FOLDER, zip_name=Path(zip_path).name, load=load)
+    snippet = SNIPPET.format(install=public_install_line(), folder=FOLDER, zip_name=Path(zip_path).name, load=load)
     cleanup(root)
-    return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet, "lora": report}
+    return {"zip": zip_path, "plan_json": str(plan_json), "snippet": snippet, "lora": report, "card": card}

@@ -3,8 +3,8 @@ name in brackets), and rough run-time estimates measured on this device.
 
 >>> "operator" in GLOSSARY and "structure" in GLOSSARY
 True
->>> estimate_text({"ldpruner": 12.0, "magnitude": 0.1})
-'ldpruner about 12 s, magnitude under a second'
+>>> estimate_text({"Operator sweep": 12.0, "Weight magnitude": 0.1})
+'Operator sweep about 12 s, Weight magnitude under a second'
 """
 
 from __future__ import annotations
@@ -22,16 +22,27 @@ published methods and two baselines, and lets you leave with the smaller model.
 """
 
 STEPS = """\
-**The four steps**
-1. **Model**: the bundled `tiny-shapes-sd` is loaded already (a 1 M-parameter model that draws coloured shapes
-   and runs on a CPU). Switch to another model at any time.
-2. **Score** what can be removed. Start with **magnitude** (instant, no images needed) to see the flow, then
-   **LD-Pruner** (removes each operator in turn and watches the images), **EcoDiff** (learns on/off gates) or
-   **Taylor** (gradients of the training loss). {estimates}
-3. **How much can I prune?** compares every method at several sizes against the original, and **Select and
-   compare** lets you pick what to remove (by target or by hand) and see the same prompt and seed before and after.
-4. **Export** the slimmed model (safetensors and a JSON plan) with the two lines that load it.
+**The five steps** (the tabs, in order)
+1. **Model**: {model} is loaded. Switch to another model at any time.
+2. **Score** what can be removed, with one of the registered methods: {methods}. Start with **{first}** (no
+   images needed) to see the flow. {estimates}
+3. **Select and compare**: pick what to remove (pre-filled from a method's scores at a target, or by hand) and
+   see the same prompt and seed before and after.
+4. **How much can I prune?** compares methods at several sizes against the original on the same prompts and seeds.
+5. **Export** the slimmed model (safetensors and a JSON plan) with the lines that load it.
 """
+
+
+def steps(handle, estimates_line: str = "") -> str:
+    """The guide's steps for the loaded model (its name, the registered methods, their run times)."""
+    from pruning import methods
+
+    names = methods.names()
+    first = next((n for n in names if methods.get(n).data_free), names[0])
+    return STEPS.format(model=f"`{handle.source}`" if handle is not None else "the default model",
+                        methods=", ".join(f"**{methods.get(n).title}**" for n in names),
+                        first=methods.get(first).title, estimates=estimates_line)
+
 
 GLOSSARY = """\
 **Words used here.** An **operator** is a whole branch that can be switched off: a self-attention (`attn1`), a
@@ -40,6 +51,22 @@ cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block (`resne
 and resnet channel **groups**. **Sparsity** is the fraction of the denoiser's parameters removed. Every score in
 this app means the same: **low = prunable** (remove first), drawn in orange; high = keep, drawn in blue.
 """
+PARTS = {  # what the loaded family calls its operators (the glossary names the loaded model's parts)
+    "sd": "a self-attention (`attn1`), a cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block "
+          "(`resnet`) or a whole block",
+}
+
+
+def glossary(handle) -> str:
+    """The glossary in the loaded model's words: a UNet's parts, or a transformer's blocks."""
+    from pruning.facts import model_facts
+
+    if handle is None or handle.family in PARTS:
+        return GLOSSARY
+    kinds = ", ".join(f"`{k}`" for k, r in model_facts(handle)["operators"].items() if r["count"])
+    return GLOSSARY.replace(PARTS["sd"], f"one of this {handle.family} model's operator kinds ({kinds}) or a whole "
+                                         "block")
+
 
 HELP = {
     "model": "A bundled tiny model (offline), a preset, or any Hub id such as org/name (needs internet).",
@@ -48,20 +75,12 @@ HELP = {
              "CPU all three work: bfloat16 is fast if the CPU has bf16 instructions, float16 is about 10x slower.",
     "method": "How parts are scored. All scores mean low = prunable.",
     "prompts": "One prompt per line. The method generates images from these to see what matters.",
-    "n_gen": "Images generated for each operator [N_gen in the LD-Pruner paper]. More = steadier scores, slower.",
     "steps": "Denoising steps per image. 0 = the model's default.",
-    "granularity": "fine: attention, FFN and resnet branches one by one; block: whole blocks; all: both.",
-    "operators": "Score only these operators (empty = all of the chosen granularity).",
-    "epochs": "Passes over the prompts while learning the gates.",
-    "batch": "Prompts per learning step.",
-    "kinds": "Which units get a gate: attention heads, FFN neurons, resnet channel groups.",
-    "beta": "How hard the gates are pushed to close [beta in the EcoDiff paper]. Higher = sparser, less faithful.",
-    "lr": "Learning rate of the gates. Too high and the run diverges (it then stops with a message).",
-    "stride": "Score every n-th of the 1000 noise levels [timestep stride, Diff-Pruning]. Larger = faster.",
-    "thr": "Stop once the loss falls below this fraction of its maximum [thr in Diff-Pruning, 0-0.1].",
-    "taylor_kinds": "Which units get an importance score.",
+    "preset": "Named starting values for this method's settings; choosing one fills the settings below (which "
+              "you can still change).",
     "prefill": "Fill the table from a method's scores, cut at the target.",
-    "target": "Fraction of the denoiser's parameters to remove. The slider stops at what the method can reach.",
+    "target": "Fraction of the denoiser's parameters to remove, like 0.2 for 20%. The slider's end is the most the "
+              "chosen method can reach (the note below says how much and why).",
     "scope": "global: rank all units together; local: remove the same fraction in every layer.",
     "mode": "operators: switch off whole branches; structures: keep chosen units of each layer.",
     "prompt": "What to draw. On the shapes models: '<color> <shape> at/in the <position> on a <color> background'.",
@@ -72,18 +91,6 @@ HELP = {
     "metric": "What the plot shows; it redraws from the last comparison without re-running it.",
     "full": "Also save the VAE, text encoders and scheduler, so the export loads on its own.",
     "recover": "Optional short finetune of the slim model towards the original's outputs (0 = none).",
-    "eco_preset": "ours: per-unit L0 penalty, the paper's gate noise (measured better on the bundled models); the "
-                  "authors' configs: their released SDXL/FLUX settings (calmer gate noise, a per-layer L1 penalty, "
-                  "beta 0.5 for UNets and 0.01 for FLUX). Choosing one fills the push and learning rate.",
-    "obs_preset": "ours: the model's steps and resolution, 32 calibration prompts, weights falling linearly "
-                  "from 1.2 to 0.8 over the steps, every block pruned; the authors' values: their released script "
-                  "(100 prompts x 25 steps at 512 px, guidance 7, log-shaped weights 1.2 -> 0.8, the last block "
-                  "kept). Both: 1% damping, 4 groups, rank fusion k = 60.",
-    "ld_preset": "full: the model's steps and resolution; proxy: about half of each, several times faster, with "
-                 "a ranking that agrees with the full one only in part (the measured agreement shows below); fast "
-                 "score: no regeneration per operator, only the denoiser's output change at 2 recorded timesteps "
-                 "(about 1/10 of the full sweep's work on real models; chosen for you when the full sweep exceeds "
-                 "the GPU budget). Steps typed above still win.",
     "reconstruct": "Re-fit the layers that read the removed units so they best reproduce the original's outputs "
                    "(closed-form least squares, no training). Costs one pass of the original over 32 calibration "
                    "prompts: about 2-5 s on the bundled models on this CPU, like generating 32 images on others.",
@@ -102,17 +109,21 @@ EXAMPLE_PROMPTS = {
 }
 
 
-def estimate_seconds(handle, *, n_gen: int = 4, epochs: int = 4, prompts: int = 4, stride: int = 100) -> dict:
-    """Predicted wall times of each method at the app's default settings (``pruning.estimate``)."""
+def estimate_seconds(handle, *, prompts: int = 4) -> dict:
+    """Predicted wall times of each registered method at its quick settings (``pruning.estimate``)."""
     from pruning import methods
+    from pruning.errors import SettingsError
     from pruning.estimate import estimate
     from pruning.prompts import calibration_prompts
 
-    p = calibration_prompts(handle.model_ref, prompts)
-    values = {"ldpruner": dict(n_gen=n_gen, prompts=p), "ecodiff": dict(epochs=epochs, prompts=p),
-              "taylor": dict(stride=stride, prompts=p), "obsdiff": dict(prompts=p)}
-    return {m: estimate(handle, m, methods.get(m).settings(**values.get(m, {}))).seconds
-            for m in ("magnitude", "random", "ldpruner", "ecodiff", "taylor", "obsdiff")}
+    p, out = calibration_prompts(handle.model_ref, prompts), {}
+    for name in methods.names():
+        m = methods.get(name)
+        try:
+            out[m.title] = estimate(handle, name, m.quick_settings(p)).seconds
+        except SettingsError:  # a method that does not say what it costs: no figure, never a guess
+            continue
+    return out
 
 
 def estimate_text(est: dict) -> str:
@@ -133,5 +144,5 @@ def estimates(handle, max_params: int = 100_000_000) -> str:
         return where + "Press **Estimate the cost** in the Score tab for a run's time and memory before you start it."
     with torch.no_grad():
         est = estimate_seconds(handle)
-    return (f"On {device_note(handle)}, with the default settings: {estimate_text(est)}; comparing all "
+    return (f"On {device_note(handle)}, at the settings the Score tab starts with: {estimate_text(est)}; comparing all "
             "methods takes about as long as running them all.")

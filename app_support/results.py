@@ -16,6 +16,7 @@ import math
 import pandas as pd
 
 import visual
+from pruning import labels
 from pruning.catalog import UNIT_KINDS, catalog, discover, inside
 from pruning.loading import Handle
 from pruning.methods import Scores, get
@@ -30,7 +31,9 @@ _SHOWN = {"prompts": "prompts", "n_gen": "N_gen", "steps": "steps", "granularity
 
 
 def model_label(handle: Handle) -> str:
-    return f"{handle.source} ({handle.model_ref.split('@')[-1][:8]}, {str(handle.dtype).removeprefix('torch.')})"
+    """The model as people know it ("tiny-shapes-sd, float32"); its weights hash is provenance
+    (the Model tab's info line, the card, the plan), never part of its name."""
+    return labels.model_name(handle)
 
 
 def reconstruction_note(report: dict) -> str:
@@ -77,38 +80,57 @@ def _why(scores: Scores) -> str:
 
 
 def subtitle(handle: Handle, scores: Scores) -> str:
+    """Whose scores: the model, the method and the settings it ran with (the words of every tab)."""
     stop = f" · STOPPED{_why(scores)}" if scores.partial else ""
-    return f"{model_label(handle)} · {get(scores.method).title} · {settings_line(scores.settings)}{stop}"
+    try:
+        named = labels.settings_label(scores.method, scores.settings, family=handle.family)
+    except Exception:  # noqa: BLE001 - settings a label cannot read: the plain line
+        named = f"{labels.method_name(scores.method)} ({settings_line(scores.settings)})"
+    prompts = scores.settings.get("prompts")
+    on = f" · {labels.plural(len(prompts), 'prompt')}" if prompts else ""
+    return f"{model_label(handle)} · {named}{on}{stop}"
+
+
+def ties(scores: Scores, target: float | None = None):
+    """The near-tie check of what a view of these scores shows (``pruning.ties``)."""
+    from pruning.ties import check_ties
+
+    return check_ties(scores, target_sparsity=target, structures=scores.level == "unit" and target is None)
 
 
 def heatmap(handle: Handle, scores: Scores):
-    """The per-layer heatmap of any method's scores (operators, or the mean unit score per structure)."""
+    """The per-layer heatmap of any method's scores (operators, or the mean unit score per
+    structure); near-tied scores get one flat colour, never a decisive-looking rank."""
     title = "Scores per layer (low = prunable)"
+    flat = bool(len(scores.table)) and ties(scores).flat
     if not len(scores.table):
         return visual.placeholder(f"{get(scores.method).title}: stopped before the first result")
     if scores.level == "operator":
         ops, _ = catalog(handle.denoiser, **count_inputs(handle))
         df = scores.table[["fqn", "score"]].merge(ops[["fqn", "kind", "params", "depth"]], on="fqn")
-        return visual.operator_heatmap(df, title=title, subtitle=subtitle(handle, scores))
+        return visual.operator_heatmap(df, title=title, subtitle=subtitle(handle, scores), flat=flat)
     per = structure_scores(handle, scores.per_structure())
     return visual.structure_heatmap(per, title="Mean unit score per layer (low = prunable)",
-                                    subtitle=subtitle(handle, scores))
+                                    subtitle=subtitle(handle, scores), flat=flat)
 
 
 def score_table(handle: Handle, scores: Scores, rows: int = 60) -> pd.DataFrame:
-    """The lowest-scoring rows first (most prunable), numbers formatted."""
+    """The lowest-scoring rows first (most prunable), with enough digits that distinct scores read
+    as distinct (near-ties: as many as they need)."""
+    digits = ties(scores).digits if len(scores.table) else 4
+    number = lambda v: fmt.number(v, digits)  # noqa: E731
     if scores.level == "operator":
         ops, _ = catalog(handle.denoiser, **count_inputs(handle))
         df = scores.table[["fqn", "score"]].merge(ops[["fqn", "kind", "params"]], on="fqn")
         df = df.sort_values("score", kind="stable").head(rows)
         return pd.DataFrame({"rank": range(1, len(df) + 1), "operator": df["fqn"], "kind": df["kind"],
-                             "score (low = prunable)": df["score"].map(fmt.number),
+                             "score (low = prunable)": df["score"].map(number),
                              "params": df["params"].map(fmt.count)})
     found = discover(handle.denoiser).structures
     per = scores.per_structure().sort_values("score", kind="stable").head(rows)
     return pd.DataFrame({"rank": range(1, len(per) + 1), "structure": per["fqn"],
                          "kind": [found[f].kind for f in per["fqn"]], "units": per["units"],
-                         "mean unit score (low = prunable)": per["score"].map(fmt.number)})
+                         "mean unit score (low = prunable)": per["score"].map(number)})
 
 
 def table_label(handle: Handle, scores: Scores) -> str:
@@ -123,7 +145,7 @@ def _gates_line(scores: Scores) -> str:
     last = history[-1]
     kept = {k.removeprefix("kept_"): v for k, v in last.items() if k.startswith("kept_")}
     off = ", ".join(f"{1 - v:.0%} of {k}s" for k, v in kept.items())
-    return (f" After {len(history)} steps the gates alone would switch off {off} (expected sparsity); the plan "
+    return (f" After {labels.plural(len(history), 'step')} the gates alone would switch off {off} (expected sparsity); the plan "
             "is cut from their scores at the target you choose in Select.")
 
 
@@ -132,9 +154,11 @@ def status(handle: Handle, scores: Scores) -> str:
     n = len(scores.table)
     total = scores.info.get("total")
     done = f"{n} of {total} {what} scored" if total else f"{n} {what} scored"
+    tie = ties(scores) if len(scores.table) else None
+    warn = f" **Warning: {tie.message}.**" if tie is not None and tie.tied else ""
     if scores.partial:
-        return f"**Stopped**{_why(scores)}: {done}; the finished part is shown." + _gates_line(scores)
-    return f"Done: {done} on {model_label(handle)}." + _gates_line(scores)
+        return f"**Stopped**{_why(scores)}: {done}; the finished part is shown." + _gates_line(scores) + warn
+    return f"Done: {done} on {model_label(handle)}." + _gates_line(scores) + warn
 
 
 def reachable(handle: Handle, scores: Scores) -> float:

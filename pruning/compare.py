@@ -553,19 +553,16 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
                 phase = f"scoring with {labels[name]}"
                 view = progress.child(1 + j, phase)
                 progress.report(1 + j, phase, method=name)
-                own_loop = False
-                if name in s.method_scores and not _redrawn(name):  # the visitor's own scores: not scored again
+                draws = method.comparison_draws(method_settings(method, s, calib), s.random_draws)
+                if len(draws) > 1:  # independent random draws (the random baseline), each scored whole
+                    scored = [method.score(handle, d, control=view) for d in draws]
+                elif name in s.method_scores:  # the visitor's own scores: not scored again
                     scored = [s.method_scores[name]]
                 else:
-                    draws = method.comparison_draws(method_settings(method, s, calib), s.random_draws)
-                    if len(draws) > 1:  # independent random draws (the random baseline), each scored whole
-                        scored = [method.score(handle, d, control=view) for d in draws]
-                    else:
-                        x, inner = method.run(handle, draws[0], state=inner, control=view)
-                        own_loop = True
+                    x, inner = method.run(handle, draws[0], state=inner, control=view)
                     scored = [x]
                 progress.settle(view)
-                if own_loop and inner is not None:
+                if inner is not None and name not in s.method_scores and len(draws) == 1:
                     scored, chunk_ended = None, not control.stopped()  # the method's own loop ended the chunk
                     break
                 if any(x.partial for x in scored) or control.stopped():

@@ -81,7 +81,7 @@ def ended(session: str, since: float, timeout: float = 30) -> dict:
 
 LONG = {
     "sweep": score_args("ldpruner", n_gen=16, steps=100, granularity="all"),
-    "ecodiff": score_args("ecodiff", prompts="\n".join([PROMPT] * 16), steps=100, epochs=50, batch=16),
+    "ecodiff": score_args("ecodiff", prompts="\n".join([PROMPT] * 16), steps=100, epochs=50, batch_size=16),
 }
 
 
@@ -143,6 +143,6 @@ def test_stop_keeps_partial_results(url):
     a.predict(api_name="/stop")
     table, fig, _, status, _, _ = job.result(timeout=60)
     assert "Stopped" in status and 0 < len(frame(table)) < 39
-    assert "STOPPED" in app.visual.apply_theme(__import__("plotly.io").io.from_json(fig["plot"])).layout.title.text
+    assert "STOPPED" in __import__("visual").apply_theme(__import__("plotly.io").io.from_json(fig["plot"])).layout.title.text
     _, _, _, status, _, _ = a.predict(*score_args("ldpruner", operators=["mid_block.resnets.0"]), api_name="/score")
     assert "Done" in status  # the next run is not stopped

@@ -88,12 +88,17 @@ def _grid(df: pd.DataFrame, column: str, value: str, extras: list[str]):
     return rows, cols, z, custom
 
 
-def _figure(rows, cols, z, custom, hover: str, title: str, subtitle: str) -> go.Figure:
+FLAT = [[0.0, MID_COLOR], [1.0, MID_COLOR]]  # near-tied scores: one colour (a rank would look decisive)
+
+
+def _figure(rows, cols, z, custom, hover: str, title: str, subtitle: str, flat: bool = False) -> go.Figure:
+    bar = ({"title": {"text": "scores barely differ", "side": "right"}, "tickvals": [0.5], "len": 0.9,
+            "ticktext": ["near-tie:<br>no ranking"]} if flat else
+           {"title": {"text": "score rank", "side": "right"}, "tickvals": [0, 0.5, 1], "len": 0.9,
+            "ticktext": ["lowest:<br>prune first", "median", "highest:<br>keep"]})
     fig = go.Figure(go.Heatmap(
         z=rank_scale(z), x=cols, y=rows, customdata=custom, hovertemplate=hover + "<extra></extra>",
-        colorscale=COLORSCALE, zmin=0, zmax=1, hoverongaps=False, xgap=1, ygap=1,
-        colorbar={"title": {"text": "score rank", "side": "right"}, "tickvals": [0, 0.5, 1], "len": 0.9,
-                  "ticktext": ["lowest:<br>prune first", "median", "highest:<br>keep"]}))
+        colorscale=FLAT if flat else COLORSCALE, zmin=0, zmax=1, hoverongaps=False, xgap=1, ygap=1, colorbar=bar))
     fig.update_layout(title=titled(title, subtitle), height=HEIGHT, margin={"l": 90, "r": 10, "t": 90, "b": 60},
                       yaxis={"autorange": "reversed", "type": "category", "title": "layer (depth order)",
                              "showgrid": False},
@@ -102,7 +107,7 @@ def _figure(rows, cols, z, custom, hover: str, title: str, subtitle: str) -> go.
 
 
 def operator_heatmap(scores: pd.DataFrame, value: str = "score", title: str | None = None,
-                     subtitle: str = "") -> go.Figure:
+                     subtitle: str = "", flat: bool = False) -> go.Figure:
     """Operator scores per layer (rows) and operator kind (columns), coloured by rank.
 
     ``scores`` needs fqn, kind and ``value``; params and depth are used when present.
@@ -116,11 +121,11 @@ def operator_heatmap(scores: pd.DataFrame, value: str = "score", title: str | No
     df = scores if "params" in scores.columns else scores.assign(params=None)
     rows, cols, z, custom = _grid(df, "kind", value, ["params"])
     hover = "%{customdata[0]}<br>score: %{customdata[1]:.4g} (low = prunable)<br>params: %{customdata[2]:,}"
-    return _figure(rows, cols, z, custom, hover, title or "Operator scores (low = prunable)", subtitle)
+    return _figure(rows, cols, z, custom, hover, title or "Operator scores (low = prunable)", subtitle, flat)
 
 
 def structure_heatmap(units: pd.DataFrame, value: str = "score", title: str | None = None,
-                      subtitle: str = "") -> go.Figure:
+                      subtitle: str = "", flat: bool = False) -> go.Figure:
     """Per-structure scores (e.g. the mean unit score) by layer and component, coloured by rank.
 
     ``units`` has one row per structure: fqn, component and ``value`` (optionally units, depth).
@@ -129,11 +134,16 @@ def structure_heatmap(units: pd.DataFrame, value: str = "score", title: str | No
     ...                    "component": ["resnet", "attn1"], "score": [3.0, 1.5], "units": [8, 2]})
     >>> structure_heatmap(df).data[0].z.tolist()
     [[1.0, 0.0]]
+
+    ``flat``: the scores barely differ (``pruning.ties``): one colour, and the colour bar says so.
+
+    >>> {c for _, c in structure_heatmap(df, flat=True).data[0].colorscale} == {MID_COLOR}
+    True
     """
     df = units if "units" in units.columns else units.assign(units=None)
     rows, cols, z, custom = _grid(df, "component", value, ["units"])
     hover = "%{customdata[0]}<br>mean unit score: %{customdata[1]:.4g} (low = prunable)<br>units: %{customdata[2]}"
-    return _figure(rows, cols, z, custom, hover, title or "Structure scores (low = prunable)", subtitle)
+    return _figure(rows, cols, z, custom, hover, title or "Structure scores (low = prunable)", subtitle, flat)
 
 
 def placeholder(title: str = "Run a method to see this plot", height: int = HEIGHT) -> go.Figure:

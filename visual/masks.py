@@ -20,7 +20,8 @@ from .heatmaps import layer_of
 from .theme import apply_theme, titled
 
 HEIGHT = 480
-KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#d98e04"}
+KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#2e8fb8"}  # never orange (= prunable)
+KIND_DASH = {"head": "solid", "neuron": "dash", "group": "dot"}  # equal curves stay visible
 KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "group": "resnet channel groups"}
 LOSS_STYLE = {"loss": {"color": "#555555"}, "recon": {"color": "#999999", "dash": "dash"}}
 
@@ -40,7 +41,8 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
     for col in [c for c in h.columns if c.startswith("kept_")]:
         kind = col.removeprefix("kept_")
         fig.add_trace(go.Scatter(x=h["step"], y=1 - h[col], mode="lines+markers",
-                                 name=f"expected sparsity ({kind})", line={"color": KIND_COLORS.get(kind)}),
+                                 name=f"expected sparsity ({kind})",
+                                 line={"color": KIND_COLORS.get(kind), "dash": KIND_DASH.get(kind, "solid")}),
                       row=2, col=1)
     if target is not None:
         fig.add_hline(y=target, line={"dash": "dot", "color": "#8a8f98"}, row=2, col=1,
@@ -48,6 +50,7 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=2, col=1)
     fig.update_xaxes(title="optimizer step", row=2, col=1)
+    fig.update_xaxes(tickformat="d", dtick=1 if len(h) <= 12 else None)  # whole steps, never half-step ticks
     fig.update_layout(title=titled(title, subtitle), height=HEIGHT,
                       margin={"l": 60, "r": 20, "t": 90, "b": 40})
     return apply_theme(fig)

@@ -10,7 +10,7 @@ at the visitor's own plan.
 ...                    "latent_mse": [0.0, 0.01, 0.05, 0.02]})
 >>> fig = quality_vs_sparsity(df, "latent_mse")
 >>> [t.name for t in fig.data], [float(x) for x in fig.data[1].x], fig.layout.height
-(['ldpruner', 'ecodiff'], [0.0, 0.1], 420)
+(['ldpruner', 'ecodiff'], [0.0, 0.1], 480)
 
 Rows with ``reconstructed`` true (``compare_methods(..., reconstruct=True)``) get their own
 dashed line in the method's colour; ``latent_mse_se`` and ``acc_*_lo`` / ``_hi`` become error bars.
@@ -29,6 +29,16 @@ grey dotted line drawn at the target sparsity of the plans it matches.
 >>> fig = quality_vs_sparsity(pd.concat([df, rec]), "latent_mse")
 >>> [(t.name, t.line.dash) for t in fig.data]
 [('ldpruner', 'solid'), ('ldpruner + reconstruction', 'dash'), ('ecodiff', 'solid')]
+
+Each curve's legend is its ``label`` (the method and the settings it ran with) when the table has
+one; the visitor's own plan (method "your plan") is one star at its measured point:
+
+>>> df["label"] = [None, "LD-Pruner (defaults)", "LD-Pruner (defaults)", "EcoDiff (authors' configs)"]
+>>> mine = pd.DataFrame({"method": ["your plan"], "label": ["EcoDiff 20%, edited by hand"],
+...                      "params_fraction": [0.19], "latent_mse": [0.03], "reconstructed": [False]})
+>>> fig = quality_vs_sparsity(pd.concat([df, mine]), "latent_mse", mark=0.19)
+>>> [(t.name, t.mode) for t in fig.data][-2:], len(fig.layout.shapes)
+([("EcoDiff (authors' configs)", 'lines+markers'), ('your plan: EcoDiff 20%, edited by hand', 'markers')], 0)
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ METRICS = {  # column -> (axis label, direction)
 }
 
 
+OWN_PLAN = "your plan"  # pruning.compare.OWN_PLAN: the visitor's own plan, one point
+OWN_COLOR = "#e4572e"  # the orange of "your plan" (never a method's colour)
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f", "#bcbd22")  # not orange (your plan)
 
 
@@ -79,29 +91,44 @@ def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "
             df.loc[few, x] = df.loc[few, "sparsity"]  # beside the plans whose MACs it matches
         df["reconstructed"] = df["reconstructed"].fillna(False).astype(bool) if "reconstructed" in df else False
         original = df[df["method"] == "original"]
-        colours = {}
-        for (method, rebuilt), part in df[df["method"] != "original"].groupby(["method", "reconstructed"], sort=False):
+        own = df[df["method"] == OWN_PLAN]
+        colours, traces = {}, []
+        lines = df[~df["method"].isin(["original", OWN_PLAN])]
+        for (method, rebuilt), part in lines.groupby(["method", "reconstructed"], sort=False):
             part = pd.concat([original, part]).sort_values(x)
             xs += list(part[x])
             colour = colours.setdefault(method, "#555555" if method == FEWER_STEPS
                                         else PALETTE[len(colours) % len(PALETTE)])
-            name = f"{method} + reconstruction" if rebuilt else str(method)
+            named = part.loc[part["method"] == method, "label"].dropna() if "label" in part else pd.Series([])
+            name = str(named.iloc[0]) if len(named) and method != FEWER_STEPS else str(method)
+            name = f"{name} + reconstruction" if rebuilt else name
             name = f"{FEWER_STEPS} (same MACs per image)" if method == FEWER_STEPS else name
             dash = "dot" if method == FEWER_STEPS else ("dash" if rebuilt else "solid")
-            fig.add_trace(go.Scatter(x=part[x], y=part[metric], mode="lines+markers", name=name,
-                                     line={"color": colour, "dash": dash},
-                                     error_y=_error_bars(part, metric),
+            traces.append((list(colours).index(method), go.Scatter(
+                x=part[x], y=part[metric], mode="lines+markers", name=name, line={"color": colour, "dash": dash},
+                error_y=_error_bars(part, metric),
+                hovertemplate=f"{name}<br>params removed: %{{x:.1%}}<br>{label}: %{{y:.4g}}<extra></extra>")))
+        traces.sort(key=lambda t: t[0])  # a method's plain and reconstructed lines together
+        fig.add_traces([t for _, t in traces])
+        for _, row in own.iterrows():  # the visitor's own plan: its own measured point
+            name = f"{OWN_PLAN}: {row['label']}" if "label" in own and pd.notna(row.get("label")) else OWN_PLAN
+            xs.append(row[x])
+            fig.add_trace(go.Scatter(x=[row[x]], y=[row[metric]], mode="markers", name=name,
+                                     marker={"color": OWN_COLOR, "size": 14, "symbol": "star",
+                                             "line": {"width": 1, "color": "#222222"}},
+                                     error_y=_error_bars(own.loc[[_]], metric),
                                      hovertemplate=f"{name}<br>params removed: %{{x:.1%}}<br>{label}: "
                                                    "%{y:.4g}<extra></extra>"))
-        fig.data = tuple(sorted(fig.data, key=lambda t: list(colours).index(
-            FEWER_STEPS if t.name.startswith(FEWER_STEPS) else t.name.split(" + ")[0])))
+        if len(own):
+            mark = None  # the point says it
     if mark is not None:
-        fig.add_vline(x=mark, line={"dash": "dot", "color": "#e4572e"},
+        fig.add_vline(x=mark, line={"dash": "dot", "color": OWN_COLOR},
                       annotation_text=f"your plan: {mark:.0%}", annotation_position="top")
         xs.append(mark)
     hi = max(xs + [0.1]) * 1.08
     fig.update_layout(title=titled(title or f"Quality vs sparsity: {label} ({direction})", subtitle),
-                      height=HEIGHT, margin={"l": 60, "r": 20, "t": 70, "b": 40},
+                      height=HEIGHT + 60, margin={"l": 60, "r": 20, "t": 70, "b": 40},
+                      legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"},  # below: long labels, phones
                       xaxis={"title": "params removed", "tickformat": ".0%", "range": [-0.01, hi]},
                       yaxis={"title": f"{label} ({direction})" if direction else label,
                              **({"range": [-0.02, 1.02]} if metric.startswith("acc") else {"rangemode": "tozero"})})

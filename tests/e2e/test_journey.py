@@ -1,5 +1,5 @@
 """A first-time visitor's whole journey in a real browser (headless Debian chromium), at
-1440x900 and 390x844, in light and dark: read the guide, score, see what can go, select,
+1440x900 (light) and 390x844 (dark): read the guide, score, see what can go, select,
 compare, ask how much can be pruned, export, hit an error, switch models.
 
 It asserts what a person would check, and saves a screenshot per finding of issue 12 under
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -17,8 +18,9 @@ from playwright.sync_api import expect
 from tests.e2e.conftest import open_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real browser
-CONFIGS = [(1440, 900, "light"), (1440, 900, "dark"), (390, 844, "light"), (390, 844, "dark")]
+CONFIGS = [(1440, 900, "light"), (390, 844, "dark")]  # all four: python -m tests.e2e.shots
 TABS = ("1 Model", "2 Score", "3 Select", "4 How much?", "5 Export")
+ROOT = Path(__file__).resolve().parents[2]
 PRUNABLE = "#e4572e"  # visual.PRUNABLE_COLOR: the lowest scores, in every heatmap
 
 
@@ -77,9 +79,10 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         page.goto(app_url + ("?__theme=dark" if scheme == "dark" else ""))
         expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-sd", timeout=120_000)
         # 4. onboarding: what this is, the four steps, the words, run times on this device
-        expect(page.get_by_text("The four steps")).to_be_visible()
+        expect(page.get_by_text("The five steps")).to_be_visible()
         expect(page.get_by_text("low = prunable").first).to_be_visible()
-        expect(page.get_by_text("magnitude under a second").first).to_be_visible()
+        expect(page.get_by_text("Weight magnitude (baseline) under a second").first).to_be_visible()
+        expect(page.locator("#guide-steps")).to_contain_text("tiny-shapes-sd is loaded")
         shot(page, config, "04-onboarding")
         for name in TABS:  # 10. every step is reachable at this width
             expect(page.get_by_role("tab", name=name)).to_be_visible()
@@ -99,9 +102,30 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         assert "tiny-shapes-sd" in h["title"] and "LD-Pruner" in h["title"]  # whose plot it is
         shot(page, config, "05-colours-heatmap", page.locator("#score-plot"))
 
+        # issue 23 item 7: the estimate names the method it was asked for, and goes when the method changes
+        page.get_by_role("button", name="Estimate the cost").first.click()
+        expect(page.locator("#score-estimate")).to_contain_text("LD-Pruner", timeout=60_000)
+        # issue 23 item 2: a near-tie (EcoDiff whose gates barely moved) warns and flattens the colours
+        page.get_by_label("Mask optimization (EcoDiff)").check()
+        expect(page.locator("#score-estimate")).not_to_contain_text("LD-Pruner")
+        eco = page.locator("#settings-ecodiff")
+        for name, value in (("epochs", "1"), ("learning rate", "0.000001")):
+            box = eco.get_by_label(f"number input for {name}") if eco.get_by_label(
+                f"number input for {name}").count() else eco.get_by_label(name, exact=True)
+            box.fill(value)
+            box.press("Enter")
+        run_and_wait(page, "Run", "#score-status", "scores barely differ: this ranking is unreliable")
+        tied = heatmap(page, "#score-plot")
+        assert len({c.lower() for _, c in tied["colorscale"]}) == 1, tied["colorscale"]  # one flat colour
+        shot(page, config, "11-near-tie", page.locator("#score-plot"))
+        page.get_by_label("Operator sweep (LD-Pruner)").check()  # back to its own result
+        expect(page.locator("#score-status")).to_contain_text("operators scored")
+
         # 9. select: pre-filled from the method that just ran, most prunable first
         tab(page, "3 Select")
-        expect(page.get_by_label("pre-fill from")).to_have_value("Operator sweep (LD-Pruner)")
+        expect(page.get_by_label("pre-fill from")).to_have_value("Mask optimization (EcoDiff)")  # the last run
+        page.get_by_label("pre-fill from").click()
+        page.get_by_role("option", name="Operator sweep (LD-Pruner)").click()
         expect(page.locator("#target-note")).to_contain_text("can remove at most")
         target = page.get_by_label("number input for target sparsity")
         target.fill("0.1")
@@ -111,6 +135,14 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         expect(totals).to_contain_text("%")
         shot(page, config, "09-selection-table", page.locator("#selection"))
         shot(page, config, "06-numbers-totals", totals)
+        expect(page.locator("#target-note")).to_contain_text("LD-Pruner 10%")
+        before = page.locator("#target-note").inner_text()
+        page.locator("#selection input[type=checkbox]:checked").first.click()  # a hand edit: one row less
+        expect(page.locator("#target-note")).to_contain_text("LD-Pruner 10%, edited by hand")  # recomputed
+        assert page.locator("#target-note").inner_text() != before
+        page.get_by_role("button", name="Measure the plan on the How much? prompts").click()
+        expect(page.locator("#plan-eval")).to_contain_text("Computed on", timeout=120_000)
+        measured = re.search(r"latent MSE \*?\*?([0-9.e+-]+)", page.locator("#plan-eval").inner_text()).group(1)
 
         # 1. original vs pruned: the same size, aligned to the pixel, large enough to judge
         page.get_by_role("button", name="Generate original vs pruned").click()
@@ -134,9 +166,24 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         # "How much can I prune?": quality against sparsity, the visitor's plan marked; the metric redraws
         tab(page, "4 How much?")
         page.get_by_label("target sparsities").fill("0.1, 0.2")
-        run_and_wait(page, "Compare", "#quality-status", "plans evaluated")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        seen = []
+        for _ in range(1200):  # item 8: one bar, never backwards
+            text = page.locator("#quality-status").inner_text()
+            seen += [int(d) / int(t) for d, t in re.findall(r"(\d+)\s*/\s*(\d+)", text) if int(t) > 0]
+            if "plans evaluated" in text:
+                break
+            page.wait_for_timeout(100)
+        expect(page.locator("#quality-status")).to_contain_text("plans evaluated", timeout=120_000)
+        assert seen == sorted(seen), seen
+        expect(page.locator("#quality-status")).to_contain_text("Computed on: latent MSE")  # what it is computed on
         plot = page.locator("#quality-plot .js-plotly-plot")
-        assert "your plan" in plot.evaluate("g => JSON.stringify(g._fullLayout.annotations)")
+        traces = plot.evaluate("g => g._fullData.map(t => ({name: t.name, mode: t.mode, y: Array.from(t.y)}))")
+        own = [t for t in traces if t["name"].startswith("your plan")]
+        assert len(own) == 1 and "LD-Pruner 10%, edited by hand" in own[0]["name"], traces
+        assert f"{own[0]['y'][0]:.4g}" == f"{float(measured):.4g}", (own, measured)  # the same figure as Select's
+        for t in traces:  # every curve names its settings
+            assert t["mode"] == "markers" or "(" in t["name"], t["name"]
         status = page.locator("#quality-status").inner_text()
         page.get_by_label("show").click()
         page.get_by_role("option", name="PSNR vs the original (dB)").click()
@@ -151,6 +198,7 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         # export: says what it exports, and the snippet works on the zip as downloaded
         tab(page, "5 Export")
         expect(page.locator("#export-summary")).to_contain_text("of the params")
+        expect(page.locator("#export-summary")).to_contain_text("LD-Pruner 10%, edited by hand")
         page.locator("#exp-lora input[type=file]").set_input_files(str(_lora_file(tmp_path)))
         expect(page.locator("#exp-lora")).to_contain_text(re.compile(r"pytorch_lora_weights\s*\.safetensors"))  # name and extension: two spans
         page.get_by_role("button", name="Export", exact=True).click()
@@ -166,6 +214,10 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
             z.extractall(tmp_path)
         assert load_pruned(tmp_path / "pruned-model").family == "sd"  # the folder the snippet loads
         expect(page.get_by_text("pip install").first).to_be_visible()
+        snippet = page.locator("#snippet").inner_text()
+        assert "pip install" in snippet and str(ROOT) not in snippet and "/work" not in snippet  # never a server path
+        expect(page.locator("#export-quality-line")).to_contain_text("LD-Pruner 10%, edited by hand")
+        expect(page.locator("#export-quality")).to_contain_text("shapes task accuracy")  # the card's own table
         shot(page, config, "10-export")
 
         # 2. another model: nothing of the previous one stays on screen unlabelled
@@ -184,6 +236,10 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         expect(page.get_by_label("pre-fill from")).to_have_value("Weight magnitude (baseline)")
         expect(page.locator("#target-note")).not_to_contain_text("LD-Pruner")
         expect(page.locator("#img-original img")).to_have_count(0)
+        for elem in ("#guide-steps", "#score-status", "#score-estimate", "#target-note", "#gen-status", "#plan-eval",
+                     "#quality-status", "#quality-estimate", "#export-summary", "#export-status", "#snippet"):
+            assert "tiny-shapes-sd" not in page.locator(elem).inner_text(), elem  # item 7: nothing stale
+        expect(page.locator("#guide-steps")).to_contain_text("tiny-shapes-flux is loaded")
         shot(page, config, "02-model-switch")
         assert not page.errors, page.errors
     finally:
@@ -221,10 +277,10 @@ def test_stop_says_stopped_and_shows_what_finished(browser, app_url):
 def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, monkeypatch):
     """The estimate is on screen before the run; a run split into one-operator chunks (as on a
     Space, where each chunk is one GPU call) shows one progress count over the whole run."""
-    import app
+    from app_support import wiring
     from pruning.runs import Budget
 
-    monkeypatch.setattr(app, "CHUNK", Budget(units=1))
+    monkeypatch.setattr(wiring, "CHUNK", Budget(units=1))
     ctx, page = open_page(browser, 1440, 900)
     try:
         sweep_settings(page, app_url, steps=6)
