@@ -386,22 +386,19 @@ def estimate(handle, method: str, settings=None, *, budget_s: float | None = Non
                    budget_s, levers)
 
 
-def estimate_reconstruction(handle, settings=None, *, passes: int = 1, budget_s: float | None = None) -> Estimate:
-    """Reconstruction: ``passes`` calibration passes over its prompts (plus the Gram updates)."""
+def estimate_reconstruction(handle, settings=None, *, plan=None, budget_s: float | None = None) -> Estimate:
+    """Reconstruction of ``plan`` (default: :func:`~pruning.recon_cost.typical_plan`, every
+    structure pruned): its calibration passes, Gram updates, solves and checks, and its peak memory
+    from the plan's statistics sizes and one measured call (:mod:`pruning.recon_cost`)."""
+    from .recon_cost import reconstruction_cost, typical_plan
+
     budget_s = check_budget(budget_s)
     s0 = (settings or ReconstructSettings()).resolved(handle)
     cost = step_cost(handle, resolution=s0.resolution)
-    s = spec(handle, steps=s0.steps, guidance=s0.guidance, resolution=s0.resolution)
-    batches = math.ceil(len(s0.prompts) / s0.batch_size)
-    calls, batch = _generation_calls(handle, s, min(s0.batch_size, len(s0.prompts)))
-    passes = max(passes, s0.groups) * (2 if s0.inputs == "pruned" else 1)  # sequential groups; the pruned model too
-    checks = (batches // 4) * (1 + s0.groups) if s0.check else 0  # the end-to-end check's held-out rollouts
-    seconds = (passes * batches + checks) * calls * cost.call(batch)
-    peak = cost.weights_bytes * 2 + cost.saved_bytes(batch) + int(s0.max_gram_mb * 2 ** 20)  # + the slim copy
-    return _finish(Estimate("Reconstruction", seconds, peak, {"denoiser calls": passes * batches * calls,
-                                                              "batch": batch, "passes": passes},
-                            device=cost.device), handle, budget_s, ["fewer calibration prompts or steps",
-                                                                    "a smaller max_gram_mb (more passes)"])
+    c = reconstruction_cost(handle, plan if plan is not None else typical_plan(handle), s0, cost)
+    return _finish(Estimate("Reconstruction", c.seconds, cost.weights_bytes + c.peak_working, c.calls,
+                            device=cost.device), handle, budget_s,
+                   ["fewer calibration prompts or steps", "a smaller max_gram_mb (more passes)"])
 
 
 def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
@@ -435,8 +432,11 @@ def estimate_comparison(handle, sparsities, chosen=None, settings=None, *,
         seconds += draws * sum(eval_s * (1 - t) for t in sps) * (2 if s.reconstruct else 1)
     if s.fewer_steps:  # the original at about (1 - sparsity) of its steps, once per target
         seconds += sum(eval_s * (1 - t) for t in sps)
-    if s.reconstruct:
-        r = estimate_reconstruction(handle, ReconstructSettings(**s.reconstruct_settings))
+    if s.reconstruct:  # each plan re-fitted: a plan at the highest target prunes about every structure
+        from .recon_cost import typical_plan
+
+        r = estimate_reconstruction(handle, ReconstructSettings(**s.reconstruct_settings),
+                                    plan=typical_plan(handle, keep=1 - max(sps)))
         seconds += plans * r.seconds
         peak = max(peak, r.peak_bytes)
         levers.append("no reconstruction")
@@ -469,13 +469,15 @@ def inplace_slim_bytes(model_bytes: int, largest_param_bytes: int) -> int:
 
 
 def estimate_export(handle, *, reconstruct: bool = False, recover_iters: int = 0, recover_batch: int = 4,
-                    budget_s: float | None = None, inplace: bool = False, streaming: bool = False) -> Estimate:
+                    budget_s: float | None = None, inplace: bool = False, streaming: bool = False,
+                    plan=None) -> Estimate:
     """An export: the optional reconstruction, the optional recovery finetune (each iteration one
     teacher call and one student call with backward to its weights), and writing the weights.
 
     Memory of the slimming itself, from tensor sizes: the model and its slim copy (``slim``), the
     model and its largest layer (``inplace``: ``export(inplace=True)``), or one layer and the
-    runtime (``streaming``: ``materialize``, which never loads the model)."""
+    runtime (``streaming``: ``materialize``, which never loads the model). With ``reconstruct``,
+    the reconstruction of ``plan`` (default: a plan that prunes every structure)."""
     budget_s = check_budget(budget_s)
     cost = step_cost(handle)
     largest = max((p.numel() * p.element_size() for p in handle.denoiser.parameters()), default=0)
@@ -488,13 +490,14 @@ def estimate_export(handle, *, reconstruct: bool = False, recover_iters: int = 0
     seconds = 0.0
     calls = {}
     if reconstruct:
-        r = estimate_reconstruction(handle)
+        r = estimate_reconstruction(handle, plan=plan)
         seconds, peak = seconds + r.seconds, max(peak, r.peak_bytes)
         calls["reconstruction calls"] = r.calls["denoiser calls"]
     if recover_iters:
         b = recover_batch * (2 if spec(handle).guidance_mode == "cfg" and families.of(handle).cfg_doubles_batch else 1)
         seconds += recover_iters * (cost.call(b) + cost.grad_call(b, weights=True))
-        peak = max(peak, 2 * cost.weights_bytes + cost.saved_bytes(b) + 3 * cost.weights_bytes)  # + AdamW moments
+        # the teacher, the student, its gradients and AdamW's two moments, one step's working memory
+        peak = max(peak, 5 * cost.weights_bytes + cost.working_bytes(b, "weights"))
         calls["recovery iterations"] = recover_iters
     seconds += cost.weights_bytes / 200e6  # safetensors write and hashing, ~200 MB/s
     return _finish(Estimate("Export", seconds, peak, calls, device=cost.device), handle, budget_s,

@@ -248,14 +248,21 @@ class Stats:
 
     def add(self, x: torch.Tensor, h: torch.Tensor | None = None, weight: float = 1.0) -> None:
         """``x``: (rows, D) original inputs; ``h``: (rows, k) the pruned model's, same positions
-        (omitted with ``keep``); ``weight``: these rows' weight (a timestep weight)."""
+        (omitted with ``keep``); ``weight``: these rows' weight (a timestep weight). Accumulated in
+        place (``addmm_``): no Gram-sized temporary."""
+        self._projected = None
         xa = _augment(x)
-        self.G += weight * (xa.T @ xa)
+        self.G.addmm_(xa.T, xa, alpha=weight)
         if self.cols is None:
             ha = _augment(h)
-            self.H += weight * (ha.T @ ha)
-            self.X += weight * (xa.T @ ha)
+            self.H.addmm_(ha.T, ha, alpha=weight)
+            self.X.addmm_(xa.T, ha, alpha=weight)
         self.rows += weight * xa.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes these statistics hold."""
+        return sum(t.numel() * t.element_size() for t in (self.G, self.H, self.X) if t is not None)
 
     def merged(self, other: Stats) -> Stats:
         """These statistics and ``other``'s (same layer) pooled."""
@@ -267,11 +274,34 @@ class Stats:
         return out
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``E[x~ x~^T]`` (D+1, D+1), ``E[x~ h~^T]`` (D+1, k+1), ``E[h~ h~^T]`` (k+1, k+1): copies."""
         n = max(self.rows, 1)
         G = self.G / n
         if self.cols is not None:
-            return G, G[:, self.cols], G[self.cols][:, self.cols]
+            return G, G[:, self.cols], G[self.cols[:, None], self.cols]
         return G, self.X / n, self.H / n
+
+    def kept_gram(self) -> torch.Tensor:
+        """``E[h~ h~^T]`` (k+1, k+1), a new tensor (the only Gram-sized one a solve makes besides its
+        Cholesky factor)."""
+        n = max(self.rows, 1)
+        return (self.G[self.cols[:, None], self.cols] if self.cols is not None else self.H) / n
+
+    def projected(self, W: torch.Tensor, b: torch.Tensor | None) -> tuple[float, torch.Tensor]:
+        """For the layer's weight ``W`` (out, D) and bias ``b``: the output energy ``E||W x + b||^2``
+        and ``E[y h~^T]`` (out, k+1), without copying a Gram. Kept for the same ``W``, ``b`` (the
+        same tensor objects, unchanged): the fit and its error figures share one ``[W, b] G``."""
+        version = (W._version, None if b is None else b._version)
+        cached = getattr(self, "_projected", None)
+        if cached is not None and cached[0] is W and cached[1] is b and cached[2] == version:
+            return cached[3]
+        full = _full(W, b)
+        n = max(self.rows, 1)
+        fg = full @ self.G  # (out, D+1)
+        energy = float((fg * full).sum()) / n
+        out = energy, (fg[:, self.cols] if self.cols is not None else full @ self.X) / n
+        self._projected = (W, b, version, out)  # holds W and b: their identity cannot be reused meanwhile
+        return out
 
 
 def _full(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -291,15 +321,14 @@ def solve(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, keep: torch.Ten
     >>> [round(v, 9) for v in Wk[0].tolist()]  # the third input is always 0: the fit is the kept columns
     [1.0, 2.0]
     """
-    _, Xc, H = stats.means()
     k = int(keep.sum())
     cols = torch.cat([keep.nonzero().flatten(), torch.tensor([keep.numel()], device=keep.device)])  # K and the 1
     full = _full(W, b)
-    C = full @ Xc  # (out, k+1): E[y h~^T], y the original layer's output
+    _, C = stats.projected(W, b)  # (out, k+1): E[y h~^T], y the original layer's output
     prior = full[:, cols].clone()  # plain pruning: W_K and b
     prior[:, -1] = 0  # the bias is not pulled
-    A = H.clone()
-    lam = ridge * float(H.diagonal()[:k].mean()) if k else 0.0
+    A = stats.kept_gram()  # (k+1, k+1), solved in place of a copy
+    lam = ridge * float(A.diagonal()[:k].mean()) if k else 0.0
     A.diagonal()[:k] += lam
     rhs = C + lam * torch.cat([prior[:, :k], prior.new_zeros(prior.shape[0], 1)], 1)
     if b is None:  # no bias to fit: drop the constant column
@@ -321,11 +350,10 @@ def _solve_symmetric(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def rel_error(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, Wk: torch.Tensor,
               bk: torch.Tensor | None) -> float:
     """``E||y - (Wk h + bk)||^2 / E||y||^2`` on the recorded inputs (y the original output)."""
-    G, Xc, H = stats.means()
-    full = _full(W, b)
     new = _full(Wk, bk)  # (out, k+1)
-    energy = float(torch.einsum("od,de,oe->", full, G, full))
-    err = energy - 2 * float(torch.einsum("od,dk,ok->", full, Xc, new)) + float(torch.einsum("ok,kl,ol->", new, H, new))
+    energy, C = stats.projected(W, b)
+    cross = float((C * new).sum())  # E[y^T (Wk h + bk)]
+    err = energy - 2 * cross + float(((new @ stats.kept_gram()) * new).sum())
     return max(err, 0.0) / max(energy, 1e-30)
 
 
@@ -529,7 +557,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                           if t is not None] for c in group} if checked else {}
         for c in group:  # written into `small` now: the next group's pass reads through them
             layer, new = den.get_submodule(c.fqn), small.get_submodule(c.fqn)
-            st = stats[c.fqn]
+            st = stats.pop(c.fqn)  # dropped from the dict: freed as soon as this layer's fit is written
             st, st_held = st if isinstance(st, tuple) else (st, None)
             keep = c.keep.to(st.G.device)
             W = flat_weight(layer).to(st.G.device)
@@ -548,6 +576,8 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                 new.weight.copy_(Wk.reshape(new.weight.shape).to(new.weight))  # (out, k) -> (out, k', kh, kw) for a conv
                 if bk is not None:
                     new.bias.copy_(bk.to(new.bias))
+            st = st_held = None  # this layer's statistics go now, not when the next pass has made its own
+        del stats
         if checked:  # the end-to-end check of this group's re-fits
             error = _final_error(small, checked, targets)
             kept = error <= best_error
