@@ -39,6 +39,16 @@ SD15_SETTINGS = {  # short runs: the whole row stays within about 10 minutes on 
     "ecodiff": {"epochs": 1, "batch_size": 2, "steps": 2, "prompts": 2},
     "taylor": {"stride": 500, "steps": 2, "prompts": 2},
 }
+# reconstruction (pruning.reconstruct): the plan's own statistics and one measured call (pruning.recon_cost)
+RECON = "reconstruct"
+RECON_SETTINGS = {"prompts": 4, "steps": 2, "batch_size": 4}  # bundled: a plan that prunes every structure
+SD15_RECON_SETTINGS = {"prompts": 2, "steps": 2, "batch_size": 2}
+SD15_RECON_PLAN = {  # three layers re-fitted, one pass each (groups=4 > 3 layers): the widest conv of SD 1.5
+    "kept_groups": ("up_blocks.0.resnets.0", 0.7),  # conv2 reads 1280 x 3 x 3 = 11520 inputs: 1.06 GB of float64 G
+    "kept_neurons": ("mid_block.attentions.0.transformer_blocks.0.ff", 0.7),  # net[2]: 5120 inputs, 0.21 GB
+    "kept_heads": ("down_blocks.0.attentions.0.transformer_blocks.0.attn1", 0.75),  # to_out: 320 inputs
+}
+RECON_THREADS = 2  # the SD 1.5 reconstruction's solves are float64 LAPACK work: two threads keep it to minutes
 BAND = (0.7, 1.4)
 MIN_SECONDS = 0.5
 MIN_MEMORY = 100 * 2 ** 20  # bytes of measured increase below which memory is not judged
@@ -76,6 +86,25 @@ def _settings(handle, model: str, name: str, quick: bool):
     return m, m.settings(**values)
 
 
+def _recon(handle, model: str, quick: bool):
+    """(plan, settings) of the reconstruction entry."""
+    from pruning.catalog import discover
+    from pruning.plan import PruningPlan
+    from pruning.prompts import calibration_prompts
+    from pruning.recon_cost import typical_plan
+    from pruning.reconstruct import ReconstructSettings
+
+    values = dict(SD15_RECON_SETTINGS if model == SD15 else RECON_SETTINGS)
+    prompts = calibration_prompts(handle.model_ref, values.pop("prompts"))
+    settings = ReconstructSettings(prompts=tuple(prompts), **values)
+    if model != SD15:
+        return typical_plan(handle), settings
+    found = discover(handle.denoiser).structures
+    kept = {field: {fqn: tuple(range(round(keep * found[fqn].units)))}
+            for field, (fqn, keep) in SD15_RECON_PLAN.items()}
+    return PruningPlan(family=handle.family, base=handle.model_ref, **kept), settings
+
+
 def _trim() -> None:
     """Give freed heap pages back to the OS, so that the RSS before the run is a clean baseline."""
     gc.collect()
@@ -90,13 +119,20 @@ def _child(model: str, name: str, quick: bool) -> dict:
 
     from .p2_checkpointing import peak_rss
 
-    common.set_threads()
+    common.set_threads(RECON_THREADS if (name, model) == (RECON, SD15) else common.THREADS)
     t0 = time.perf_counter()
     h = _handle(model)
-    m, settings = _settings(h, model, name, quick)
+    if name == RECON:
+        from pruning.estimate import estimate_reconstruction
+        from pruning.reconstruct import reconstruct
+
+        plan, settings = _recon(h, model, quick)
+        m = type("Recon", (), {"score": staticmethod(lambda handle, s: reconstruct(handle, plan, s))})
+    else:
+        m, settings = _settings(h, model, name, quick)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    e = estimate(h, name, settings)
+    e = estimate_reconstruction(h, settings, plan=plan) if name == RECON else estimate(h, name, settings)
     estimate_s = time.perf_counter() - t0
     weights = step_cost(h, resolution=getattr(settings, "resolution", None)).weights_bytes
     _trim()
@@ -111,11 +147,19 @@ def _child(model: str, name: str, quick: bool) -> dict:
             m.score(h, settings)
 
     got = peak_rss(go)
-    return {"run_tensor_peak_bytes": live.peak if model == SD15 else None, "load_before": round(load, 2),
+    return {"predicted_peak_bytes": e.peak_bytes, "peak_rss_bytes": got["peak"], "threads": torch_threads(),
+            "load_after": round(os.getloadavg()[0], 2),
+            "run_tensor_peak_bytes": live.peak if model == SD15 else None, "load_before": round(load, 2),
             "predicted_s": e.seconds, "measured_s": got["seconds"],
             "predicted_bytes": e.peak_bytes - weights, "measured_bytes": got["peak"] - got["before"],
             "weights_bytes": weights, "calls": e.calls, "build_s": round(build_s, 1),
             "estimate_s": round(estimate_s, 1)}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _measure(model: str, name: str, quick: bool) -> dict:
@@ -132,9 +176,9 @@ def _ratio(p: float, m: float) -> float:
 
 def run(quick: bool = False) -> dict:
     threads = common.set_threads()
-    todo = [(model, name) for model in (BUNDLED[:1] if quick else BUNDLED) for name in SETTINGS]
+    todo = [(model, name) for model in (BUNDLED[:1] if quick else BUNDLED) for name in (*SETTINGS, RECON)]
     if not quick:
-        todo += [(SD15, name) for name in SD15_SETTINGS]
+        todo += [(SD15, name) for name in (*SD15_SETTINGS, RECON)]
     entries = {}
     for model, name in todo:  # one at a time: an SD 1.5 entry holds several GB
         r = _measure(model, name, quick)
@@ -145,7 +189,10 @@ def run(quick: bool = False) -> dict:
             "measured_mb": round(r["measured_bytes"] / 2 ** 20, 1),
             "memory_ratio": _ratio(r["predicted_bytes"], max(r["measured_bytes"], 1)),
             "weights_mb": round(r["weights_bytes"] / 2 ** 20, 1), "calls": r["calls"],
-            "build_s": r["build_s"], "estimate_s": r["estimate_s"], "load_avg_1min": r["load_before"],
+            "predicted_peak_mb": round(r["predicted_peak_bytes"] / 2 ** 20, 1),
+            "peak_rss_mb": round(r["peak_rss_bytes"] / 2 ** 20, 1),
+            "peak_ratio": _ratio(r["predicted_peak_bytes"], r["peak_rss_bytes"]), "threads": r["threads"],
+            "build_s": r["build_s"], "estimate_s": r["estimate_s"], "load_avg_1min": r["load_before"], "load_avg_1min_after": r["load_after"],
             **({"run_tensor_peak_mb": round(r["run_tensor_peak_bytes"] / 2 ** 20, 1)}
                if r["run_tensor_peak_bytes"] is not None else {})}
     judged_time = sorted(k for k, v in entries.items() if v["measured_s"] >= MIN_SECONDS)

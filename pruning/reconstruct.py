@@ -72,6 +72,7 @@ from torch import nn
 from . import validate
 from .catalog import catalog, discover
 from .errors import RunStopped, SettingsError
+from .memory import offloaded_like, own_tensor
 from .methods.base import opt
 from .plan import PruningPlan
 from .prompts import calibration_prompts
@@ -220,8 +221,10 @@ def layer_inputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def flat_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight as (out, D) float64, D in the order of :func:`layer_inputs`."""
-    return layer.weight.detach().double().reshape(layer.weight.shape[0], -1)  # (out, C*kh*kw) for a conv
+    """The weight as (out, D) float64, D in the order of :func:`layer_inputs` (also of a layer
+    whose weights sequential offload keeps in its hook)."""
+    w = own_tensor(layer, "weight")
+    return w.detach().double().reshape(w.shape[0], -1)  # (out, C*kh*kw) for a conv
 
 
 def _augment(rows: torch.Tensor) -> torch.Tensor:
@@ -541,13 +544,14 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     if checked:
         with torch.no_grad():
             targets = [rollout(den, t)[-1] for t in checked]  # the original's final latents
-        best_error = _final_error(small, checked, targets)
+        best_error = _final_error(small, checked, targets, handle)
     report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
-        stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
-                                  ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}",
-                                  settings.timestep_weights, held)
+        with offloaded_like(handle, small if settings.inputs == "pruned" else None):  # on the device only while it runs
+            stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
+                                      ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}",
+                                      settings.timestep_weights, held)
         for op, acc in means.items():
             with torch.no_grad():
                 for p, m in zip(small.get_submodule(op).compensation, acc.means()):
@@ -561,7 +565,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
             st, st_held = st if isinstance(st, tuple) else (st, None)
             keep = c.keep.to(st.G.device)
             W = flat_weight(layer).to(st.G.device)
-            b = None if layer.bias is None else layer.bias.detach().double().to(st.G.device)
+            b = None if layer.bias is None else own_tensor(layer, "bias").detach().double().to(st.G.device)
             Wk, bk = solve(W, b, st, keep, settings.ridge)
             entry = {}
             if st_held is not None:  # the guard-rail: judged on prompts the fit did not see
@@ -579,7 +583,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
             st = st_held = None  # this layer's statistics go now, not when the next pass has made its own
         del stats
         if checked:  # the end-to-end check of this group's re-fits
-            error = _final_error(small, checked, targets)
+            error = _final_error(small, checked, targets, handle)
             kept = error <= best_error
             if kept:
                 best_error = error
@@ -603,9 +607,10 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     return small
 
 
-def _final_error(small: nn.Module, trajs: list, targets: list[torch.Tensor]) -> float:
-    """Mean squared error of ``small``'s final latents against ``targets`` on ``trajs``."""
-    with torch.no_grad():
+def _final_error(small: nn.Module, trajs: list, targets: list[torch.Tensor], handle) -> float:
+    """Mean squared error of ``small``'s final latents against ``targets`` on ``trajs`` (offloaded
+    like ``handle``'s denoiser, if it is)."""
+    with torch.no_grad(), offloaded_like(handle, small):
         errs = [float(F.mse_loss(rollout(small, t)[-1].double(), z.double())) for t, z in zip(trajs, targets)]
     return sum(errs) / max(len(errs), 1)
 
