@@ -288,7 +288,12 @@ class Stats:
         """``E[h~ h~^T]`` (k+1, k+1), a new tensor (the only Gram-sized one a solve makes besides its
         Cholesky factor)."""
         n = max(self.rows, 1)
-        return (self.G[self.cols[:, None], self.cols] if self.cols is not None else self.H) / n
+        if self.cols is None:
+            return self.H / n
+        out = self.G.new_empty(len(self.cols), len(self.cols))  # (k+1, k+1)
+        for i in range(0, len(self.cols), 1024):  # row blocks: no (k+1)^2 index tensors, no other copy
+            torch.index_select(self.G.index_select(0, self.cols[i:i + 1024]), 1, self.cols, out=out[i:i + 1024])
+        return out.div_(n)
 
     def projected(self, W: torch.Tensor, b: torch.Tensor | None) -> tuple[float, torch.Tensor]:
         """For the layer's weight ``W`` (out, D) and bias ``b``: the output energy ``E||W x + b||^2``
@@ -336,16 +341,27 @@ def solve(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, keep: torch.Ten
     rhs = C + lam * torch.cat([prior[:, :k], prior.new_zeros(prior.shape[0], 1)], 1)
     if b is None:  # no bias to fit: drop the constant column
         A, rhs = A[:k, :k], rhs[:, :k]
-    sol = _solve_symmetric(A, rhs.T).T  # A symmetric: sol A = rhs
+    held = [A]
+    del A  # handed over: freed once factored
+    sol = _solve_symmetric(held, rhs.T).T  # A symmetric: sol A = rhs
     return (sol[:, :k], sol[:, k]) if b is not None else (sol, None)
 
 
-def _solve_symmetric(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``X`` with ``A X = B`` for a symmetric ``A``: Cholesky when ``A`` is positive definite (the
-    ridge makes it so; reproducible bit for bit, which LAPACK's least squares here is not), else
-    the least-squares solution."""
+def _solve_symmetric(held: list[torch.Tensor], B: torch.Tensor) -> torch.Tensor:
+    """``X`` with ``A X = B`` for a symmetric ``A`` (``held = [A]``, emptied: the caller hands it
+    over, so it is freed once factored; ``cholesky_solve`` copies the factor, and ``A``, the factor
+    and that copy at once would be three kept-Gram-sized tensors): Cholesky when ``A`` is positive
+    definite (the ridge makes it so; reproducible bit for bit, which LAPACK's least squares here is
+    not), else the least-squares solution.
+
+    >>> A = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    >>> _solve_symmetric([A], torch.tensor([[2.0], [2.0]], dtype=torch.float64)).flatten().tolist()
+    [1.0, 0.5]
+    """
+    A = held.pop()
     L, info = torch.linalg.cholesky_ex(A)
     if int(info) == 0:
+        del A
         return torch.cholesky_solve(B, L)
     return torch.linalg.lstsq(A, B).solution
 
