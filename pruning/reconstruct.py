@@ -355,7 +355,7 @@ def _solve_symmetric(held: list[torch.Tensor], B: torch.Tensor) -> torch.Tensor:
     not), else the least-squares solution.
 
     >>> A = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
-    >>> _solve_symmetric([A], torch.tensor([[2.0], [2.0]], dtype=torch.float64)).flatten().tolist()
+    >>> [round(v, 12) for v in _solve_symmetric([A], torch.tensor([[2.0], [2.0]], dtype=torch.float64)).flatten().tolist()]
     [1.0, 0.5]
     """
     A = held.pop()
