@@ -12,6 +12,15 @@ run the method once while sampling RSS every millisecond (``p2_checkpointing.pea
 * memory: the predicted working memory ``peak_bytes - weights_bytes`` (the weights are
   resident before the run) / the peak RSS increase over the RSS just before the run.
 
+The ``reconstruct`` entries run :func:`pruning.reconstruct.reconstruct` against
+:func:`pruning.estimate.estimate_reconstruction` (the plan's statistics sizes and one measured call,
+:mod:`pruning.recon_cost`): on the bundled model a plan that prunes every structure, 4 prompts,
+2 steps; on SD 1.5 a plan that re-fits three layers (the widest conv, ``up_blocks.0.resnets.0``'s
+``conv2`` with 11520 inputs and 1.06 GB of float64 statistics; a mid-block FFN; an attention's
+``to_out``), one pass each, 2 prompts, 2 steps, on two threads (its float64 solves). These entries
+also report the whole peak: ``peak_ratio`` = predicted ``peak_bytes`` / the run's peak RSS (which
+also holds Python, torch and the pipeline's other models, about 0.5 GB here).
+
 Judged: time where the run takes >= 0.5 s (shorter runs are per-call overhead), memory where
 the measured increase is >= 100 MB (below that, allocator and heap noise: the bundled models'
 runs raise RSS by a few MB; those are reported, not judged). Target: every judged ratio within
