@@ -144,6 +144,13 @@ def _child(model: str, name: str, quick: bool) -> dict:
     e = estimate_reconstruction(h, settings, plan=plan) if name == RECON else estimate(h, name, settings)
     estimate_s = time.perf_counter() - t0
     weights = step_cost(h, resolution=getattr(settings, "resolution", None)).weights_bytes
+    parts = {}
+    if name == RECON:  # the estimate's parts (its timings are cached now: no second measurement)
+        from pruning.recon_cost import reconstruction_cost
+
+        c = reconstruction_cost(h, plan, settings)
+        parts = {"predicted_seconds_by_part": {k: round(v, 2) for k, v in c.parts.items()},
+                 "predicted_mb_by_phase": {k: round(v / 2 ** 20, 1) for k, v in c.phases.items()}}
     _trim()
     load = os.getloadavg()[0]
     live = LiveBytes()
@@ -156,7 +163,7 @@ def _child(model: str, name: str, quick: bool) -> dict:
             m.score(h, settings)
 
     got = peak_rss(go)
-    return {"predicted_peak_bytes": e.peak_bytes, "peak_rss_bytes": got["peak"], "threads": torch_threads(),
+    return {**parts, "predicted_peak_bytes": e.peak_bytes, "peak_rss_bytes": got["peak"], "threads": torch_threads(),
             "load_after": round(os.getloadavg()[0], 2),
             "run_tensor_peak_bytes": live.peak if model == SD15 else None, "load_before": round(load, 2),
             "predicted_s": e.seconds, "measured_s": got["seconds"],
@@ -201,6 +208,7 @@ def run(quick: bool = False) -> dict:
             "predicted_peak_mb": round(r["predicted_peak_bytes"] / 2 ** 20, 1),
             "peak_rss_mb": round(r["peak_rss_bytes"] / 2 ** 20, 1),
             "peak_ratio": _ratio(r["predicted_peak_bytes"], r["peak_rss_bytes"]), "threads": r["threads"],
+            **{k: r[k] for k in ("predicted_seconds_by_part", "predicted_mb_by_phase") if k in r},
             "build_s": r["build_s"], "estimate_s": r["estimate_s"], "load_avg_1min": r["load_before"], "load_avg_1min_after": r["load_after"],
             **({"run_tensor_peak_mb": round(r["run_tensor_peak_bytes"] / 2 ** 20, 1)}
                if r["run_tensor_peak_bytes"] is not None else {})}

@@ -116,12 +116,14 @@ def call_profile(handle, cost: StepCost, items: list[Consumer], batch: int) -> t
 @dataclass
 class ReconCost:
     """The counted cost of one reconstruction: ``peak_working`` is the largest of ``phases``
-    (bytes beyond the original's weights); ``group_bytes``: each pass's statistics."""
+    (bytes beyond the original's weights); ``group_bytes``: each pass's statistics; ``seconds``
+    the sum of ``parts``."""
 
     passes: int
     group_bytes: list[int]
     phases: dict[str, int]
     seconds: float
+    parts: dict[str, float]  # seconds of each part
     calls: dict = field(default_factory=dict)
 
     @property
@@ -161,8 +163,9 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     updates = batches * calls * sum(_update_flops(c, rows[c.fqn], paired) for c in items) / rate
     solves = sum(_solve_flops(den, c, s0.guard) for c in items) / rate
     checks = held * (2 + len(groups)) * calls * cost.call(batch)
-    seconds = len(groups) * per_pass + updates + solves + checks + cost.weights_bytes / 1e9
-    return ReconCost(len(groups), group_bytes, phases, seconds,
+    parts = {"calibration calls": len(groups) * per_pass, "gram updates": updates, "solves": solves,
+             "checks": checks, "slim copy": cost.weights_bytes / 1e9}
+    return ReconCost(len(groups), group_bytes, phases, sum(parts.values()), parts,
                      {"denoiser calls": len(groups) * batches * calls * (2 if paired else 1)
                       + held * (2 + len(groups)) * calls, "batch": batch, "passes": len(groups),
                       "gram_mb": round(max(group_bytes, default=0) / 2 ** 20, 1), "layers": len(items)})
