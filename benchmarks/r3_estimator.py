@@ -191,10 +191,21 @@ def _ratio(p: float, m: float) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    threads = common.set_threads()
-    todo = [(model, name) for model in (BUNDLED[:1] if quick else BUNDLED) for name in (*SETTINGS, RECON)]
+    """R3: the methods' estimates (the reconstruction entries are row R7, :func:`run_reconstruction`)."""
+    todo = [(model, name) for model in (BUNDLED[:1] if quick else BUNDLED) for name in SETTINGS]
     if not quick:
-        todo += [(SD15, name) for name in (*SD15_SETTINGS, RECON)]
+        todo += [(SD15, name) for name in SD15_SETTINGS]
+    return _judged(todo, quick)
+
+
+def run_reconstruction(quick: bool = False) -> dict:
+    """R7: reconstruction's estimate against its run, on the bundled SD model and (not quick) at SD 1.5
+    size; judged in R3's band, the same way."""
+    return _judged([(BUNDLED[0], RECON)] + ([] if quick else [(SD15, RECON)]), quick)
+
+
+def _judged(todo: list[tuple[str, str]], quick: bool) -> dict:
+    threads = common.set_threads()
     entries = {}
     for model, name in todo:  # one at a time: an SD 1.5 entry holds several GB
         r = _measure(model, name, quick)
@@ -230,7 +241,7 @@ def run(quick: bool = False) -> dict:
                                  "run_tensor_peak_mb (SD 1.5): the run's peak live tensor bytes "
                                  "(pruning.estimate.LiveBytes), what the estimate models; the RSS adds "
                                  "the allocator's heap and the kernels' scratch",
-                       "load_avg": "1-minute load average of this shared 2-core machine before each run",
+                       "load_avg": "1-minute load average of this shared 2-core machine before and after each run",
                        "sd15": f"real SD 1.5 UNet config, random weights, fp32, {SD15_RESOLUTION} px "
                                f"({SD15_RESOLUTION // 4}x{SD15_RESOLUTION // 4} latents), guidance 1"}}
 

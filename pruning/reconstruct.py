@@ -43,7 +43,17 @@ FFN consumer (``net[2]``, input 10240) needs 10240^2 x 8 B = 0.84 GB; a FLUX sin
 ``proj_out`` (input 3072 + 12288 = 15360) 1.89 GB; SD 1.5's widest ``conv2`` (1280 x 3 x 3 =
 11520 inputs) 1.06 GB. The default budget (2048 MB) holds any one of them; with
 ``inputs="pruned"`` each consumer also keeps the pruned-input moments (up to about 3x that), and
-a consumer larger than the budget gets a pass of its own.
+a consumer larger than the budget gets a pass of its own. The statistics are accumulated in
+place (no Gram-sized temporary) and each layer's are freed as soon as its fit is written, so no
+pass holds an earlier group's; a solve holds about 2.5 kept-input Grams (the kept block, its
+Cholesky factor, ``cholesky_solve``'s copy of it). :mod:`pruning.recon_cost` counts all this
+for the estimate (R7 checks it against the RSS of a run at SD 1.5 size).
+
+**Offload.** On a pipeline with diffusers' model or sequential CPU offload
+(:func:`pruning.memory.enable_memory_savers`), the original denoiser runs through its hooks, a
+sequentially offloaded layer's weights are read from its hook, and the slim model is offloaded
+like the denoiser while it runs (:func:`pruning.memory.offloaded_like`); the statistics live on
+the execution device. The result equals the plain run's bit for bit (tested on the CPU).
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
