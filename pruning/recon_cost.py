@@ -44,8 +44,15 @@ from .catalog import discover
 from .estimate import LiveBytes, StepCost, _generation_calls, _latent_bytes, step_cost
 from .metrics import example_inputs
 from .plan import PruningPlan
-from .reconstruct import HOLDOUT_EVERY, Consumer, ReconstructSettings, _augment, consumers, layer_inputs, \
-    sequential_groups
+from .reconstruct import (
+    HOLDOUT_EVERY,
+    Consumer,
+    ReconstructSettings,
+    _augment,
+    consumers,
+    layer_inputs,
+    sequential_groups,
+)
 from .sampling import spec
 
 TYPICAL_KEEP = 0.7  # a plan not yet made is estimated as keeping 70% of every structure's units
