@@ -14,7 +14,7 @@ run the method once while sampling RSS every millisecond (``p2_checkpointing.pea
 
 The ``reconstruct`` entries run :func:`pruning.reconstruct.reconstruct` against
 :func:`pruning.estimate.estimate_reconstruction` (the plan's statistics sizes and one measured call,
-:mod:`pruning.recon_cost`): on the bundled model a plan that prunes every structure, 4 prompts,
+:func:`pruning.estimate.reconstruction_cost`): on the bundled model a plan that prunes every structure, 4 prompts,
 2 steps; on SD 1.5 a plan that re-fits three layers (the widest conv, ``up_blocks.0.resnets.0``'s
 ``conv2`` with 11520 inputs and 1.06 GB of float64 statistics; a mid-block FFN; an attention's
 ``to_out``), one pass each, 2 prompts, 2 steps, on two threads (its float64 solves). These entries
@@ -48,7 +48,7 @@ SD15_SETTINGS = {  # short runs: the whole row stays within about 10 minutes on 
     "ecodiff": {"epochs": 1, "batch_size": 2, "steps": 2, "prompts": 2},
     "taylor": {"stride": 500, "steps": 2, "prompts": 2},
 }
-# reconstruction (pruning.reconstruct): the plan's own statistics and one measured call (pruning.recon_cost)
+# reconstruction (pruning.reconstruct): the plan's own statistics and one measured call (pruning.estimate)
 RECON = "reconstruct"
 RECON_SETTINGS = {"prompts": 4, "steps": 2, "batch_size": 4}  # bundled: a plan that prunes every structure
 SD15_RECON_SETTINGS = {"prompts": 2, "steps": 2, "batch_size": 2}
@@ -98,9 +98,9 @@ def _settings(handle, model: str, name: str, quick: bool):
 def _recon(handle, model: str, quick: bool):
     """(plan, settings) of the reconstruction entry."""
     from pruning.catalog import discover
+    from pruning.estimate import typical_plan
     from pruning.plan import PruningPlan
     from pruning.prompts import calibration_prompts
-    from pruning.recon_cost import typical_plan
     from pruning.reconstruct import ReconstructSettings
 
     values = dict(SD15_RECON_SETTINGS if model == SD15 else RECON_SETTINGS)
@@ -146,7 +146,7 @@ def _child(model: str, name: str, quick: bool) -> dict:
     weights = step_cost(h, resolution=getattr(settings, "resolution", None)).weights_bytes
     parts = {}
     if name == RECON:  # the estimate's parts (its timings are cached now: no second measurement)
-        from pruning.recon_cost import reconstruction_cost
+        from pruning.estimate import reconstruction_cost
 
         c = reconstruction_cost(h, plan, settings)
         parts = {"predicted_seconds_by_part": {k: round(v, 2) for k, v in c.parts.items()},

@@ -46,7 +46,7 @@ FFN consumer (``net[2]``, input 10240) needs 10240^2 x 8 B = 0.84 GB; a FLUX sin
 a consumer larger than the budget gets a pass of its own. The statistics are accumulated in
 place (no Gram-sized temporary) and each layer's are freed as soon as its fit is written, so no
 pass holds an earlier group's; a solve holds about 2.5 kept-input Grams (the kept block, its
-Cholesky factor, ``cholesky_solve``'s copy of it). :mod:`pruning.recon_cost` counts all this
+Cholesky factor, ``cholesky_solve``'s copy of it). :func:`pruning.estimate.reconstruction_cost` counts all this
 for the estimate (R7 checks it against the RSS of a run at SD 1.5 size).
 
 **Offload.** On a pipeline with diffusers' model or sequential CPU offload

@@ -58,8 +58,7 @@ def test_cli_estimate_bad_budget(capsys, bad):
 
 def test_comparison_and_export_estimates_count_their_parts(tiny_sd):
     from pruning.compare import CompareSettings
-    from pruning.estimate import estimate_comparison, estimate_export
-    from pruning.recon_cost import typical_plan
+    from pruning.estimate import estimate_comparison, estimate_export, typical_plan
 
     s = CompareSettings(eval_prompts=["a red circle", "a blue square"], calib_prompts=["a red circle"], steps=2,
                         random_draws=2)

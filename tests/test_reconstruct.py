@@ -359,10 +359,9 @@ def test_only_the_current_groups_statistics_are_alive(monkeypatch):
 
 
 def test_the_memory_estimate_counts_what_the_run_holds():
-    """The estimate's working memory (pruning.recon_cost) against the live tensor bytes of the run
+    """The estimate's working memory (pruning.estimate) against the live tensor bytes of the run
     it estimates (the same code path as R3's SD 1.5 entry, where RSS is measured)."""
-    from pruning.estimate import LiveBytes
-    from pruning.recon_cost import reconstruction_cost, typical_plan
+    from pruning.estimate import LiveBytes, reconstruction_cost, typical_plan
 
     h = fresh("sd")
     plan = typical_plan(h)
