@@ -12,6 +12,15 @@ run the method once while sampling RSS every millisecond (``p2_checkpointing.pea
 * memory: the predicted working memory ``peak_bytes - weights_bytes`` (the weights are
   resident before the run) / the peak RSS increase over the RSS just before the run.
 
+The ``reconstruct`` entries run :func:`pruning.reconstruct.reconstruct` against
+:func:`pruning.estimate.estimate_reconstruction` (the plan's statistics sizes and one measured call,
+:func:`pruning.estimate.reconstruction_cost`): on the bundled model a plan that prunes every structure, 4 prompts,
+2 steps; on SD 1.5 a plan that re-fits three layers (the widest conv, ``up_blocks.0.resnets.0``'s
+``conv2`` with 11520 inputs and 1.06 GB of float64 statistics; a mid-block FFN; an attention's
+``to_out``), one pass each, 2 prompts, 2 steps, on two threads (its float64 solves). These entries
+also report the whole peak: ``peak_ratio`` = predicted ``peak_bytes`` / the run's peak RSS (which
+also holds Python, torch and the pipeline's other models, about 0.5 GB here).
+
 Judged: time where the run takes >= 0.5 s (shorter runs are per-call overhead), memory where
 the measured increase is >= 100 MB (below that, allocator and heap noise: the bundled models'
 runs raise RSS by a few MB; those are reported, not judged). Target: every judged ratio within
@@ -39,6 +48,16 @@ SD15_SETTINGS = {  # short runs: the whole row stays within about 10 minutes on 
     "ecodiff": {"epochs": 1, "batch_size": 2, "steps": 2, "prompts": 2},
     "taylor": {"stride": 500, "steps": 2, "prompts": 2},
 }
+# reconstruction (pruning.reconstruct): the plan's own statistics and one measured call (pruning.estimate)
+RECON = "reconstruct"
+RECON_SETTINGS = {"prompts": 4, "steps": 2, "batch_size": 4}  # bundled: a plan that prunes every structure
+SD15_RECON_SETTINGS = {"prompts": 2, "steps": 2, "batch_size": 2}
+SD15_RECON_PLAN = {  # three layers re-fitted, one pass each (groups=4 > 3 layers): the widest conv of SD 1.5
+    "kept_groups": ("up_blocks.0.resnets.0", 0.7),  # conv2 reads 1280 x 3 x 3 = 11520 inputs: 1.06 GB of float64 G
+    "kept_neurons": ("mid_block.attentions.0.transformer_blocks.0.ff", 0.7),  # net[2]: 5120 inputs, 0.21 GB
+    "kept_heads": ("down_blocks.0.attentions.0.transformer_blocks.0.attn1", 0.75),  # to_out: 320 inputs
+}
+RECON_THREADS = 2  # the SD 1.5 reconstruction's solves are float64 LAPACK work: two threads keep it to minutes
 BAND = (0.7, 1.4)
 MIN_SECONDS = 0.5
 MIN_MEMORY = 100 * 2 ** 20  # bytes of measured increase below which memory is not judged
@@ -76,6 +95,25 @@ def _settings(handle, model: str, name: str, quick: bool):
     return m, m.settings(**values)
 
 
+def _recon(handle, model: str, quick: bool):
+    """(plan, settings) of the reconstruction entry."""
+    from pruning.catalog import discover
+    from pruning.estimate import typical_plan
+    from pruning.plan import PruningPlan
+    from pruning.prompts import calibration_prompts
+    from pruning.reconstruct import ReconstructSettings
+
+    values = dict(SD15_RECON_SETTINGS if model == SD15 else RECON_SETTINGS)
+    prompts = calibration_prompts(handle.model_ref, values.pop("prompts"))
+    settings = ReconstructSettings(prompts=tuple(prompts), **values)
+    if model != SD15:
+        return typical_plan(handle), settings
+    found = discover(handle.denoiser).structures
+    kept = {field: {fqn: tuple(range(round(keep * found[fqn].units)))}
+            for field, (fqn, keep) in SD15_RECON_PLAN.items()}
+    return PruningPlan(family=handle.family, base=handle.model_ref, **kept), settings
+
+
 def _trim() -> None:
     """Give freed heap pages back to the OS, so that the RSS before the run is a clean baseline."""
     gc.collect()
@@ -90,15 +128,29 @@ def _child(model: str, name: str, quick: bool) -> dict:
 
     from .p2_checkpointing import peak_rss
 
-    common.set_threads()
+    common.set_threads(RECON_THREADS if (name, model) == (RECON, SD15) else common.THREADS)
     t0 = time.perf_counter()
     h = _handle(model)
-    m, settings = _settings(h, model, name, quick)
+    if name == RECON:
+        from pruning.estimate import estimate_reconstruction
+        from pruning.reconstruct import reconstruct
+
+        plan, settings = _recon(h, model, quick)
+        m = type("Recon", (), {"score": staticmethod(lambda handle, s: reconstruct(handle, plan, s))})
+    else:
+        m, settings = _settings(h, model, name, quick)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    e = estimate(h, name, settings)
+    e = estimate_reconstruction(h, settings, plan=plan) if name == RECON else estimate(h, name, settings)
     estimate_s = time.perf_counter() - t0
     weights = step_cost(h, resolution=getattr(settings, "resolution", None)).weights_bytes
+    parts = {}
+    if name == RECON:  # the estimate's parts (its timings are cached now: no second measurement)
+        from pruning.estimate import reconstruction_cost
+
+        c = reconstruction_cost(h, plan, settings)
+        parts = {"predicted_seconds_by_part": {k: round(v, 2) for k, v in c.parts.items()},
+                 "predicted_mb_by_phase": {k: round(v / 2 ** 20, 1) for k, v in c.phases.items()}}
     _trim()
     load = os.getloadavg()[0]
     live = LiveBytes()
@@ -111,11 +163,19 @@ def _child(model: str, name: str, quick: bool) -> dict:
             m.score(h, settings)
 
     got = peak_rss(go)
-    return {"run_tensor_peak_bytes": live.peak if model == SD15 else None, "load_before": round(load, 2),
+    return {**parts, "predicted_peak_bytes": e.peak_bytes, "peak_rss_bytes": got["peak"], "threads": torch_threads(),
+            "load_after": round(os.getloadavg()[0], 2),
+            "run_tensor_peak_bytes": live.peak if model == SD15 else None, "load_before": round(load, 2),
             "predicted_s": e.seconds, "measured_s": got["seconds"],
             "predicted_bytes": e.peak_bytes - weights, "measured_bytes": got["peak"] - got["before"],
             "weights_bytes": weights, "calls": e.calls, "build_s": round(build_s, 1),
             "estimate_s": round(estimate_s, 1)}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _measure(model: str, name: str, quick: bool) -> dict:
@@ -131,10 +191,21 @@ def _ratio(p: float, m: float) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    threads = common.set_threads()
+    """R3: the methods' estimates (the reconstruction entries are row R7, :func:`run_reconstruction`)."""
     todo = [(model, name) for model in (BUNDLED[:1] if quick else BUNDLED) for name in SETTINGS]
     if not quick:
         todo += [(SD15, name) for name in SD15_SETTINGS]
+    return _judged(todo, quick)
+
+
+def run_reconstruction(quick: bool = False) -> dict:
+    """R7: reconstruction's estimate against its run, on the bundled SD model and (not quick) at SD 1.5
+    size; judged in R3's band, the same way."""
+    return _judged([(BUNDLED[0], RECON)] + ([] if quick else [(SD15, RECON)]), quick)
+
+
+def _judged(todo: list[tuple[str, str]], quick: bool) -> dict:
+    threads = common.set_threads()
     entries = {}
     for model, name in todo:  # one at a time: an SD 1.5 entry holds several GB
         r = _measure(model, name, quick)
@@ -145,7 +216,11 @@ def run(quick: bool = False) -> dict:
             "measured_mb": round(r["measured_bytes"] / 2 ** 20, 1),
             "memory_ratio": _ratio(r["predicted_bytes"], max(r["measured_bytes"], 1)),
             "weights_mb": round(r["weights_bytes"] / 2 ** 20, 1), "calls": r["calls"],
-            "build_s": r["build_s"], "estimate_s": r["estimate_s"], "load_avg_1min": r["load_before"],
+            "predicted_peak_mb": round(r["predicted_peak_bytes"] / 2 ** 20, 1),
+            "peak_rss_mb": round(r["peak_rss_bytes"] / 2 ** 20, 1),
+            "peak_ratio": _ratio(r["predicted_peak_bytes"], r["peak_rss_bytes"]), "threads": r["threads"],
+            **{k: r[k] for k in ("predicted_seconds_by_part", "predicted_mb_by_phase") if k in r},
+            "build_s": r["build_s"], "estimate_s": r["estimate_s"], "load_avg_1min": r["load_before"], "load_avg_1min_after": r["load_after"],
             **({"run_tensor_peak_mb": round(r["run_tensor_peak_bytes"] / 2 ** 20, 1)}
                if r["run_tensor_peak_bytes"] is not None else {})}
     judged_time = sorted(k for k, v in entries.items() if v["measured_s"] >= MIN_SECONDS)
@@ -166,7 +241,7 @@ def run(quick: bool = False) -> dict:
                                  "run_tensor_peak_mb (SD 1.5): the run's peak live tensor bytes "
                                  "(pruning.estimate.LiveBytes), what the estimate models; the RSS adds "
                                  "the allocator's heap and the kernels' scratch",
-                       "load_avg": "1-minute load average of this shared 2-core machine before each run",
+                       "load_avg": "1-minute load average of this shared 2-core machine before and after each run",
                        "sd15": f"real SD 1.5 UNet config, random weights, fp32, {SD15_RESOLUTION} px "
                                f"({SD15_RESOLUTION // 4}x{SD15_RESOLUTION // 4} latents), guidance 1"}}
 

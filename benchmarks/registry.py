@@ -56,3 +56,5 @@ register("R3", "benchmarks.r3_estimator", "cost estimator: predicted / measured 
 register("R4", "benchmarks.r4_proxy", "sweep proxy: rank agreement")
 register("R5", "benchmarks.r5_ablation", "LD-Pruner fast score (one-step ablation): agreement, plans, cost")
 register("R6", "benchmarks.r6_streaming", "big models: FLUX.1-dev streaming export, SDXL slim in place (memory)")
+register("R7", "benchmarks.r3_estimator", "reconstruction's estimate at SD 1.5 size: predicted / measured memory and time",
+         func="run_reconstruction")

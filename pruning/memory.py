@@ -109,6 +109,27 @@ def _restore_weights(module: nn.Module, weights) -> None:
             module._buffers[name] = weights[name].detach().clone()
 
 
+def own_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module``'s own parameter or buffer ``name`` with its values: the module's tensor, or where
+    sequential offload left it on the meta device, the copy its accelerate hook holds (not moved).
+
+    >>> from accelerate import cpu_offload
+    >>> layer = nn.Linear(2, 3)
+    >>> w = layer.weight.detach().clone()
+    >>> _ = cpu_offload(layer, execution_device="cpu")
+    >>> layer.weight.device.type, torch.equal(own_tensor(layer, "weight"), w), own_tensor(layer, "nothing")
+    ('meta', True, None)
+    """
+    t = getattr(module, name, None)
+    if not isinstance(t, torch.Tensor) or not t.is_meta:
+        return t if isinstance(t, torch.Tensor) else None
+    for hook in _hooks(getattr(module, "_hf_hook", None)):
+        weights = getattr(hook, "weights_map", None)
+        if isinstance(hook, AlignDevicesHook) and hook.offload and weights is not None and name in weights:
+            return weights[name]
+    return t
+
+
 def _accelerator() -> torch.device | None:
     acc = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
     return torch.device(acc.type) if acc is not None else None

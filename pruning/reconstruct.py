@@ -43,7 +43,17 @@ FFN consumer (``net[2]``, input 10240) needs 10240^2 x 8 B = 0.84 GB; a FLUX sin
 ``proj_out`` (input 3072 + 12288 = 15360) 1.89 GB; SD 1.5's widest ``conv2`` (1280 x 3 x 3 =
 11520 inputs) 1.06 GB. The default budget (2048 MB) holds any one of them; with
 ``inputs="pruned"`` each consumer also keeps the pruned-input moments (up to about 3x that), and
-a consumer larger than the budget gets a pass of its own.
+a consumer larger than the budget gets a pass of its own. The statistics are accumulated in
+place (no Gram-sized temporary) and each layer's are freed as soon as its fit is written, so no
+pass holds an earlier group's; a solve holds about 2.5 kept-input Grams (the kept block, its
+Cholesky factor, ``cholesky_solve``'s copy of it). :func:`pruning.estimate.reconstruction_cost` counts all this
+for the estimate (R7 checks it against the RSS of a run at SD 1.5 size).
+
+**Offload.** On a pipeline with diffusers' model or sequential CPU offload
+(:func:`pruning.memory.enable_memory_savers`), the original denoiser runs through its hooks, a
+sequentially offloaded layer's weights are read from its hook, and the slim model is offloaded
+like the denoiser while it runs (:func:`pruning.memory.offloaded_like`); the statistics live on
+the execution device. The result equals the plain run's bit for bit (tested on the CPU).
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
@@ -72,6 +82,7 @@ from torch import nn
 from . import validate
 from .catalog import catalog, discover
 from .errors import RunStopped, SettingsError
+from .memory import offloaded_like, own_tensor
 from .methods.base import opt
 from .plan import PruningPlan
 from .prompts import calibration_prompts
@@ -220,8 +231,10 @@ def layer_inputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def flat_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight as (out, D) float64, D in the order of :func:`layer_inputs`."""
-    return layer.weight.detach().double().reshape(layer.weight.shape[0], -1)  # (out, C*kh*kw) for a conv
+    """The weight as (out, D) float64, D in the order of :func:`layer_inputs` (also of a layer
+    whose weights sequential offload keeps in its hook)."""
+    w = own_tensor(layer, "weight")
+    return w.detach().double().reshape(w.shape[0], -1)  # (out, C*kh*kw) for a conv
 
 
 def _augment(rows: torch.Tensor) -> torch.Tensor:
@@ -248,14 +261,21 @@ class Stats:
 
     def add(self, x: torch.Tensor, h: torch.Tensor | None = None, weight: float = 1.0) -> None:
         """``x``: (rows, D) original inputs; ``h``: (rows, k) the pruned model's, same positions
-        (omitted with ``keep``); ``weight``: these rows' weight (a timestep weight)."""
+        (omitted with ``keep``); ``weight``: these rows' weight (a timestep weight). Accumulated in
+        place (``addmm_``): no Gram-sized temporary."""
+        self._projected = None
         xa = _augment(x)
-        self.G += weight * (xa.T @ xa)
+        self.G.addmm_(xa.T, xa, alpha=weight)
         if self.cols is None:
             ha = _augment(h)
-            self.H += weight * (ha.T @ ha)
-            self.X += weight * (xa.T @ ha)
+            self.H.addmm_(ha.T, ha, alpha=weight)
+            self.X.addmm_(xa.T, ha, alpha=weight)
         self.rows += weight * xa.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes these statistics hold."""
+        return sum(t.numel() * t.element_size() for t in (self.G, self.H, self.X) if t is not None)
 
     def merged(self, other: Stats) -> Stats:
         """These statistics and ``other``'s (same layer) pooled."""
@@ -267,11 +287,39 @@ class Stats:
         return out
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``E[x~ x~^T]`` (D+1, D+1), ``E[x~ h~^T]`` (D+1, k+1), ``E[h~ h~^T]`` (k+1, k+1): copies."""
         n = max(self.rows, 1)
         G = self.G / n
         if self.cols is not None:
-            return G, G[:, self.cols], G[self.cols][:, self.cols]
+            return G, G[:, self.cols], G[self.cols[:, None], self.cols]
         return G, self.X / n, self.H / n
+
+    def kept_gram(self) -> torch.Tensor:
+        """``E[h~ h~^T]`` (k+1, k+1), a new tensor (the only Gram-sized one a solve makes besides its
+        Cholesky factor)."""
+        n = max(self.rows, 1)
+        if self.cols is None:
+            return self.H / n
+        out = self.G.new_empty(len(self.cols), len(self.cols))  # (k+1, k+1)
+        for i in range(0, len(self.cols), 1024):  # row blocks: no (k+1)^2 index tensors, no other copy
+            torch.index_select(self.G.index_select(0, self.cols[i:i + 1024]), 1, self.cols, out=out[i:i + 1024])
+        return out.div_(n)
+
+    def projected(self, W: torch.Tensor, b: torch.Tensor | None) -> tuple[float, torch.Tensor]:
+        """For the layer's weight ``W`` (out, D) and bias ``b``: the output energy ``E||W x + b||^2``
+        and ``E[y h~^T]`` (out, k+1), without copying a Gram. Kept for the same ``W``, ``b`` (the
+        same tensor objects, unchanged): the fit and its error figures share one ``[W, b] G``."""
+        version = (W._version, None if b is None else b._version)
+        cached = getattr(self, "_projected", None)
+        if cached is not None and cached[0] is W and cached[1] is b and cached[2] == version:
+            return cached[3]
+        full = _full(W, b)
+        n = max(self.rows, 1)
+        fg = full @ self.G  # (out, D+1)
+        energy = float((fg * full).sum()) / n
+        out = energy, (fg[:, self.cols] if self.cols is not None else full @ self.X) / n
+        self._projected = (W, b, version, out)  # holds W and b: their identity cannot be reused meanwhile
+        return out
 
 
 def _full(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -291,29 +339,39 @@ def solve(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, keep: torch.Ten
     >>> [round(v, 9) for v in Wk[0].tolist()]  # the third input is always 0: the fit is the kept columns
     [1.0, 2.0]
     """
-    _, Xc, H = stats.means()
     k = int(keep.sum())
     cols = torch.cat([keep.nonzero().flatten(), torch.tensor([keep.numel()], device=keep.device)])  # K and the 1
     full = _full(W, b)
-    C = full @ Xc  # (out, k+1): E[y h~^T], y the original layer's output
+    _, C = stats.projected(W, b)  # (out, k+1): E[y h~^T], y the original layer's output
     prior = full[:, cols].clone()  # plain pruning: W_K and b
     prior[:, -1] = 0  # the bias is not pulled
-    A = H.clone()
-    lam = ridge * float(H.diagonal()[:k].mean()) if k else 0.0
+    A = stats.kept_gram()  # (k+1, k+1), solved in place of a copy
+    lam = ridge * float(A.diagonal()[:k].mean()) if k else 0.0
     A.diagonal()[:k] += lam
     rhs = C + lam * torch.cat([prior[:, :k], prior.new_zeros(prior.shape[0], 1)], 1)
     if b is None:  # no bias to fit: drop the constant column
         A, rhs = A[:k, :k], rhs[:, :k]
-    sol = _solve_symmetric(A, rhs.T).T  # A symmetric: sol A = rhs
+    held = [A]
+    del A  # handed over: freed once factored
+    sol = _solve_symmetric(held, rhs.T).T  # A symmetric: sol A = rhs
     return (sol[:, :k], sol[:, k]) if b is not None else (sol, None)
 
 
-def _solve_symmetric(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``X`` with ``A X = B`` for a symmetric ``A``: Cholesky when ``A`` is positive definite (the
-    ridge makes it so; reproducible bit for bit, which LAPACK's least squares here is not), else
-    the least-squares solution."""
+def _solve_symmetric(held: list[torch.Tensor], B: torch.Tensor) -> torch.Tensor:
+    """``X`` with ``A X = B`` for a symmetric ``A`` (``held = [A]``, emptied: the caller hands it
+    over, so it is freed once factored; ``cholesky_solve`` copies the factor, and ``A``, the factor
+    and that copy at once would be three kept-Gram-sized tensors): Cholesky when ``A`` is positive
+    definite (the ridge makes it so; reproducible bit for bit, which LAPACK's least squares here is
+    not), else the least-squares solution.
+
+    >>> A = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    >>> [round(v, 12) for v in _solve_symmetric([A], torch.tensor([[2.0], [2.0]], dtype=torch.float64)).flatten().tolist()]
+    [1.0, 0.5]
+    """
+    A = held.pop()
     L, info = torch.linalg.cholesky_ex(A)
     if int(info) == 0:
+        del A
         return torch.cholesky_solve(B, L)
     return torch.linalg.lstsq(A, B).solution
 
@@ -321,11 +379,10 @@ def _solve_symmetric(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def rel_error(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, Wk: torch.Tensor,
               bk: torch.Tensor | None) -> float:
     """``E||y - (Wk h + bk)||^2 / E||y||^2`` on the recorded inputs (y the original output)."""
-    G, Xc, H = stats.means()
-    full = _full(W, b)
     new = _full(Wk, bk)  # (out, k+1)
-    energy = float(torch.einsum("od,de,oe->", full, G, full))
-    err = energy - 2 * float(torch.einsum("od,dk,ok->", full, Xc, new)) + float(torch.einsum("ok,kl,ol->", new, H, new))
+    energy, C = stats.projected(W, b)
+    cross = float((C * new).sum())  # E[y^T (Wk h + bk)]
+    err = energy - 2 * cross + float(((new @ stats.kept_gram()) * new).sum())
     return max(err, 0.0) / max(energy, 1e-30)
 
 
@@ -513,13 +570,14 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     if checked:
         with torch.no_grad():
             targets = [rollout(den, t)[-1] for t in checked]  # the original's final latents
-        best_error = _final_error(small, checked, targets)
+        best_error = _final_error(small, checked, targets, handle)
     report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
-        stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
-                                  ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}",
-                                  settings.timestep_weights, held)
+        with offloaded_like(handle, small if settings.inputs == "pruned" else None):  # on the device only while it runs
+            stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
+                                      ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}",
+                                      settings.timestep_weights, held)
         for op, acc in means.items():
             with torch.no_grad():
                 for p, m in zip(small.get_submodule(op).compensation, acc.means()):
@@ -529,11 +587,11 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                           if t is not None] for c in group} if checked else {}
         for c in group:  # written into `small` now: the next group's pass reads through them
             layer, new = den.get_submodule(c.fqn), small.get_submodule(c.fqn)
-            st = stats[c.fqn]
+            st = stats.pop(c.fqn)  # dropped from the dict: freed as soon as this layer's fit is written
             st, st_held = st if isinstance(st, tuple) else (st, None)
             keep = c.keep.to(st.G.device)
             W = flat_weight(layer).to(st.G.device)
-            b = None if layer.bias is None else layer.bias.detach().double().to(st.G.device)
+            b = None if layer.bias is None else own_tensor(layer, "bias").detach().double().to(st.G.device)
             Wk, bk = solve(W, b, st, keep, settings.ridge)
             entry = {}
             if st_held is not None:  # the guard-rail: judged on prompts the fit did not see
@@ -548,8 +606,10 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                 new.weight.copy_(Wk.reshape(new.weight.shape).to(new.weight))  # (out, k) -> (out, k', kh, kw) for a conv
                 if bk is not None:
                     new.bias.copy_(bk.to(new.bias))
+            st = st_held = None  # this layer's statistics go now, not when the next pass has made its own
+        del stats
         if checked:  # the end-to-end check of this group's re-fits
-            error = _final_error(small, checked, targets)
+            error = _final_error(small, checked, targets, handle)
             kept = error <= best_error
             if kept:
                 best_error = error
@@ -573,9 +633,10 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     return small
 
 
-def _final_error(small: nn.Module, trajs: list, targets: list[torch.Tensor]) -> float:
-    """Mean squared error of ``small``'s final latents against ``targets`` on ``trajs``."""
-    with torch.no_grad():
+def _final_error(small: nn.Module, trajs: list, targets: list[torch.Tensor], handle) -> float:
+    """Mean squared error of ``small``'s final latents against ``targets`` on ``trajs`` (offloaded
+    like ``handle``'s denoiser, if it is)."""
+    with torch.no_grad(), offloaded_like(handle, small):
         errs = [float(F.mse_loss(rollout(small, t)[-1].double(), z.double())) for t, z in zip(trajs, targets)]
     return sum(errs) / max(len(errs), 1)
 

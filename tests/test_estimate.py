@@ -22,7 +22,7 @@ def test_every_method_has_a_positive_estimate_that_grows_with_its_settings(tiny_
     e1 = estimate(tiny_sd, "ecodiff", methods.get("ecodiff").settings(epochs=1, steps=2))
     e3 = estimate(tiny_sd, "ecodiff", methods.get("ecodiff").settings(epochs=3, steps=2))
     assert e3.calls["optimizer steps"] == 3 * e1.calls["optimizer steps"] and e3.seconds > e1.seconds
-    r = estimate_reconstruction(tiny_sd, ReconstructSettings(groups=1), passes=2)  # one group: the passes given
+    r = estimate_reconstruction(tiny_sd, ReconstructSettings(groups=2))  # every structure pruned: 2 groups
     assert r.calls["passes"] == 2 and r.seconds > 0
 
 
@@ -58,7 +58,7 @@ def test_cli_estimate_bad_budget(capsys, bad):
 
 def test_comparison_and_export_estimates_count_their_parts(tiny_sd):
     from pruning.compare import CompareSettings
-    from pruning.estimate import estimate_comparison, estimate_export
+    from pruning.estimate import estimate_comparison, estimate_export, typical_plan
 
     s = CompareSettings(eval_prompts=["a red circle", "a blue square"], calib_prompts=["a red circle"], steps=2,
                         random_draws=2)
@@ -69,7 +69,10 @@ def test_comparison_and_export_estimates_count_their_parts(tiny_sd):
     assert with_taylor.seconds > one.seconds  # Taylor's scoring and its plan are added
     rebuilt = estimate_comparison(tiny_sd, [0.2], ["magnitude"], CompareSettings(
         eval_prompts=s.eval_prompts, calib_prompts=s.calib_prompts, steps=2, reconstruct=True))
-    assert rebuilt.seconds > estimate_comparison(tiny_sd, [0.2], ["magnitude"], s).seconds
+    plain = estimate_comparison(tiny_sd, [0.2], ["magnitude"], s)
+    r = estimate_reconstruction(tiny_sd, ReconstructSettings(), plan=typical_plan(tiny_sd, keep=0.8))
+    assert rebuilt.seconds - plain.seconds >= r.seconds > 0  # the plan's re-fit, its calibration passes included
+    assert r.calls["passes"] == 4 and r.calls["denoiser calls"] >= 4 * r.calls["passes"]
     tight = estimate_comparison(tiny_sd, [0.2, 0.4], ["taylor"], s, budget_s=1e-4)
     assert tight.chunkable and "chunks of 0.0001 s" in tight.text()
     plain, heavy = estimate_export(tiny_sd), estimate_export(tiny_sd, reconstruct=True, recover_iters=50)

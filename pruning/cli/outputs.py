@@ -11,7 +11,7 @@ from ..estimate import estimate_export, estimate_reconstruction
 from ..export import check_removes_something, check_target, export, inplace_refusal
 from ..manifest import read_manifest
 from ..metrics import count_params
-from ..reconstruct import ReconstructSettings, consumer_groups, consumers, reconstruct
+from ..reconstruct import ReconstructSettings, reconstruct
 from ..recover import RecoverSettings, recover
 from .common import (
     add_command,
@@ -97,7 +97,8 @@ def cmd_export(args) -> int:
         plan = load_plan(args.plan, h)
         inplace = not args.reconstruct and inplace_refusal(h, plan, plan_only=args.plan_only, native=args.native,
                                                            evaluate=args.card_eval) is None
-        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=seconds, inplace=inplace))
+        print_estimate(estimate_export(h, reconstruct=args.reconstruct, budget_s=seconds, inplace=inplace,
+                                       plan=plan))
         return 0
     _need_out(args)
     check_io(args, {"--out": args.out}, folders=["--out"])  # before loading anything
@@ -167,9 +168,7 @@ def cmd_reconstruct(args) -> int:
         seconds = check_budget(args)
         h = load_handle(args)
         plan = load_plan(args.plan, h)
-        items = consumers(h.denoiser, plan.normalized(h.denoiser))
-        passes = len(consumer_groups(items, settings.max_gram_mb * 2 ** 20, settings.inputs == "pruned"))
-        print_estimate(estimate_reconstruction(h, settings, passes=passes, budget_s=seconds))
+        print_estimate(estimate_reconstruction(h, settings, plan=plan, budget_s=seconds))
         return 0
     _need_out(args)
     check_io(args, {"--out": args.out}, folders=["--out"])
