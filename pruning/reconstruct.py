@@ -79,6 +79,8 @@ from .replacements import channel_dim, output_tensors, replacement_for
 from .rollout import prepare, raw_outputs, rollout, step
 from .runs import RunControl, as_control
 from .slim import keep_masks, slim
+from .standin import MODES as STANDIN_MODES
+from .standin import fit as fit_standins
 
 DEFAULT_RIDGE = 0.01
 DEFAULT_GROUPS = 4
@@ -110,9 +112,11 @@ class ReconstructSettings:
     resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
     ridge: float = opt(DEFAULT_RIDGE, "ridge: how strongly the re-fit stays near the plain pruned weights, relative "
                        "to the inputs' mean energy (0 = pure least squares)", "float")
-    compensate_operators: bool = opt(False, "fold each removed operator's mean output into a bias (off by "
-                                     "default: on tiny-shapes-sd it raised the latent MSE of operator-heavy plans)",
-                                     "bool", hidden=True)
+    compensate_operators: bool = opt(False, "fold each removed operator's mean output into a bias (the same as "
+                                     "standin='bias'; kept for plans recorded before standin)", "bool", hidden=True)
+    standin: str = opt("auto", "what stands in for a removed operator: 'linear' (a least-squares linear map from its "
+                       "input, merged into a kept weight where possible), 'bias' (its mean output), 'none', or "
+                       "'auto': whichever gives the lowest held-out error (pruning.standin)", "choice", STANDIN_MODES)
     inputs: str = opt("original", "which inputs the re-fit reads: 'pruned' (what the pruned model feeds the layer, "
                       "layers re-fitted in order) or 'original' (the original model's)", "choice",
                       ("pruned", "original"))
@@ -137,6 +141,7 @@ class ReconstructSettings:
                                       guidance=self.guidance, resolution=self.resolution),
                   "ridge": v.number("ridge", self.ridge, lo=0, hi=1e6),
                   "inputs": v.choice("inputs", self.inputs, ("pruned", "original")),
+                  "standin": v.choice("standin", self.standin, STANDIN_MODES),
                   "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
                   "groups": v.integer("groups", self.groups, lo=1, hi=1000),
                   "timestep_weights": v.choice("timestep_weights", self.timestep_weights, TIMESTEP_WEIGHTS),
@@ -146,6 +151,8 @@ class ReconstructSettings:
                 raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for k, val in values.items():
             object.__setattr__(self, k, val)
+        if self.compensate_operators and self.standin == "auto":  # the older switch: the mean-output bias
+            object.__setattr__(self, "standin", "bias")
 
     def resolved(self, handle) -> ReconstructSettings:
         """These settings with the prompts and seeds filled in (what a plan records)."""
@@ -161,6 +168,7 @@ class ReconstructSettings:
         if unknown:
             raise SettingsError(f"reconstruction settings have unknown field(s) {validate.few(unknown)}")
         d = {**LEGACY, **record}  # a plan recorded before a setting existed was made without it
+        d.setdefault("standin", "bias" if d.get("compensate_operators") else "none")
         for k in ("prompts", "seeds"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
@@ -498,9 +506,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     den = handle.denoiser
     base_plan = replace(plan.normalized(den), reconstruction=None)
     found = discover(den)
-    ops = [op for op in base_plan.removed_operators if settings.compensate_operators and op in found.operators]
-    record = {"settings": _record(settings), "compensated": ops}
-    new_plan = replace(base_plan, reconstruction=record)
+    ops = [op for op in base_plan.removed_operators if settings.standin != "none" and op in found.operators]
     items = consumers(den, base_plan)
     paired = settings.inputs == "pruned"
     groups = sequential_groups(items, settings.max_gram_mb * 2 ** 20 / (2 if settings.guard else 1), paired,
@@ -509,17 +515,27 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     held_out = {n for n in range(len(trajs)) if n % HOLDOUT_EVERY == HOLDOUT_EVERY - 1}
     held = held_out if settings.guard else set()
     checked = [trajs[n] for n in sorted(held_out)] if settings.check else []
-    small = slim(den, new_plan)
+    held_trajs = [trajs[n] for n in sorted(held_out)]
+    with torch.no_grad():
+        targets = [rollout(den, t)[-1] for t in held_trajs] if checked or settings.standin == "auto" else []
+
+    def plan_for(mode: str) -> PruningPlan:  # the plan recording the stand-ins' mode (slim builds their weights)
+        return replace(base_plan, reconstruction={"settings": _record(replace(settings, standin=mode)),
+                                                  "compensated": ops if mode != "none" else []})
+
+    small, chosen, standins = fit_standins(handle, lambda mode: slim(den, plan_for(mode)), trajs, ops,
+                                           settings.standin, settings.ridge, control, held_out,
+                                           lambda m: _final_error(m, held_trajs, targets))
+    new_plan = plan_for(chosen)
     if checked:
-        with torch.no_grad():
-            targets = [rollout(den, t)[-1] for t in checked]  # the original's final latents
         best_error = _final_error(small, checked, targets)
-    report = {"layers": {}, "operators": {}, "passes": len(groups), "inputs": settings.inputs,
+    report = {"layers": {}, "operators": standins.pop("operators"), "standin": standins, "passes": len(groups),
+              "inputs": settings.inputs,
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
         stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
-                                  ops if n == 0 else [], control, f"calibration pass {n + 1} of {len(groups)}",
-                                  settings.timestep_weights, held)
+                                  [], control, f"calibration pass {n + 1} of {len(groups)}",
+                                  settings.timestep_weights, held)  # the operators' stand-ins are fitted above
         for op, acc in means.items():
             with torch.no_grad():
                 for p, m in zip(small.get_submodule(op).compensation, acc.means()):
@@ -590,7 +606,8 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
     again from the base weights with the recorded settings (deterministic on one device)."""
     settings = ReconstructSettings.from_record(plan.reconstruction["settings"])
     base = replace(plan, reconstruction=None)
-    small = reconstruct(handle, base, replace(settings, compensate_operators=bool(plan.compensated)),
+    mode = settings.standin if plan.compensated else "none"  # recorded as chosen (never "auto")
+    small = reconstruct(handle, base, replace(settings, standin=mode if mode != "auto" else "bias"),
                         control=control)
     if tuple(small.pruning_plan.compensated) != tuple(plan.compensated):
         raise SettingsError("the plan's recorded compensated operators do not match a reconstruction "
