@@ -11,9 +11,11 @@ denoising step, the model's sampler and guidance) and, for each consumer, solves
 
 over the kept inputs ``K`` from the accumulated Gram matrix ``G = E[x x^T]`` and mean ``E[x]``
 (the ridge pulls towards plain pruning, ``W' = W_K``, so a huge ridge gives the plain slim model
-and a tiny one the least-squares fit). A removed operator gets its branch's mean output as a
-bias on its stand-in (``replacements.StandIn.compensate``): attention / FFN branches, resnets,
-whole transformer and FLUX blocks.
+and a tiny one the least-squares fit). A removed operator (attention / FFN branch, resnet, whole
+transformer, FLUX or SD3 block) gets a fitted stand-in (:mod:`pruning.standin`, ``standin``): a
+least-squares linear map from its input (fitted on the original's inputs, or ``"sequential"``:
+one operator at a time on the pruned model's), its mean output as a bias, or nothing, by default
+whichever gives the lowest final-latent error on the held-out calibration batches.
 
 **Sequential groups and the checks.** The consumers are cut into ``groups`` (default 4)
 groups in depth order, each one calibration pass. With ``inputs="pruned"`` a group is fitted on

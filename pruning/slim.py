@@ -45,8 +45,8 @@ from .errors import SettingsError
 from .memory import offloaded, plain_copy
 from .plan import PruningPlan
 from .replacements import replacement_for
-from .standin import linear_operators, map_shapes
 from .specs import CUTTERS, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
+from .standin import linear_operators, map_shapes
 
 
 def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:

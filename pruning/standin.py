@@ -17,8 +17,13 @@ resnet whose stand-in keeps a 1x1 ``conv_shortcut`` gets ``W_s += s * A`` (``s``
 so it costs no parameter; otherwise the stand-in holds the ``(out_j, in_j)`` matrices, which
 ``PruningPlan.summary`` counts (:func:`added_params`).
 
+``"sequential"`` fits the same maps one operator at a time in depth order, each on the inputs
+``h`` the pruned model (earlier stand-ins already fitted) feeds it, to the original's output:
+``operator(x) - standin(h) ~ A h + c`` (asymmetric, so it also corrects the error that earlier
+removals pass on; one calibration pass per operator).
+
 ``mode="auto"`` (the default of ``ReconstructSettings.standin``) fits on the calibration
-batches that are not held out and keeps whichever of none / bias / linear gives the lowest
+batches that are not held out and keeps whichever of none / bias / linear / sequential gives the lowest
 final-latent error against the original on the held-out batches (so it never keeps a fit that
 raises the held-out error). The plan records the mode chosen (``reconstruction["settings"]
 ["standin"]``) and the compensated operators, so ``slim`` builds the same parameters and
@@ -38,12 +43,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .catalog import discover
+from .catalog import catalog, discover
 from .errors import RunStopped
 from .replacements import input_widths, output_widths, replacement_for
-from .rollout import step
+from .rollout import raw_outputs, step
 
-MODES = ("auto", "linear", "bias", "none")
+MODES = ("auto", "sequential", "linear", "bias", "none")
+MAPPED = ("linear", "sequential")  # the modes whose stand-ins hold linear maps
 
 
 def mergeable(module: nn.Module, kind: str) -> bool:
@@ -63,7 +69,7 @@ def map_shapes(module: nn.Module, kind: str) -> list[tuple[int, int]] | None:
 def linear_operators(plan) -> tuple[str, ...]:
     """The removed operators of ``plan`` whose stand-in is a fitted linear map."""
     rec = plan.reconstruction
-    return tuple(plan.compensated) if rec is not None and rec["settings"].get("standin") == "linear" else ()
+    return tuple(plan.compensated) if rec is not None and rec["settings"].get("standin") in MAPPED else ()
 
 
 def added_params(denoiser: nn.Module, plan) -> int:
@@ -192,6 +198,57 @@ def gather(handle, trajs: list, operators: list[str], device, control, skip: set
     return stats
 
 
+def gather_sequential(handle, small: nn.Module, trajs: list, operators: list[str], device, control, ridge: float,
+                      skip: set | None = None) -> dict:
+    """The maps fitted one operator at a time in depth order, each on the inputs the pruned model
+    (its earlier stand-ins already fitted) feeds it, to what the original's operator returned
+    (asymmetric, as Kwon et al. 2022 re-fit layers): ``r = operator(x) - standin(h)`` from ``h``.
+    Writes each fit into ``small`` before the next pass; returns the statistics."""
+    den = handle.denoiser
+    found = discover(den)
+    depth = catalog(den)[0].set_index("fqn")["depth"].to_dict()
+    out: dict[str, list] = {}
+    for n_op, op in enumerate(sorted(operators, key=lambda o: (depth.get(o, -1), o))):
+        module, kind = den.get_submodule(op), found.operators[op].kind
+        acc = [MapStats(i, o, device) for o, i in zip(output_widths(module, kind), input_widths(module, kind))]
+        queue: list[list] = []
+        standin = small.get_submodule(op)
+
+        def record(m, args, kwargs, result, queue=queue):
+            queue.append([None if t is None else t.detach() for t in _tensors(result)])
+
+        def fit_on(m, args, kwargs, result, acc=acc, queue=queue):
+            target = queue.pop(0)  # the original's output at the same call
+            base, src = _tensors(m.compute(*args, **kwargs)), m.sources(*args, **kwargs)
+            for j, (y, b, h) in enumerate(zip(target, base, src)):
+                if y is None or acc[j] is None:
+                    acc[j] = None
+                    continue
+                acc[j].add(channel_rows(h).to(device), channel_rows(y - b).to(device))
+        hooks = [module.register_forward_hook(record, with_kwargs=True),
+                 standin.register_forward_hook(fit_on, with_kwargs=True)]
+        try:
+            with torch.no_grad():
+                for n, traj in enumerate(trajs):
+                    if skip and n in skip:
+                        continue
+                    z = traj.z0
+                    for i in range(traj.steps):
+                        if control.stopped():
+                            raise RunStopped(f"reconstruction {control.reason or 'stopped'} while fitting the removed "
+                                             f"operators' stand-ins (operator {n_op + 1} of {len(operators)}); "
+                                             "nothing was changed")
+                        z_next = step(den, traj, i, z)  # the original's own trajectory
+                        raw_outputs(small, traj, i, z)  # the pruned model on the same z_i
+                        z = z_next
+        finally:
+            for hk in hooks:
+                hk.remove()
+        out[op] = acc
+        write(small, {op: acc}, "linear", ridge)
+    return out
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -211,7 +268,7 @@ def write(small: nn.Module, stats: dict, mode: str, ridge: float) -> dict:
                     if maps is not None:
                         maps[j].zero_()
                     continue
-                A, c = acc.fit(ridge, linear=mode == "linear")
+                A, c = acc.fit(ridge, linear=mode in MAPPED)
                 if A is not None and maps is None:  # merged into the kept 1x1 shortcut: W_s += s * A
                     sc, s = standin.conv_shortcut, standin.output_scale_factor
                     sc.weight.add_((s * A).reshape(sc.weight.shape).to(sc.weight))  # (out, in) -> (out, in, 1, 1)
@@ -234,14 +291,19 @@ def fit(handle, small_for, trajs: list, operators: list[str], mode: str, ridge: 
     linear (ties: the simpler); another mode is applied as asked. Returns ``(small, mode, report)``.
     """
     device = torch.device("cpu") if handle.device.type == "mps" else handle.device  # no float64 on MPS
-    candidates = ["none"] if not operators else ["none", "bias", "linear"] if mode == "auto" else [mode]
+    candidates = ["none"] if not operators else ["none", "bias", "linear", "sequential"] if mode == "auto" else [mode]
     skip = held if len(held) < len(trajs) else None  # always left out, so a re-application fits the same rows
-    stats = gather(handle, trajs, operators, device, control, skip) if operators and candidates != ["none"] else {}
+    stats = gather(handle, trajs, operators, device, control, skip) \
+        if operators and set(candidates) & {"bias", "linear"} else {}
     best = None
     report = {"candidates": {}}
     for m in candidates:
         small = small_for(m)
-        written = write(small, stats, m, ridge) if m != "none" else {}
+        if m == "sequential":
+            seq = gather_sequential(handle, small, trajs, operators, device, control, ridge, skip)
+            written = {op: {"fitted": True} for op in seq}
+        else:
+            written = write(small, stats, m, ridge) if m != "none" else {}
         err = error(small) if len(candidates) > 1 else None
         report["candidates"][m] = err
         if best is None or err < best[0]:

@@ -103,15 +103,15 @@ def test_merged_map_adds_no_weight_and_the_summary_counts_the_others():
     assert forward(small).isfinite().all() and not torch.equal(forward(small), forward(slim(h.denoiser, plan)))
 
 
-@pytest.mark.parametrize("family", ["sd", "flux", "sd3"])
-def test_linear_standins_export_reload_and_reapply_bit_for_bit(family, tmp_path):
+@pytest.mark.parametrize("family, mode", [("sd", "linear"), ("flux", "linear"), ("sd3", "sequential")])
+def test_linear_standins_export_reload_and_reapply_bit_for_bit(family, mode, tmp_path):
     h = fresh(family)
     found = discover(h.denoiser)
     ops = [o for o, op in found.operators.items() if op.granularity != "block"][:1]
     ops += [o for o, op in found.operators.items() if op.granularity == "block"
             and not any(o.startswith(x + ".") or x.startswith(o + ".") for x in ops)][:1]
     plan = PruningPlan(family=family, base=h.model_ref, removed_operators=tuple(ops))
-    small = reconstruct(h, plan, ReconstructSettings(prompts=PROMPTS, steps=2, standin="linear"))
+    small = reconstruct(h, plan, ReconstructSettings(prompts=PROMPTS, steps=2, standin=mode))
     assert any(".linear." in k for k in small.state_dict())
     a = small.state_dict()
     back = load_pruned(export(h, small.pruning_plan, tmp_path / "full", denoiser=small, card=False))
@@ -133,7 +133,20 @@ def test_auto_keeps_the_best_held_out_choice_and_none_is_plain():
     small = reconstruct(h, plan, ReconstructSettings(prompts=prompts, steps=2, batch_size=2))  # standin="auto"
     rep = small.reconstruction["standin"]
     errors = rep["candidates"]
-    assert set(errors) == {"none", "bias", "linear"} and rep["chosen"] == min(errors, key=errors.get)
+    assert set(errors) == {"none", "bias", "linear", "sequential"} and rep["chosen"] == min(errors, key=errors.get)
     assert small.pruning_plan.reconstruction["settings"]["standin"] == rep["chosen"]
     none = reconstruct(h, plan, ReconstructSettings(prompts=prompts, steps=2, batch_size=2, standin="none"))
     assert none.pruning_plan.compensated == () and not any(".compensation." in k for k in none.state_dict())
+
+
+def test_sequential_fits_each_map_on_the_pruned_models_inputs():
+    h = fresh()
+    plan = PruningPlan(family="sd", base=h.model_ref, removed_operators=(ATTN, RES_PLAIN))
+    s = dict(prompts=PROMPTS, steps=2, check=False)
+    lin = reconstruct(h, plan, ReconstructSettings(**s, standin="linear"))
+    seq = reconstruct(h, plan, ReconstructSettings(**s, standin="sequential"))
+    # the first operator in depth order sees the same inputs either way; the later one does not
+    assert torch.allclose(lin.get_submodule(ATTN).linear[0], seq.get_submodule(ATTN).linear[0], atol=1e-6)
+    assert not torch.allclose(lin.get_submodule(RES_PLAIN).linear[0], seq.get_submodule(RES_PLAIN).linear[0])
+    assert seq.pruning_plan.summary(h.denoiser)["params_added_by_standins"] == \
+        lin.pruning_plan.summary(h.denoiser)["params_added_by_standins"]
