@@ -86,6 +86,7 @@ from .standin import fit as fit_standins
 
 DEFAULT_RIDGE = 0.01
 DEFAULT_GROUPS = 4
+DEFAULT_STANDIN_RIDGE = 0.3  # tiny-shapes-sd, LD-Pruner 30%: 0.01 fitted the calibration prompts (1.33x plain), 0.3 0.87x
 TIMESTEP_WEIGHTS = ("flat", "linear")
 HOLDOUT_EVERY = 4  # the guard-rail holds out every fourth calibration prompt
 LEGACY = {"groups": 1, "timestep_weights": "flat", "guard": False, "check": False}  # what a plan recorded before these settings
@@ -119,6 +120,8 @@ class ReconstructSettings:
     standin: str = opt("auto", "what stands in for a removed operator: 'linear' (a least-squares linear map from its "
                        "input, merged into a kept weight where possible), 'bias' (its mean output), 'none', or "
                        "'auto': whichever gives the lowest held-out error (pruning.standin)", "choice", STANDIN_MODES)
+    standin_ridge: float = opt(DEFAULT_STANDIN_RIDGE, "ridge of the stand-ins' linear maps, relative to their inputs' "
+                               "mean energy (larger = closer to the mean-output bias)", "float")
     inputs: str = opt("original", "which inputs the re-fit reads: 'pruned' (what the pruned model feeds the layer, "
                       "layers re-fitted in order) or 'original' (the original model's)", "choice",
                       ("pruned", "original"))
@@ -144,6 +147,7 @@ class ReconstructSettings:
                   "ridge": v.number("ridge", self.ridge, lo=0, hi=1e6),
                   "inputs": v.choice("inputs", self.inputs, ("pruned", "original")),
                   "standin": v.choice("standin", self.standin, STANDIN_MODES),
+                  "standin_ridge": v.number("standin_ridge", self.standin_ridge, lo=0, hi=1e6),
                   "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
                   "groups": v.integer("groups", self.groups, lo=1, hi=1000),
                   "timestep_weights": v.choice("timestep_weights", self.timestep_weights, TIMESTEP_WEIGHTS),
@@ -526,7 +530,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                                                   "compensated": ops if mode != "none" else []})
 
     small, chosen, standins = fit_standins(handle, lambda mode: slim(den, plan_for(mode)), trajs, ops,
-                                           settings.standin, settings.ridge, control, held_out,
+                                           settings.standin, settings.standin_ridge, control, held_out,
                                            lambda m: _final_error(m, held_trajs, targets))
     new_plan = plan_for(chosen)
     if checked:

@@ -61,7 +61,7 @@ def test_map_stats_fit_is_the_ridge_least_squares_solution():
 def test_fitted_map_on_a_pipeline_equals_least_squares_on_the_recorded_activations():
     h = fresh()
     plan = PruningPlan(family="sd", base=h.model_ref, removed_operators=(ATTN,))
-    s = ReconstructSettings(prompts=PROMPTS, steps=2, standin="linear", ridge=1e-3, check=False, groups=1)
+    s = ReconstructSettings(prompts=PROMPTS, steps=2, standin="linear", standin_ridge=1e-3, check=False, groups=1)
     small = reconstruct(h, plan, s)  # one batch: nothing held out, every row is fitted
     rows = {"x": [], "y": []}
 
