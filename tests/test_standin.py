@@ -9,6 +9,7 @@ import torch
 
 from pruning import PruningPlan, export, load_pruned, slim
 from pruning.catalog import discover
+from pruning.errors import SettingsError
 from pruning.loading import handle_from_pipe
 from pruning.metrics import example_inputs
 from pruning.reconstruct import ReconstructSettings, reapply, reconstruct
@@ -150,3 +151,14 @@ def test_sequential_fits_each_map_on_the_pruned_models_inputs():
     assert not torch.allclose(lin.get_submodule(RES_PLAIN).linear[0], seq.get_submodule(RES_PLAIN).linear[0])
     assert seq.pruning_plan.summary(h.denoiser)["params_added_by_standins"] == \
         lin.pruning_plan.summary(h.denoiser)["params_added_by_standins"]
+
+
+def test_older_records_and_the_older_switch_mean_the_bias():
+    assert ReconstructSettings.from_record({"compensate_operators": True}).standin == "bias"
+    assert ReconstructSettings.from_record({}).standin == "none"  # recorded before stand-ins: nothing compensated
+    assert ReconstructSettings(compensate_operators=True).standin == "bias"
+    assert ReconstructSettings().standin == "auto"
+    with pytest.raises(SettingsError, match="standin"):
+        ReconstructSettings(standin="cubic")
+    with pytest.raises(SettingsError, match="standin_ridge"):
+        ReconstructSettings(standin_ridge=-1)
