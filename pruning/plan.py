@@ -25,6 +25,7 @@ from torch import nn
 from . import families
 from .catalog import UNIT_KINDS, catalog, discover, inside
 from .errors import PlanError, SettingsError
+from .standin import added_params
 from .validate import few, integer, parse_json, read_json, shown
 
 SCHEMA_VERSION = 1
@@ -247,7 +248,8 @@ class PruningPlan:
         """Predicted params and MACs removed, absolute and as fractions of the denoiser.
 
         The figures are computed from the catalog (per-unit costs), not by slimming; tests
-        check that ``slim`` removes exactly this much.
+        check that ``slim`` removes exactly this much. Parameters that reconstruction's fitted
+        stand-ins add (``pruning.standin.added_params``) are subtracted.
         """
         plan = self.normalized(denoiser)
         ops, st = catalog(denoiser, **catalog_kw)
@@ -267,9 +269,11 @@ class PruningPlan:
                 m_st += n * float(row["unit_macs"])
             by_kind[kind] = p_kind
             p_st += p_kind
-        p, m = p_ops + p_st, m_ops + m_st
+        added = added_params(denoiser, plan) if plan.compensated else 0  # fitted stand-ins' maps and biases
+        p, m = p_ops + p_st - added, m_ops + m_st
         return {
             "params_total": total_p, "params_removed": p, "params_fraction": p / total_p,
+            "params_added_by_standins": added,
             "macs_total": total_m, "macs_removed": round(m), "macs_fraction": m / total_m,
             "params_removed_by_kind": by_kind,
             "operators_removed": len(plan.removed_operators),

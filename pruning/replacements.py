@@ -2,7 +2,9 @@
 so a preview skips the work too) and ``slim`` (as the module that replaces the operator).
 
 A stand-in may carry a **compensation**: one bias per tensor it returns (reconstruction
-folds the removed branch's mean output into it; ``compensate(sizes)`` adds them, zero-filled).
+folds the removed branch's mean output into it; ``compensate(sizes)`` adds them, zero-filled),
+and a **linear map** per returned tensor (``compensate(sizes, maps)``: ``(out, in)`` matrices
+applied to the tensor that output is computed from, ``sources``; fitted by :mod:`pruning.standin`).
 
 >>> import torch
 >>> ZeroBranch()(torch.ones(2, 3)).sum().item()
@@ -43,15 +45,27 @@ class StandIn(nn.Module):
     """Base of the stand-ins: ``compute`` gives the removed operator's output without it;
     ``forward`` adds the compensation biases (if any) to the returned tensors, in order."""
 
-    def compensate(self, sizes) -> StandIn:
-        """Give this stand-in one zero bias per returned tensor (``sizes``: their feature widths)."""
+    def compensate(self, sizes, maps=None) -> StandIn:
+        """Give this stand-in one zero bias per returned tensor (``sizes``: their feature widths) and,
+        with ``maps`` (``[(out, in), ...]``, one per returned tensor), zero linear maps from its sources."""
         self.compensation = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes)
+        if maps is not None:
+            self.linear = nn.ParameterList(nn.Parameter(torch.zeros(o, i)) for o, i in maps)
         return self
+
+    def sources(self, *args, **kwargs) -> list[torch.Tensor]:
+        """The input tensor each returned tensor is computed from (what a linear map reads)."""
+        return [_first(args, kwargs, "hidden_states")]
 
     def forward(self, *args, **kwargs):
         out = self.compute(*args, **kwargs)
         comp = self._modules.get("compensation")  # a ParameterList once compensated
-        return out if comp is None else _add_biases(out, list(comp))
+        if comp is None:
+            return out
+        maps = self._modules.get("linear")
+        if maps is not None:
+            out = _add_maps(out, list(maps), self.sources(*args, **kwargs))
+        return _add_biases(out, list(comp))
 
 
 def _add_biases(out, biases: list[torch.Tensor]):
@@ -67,6 +81,22 @@ def _add_biases(out, biases: list[torch.Tensor]):
     return tuple(add(t, next(it)) if isinstance(t, torch.Tensor) else t for t in out)
 
 
+def _map(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``A`` (out, in) applied to each channel vector of ``x`` ((B, in, H, W) or (B, N, in))."""
+    A = A.to(x.dtype)
+    if x.ndim == 4:
+        return torch.einsum("oc,bchw->bohw", A, x)  # (B, out, H, W)
+    return x @ A.T  # (B, N, out)
+
+
+def _add_maps(out, maps: list[torch.Tensor], sources: list[torch.Tensor]):
+    if isinstance(out, torch.Tensor):
+        return out + _map(sources[0], maps[0])
+    if isinstance(out, Transformer2DModelOutput):
+        return Transformer2DModelOutput(sample=out.sample + _map(sources[0], maps[0]))
+    return tuple(t + _map(x, A) if isinstance(t, torch.Tensor) else t for t, A, x in zip(out, maps, sources))
+
+
 class ZeroBranch(StandIn):
     """A removed attention or FFN branch: adds nothing to the residual stream."""
 
@@ -79,6 +109,9 @@ class JointZeroBranch(StandIn):
 
     def compute(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
         return torch.zeros_like(hidden_states), torch.zeros_like(encoder_hidden_states)
+
+    def sources(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        return [hidden_states, encoder_hidden_states]
 
 
 class ResnetShortcut(StandIn):
@@ -93,6 +126,9 @@ class ResnetShortcut(StandIn):
         x = self.conv_shortcut(input_tensor.contiguous()) if self.conv_shortcut is not None else input_tensor
         return x / self.output_scale_factor
 
+    def sources(self, input_tensor, *args, **kwargs):
+        return [input_tensor]
+
 
 class IdentityTransformer(StandIn):
     """A removed Transformer2DModel: returns its input in the same output type."""
@@ -106,6 +142,9 @@ class IdentityFluxBlock(StandIn):
 
     def compute(self, hidden_states, encoder_hidden_states, *args, **kwargs):
         return encoder_hidden_states, hidden_states
+
+    def sources(self, hidden_states, encoder_hidden_states, *args, **kwargs):
+        return [encoder_hidden_states, hidden_states]
 
 
 class EmptyAttention(nn.Module):
@@ -132,13 +171,25 @@ def output_widths(module: nn.Module, kind: str) -> list[int]:
     raise ValueError(f"unknown operator kind {kind!r}")
 
 
-def replacement_for(module: nn.Module, kind: str, compensated: bool = False) -> nn.Module:
+def input_widths(module: nn.Module, kind: str) -> list[int]:
+    """Feature widths of the tensors each output of operator ``module`` is computed from (its
+    stand-in's ``sources``): a resnet's input channels; a branch or block keeps its widths."""
+    if kind == "resnet":
+        return [module.conv1.in_channels]
+    return output_widths(module, kind)
+
+
+def replacement_for(module: nn.Module, kind: str, compensated: bool = False, maps=None) -> nn.Module:
     """The stand-in for operator ``module`` of the given catalog kind (shares no new weights);
-    ``compensated``: with zero compensation biases, to be filled by reconstruction or a load."""
+    ``compensated``: with zero compensation biases, to be filled by reconstruction or a load;
+    ``maps``: also zero linear maps of these ``(out, in)`` shapes (``standin.map_shapes``)."""
     standin = _standin(module, kind)
     if compensated:
         p = next(module.parameters())
-        standin.compensate(output_widths(module, kind)).compensation.to(device=p.device, dtype=p.dtype)
+        standin.compensate(output_widths(module, kind), maps)
+        standin.compensation.to(device=p.device, dtype=p.dtype)
+        if maps is not None:
+            standin.linear.to(device=p.device, dtype=p.dtype)
     return standin
 
 

@@ -46,6 +46,7 @@ from .memory import offloaded, plain_copy
 from .plan import PruningPlan
 from .replacements import replacement_for
 from .specs import CUTTERS, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
+from .standin import linear_operators, map_shapes
 
 
 def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
@@ -77,11 +78,13 @@ def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn
         if cutter is None:
             raise TypeError(f"no cutter registered for {type(module).__name__} at {fqn!r}")
         cutter(module, structures)
+    linear = set(linear_operators(plan))  # stand-ins that reconstruction fitted as linear maps
     for fqn in plan.removed_operators:
         parent_name, _, child = fqn.rpartition(".")
         parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, replacement_for(getattr(parent, child), found.operators[fqn].kind,
-                                               compensated=fqn in plan.compensated))
+        module, kind = getattr(parent, child), found.operators[fqn].kind
+        setattr(parent, child, replacement_for(module, kind, compensated=fqn in plan.compensated,
+                                               maps=map_shapes(module, kind) if fqn in linear else None))
     new.pruning_plan = plan  # plain attribute for introspection; not part of the state_dict
     return new
 
