@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import SettingsError
 from ..estimate import estimate_export, estimate_reconstruction
 from ..export import check_removes_something, check_target, export, inplace_refusal
+from ..labels import plural
 from ..manifest import read_manifest
 from ..metrics import count_params
 from ..reconstruct import ReconstructSettings, reconstruct
@@ -145,8 +146,9 @@ def _fitted(small) -> str:
     layers = r["layers"].values()
     before = sum(x["rel_error_before"] for x in layers) / max(len(layers), 1)
     after = sum(x["rel_error_after"] for x in layers) / max(len(layers), 1)
-    return (f" (reconstructed in {r['seconds']:.1f} s: {len(layers)} layers re-fitted, mean relative output error "
-            f"{before:.3g} -> {after:.3g} on the calibration set; {len(r['operators'])} operators compensated)")
+    return (f" (reconstructed in {r['seconds']:.1f} s: {plural(len(layers), 'layer')} re-fitted, mean relative output "
+            f"error {before:.3g} -> {after:.3g} on the calibration set; {plural(len(r['operators']), 'operator')} "
+            "compensated)")
 
 
 def _reconstruct_args(p: argparse.ArgumentParser) -> None:
