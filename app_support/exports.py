@@ -116,26 +116,15 @@ pipe = DiffusionPipeline.from_pretrained({base}, {denoiser}={denoiser})"""
 
 
 def public_install_line() -> str:
-    """The install line for the person reading it, on their machine: ``PRUNING_INSTALL``, the
-    Space's, or the package's own (name and version) when the library would name this server's
-    checkout folder (a path that exists only here).
+    """The install line for the person reading it, on their machine (:func:`pruning.card.install_line`:
+    ``PRUNING_INSTALL``, the Space's, the remote URL pip installed this package from, else the
+    published line): never this server's checkout folder, and never a bare ``pruning==<version>``
+    (a name on PyPI that is not this package).
 
     >>> str(Path(__file__).resolve().parent.parent) in public_install_line()
     False
     """
-    line = install_line()
-    checkout = str(Path(__file__).resolve().parent.parent)
-    if checkout not in line:
-        return line
-    try:
-        from importlib.metadata import version
-
-        v = version("pruning")
-    except Exception:  # not installed: this checkout's pyproject.toml says the version
-        import tomllib
-
-        v = tomllib.loads((Path(checkout) / "pyproject.toml").read_text())["project"]["version"]
-    return f'pip install "pruning=={v}"'
+    return install_line()
 
 
 def export_zip(handle: Handle, plan: PruningPlan, *, session: str, full_pipeline: bool = True, denoiser=None,
