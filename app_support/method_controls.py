@@ -131,9 +131,11 @@ def values(settings_cls, data: dict) -> dict:
             elif kind == "ints":
                 v = tuple(int(_number(name, x, whole=True)) for x in
                           (v if isinstance(v, (list, tuple)) else str(v).replace(",", " ").split()))
+        except SettingsError as e:  # our own message names the field by its label
+            raise SettingsError(str(e).replace(f"{label(name)} must", f"{f.get('label') or label(name)} must", 1)) from None
         except (TypeError, ValueError):
             what = {"int": "a whole number", "float": "a number", "ints": "whole numbers"}.get(kind, f"a {kind}")
-            raise SettingsError(f"{label(name)} must be {what}, got {shown(v)}") from None
+            raise SettingsError(f"{f.get('label') or label(name)} must be {what}, got {shown(v)}") from None
         out[name] = v
     return out
 

@@ -39,7 +39,7 @@ POLL_S = 0.25  # how often a waiting request yields (and so can be cancelled)
 APP_LIMITS = {
     "steps": (1, 200, "denoising steps per image"),
     "prompts": (1, 32, "prompts per run"),
-    "n_gen": (2, 16, "N_gen samples per operator"),
+    "n_gen": (2, 16, "images per operator"),
     "epochs": (1, 50, "EcoDiff epochs"),
     "batch_size": (1, 16, "prompts per EcoDiff step"),
     "sparsities": (1, 10, "target sparsities per comparison"),
