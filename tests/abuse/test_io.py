@@ -341,7 +341,7 @@ def test_8_wrong_typed_api_values_are_refused(api):
         api.predict("/etc/passwd", 0, PROMPT, 2, api_name="/export")
     assert _app_state() == before
     ticked = [dict(r, prune=r["fqn"] == "mid_block.resnets.0") for r in table]  # real booleans still work
-    assert frame(api.predict("operators", table_value(ticked), api_name="/plan_totals")[1])
+    assert frame(api.predict("operators", table_value(ticked), api_name="/plan_totals")[2])
 
 
 def test_11_the_app_refuses_to_export_an_empty_selection(api):
