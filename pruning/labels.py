@@ -27,8 +27,8 @@ from pathlib import PurePath
 MIN_INTERVAL_PROMPTS = 10  # below this a bootstrap interval of a mean says little (4 prompts: 0.0% [0.0%-0.0%])
 MIN_TIMINGS = 3  # latency is shown only from at least this many timings of each model
 PRESET_WORDS = {"authors": "authors' configs"}  # other presets: "<name> preset"; the first preset: "defaults"
-COUNTED = {"epochs": "epochs", "n_gen": "samples", "timesteps": "timesteps", "num_prompts": "prompts",
-           "groups": "groups"}  # integer settings read as "3 epochs"
+COUNTED = {"epochs": "epoch", "n_gen": "sample", "timesteps": "timestep", "num_prompts": "prompt",
+           "groups": "group"}  # integer settings read as "3 epochs", "1 epoch"
 # what a comparison sets for every method alike (said once, in computed_on), not part of a method's label
 SHARED_FIELDS = ("prompts", "seeds", "steps", "guidance", "resolution", "images")
 PLURALS = {"entry": "entries", "query": "queries", "process": "processes"}
@@ -129,7 +129,7 @@ def _differences(full: Mapping, ref: Mapping, skip: Sequence[str]) -> list[str]:
         r = ref.get(k)
         same = list(v) == list(r) if isinstance(v, (list, tuple)) and isinstance(r, (list, tuple)) else v == r
         if not same:
-            out.append(f"{v} {COUNTED[k]}" if k in COUNTED and isinstance(v, int) else
+            out.append(plural(v, COUNTED[k]) if k in COUNTED and isinstance(v, int) else
                        f"{k.replace('_', ' ')} {_value(v)}")
     return out
 
@@ -146,6 +146,8 @@ def settings_label(method: str, values: Mapping | None = None, *, family: str = 
     ('Weight magnitude (defaults)', 'LD-Pruner (fast preset)')
     >>> settings_label("ecodiff", {"lr": 0.2}, note="your scores")
     'EcoDiff (defaults, lr 0.2; your scores)'
+    >>> settings_label("ecodiff", {"epochs": 1})
+    'EcoDiff (defaults, 1 epoch)'
     """
     from .methods.registry import get
 
