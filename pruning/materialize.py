@@ -26,8 +26,8 @@ an ``ExportError`` naming the repo, at once).
 >>> out = materialize(plan, str(base), Path(tempfile.mkdtemp()) / "export", max_shard_size="1MB")
 >>> sorted(p.name for p in (out / "unet").iterdir())[:2]
 ['config.json', 'diffusion_pytorch_model-00001-of-00006.safetensors']
->>> from pruning.export import load_pruned
->>> type(load_pruned(out).mid_block.resnets[0]).__name__
+>>> from pruning.export import load_pruned_denoiser
+>>> type(load_pruned_denoiser(out).mid_block.resnets[0]).__name__
 'ResnetShortcut'
 """
 

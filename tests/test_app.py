@@ -123,7 +123,7 @@ def test_bad_inputs_give_toasts(c):
         c.predict("stabilityai/stable-diffusion-xl-base-1.0", "cpu", "float32", api_name="/load_model")
     with pytest.raises(gradio_client.exceptions.AppError, match="prompt"):
         c.predict(*score_args("ldpruner", prompts=""), api_name="/score")
-    with pytest.raises(gradio_client.exceptions.AppError, match="n gen must be a whole number"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="images per operator must be an integer"):
         c.predict(*score_args("ldpruner", n_gen="many"), api_name="/score")
     with pytest.raises(gradio_client.exceptions.AppError, match=r"target sparsities are fractions between 0 and 1, like 0.2 .*sparsities\[1\] is 2"):
         c.predict(["magnitude"], "0.1, 2", PROMPTS, 2, "latent_mse", api_name="/compare_methods")

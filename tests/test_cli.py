@@ -170,7 +170,7 @@ def test_reconstruct_and_export_reconstruct(capsys, sd_folder, sd_folder_handle,
                          "--prompt", "a red circle", "--prompt", "a blue square", "--steps", 2, "--ridge", 0.5,
                          "--compensate-operators")
     assert code == 0, err
-    assert "reconstructed in" in out and "1 operator compensated" in out and "layers re-fitted" in out
+    assert "reconstructed in" in out and "1 operator compensated" in out and "re-fitted" in out
     plan = load_pruned_denoiser(tmp_path / "r").pruning_plan
     assert plan.reconstruction["settings"]["ridge"] == 0.5 and plan.compensated == ("mid_block.resnets.0",)
     code, out, err = run(capsys, "export", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "e",

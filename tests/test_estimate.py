@@ -70,7 +70,7 @@ def test_comparison_and_export_estimates_count_their_parts(tiny_sd):
     rebuilt = estimate_comparison(tiny_sd, [0.2], ["magnitude"], CompareSettings(
         eval_prompts=s.eval_prompts, calib_prompts=s.calib_prompts, steps=2, reconstruct=True))
     plain = estimate_comparison(tiny_sd, [0.2], ["magnitude"], s)
-    r = estimate_reconstruction(tiny_sd, ReconstructSettings(), plan=typical_plan(tiny_sd, keep=0.8))
+    r = estimate_reconstruction(tiny_sd, ReconstructSettings(inputs="original", groups=4), plan=typical_plan(tiny_sd, keep=0.8))
     assert rebuilt.seconds - plain.seconds >= r.seconds > 0  # the plan's re-fit, its calibration passes included
     assert r.calls["passes"] == 4 and r.calls["denoiser calls"] >= 4 * r.calls["passes"]
     tight = estimate_comparison(tiny_sd, [0.2, 0.4], ["taylor"], s, budget_s=1e-4)

@@ -349,7 +349,7 @@ def test_only_the_current_groups_statistics_are_alive(monkeypatch):
         worst[0] = max(worst[0], sum(st.nbytes for st in alive))
 
     monkeypatch.setattr(rec.Stats, "__init__", counted)
-    s = ReconstructSettings(prompts=CALIB.prompts, steps=2, groups=1, max_gram_mb=0.05, check=False)
+    s = ReconstructSettings(prompts=CALIB.prompts, steps=2, groups=1, max_gram_mb=0.05, check=False, inputs="original")
     small = reconstruct(h, plan, s)
     groups = rec.sequential_groups(consumers(h.denoiser, plan.normalized(h.denoiser)), 0.05 * 2 ** 20, n=1)
     largest = max(sum(c.gram_bytes() for c in g) for g in groups)

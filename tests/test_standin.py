@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning import PruningPlan, export, load_pruned, slim
+from pruning import PruningPlan, export, load_pruned, load_pruned_denoiser, slim
 from pruning.catalog import discover
 from pruning.errors import SettingsError
 from pruning.loading import handle_from_pipe
@@ -115,7 +115,7 @@ def test_linear_standins_export_reload_and_reapply_bit_for_bit(family, mode, tmp
     small = reconstruct(h, plan, ReconstructSettings(prompts=PROMPTS, steps=2, standin=mode))
     assert any(".linear." in k for k in small.state_dict())
     a = small.state_dict()
-    back = load_pruned(export(h, small.pruning_plan, tmp_path / "full", denoiser=small, card=False))
+    back = load_pruned_denoiser(export(h, small.pruning_plan, tmp_path / "full", denoiser=small, card=False))
     b = back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(forward(small), forward(back))
