@@ -56,3 +56,5 @@ register("R3", "benchmarks.r3_estimator", "cost estimator: predicted / measured 
 register("R4", "benchmarks.r4_proxy", "sweep proxy: rank agreement")
 register("R5", "benchmarks.r5_ablation", "LD-Pruner fast score (one-step ablation): agreement, plans, cost")
 register("R6", "benchmarks.r6_streaming", "big models: FLUX.1-dev streaming export, SDXL slim in place (memory)")
+register("C1", "benchmarks.checks", "checks: method quality (the suite's thorough version)", func="run_c1")
+register("C2", "benchmarks.checks", "checks: fresh processes and memory (the suite's thorough version)", func="run_c2")
