@@ -1,5 +1,5 @@
 """Runs split over 2 CPU processes by ``accelerate launch`` (gloo) equal the in-process runs: the
-sharded LD-Pruner sweep; EcoDiff and Taylor data-parallel within float tolerance, with uneven
+sharded LD-Pruner sweep and its fast score (one-step ablation); EcoDiff and Taylor data-parallel within float tolerance, with uneven
 shares (3 prompts: 2 + 1) and a process that has no prompt in a batch (a batch of 1); a chunk's
 state saved by 2 processes resumes in one. The equality cases share one launch, started first
 and run while the single-process references are computed."""
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.slow  # 2-process accelerate launches
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red circle at the center", "a blue square at the top left", "a green triangle at the bottom",
            "a yellow circle at the right"]
+
+FAST_PROMPTS = ("a red circle at the center on a white background", "a blue square at the top left on a black background")
 
 
 def _free_port() -> str:
@@ -65,6 +67,8 @@ def _finish(proc: subprocess.Popen, code: int = 0) -> str:
 # after another, as separate invocations would); the chunk case needs its own launch (its exit code).
 RUNS = {
     "sweep": ["sweep", "--n-gen", "3", "--steps", "2", "--granularity", "fine", "--prompts", *PROMPTS[:2]],
+    "sweep-fast": ["sweep", "--preset", "fast", "--n-gen", "3", "--steps", "4", "--granularity", "fine",
+                   "--prompts", *FAST_PROMPTS],
     "ecodiff-empty-share": ["ecodiff", "--steps", "2", "--epochs", "2", "--batch-size", "1", "--prompts", *PROMPTS[:3]],
     "ecodiff-uneven": ["ecodiff", "--steps", "2", "--epochs", "2", "--batch-size", "3", "--prompts", *PROMPTS[:4]],
     "taylor": ["taylor", "--steps", "2", "--stride", "250", "--thr", "0.0", "--prompts", *PROMPTS[:3]],
@@ -135,6 +139,16 @@ def test_two_process_sweep_equals_single_process(folder, launched):
     assert list(merged["rank"]) == list(single["rank"])
     same = ["fqn", "kind", "stage", "level", "block", "depth", "params"]
     pd.testing.assert_frame_equal(merged[same], single[same].reset_index(drop=True), check_dtype=False)
+
+
+def test_two_process_fast_score_equals_single_process(folder, launched):
+    """LD-Pruner's fast score (one-step ablation) sharded over the launch's 2 processes."""
+    s = ldp.SweepSettings(prompts=FAST_PROMPTS, n_gen=3, steps=4, granularity="fine", fast=True)
+    single = ldp.sweep(load_pipeline(str(folder)), s, show_progress=False)
+    merged = Scores.read(launched.output("sweep-fast"))
+    assert merged.settings == single.attrs["settings"]
+    assert list(merged.table["fqn"]) == list(single["fqn"]) and len(merged.table) == 32
+    np.testing.assert_allclose(merged.table["score"], single["score"], rtol=0, atol=1e-6)
 
 
 def _ecodiff(folder, launched, name: str, n: int, batch: int, epochs: int = 2):
