@@ -1,4 +1,4 @@
-"""C1, C2: the thorough checks the test suite used to run, kept here so that the suite stays fast.
+"""C1, C2, C3: the thorough checks the test suite used to run, kept here so that the suite stays fast.
 
 Each check asserts its invariant (an ``AssertionError`` names the figures) and returns them; a row
 runs every check, prints one line per check, and fails (``python -m benchmarks C1`` exits 1) when
@@ -22,6 +22,9 @@ C2, fresh processes and memory (the suite keeps one real subprocess per entry po
   largest layer, within allocator noise), the copying slim at about twice the model
   (``tests/test_estimate.py`` keeps the arithmetic of the prediction);
 - R5 ``--quick`` reports every figure (agreement, plans with intervals, weightings, batching).
+
+C3, the readers' fuzzing at the Hypothesis profile "thorough" (1,000 examples per reader; the
+suite runs the profile "ci", 25 each): ``tests/abuse/test_fuzz.py`` in a child pytest.
 """
 
 from __future__ import annotations
@@ -276,6 +279,34 @@ def r5_quick_reports_every_figure(ctx: _Lazy) -> dict:
 C2 = (inplace_slim_memory_measured_against_prediction, r5_quick_reports_every_figure)
 
 
+# --------------------------------------------------------------------------- C3: fuzzing, thorough
+
+
+def fuzz_every_reader_thoroughly(ctx: _Lazy) -> dict:
+    """tests/abuse/test_fuzz.py under the Hypothesis profile "thorough" (tests/conftest.py: 1,000
+    examples per reader; ``PRUNING_FUZZ_EXAMPLES`` sets another count); the suite runs "ci"."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "counts.json"
+        env = {**os.environ, "HYPOTHESIS_PROFILE": "thorough", "PRUNING_FUZZ_REPORT": str(report),
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/abuse/test_fuzz.py"],
+                           cwd=root, env=env, capture_output=True, text=True)
+        counts = json.loads(report.read_text()) if report.is_file() else {}
+    assert r.returncode == 0, r.stdout[-3000:]
+    return {"examples": counts, "summary": r.stdout.strip().splitlines()[-1]}
+
+
+C3 = (fuzz_every_reader_thoroughly,)
+
+
 # --------------------------------------------------------------------------- the rows
 
 
@@ -309,3 +340,7 @@ def run_c1() -> dict:
 
 def run_c2() -> dict:
     return run_checks(C2)
+
+
+def run_c3() -> dict:
+    return run_checks(C3)

@@ -47,7 +47,7 @@ def test_measured_at_is_the_utc_date_of_the_merge(tmp_path):
 
 
 def test_registry_and_unknown_row(tmp_path):
-    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5", "R6", "Q3", "C1", "C2"} <= set(ROWS)
+    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5", "R6", "Q3", "C1", "C2", "C3"} <= set(ROWS)
     with pytest.raises(SystemExit):
         main(["P0", "--out", str(tmp_path / "r.json")])
     with pytest.raises(ValueError, match="missing"):
@@ -115,4 +115,4 @@ def test_check_rows_assert_their_invariants(capsys):
         checks.run_checks((holds, breaks))
     assert "breaks: FAILED" in capsys.readouterr().out
     assert {c.__name__ for c in checks.C1} >= {"every_method_beats_random_at_20_percent", "recovery_helps_a_30_percent_plan"}
-    assert ROWS["C1"].load() is checks.run_c1 and ROWS["C2"].load() is checks.run_c2
+    assert ROWS["C1"].load() is checks.run_c1 and ROWS["C2"].load() is checks.run_c2 and ROWS["C3"].load() is checks.run_c3
