@@ -23,8 +23,9 @@ C2, fresh processes and memory (the suite keeps one real subprocess per entry po
   (``tests/test_estimate.py`` keeps the arithmetic of the prediction);
 - R5 ``--quick`` reports every figure (agreement, plans with intervals, weightings, batching).
 
-C3, the readers' fuzzing at the Hypothesis profile "thorough" (1,000 examples per reader; the
-suite runs the profile "ci", 25 each): ``tests/abuse/test_fuzz.py`` in a child pytest.
+C3, the suite's thorough parametrizations, in a child pytest: the readers' fuzzing at the
+Hypothesis profile "thorough" (1,000 examples per reader; the suite runs "ci", 25 each) and
+``tests/test_dtypes.py`` on every (model, dtype) case (the suite runs each model in one dtype).
 """
 
 from __future__ import annotations
@@ -279,12 +280,14 @@ def r5_quick_reports_every_figure(ctx: _Lazy) -> dict:
 C2 = (inplace_slim_memory_measured_against_prediction, r5_quick_reports_every_figure)
 
 
-# --------------------------------------------------------------------------- C3: fuzzing, thorough
+# --------------------------------------------------------------------------- C3: the suite's thorough parametrizations
 
 
-def fuzz_every_reader_thoroughly(ctx: _Lazy) -> dict:
+def fuzz_and_dtypes_thoroughly(ctx: _Lazy) -> dict:
     """tests/abuse/test_fuzz.py under the Hypothesis profile "thorough" (tests/conftest.py: 1,000
-    examples per reader; ``PRUNING_FUZZ_EXAMPLES`` sets another count); the suite runs "ci"."""
+    examples per reader; ``PRUNING_FUZZ_EXAMPLES`` sets another count) and tests/test_dtypes.py on
+    all 14 (model, dtype) cases (``PRUNING_THOROUGH=1``), in a child pytest; the suite runs the
+    profile "ci" and 7 cases."""
     import json
     import os
     import subprocess
@@ -295,16 +298,16 @@ def fuzz_every_reader_thoroughly(ctx: _Lazy) -> dict:
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "counts.json"
-        env = {**os.environ, "HYPOTHESIS_PROFILE": "thorough", "PRUNING_FUZZ_REPORT": str(report),
-               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/abuse/test_fuzz.py"],
-                           cwd=root, env=env, capture_output=True, text=True)
+        env = {**os.environ, "HYPOTHESIS_PROFILE": "thorough", "PRUNING_THOROUGH": "1",
+               "PRUNING_FUZZ_REPORT": str(report), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/abuse/test_fuzz.py",
+                            "tests/test_dtypes.py"], cwd=root, env=env, capture_output=True, text=True)
         counts = json.loads(report.read_text()) if report.is_file() else {}
     assert r.returncode == 0, r.stdout[-3000:]
     return {"examples": counts, "summary": r.stdout.strip().splitlines()[-1]}
 
 
-C3 = (fuzz_every_reader_thoroughly,)
+C3 = (fuzz_and_dtypes_thoroughly,)
 
 
 # --------------------------------------------------------------------------- the rows

@@ -58,4 +58,4 @@ register("R5", "benchmarks.r5_ablation", "LD-Pruner fast score (one-step ablatio
 register("R6", "benchmarks.r6_streaming", "big models: FLUX.1-dev streaming export, SDXL slim in place (memory)")
 register("C1", "benchmarks.checks", "checks: method quality (the suite's thorough version)", func="run_c1")
 register("C2", "benchmarks.checks", "checks: fresh processes and memory (the suite's thorough version)", func="run_c2")
-register("C3", "benchmarks.checks", "checks: fuzzing every reader, Hypothesis profile \"thorough\"", func="run_c3")
+register("C3", "benchmarks.checks", "checks: the suite's thorough parametrizations (fuzzing, dtypes)", func="run_c3")
