@@ -25,7 +25,9 @@ C2, fresh processes and memory (the suite keeps one real subprocess per entry po
 
 C3, the suite's thorough parametrizations, in a child pytest: the readers' fuzzing at the
 Hypothesis profile "thorough" (1,000 examples per reader; the suite runs "ci", 25 each) and
-``tests/test_dtypes.py`` on every (model, dtype) case (the suite runs each model in one dtype).
+``tests/test_dtypes.py`` on every (model, dtype) case (the suite runs each model in one dtype),
+and the tests marked ``thorough`` (which the suite skips: FLUX's single-file round trip at real
+width, two Ctrl-C after an export, LD-Pruner's fast-score work on the real models).
 """
 
 from __future__ import annotations
@@ -286,8 +288,8 @@ C2 = (inplace_slim_memory_measured_against_prediction, r5_quick_reports_every_fi
 def fuzz_and_dtypes_thoroughly(ctx: _Lazy) -> dict:
     """tests/abuse/test_fuzz.py under the Hypothesis profile "thorough" (tests/conftest.py: 1,000
     examples per reader; ``PRUNING_FUZZ_EXAMPLES`` sets another count) and tests/test_dtypes.py on
-    all 14 (model, dtype) cases (``PRUNING_THOROUGH=1``), in a child pytest; the suite runs the
-    profile "ci" and 7 cases."""
+    all 14 (model, dtype) cases (``PRUNING_THOROUGH=1``), then every test marked ``thorough``, in
+    child pytests; the suite runs the profile "ci", 7 cases, and skips the marked ones."""
     import json
     import os
     import subprocess
@@ -302,9 +304,13 @@ def fuzz_and_dtypes_thoroughly(ctx: _Lazy) -> dict:
                "PRUNING_FUZZ_REPORT": str(report), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/abuse/test_fuzz.py",
                             "tests/test_dtypes.py"], cwd=root, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-3000:]
+        marked = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "thorough",
+                                 "tests"], cwd=root, env=env, capture_output=True, text=True)
         counts = json.loads(report.read_text()) if report.is_file() else {}
-    assert r.returncode == 0, r.stdout[-3000:]
-    return {"examples": counts, "summary": r.stdout.strip().splitlines()[-1]}
+    assert marked.returncode == 0, marked.stdout[-3000:]
+    return {"examples": counts, "summary": r.stdout.strip().splitlines()[-1],
+            "thorough_marked": marked.stdout.strip().splitlines()[-1]}
 
 
 C3 = (fuzz_and_dtypes_thoroughly,)

@@ -167,3 +167,19 @@ else:
     _hypothesis.register_profile("ci", max_examples=int(_count or CI_EXAMPLES), **_common)
     _hypothesis.register_profile("thorough", max_examples=int(_count or THOROUGH_EXAMPLES), **_common)
     _hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# --------------------------------------------------------------------------- thorough-only tests
+# ``@pytest.mark.thorough``: a heavy variant of an invariant the suite checks more cheaply elsewhere.
+# The suite skips it (saying where it runs); the C3 row (``python -m benchmarks C3``) and
+# ``PRUNING_THOROUGH=1 python -m pytest -m thorough`` run it.
+THOROUGH = os.environ.get("PRUNING_THOROUGH") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if THOROUGH:
+        return
+    skip = pytest.mark.skip(reason="thorough only: python -m benchmarks C3 (or PRUNING_THOROUGH=1)")
+    for item in items:
+        if "thorough" in item.keywords:
+            item.add_marker(skip)

@@ -168,7 +168,7 @@ def test_the_estimator_counts_the_fast_scores_calls(tiny_handle, batch):
     assert full.calls["work"] == full.calls["denoiser calls"] * full.calls["batch"] > e.calls["work"]
 
 
-@pytest.mark.slow
+@pytest.mark.thorough  # also R5's worst_work_ratio (target <= 0.1)
 def test_the_work_on_real_models_is_at_most_a_tenth_of_the_sweeps():
     from benchmarks.r5_ablation import real_work
 
