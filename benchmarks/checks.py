@@ -27,7 +27,8 @@ C3, the suite's thorough parametrizations, in a child pytest: the readers' fuzzi
 Hypothesis profile "thorough" (1,000 examples per reader; the suite runs "ci", 25 each) and
 ``tests/test_dtypes.py`` on every (model, dtype) case (the suite runs each model in one dtype),
 and the tests marked ``thorough`` (which the suite skips: FLUX's single-file round trip at real
-width, two Ctrl-C after an export, LD-Pruner's fast-score work on the real models).
+width, SDXL's real-size native plan and meta-device slim, a 2-process chunk resumed in one
+process, two Ctrl-C after an export, LD-Pruner's fast-score work on the real models).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Runs split over 2 CPU processes by ``accelerate launch`` (gloo) equal the in-process runs: the
 sharded LD-Pruner sweep and its fast score (one-step ablation); EcoDiff and Taylor data-parallel within float tolerance, with uneven
 shares (3 prompts: 2 + 1) and a process that has no prompt in a batch (a batch of 1); a chunk's
-state saved by 2 processes resumes in one. The equality cases share one launch, started first
+state saved by 2 processes resumes in one (marked thorough: the C3 row runs it). The equality cases share one launch, started first
 and run while the single-process references are computed."""
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def test_two_process_taylor_equals_single_process(folder, launched):
     np.testing.assert_allclose(dp.info["losses"], single.info["losses"], rtol=1e-6)
 
 
+@pytest.mark.thorough  # its own launch; chunked == uninterrupted stays in test_chunks.py and test_cli.py
 def test_a_chunk_of_two_processes_resumes_in_one(folder, tmp_path, capsys):
     """The state holds all the clean images (gathered from both shares) and the summed gradients:
     one process finishes the run and gets the single-process scores. Under the launcher, a

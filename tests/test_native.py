@@ -239,7 +239,7 @@ def _unet_blocks(den) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, share", [("sdxl", 0.30), ("flux-dev", 0.25)])
+@pytest.mark.parametrize("name, share", [pytest.param("sdxl", 0.30, marks=pytest.mark.thorough), ("flux-dev", 0.25)])
 def test_real_size_native_plans_build_from_the_rewritten_config(name, share):
     """At real size on the meta device: the rewritten config builds the stock diffusers class with exactly
     the slim model's shapes, and its parameter count is plan.summary()'s (UNets: less the unused LayerNorms
