@@ -58,3 +58,6 @@ register("R5", "benchmarks.r5_ablation", "LD-Pruner fast score (one-step ablatio
 register("R6", "benchmarks.r6_streaming", "big models: FLUX.1-dev streaming export, SDXL slim in place (memory)")
 register("R7", "benchmarks.r3_estimator", "reconstruction's estimate at SD 1.5 size: predicted / measured memory and time",
          func="run_reconstruction")
+register("C1", "benchmarks.checks", "checks: method quality (the suite's thorough version)", func="run_c1")
+register("C2", "benchmarks.checks", "checks: fresh processes and memory (the suite's thorough version)", func="run_c2")
+register("C3", "benchmarks.checks", "checks: the suite's thorough parametrizations (fuzzing, dtypes)", func="run_c3")

@@ -149,3 +149,37 @@ def bundled_unchanged():
     before = {name: folder_hash(path) for name, path in BUNDLED.items()}
     yield
     assert {name: folder_hash(path) for name, path in BUNDLED.items()} == before
+
+
+# --------------------------------------------------------------------------- Hypothesis profiles
+# "ci", the suite's default: a few dozen examples per property (tests/abuse/test_fuzz.py); "thorough":
+# the C3 row (``python -m benchmarks C3``) or ``HYPOTHESIS_PROFILE=thorough python -m pytest ...``.
+# ``PRUNING_FUZZ_EXAMPLES=N`` sets the count of either.
+try:
+    from hypothesis import HealthCheck
+    from hypothesis import settings as _hypothesis
+except ImportError:  # pragma: no cover - hypothesis is in requirements-dev.txt
+    pass
+else:
+    CI_EXAMPLES, THOROUGH_EXAMPLES = 25, 1000
+    _common = dict(deadline=None, database=None, print_blob=True, suppress_health_check=list(HealthCheck))
+    _count = os.environ.get("PRUNING_FUZZ_EXAMPLES")
+    _hypothesis.register_profile("ci", max_examples=int(_count or CI_EXAMPLES), **_common)
+    _hypothesis.register_profile("thorough", max_examples=int(_count or THOROUGH_EXAMPLES), **_common)
+    _hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# --------------------------------------------------------------------------- thorough-only tests
+# ``@pytest.mark.thorough``: a heavy variant of an invariant the suite checks more cheaply elsewhere.
+# The suite skips it (saying where it runs); the C3 row (``python -m benchmarks C3``) and
+# ``PRUNING_THOROUGH=1 python -m pytest -m thorough`` run it.
+THOROUGH = os.environ.get("PRUNING_THOROUGH") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if THOROUGH:
+        return
+    skip = pytest.mark.skip(reason="thorough only: python -m benchmarks C3 (or PRUNING_THOROUGH=1)")
+    for item in items:
+        if "thorough" in item.keywords:
+            item.add_marker(skip)

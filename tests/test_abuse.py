@@ -506,7 +506,7 @@ def test_16_target_sparsity_that_is_not_a_number(capsys, sd, sd_folder, tmp_path
     one_line_error(code, err, "target sparsity must be a fraction between 0 and 1, like 0.2, got 'abc'")
 
 
-@pytest.mark.slow
+@pytest.mark.thorough  # a fresh CLI process; Ctrl-C in a fresh process: tests/abuse/test_io.py::test_17
 def test_16_two_interrupts_after_an_export_print_no_traceback(sd_folder, plan_file, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "pruning", "export", "--model", str(sd_folder), "--plan",

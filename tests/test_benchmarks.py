@@ -47,7 +47,7 @@ def test_measured_at_is_the_utc_date_of_the_merge(tmp_path):
 
 
 def test_registry_and_unknown_row(tmp_path):
-    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5", "R6", "Q3"} <= set(ROWS)
+    assert {"P1", "P2", "P3", "P4", "P5", "E1", "G1", "Q1", "Q2", "R0", "R1", "R2", "R3", "R4", "R5", "R6", "Q3", "C1", "C2", "C3"} <= set(ROWS)
     with pytest.raises(SystemExit):
         main(["P0", "--out", str(tmp_path / "r.json")])
     with pytest.raises(ValueError, match="missing"):
@@ -97,3 +97,22 @@ def test_q3_reads_the_best_plan_and_the_fewer_steps_baseline():
     assert f["m 20%"]["fewer_steps"]["steps"] == "16 of 20" and not f["m 20%"]["ok"]
     md = _markdown({"m": df})
     assert "not reachable (at most 44%)" in md and "nan%" not in md and "fewer steps (16 of 20)" in md
+
+
+def test_check_rows_assert_their_invariants(capsys):
+    """C1 / C2 hold the suite's thorough checks: a row fails when one check does not hold."""
+    from benchmarks import checks
+
+    def holds(ctx):
+        return {"mse": 0.1}
+
+    def breaks(ctx):
+        assert 0.3 < 0.2, {"mse": 0.3}
+
+    r = checks.run_checks((holds,))
+    assert r["ok"] and r["value"] == r["target"] == 1 and r["detail"]["checks"]["holds"]["figures"] == {"mse": 0.1}
+    with pytest.raises(AssertionError, match=r"1 of 2 checks failed: \['breaks'\]"):
+        checks.run_checks((holds, breaks))
+    assert "breaks: FAILED" in capsys.readouterr().out
+    assert {c.__name__ for c in checks.C1} >= {"every_method_beats_random_at_20_percent", "recovery_helps_a_30_percent_plan"}
+    assert ROWS["C1"].load() is checks.run_c1 and ROWS["C2"].load() is checks.run_c2 and ROWS["C3"].load() is checks.run_c3

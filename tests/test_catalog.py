@@ -51,7 +51,7 @@ def test_reference_operator_counts(reference):
     assert set(ops.columns) >= {"fqn", "kind", "stage", "level", "block", "depth", "params", "mac_share"}
 
 
-@pytest.mark.slow
+@pytest.mark.thorough  # real-size SDXL on the meta device; R1 slims the real SD 1.5 and SDXL
 def test_meta_sdxl_slim_20_percent_without_allocating():
     den = meta_denoiser("sdxl")
     found = discover(den)

@@ -130,12 +130,12 @@ def test_a_chunked_comparison_equals_the_uninterrupted_one(h, tmp_path):
     from pruning.chunks import compare_chunked
     from pruning.compare import CompareSettings, compare_chunk, compare_methods
 
-    s = CompareSettings(eval_prompts=PROMPTS[:2], calib_prompts=PROMPTS[:2], steps=2, random_draws=2,
+    s = CompareSettings(eval_prompts=PROMPTS[:2], calib_prompts=PROMPTS[:2], steps=2, random_draws=1, clip=False,
                         method_settings={"taylor": {"stride": 300}})
-    chosen, sps = ["taylor", "magnitude", "random"], [0.1, 0.3]
+    chosen, sps = ["taylor", "random"], [0.1, 0.3]
     whole = compare_methods(h, sps, chosen, settings=s)
     run = compare_chunked(h, sps, chosen, settings=s, budget=Budget(units=1))
-    assert run.chunks >= 8 and run.state is None  # original, Taylor's timesteps, 3 scorings, 6 plans
+    assert run.chunks >= 7 and run.state is None  # original, Taylor's timesteps, 2 scorings, 4 plans
     assert run.result.attrs["partial"] is False
     pd.testing.assert_frame_equal(run.result, whole, check_exact=True)
     df, state = compare_chunk(h, sps, chosen, settings=s, control=RunControl(chunk=Budget(units=3)))

@@ -1,7 +1,7 @@
 """Runs split over 2 CPU processes by ``accelerate launch`` (gloo) equal the in-process runs: the
-sharded LD-Pruner sweep; EcoDiff and Taylor data-parallel within float tolerance, with uneven
+sharded LD-Pruner sweep and its fast score (one-step ablation); EcoDiff and Taylor data-parallel within float tolerance, with uneven
 shares (3 prompts: 2 + 1) and a process that has no prompt in a batch (a batch of 1); a chunk's
-state saved by 2 processes resumes in one. The equality cases share one launch, started first
+state saved by 2 processes resumes in one (marked thorough: the C3 row runs it). The equality cases share one launch, started first
 and run while the single-process references are computed."""
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.slow  # 2-process accelerate launches
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red circle at the center", "a blue square at the top left", "a green triangle at the bottom",
            "a yellow circle at the right"]
+
+FAST_PROMPTS = ("a red circle at the center on a white background", "a blue square at the top left on a black background")
 
 
 def _free_port() -> str:
@@ -65,6 +67,8 @@ def _finish(proc: subprocess.Popen, code: int = 0) -> str:
 # after another, as separate invocations would); the chunk case needs its own launch (its exit code).
 RUNS = {
     "sweep": ["sweep", "--n-gen", "3", "--steps", "2", "--granularity", "fine", "--prompts", *PROMPTS[:2]],
+    "sweep-fast": ["sweep", "--preset", "fast", "--n-gen", "3", "--steps", "4", "--granularity", "fine",
+                   "--prompts", *FAST_PROMPTS],
     "ecodiff-empty-share": ["ecodiff", "--steps", "2", "--epochs", "2", "--batch-size", "1", "--prompts", *PROMPTS[:3]],
     "ecodiff-uneven": ["ecodiff", "--steps", "2", "--epochs", "2", "--batch-size", "3", "--prompts", *PROMPTS[:4]],
     "taylor": ["taylor", "--steps", "2", "--stride", "250", "--thr", "0.0", "--prompts", *PROMPTS[:3]],
@@ -137,6 +141,16 @@ def test_two_process_sweep_equals_single_process(folder, launched):
     pd.testing.assert_frame_equal(merged[same], single[same].reset_index(drop=True), check_dtype=False)
 
 
+def test_two_process_fast_score_equals_single_process(folder, launched):
+    """LD-Pruner's fast score (one-step ablation) sharded over the launch's 2 processes."""
+    s = ldp.SweepSettings(prompts=FAST_PROMPTS, n_gen=3, steps=4, granularity="fine", fast=True)
+    single = ldp.sweep(load_pipeline(str(folder)), s, show_progress=False)
+    merged = Scores.read(launched.output("sweep-fast"))
+    assert merged.settings == single.attrs["settings"]
+    assert list(merged.table["fqn"]) == list(single["fqn"]) and len(merged.table) == 32
+    np.testing.assert_allclose(merged.table["score"], single["score"], rtol=0, atol=1e-6)
+
+
 def _ecodiff(folder, launched, name: str, n: int, batch: int, epochs: int = 2):
     """The launched EcoDiff run ``name`` of :data:`RUNS` and the single-process one of its settings."""
     s = methods.get("ecodiff").settings(prompts=PROMPTS[:n], steps=2, epochs=epochs, batch_size=batch)
@@ -188,6 +202,7 @@ def test_two_process_taylor_equals_single_process(folder, launched):
     np.testing.assert_allclose(dp.info["losses"], single.info["losses"], rtol=1e-6)
 
 
+@pytest.mark.thorough  # its own launch; chunked == uninterrupted stays in test_chunks.py and test_cli.py
 def test_a_chunk_of_two_processes_resumes_in_one(folder, tmp_path, capsys):
     """The state holds all the clean images (gathered from both shares) and the summed gradients:
     one process finishes the run and gets the single-process scores. Under the launcher, a

@@ -162,16 +162,5 @@ def test_export_memory_from_tensor_sizes(tiny_sd):
     assert streamed.peak_bytes == streaming_export_bytes(largest) == RUNTIME_BYTES + 3 * largest
 
 
-@pytest.mark.slow
-def test_inplace_slim_memory_measured_against_prediction():
-    """A 53M-param UNet (fp32) slimmed in a subprocess: the in-place peak is the prediction (model plus
-    its largest layer) within allocator noise, the copying one about twice the model."""
-    from benchmarks.r6_streaming import _child
-    from pruning.estimate import inplace_slim_bytes
-
-    ip, cp = _child("slim", "mid", "inplace"), _child("slim", "mid", "copy")
-    assert ip["peak_reset"] and cp["peak_reset"]
-    measured = ip["peak_rss"] - ip["rss_before"]
-    predicted = inplace_slim_bytes(ip["model_bytes"], ip["largest_param_bytes"])
-    assert measured <= predicted + 64 * 2 ** 20, (measured, predicted)
-    assert cp["peak_rss"] - cp["rss_before"] > measured + 0.4 * ip["slim_bytes"]
+# The in-place slim's measured peak against this prediction (a 53M-param UNet in a subprocess)
+# is a check of the C2 row (python -m benchmarks C2).

@@ -223,69 +223,9 @@ def test_cli_sweep_then_prune(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- the method works
-
-
-def compare_plans(handle, sweep_settings: SweepSettings, eval_prompts, eval_seeds, *, target=0.2, draws=5,
-                  steps=None, scores=None) -> dict:
-    """Final-latent MSE against the original and shape-task accuracy of three plans of (at least)
-    the same param budget: lowest LD-Pruner scores first, random operators (mean of ``draws``),
-    and highest scores first. Returns the figures and the plans' param fractions."""
-    from pruning.quality import latent_mse, shape_task_accuracy
-    from pruning.sampling import decode_latents
-
-    scores = sweep(handle, sweep_settings, show_progress=False) if scores is None else scores
-    kw = dict(steps=steps)
-
-    def evaluate(plan=None):
-        if plan is None:
-            z = generate_latents(handle, eval_prompts, eval_seeds, **kw)
-        else:
-            with masked(handle.denoiser, plan):
-                z = generate_latents(handle, eval_prompts, eval_seeds, **kw)
-        return z, shape_task_accuracy(decode_latents(handle, z), eval_prompts)["all"]
-
-    z0, acc0 = evaluate()
-    best = plan_from_scores(handle, scores, target_sparsity=target)
-    budget = best.provenance["selection"]["params_fraction"]
-    worst = plan_from_scores(handle, scores.assign(score=-scores["score"]), target_sparsity=budget)
-    rng = np.random.default_rng(0)
-    randoms = [plan_from_scores(handle, scores.assign(score=rng.permutation(len(scores)).astype(float)),
-                                target_sparsity=budget) for _ in range(draws)]
-    out = {"original": {"mse": 0.0, "acc": acc0}}
-    for name, plans in (("ldpruner", [best]), ("random", randoms), ("worst", [worst])):
-        res = [evaluate(p) for p in plans]
-        out[name] = {"mse": float(np.mean([latent_mse(z, z0) for z, _ in res])),
-                     "acc": float(np.mean([a for _, a in res])),
-                     "params_fraction": float(np.mean([p.provenance["selection"]["params_fraction"] for p in plans])),
-                     "operators": float(np.mean([len(p.removed_operators) for p in plans]))}
-    out["scores"] = scores
-    return out
-
-
-def _bundled(name):
-    from pruning.errors import ModelLoadError
-    from pruning.loading import load_pipeline
-
-    try:
-        return load_pipeline(name)
-    except ModelLoadError as e:
-        pytest.skip(f"bundled model {name!r} is not trained yet (assets/{name} missing): {e}")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny-shapes-sd", "tiny-shapes-flux"])
-def test_lowest_scores_beat_random_and_highest(name):
-    from pruning.tiny import heldout_prompts, train_prompts
-
-    h = _bundled(name)
-    held = heldout_prompts()
-    settings = SweepSettings(prompts=tuple(train_prompts()[::26]), n_gen=8)  # 8 training captions
-    r = compare_plans(h, settings, held[:16], list(range(100, 116)))
-    assert r["ldpruner"]["params_fraction"] >= 0.2
-    assert r["random"]["params_fraction"] >= r["ldpruner"]["params_fraction"] - 1e-12
-    assert r["worst"]["params_fraction"] >= r["ldpruner"]["params_fraction"] - 1e-12
-    assert r["ldpruner"]["mse"] < r["random"]["mse"] and r["ldpruner"]["mse"] < r["worst"]["mse"]
-    assert r["ldpruner"]["acc"] > r["random"]["acc"] and r["ldpruner"]["acc"] > r["worst"]["acc"]
+# LD-Pruner's lowest scores beating random and highest-first removal on tiny-shapes-sd and
+# tiny-shapes-flux (MSE and accuracy, 16 held-out prompts) is a check of the C1 row
+# (``python -m benchmarks C1``); tests/test_method_quality.py keeps its cheap "beats random".
 
 
 def test_cli_prune_from_ecodiff_mask(tmp_path, capsys):

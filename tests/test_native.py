@@ -239,7 +239,7 @@ def _unet_blocks(den) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, share", [("sdxl", 0.30), ("flux-dev", 0.25)])
+@pytest.mark.parametrize("name, share", [pytest.param("sdxl", 0.30, marks=pytest.mark.thorough), ("flux-dev", 0.25)])
 def test_real_size_native_plans_build_from_the_rewritten_config(name, share):
     """At real size on the meta device: the rewritten config builds the stock diffusers class with exactly
     the slim model's shapes, and its parameter count is plan.summary()'s (UNets: less the unused LayerNorms
@@ -450,7 +450,7 @@ def test_flux_single_file_key_layout_inverts_diffusers_conversion_at_real_width(
     assert isinstance(meta, FluxTransformer2DModel)
 
 
-@pytest.mark.slow
+@pytest.mark.thorough  # ~1 GB in bf16; the key layout at real width (above) and SD3's round trip stay in the suite
 @torch.no_grad()
 def test_flux_single_file_round_trip_through_from_single_file_at_real_width(tmp_path):
     """One double and one single block at FLUX.1's width (diffusers' converter needs 3072), bf16 (~1 GB):

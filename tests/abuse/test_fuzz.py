@@ -9,8 +9,10 @@ line), never another exception, within a time bound (and a memory bound for the 
 measured with ``tracemalloc``); nothing on disk may change (every folder involved is hashed before
 and after).
 
-The suite runs 100 examples per reader (a few seconds each); ``PRUNING_FUZZ_EXAMPLES=10000`` runs more, and
-``PRUNING_FUZZ_REPORT=counts.json`` writes how many examples each reader survived.
+The suite runs the Hypothesis profile "ci" (25 examples per reader, tests/conftest.py); the profile
+"thorough" (1,000 each) is the C3 row, ``python -m benchmarks C3``, or ``HYPOTHESIS_PROFILE=thorough``;
+``PRUNING_FUZZ_EXAMPLES=10000`` sets the count of either, and ``PRUNING_FUZZ_REPORT=counts.json`` writes
+how many examples each reader survived.
 """
 
 from __future__ import annotations
@@ -50,12 +52,11 @@ from pruning.testing import tiny_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the LoRA maker of test_lora
 
-EXAMPLES = int(os.environ.get("PRUNING_FUZZ_EXAMPLES", "100"))  # a few seconds per reader
 TIME_LIMIT_S = float(os.environ.get("PRUNING_FUZZ_TIME_LIMIT", "10"))  # per example; generous on a shared CPU
 MEMORY_LIMIT = 64 * 2**20  # peak Python allocations of one JSON reader call
 BIG_MEMORY_LIMIT = 512 * 2**20  # plans and manifests: up to 16 MiB and 2M values of JSON (validate.MAX_JSON_ITEMS)
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
-                suppress_health_check=list(HealthCheck))
+# the loaded profile's example count (tests/conftest.py: "ci" or "thorough"), never a stored example
+FUZZ = settings(deadline=None, database=None, print_blob=True, suppress_health_check=list(HealthCheck))
 COUNTS: Counter = Counter()
 
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
