@@ -30,6 +30,14 @@ grey dotted line drawn at the target sparsity of the plans it matches.
 >>> [(t.name, t.line.dash) for t in fig.data]
 [('ldpruner', 'solid'), ('ldpruner + reconstruction', 'dash'), ('ecodiff', 'solid')]
 
+PSNR has no finite value for identical images (the original against itself): those points are
+left out and the subtitle says so, rather than drawn at the 100 dB cap:
+
+>>> df["psnr"] = [100.0, 30.0, 25.0, 28.0]
+>>> fig = quality_vs_sparsity(df, "psnr")
+>>> [float(v) for v in fig.data[0].x], "no finite PSNR" in fig.layout.title.text
+([0.1, 0.2], True)
+
 Each curve's legend is its ``label`` (the method and the settings it ran with) when the table has
 one; the visitor's own plan (method "your plan") is one star at its measured point:
 
@@ -49,6 +57,7 @@ import plotly.graph_objects as go
 from .theme import apply_theme, titled
 
 HEIGHT = 420
+PSNR_IDENTICAL = 100.0  # pruning.quality's PSNR of identical images (a cap, not a measurement)
 FEWER_STEPS = "fewer steps"  # pruning.compare.FEWER_STEPS (kept in step by tests/test_visual.py)
 METRICS = {  # column -> (axis label, direction)
     "latent_mse": ("latent MSE vs the original", "lower is better"),
@@ -90,6 +99,12 @@ def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "
         if few.any() and "sparsity" in df:
             df.loc[few, x] = df.loc[few, "sparsity"]  # beside the plans whose MACs it matches
         df["reconstructed"] = df["reconstructed"].fillna(False).astype(bool) if "reconstructed" in df else False
+        if metric == "psnr":  # identical images have no finite PSNR: the capped points are not drawn
+            identical = df[metric] >= PSNR_IDENTICAL
+            if identical.any():
+                subtitle = " · ".join(filter(None, [subtitle, "the original (and any identical result) is not drawn: "
+                                                   "identical images have no finite PSNR"]))
+            df = df[~identical]
         original = df[df["method"] == "original"]
         own = df[df["method"] == OWN_PLAN]
         colours, traces = {}, []
