@@ -6,6 +6,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each pytest-xdist worker serves its own app: its own export folder
+    import tempfile
+
+    os.environ["PRUNING_EXPORT_DIR"] = os.path.join(tempfile.gettempdir(),
+                                                   f"pruning-exports-{os.environ['PYTEST_XDIST_WORKER']}")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
