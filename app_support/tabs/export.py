@@ -10,10 +10,10 @@ import gradio as gr
 
 from pruning import labels
 from pruning.card import quality_line, quality_table
-from pruning.plan import describe as describe_plan
 from pruning.estimate import estimate_export
 from pruning.export import check_removes_something
 from pruning.native import describe, native_layout, report
+from pruning.plan import describe as describe_plan
 from pruning.reconstruct import reconstruct
 
 from .. import format as fmt
@@ -22,8 +22,24 @@ from ..exports import export_zip
 from ..inputs import Checkbox, Number
 from ..runs import check_flag, check_size
 from ..tables import totals
-from ..wiring import (CACHE, GPU, PRIVATE, PROGRESS, RUN, UI, estimate_text, friendly, gpu_budget, handle, plan,
-                      prompts, run_with_estimate, sid, stamp, steps)
+from ..wiring import (
+    CACHE,
+    GPU,
+    PRIVATE,
+    PROGRESS,
+    RUN,
+    UI,
+    estimate_text,
+    friendly,
+    gpu_budget,
+    handle,
+    plan,
+    prompts,
+    run_with_estimate,
+    sid,
+    stamp,
+    steps,
+)
 
 KEY = "export"
 EMPTY_QUALITY = quality_table(None)

@@ -11,19 +11,36 @@ import pandas as pd
 
 import visual
 from pruning import labels, methods
-from pruning.methods import Scores
-from pruning.plan import PruningPlan
 from pruning.chunks import compare_chunked
 from pruning.compare import OWN_PLAN, CompareSettings, check_sparsities
 from pruning.estimate import estimate_comparison
+from pruning.methods import Scores
+from pruning.plan import PruningPlan
 
 from .. import format as fmt
 from .. import guide, results, wiring
 from ..inputs import Checkbox
 from ..runs import check_count, check_flag
 from ..tables import totals
-from ..wiring import (CACHE, EMPTY, PRIVATE, PROGRESS, RUN, UI, chunks_note, estimate_text, friendly, gpu_budget,
-                      handle, plan, prompts, run_with_estimate, stamp, steps, stop_run)
+from ..wiring import (
+    CACHE,
+    EMPTY,
+    PRIVATE,
+    PROGRESS,
+    RUN,
+    UI,
+    chunks_note,
+    estimate_text,
+    friendly,
+    gpu_budget,
+    handle,
+    plan,
+    prompts,
+    run_with_estimate,
+    stamp,
+    steps,
+    stop_run,
+)
 
 KEY = "quality"
 PROMPTS = "\n".join(guide.EXAMPLE_PROMPTS["shapes"])

@@ -17,12 +17,27 @@ from pruning.errors import PruningError
 from pruning.estimate import estimate
 from pruning.methods import Scores
 
-from .. import guide, results
+from .. import guide, results, wiring
 from .. import method_controls as mc
 from ..inputs import Number
-from .. import wiring
-from ..wiring import (CACHE, EMPTY, PRIVATE, PROGRESS, RUN, UI, chunks_note, estimate_text, friendly,
-                      gpu_budget, handle, prompts, run_with_estimate, stamp, steps, stop_run)
+from ..wiring import (
+    CACHE,
+    EMPTY,
+    PRIVATE,
+    PROGRESS,
+    RUN,
+    UI,
+    chunks_note,
+    estimate_text,
+    friendly,
+    gpu_budget,
+    handle,
+    prompts,
+    run_with_estimate,
+    stamp,
+    steps,
+    stop_run,
+)
 
 KEY = "score"
 PROMPTS = "\n".join(guide.EXAMPLE_PROMPTS["shapes"])

@@ -21,9 +21,32 @@ from .. import guide, results
 from ..comparison import compare_images, difference, display_pair, metrics_table
 from ..inputs import Checkbox, Number, Slider, Table
 from ..runs import check_flag, check_size
-from ..tables import COLUMNS, DATATYPES, MODES, empty_table, plan_from_table, refresh_kept, selection_table, totals, \
-    unit_kept_table
-from ..wiring import EMPTY, GPU, PRIVATE, PROGRESS, RUN, UI, friendly, handle, plan, prompts, run_with_estimate, stamp, steps
+from ..tables import (
+    COLUMNS,
+    DATATYPES,
+    MODES,
+    empty_table,
+    plan_from_table,
+    refresh_kept,
+    selection_table,
+    totals,
+    unit_kept_table,
+)
+from ..wiring import (
+    EMPTY,
+    GPU,
+    PRIVATE,
+    PROGRESS,
+    RUN,
+    UI,
+    friendly,
+    handle,
+    plan,
+    prompts,
+    run_with_estimate,
+    stamp,
+    steps,
+)
 
 KEY = "select"
 KEPT_EMPTY = "Your plan's kept fraction per layer appears here."
