@@ -12,6 +12,8 @@ part), and every structure kind has its own colour in both figures (heads, neuro
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -24,6 +26,27 @@ KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#2e8fb8"}  # ne
 KIND_DASH = {"head": "solid", "neuron": "dash", "group": "dot"}  # equal curves stay visible
 KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "group": "resnet channel groups"}
 LOSS_STYLE = {"loss": {"color": "#555555"}, "recon": {"color": "#999999", "dash": "dash"}}
+
+
+LOSS_DECADES = 4  # the loss axis spans at most this many powers of ten below its largest value
+
+
+def _loss_range(h: pd.DataFrame) -> list[float] | None:
+    """The log axis range (log10 units) of the loss panel: from the largest value down at most
+    ``LOSS_DECADES`` decades, so a near-zero image part at the first step (all gates open) does not
+    stretch the axis over ten decades and flatten the curves that matter.
+
+    >>> _loss_range(pd.DataFrame({"loss": [1000.0, 900.0], "recon": [1e-6, 0.5]}))
+    [-1.0, 3.176]
+    """
+    cols = [c for c in ("loss", "recon") if c in h.columns]
+    vals = pd.concat([h[c] for c in cols]) if cols else pd.Series([], dtype=float)
+    vals = vals[(vals > 0) & vals.notna() & (vals != float("inf"))]
+    if not len(vals):
+        return None
+    top = math.log10(float(vals.max())) + 0.176  # 1.5x headroom
+    bottom = max(math.log10(float(vals.min())) - 0.176, top - 0.176 - LOSS_DECADES)
+    return [round(bottom, 3), round(top, 3)]
 
 
 def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtitle: str = "",
@@ -47,7 +70,7 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
     if target is not None:
         fig.add_hline(y=target, line={"dash": "dot", "color": "#8a8f98"}, row=2, col=1,
                       annotation_text=f"your target {target:.0%} (slider)", annotation_position="top left")
-    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", range=_loss_range(h), row=1, col=1)
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=2, col=1)
     fig.update_xaxes(title="optimizer step", row=2, col=1)
     fig.update_xaxes(tickformat="d", dtick=1 if len(h) <= 12 else None)  # whole steps, never half-step ticks
