@@ -34,6 +34,7 @@ CSS = """
   .tab-container button { padding-left: 6px !important; padding-right: 6px !important; font-size: 13px !important; }
   #img-diff { max-width: 100%; }
   .modebar-container { display: none !important; }  /* plotly's toolbar would cover the plot's title */
+  #guide-steps, #glossary { max-height: 20vh; overflow-y: auto !important; }  /* the open guide leaves the tabs in the first screen (each scrolls) */
   #export-options, #export-options > .form { flex-wrap: wrap !important; }  /* gradio groups the inputs in a .form */
   #export-options > .form > *, #export-options > * { flex: 1 1 100% !important; min-width: 100% !important; }
 }

@@ -1,7 +1,7 @@
 """Screenshots of the visitor's journey at all four configurations (1440x900 and 390x844, light
 and dark), for people to look at; the test suite runs two of them (tests/e2e/test_journey.py).
 
-    python -m tests.e2e.shots [OUT_DIR]      # default /work/shots/s3 (or PRUNING_SHOTS)
+    python -m tests.e2e.shots [OUT_DIR]      # default tests/e2e/artifacts/shots (or PRUNING_SHOTS)
 
 Launches the app as ``python app.py`` does and drives Debian's chromium; writes
 ``<width>-<scheme>-<NN>-<finding>.png`` and a full-page ``<width>-<scheme>-page-<tab>.png`` per tab.
@@ -26,7 +26,8 @@ def main(out: str | None = None) -> int:
     from tests.e2e import conftest
     from tests.e2e import test_journey as journey
 
-    target = Path(out or os.environ.get("PRUNING_SHOTS", "/work/shots/s3"))
+    default = Path(__file__).resolve().parent / "artifacts" / "shots"  # ignored by git, like the suite's shots
+    target = Path(out or os.environ.get("PRUNING_SHOTS", default))
     target.mkdir(parents=True, exist_ok=True)
     conftest.ARTIFACTS = target  # the journey's shots go here
     url = app.launch(prevent_thread_lock=True, quiet=True)
