@@ -274,6 +274,33 @@ def test_stop_says_stopped_and_shows_what_finished(browser, app_url):
         ctx.close()
 
 
+def test_a_model_switch_during_a_run_says_it_waits_then_what_it_dropped(browser, app_url):
+    """Issue 23 item 5: loading another model while a run holds the current one says whose run it
+    waits for; once loaded, it says that run's finished result was cleared, and Score shows the new
+    model."""
+    ctx, page = open_page(browser, 1440, 900)
+    try:
+        sweep_settings(page, app_url, steps=40)  # long enough to be running when Load is pressed
+        page.get_by_role("button", name="Run", exact=True).click()
+        expect(page.locator("#score-status")).to_contain_text("/", timeout=60_000)  # the run holds the model
+        tab(page, "1 Model")
+        box = page.get_by_label("model", exact=True)
+        box.fill("tiny-shapes-flux")
+        box.press("Enter")
+        page.get_by_role("button", name="Load", exact=True).click()
+        expect(page.locator("#model-status")).to_contain_text(
+            "Waiting for the LD-Pruner run on tiny-shapes-sd, float32 to finish", timeout=30_000)
+        tab(page, "2 Score")  # "press Stop in its tab to load now"
+        page.get_by_role("button", name="Stop", exact=True).first.click()
+        tab(page, "1 Model")
+        expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-flux", timeout=120_000)
+        expect(page.locator("#model-status")).to_contain_text("cleared with the switch")
+        tab(page, "2 Score")
+        expect(page.locator("#score-status")).to_contain_text("Ready: tiny-shapes-flux")
+    finally:
+        ctx.close()
+
+
 def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, monkeypatch):
     """The estimate is on screen before the run; a run split into one-operator chunks (as on a
     Space, where each chunk is one GPU call) shows one progress count over the whole run."""
