@@ -49,6 +49,23 @@ def tab(page, name: str) -> None:
     button.click()
 
 
+COUNT = re.compile(r"(?<![\d.])(?<!queue: )(\d+)\s*/\s*(\d+)(?![\d.]*s\b)")
+
+
+def counts(text: str) -> list[tuple[int, int]]:
+    """The run's "done/total" counts in a status text, not Gradio's own "queue: 1/1" or its
+    "1.1/6.9s" elapsed / expected seconds.
+
+    >>> counts("processing | 1.1/6.9s")
+    []
+    >>> counts("queue: 1/1 | 0.5s")
+    []
+    >>> counts("evaluating magnitude at 20%: 3/9")
+    [(3, 9)]
+    """
+    return [(int(a), int(b)) for a, b in COUNT.findall(text)]
+
+
 def run_and_wait(page, button: str, status: str, text: str) -> None:
     page.get_by_role("button", name=button, exact=True).click()
     expect(page.locator(status)).to_contain_text(text, timeout=120_000)
@@ -170,7 +187,7 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         seen = []
         for _ in range(1200):  # item 8: one bar, never backwards
             text = page.locator("#quality-status").inner_text()
-            seen += [int(d) / int(t) for d, t in re.findall(r"(\d+)\s*/\s*(\d+)", text) if int(t) > 0]
+            seen += [d / t for d, t in counts(text) if t > 0]
             if "plans evaluated" in text:
                 break
             page.wait_for_timeout(100)
@@ -321,19 +338,19 @@ def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, mon
         status = page.locator("#score-status")
         for _ in range(600):  # up to 60 s
             text = status.inner_text()
-            seen += [(int(a), int(b)) for a, b in re.findall(r"(\d+)\s*/\s*(\d+)", text)]
+            seen += counts(text)
             if "Done" in text:
                 break
             page.wait_for_timeout(100)
         expect(status).to_contain_text("chunks of at most 1 unit of work", timeout=60_000)
         chunks = int(re.search(r"ran in (\d+) chunks", status.inner_text()).group(1))
         shot(page, "1440-light", "09-chunked-run", status)
-        counts = [(d, t) for d, t in seen if t > 1]  # (0, 1): the estimate's own report
-        assert chunks >= 2 and len({d for d, _ in counts}) >= 3, (chunks, seen)
-        assert len({t for _, t in counts}) == 1, seen  # one total: one bar over the whole run
-        done = [d for d, _ in counts]
+        bar = [(d, t) for d, t in seen if t > 1]  # (0, 1): the estimate's own report
+        assert chunks >= 2 and len({d for d, _ in bar}) >= 3, (chunks, seen)
+        assert len({t for _, t in bar}) == 1, seen  # one total: one bar over the whole run
+        done = [d for d, _ in bar]
         assert done == sorted(done), seen  # never goes back at a chunk boundary
-        assert chunks >= counts[0][1]  # one operator per chunk
+        assert chunks >= bar[0][1]  # one operator per chunk
         expect(estimate).to_have_text(asked)  # the estimate stays on screen
     finally:
         ctx.close()
