@@ -191,6 +191,22 @@ def run_with_estimate(h, work, cost, *, request, clicked, progress, phase: str):
         ACTIVE.pop(session, None)
 
 
+def relay(messages, est, status, extra=None):
+    """Screen updates from :func:`run_with_estimate`'s messages (use ``yield from``): the estimate
+    into ``est``, a keep-alive into ``status`` for the rest (or ``extra(msg)``'s update when it gives
+    one). Returns ``(run, estimate text)``."""
+    run, asked = None, ""
+    for msg in messages:
+        if msg[0] == "estimate":
+            asked = msg[1]
+            yield {est: asked}
+        elif msg[0] == "done":
+            run = msg[1]
+        else:
+            yield (extra(msg) if extra else None) or {status: gr.skip()}
+    return run, asked
+
+
 def _forward(h, work, session, clicked, request, progress, phase):
     best, main = 0.0, None  # main: the run's own count (the first total > 1); nested counts only name the phase
     for msg in owned(work, runs=RUNS, session=session, lock=CACHE.lock(h),

@@ -96,7 +96,6 @@ from .memory import offloaded_like, own_tensor
 from .methods.base import opt
 from .plan import PruningPlan
 from .prompts import calibration_prompts
-from .replacements import channel_dim, output_tensors, replacement_for
 from .rollout import prepare, raw_outputs, rollout, step
 from .runs import RunControl, as_control
 from .slim import keep_masks, slim
@@ -452,29 +451,6 @@ def consumer_groups(items: list[Consumer], budget_bytes: float, paired: bool = F
     return [g for g in groups if g] or [[]]
 
 
-class _Means:
-    """Running mean, per returned tensor, of (operator output - its stand-in's output)."""
-
-    def __init__(self):
-        self.sums: list[torch.Tensor] | None = None
-        self.counts: list[int] = []
-
-    def add(self, outs: list[torch.Tensor], base: list[torch.Tensor]) -> None:
-        diffs = []
-        for o, s in zip(outs, base):
-            d = (o - s).detach().double()
-            dims = [i for i in range(d.ndim) if i != channel_dim(d) % d.ndim]
-            diffs.append((d.sum(dims), d.numel() // d.shape[channel_dim(d)]))
-        if self.sums is None:
-            self.sums, self.counts = [t for t, _ in diffs], [n for _, n in diffs]
-        else:
-            self.sums = [a + t for a, (t, _) in zip(self.sums, diffs)]
-            self.counts = [a + n for a, (_, n) in zip(self.counts, diffs)]
-
-    def means(self) -> list[torch.Tensor]:
-        return [s / max(n, 1) for s, n in zip(self.sums or [], self.counts)]
-
-
 def _stat_device(handle) -> torch.device:
     return torch.device("cpu") if handle.device.type == "mps" else handle.device  # no float64 on MPS
 
@@ -491,16 +467,14 @@ def step_weights(steps: int, kind: str = "flat") -> list[float]:
     return [round(1.2 - 0.4 * i / (steps - 1), 12) for i in range(steps)]
 
 
-def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consumer], operators: list[str],
+def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consumer],
                control: RunControl, what: str, weights: str = "flat",
-               held: set | None = None) -> tuple[dict[str, Stats], dict[str, _Means]]:
+               held: set | None = None) -> dict[str, Stats]:
     """One pass over the original model's calibration trajectories. At every step the original
-    denoiser runs on ``z_i`` (its inputs ``x`` to ``group``'s layers and the branch outputs of
-    ``operators`` are recorded) and, with ``small``, the pruned model runs on the same ``z_i``
+    denoiser runs on ``z_i`` (its inputs ``x`` to ``group``'s layers are recorded) and, with ``small``, the pruned model runs on the same ``z_i``
     (its inputs ``h`` to the same layers: what the re-fitted layer will read). Without ``small``,
     ``h`` is ``x``'s kept part. Every hook is removed afterwards."""
     den = handle.denoiser
-    found = discover(den)
     device = _stat_device(handle)
     stats = {c.fqn: Stats(c.width, int(c.keep.sum()), device, keep=None if small is not None else c.keep)
              for c in group}
@@ -508,7 +482,6 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
                   for c in group} if held else {}
     now = {"w": 1.0, "held": False}  # this step's weight, and whether its batch is held out
     seen: dict[str, list[torch.Tensor]] = {c.fqn: [] for c in group}  # this step's original inputs, in call order
-    means = {op: _Means() for op in operators}
     handles = []
 
     def target(fqn):
@@ -531,13 +504,6 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
             if small is not None:
                 handles.append(small.get_submodule(c.fqn).register_forward_pre_hook(
                     lambda m, args, fqn=c.fqn: record_pruned(m, args, fqn)))
-        for op in operators:
-            module = den.get_submodule(op)
-            standin = replacement_for(module, found.operators[op].kind)
-
-            def post(m, args, kwargs, out, acc=means[op], standin=standin):
-                acc.add(output_tensors(out), output_tensors(standin.compute(*args, **kwargs)))
-            handles.append(module.register_forward_hook(post, with_kwargs=True))
         with torch.no_grad():
             for n, traj in enumerate(trajs):
                 z = traj.z0
@@ -557,7 +523,7 @@ def _calibrate(handle, small: nn.Module | None, trajs: list, group: list[Consume
             h.remove()
     if held:
         stats = {f: (st, held_stats[f]) for f, st in stats.items()}
-    return stats, means
+    return stats
 
 
 # --------------------------------------------------------------------------- the step
@@ -609,14 +575,9 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
         with offloaded_like(handle, small if settings.inputs == "pruned" else None):  # on the device only while it runs
-            stats, means = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
-                                      [], control, f"calibration pass {n + 1} of {len(groups)}",
-                                      settings.timestep_weights, held)  # the operators' stand-ins are fitted above
-        for op, acc in means.items():
-            with torch.no_grad():
-                for p, m in zip(small.get_submodule(op).compensation, acc.means()):
-                    p.copy_(m.to(device=p.device, dtype=p.dtype))
-            report["operators"][op] = {"bias_norm": float(sum(m.norm() for m in acc.means()))}
+            stats = _calibrate(handle, small if settings.inputs == "pruned" else None, trajs, group,
+                               control, f"calibration pass {n + 1} of {len(groups)}",
+                               settings.timestep_weights, held)  # the operators' stand-ins are fitted above
         before = {c.fqn: [t.detach().clone() for t in (small.get_submodule(c.fqn).weight, small.get_submodule(c.fqn).bias)
                           if t is not None] for c in group} if checked else {}
         for c in group:  # written into `small` now: the next group's pass reads through them
@@ -649,11 +610,6 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                 best_error = error
             else:
                 with torch.no_grad():
-                    if n == 0:  # the operators' mean-output biases were written with this group
-                        for op in means:
-                            for p in small.get_submodule(op).compensation:
-                                p.zero_()
-                            report["operators"][op]["kept_by_check"] = False
                     for fqn, saved in before.items():
                         m = small.get_submodule(fqn)
                         for t, v in zip([t for t in (m.weight, m.bias) if t is not None], saved):

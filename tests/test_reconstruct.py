@@ -93,7 +93,7 @@ def held_out_errors(h, plan, small, prompts=("a yellow triangle at the top", "a 
 
     s = ReconstructSettings(prompts=prompts, seeds=(77, 78), steps=3).resolved(h)
     items = consumers(h.denoiser, plan.normalized(h.denoiser))
-    stats, _ = _calibrate(h, None, _trajectories(h, s, RunControl()), items, [], RunControl(), "held-out")
+    stats = _calibrate(h, None, _trajectories(h, s, RunControl()), items, RunControl(), "held-out")
     out = {}
     for c in items:
         layer, new = h.denoiser.get_submodule(c.fqn), small.get_submodule(c.fqn)

@@ -35,6 +35,7 @@ from ..wiring import (
     handle,
     plan,
     prompts,
+    relay,
     run_with_estimate,
     sid,
     stamp,
@@ -172,8 +173,6 @@ def wire(S, T) -> None:
         if native:
             native_layout(h.denoiser, p)  # not native: one toast naming the layer, before any work
         n = steps(n_steps)
-        out = None
-
         def work(control):
             return _export(h, p, full_pipeline, iters, rp, n, sid(request), control, recon, lora, native)
 
@@ -181,16 +180,8 @@ def wire(S, T) -> None:
             return estimate_text(h, estimate_export(h, reconstruct=recon, recover_iters=iters, budget_s=gpu_budget()))
 
         yield {**_gone(t), t.status: f"Exporting {results.model_label(h)}...", t.est: ""}
-        asked = ""
-        for msg in run_with_estimate(h, work, cost, request=request, clicked=clicked, progress=progress,
-                                     phase="export"):
-            if msg[0] == "estimate":
-                asked = msg[1]
-                yield {t.est: asked}
-            elif msg[0] == "done":
-                out = msg[1]
-            else:
-                yield {t.status: gr.skip()}
+        out, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
+                                                        progress=progress, phase="export"), t.est, t.status)
         done = "Exported" + (f" ({results.reconstruction_note(out['reconstruction'])})" if recon else "")
         if out.get("lora"):
             r = out["lora"]

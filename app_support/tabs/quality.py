@@ -36,6 +36,7 @@ from ..wiring import (
     handle,
     plan,
     prompts,
+    relay,
     run_with_estimate,
     stamp,
     steps,
@@ -186,8 +187,6 @@ def wire(S, T) -> None:
         h = handle(model)
         sp, p, settings = quality_settings(chosen, sps, prompt_text, n_steps, recon, store, plan_dict, model)
         chosen = [methods.get(n).name for n in chosen]
-        run = None
-
         def work(control):
             return compare_chunked(h, sp, list(chosen), settings=settings, budget=wiring.CHUNK, control=control,
                                    call=wiring.gpu_chunk)
@@ -196,16 +195,8 @@ def wire(S, T) -> None:
             return estimate_text(h, estimate_comparison(h, sp, list(chosen), settings, budget_s=gpu_budget()))
 
         yield {t.status: f"Comparing on {results.model_label(h)}...", t.est: ""}
-        asked = ""
-        for msg in run_with_estimate(h, work, cost, request=request, clicked=clicked, progress=progress,
-                                     phase="compare"):
-            if msg[0] == "estimate":
-                asked = msg[1]
-                yield {t.est: asked}
-            elif msg[0] == "done":
-                run = msg[1]
-            else:
-                yield {t.status: gr.skip()}
+        run, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
+                                                        progress=progress, phase="compare"), t.est, t.status)
         df = run.result
         table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h),
                  "own_plan": plan_dict or None}

@@ -33,6 +33,7 @@ from ..wiring import (
     gpu_budget,
     handle,
     prompts,
+    relay,
     run_with_estimate,
     stamp,
     steps,
@@ -211,19 +212,15 @@ def wire(S, T) -> None:
             return estimate_text(h, estimate(h, name, s, budget_s=gpu_budget()))
 
         yield {t.status: f"Running {m.title} on {results.model_label(h)}...", t.est: ""}
-        asked = ""
-        for msg in run_with_estimate(h, work, cost, request=request, clicked=clicked, progress=progress,
-                                     phase=labels.method_name(name)):
-            if msg[0] == "estimate":
-                asked = msg[1]
-                yield {t.est: asked}
-            elif msg[0] == "progress" and {"step", "loss"} <= set(msg[3]):  # an optimiser: its curves as they come
+        def curves(msg):  # an optimiser: its curves as they come
+            if msg[0] == "progress" and {"step", "loss"} <= set(msg[3]):
                 live.append(msg[3])
-                yield {t.loss: gr.update(value=_history_plot(h, live), visible=True)}
-            elif msg[0] == "done":
-                run = msg[1]
-            else:
-                yield {t.status: gr.skip()}
+                return {t.loss: gr.update(value=_history_plot(h, live), visible=True)}
+            return None
+
+        run, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
+                                                        progress=progress, phase=labels.method_name(name)),
+                                      t.est, t.status, curves)
         scores = run.result
         history = _curves(scores)
         yield {t.table: gr.update(value=results.score_table(h, scores), label=results.table_label(h, scores)),
