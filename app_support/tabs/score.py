@@ -253,9 +253,6 @@ def wire(S, T) -> None:
                 t.note: f"{m.title}: {m.summary}", t.status: f"No {m.title} run on {results.model_label(h)} yet.",
                 t.loss: gr.update(visible=False)}
 
-    t.method.change(show_method, [S.model, t.method, S.store],
-                    [*(g.group for g in t.groups.values()), t.prompts, t.est, t.note, t.table, t.plot, t.status,
-                     t.loss], **PRIVATE, **UI)
 
     for name, g in t.groups.items():
         if g.preset is None:
@@ -284,8 +281,12 @@ def wire(S, T) -> None:
 
         S.model.change(suggest, S.model, [g.preset], **PRIVATE, **UI)
 
-    t.est_btn.click(collect, [t.method, t.prompts, t.steps, *comps], [t.settings, S.clicked], queue=False,
-                    **PRIVATE).then(score_estimate, [S.model, t.method, t.settings], t.est, api_name="estimate", **RUN)
+    asked = t.est_btn.click(collect, [t.method, t.prompts, t.steps, *comps], [t.settings, S.clicked], queue=False,
+                            **PRIVATE).then(score_estimate, [S.model, t.method, t.settings], t.est,
+                                            api_name="estimate", **RUN)
+    t.method.change(show_method, [S.model, t.method, S.store],  # an estimate still pending is the old method's
+                    [*(g.group for g in t.groups.values()), t.prompts, t.est, t.note, t.table, t.plot, t.status,
+                     t.loss], cancels=[asked], **PRIVATE, **UI)
     t.run.click(collect, [t.method, t.prompts, t.steps, *comps], [t.settings, S.clicked], queue=False,
                 **PRIVATE).then(
         run_score, [S.model, t.method, t.settings, S.store, S.clicked],
