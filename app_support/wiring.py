@@ -49,6 +49,7 @@ RUN = {"concurrency_id": "model", "concurrency_limit": 1}  # shared models: one 
 PRIVATE = {"api_visibility": "private"}
 ACTIVE: dict[str, str] = {}  # session -> what its running run is ("the EcoDiff run on tiny-shapes-sd")
 WAITED: dict[str, str] = {}  # session -> the run a model switch waited for (its result is then cleared)
+CHOSEN: dict[str, str] = {}  # session -> the method its Score tab shows now (a late estimate of another is dropped)
 DEMOS: weakref.WeakSet = weakref.WeakSet()  # the built apps (a run finds its queue entry in them)
 EMPTY = {  # tables before their first result: the real headers, never gradio's "1 2 3"
     "kinds": pd.DataFrame(columns=["what", "kind", "count", "params", "share of params", "share of MACs"]),

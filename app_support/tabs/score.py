@@ -22,6 +22,7 @@ from .. import method_controls as mc
 from ..inputs import Number
 from ..wiring import (
     CACHE,
+    CHOSEN,
     EMPTY,
     PRIVATE,
     PROGRESS,
@@ -35,6 +36,7 @@ from ..wiring import (
     prompts,
     relay,
     run_with_estimate,
+    sid,
     stamp,
     steps,
     stop_run,
@@ -192,13 +194,16 @@ def wire(S, T) -> None:
                              "steps": n_steps}, S.clicked: stamp()}
 
     @friendly
-    def score_estimate(model, name, data):
-        """The predicted time and memory of the Run about to start (a few timed denoiser calls)."""
+    def score_estimate(model, name, data, request: gr.Request):
+        """The predicted time and memory of the Run about to start (a few timed denoiser calls). An
+        estimate that finishes after the visitor chose another method is dropped (it would name the
+        old one): Gradio's cancel cannot reach an estimate whose request was already on its way."""
         if not model:
             return ""
         h, s = method_settings(model, name, data)
         with CACHE.lock(h):
-            return estimate_text(h, estimate(h, name, s, budget_s=gpu_budget()))
+            text = estimate_text(h, estimate(h, name, s, budget_s=gpu_budget()))
+        return text if CHOSEN.get(sid(request), name) == name else gr.skip()
 
     @friendly
     def run_score(model, name, data, store, clicked, request: gr.Request, progress=PROGRESS):
@@ -231,9 +236,10 @@ def wire(S, T) -> None:
                fill: gr.update(value=name), t.est: asked}
 
     @friendly
-    def show_method(model, name, store):
+    def show_method(model, name, store, request: gr.Request):
         """Switching methods shows that method's controls and its own last result (or says there is none)."""
         m = methods.get(name)
+        CHOSEN[sid(request)] = name
         out = {g.group: gr.update(visible=n == name) for n, g in t.groups.items()}
         out[t.prompts] = gr.update(visible=not m.data_free)
         out[t.est] = ""  # the estimate named the previous method
