@@ -50,6 +50,7 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -194,10 +195,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
         raise PlanError("the denoiser given to export was reconstructed with other settings than the plan records; "
                         "export it with its own plan (denoiser.pruning_plan), which records the reconstruction")
     name = handle.denoiser_name
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir(parents=True)
+    with staged(folder) as tmp:
         extra = {"plan_only": True} if plan_only else {}
         lora_report = None
         if lora is not None:
@@ -245,17 +243,8 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
                 append_card(tmp, extra["native"], family=plan.family, name=name, folder_name=folder.name,
                             full_pipeline=full_pipeline, repo=push_to_hub, base=handle.source)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
-        manifest = {"format": FORMAT, "plan": plan.to_dict(),
-                    "denoiser": {"name": name, "class": type(handle.denoiser).__name__},
-                    "full_pipeline": full_pipeline, "params": sum(v.numel() for v in state.values()), "files": files,
-                    **extra}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _swap_in(tmp, folder)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (OSError, SafetensorError)) and not isinstance(e, ExportError):
-            raise write_error(folder, e) from None
-        raise
+        write_manifest(tmp, plan, name, type(handle.denoiser), full_pipeline=full_pipeline,
+                       params=sum(v.numel() for v in state.values()), files=files, extra=extra)
     if push_to_hub is not None:
         from .hub import push
 
@@ -281,6 +270,33 @@ def _deltas(handle, plan: PruningPlan, state: dict) -> dict:
     export stores: re-applying the plan to the base weights and loading these gives the same model)."""
     plain = slim(handle.denoiser, plan).state_dict()
     return {k: v for k, v in state.items() if not torch.equal(v, plain[k].detach().cpu())}
+
+
+@contextmanager
+def staged(folder: Path):
+    """A hidden staging folder next to ``folder`` for an export's files: it becomes ``folder`` only
+    when the block completes (:func:`_swap_in`); on any error it is deleted (nothing else is) and a
+    write error names ``folder``."""
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+        _swap_in(tmp, folder)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, SafetensorError)) and not isinstance(e, ExportError):
+            raise write_error(folder, e) from None
+        raise
+
+
+def write_manifest(tmp: Path, plan: PruningPlan, name: str, cls: type, *, full_pipeline: bool, params: int,
+                   files: dict, extra: dict) -> None:
+    """The export's manifest: its plan, the denoiser's folder and class, its params and each weight
+    file's sha256 (what ``load_pruned`` checks)."""
+    manifest = {"format": FORMAT, "plan": plan.to_dict(), "denoiser": {"name": name, "class": cls.__name__},
+                "full_pipeline": full_pipeline, "params": params, "files": files, **extra}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:

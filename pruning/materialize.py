@@ -35,21 +35,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from accelerate import init_empty_weights
-from safetensors import SafetensorError
 
 from . import families
 from .bundled import BUNDLED
 from .catalog import discover
 from .errors import ExportError
-from .export import _load_weights, _swap_in, check_base, check_target, read_plan
-from .files import write_error
+from .export import _load_weights, check_base, check_target, read_plan, staged, write_manifest
 from .loading import (
     DEFAULTS_FILE,
     Handle,
@@ -59,7 +55,7 @@ from .loading import (
     preset_defaults,
     read_defaults,
 )
-from .manifest import DELTAS, FORMAT, MANIFEST
+from .manifest import DELTAS, FORMAT
 from .plan import PruningPlan
 from .shards import MAX_SHARD_SIZE, LazyWeights, nbytes, write_sharded
 from .slim import keep_masks, slice_tensor, slim
@@ -91,10 +87,7 @@ def materialize(plan: PruningPlan | str | os.PathLike, base: str | os.PathLike, 
     check_base(plan, handle, where)
     plan = plan.normalized(meta)
     masks = keep_masks(meta, discover(meta).structures, plan)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir(parents=True)
+    with staged(out) as tmp:
         extra = {}
         if card:  # the card reads the unpruned (meta) model: before it is slimmed
             from .card import write_card
@@ -115,16 +108,8 @@ def materialize(plan: PruningPlan | str | os.PathLike, base: str | os.PathLike, 
         files = write_sharded(specs, tensor, tmp / name, max_shard_size=max_shard_size,
                               metadata={"format": "pt", "pruning": FORMAT})
         (tmp / DEFAULTS_FILE).write_text(json.dumps(handle.defaults, indent=2, default=str))
-        manifest = {"format": FORMAT, "plan": plan.to_dict(), "denoiser": {"name": name, "class": cls.__name__},
-                    "full_pipeline": False, "params": sum(_numel(s) for s, _ in specs.values()),
-                    "files": {f"{name}/{f}": sha for f, sha in sorted(files.items())}, **extra}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _swap_in(tmp, out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (OSError, SafetensorError)) and not isinstance(e, ExportError):
-            raise write_error(out, e) from None
-        raise
+        write_manifest(tmp, plan, name, cls, full_pipeline=False, params=sum(_numel(s) for s, _ in specs.values()),
+                       files={f"{name}/{f}": sha for f, sha in sorted(files.items())}, extra=extra)
     return out
 
 

@@ -58,14 +58,13 @@ from tqdm.auto import tqdm
 from ..bundled import ASSETS
 from ..catalog import discover
 from ..errors import SettingsError
-from ..loading import same_weights
 from ..masks import _ForwardOverride, masked
 from ..plan import PruningPlan
 from ..replacements import replacement_for
 from ..rollout import Trajectory, advance, guided, prepare, raw_outputs
 from ..runs import as_control
 from ..sampling import GenerationStopped
-from .proxy import read_measured
+from .proxy import model_entry, read_measured
 from .sweep_table import SCORE_COLUMNS, _table, ldpruner_score, select_operators
 
 TARGETS = ("uniform", "step", "denoised")  # the weightings, in the order of the distance arrays' axis 1
@@ -442,10 +441,7 @@ def fast_agreement(model_ref: str, path: Path = AGREEMENT_FILE) -> dict | None:
     >>> fast_agreement("hub:org/other@abc") is None
     True
     """
-    for name, entry in ((measured(path) or {}).get("models") or {}).items():
-        if same_weights(entry.get("model_ref", ""), model_ref):
-            return {"model": name, **entry}
-    return None
+    return model_entry(measured(path), model_ref)
 
 
 def _figures(e: dict) -> str:

@@ -91,6 +91,15 @@ def read_measured(path: Path, fmt: str) -> dict | None:
     return _read(str(path), path.stat().st_mtime, fmt) if path.is_file() else None
 
 
+def model_entry(data: dict | None, model_ref: str) -> dict | None:
+    """The entry of a measured-agreement file (:func:`read_measured`) for the model ``model_ref``
+    (matched by content hash), with its name under ``"model"``; None where it was not measured."""
+    for name, entry in ((data or {}).get("models") or {}).items():
+        if same_weights(entry.get("model_ref", ""), model_ref):
+            return {"model": name, **entry}
+    return None
+
+
 def measured(path: Path = AGREEMENT_FILE) -> dict | None:
     """The whole measured-agreement file (written by ``python -m benchmarks R4``), or None if absent."""
     return read_measured(path, FORMAT)
@@ -107,11 +116,7 @@ def proxy_agreement(model_ref: str, path: Path = AGREEMENT_FILE) -> dict | None:
     >>> proxy_agreement("hub:org/other@abc") is None
     True
     """
-    data = measured(path)
-    for name, entry in ((data or {}).get("models") or {}).items():
-        if same_weights(entry.get("model_ref", ""), model_ref):
-            return {"model": name, **entry}
-    return None
+    return model_entry(measured(path), model_ref)
 
 
 def _figures(e: dict) -> str:
