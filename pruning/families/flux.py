@@ -21,6 +21,7 @@ from ..replacements import EmptyAttention, IdentityFluxBlock
 from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter, set_heads
 from ..tiny import parts
 from .base import Family, Trajectory, cond_kwargs, flow_sigma
+from .renamer import Renamer
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
 DEFAULT_FLUX_SAMPLE = 128  # latent pixels (1024 px / 8), packed 2x2 into 64x64 = 4096 tokens
@@ -215,17 +216,8 @@ class FluxFamily(Family):
         """diffusers -> BFL names: the inverse of ``convert_flux_transformer_checkpoint_to_diffusers``
         (q, k, v concatenated into ``qkv``; a single block's q, k, v and MLP rows into ``linear1``; the
         final modulation's halves swapped back to shift, scale)."""
-        d, out = dict(state), {}
-
-        def move(new, old):
-            for p in ("weight", "bias"):
-                if f"{old}.{p}" in d:
-                    out[f"{new}.{p}"] = d.pop(f"{old}.{p}")
-
-        def cat(new, olds):
-            for p in ("weight", "bias"):
-                out[f"{new}.{p}"] = torch.cat([d.pop(f"{o}.{p}") for o in olds])
-
+        r = Renamer(state)
+        move, cat = r.move, r.cat
         for new, old in (("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
                          ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
                          ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
@@ -242,7 +234,7 @@ class FluxFamily(Family):
             cat(f"{o}.txt_attn.qkv", [f"{b}.attn.add_{x}_proj" for x in "qkv"])
             for new, old in (("img_attn.norm.query_norm", "norm_q"), ("img_attn.norm.key_norm", "norm_k"),
                              ("txt_attn.norm.query_norm", "norm_added_q"), ("txt_attn.norm.key_norm", "norm_added_k")):
-                out[f"{o}.{new}.scale"] = d.pop(f"{b}.attn.{old}.weight")
+                r.take(f"{o}.{new}.scale", f"{b}.attn.{old}.weight")
             for new, old in (("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"), ("txt_mlp.0", "ff_context.net.0.proj"),
                              ("txt_mlp.2", "ff_context.net.2"), ("img_attn.proj", "attn.to_out.0"),
                              ("txt_attn.proj", "attn.to_add_out")):
@@ -251,15 +243,11 @@ class FluxFamily(Family):
             o, b = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
             move(f"{o}.modulation.lin", f"{b}.norm.linear")
             cat(f"{o}.linear1", [f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v", f"{b}.proj_mlp"])
-            out[f"{o}.norm.query_norm.scale"] = d.pop(f"{b}.attn.norm_q.weight")
-            out[f"{o}.norm.key_norm.scale"] = d.pop(f"{b}.attn.norm_k.weight")
+            r.take(f"{o}.norm.query_norm.scale", f"{b}.attn.norm_q.weight")
+            r.take(f"{o}.norm.key_norm.scale", f"{b}.attn.norm_k.weight")
             move(f"{o}.linear2", f"{b}.proj_out")
-        for p in ("weight", "bias"):  # diffusers' [scale | shift] -> the original [shift | scale]
-            scale, shift = d.pop(f"norm_out.linear.{p}").chunk(2, dim=0)
-            out[f"final_layer.adaLN_modulation.1.{p}"] = torch.cat([shift, scale])
-        if d:
-            raise ValueError(f"no single-file name for {sorted(d)[0]!r}")
-        return out
+        r.unswap("final_layer.adaLN_modulation.1", "norm_out.linear")
+        return r.done()
 
     def native_layout(self, denoiser, plan):
         """``num_layers`` / ``num_single_layers``: the kept blocks, renumbered in order."""

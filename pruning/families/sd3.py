@@ -32,6 +32,7 @@ from ..replacements import IdentityFluxBlock
 from ..specs import Operator
 from ..tiny import parts
 from .base import Family, Trajectory, cond_kwargs, flow_sigma
+from .renamer import Renamer
 
 # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
 SD3_MEDIUM_TRANSFORMER = {
@@ -205,23 +206,9 @@ class SD3Family(Family):
     def single_file_state(self, state, config):
         """diffusers -> Stability's MMDiT names: the inverse of ``convert_sd3_transformer_checkpoint_to_diffusers``
         (q, k, v into ``qkv``; the last block's text-stream modulation and the final one back to shift, scale)."""
-        d, out = dict(state), {}
-
-        def move(new, old):
-            for p in ("weight", "bias"):
-                if f"{old}.{p}" in d:
-                    out[f"{new}.{p}"] = d.pop(f"{old}.{p}")
-
-        def cat(new, olds):
-            for p in ("weight", "bias"):
-                out[f"{new}.{p}"] = torch.cat([d.pop(f"{o}.{p}") for o in olds])
-
-        def unswap(new, old):  # diffusers' [scale | shift] -> the original [shift | scale]
-            for p in ("weight", "bias"):
-                scale, shift = d.pop(f"{old}.{p}").chunk(2, dim=0)
-                out[f"{new}.{p}"] = torch.cat([shift, scale])
-
-        out["pos_embed"] = d.pop("pos_embed.pos_embed")
+        r = Renamer(state)
+        move, cat, unswap = r.move, r.cat, r.unswap
+        r.take("pos_embed", "pos_embed.pos_embed")
         for new, old in (("x_embedder.proj", "pos_embed.proj"), ("context_embedder", "context_embedder"),
                          ("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
                          ("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"),
@@ -237,7 +224,7 @@ class SD3Family(Family):
                              (f"{c}.attn.ln_q", "attn.norm_added_q"), (f"{c}.attn.ln_k", "attn.norm_added_k"),
                              (f"{x}.attn2.ln_q", "attn2.norm_q"), (f"{x}.attn2.ln_k", "attn2.norm_k")):
                 move(new, f"{b}.{old}")
-            if f"{b}.attn2.to_q.weight" in d:
+            if f"{b}.attn2.to_q.weight" in r.d:
                 cat(f"{x}.attn2.qkv", [f"{b}.attn2.to_{q}" for q in "qkv"])
                 move(f"{x}.attn2.proj", f"{b}.attn2.to_out.0")
             for new, old in (("attn.proj", "attn.to_out.0"), ("adaLN_modulation.1", "norm1.linear"),
@@ -251,9 +238,7 @@ class SD3Family(Family):
             else:
                 move(f"{c}.adaLN_modulation.1", f"{b}.norm1_context.linear")
         unswap("final_layer.adaLN_modulation.1", "norm_out.linear")
-        if d:
-            raise ValueError(f"no single-file name for {sorted(d)[0]!r}")
-        return out
+        return r.done()
 
     def native_layout(self, denoiser, plan):
         """``num_layers``: the kept blocks, renumbered; ``dual_attention_layers``: their new indices."""
