@@ -187,12 +187,7 @@ def gather(handle, trajs: list, operators: list[str], device, control, skip: set
         stats[op] = [MapStats(i, o, device) for o, i in zip(output_widths(module, kind), input_widths(module, kind))]
 
         def post(m, args, kwargs, out, acc=stats[op], standin=standin):
-            base, src = _tensors(standin.compute(*args, **kwargs)), standin.sources(*args, **kwargs)
-            for j, (o, b, x) in enumerate(zip(_tensors(out), base, src)):
-                if o is None or acc[j] is None:
-                    acc[j] = None  # an output the operator does not return (never used downstream)
-                    continue
-                acc[j].add(channel_rows(x).to(device), channel_rows(o - b).to(device))
+            _accumulate(acc, _tensors(out), standin, args, kwargs, device)
         handles.append(module.register_forward_hook(post, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -209,6 +204,17 @@ def gather(handle, trajs: list, operators: list[str], device, control, skip: set
         for h in handles:
             h.remove()
     return stats
+
+
+def _accumulate(acc: list, targets, standin, args, kwargs, device) -> None:
+    """Add one call's pairs to ``acc`` (a ``MapStats`` per output ``j``): from the stand-in's source
+    ``x_j`` to what it misses of ``targets[j]``, ``targets[j] - standin(x)_j``."""
+    base, src = _tensors(standin.compute(*args, **kwargs)), standin.sources(*args, **kwargs)
+    for j, (y, b, x) in enumerate(zip(targets, base, src)):
+        if y is None or acc[j] is None:
+            acc[j] = None  # an output the operator does not return (never used downstream)
+            continue
+        acc[j].add(channel_rows(x).to(device), channel_rows(y - b).to(device))
 
 
 def gather_sequential(handle, small: nn.Module, trajs: list, operators: list[str], device, control, ridge: float,
@@ -231,13 +237,7 @@ def gather_sequential(handle, small: nn.Module, trajs: list, operators: list[str
             queue.append([None if t is None else t.detach() for t in _tensors(result)])
 
         def fit_on(m, args, kwargs, result, acc=acc, queue=queue):
-            target = queue.pop(0)  # the original's output at the same call
-            base, src = _tensors(m.compute(*args, **kwargs)), m.sources(*args, **kwargs)
-            for j, (y, b, h) in enumerate(zip(target, base, src)):
-                if y is None or acc[j] is None:
-                    acc[j] = None
-                    continue
-                acc[j].add(channel_rows(h).to(device), channel_rows(y - b).to(device))
+            _accumulate(acc, queue.pop(0), m, args, kwargs, device)  # the original's output at the same call
         hooks = [module.register_forward_hook(record, with_kwargs=True),
                  standin.register_forward_hook(fit_on, with_kwargs=True)]
         try:
