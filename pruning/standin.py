@@ -190,20 +190,29 @@ def gather(handle, trajs: list, operators: list[str], device, control, skip: set
             _accumulate(acc, _tensors(out), standin, args, kwargs, device)
         handles.append(module.register_forward_hook(post, with_kwargs=True))
     try:
-        with torch.no_grad():
-            for n, traj in enumerate(trajs):
-                if skip and n in skip:
-                    continue
-                z = traj.z0
-                for i in range(traj.steps):
-                    if control.stopped():
-                        raise RunStopped(f"reconstruction {control.reason or 'stopped'} while fitting the removed "
-                                         f"operators' stand-ins (batch {n + 1} of {len(trajs)}); nothing was changed")
-                    z = step(den, traj, i, z)
+        _walk(den, trajs, skip, control, lambda n: f"batch {n + 1} of {len(trajs)}")
     finally:
         for h in handles:
             h.remove()
     return stats
+
+
+def _walk(den: nn.Module, trajs: list, skip: set | None, control, where, also=None) -> None:
+    """Run the original ``den`` along each calibration trajectory (those not in ``skip``), calling
+    ``also(traj, i, z_i)`` after each step; a Stop raises ``RunStopped`` naming ``where(batch)``."""
+    with torch.no_grad():
+        for n, traj in enumerate(trajs):
+            if skip and n in skip:
+                continue
+            z = traj.z0
+            for i in range(traj.steps):
+                if control.stopped():
+                    raise RunStopped(f"reconstruction {control.reason or 'stopped'} while fitting the removed "
+                                     f"operators' stand-ins ({where(n)}); nothing was changed")
+                z_next = step(den, traj, i, z)
+                if also is not None:
+                    also(traj, i, z)
+                z = z_next
 
 
 def _accumulate(acc: list, targets, standin, args, kwargs, device) -> None:
@@ -240,20 +249,9 @@ def gather_sequential(handle, small: nn.Module, trajs: list, operators: list[str
             _accumulate(acc, queue.pop(0), m, args, kwargs, device)  # the original's output at the same call
         hooks = [module.register_forward_hook(record, with_kwargs=True),
                  standin.register_forward_hook(fit_on, with_kwargs=True)]
-        try:
-            with torch.no_grad():
-                for n, traj in enumerate(trajs):
-                    if skip and n in skip:
-                        continue
-                    z = traj.z0
-                    for i in range(traj.steps):
-                        if control.stopped():
-                            raise RunStopped(f"reconstruction {control.reason or 'stopped'} while fitting the removed "
-                                             f"operators' stand-ins (operator {n_op + 1} of {len(operators)}); "
-                                             "nothing was changed")
-                        z_next = step(den, traj, i, z)  # the original's own trajectory
-                        raw_outputs(small, traj, i, z)  # the pruned model on the same z_i
-                        z = z_next
+        try:  # the original's own trajectory; the pruned model on the same z_i after each step
+            _walk(den, trajs, skip, control, lambda n, k=n_op: f"operator {k + 1} of {len(operators)}",
+                  also=lambda traj, i, z: raw_outputs(small, traj, i, z))
         finally:
             for hk in hooks:
                 hk.remove()

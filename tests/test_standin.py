@@ -162,3 +162,26 @@ def test_older_records_and_the_older_switch_mean_the_bias():
         ReconstructSettings(standin="cubic")
     with pytest.raises(SettingsError, match="standin_ridge"):
         ReconstructSettings(standin_ridge=-1)
+
+
+@pytest.mark.parametrize("mode", ["linear", "sequential"])
+def test_a_stop_while_fitting_stand_ins_names_them_and_changes_nothing(monkeypatch, mode):
+    from pruning import standin
+    from pruning.errors import RunStopped
+    from pruning.runs import RunControl
+
+    h = fresh()
+    before = {k: v.clone() for k, v in h.denoiser.state_dict().items()}
+    plan = PruningPlan(family="sd", base=h.model_ref, removed_operators=(ATTN, RES_PLAIN))
+    control = RunControl()
+    walk = standin._walk
+
+    def stop_then_walk(*a, **k):  # the Stop arrives once the stand-ins' pass has started
+        control.stop()
+        return walk(*a, **k)
+
+    monkeypatch.setattr(standin, "_walk", stop_then_walk)
+    with pytest.raises(RunStopped, match=r"operators' stand-ins \((batch|operator) 1 of"):
+        reconstruct(h, plan, ReconstructSettings(prompts=PROMPTS, steps=2, check=False, standin=mode),
+                    control=control)
+    assert all(torch.equal(v, before[k]) for k, v in h.denoiser.state_dict().items())
