@@ -23,11 +23,14 @@ dropped to fit the run on the shared CPU).
 
 ``python -m benchmarks.quality_tables`` re-renders the markdown and the README from the CSVs;
 ``python -m benchmarks.quality_tables --run tiny-shapes-sd3`` first reruns the comparison of that
-one model (its CSV), keeping the others' committed tables.
+one model (its CSV, and its run's details in ``quality_runs.json``), keeping the others' committed
+tables; ``--rows`` then computes Q1-Q3 from the committed tables and merges them into
+``benchmarks/results.json`` (how the models can be compared in parallel processes, one thread each).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -42,6 +45,7 @@ SPARSITIES = (0.2, 0.3)  # what Q1, Q2 and Q3 read (10% and 50% cost an hour mor
 Q3_SLACK = {0.2: 0.03, 0.3: 0.06}  # Q3: the best plan's accuracy within this of the original's
 OUT = Path(__file__).with_name("results")
 README = Path(__file__).parent.parent / "README.md"
+RUNS_FILE = OUT / "quality_runs.json"  # per model: when and how its table was measured
 START, END = "<!-- quality tables: python -m benchmarks Q1 -->", "<!-- end of quality tables -->"
 Q2_SPARSITIES = (0.2, 0.3)
 ACC_SLACK = {0.2: 0.05, 0.3: 0.10}  # Q2: the best reconstructed plan's accuracy within this of the original's
@@ -174,8 +178,9 @@ def write_readme(markdown: str, readme: Path = README) -> None:
     readme.write_text(text[:start] + "\n" + markdown + text[end:])
 
 
-def tables_from_csv(out: Path = OUT) -> dict[str, pd.DataFrame]:
+def tables_from_csv(out: Path | None = None) -> dict[str, pd.DataFrame]:
     """The committed tables, read back (``python -m benchmarks.quality_tables`` re-renders them)."""
+    out = out or OUT
     return {m: pd.read_csv(out / f"quality_{m}.csv") for m in MODELS if (out / f"quality_{m}.csv").is_file()}
 
 
@@ -220,12 +225,30 @@ def comparison(quick: bool = False, models: tuple[str, ...] | None = None) -> tu
                          "steps": settings.steps or "model default", "method_settings": settings.method_settings,
                          "unreachable": errors}
     tables = {m: tables[m] for m in MODELS if m in tables}
+    if not quick:  # each model's run, kept beside its CSV (``--rows`` reads them when the models ran apart)
+        runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else {}
+        runs.update({m: {**detail[m], "threads": detail["threads"], "methods": detail["methods"],
+                         "measured_at": time.strftime("%Y-%m-%d")} for m in tables if m in detail})
+        RUNS_FILE.write_text(json.dumps(runs, indent=2, default=str) + "\n")
     md = _markdown(tables)
     (out / "quality.md").write_text(md)
     if not quick:
         write_readme(md)
     detail["tables"] = str(out / "quality.md") if quick else "benchmarks/results/quality.md"
     _RUNS[quick] = tables, detail
+    return tables, detail
+
+
+def from_csv() -> tuple[dict, dict]:
+    """The committed tables and their runs' details (``RUNS_FILE``), as ``comparison`` returns them:
+    the Q rows of models compared in separate processes (``--run <model>`` each)."""
+    runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else {}
+    tables = tables_from_csv()
+    missing = [m for m in MODELS if m not in tables]
+    if missing:
+        raise FileNotFoundError(f"no committed comparison for {missing}: run --run {' '.join(missing)} first")
+    detail = {"methods": sorted({x for m in runs.values() for x in m.get("methods", [])}),
+              **{m: runs.get(m, {}) for m in tables}, "tables": "benchmarks/results/quality.md"}
     return tables, detail
 
 
@@ -303,3 +326,12 @@ if __name__ == "__main__":  # re-render quality.md and the README's tables from 
     md = _markdown(tables_from_csv())
     (OUT / "quality.md").write_text(md)
     write_readme(md)
+    if sys.argv[1:2] == ["--rows"]:  # Q1-Q3 from the committed tables into results.json
+        from .__main__ import DEFAULT_OUT
+        from .registry import ROWS
+        from .results import format_table, merge_results
+
+        _RUNS[False] = from_csv()
+        rows = {"Q1": run(), "Q2": run_q2(), "Q3": run_q3()}
+        merge_results(DEFAULT_OUT, rows)
+        print(format_table(rows, ROWS))

@@ -99,6 +99,29 @@ def test_q3_reads_the_best_plan_and_the_fewer_steps_baseline():
     assert "not reachable (at most 44%)" in md and "nan%" not in md and "fewer steps (16 of 20)" in md
 
 
+def test_q_rows_from_the_committed_tables(monkeypatch, tmp_path):
+    """``quality_tables --rows``: Q1-Q3 from the committed per-model CSVs (models compared in
+    separate processes) equal what one in-process comparison would compute from the same tables."""
+    import shutil
+
+    from benchmarks import quality_tables as q
+
+    for m in q.MODELS:
+        shutil.copy(q.OUT / f"quality_{m}.csv", tmp_path / f"quality_{m}.csv")
+    monkeypatch.setattr(q, "OUT", tmp_path)
+    monkeypatch.setattr(q, "RUNS_FILE", tmp_path / "quality_runs.json")
+    tables, detail = q.from_csv()
+    assert list(tables) == list(q.MODELS) and detail["tables"] == "benchmarks/results/quality.md"
+    monkeypatch.setitem(q._RUNS, False, (tables, detail))
+    q3 = q.run_q3()
+    assert set(q3["detail"]["figures"]) == {f"{m} {t:.0%}" for m in q.MODELS for t in (0.2, 0.3)}
+    assert q3["value"] == max(e["gap_points"] for e in q3["detail"]["figures"].values())
+    assert q.run()["detail"]["best_at_20"] != "random" and q.run_q2()["unit"].startswith("x")
+    (tmp_path / f"quality_{q.MODELS[-1]}.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=q.MODELS[-1]):
+        q.from_csv()
+
+
 def test_check_rows_assert_their_invariants(capsys):
     """C1 / C2 hold the suite's thorough checks: a row fails when one check does not hold."""
     from benchmarks import checks
