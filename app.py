@@ -38,6 +38,18 @@ CSS = """
   #guide-steps, #glossary { max-height: 20vh; overflow-y: auto !important; }  /* the open guide leaves the tabs in the first screen (each scrolls) */
   #export-options, #export-options > .form { flex-wrap: wrap !important; }  /* gradio groups the inputs in a .form */
   #export-options > .form > *, #export-options > * { flex: 1 1 100% !important; min-width: 100% !important; }
+  /* the selection table: prune, score and the whole FQN (wrapped) fill the phone's width; the other columns
+     scroll sideways. Only these three columns are sized here (gradio sizes the others from their content). */
+  #selection { container-type: inline-size; }
+  #selection :is(th[data-heading="0"], [data-col="0"], .sizing-body td:nth-child(1)) { --w: 88px; }
+  #selection :is(th[data-heading="1"], [data-col="1"], .sizing-body td:nth-child(2)) { --w: 66px; }
+  #selection :is(th[data-heading="2"], [data-col="2"], .sizing-body td:nth-child(3)) { --w: calc(100cqw - 156px); }
+  #selection :is(th[data-heading="0"], th[data-heading="1"], th[data-heading="2"], [data-col="0"], [data-col="1"],
+                 [data-col="2"], .sizing-body td:nth-child(-n+3)) {
+    width: var(--w) !important; min-width: var(--w) !important; max-width: var(--w) !important; flex: 0 0 var(--w) !important; }
+  #selection :is([role=gridcell], .sizing-body td) { font-size: 12px !important; }
+  #selection :is([data-col="2"] span, .sizing-body td:nth-child(3) .cell-wrap) {
+    white-space: normal !important; overflow-wrap: anywhere !important; }
 }
 """
 

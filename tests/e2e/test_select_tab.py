@@ -74,3 +74,44 @@ def test_a_typed_target_out_of_range_says_so_and_shows_the_target_used(browser, 
         assert not page.errors, page.errors
     finally:
         ctx.close()
+
+
+def _fqn_cells(page) -> list[dict]:
+    """The selection table's drawn FQN cells: their text, whether it overflows its cell, and where."""
+    return page.locator("#selection").evaluate("""t => {
+        const wrap = t.querySelector('.table-wrap').getBoundingClientRect();
+        return [...t.querySelectorAll('[role=gridcell][data-col="2"]')].map(c => {
+            const s = c.querySelector('span'), r = c.getBoundingClientRect();
+            return {text: s.innerText, sw: s.scrollWidth, cw: s.clientWidth, left: r.left, right: r.right,
+                    wrap_right: wrap.right, height: s.getBoundingClientRect().height,
+                    line: parseFloat(getComputedStyle(s).lineHeight) || 20};
+        }); }""")
+
+
+@pytest.mark.parametrize("width, height, scheme", [(390, 844, "dark"), (1440, 900, "light")],
+                         ids=["390-dark", "1440-light"])
+def test_the_selection_table_shows_whole_operator_names(browser, app_url, width, height, scheme):
+    ctx, page = open_page(browser, width, height, scheme)
+    try:
+        _select_tab(page, app_url, scheme)
+        page.get_by_role("button", name="Pre-fill the table").click()  # structures, most prunable first
+        expect(page.locator("#target-note")).to_contain_text("Your plan")
+        for mode in ("structures", "operators"):
+            if mode == "operators":
+                page.get_by_label("operators", exact=True).check()
+                expect(page.locator("#selection")).to_contain_text("resnets")
+            page.locator("#selection").scroll_into_view_if_needed()
+            expect(page.locator('#selection [role=gridcell][data-col="2"]').first).to_contain_text("blocks")
+            cells = _fqn_cells(page)
+            assert len(cells) >= 4 and max(len(c["text"]) for c in cells) >= 40, cells  # long names among them
+            for c in cells:
+                assert c["sw"] <= c["cw"] + 1, c  # the whole name, nothing cut off...
+                assert c["right"] <= min(c["wrap_right"], width) + 1, c  # ...in view, without scrolling sideways
+                if width > 1000:
+                    assert c["height"] < 1.5 * c["line"], c  # on one line on a wide screen
+            box = page.locator('#selection [role=gridcell][data-col="1"]').first.bounding_box()
+            assert box["x"] + box["width"] <= width  # the score stays in view too
+            shot(page, f"select-{width}-{scheme}", f"23-11-selection-{mode}", page.locator("#selection"))
+        assert not page.errors, page.errors
+    finally:
+        ctx.close()
