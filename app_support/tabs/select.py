@@ -76,7 +76,7 @@ def build(S) -> SimpleNamespace:
                     "layer that stay (empty = remove them all); **kept units** follows your ticks.")
         table = Table(empty_table(), headers=COLUMNS, datatype=DATATYPES, interactive=True, max_height=360,
                       label="selection: tick what to remove", elem_id="selection")
-        with gr.Row():
+        with gr.Row(elem_id="plan-row"):  # on phones the totals take the whole width (app.py's CSS)
             plan_df = gr.Dataframe(EMPTY["totals"], label="your plan removes", interactive=False, scale=2,
                                    elem_id="plan-totals")
             with gr.Accordion("plan (JSON)", open=False):

@@ -112,6 +112,11 @@ def test_the_selection_table_shows_whole_operator_names(browser, app_url, width,
             box = page.locator('#selection [role=gridcell][data-col="1"]').first.bounding_box()
             assert box["x"] + box["width"] <= width  # the score stays in view too
             shot(page, f"select-{width}-{scheme}", f"23-11-selection-{mode}", page.locator("#selection"))
+        cells = page.locator("#plan-totals").evaluate("""t => [...t.querySelectorAll('[role=gridcell], th')].map(c => {
+            const r = c.getBoundingClientRect(), s = c.querySelector('span.text') || c.querySelector('span');
+            return {text: c.innerText, right: r.right, sw: s ? s.scrollWidth : 0, cw: s ? s.clientWidth : 0}; })""")
+        assert any("%" in c["text"] for c in cells), cells  # the plan's totals below it: every figure whole, in view
+        assert all(c["right"] <= width + 1 and c["sw"] <= c["cw"] + 1 for c in cells), cells
         assert not page.errors, page.errors
     finally:
         ctx.close()
