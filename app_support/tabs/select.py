@@ -236,11 +236,11 @@ def wire(S, T) -> None:
         shows it): never gradio's silent clamp."""
         if value is None:  # an emptied box: the target stays
             return {t.target: current, t.target_slider: gr.skip(), t.target_note: gr.skip()}
-        if not model or value == current:
+        if value == current:
             return {t.target: gr.skip(), t.target_slider: gr.skip(), t.target_note: gr.skip()}
-        h = handle(model)
-        top, why = reach(h, name, store)
-        used, words = results.typed_target(value, current, top, why, results.model_label(h))
+        h = handle(model) if model else None  # none yet while the page loads: only "is it a fraction?"
+        top, why = reach(h, name, store) if h else (0.99, "")
+        used, words = results.typed_target(value, current, top, why, results.model_label(h) if h else "this model")
         if words:
             gr.Warning(words)
         return {t.target: used, t.target_slider: used, t.target_note: words or f"Target {used:g}. {why}"}
