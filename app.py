@@ -29,6 +29,7 @@ CSS = """
 #pair > * { flex: 1 1 0 !important; min-width: 0 !important; }
 #img-diff { max-width: 50%; }
 .status { min-height: 1.6em; }
+#target-slider .tab-like-container { display: none !important; }  /* it clamps typed values silently: #target takes them */
 .status > [data-testid="status-tracker"]:has(.error) { display: none !important; }  /* the toast says it */
 @media (max-width: 600px) {
   .tab-container button { padding-left: 6px !important; padding-right: 6px !important; font-size: 13px !important; }
@@ -37,6 +38,27 @@ CSS = """
   #guide-steps, #glossary { max-height: 20vh; overflow-y: auto !important; }  /* the open guide leaves the tabs in the first screen (each scrolls) */
   #export-options, #export-options > .form { flex-wrap: wrap !important; }  /* gradio groups the inputs in a .form */
   #export-options > .form > *, #export-options > * { flex: 1 1 100% !important; min-width: 100% !important; }
+  #plan-row { flex-wrap: wrap !important; }
+  #plan-row > * { flex: 1 1 100% !important; min-width: 100% !important; }
+  #plan-totals { container-type: inline-size; }  /* its four columns in view: "what" wraps */
+  #plan-totals :is(th, [role=gridcell], .sizing-body td) { --w: 72px; font-size: 12px !important; }
+  #plan-totals :is(th[data-heading="3"], [data-col="3"], .sizing-body td:nth-child(4)) { --w: 92px; }
+  #plan-totals :is(th[data-heading="0"], [data-col="0"], .sizing-body td:nth-child(1)) { --w: calc(100cqw - 238px); }
+  #plan-totals :is(th, [role=gridcell], .sizing-body td) {
+    width: var(--w) !important; min-width: var(--w) !important; max-width: var(--w) !important; flex: 0 0 var(--w) !important; }
+  #plan-totals :is([data-col="0"] span, .sizing-body td:nth-child(1) .cell-wrap) { white-space: normal !important; }
+  /* the selection table: prune, score and the whole FQN (wrapped) fill the phone's width; the other columns
+     scroll sideways. Only these three columns are sized here (gradio sizes the others from their content). */
+  #selection { container-type: inline-size; }
+  #selection :is(th[data-heading="0"], [data-col="0"], .sizing-body td:nth-child(1)) { --w: 88px; }
+  #selection :is(th[data-heading="1"], [data-col="1"], .sizing-body td:nth-child(2)) { --w: 66px; }
+  #selection :is(th[data-heading="2"], [data-col="2"], .sizing-body td:nth-child(3)) { --w: calc(100cqw - 156px); }
+  #selection :is(th[data-heading="0"], th[data-heading="1"], th[data-heading="2"], [data-col="0"], [data-col="1"],
+                 [data-col="2"], .sizing-body td:nth-child(-n+3)) {
+    width: var(--w) !important; min-width: var(--w) !important; max-width: var(--w) !important; flex: 0 0 var(--w) !important; }
+  #selection :is([role=gridcell], .sizing-body td) { font-size: 12px !important; }
+  #selection :is([data-col="2"] span, .sizing-body td:nth-child(3) .cell-wrap) {
+    white-space: normal !important; overflow-wrap: anywhere !important; }
 }
 """
 

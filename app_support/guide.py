@@ -79,8 +79,8 @@ HELP = {
     "preset": "Named starting values for this method's settings; choosing one fills the settings below (which "
               "you can still change).",
     "prefill": "Fill the table from a method's scores, cut at the target.",
-    "target": "Fraction of the denoiser's parameters to remove, like 0.2 for 20%. The slider's end is the most the "
-              "chosen method can reach (the note below says how much and why).",
+    "target": "Fraction of the denoiser's parameters to remove: type it, like 0.2 for 20%, or drag the slider. The "
+              "slider ends at the most the chosen method can reach (the note below says how much and why).",
     "scope": "global: rank all units together; local: remove the same fraction in every layer.",
     "mode": "operators: switch off whole branches; structures: keep chosen units of each layer.",
     "prompt": "What to draw. On the shapes models: '<color> <shape> at/in the <position> on a <color> background'.",

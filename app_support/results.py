@@ -16,10 +16,12 @@ import math
 import pandas as pd
 
 import visual
-from pruning import labels
-from pruning.catalog import UNIT_KINDS, catalog, discover, inside
+from pruning import labels, validate
+from pruning.catalog import catalog, discover, inside
 from pruning.loading import Handle
 from pruning.methods import Scores, get
+from pruning.methods.base import unit_scores_for
+from pruning.methods.select import LayerBudget, removable_fraction
 from pruning.plan import PruningPlan
 from pruning.sampling import count_inputs
 
@@ -162,16 +164,13 @@ def status(handle: Handle, scores: Scores) -> str:
 
 
 def reachable(handle: Handle, scores: Scores) -> float:
-    """The largest fraction of params a plan from ``scores`` can remove (everything it scores)."""
+    """The largest fraction of params a plan from ``scores`` can remove: every operator it scores, or
+    every unit the selection's per-structure cap allows (what ``methods.to_plan`` reaches)."""
+    if scores.level != "operator":
+        return removable_fraction(handle, unit_scores_for(handle, scores))
     fqns = list(dict.fromkeys(scores.table["fqn"]))
-    if scores.level == "operator":
-        outer = [f for f in fqns if not any(inside(f, o) for o in fqns if o != f)]
-        plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(outer))
-    else:
-        found = discover(handle.denoiser).structures
-        kept = {k: {f: () for f in fqns if found[f].kind == k} for k in UNIT_KINDS}
-        plan = PruningPlan(family=handle.family, base=handle.model_ref, kept_heads=kept["head"],
-                           kept_neurons=kept["neuron"], kept_groups=kept["group"])
+    outer = [f for f in fqns if not any(inside(f, o) for o in fqns if o != f)]
+    plan = PruningPlan(family=handle.family, base=handle.model_ref, removed_operators=tuple(outer))
     return plan.summary(handle.denoiser, **count_inputs(handle))["params_fraction"]
 
 
@@ -182,5 +181,38 @@ def slider_max(handle: Handle, scores: Scores | None) -> tuple[float, str]:
     top = math.floor(reachable(handle, scores) * 100 - 1e-9) / 100
     top = max(0.01, min(0.95, top))
     kinds = sorted(set(scores.table["kind"])) if "kind" in scores.table.columns else []
-    what = f"its {', '.join(kinds)} units" if scores.level == "unit" and kinds else "the operators it scored"
+    what = (f"its {', '.join(kinds)} units, at most {LayerBudget().max_fraction:.0%} of each layer"
+            if scores.level == "unit" and kinds else "the operators it scored")
     return top, f"{get(scores.method).title} can remove at most {top:.0%} of the params ({what})."
+
+
+SMALLEST_TARGET = 0.01  # the target slider's first step
+
+
+def typed_target(value, current: float, top: float, why: str, where: str) -> tuple[float, str]:
+    """(the target a typed ``value`` sets, why it is not ``value`` in plain words, else ""): a value
+    that is not a fraction leaves ``current``; one beyond ``top``, the most the method can reach on
+    the model ``where`` (``why`` says so), becomes ``top``; one below the slider's first step, that step.
+    Never a silent clamp: the words go in a toast and in the note under the target.
+
+    >>> typed_target(0.3, 0.2, 0.65, "", "tiny-shapes-sd")
+    (0.3, '')
+    >>> typed_target(5, 0.2, 0.65, "", "tiny-shapes-sd")[1]
+    'Target sparsity must be a fraction between 0 and 1, like 0.2, got 5 (write 5% as 0.05). The target stays at 0.2.'
+    >>> typed_target(0.95, 0.2, 0.65, "Weight magnitude can remove at most 65% of the params.", "tiny-shapes-sd")
+    (0.65, 'Target 0.95 is out of reach on tiny-shapes-sd: Weight magnitude can remove at most 65% of the params. The target is now 0.65.')
+    >>> typed_target(0.001, 0.2, 0.65, "", "tiny-shapes-sd")
+    (0.01, 'Target 0.001 is below 0.01, the smallest target here. The target is now 0.01.')
+    """
+    try:
+        v = validate.fraction("target sparsity", value)
+    except ValueError as e:
+        text = str(e)
+        return current, f"{text[:1].upper()}{text[1:]}. The target stays at {current:g}."
+    if v > top + 1e-9:
+        return top, (f"Target {v:g} is out of reach on {where}: {why or f'targets here go up to {top:g}.'} "
+                     f"The target is now {top:g}.")
+    if v < SMALLEST_TARGET - 1e-9:
+        return SMALLEST_TARGET, (f"Target {v:g} is below {SMALLEST_TARGET:g}, the smallest target here. "
+                                 f"The target is now {SMALLEST_TARGET:g}.")
+    return v, ""

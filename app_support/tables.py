@@ -33,6 +33,7 @@ from . import format as fmt
 
 MODES = ("operators", "structures")
 COLUMNS = ["prune", "score", "fqn", "kind", "kept units", "params", "MACs", "kept indices"]  # score stays in view
+# (app.py's phone CSS sizes the first three columns: prune, score and the FQN, wrapped, fill a phone's width)
 DATATYPES = ["bool", "number", "str", "str", "str", "str", "str", "str"]
 
 

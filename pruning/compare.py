@@ -165,7 +165,7 @@ def check_sparsities(values) -> list[float]:
     >>> check_sparsities([0.1, 1.5])
     Traceback (most recent call last):
     ...
-    pruning.errors.SettingsError: target sparsities are fractions between 0 and 1, like 0.2 (the share of the params to remove); sparsities[1] is 1.5
+    pruning.errors.SettingsError: target sparsities are fractions between 0 and 1, like 0.2 (the share of the params to remove); sparsities[1] is 1.5 (write 1.5% as 0.015)
     """
     items = [values] if isinstance(values, (int, float, str)) else list(values)
     if not items:

@@ -179,8 +179,19 @@ def _plain_shown(value) -> str:
 
 
 def percent_hint(value) -> str:
-    """`` (write 20% as 0.2)`` when ``value`` is a percentage written as text, else ``""``."""
-    return " (write 20% as 0.2)" if isinstance(value, str) and value.strip().endswith("%") else ""
+    """`` (write 20% as 0.2)`` when ``value`` is a percentage written as text; when it is a number
+    above 1 that reads as a percentage (``5``: 5%?), how to write that one; else ``""``.
+
+    >>> percent_hint("150%"), percent_hint(5), percent_hint(" 5"), percent_hint(150), percent_hint(0.5)
+    (' (write 20% as 0.2)', ' (write 5% as 0.05)', ' (write 5% as 0.05)', '', '')
+    """
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return " (write 20% as 0.2)"
+    try:
+        x = float(value.strip() if isinstance(value, str) else value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        x = None
+    return f" (write {x:g}% as {x / 100:g})" if x is not None and 1 < x < 100 else ""
 
 
 def choice(name: str, value, choices: Sequence[str]) -> str:

@@ -127,6 +127,13 @@ def test_bad_inputs_give_toasts(c):
         c.predict(*score_args("ldpruner", n_gen="many"), api_name="/score")
     with pytest.raises(gradio_client.exceptions.AppError, match=r"target sparsities are fractions between 0 and 1, like 0.2 .*sparsities\[1\] is 2"):
         c.predict(["magnitude"], "0.1, 2", PROMPTS, 2, "latent_mse", api_name="/compare_methods")
+    c.predict(SOURCE, "cpu", "float32", api_name="/load_model")
+    with pytest.raises(gradio_client.exceptions.AppError,  # issue 23 item 9: never gradio's "greater than maximum"
+                       match=r"target sparsity must be a fraction between 0 and 1, like 0.2, got 5 \(write 5% as 0.05\)"):
+        c.predict("magnitude", 5, "global", api_name="/prefill")
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"Target 90% is out of reach\. Weight magnitude .*can "
+                                                                r"remove at most 65% of the params .*of each layer"):
+        c.predict("magnitude", 0.9, "global", api_name="/prefill")  # what the budget allows, not every unit
 
 
 def test_sweep_prefill_generate_export(c, tmp_path):

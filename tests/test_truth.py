@@ -268,8 +268,10 @@ def test_sparsity_errors_say_what_a_target_is():
     with pytest.raises(SettingsError, match=r"^target sparsities are fractions between 0 and 1, like 0.2 .*"
                                             r"sparsities\[0\] is 150% \(write 20% as 0.2\)$"):
         check_sparsities(["150%"])
-    with pytest.raises(SettingsError, match=r"sparsities\[1\] is 5$"):
+    with pytest.raises(SettingsError, match=r"sparsities\[1\] is 5 \(write 5% as 0.05\)$"):  # 5%, typed as 5?
         check_sparsities([0.1, 5.0])
+    with pytest.raises(SettingsError, match=r"sparsities\[0\] is 150$"):  # no percentage either
+        check_sparsities([150])
     with pytest.raises(SettingsError, match="^target sparsity must be a fraction between 0 and 1, like 0.2, got '0.9x'$"):
         fraction("target sparsity", 0.9) and fraction("target sparsity", "0.9x")
 

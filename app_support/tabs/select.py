@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 import visual
-from pruning import labels, methods
+from pruning import labels, methods, validate
 from pruning.compare import CompareSettings, evaluate_plan
 from pruning.methods import Scores
 from pruning.native import describe, report
@@ -60,7 +60,11 @@ def build(S) -> SimpleNamespace:
         with gr.Row():
             fill_method = gr.Dropdown([(methods.get(n).title, n) for n in methods.names()], value=default,
                                       label="pre-fill from", info=H["prefill"])
-            target = Slider(0.01, 0.9, value=0.2, step=0.01, label="target sparsity", info=H["target"])
+            with gr.Group():  # typed in the box (checked on the server, app.py's CSS hides the slider's own box,
+                # which clamps a typed value silently), or dragged on the slider (the box follows)
+                target = Number(0.2, label="target sparsity", info=H["target"], step=0.01, elem_id="target")
+                target_slider = Slider(results.SMALLEST_TARGET, 0.9, value=0.2, step=0.01, label="target sparsity",
+                                       show_label=False, elem_id="target-slider")
             scope = gr.Radio(["global", "local"], value="global", label="scope", info=H["scope"])
             native = Checkbox(False, label="native (whole blocks only)", elem_id="native-plan",
                               info="only what a diffusers config can state: the export then loads with plain "
@@ -72,7 +76,7 @@ def build(S) -> SimpleNamespace:
                     "layer that stay (empty = remove them all); **kept units** follows your ticks.")
         table = Table(empty_table(), headers=COLUMNS, datatype=DATATYPES, interactive=True, max_height=360,
                       label="selection: tick what to remove", elem_id="selection")
-        with gr.Row():
+        with gr.Row(elem_id="plan-row"):  # on phones the totals take the whole width (app.py's CSS)
             plan_df = gr.Dataframe(EMPTY["totals"], label="your plan removes", interactive=False, scale=2,
                                    elem_id="plan-totals")
             with gr.Accordion("plan (JSON)", open=False):
@@ -104,8 +108,8 @@ def build(S) -> SimpleNamespace:
             measure = gr.Button("Measure the plan on the How much? prompts", size="sm", scale=1)
             evaluated = gr.Markdown(elem_id="plan-eval", elem_classes="status")
         next_ = gr.Button("Next: how much can I prune? →", size="sm")
-    return SimpleNamespace(fill_method=fill_method, target=target, scope=scope, native=native,
-                           target_note=target_note, fill=fill, mode=mode, table=table, plan_df=plan_df,
+    return SimpleNamespace(fill_method=fill_method, target=target, target_slider=target_slider, scope=scope,
+                           native=native, target_note=target_note, fill=fill, mode=mode, table=table, plan_df=plan_df,
                            plan_json=plan_json, kept_plot=kept_plot, prompt=prompt, seed=seed, steps=gen_steps, gen=gen,
                            view=view, recon=recon, gen_status=gen_status, img_a=img_a, img_b=img_b, img_d=img_d,
                            slider=slider, metrics=metrics, measure=measure, evaluated=evaluated, next=next_)
@@ -113,19 +117,29 @@ def build(S) -> SimpleNamespace:
 
 def reset_outputs(t) -> list:
     return [t.table, t.mode, t.plan_df, t.plan_json, t.kept_plot, t.img_a, t.img_b, t.img_d, t.slider, t.metrics,
-            t.gen_status, t.fill_method, t.target, t.target_note, t.evaluated]
+            t.gen_status, t.fill_method, t.target, t.target_slider, t.target_note, t.evaluated]
 
 
 def cleared(t, h) -> dict:
     default = next((n for n in methods.names() if methods.get(n).data_free), methods.names()[0])
+    top, why = reach(h, default, {})  # the slider ends where the default method stops, from the start
     return {t.table: selection_table(h, "operators"), t.mode: "operators", t.plan_df: EMPTY["totals"],
             t.plan_json: None, t.kept_plot: visual.placeholder(f"No plan for {results.model_label(h)} yet."),
             t.img_a: None, t.img_b: None, t.img_d: None, t.slider: gr.update(value=None, visible=False),
             t.metrics: EMPTY["metrics"], t.gen_status: "", t.fill_method: gr.update(value=default),
-            t.target: gr.update(maximum=0.9, value=0.2), t.target_note: "", t.evaluated: ""}
+            t.target: min(0.2, top), t.target_slider: gr.update(maximum=top, value=min(0.2, top)), t.target_note: why,
+            t.evaluated: ""}
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def reach(h, name, store) -> tuple[float, str]:
+    """(the most the method can remove on this model, why, or how to find out)."""
+    m = methods.get(name)
+    scores = Scores.from_dict(store[name]) if name in (store or {}) else (m.score(h) if m.data_free else None)
+    top, why = results.slider_max(h, scores)
+    return top, why or f"Run {m.title} in the Score tab to pre-fill from it."
 
 
 def scores_for(h, name, store) -> Scores:
@@ -203,22 +217,46 @@ def wire(S, T) -> None:
     plan_outputs = [t.table, t.mode, t.plan_df, S.plan, t.kept_plot, t.target_note]
 
     @friendly
-    def target_range(model, name, store):
-        """The target slider stops at what the method can reach (and says why)."""
+    def target_range(model, name, target, store):
+        """The target slider stops at what the method can reach (and says why); a target beyond it
+        becomes that end, in words."""
         if not model:
-            return {t.target: gr.skip()}
+            return {t.target_slider: gr.skip()}
         h = handle(model)
-        m = methods.get(name)
-        scores = Scores.from_dict(store[name]) if name in (store or {}) else (m.score(h) if m.data_free else None)
-        top, why = results.slider_max(h, scores)
-        return {t.target: gr.update(maximum=top), t.target_note: why or f"Run {m.title} in the Score tab to "
-                                                                          "pre-fill from it."}
+        top, why = reach(h, name, store)
+        out = {t.target_slider: gr.update(maximum=top), t.target_note: why}
+        if isinstance(target, (int, float)) and target > top + 1e-9:
+            out.update({t.target: top, t.target_slider: gr.update(maximum=top, value=top),
+                        t.target_note: f"The target is now {top:g} (it was {target:g}). {why}"})
+        return out
+
+    @friendly
+    def set_target(model, name, value, current, store):
+        """A typed target is used as typed, or a toast and the note say what is used instead (the box
+        shows it): never gradio's silent clamp."""
+        if value is None:  # an emptied box: the target stays
+            return {t.target: current, t.target_slider: gr.skip(), t.target_note: gr.skip()}
+        if value == current:
+            return {t.target: gr.skip(), t.target_slider: gr.skip(), t.target_note: gr.skip()}
+        h = handle(model) if model else None  # none yet while the page loads: only "is it a fraction?"
+        top, why = reach(h, name, store) if h else (0.99, "")
+        used, words = results.typed_target(value, current, top, why, results.model_label(h) if h else "this model")
+        if words:
+            gr.Warning(words)
+        return {t.target: used, t.target_slider: used, t.target_note: words or f"Target {used:g}. {why}"}
+
+    @friendly
+    def dragged(model, name, value, store):
+        if not model:
+            return {t.target: value, t.target_note: gr.skip()}
+        return {t.target: value, t.target_note: f"Target {value:g}. {reach(handle(model), name, store)[1]}"}
 
     @friendly
     def prefill(model, name, target, scope, store, native=False):
         h = handle(model)
         scores = scores_for(h, name, store)
         top, why = results.slider_max(h, scores)
+        target = validate.fraction("target sparsity", target)
         if float(target) > top + 1e-9:
             raise gr.Error(f"Target {float(target):.0%} is out of reach. {why}", print_exception=False)
         p = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope, native=check_flag("native", native))
@@ -297,7 +335,15 @@ def wire(S, T) -> None:
         a, b, d, sl = _pair(pair, view)
         return {t.img_a: a, t.img_b: b, t.img_d: d, t.slider: sl}
 
-    t.fill_method.change(target_range, [S.model, t.fill_method, S.store], [t.target, t.target_note], **PRIVATE, **UI)
+    t.fill_method.change(target_range, [S.model, t.fill_method, t.target, S.store],
+                         [t.target, t.target_slider, t.target_note], **PRIVATE, **UI)
+    S.store.change(target_range, [S.model, t.fill_method, t.target, S.store],  # the method ran again
+                   [t.target, t.target_slider, t.target_note], **PRIVATE, **UI)
+    gr.on([t.target.submit, t.target.blur], set_target, [S.model, t.fill_method, t.target, t.target_slider, S.store],
+          [t.target, t.target_slider, t.target_note], trigger_mode="always_last", **PRIVATE, **UI)
+    t.target_slider.input(None, t.target_slider, t.target, js="(v) => v", **PRIVATE)  # the box follows at once
+    t.target_slider.input(dragged, [S.model, t.fill_method, t.target_slider, S.store], [t.target, t.target_note],
+                          trigger_mode="always_last", **PRIVATE, **UI)
     t.fill.click(prefill, [S.model, t.fill_method, t.target, t.scope, S.store, t.native], plan_outputs,
                  api_name="prefill", **UI)
     t.mode.input(change_mode, [S.model, t.mode], plan_outputs, api_name="table_mode", **UI)

@@ -193,6 +193,38 @@ def _kept_after(scores, removed) -> dict[str, list[int]]:
     return {fqn: [i for i in range(scores[fqn].numel()) if i not in g] for fqn, g in gone.items()}
 
 
+def _caps(handle, budget: LayerBudget, scores: Mapping[str, torch.Tensor]) -> tuple[dict, dict, set]:
+    """(depth scales, per-structure caps on the units removed, protected structures) under ``budget``."""
+    scale, _, protected = _layout(handle, budget, list(scores))
+    caps = {f: 0 if f in protected else int(math.floor(budget.max_fraction * scale[f] * s.numel() + 1e-9))
+            for f, s in scores.items()}
+    return scale, caps, protected
+
+
+def _removable(handle, scores: Mapping[str, torch.Tensor], caps: Mapping[str, int]) -> float:
+    """The params fraction removed with every unit the caps allow removed."""
+    return _plan(handle, {f: list(range(caps[f], s.numel())) for f, s in scores.items()},
+                 None).summary(handle.denoiser)["params_fraction"]
+
+
+def removable_fraction(handle, scores: Mapping[str, torch.Tensor], budget: LayerBudget | Mapping | None = None
+                       ) -> float:
+    """The most a cut of ``scores`` can remove under ``budget`` (its per-structure caps): the largest
+    target :func:`plan_from_unit_scores` reaches, globally or per layer (the app's target slider ends there).
+
+    >>> import torch
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+    >>> scores = {f: torch.ones(s.units) for f, s in discover(h.denoiser).structures.items()}
+    >>> capped, whole = removable_fraction(h, scores), removable_fraction(h, scores, {"max_fraction": 1.0})
+    >>> 0 < capped < whole <= 1
+    True
+    """
+    budget = LayerBudget.of(budget)
+    return _removable(handle, scores, _caps(handle, budget, scores)[1])
+
+
 def plan_from_unit_scores(handle, scores: Mapping[str, torch.Tensor], *, target_sparsity: float | None = None,
                           scope: str = "global", threshold: float | None = None,
                           provenance: Mapping | None = None, tolerance: float = 0.01,
@@ -214,12 +246,9 @@ def plan_from_unit_scores(handle, scores: Mapping[str, torch.Tensor], *, target_
         raise SettingsError("give target_sparsity or threshold")
     target = validate.fraction("target sparsity", target_sparsity)
     den = handle.denoiser
-    scale, _, protected = _layout(handle, budget, list(scores))
-    caps = {f: 0 if f in protected else int(math.floor(budget.max_fraction * scale[f] * s.numel() + 1e-9))
-            for f, s in scores.items()}
+    scale, caps, protected = _caps(handle, budget, scores)
     prov = {**(provenance or {}), "budget": budget.to_dict()}
-    everything = _plan(handle, {f: list(range(caps[f], s.numel())) for f, s in scores.items()},
-                       None).summary(den)["params_fraction"]  # every unit the caps allow removed
+    everything = _removable(handle, scores, caps)
     if target > everything + tolerance:
         kinds = sorted({discover(den).structures[f].kind for f in scores})
         raise PlanError(f"target sparsity {target:.3f} is not reachable with kinds {kinds} under the budget "
