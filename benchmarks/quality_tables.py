@@ -42,6 +42,7 @@ import torch
 
 MODELS = ("tiny-shapes-sd", "tiny-shapes-flux", "tiny-shapes-sd3")
 SPARSITIES = (0.2, 0.3)  # what Q1, Q2 and Q3 read (10% and 50% cost an hour more on the shared CPU)
+NOT_PLANS = ("original", "random", "fewer steps")  # rows that are no method's plan (random is the yardstick)
 Q3_SLACK = {0.2: 0.03, 0.3: 0.06}  # Q3: the best plan's accuracy within this of the original's
 OUT = Path(__file__).with_name("results")
 README = Path(__file__).parent.parent / "README.md"
@@ -117,7 +118,7 @@ def _unreachable(error) -> str:
 def _best(df: pd.DataFrame, t: float) -> pd.Series | None:
     """The best plan at ``t`` by task accuracy (then lower latent MSE): every method, plain or
     reconstructed, except random and the fewer-steps baseline."""
-    at = df[(df["sparsity"] == t) & ~df["method"].isin(["original", "random", "fewer steps"])
+    at = df[(df["sparsity"] == t) & ~df["method"].isin(NOT_PLANS)
             & df["acc_all"].notna()]
     if not len(at):
         return None
@@ -260,7 +261,7 @@ def _ratio_at(df: pd.DataFrame, sparsity: float) -> tuple[float, str]:
     """The best non-random method's latent MSE / random's at ``sparsity`` (plain plans), and that method."""
     df = _plain(df)
     at = df[(df["sparsity"] == sparsity) & df["latent_mse"].notna()].set_index("method")["latent_mse"]
-    best = at.drop(["random", "original"], errors="ignore")
+    best = at.drop(list(NOT_PLANS), errors="ignore")  # the baseline's rows are no method's plan
     return float(best.min() / at["random"]), str(best.idxmin())
 
 
