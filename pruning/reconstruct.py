@@ -636,6 +636,29 @@ def _record(s: ReconstructSettings) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
+def replaces_compensation(plan: PruningPlan) -> str | None:
+    """Why ``reconstruct`` on this plan may be a step back, or None: the plan comes compensated by
+    its method (OBS-Diff's plans record the run that compensated them), and ``reconstruct`` starts
+    from the plain slim weights, so it replaces that compensation with its own re-fit. Measured on
+    the three bundled models at 20% and 30% (README, Q2): 1.0-1.7x OBS-Diff's own latent MSE.
+
+    >>> replaces_compensation(PruningPlan(family="sd", base="tiny:sd")) is None
+    True
+    >>> replaces_compensation(PruningPlan(family="sd", base="tiny:sd",
+    ...                       reconstruction={"settings": {"method": "obsdiff"}, "compensated": []})).split(":")[0]
+    'This plan comes compensated by OBS-Diff'
+    """
+    method = ((plan.reconstruction or {}).get("settings") or {}).get("method")
+    if not method:
+        return None
+    from .labels import method_name
+
+    name = method_name(method)
+    return (f"This plan comes compensated by {name}: reconstruct re-fits the layers from the plain slim weights, "
+            f"which replaces {name}'s own compensation (on the bundled models the re-fit came out worse, 1.0-1.7x "
+            f"its latent MSE). Untick reconstruct to keep {name}'s.")
+
+
 def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.Module:
     """The reconstructed slim denoiser a plan with ``reconstruction`` recorded describes, computed
     again from the base weights with the recorded settings (deterministic on one device)."""
@@ -650,7 +673,7 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
     return small
 
 
-__all__ = ["ReconstructSettings", "reconstruct", "reapply", "consumers", "consumer_groups", "sequential_groups",
+__all__ = ["ReconstructSettings", "reconstruct", "reapply", "replaces_compensation", "consumers", "consumer_groups", "sequential_groups",
            "step_weights", "Stats", "solve",
            "rel_error",
            "layer_inputs", "flat_weight"]

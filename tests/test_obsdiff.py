@@ -4,6 +4,8 @@ greedy, the registry / CLI / estimator / chunks wiring, and the invariants every
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from pruning.export import build, export, load_pruned, load_pruned_denoiser
 from pruning.masks import masked
 from pruning.methods import obsdiff
 from pruning.methods.obsdiff import OBSLayer, Unit, compensated, prepare_hessian, rrf, select
+from pruning.reconstruct import replaces_compensation
 from pruning.runs import Budget
 from pruning.sampling import generate_latents
 from pruning.slim import slim
@@ -131,6 +134,9 @@ def test_plan_masked_equals_slim_and_compensation_is_recorded(family, request):
     plan = m.to_plan(h, scores, target_sparsity=0.2)
     assert plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.2, abs=0.01)
     assert plan.reconstruction["settings"]["method"] == "obsdiff"
+    # reconstruct would re-fit from the plain slim weights: the library says so before it replaces OBS-Diff's
+    assert "compensated by OBS-Diff" in replaces_compensation(plan)
+    assert replaces_compensation(replace(plan, reconstruction=None)) is None
     kw = dict(steps=2, resolution=h.defaults["resolution"])
     plain = slim(h.denoiser, plan)
     with masked(h.denoiser, plan):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import SettingsError
@@ -12,7 +13,7 @@ from ..export import check_removes_something, check_target, export, inplace_refu
 from ..labels import plural
 from ..manifest import read_manifest
 from ..metrics import count_params
-from ..reconstruct import ReconstructSettings, reconstruct
+from ..reconstruct import ReconstructSettings, reconstruct, replaces_compensation
 from ..recover import RecoverSettings, recover
 from .common import (
     add_command,
@@ -108,6 +109,8 @@ def cmd_export(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     check_removes_something(plan, h)  # before a reconstruction
+    if args.reconstruct and replaces_compensation(plan):
+        print(f"note: {replaces_compensation(plan)}", file=sys.stderr)
     small = reconstruct(h, plan) if args.reconstruct else None
     before = count_params(h.denoiser)
     native_note = None
@@ -179,6 +182,8 @@ def cmd_reconstruct(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     check_removes_something(plan, h)
+    if replaces_compensation(plan):
+        print(f"note: {replaces_compensation(plan)}", file=sys.stderr)
     small = reconstruct(h, plan, settings)
     folder = export(h, small.pruning_plan, args.out, full_pipeline=args.full_pipeline, denoiser=small,
                     overwrite=args.overwrite, **_export_kw(args))
