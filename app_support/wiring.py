@@ -248,6 +248,13 @@ def waiting_note(request: gr.Request) -> str:
     return f"Waiting for {what} to finish (press **Stop** in its tab to load now)..."
 
 
+def switched(request: gr.Request | None) -> bool:
+    """Whether a model switch waits for this session's run: its result is then cleared with the
+    switch (the Model tab says so), so the run ends without writing it; a result written now could
+    reach the page after the new model's cleared tabs and show the old model's figures."""
+    return sid(request) in WAITED
+
+
 def stop_run(request: gr.Request):
     """Stop this session's runs: the running one ends after its current step; queued ones never start."""
     n = RUNS.stop(sid(request))

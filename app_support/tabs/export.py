@@ -40,6 +40,7 @@ from ..wiring import (
     sid,
     stamp,
     steps,
+    switched,
 )
 
 KEY = "export"
@@ -184,6 +185,9 @@ def wire(S, T) -> None:
         yield {**_gone(t), t.status: f"Exporting {results.model_label(h)}...", t.est: ""}
         out, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
                                                         progress=progress, phase="export"), t.est, t.status)
+        if switched(request):  # the Model tab clears this result with the switch and says so
+            yield {t.status: gr.skip()}
+            return
         done = "Exported" + (f" ({results.reconstruction_note(out['reconstruction'])})" if recon else "")
         if out.get("lora"):
             r = out["lora"]

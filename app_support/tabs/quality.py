@@ -41,6 +41,7 @@ from ..wiring import (
     stamp,
     steps,
     stop_run,
+    switched,
 )
 
 KEY = "quality"
@@ -197,6 +198,9 @@ def wire(S, T) -> None:
         yield {t.status: f"Comparing on {results.model_label(h)}...", t.est: ""}
         run, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
                                                         progress=progress, phase="compare"), t.est, t.status)
+        if switched(request):  # the Model tab clears this result with the switch and says so
+            yield {t.status: gr.skip()}
+            return
         df = run.result
         table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h),
                  "own_plan": plan_dict or None}

@@ -40,6 +40,7 @@ from ..wiring import (
     stamp,
     steps,
     stop_run,
+    switched,
 )
 
 KEY = "score"
@@ -226,6 +227,9 @@ def wire(S, T) -> None:
         run, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
                                                         progress=progress, phase=labels.method_name(name)),
                                       t.est, t.status, curves)
+        if switched(request):  # the Model tab clears this result with the switch and says so
+            yield {t.status: gr.skip()}
+            return
         scores = run.result
         history = _curves(scores)
         yield {t.table: gr.update(value=results.score_table(h, scores), label=results.table_label(h, scores)),

@@ -266,11 +266,13 @@ def test_16_a_hub_base_must_be_a_hub_id(sd_folder_handle, tmp_path, monkeypatch)
 # --------------------------------------------------------------------------- 17. Ctrl-C while importing
 
 
-def test_17_ctrl_c_while_the_command_imports(tmp_path):
+def test_17_ctrl_c_while_the_command_imports(tmp_path, sd_folder, plan_file):
+    # a real model and plan: the command has seconds of work (imports, loading, export) whatever the
+    # sleep below oversleeps on a loaded machine (a missing plan file ended it before the Ctrl-C came)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     for delay in (0.3, 0.8, 1.5):  # after the interpreter's own start (~0.1 s), while torch/diffusers import
-        proc = subprocess.Popen([sys.executable, "-m", "pruning", "export", "--model", "tiny-shapes-sd", "--plan",
-                                 str(tmp_path / "p.json"), "--out", str(tmp_path / "e")],
+        proc = subprocess.Popen([sys.executable, "-m", "pruning", "export", "--model", str(sd_folder), "--plan",
+                                 str(plan_file), "--out", str(tmp_path / "e")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
