@@ -266,6 +266,13 @@ def test_16_a_hub_base_must_be_a_hub_id(sd_folder_handle, tmp_path, monkeypatch)
 # --------------------------------------------------------------------------- 17. Ctrl-C while importing
 
 
+def _as_from_a_terminal():
+    """The child starts with Ctrl-C's default action, as from a shell: a child inherits an ignored
+    SIGINT, and the test process may hold one (a worker process, or an in-process CLI call's
+    ``work_done``), which made the command ignore the signal and finish (exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_17_ctrl_c_while_the_command_imports(tmp_path, sd_folder, plan_file):
     # a real model and plan: the command has seconds of work (imports, loading, export) whatever the
     # sleep below oversleeps on a loaded machine (a missing plan file ended it before the Ctrl-C came)
@@ -273,7 +280,8 @@ def test_17_ctrl_c_while_the_command_imports(tmp_path, sd_folder, plan_file):
     for delay in (0.3, 0.8, 1.5):  # after the interpreter's own start (~0.1 s), while torch/diffusers import
         proc = subprocess.Popen([sys.executable, "-m", "pruning", "export", "--model", str(sd_folder), "--plan",
                                  str(plan_file), "--out", str(tmp_path / "e")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                                preexec_fn=_as_from_a_terminal)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
