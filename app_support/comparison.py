@@ -11,6 +11,7 @@ the direction that is better.
 from __future__ import annotations
 
 import statistics
+import threading
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,25 @@ def difference(original: Image.Image, pruned: Image.Image) -> Image.Image:
     return _resize(Image.fromarray(np.stack([d] * 3, axis=2)))
 
 
+_REBUILT: dict = {}  # (model, device, dtype, plan) -> the re-fitted slim model: the last one only
+_REBUILT_LOCK = threading.Lock()
+
+
+def refit(handle: Handle, plan: PruningPlan, control=None):
+    """``pruning.reconstruct(handle, plan)`` (default settings), computed once for the last plan
+    asked: Generate and Export of the same plan share one re-fit (it is deterministic on one
+    device). The module is shared: callers read it, and copy it before changing it (recovery)."""
+    key = (handle.model_ref, str(handle.device), str(handle.dtype), plan.to_json())
+    with _REBUILT_LOCK:
+        if key in _REBUILT:
+            return _REBUILT[key]
+    small = reconstruct(handle, plan, control=control)  # a Stop raises: nothing is cached
+    with _REBUILT_LOCK:
+        _REBUILT.clear()
+        _REBUILT[key] = small
+    return small
+
+
 @torch.no_grad()
 def compare_images(handle: Handle, plan: PruningPlan, prompt: str, seed: int, *, steps: int | None = None,
                    control=None, latency: bool = True, reconstructed: bool = False) -> dict:
@@ -65,7 +85,7 @@ def compare_images(handle: Handle, plan: PruningPlan, prompt: str, seed: int, *,
     z0 = generate_latents(handle, [prompt], [int(seed)], **kw)
     rebuilt = None
     if reconstructed:
-        rebuilt = reconstruct(handle, plan, control=control)
+        rebuilt = refit(handle, plan, control=control)
     elif plan.reconstruction is not None:  # a plan that carries its own weights (OBS-Diff's compensation)
         from pruning.export import build
 

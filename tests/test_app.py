@@ -211,6 +211,36 @@ def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path):
         c.predict(PROMPT, 0, 2, "side by side", "yes", api_name="/generate")
 
 
+def test_generate_and_export_share_one_refit_of_the_same_plan(monkeypatch):
+    """The app re-fits a plan once: Generate and Export of the same plan get the same module; another
+    plan (or model) is re-fitted afresh; a stopped re-fit caches nothing."""
+    from types import SimpleNamespace
+
+    from app_support import comparison
+    from pruning.errors import RunStopped
+    from pruning.plan import PruningPlan
+
+    calls = []
+
+    def fake(handle, plan, control=None):
+        if control == "stop":
+            raise RunStopped("stopped")
+        calls.append(plan.removed_operators)
+        return object()
+
+    monkeypatch.setattr(comparison, "reconstruct", fake)
+    monkeypatch.setattr(comparison, "_REBUILT", {})
+    h = SimpleNamespace(model_ref="tiny:sd@1", device="cpu", dtype="float32")
+    a, b = (PruningPlan(family="sd", base="tiny:sd@1", removed_operators=(op,)) for op in ("x", "y"))
+    first = comparison.refit(h, a)
+    assert comparison.refit(h, a) is first and calls == [("x",)]
+    with pytest.raises(RunStopped):
+        comparison.refit(h, b, control="stop")
+    assert comparison.refit(h, a) is first  # the stopped one left the cache as it was
+    assert comparison.refit(h, b) is not first and comparison.refit(SimpleNamespace(**{**vars(h), "dtype": "bf16"}), b)
+    assert calls == [("x",), ("y",), ("y",)]
+
+
 def test_estimate_before_a_run(c):
     text = c.predict(*score_args("ldpruner", n_gen=2), api_name="/estimate")
     assert text.startswith("**Estimate**") and "Operator sweep (LD-Pruner): " in text and "peak memory" in text

@@ -3,6 +3,7 @@ sliced for it), zipped with its card, and the lines that load it."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,10 +15,11 @@ from pruning.estimate import estimate_export
 from pruning.export import check_removes_something
 from pruning.native import describe, native_layout, report
 from pruning.plan import describe as describe_plan
-from pruning.reconstruct import reconstruct, replaces_compensation
+from pruning.reconstruct import replaces_compensation
 
 from .. import format as fmt
 from .. import guide, results
+from ..comparison import refit
 from ..exports import export_zip
 from ..inputs import Checkbox, Number
 from ..runs import check_flag, check_size
@@ -114,13 +116,13 @@ def _export(h, p, full_pipeline, recover_iters, rec_prompts, n_steps, session, c
             lora=None, native=False):
     small = None
     if reconstructed:  # the re-fitted slim model; its plan records the reconstruction
-        small = reconstruct(h, p, control=control)
+        small = refit(h, p, control=control)  # shared with Generate's re-fit of the same plan
         p = small.pruning_plan
     if recover_iters:
         from pruning.recover import RecoverSettings, recover
 
         small = recover(h, p, RecoverSettings(prompts=rec_prompts, iters=recover_iters, steps=n_steps),
-                        denoiser=small, control=control)
+                        denoiser=copy.deepcopy(small) if small is not None else None, control=control)
         if small.recovery["partial"]:
             raise gr.Error(f"Export stopped during recovery ({control.reason}); nothing was exported.",
                            print_exception=False)
