@@ -19,7 +19,7 @@ import gradio as gr
 from app_support import guide, wiring
 from app_support.exports import cleanup, serve_in_place
 from app_support.tabs import export, model, quality, score, select
-from app_support.wiring import CACHE, RUNS, sid
+from app_support.wiring import CACHE, CHOSEN, RUNS, WAITED, sid
 
 TABS = (model, score, select, quality, export)
 DEFAULT_MODEL = model.DEFAULT_MODEL
@@ -64,9 +64,11 @@ CSS = """
 
 
 def end_session(request: gr.Request):
-    """A closed tab: stop its runs and remove its exports."""
+    """A closed tab: stop its runs, remove its exports and forget what the server kept for it."""
     RUNS.stop(sid(request), "the session closed")
     cleanup(session=sid(request))
+    for per_session in (CHOSEN, WAITED):
+        per_session.pop(sid(request), None)
 
 
 def build_app() -> gr.Blocks:

@@ -673,7 +673,5 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
     return small
 
 
-__all__ = ["ReconstructSettings", "reconstruct", "reapply", "replaces_compensation", "consumers", "consumer_groups", "sequential_groups",
-           "step_weights", "Stats", "solve",
-           "rel_error",
-           "layer_inputs", "flat_weight"]
+__all__ = ["ReconstructSettings", "reconstruct", "reapply", "replaces_compensation", "consumers", "consumer_groups",
+           "sequential_groups", "step_weights", "Stats", "solve", "rel_error", "layer_inputs", "flat_weight"]

@@ -187,11 +187,13 @@ def percent_hint(value) -> str:
     """
     if isinstance(value, str) and value.strip().endswith("%"):
         return " (write 20% as 0.2)"
+    if isinstance(value, bool):
+        return ""
     try:
-        x = float(value.strip() if isinstance(value, str) else value) if not isinstance(value, bool) else None
+        x = float(value)  # float() reads " 5" too
     except (TypeError, ValueError):
-        x = None
-    return f" (write {x:g}% as {x / 100:g})" if x is not None and 1 < x < 100 else ""
+        return ""
+    return f" (write {x:g}% as {x / 100:g})" if 1 < x < 100 else ""
 
 
 def choice(name: str, value, choices: Sequence[str]) -> str:

@@ -173,8 +173,8 @@ def wire(S, T) -> None:
         check_removes_something(p, h)  # before a recovery or reconstruction
         rp = prompts(prompt_text) if iters else None
         recon, native = check_flag("reconstruct", recon), check_flag("native", native)
-        if recon and replaces_compensation(p):
-            gr.Warning(replaces_compensation(p))
+        if recon and (why := replaces_compensation(p)):
+            gr.Warning(why)
         if native:
             native_layout(h.denoiser, p)  # not native: one toast naming the layer, before any work
         n = steps(n_steps)

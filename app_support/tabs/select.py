@@ -138,7 +138,7 @@ def cleared(t, h) -> dict:
 def reach(h, name, store) -> tuple[float, str]:
     """(the most the method can remove on this model, why, or how to find out)."""
     m = methods.get(name)
-    scores = Scores.from_dict(store[name]) if name in (store or {}) else (m.score(h) if m.data_free else None)
+    scores = scores_for(h, name, store) if name in (store or {}) or m.data_free else None
     top, why = results.slider_max(h, scores)
     return top, why or f"Run {m.title} in the Score tab to pre-fill from it."
 
@@ -294,8 +294,8 @@ def wire(S, T) -> None:
         p, seed, n_steps = plan(plan_dict), check_size("seed", seed), steps(n_steps)
         prompt = prompts(prompt)[0]
         recon = check_flag("reconstruct", recon)
-        if recon and replaces_compensation(p):
-            gr.Warning(replaces_compensation(p))
+        if recon and (why := replaces_compensation(p)):
+            gr.Warning(why)
         out = None
         yield {t.gen_status: f"Generating seed {seed} with the original and the pruned {results.model_label(h)}..."}
         for msg in run_with_estimate(h, lambda c: _compare(h, p, prompt, seed, n_steps, c, recon), lambda: "",

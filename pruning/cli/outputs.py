@@ -109,8 +109,8 @@ def cmd_export(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     check_removes_something(plan, h)  # before a reconstruction
-    if args.reconstruct and replaces_compensation(plan):
-        print(f"note: {replaces_compensation(plan)}", file=sys.stderr)
+    if args.reconstruct and (why := replaces_compensation(plan)):
+        print(f"note: {why}", file=sys.stderr)
     small = reconstruct(h, plan) if args.reconstruct else None
     before = count_params(h.denoiser)
     native_note = None
@@ -182,8 +182,8 @@ def cmd_reconstruct(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     check_removes_something(plan, h)
-    if replaces_compensation(plan):
-        print(f"note: {replaces_compensation(plan)}", file=sys.stderr)
+    if why := replaces_compensation(plan):
+        print(f"note: {why}", file=sys.stderr)
     small = reconstruct(h, plan, settings)
     folder = export(h, small.pruning_plan, args.out, full_pipeline=args.full_pipeline, denoiser=small,
                     overwrite=args.overwrite, **_export_kw(args))
