@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -662,3 +662,28 @@ def test_fuzz_card_front_matter_and_snippets(text_, data):
     calls = {n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id for n in ast.walk(ast.parse(code))
              if isinstance(n, ast.Call)}
     assert calls <= ALLOWED_CALLS and "<" not in code and "`" not in code
+
+
+# --------------------------------------------------------------------------- the typed target (app)
+
+
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6), st.text(max_size=12),
+                 st.booleans(), st.none()),
+       st.floats(0.01, 0.95), st.floats(0.05, 0.95))
+@example("0.3", 0.2, 0.65)
+@example(5, 0.2, 0.65)
+def test_fuzz_typed_target(value, current, top):
+    """Any typed target gives a target the slider can show (the current one, or one in [0.01, top]),
+    and words whenever it is not the value as typed, naming that value."""
+    from app_support.results import SMALLEST_TARGET, typed_target
+
+    current = min(current, top)
+    used, words = typed_target(value, current, top, "", "tiny-shapes-sd")
+    assert used == current or SMALLEST_TARGET - 1e-9 <= used <= top + 1e-9
+    try:
+        typed = None if isinstance(value, bool) or value is None else float(value)
+    except ValueError:
+        typed = None
+    assert used == typed or words, (value, used)
+    if words and not isinstance(value, str) and value is not None:
+        assert f"{value:g}" in words or repr(value) in words or str(value) in words, (value, words)
