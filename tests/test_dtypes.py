@@ -39,7 +39,9 @@ CI_CASES = [("sd", BF16), ("sdxl", F16), ("flux", F16), ("sd3", BF16),
             ("tiny-shapes-sd", F16), ("tiny-shapes-flux", BF16), ("tiny-shapes-sd3", F16)]
 CASES = ALL_CASES if os.environ.get("PRUNING_THOROUGH") == "1" else CI_CASES
 PROMPTS = ["a red circle at the top left on a white background", "a blue square at the bottom right on a white background"]
-N_PLANS = 30  # errors are rare rounding flips (see TOLERANCE): 10 plans would see none in bf16
+# Errors are rare rounding flips (see TOLERANCE): 10 plans would see none in bf16, so the suite's 12
+# check masked == slim and PRUNING_THOROUGH=1 (the C3 row) runs 30, which meet the flips.
+N_PLANS = 30 if os.environ.get("PRUNING_THOROUGH") == "1" else 12
 SMALL = {"batch": 2, "sample_size": 8, "text_len": 8}
 
 # masked vs slim, relative L2 ||masked - slim|| / ||masked|| of the denoiser output (SMALL inputs).

@@ -69,8 +69,10 @@ def silence(h, plan):
                         unit_view(params[cut.param].data, cut, s)[gone] = 0.0  # (units, unit_size * rest) view
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("inputs", ["pruned", "original"])
+# The original model's inputs on every family: thorough only (the suite keeps SD's, the same code path).
+@pytest.mark.parametrize("inputs, family", [*(("pruned", f) for f in FAMILIES), ("original", "sd"),
+                                            *(pytest.param("original", f, marks=pytest.mark.thorough)
+                                              for f in FAMILIES if f != "sd")])
 def test_exact_when_the_removed_units_are_silent(family, inputs):
     h = fresh(family)
     plan = random_plan(h, seed=1)

@@ -1,5 +1,6 @@
 """Screenshots of the visitor's journey at all four configurations (1440x900 and 390x844, light
-and dark), for people to look at; the test suite runs two of them (tests/e2e/test_journey.py).
+and dark), the whole journey at each, for people to look at; the test suite runs it whole at 1440x900
+(light) and the width- and theme-dependent steps at 390x844 (dark) (tests/e2e/test_journey.py).
 
     python -m tests.e2e.shots [OUT_DIR]      # default tests/e2e/artifacts/shots (or PRUNING_SHOTS)
 
@@ -37,7 +38,7 @@ def main(out: str | None = None) -> int:
         for width, height, scheme in CONFIGS:
             with tempfile.TemporaryDirectory() as tmp:
                 try:
-                    journey.test_visitor_journey(browser, url, Path(tmp), width, height, scheme)
+                    journey.journey(browser, url, Path(tmp), width, height, scheme, full=True)
                 except Exception as e:  # keep the other configurations' shots
                     failures.append(f"{width}-{scheme}: {type(e).__name__}: {str(e)[:300]}")
             ctx, page = conftest.open_page(browser, width, height, scheme)

@@ -1,6 +1,7 @@
 """A first-time visitor's whole journey in a real browser (headless Debian chromium), at
-1440x900 (light) and 390x844 (dark): read the guide, score, see what can go, select,
-compare, ask how much can be pruned, export, hit an error, switch models.
+1440x900 (light): read the guide, score, see what can go, select, compare, ask how much can be
+pruned, export, hit an error, switch models; at 390x844 (dark) the steps whose look depends on
+the width or the theme (``python -m tests.e2e.shots`` runs the whole journey at all four).
 
 It asserts what a person would check, and saves a screenshot per finding of issue 12 under
 tests/e2e/artifacts/ (git-ignored), named <config>-<NN>-<finding>.png.
@@ -115,6 +116,16 @@ def image_boxes(page) -> list[dict]:
 
 @pytest.mark.parametrize("width, height, scheme", CONFIGS, ids=[f"{w}-{s}" for w, _, s in CONFIGS])
 def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
+    """The whole journey at 1440x900; at 390x844 (dark) the steps whose look depends on the width or the
+    theme (the shots script runs the whole journey at all four configurations)."""
+    journey(browser, app_url, tmp_path, width, height, scheme, full=width > 1000)
+
+
+def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, full: bool = True) -> None:
+    """The visitor's journey; ``full=False`` keeps what a narrow or dark page can get wrong (onboarding,
+    every tab reachable, a heatmap, the selection table, the aligned comparison and the error toast, the
+    dark plot, the export options) and leaves out what the width and theme do not change (the LD-Pruner
+    and EcoDiff runs, the estimate, hand edits, measuring the plan, the export itself, the model switch)."""
     from pruning import load_pruned
 
     config = f"{width}-{scheme}"
@@ -131,45 +142,54 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         for name in TABS:  # 10. every step is reachable at this width
             expect(page.get_by_role("tab", name=name)).to_be_visible()
 
-        # 2. score: the LD-Pruner sweep, coloured by one rule
+        # 2. score: the LD-Pruner sweep (weight magnitude where the run is not the point), coloured by one rule
         tab(page, "2 Score")
-        page.get_by_label("Operator sweep (LD-Pruner)").check()
-        page.get_by_label("steps", exact=True).first.fill("2")
-        page.get_by_label("block", exact=True).check()
-        run_and_wait(page, "Run", "#score-status", "operators scored")
+        if full:
+            page.get_by_label("Operator sweep (LD-Pruner)").check()
+            page.get_by_label("steps", exact=True).first.fill("2")
+            page.get_by_label("block", exact=True).check()
+            run_and_wait(page, "Run", "#score-status", "operators scored")
+        else:
+            page.get_by_label("Weight magnitude (baseline)").check()
+            run_and_wait(page, "Run", "#score-status", "units scored")
+        method = "LD-Pruner" if full else "Weight magnitude"
         h = heatmap(page, "#score-plot")
         scores = [(c[1], z) for row_c, row_z in zip(h["custom"], h["z"]) for c, z in zip(row_c, row_z)
                   if c and c[0] is not None]
         lowest = min(scores)
         assert lowest[1] == 0 and h["zmin"] == 0  # the lowest score sits at the bottom of the scale...
         assert h["colorscale"][0][1].lower() == PRUNABLE  # ...which is the 'prunable' colour
-        assert "tiny-shapes-sd" in h["title"] and "LD-Pruner" in h["title"]  # whose plot it is
+        assert "tiny-shapes-sd" in h["title"] and method in h["title"]  # whose plot it is
         shot(page, config, "05-colours-heatmap", page.locator("#score-plot"))
 
-        # issue 23 item 7: the estimate names the method it was asked for, and goes when the method changes
-        page.get_by_role("button", name="Estimate the cost").first.click()
-        expect(page.locator("#score-estimate")).to_contain_text("LD-Pruner", timeout=60_000)
-        # issue 23 item 2: a near-tie (EcoDiff whose gates barely moved) warns and flattens the colours
-        page.get_by_label("Mask optimization (EcoDiff)").check()
-        expect(page.locator("#score-estimate")).not_to_contain_text("LD-Pruner")
-        eco = page.locator("#settings-ecodiff")
-        for name, value in (("epochs", "1"), ("learning rate", "0.000001")):
-            box = eco.get_by_label(f"number input for {name}") if eco.get_by_label(
-                f"number input for {name}").count() else eco.get_by_label(name, exact=True)
-            box.fill(value)
-            box.press("Enter")
-        run_and_wait(page, "Run", "#score-status", "scores barely differ: this ranking is unreliable")
-        tied = heatmap(page, "#score-plot")
-        assert len({c.lower() for _, c in tied["colorscale"]}) == 1, tied["colorscale"]  # one flat colour
-        shot(page, config, "11-near-tie", page.locator("#score-plot"))
-        page.get_by_label("Operator sweep (LD-Pruner)").check()  # back to its own result
-        expect(page.locator("#score-status")).to_contain_text("operators scored")
+        if full:
+            # issue 23 item 7: the estimate names the method it was asked for, and goes when the method changes
+            page.get_by_role("button", name="Estimate the cost").first.click()
+            expect(page.locator("#score-estimate")).to_contain_text("LD-Pruner", timeout=60_000)
+            # issue 23 item 2: a near-tie (EcoDiff whose gates barely moved) warns and flattens the colours
+            page.get_by_label("Mask optimization (EcoDiff)").check()
+            expect(page.locator("#score-estimate")).not_to_contain_text("LD-Pruner")
+            eco = page.locator("#settings-ecodiff")
+            for name, value in (("epochs", "1"), ("learning rate", "0.000001")):
+                box = eco.get_by_label(f"number input for {name}") if eco.get_by_label(
+                    f"number input for {name}").count() else eco.get_by_label(name, exact=True)
+                box.fill(value)
+                box.press("Enter")
+            run_and_wait(page, "Run", "#score-status", "scores barely differ: this ranking is unreliable")
+            tied = heatmap(page, "#score-plot")
+            assert len({c.lower() for _, c in tied["colorscale"]}) == 1, tied["colorscale"]  # one flat colour
+            shot(page, config, "11-near-tie", page.locator("#score-plot"))
+            page.get_by_label("Operator sweep (LD-Pruner)").check()  # back to its own result
+            expect(page.locator("#score-status")).to_contain_text("operators scored")
 
         # 9. select: pre-filled from the method that just ran, most prunable first
         tab(page, "3 Select")
-        expect(page.get_by_label("pre-fill from")).to_have_value("Mask optimization (EcoDiff)")  # the last run
-        page.get_by_label("pre-fill from").click()
-        page.get_by_role("option", name="Operator sweep (LD-Pruner)").click()
+        if full:
+            expect(page.get_by_label("pre-fill from")).to_have_value("Mask optimization (EcoDiff)")  # the last run
+            page.get_by_label("pre-fill from").click()
+            page.get_by_role("option", name="Operator sweep (LD-Pruner)").click()
+        else:
+            expect(page.get_by_label("pre-fill from")).to_have_value("Weight magnitude (baseline)")
         expect(page.locator("#target-note")).to_contain_text("can remove at most")
         target = page.locator("#target input")  # the typed box (the slider's own box is hidden)
         target.fill("0.1")
@@ -179,14 +199,15 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         expect(totals).to_contain_text("%")
         shot(page, config, "09-selection-table", page.locator("#selection"))
         shot(page, config, "06-numbers-totals", totals)
-        expect(page.locator("#target-note")).to_contain_text("LD-Pruner 10%")
-        before = page.locator("#target-note").inner_text()
-        page.locator("#selection input[type=checkbox]:checked").first.click()  # a hand edit: one row less
-        expect(page.locator("#target-note")).to_contain_text("LD-Pruner 10%, edited by hand")  # recomputed
-        assert page.locator("#target-note").inner_text() != before
-        page.get_by_role("button", name="Measure the plan on the How much? prompts").click()
-        expect(page.locator("#plan-eval")).to_contain_text("Computed on", timeout=120_000)
-        measured = re.search(r"latent MSE \*?\*?([0-9.e+-]+)", page.locator("#plan-eval").inner_text()).group(1)
+        if full:  # a hand edit, and the plan measured on the How much? prompts
+            expect(page.locator("#target-note")).to_contain_text("LD-Pruner 10%")
+            before = page.locator("#target-note").inner_text()
+            page.locator("#selection input[type=checkbox]:checked").first.click()  # a hand edit: one row less
+            expect(page.locator("#target-note")).to_contain_text("LD-Pruner 10%, edited by hand")  # recomputed
+            assert page.locator("#target-note").inner_text() != before
+            page.get_by_role("button", name="Measure the plan on the How much? prompts").click()
+            expect(page.locator("#plan-eval")).to_contain_text("Computed on", timeout=120_000)
+            measured = re.search(r"latent MSE \*?\*?([0-9.e+-]+)", page.locator("#plan-eval").inner_text()).group(1)
 
         # 1. original vs pruned: the same size, aligned to the pixel, large enough to judge
         page.get_by_role("button", name="Generate original vs pruned").click()
@@ -209,7 +230,7 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
 
         # "How much can I prune?": quality against sparsity, the visitor's plan marked; the metric redraws
         tab(page, "4 How much?")
-        page.get_by_label("target sparsities").fill("0.1, 0.2")
+        page.get_by_label("target sparsities").fill("0.1, 0.2" if full else "0.1")
         record_texts(page, "#quality-status")
         page.get_by_role("button", name="Compare", exact=True).click()
         expect(page.locator("#quality-status")).to_contain_text("plans evaluated", timeout=120_000)
@@ -219,8 +240,10 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         plot = page.locator("#quality-plot .js-plotly-plot")
         traces = plot.evaluate("g => g._fullData.map(t => ({name: t.name, mode: t.mode, y: Array.from(t.y)}))")
         own = [t for t in traces if t["name"].startswith("your plan")]
-        assert len(own) == 1 and "LD-Pruner 10%, edited by hand" in own[0]["name"], traces
-        assert f"{own[0]['y'][0]:.4g}" == f"{float(measured):.4g}", (own, measured)  # the same figure as Select's
+        plan_name = "LD-Pruner 10%, edited by hand" if full else "Weight magnitude 10%"
+        assert len(own) == 1 and plan_name in own[0]["name"], traces
+        if full:
+            assert f"{own[0]['y'][0]:.4g}" == f"{float(measured):.4g}", (own, measured)  # the same figure as Select's
         for t in traces:  # every curve names its settings
             assert t["mode"] == "markers" or "(" in t["name"], t["name"]
         status = page.locator("#quality-status").inner_text()
@@ -237,49 +260,53 @@ def test_visitor_journey(browser, app_url, tmp_path, width, height, scheme):
         # export: says what it exports, and the snippet works on the zip as downloaded
         tab(page, "5 Export")
         expect(page.locator("#export-summary")).to_contain_text("of the params")
-        expect(page.locator("#export-summary")).to_contain_text("LD-Pruner 10%, edited by hand")
-        page.locator("#exp-lora input[type=file]").set_input_files(str(_lora_file(tmp_path)))
-        expect(page.locator("#exp-lora")).to_contain_text(re.compile(r"pytorch_lora_weights\s*\.safetensors"))  # name and extension: two spans
-        page.get_by_role("button", name="Export", exact=True).click()
-        expect(page.locator("#export-status")).to_contain_text("with the LoRA sliced", timeout=120_000)
-        dl = page.get_by_role("button", name="Download the model (.zip)")
-        with page.expect_download() as info:
-            dl.click()
-        zip_path = tmp_path / "model.zip"
-        info.value.save_as(zip_path)
-        with zipfile.ZipFile(zip_path) as z:
-            assert {"pruned-model/README.md", "pruned-model/grid.png",
-                    "pruned-model/lora/pytorch_lora_weights.safetensors"} <= set(z.namelist())  # card, grid, LoRA
-            z.extractall(tmp_path)
-        assert load_pruned(tmp_path / "pruned-model").family == "sd"  # the folder the snippet loads
-        expect(page.get_by_text("pip install").first).to_be_visible()
-        snippet = page.locator("#snippet").inner_text()
-        assert "pip install" in snippet and str(ROOT) not in snippet and "/work" not in snippet  # never a server path
-        expect(page.locator("#export-quality-line")).to_contain_text("LD-Pruner 10%, edited by hand")
-        expect(page.locator("#export-quality")).to_contain_text("shapes task accuracy")  # the card's own table
-        shot(page, config, "10-export")
+        if full:
+            expect(page.locator("#export-summary")).to_contain_text("LD-Pruner 10%, edited by hand")
+            page.locator("#exp-lora input[type=file]").set_input_files(str(_lora_file(tmp_path)))
+            expect(page.locator("#exp-lora")).to_contain_text(re.compile(r"pytorch_lora_weights\s*\.safetensors"))  # name and extension: two spans
+            page.get_by_role("button", name="Export", exact=True).click()
+            expect(page.locator("#export-status")).to_contain_text("with the LoRA sliced", timeout=120_000)
+            dl = page.get_by_role("button", name="Download the model (.zip)")
+            with page.expect_download() as info:
+                dl.click()
+            zip_path = tmp_path / "model.zip"
+            info.value.save_as(zip_path)
+            with zipfile.ZipFile(zip_path) as z:
+                assert {"pruned-model/README.md", "pruned-model/grid.png",
+                        "pruned-model/lora/pytorch_lora_weights.safetensors"} <= set(z.namelist())  # card, grid, LoRA
+                z.extractall(tmp_path)
+            assert load_pruned(tmp_path / "pruned-model").family == "sd"  # the folder the snippet loads
+            expect(page.get_by_text("pip install").first).to_be_visible()
+            snippet = page.locator("#snippet").inner_text()
+            assert "pip install" in snippet and str(ROOT) not in snippet and "/work" not in snippet  # never a server path
+            expect(page.locator("#export-quality-line")).to_contain_text("LD-Pruner 10%, edited by hand")
+            expect(page.locator("#export-quality")).to_contain_text("shapes task accuracy")  # the card's own table
+        shot(page, config, "10-export", page.locator("#export-options"))  # one option per line on a phone
+        options = [page.locator(f"#{e}").bounding_box() for e in ("exp-recon", "exp-native")]
+        assert (options[0]["y"] + options[0]["height"] <= options[1]["y"] + 1) == (width < 600), options  # stacked
 
-        # 2. another model: nothing of the previous one stays on screen unlabelled
-        tab(page, "1 Model")
-        box = page.get_by_label("model", exact=True)
-        box.fill("tiny-shapes-flux")
-        box.press("Enter")
-        page.get_by_role("button", name="Load", exact=True).click()
-        expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-flux", timeout=120_000)
-        for name, elem in (("2 Score", "#score-plot"), ("4 How much?", "#quality-plot")):
-            tab(page, name)
-            expect(page.locator(elem)).to_contain_text("tiny-shapes-flux")
-            expect(page.locator(elem)).not_to_contain_text("tiny-shapes-sd")
-        tab(page, "3 Select")
-        expect(page.locator("#selection")).to_contain_text("transformer_blocks")
-        expect(page.get_by_label("pre-fill from")).to_have_value("Weight magnitude (baseline)")
-        expect(page.locator("#target-note")).not_to_contain_text("LD-Pruner")
-        expect(page.locator("#img-original img")).to_have_count(0)
-        for elem in ("#guide-steps", "#score-status", "#score-estimate", "#target-note", "#gen-status", "#plan-eval",
-                     "#quality-status", "#quality-estimate", "#export-summary", "#export-status", "#snippet"):
-            assert "tiny-shapes-sd" not in page.locator(elem).inner_text(), elem  # item 7: nothing stale
-        expect(page.locator("#guide-steps")).to_contain_text("tiny-shapes-flux is loaded")
-        shot(page, config, "02-model-switch")
+        if full:
+            # 2. another model: nothing of the previous one stays on screen unlabelled
+            tab(page, "1 Model")
+            box = page.get_by_label("model", exact=True)
+            box.fill("tiny-shapes-flux")
+            box.press("Enter")
+            page.get_by_role("button", name="Load", exact=True).click()
+            expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-flux", timeout=120_000)
+            for name, elem in (("2 Score", "#score-plot"), ("4 How much?", "#quality-plot")):
+                tab(page, name)
+                expect(page.locator(elem)).to_contain_text("tiny-shapes-flux")
+                expect(page.locator(elem)).not_to_contain_text("tiny-shapes-sd")
+            tab(page, "3 Select")
+            expect(page.locator("#selection")).to_contain_text("transformer_blocks")
+            expect(page.get_by_label("pre-fill from")).to_have_value("Weight magnitude (baseline)")
+            expect(page.locator("#target-note")).not_to_contain_text("LD-Pruner")
+            expect(page.locator("#img-original img")).to_have_count(0)
+            for elem in ("#guide-steps", "#score-status", "#score-estimate", "#target-note", "#gen-status", "#plan-eval",
+                         "#quality-status", "#quality-estimate", "#export-summary", "#export-status", "#snippet"):
+                assert "tiny-shapes-sd" not in page.locator(elem).inner_text(), elem  # item 7: nothing stale
+            expect(page.locator("#guide-steps")).to_contain_text("tiny-shapes-flux is loaded")
+            shot(page, config, "02-model-switch")
         assert not page.errors, page.errors
     finally:
         ctx.close()
@@ -347,7 +374,8 @@ def test_estimate_then_a_chunked_run_with_one_progress_bar(browser, app_url, mon
     monkeypatch.setattr(wiring, "CHUNK", Budget(units=1))
     ctx, page = open_page(browser, 1440, 900)
     try:
-        sweep_settings(page, app_url, steps=6)
+        sweep_settings(page, app_url, steps=2)
+        page.get_by_label("block", exact=True).check()  # whole blocks: a dozen one-operator chunks
         page.get_by_role("button", name="Estimate the cost").first.click()
         estimate = page.locator("#score-estimate")
         expect(estimate).to_contain_text("Operator sweep (LD-Pruner): ", timeout=60_000)
