@@ -28,7 +28,11 @@ what the model, its earlier groups already re-fitted, feeds it, against the orig
 and keeps the start weights where the fit raised that error; ``check`` (default on)
 keeps a group's fits only if they lower the final latents' error against the original on those
 held-out batches (else the group keeps the start weights). So on a method's compensated plan a
-reconstruction can only keep or improve on the method's compensation on those batches. Measured on tiny-shapes-sd (32
+reconstruction can only keep or improve on the method's compensation on those batches. Measured
+on OBS-Diff's plans (64 held-out prompts, reconstructed / OBS-Diff's latent MSE at 20% / 30%):
+tiny-shapes-sd 0.97 / 0.94, tiny-shapes-flux 1.02 / 1.01, tiny-shapes-sd3 0.97 / 1.02 (from the
+plain slim weights it was 1.67 / 1.07, 1.22 / 1.15, 1.00 / 1.05;
+``benchmarks/results/obsdiff_recon.md``). Measured on tiny-shapes-sd (32
 held-out prompts, reconstructed / plain latent MSE at 20% / 30%): ridge 0.1 with the original's
 inputs, Taylor 0.92 / 0.23, magnitude 0.47 / 0.28; ridge 0.01: Taylor 0.84 / 0.21, magnitude
 0.38 / 0.26, EcoDiff 0.22 / 0.22; ridge 0.01 with 4 checked groups (the defaults then): Taylor
