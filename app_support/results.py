@@ -39,13 +39,20 @@ def model_label(handle: Handle) -> str:
 
 
 def reconstruction_note(report: dict) -> str:
-    """What a reconstruction did, in words: layers re-fitted, their error, its time."""
+    """What a reconstruction did, in words: layers re-fitted (from the compensation of the plan's
+    method, if it started from one), their error, its time.
+
+    >>> e = {"rel_error_before": 0.2, "rel_error_after": 0.1}
+    >>> reconstruction_note({"layers": {"a": e, "b": e}, "seconds": 2, "start": "obsdiff"})
+    "reconstructed on OBS-Diff's compensation: 2 layers re-fitted in 2.0 s, their output error on the calibration set 20.0% -> 10.0%"
+    """
     layers = list(report["layers"].values())
     if not layers:
         return f"reconstructed: nothing to re-fit (only whole operators removed), {report['seconds']:.1f} s"
     before = sum(x["rel_error_before"] for x in layers) / len(layers)
     after = sum(x["rel_error_after"] for x in layers) / len(layers)
-    return (f"reconstructed: {len(layers)} layers re-fitted in {report['seconds']:.1f} s, their output error on "
+    on = f" on {labels.method_name(report['start'])}'s compensation" if report.get("start") else ""
+    return (f"reconstructed{on}: {len(layers)} layers re-fitted in {report['seconds']:.1f} s, their output error on "
             f"the calibration set {before:.1%} -> {after:.1%}")
 
 

@@ -519,8 +519,10 @@ def _reapply_export(folder: Path, base, *, device=None, dtype=None):
 def build(handle, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:
     """The slim denoiser ``plan`` describes: ``slim``, or for a plan that records a reconstruction,
     the reconstruction computed again with its recorded settings (a method that compensates its
-    own weights, as OBS-Diff, records its name there and rebuilds them). ``inplace``: the handle is
-    ours, slim its denoiser in place (a reconstruction still builds a new model)."""
+    own weights, as OBS-Diff, records its name there and rebuilds them; a reconstruction of such a
+    plan records the method's settings as its ``"start"``, and ``reapply`` rebuilds that first).
+    ``inplace``: the handle is ours, slim its denoiser in place (a reconstruction still builds a
+    new model)."""
     if plan.reconstruction is None:
         return slim(handle.denoiser, plan, inplace=inplace)
     method = plan.reconstruction["settings"].get("method")

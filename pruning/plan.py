@@ -336,7 +336,18 @@ def describe(plan: PruningPlan | Mapping) -> str:
 
 
 def _reconstruction(value) -> Mapping[str, Any] | None:
-    """``None`` or ``{"settings": {...}, "compensated": [FQN, ...]}``, checked and frozen."""
+    """``None`` or ``{"settings": {...}, "compensated": [FQN, ...]}``, checked and frozen. The
+    settings of a method that compensates its own weights name it (``"method"``); a reconstruction
+    that re-fits such a method's model records the method's settings as its ``"start"``.
+
+    >>> rec = {"settings": {"ridge": 0.01, "start": {"method": "obsdiff"}}, "compensated": []}
+    >>> _reconstruction(rec)["settings"]["start"]["method"]
+    'obsdiff'
+    >>> _reconstruction({"settings": {"start": {"ridge": 0.01}}, "compensated": []})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pruning.errors.PlanError: reconstruction.settings.start must be the settings of a method ...
+    """
     if value is None:
         return None
     if not isinstance(value, Mapping) or set(value) != {"settings", "compensated"}:
@@ -344,11 +355,19 @@ def _reconstruction(value) -> Mapping[str, Any] | None:
                         f"{value!r}"[:300])
     if not isinstance(value["settings"], Mapping):
         raise PlanError(f"reconstruction.settings must be a JSON object, got {value['settings']!r}"[:300])
+    settings = dict(value["settings"])
+    if "start" in settings:
+        start = settings["start"]
+        if not isinstance(start, Mapping) or not isinstance(start.get("method"), str) or not start["method"] \
+                or "method" in settings:
+            raise PlanError("reconstruction.settings.start must be the settings of a method that compensated the "
+                            f"plan (a JSON object naming its 'method'), got {start!r}"[:300])
+        settings["start"] = dict(start)
     comp = value["compensated"]
     if isinstance(comp, (str, Mapping)) or not isinstance(comp, (list, tuple)) or \
             not all(isinstance(f, str) and f for f in comp):
         raise PlanError(f"reconstruction.compensated must be a list of operator FQNs, got {comp!r}"[:300])
-    return MappingProxyType({"settings": MappingProxyType(dict(value["settings"])),
+    return MappingProxyType({"settings": MappingProxyType(settings),
                              "compensated": tuple(sorted(set(comp)))})
 
 

@@ -7,11 +7,13 @@ patches of the kept channels, the exact im2col form). ``reconstruct`` records th
 inputs on the **original** model's own trajectories (calibration prompts and seeds, every
 denoising step, the model's sampler and guidance) and, for each consumer, solves
 
-    min_{W', b'}  E || W x + b - (W' x_K + b') ||^2  +  ridge * mean(diag G_KK) * || W' - W_K ||^2
+    min_{W', b'}  E || W x + b - (W' x_K + b') ||^2  +  ridge * mean(diag G_KK) * || W' - W0 ||^2
 
-over the kept inputs ``K`` from the accumulated Gram matrix ``G = E[x x^T]`` and mean ``E[x]``
-(the ridge pulls towards plain pruning, ``W' = W_K``, so a huge ridge gives the plain slim model
-and a tiny one the least-squares fit). A removed operator (attention / FFN branch, resnet, whole
+over the kept inputs ``K`` from the accumulated Gram matrix ``G = E[x x^T]`` and mean ``E[x]``.
+The ridge pulls towards the **start** weights ``W0``: plain pruning's ``W_K``, or, for a plan that
+comes compensated by its method (OBS-Diff's plans record the run that compensated them), that
+method's compensated weights; so a huge ridge keeps the start's weights (the plain slim model, or
+the method's) and a tiny one gives the least-squares fit. A removed operator (attention / FFN branch, resnet, whole
 transformer, FLUX or SD3 block) gets a fitted stand-in (:mod:`pruning.standin`, ``standin``): a
 least-squares linear map from its input (fitted on the original's inputs, or ``"sequential"``:
 one operator at a time on the pruned model's), its mean output as a bias, or nothing (the
@@ -23,9 +25,14 @@ groups in depth order, each one calibration pass. With ``inputs="pruned"`` a gro
 what the model, its earlier groups already re-fitted, feeds it, against the original's output
 (asymmetric); ``timestep_weights="linear"`` weights the steps from 1.2 (noisiest) to 0.8
 (OBS-Diff); ``guard`` judges each layer's fit on held-out calibration batches (every fourth)
-and keeps the plain pruned weights where the fit raised that error; ``check`` (default on)
+and keeps the start weights where the fit raised that error; ``check`` (default on)
 keeps a group's fits only if they lower the final latents' error against the original on those
-held-out batches (else the group keeps the plain weights). Measured on tiny-shapes-sd (32
+held-out batches (else the group keeps the start weights). So on a method's compensated plan a
+reconstruction can only keep or improve on the method's compensation on those batches. Measured
+on OBS-Diff's plans (64 held-out prompts, reconstructed / OBS-Diff's latent MSE at 20% / 30%):
+tiny-shapes-sd 0.97 / 0.94, tiny-shapes-flux 1.02 / 1.01, tiny-shapes-sd3 0.97 / 1.02 (from the
+plain slim weights it was 1.67 / 1.07, 1.22 / 1.15, 1.00 / 1.05;
+``benchmarks/results/obsdiff_recon.md``). Measured on tiny-shapes-sd (32
 held-out prompts, reconstructed / plain latent MSE at 20% / 30%): ridge 0.1 with the original's
 inputs, Taylor 0.92 / 0.23, magnitude 0.47 / 0.28; ridge 0.01: Taylor 0.84 / 0.21, magnitude
 0.38 / 0.26, EcoDiff 0.22 / 0.22; ridge 0.01 with 4 checked groups (the defaults then): Taylor
@@ -43,7 +50,8 @@ Taylor 30% on tiny-shapes-sd3 0.0331 / 0.859 -> 0.0310 / 0.922 (pruned inputs al
 the weights 0.906, 8 groups on the original inputs 0.859). Not measured on tiny-shapes-flux.
 
 The result is a slim model: the same shapes as ``slim(denoiser, plan)``, other consumer weights,
-plus the compensation biases; its ``pruning_plan`` records the settings (``plan.reconstruction``),
+plus the compensation biases; its ``pruning_plan`` records the settings (``plan.reconstruction``,
+with the method's own record as ``settings["start"]`` when it started from a method's compensation),
 so ``export`` writes it like any export and ``load_pruned`` rebuilds it bit for bit.
 
 **Memory.** Statistics are float64 (``D x D`` per consumer, ``D`` its input width: ``C*k*k``
@@ -132,8 +140,9 @@ class ReconstructSettings:
     steps: int | None = opt(None, "sampling steps of the calibration trajectories (default: the model's)", "int")
     guidance: float | None = opt(None, "guidance scale (default: the model's)", "float")
     resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
-    ridge: float = opt(DEFAULT_RIDGE, "ridge: how strongly the re-fit stays near the plain pruned weights, relative "
-                       "to the inputs' mean energy (0 = pure least squares)", "float")
+    ridge: float = opt(DEFAULT_RIDGE, "ridge: how strongly the re-fit stays near the start weights (plain pruning's, "
+                       "or the compensation of the plan's method), relative to the inputs' mean energy (0 = pure "
+                       "least squares)", "float")
     compensate_operators: bool = opt(False, "fold each removed operator's mean output into a bias (the same as "
                                      "standin='bias'; kept for plans recorded before standin)", "bool", hidden=True)
     standin: str = opt("none", "what stands in for a removed operator: 'linear' (a least-squares linear map from its "
@@ -153,10 +162,11 @@ class ReconstructSettings:
                                 "1.2 at the first (noisiest) step to 0.8 at the last (OBS-Diff)", "choice",
                                 TIMESTEP_WEIGHTS)
     guard: bool = opt(False, "guard-rail: a re-fit that raises the output error on held-out calibration prompts "
-                      "(every fourth batch) falls back to the plain pruned weights for that layer", "bool")
+                      "(every fourth batch) falls back to the start weights for that layer (plain pruning's, or "
+                      "the compensation of the plan's method)", "bool")
     check: bool = opt(True, "end-to-end check: a group's re-fits are kept only if they lower the final latents' "
                       "error against the original on the held-out calibration batches (else that group keeps "
-                      "the plain pruned weights)", "bool")
+                      "the start weights)", "bool")
     batch_size: int = opt(8, "prompts per calibration batch", "int")
     max_gram_mb: float = opt(2048.0, "memory for the layer statistics of one calibration pass, in MB (more "
                              "layers per pass = fewer passes)", "float")
@@ -189,12 +199,14 @@ class ReconstructSettings:
 
     @classmethod
     def from_record(cls, record: Mapping) -> ReconstructSettings:
-        """The settings a plan's ``reconstruction["settings"]`` recorded (checked again)."""
-        known = set(cls.__dataclass_fields__)
+        """The settings a plan's ``reconstruction["settings"]`` recorded (checked again; its
+        ``"start"``, the method's record it started from, is the plan's, not a setting)."""
+        known = set(cls.__dataclass_fields__) | {"start"}
         unknown = sorted(set(record) - known)
         if unknown:
             raise SettingsError(f"reconstruction settings have unknown field(s) {validate.few(unknown)}")
         d = {**LEGACY, **record}  # a plan recorded before a setting existed was made without it
+        d.pop("start", None)
         d.setdefault("standin", "bias" if d.get("compensate_operators") else "none")
         for k in ("prompts", "seeds"):
             if d.get(k) is not None:
@@ -351,9 +363,10 @@ def _full(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
 
 
 def solve(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, keep: torch.Tensor,
-          ridge: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+          ridge: float, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The re-fitted ``(W' (out, k), b')`` minimising ``E||W x + b - W' h - b'||^2 +
-    lam ||W' - W_K||^2`` with ``lam = ridge * mean(diag E[h h^T])``.
+    lam ||W' - W0||^2`` with ``lam = ridge * mean(diag E[h h^T])``; ``W0`` is ``start`` (out, k),
+    by default plain pruning's ``W_K`` (the bias is not pulled).
 
     >>> W = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
     >>> x = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
@@ -362,12 +375,15 @@ def solve(W: torch.Tensor, b: torch.Tensor | None, stats: Stats, keep: torch.Ten
     >>> Wk, bk = solve(W, None, s, keep, 0.0)
     >>> [round(v, 9) for v in Wk[0].tolist()]  # the third input is always 0: the fit is the kept columns
     [1.0, 2.0]
+    >>> start = torch.tensor([[5.0, 5.0]], dtype=torch.float64)
+    >>> [round(v, 3) for v in solve(W, None, s, keep, 1e9, start)[0][0].tolist()]  # a huge ridge keeps the start
+    [5.0, 5.0]
     """
     k = int(keep.sum())
     cols = torch.cat([keep.nonzero().flatten(), torch.tensor([keep.numel()], device=keep.device)])  # K and the 1
     full = _full(W, b)
     _, C = stats.projected(W, b)  # (out, k+1): E[y h~^T], y the original layer's output
-    prior = full[:, cols].clone()  # plain pruning: W_K and b
+    prior = full[:, cols].clone() if start is None else _full(start, None)  # W0 (plain pruning: W_K) and b
     prior[:, -1] = 0  # the bias is not pulled
     A = stats.kept_gram()  # (k+1, k+1), solved in place of a copy
     lam = ridge * float(A.diagonal()[:k].mean()) if k else 0.0
@@ -534,16 +550,21 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     """The slim denoiser for ``plan`` with its consumer layers re-fitted and removed operators
     compensated (see the module docstring). ``handle.denoiser`` is only read.
 
+    A plan compensated by its method (:func:`start_record`: OBS-Diff's) starts from that method's
+    model (``Method.rebuild``) instead of the plain slim one: its weights are the ridge's ``W0``
+    and what the guard-rail and the check fall back to.
+
     The module carries ``pruning_plan`` (``plan`` with ``reconstruction`` recorded) and
     ``reconstruction``: per consumer ``rows`` and the relative output error on the calibration
-    set before (plain pruning) and after; per compensated operator the bias norm; ``seconds``,
-    ``passes`` and ``gram_mb`` (the largest group's statistics). Stop raises ``RunStopped`` and
-    changes nothing.
+    set before (the start weights) and after; per compensated operator the bias norm; ``start``
+    (the method whose compensation it started from, or None); ``seconds``, ``passes`` and
+    ``gram_mb`` (the largest group's statistics). Stop raises ``RunStopped`` and changes nothing.
     """
     control = as_control(control)
     t0 = time.perf_counter()
     settings = (settings or ReconstructSettings()).resolved(handle)
     den = handle.denoiser
+    start = start_record(plan)
     base_plan = replace(plan.normalized(den), reconstruction=None)
     found = discover(den)
     ops = [op for op in base_plan.removed_operators if settings.standin != "none" and op in found.operators]
@@ -560,18 +581,21 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
         targets = [rollout(den, t)[-1] for t in held_trajs] if checked or settings.standin == "auto" else []
 
     def plan_for(mode: str) -> PruningPlan:  # the plan recording the stand-ins' mode (slim builds their weights)
-        return replace(base_plan, reconstruction={"settings": _record(replace(settings, standin=mode,
-                                                                              compensate_operators=False)),
+        record = _record(replace(settings, standin=mode, compensate_operators=False))
+        return replace(base_plan, reconstruction={"settings": {**record, **({"start": start} if start else {})},
                                                   "compensated": ops if mode != "none" else []})
 
-    small, chosen, standins = fit_standins(handle, lambda mode: slim(den, plan_for(mode)), trajs, ops,
+    def start_for(mode: str) -> nn.Module:  # the plain slim model, or the method's compensated one
+        return slim(den, plan_for(mode)) if start is None else _start_model(handle, base_plan, start)
+
+    small, chosen, standins = fit_standins(handle, start_for, trajs, ops,
                                            settings.standin, settings.standin_ridge, control, held_out,
                                            lambda m: _final_error(m, held_trajs, targets, handle))
     new_plan = plan_for(chosen)
     if checked:
         best_error = _final_error(small, checked, targets, handle)
     report = {"layers": {}, "operators": standins.pop("operators"), "standin": standins, "passes": len(groups),
-              "inputs": settings.inputs,
+              "inputs": settings.inputs, "start": start and start["method"],
               "gram_mb": round(max(sum(c.gram_bytes(paired) for c in g) for g in groups) / 2 ** 20, 3)}
     for n, group in enumerate(groups):
         with offloaded_like(handle, small if settings.inputs == "pruned" else None):  # on the device only while it runs
@@ -585,17 +609,17 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
             st = stats.pop(c.fqn)  # dropped from the dict: freed as soon as this layer's fit is written
             st, st_held = st if isinstance(st, tuple) else (st, None)
             keep = c.keep.to(st.G.device)
-            W = flat_weight(layer).to(st.G.device)
-            b = None if layer.bias is None else own_tensor(layer, "bias").detach().double().to(st.G.device)
-            Wk, bk = solve(W, b, st, keep, settings.ridge)
+            W, b = _weights(layer, st.G.device)  # (out, D): the original layer
+            W0, b0 = _weights(new, st.G.device)  # (out, k): the start (plain pruning's W_K and b, or the method's)
+            Wk, bk = solve(W, b, st, keep, settings.ridge, W0)
             entry = {}
             if st_held is not None:  # the guard-rail: judged on prompts the fit did not see
-                plain_err, fit_err = rel_error(W, b, st_held, W[:, keep], b), rel_error(W, b, st_held, Wk, bk)
-                entry = {"held_out_before": plain_err, "held_out_after": fit_err, "fallback": fit_err > plain_err}
+                start_err, fit_err = rel_error(W, b, st_held, W0, b0), rel_error(W, b, st_held, Wk, bk)
+                entry = {"held_out_before": start_err, "held_out_after": fit_err, "fallback": fit_err > start_err}
                 st = st.merged(st_held)
-                Wk, bk = (W[:, keep], b) if entry["fallback"] else solve(W, b, st, keep, settings.ridge)
+                Wk, bk = (W0, b0) if entry["fallback"] else solve(W, b, st, keep, settings.ridge, W0)
             report["layers"][c.fqn] = {"rows": st.rows, "inputs_kept": int(keep.sum()), "inputs": c.width,
-                                       "rel_error_before": rel_error(W, b, st, W[:, keep], b),
+                                       "rel_error_before": rel_error(W, b, st, W0, b0),
                                        "rel_error_after": rel_error(W, b, st, Wk, bk), **entry}
             with torch.no_grad():
                 new.weight.copy_(Wk.reshape(new.weight.shape).to(new.weight))  # (out, k) -> (out, k', kh, kw) for a conv
@@ -623,6 +647,39 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     return small
 
 
+def _weights(layer: nn.Module, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's flat weight (out, D) and bias as float64 on ``device``."""
+    b = own_tensor(layer, "bias")
+    return flat_weight(layer).to(device), None if b is None else b.detach().double().to(device)
+
+
+def start_record(plan: PruningPlan) -> dict | None:
+    """The settings of the method whose compensation ``reconstruct`` starts from on ``plan``: the
+    plan's own record when its method compensated it (OBS-Diff's plans), or the ``"start"`` a
+    reconstruction of such a plan recorded; None (plain slimming) otherwise.
+
+    >>> rec = {"settings": {"method": "obsdiff", "damping": 0.01}, "compensated": []}
+    >>> plan = PruningPlan(family="sd", base="tiny:sd", reconstruction=rec)
+    >>> start_record(plan)["method"], start_record(PruningPlan(family="sd", base="tiny:sd"))
+    ('obsdiff', None)
+    >>> refit = {"settings": {"ridge": 0.01, "start": rec["settings"]}, "compensated": []}
+    >>> start_record(replace(plan, reconstruction=refit)) == rec["settings"]
+    True
+    """
+    settings = (plan.reconstruction or {}).get("settings") or {}
+    if settings.get("method"):
+        return dict(settings)
+    return dict(settings["start"]) if "start" in settings else None
+
+
+def _start_model(handle, plan: PruningPlan, start: Mapping) -> nn.Module:
+    """The slim model of ``plan`` compensated by the method ``start`` records (``Method.rebuild``)."""
+    from . import methods
+
+    return methods.get(start["method"]).rebuild(handle, replace(plan, reconstruction={"settings": dict(start),
+                                                                                      "compensated": []}))
+
+
 def _final_error(small: nn.Module, trajs: list, targets: list[torch.Tensor], handle) -> float:
     """Mean squared error of ``small``'s final latents against ``targets`` on ``trajs`` (offloaded
     like ``handle``'s denoiser, if it is)."""
@@ -636,34 +693,13 @@ def _record(s: ReconstructSettings) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def replaces_compensation(plan: PruningPlan) -> str | None:
-    """Why ``reconstruct`` on this plan may be a step back, or None: the plan comes compensated by
-    its method (OBS-Diff's plans record the run that compensated them), and ``reconstruct`` starts
-    from the plain slim weights, so it replaces that compensation with its own re-fit. Measured on
-    the three bundled models at 20% and 30% (README, Q2): 1.0-1.7x OBS-Diff's own latent MSE.
-
-    >>> replaces_compensation(PruningPlan(family="sd", base="tiny:sd")) is None
-    True
-    >>> replaces_compensation(PruningPlan(family="sd", base="tiny:sd",
-    ...                       reconstruction={"settings": {"method": "obsdiff"}, "compensated": []})).split(":")[0]
-    'This plan comes compensated by OBS-Diff'
-    """
-    method = ((plan.reconstruction or {}).get("settings") or {}).get("method")
-    if not method:
-        return None
-    from .labels import method_name
-
-    name = method_name(method)
-    return (f"This plan comes compensated by {name}: reconstruct re-fits the layers from the plain slim weights, "
-            f"which replaces {name}'s own compensation (on the bundled models the re-fit came out worse, 1.0-1.7x "
-            f"its latent MSE). Untick reconstruct to keep {name}'s.")
-
-
 def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.Module:
     """The reconstructed slim denoiser a plan with ``reconstruction`` recorded describes, computed
-    again from the base weights with the recorded settings (deterministic on one device)."""
+    again from the base weights with the recorded settings (deterministic on one device), from the
+    compensation of the method it started from, if it records one (``settings["start"]``)."""
     settings = ReconstructSettings.from_record(plan.reconstruction["settings"])
-    base = replace(plan, reconstruction=None)
+    start = start_record(plan)
+    base = replace(plan, reconstruction=None if start is None else {"settings": start, "compensated": []})
     mode = settings.standin if plan.compensated else "none"  # recorded as chosen (never "auto")
     small = reconstruct(handle, base, replace(settings, standin=mode if mode != "auto" else "bias",
                                               compensate_operators=False), control=control)
@@ -673,5 +709,5 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
     return small
 
 
-__all__ = ["ReconstructSettings", "reconstruct", "reapply", "replaces_compensation", "consumers", "consumer_groups",
+__all__ = ["ReconstructSettings", "reconstruct", "reapply", "start_record", "consumers", "consumer_groups",
            "sequential_groups", "step_weights", "Stats", "solve", "rel_error", "layer_inputs", "flat_weight"]

@@ -1,10 +1,9 @@
 """OBS-Diff (pruning.methods.obsdiff): the OBS solver against its closed form and a brute-force
-greedy, the registry / CLI / estimator / chunks wiring, and the invariants every method keeps
-(masked == slim, export and plan-only export reload bit for bit)."""
+greedy, the registry / CLI / estimator / chunks wiring, the invariants every method keeps
+(masked == slim, export and plan-only export reload bit for bit), and reconstruction on its plans
+(it starts from OBS-Diff's compensation and is exported / re-applied bit for bit)."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import pytest
 import torch
@@ -14,10 +13,11 @@ from pruning.chunks import score_chunk, score_chunked
 from pruning.errors import PlanError, SettingsError
 from pruning.estimate import estimate
 from pruning.export import build, export, load_pruned, load_pruned_denoiser
+from pruning.manifest import read_manifest
 from pruning.masks import masked
 from pruning.methods import obsdiff
 from pruning.methods.obsdiff import OBSLayer, Unit, compensated, prepare_hessian, rrf, select
-from pruning.reconstruct import replaces_compensation
+from pruning.reconstruct import ReconstructSettings, reapply, reconstruct, start_record
 from pruning.runs import Budget
 from pruning.sampling import generate_latents
 from pruning.slim import slim
@@ -134,9 +134,7 @@ def test_plan_masked_equals_slim_and_compensation_is_recorded(family, request):
     plan = m.to_plan(h, scores, target_sparsity=0.2)
     assert plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.2, abs=0.01)
     assert plan.reconstruction["settings"]["method"] == "obsdiff"
-    # reconstruct would re-fit from the plain slim weights: the library says so before it replaces OBS-Diff's
-    assert "compensated by OBS-Diff" in replaces_compensation(plan)
-    assert replaces_compensation(replace(plan, reconstruction=None)) is None
+    assert start_record(plan) == plan.reconstruction["settings"]  # reconstruct starts from OBS-Diff's model
     kw = dict(steps=2, resolution=h.defaults["resolution"])
     plain = slim(h.denoiser, plan)
     with masked(h.denoiser, plan):
@@ -231,3 +229,87 @@ def test_the_apps_comparison_shows_the_compensated_model(tiny_sd3):
 
     assert out["metrics"]["latent_mse"] == pytest.approx(latent_mse(z_orig, z), rel=1e-6)
     assert latent_mse(z_orig, z) != pytest.approx(latent_mse(z_orig, z_plain), rel=1e-3)
+
+
+RECON_PROMPTS = ("a red circle", "a blue square on the left", "a green star", "a small yellow triangle")
+
+
+def _obsdiff_plan(h, target=0.2):
+    m = methods.get("obsdiff")
+    return m.to_plan(h, m.score(h, _settings(sparsity=target)), target_sparsity=target)
+
+
+def test_reconstruct_starts_from_the_compensation_and_a_huge_ridge_keeps_it(tiny_sd):
+    """The analogue of "a huge ridge gives plain slim": on an OBS-Diff plan it gives OBS-Diff's
+    compensated weights (the biases, not pulled, take the mean correction), every other tensor as
+    OBS-Diff's model has it; the plan records both, nested."""
+    h = tiny_sd
+    plan = _obsdiff_plan(h)
+    start = build(h, plan)
+    s = ReconstructSettings(prompts=RECON_PROMPTS, steps=2, ridge=1e6, batch_size=1, check=False)
+    small = reconstruct(h, plan, s)
+    rec = small.pruning_plan.reconstruction
+    assert rec["settings"]["start"] == plan.reconstruction["settings"] and rec["settings"]["ridge"] == 1e6
+    assert small.reconstruction["start"] == "obsdiff" and start_record(small.pruning_plan) == start_record(plan)
+    a, b = start.state_dict(), small.state_dict()
+    layers = small.reconstruction["layers"]
+    assert a.keys() == b.keys() and layers
+    for k in a:
+        fqn, name = k.rsplit(".", 1)
+        if fqn in layers and name == "weight":
+            assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+        elif fqn not in layers:
+            assert torch.equal(a[k], b[k]), k
+    for fqn, r in layers.items():  # measured from OBS-Diff's weights, not from plain slimming
+        assert r["rel_error_after"] <= r["rel_error_before"] + 1e-12, fqn
+    plain = slim(h.denoiser, plan).state_dict()
+    assert any(not torch.equal(plain[k], b[k]) for k in b if k.endswith("weight"))
+
+
+def test_the_guard_and_the_check_fall_back_to_the_compensated_weights(tiny_sd):
+    """Fits on batches of one prompt, judged on a held-out batch: every layer whose held-out error
+    the fit raised keeps OBS-Diff's weights (and bias), bit for bit, and the others are re-fitted;
+    with the check, a group it rejected keeps them too."""
+    h = tiny_sd
+    plan = _obsdiff_plan(h)
+    start = build(h, plan)
+    guard = reconstruct(h, plan, ReconstructSettings(prompts=RECON_PROMPTS, steps=2, batch_size=1, guard=True,
+                                                     check=False, groups=2))
+    layers = guard.reconstruction["layers"]
+    assert any(r["fallback"] for r in layers.values()) and not all(r["fallback"] for r in layers.values())
+    for fqn, r in layers.items():
+        assert r["fallback"] == (r["held_out_after"] > r["held_out_before"])
+        same = [torch.equal(getattr(start.get_submodule(fqn), t), getattr(guard.get_submodule(fqn), t))
+                for t in ("weight", "bias")]
+        assert same == [r["fallback"]] * 2, fqn
+    checked = reconstruct(h, plan, ReconstructSettings(prompts=RECON_PROMPTS * 2, steps=2, ridge=0.0, batch_size=1,
+                                                       groups=3))
+    for fqn, r in checked.reconstruction["layers"].items():
+        same = torch.equal(start.get_submodule(fqn).weight, checked.get_submodule(fqn).weight)
+        assert same == (not r["kept_by_check"]), fqn
+    errors = [c["final_error"] for c in checked.reconstruction["check"]]
+    assert all(e2 <= e1 or not c["kept"] for e1, e2, c in zip(errors, errors[1:], checked.reconstruction["check"][1:]))
+
+
+def test_a_reconstructed_obsdiff_plan_exports_reloads_and_reapplies_bit_for_bit(tiny_sd3, tmp_path):
+    h = tiny_sd3
+    plan = _obsdiff_plan(h)
+    small = reconstruct(h, plan, ReconstructSettings(prompts=RECON_PROMPTS, steps=2, batch_size=2, groups=2))
+    done = small.pruning_plan
+    assert done.reconstruction["settings"]["start"]["method"] == "obsdiff"
+    want = small.state_dict()
+    plain = slim(h.denoiser, plan).state_dict()
+    assert {k: v.shape for k, v in want.items()} == {k: v.shape for k, v in plain.items()}  # slim's shapes
+
+    def same(den):
+        got = den.state_dict()
+        return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+    assert same(reapply(h, done)) and same(build(h, done))  # re-applied from the plan alone
+    full = load_pruned_denoiser(export(h, done, tmp_path / "full", denoiser=small, card=False))
+    assert same(full) and full.pruning_plan.reconstruction == done.reconstruction
+    assert same(load_pruned_denoiser(export(h, done, tmp_path / "built", card=False)))  # export re-fits it
+    only = load_pruned(export(h, done, tmp_path / "plan", plan_only=True, card=False), base=h)
+    assert same(only.denoiser)
+    written, _ = read_manifest(tmp_path / "plan")
+    assert written.reconstruction == done.reconstruction and start_record(written) == start_record(plan)

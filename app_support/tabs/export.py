@@ -15,7 +15,6 @@ from pruning.estimate import estimate_export
 from pruning.export import check_removes_something
 from pruning.native import describe, native_layout, report
 from pruning.plan import describe as describe_plan
-from pruning.reconstruct import replaces_compensation
 
 from .. import format as fmt
 from .. import guide, results
@@ -173,8 +172,6 @@ def wire(S, T) -> None:
         check_removes_something(p, h)  # before a recovery or reconstruction
         rp = prompts(prompt_text) if iters else None
         recon, native = check_flag("reconstruct", recon), check_flag("native", native)
-        if recon and (why := replaces_compensation(p)):
-            gr.Warning(why)
         if native:
             native_layout(h.denoiser, p)  # not native: one toast naming the layer, before any work
         n = steps(n_steps)

@@ -15,7 +15,6 @@ from pruning.methods import Scores
 from pruning.native import describe, report
 from pruning.plan import EDITED, PruningPlan, mark_edited
 from pruning.plan import describe as describe_plan
-from pruning.reconstruct import replaces_compensation
 
 from .. import format as fmt
 from .. import guide, results
@@ -294,8 +293,6 @@ def wire(S, T) -> None:
         p, seed, n_steps = plan(plan_dict), check_size("seed", seed), steps(n_steps)
         prompt = prompts(prompt)[0]
         recon = check_flag("reconstruct", recon)
-        if recon and (why := replaces_compensation(p)):
-            gr.Warning(why)
         out = None
         yield {t.gen_status: f"Generating seed {seed} with the original and the pruned {results.model_label(h)}..."}
         for msg in run_with_estimate(h, lambda c: _compare(h, p, prompt, seed, n_steps, c, recon), lambda: "",

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import SettingsError
 from ..estimate import estimate_export, estimate_reconstruction
 from ..export import check_removes_something, check_target, export, inplace_refusal
-from ..labels import plural
+from ..labels import method_name, plural
 from ..manifest import read_manifest
 from ..metrics import count_params
-from ..reconstruct import ReconstructSettings, reconstruct, replaces_compensation
+from ..reconstruct import ReconstructSettings, reconstruct
 from ..recover import RecoverSettings, recover
 from .common import (
     add_command,
@@ -109,8 +108,6 @@ def cmd_export(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     check_removes_something(plan, h)  # before a reconstruction
-    if args.reconstruct and (why := replaces_compensation(plan)):
-        print(f"note: {why}", file=sys.stderr)
     small = reconstruct(h, plan) if args.reconstruct else None
     before = count_params(h.denoiser)
     native_note = None
@@ -149,8 +146,9 @@ def _fitted(small) -> str:
     layers = r["layers"].values()
     before = sum(x["rel_error_before"] for x in layers) / max(len(layers), 1)
     after = sum(x["rel_error_after"] for x in layers) / max(len(layers), 1)
-    return (f" (reconstructed in {r['seconds']:.1f} s: {plural(len(layers), 'layer')} re-fitted, mean relative output "
-            f"error {before:.3g} -> {after:.3g} on the calibration set; {plural(len(r['operators']), 'operator')} "
+    on = f" on {method_name(r['start'])}'s compensation" if r.get("start") else ""
+    return (f" (reconstructed{on} in {r['seconds']:.1f} s: {plural(len(layers), 'layer')} re-fitted, mean relative "
+            f"output error {before:.3g} -> {after:.3g} on the calibration set; {plural(len(r['operators']), 'operator')} "
             "compensated)")
 
 
@@ -182,8 +180,6 @@ def cmd_reconstruct(args) -> int:
     h = load_handle(args)
     plan = load_plan(args.plan, h)
     check_removes_something(plan, h)
-    if why := replaces_compensation(plan):
-        print(f"note: {why}", file=sys.stderr)
     small = reconstruct(h, plan, settings)
     folder = export(h, small.pruning_plan, args.out, full_pipeline=args.full_pipeline, denoiser=small,
                     overwrite=args.overwrite, **_export_kw(args))

@@ -47,6 +47,8 @@ mid-group).
 The plan records the run (``plan.reconstruction = {"settings": {"method": "obsdiff", ...,
 "target_sparsity": t}, "compensated": []}``) and :func:`rebuild` gives its compensated slim
 denoiser (``pruning.export.build``), so export, plan-only export and ``load_pruned`` reproduce it.
+``pruning.reconstruct`` on such a plan starts from that model (its record nested as the
+reconstruction's ``"start"``) and keeps its weights wherever a re-fit does not help.
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe

@@ -1,0 +1,74 @@
+"""Issue 22, Q2 on OBS-Diff: its plans plain (its own compensation) and reconstructed (default
+``ReconstructSettings``, which now start from that compensation), on the 64 held-out prompts.
+
+The same ``compare_methods`` run as ``benchmarks.quality_tables`` (default ``CompareSettings``:
+64 held-out prompts and seeds 0..63, 32 calibration prompts, the model's steps), for OBS-Diff
+alone, without the fewer-steps baseline:
+
+    OMP_NUM_THREADS=1 python -m benchmarks.obsdiff_recon tiny-shapes-sd [tiny-shapes-flux ...]
+    OMP_NUM_THREADS=1 python -m benchmarks.obsdiff_recon tiny-shapes-sd --settings '{"ridge": 0.1}'
+
+Writes ``benchmarks/results/obsdiff_recon_<model>.csv`` and prints, per sparsity, the plain and
+reconstructed latent MSE and acc_all, their ratio (Q2), and the committed rows of
+``quality_<model>.csv`` beside them (the plain rows must agree: the same plan and model).
+``--settings``: other ``ReconstructSettings`` values (a JSON object); the table and the CSV
+(``obsdiff_recon_<model>_<values>.csv``) then name them. The figures: ``results/obsdiff_recon.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pandas as pd
+import torch
+
+from benchmarks.quality_tables import OUT, SPARSITIES
+
+
+def _csv(model: str, values: dict):
+    tag = "".join(f"_{k}{v}" for k, v in sorted(values.items()))
+    return OUT / f"obsdiff_recon_{model}{tag}.csv"
+
+
+def run(model: str, values: dict | None = None) -> pd.DataFrame:
+    from pruning import compare_methods, load_pipeline
+    from pruning.compare import CompareSettings
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    h = load_pipeline(model)
+    t0 = time.perf_counter()
+    settings = CompareSettings(reconstruct=True, fewer_steps=False, reconstruct_settings=values or {})
+    df = compare_methods(h, SPARSITIES, ["obsdiff"], settings=settings)
+    df.to_csv(_csv(model, values or {}), index=False)
+    print(f"{model}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return df
+
+
+def summary(model: str, values: dict | None = None) -> list[dict]:
+    """Per sparsity: plain and reconstructed figures, now and as committed in quality_<model>.csv."""
+    new = pd.read_csv(_csv(model, values or {}))
+    old = pd.read_csv(OUT / f"quality_{model}.csv")
+    out = []
+
+    def pick(df, t, recon):
+        return df[(df["method"] == "obsdiff") & (df["sparsity"] == t) & (df["reconstructed"] == recon)].iloc[0]
+
+    for t in SPARSITIES:
+        p, r, op, orr = pick(new, t, False), pick(new, t, True), pick(old, t, False), pick(old, t, True)
+        out.append({"model": model, "settings": json.dumps(values or {}), "sparsity": t, "plain_mse": p["latent_mse"], "plain_acc": p["acc_all"],
+                    "recon_mse": r["latent_mse"], "recon_acc": r["acc_all"], "ratio": r["latent_mse"] / p["latent_mse"],
+                    "recon_s": r["reconstruct_s"], "committed_plain_mse": op["latent_mse"],
+                    "committed_plain_acc": op["acc_all"], "committed_recon_mse": orr["latent_mse"],
+                    "committed_recon_acc": orr["acc_all"], "committed_ratio": orr["latent_mse"] / op["latent_mse"]})
+    return out
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    values = json.loads(args.pop(args.index("--settings") + 1)) if "--settings" in args else {}
+    for m in [a for a in args if a != "--settings"]:
+        run(m, values)
+        print(pd.DataFrame(summary(m, values)).to_string(), flush=True)
