@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from pruning.masks import masked
 from pruning.plan import PruningPlan
 from pruning.prompts import is_shapes_model
 from pruning.quality import latent_mse, psnr, shape_task_accuracy
-from pruning.reconstruct import reconstruct
+from pruning.reconstruct import ReconstructSettings, reconstruct
 from pruning.sampling import count_inputs, decode_latents, generate_latents
 
 from . import format as fmt
@@ -54,23 +55,43 @@ def difference(original: Image.Image, pruned: Image.Image) -> Image.Image:
     return _resize(Image.fromarray(np.stack([d] * 3, axis=2)))
 
 
-_REBUILT: dict = {}  # (model, device, dtype, plan) -> the re-fitted slim model: the last one only
+_REBUILT: dict = {}  # (model, device, dtype, plan) -> (the same without the plan's provenance, the re-fit): the last one
 _REBUILT_LOCK = threading.Lock()
+
+
+def _key(handle: Handle, plan: PruningPlan, when: bool = True) -> tuple:
+    """The cache key; ``when=False`` leaves out the plan's provenance (when and how it was made)."""
+    return handle.model_ref, str(handle.device), str(handle.dtype), \
+        (plan if when else replace(plan, provenance={})).to_json()
 
 
 def refit(handle: Handle, plan: PruningPlan, control=None):
     """``pruning.reconstruct(handle, plan)`` (default settings), computed once for the last plan
     asked: Generate and Export of the same plan share one re-fit (it is deterministic on one
     device). The module is shared: callers read it, and copy it before changing it (recovery)."""
-    key = (handle.model_ref, str(handle.device), str(handle.dtype), plan.to_json())
+    key = _key(handle, plan)
     with _REBUILT_LOCK:
         if key in _REBUILT:
-            return _REBUILT[key]
+            return _REBUILT[key][1]
     small = reconstruct(handle, plan, control=control)  # a Stop raises: nothing is cached
     with _REBUILT_LOCK:
         _REBUILT.clear()
-        _REBUILT[key] = small
+        _REBUILT[key] = (_key(handle, plan, when=False), small)
     return small
+
+
+def comparison_refit(handle: Handle, plan: PruningPlan, settings: ReconstructSettings, control=None):
+    """The How much? comparison's re-fit (``compare_methods(refit=...)``): the re-fit Generate or
+    Export already made of the same cut (its provenance aside: the comparison makes its plans anew),
+    if the settings are the defaults, else a fresh one, which is not kept (the comparison's plans
+    would push the visitor's own out of the cache). The comparison only reads it."""
+    if settings == ReconstructSettings():
+        same = _key(handle, plan, when=False)
+        with _REBUILT_LOCK:
+            held = next((small for cut, small in _REBUILT.values() if cut == same), None)
+        if held is not None:
+            return held
+    return reconstruct(handle, plan, settings, control=control)
 
 
 @torch.no_grad()

@@ -92,7 +92,7 @@ def score_chunked(handle, method: str, settings=None, *, budget: Budget | None =
 
 def compare_chunked(handle, sparsities, chosen=None, *, settings=None, budget: Budget | None = None,
                     control: RunControl | None = None, state: RunState | None = None,
-                    call: Callable = _direct) -> ChunkedRun:
+                    call: Callable = _direct, refit: Callable | None = None) -> ChunkedRun:
     """:func:`~pruning.compare.compare_methods` chunk after chunk (see :func:`run_chunked`)."""
     return run_chunked(compare_chunk, handle, sparsities, chosen, settings=settings, budget=budget,
-                       control=control, state=state, call=call)
+                       control=control, state=state, call=call, refit=refit)

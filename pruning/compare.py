@@ -31,8 +31,7 @@ import copy
 import hashlib
 import json
 import re
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -257,7 +256,8 @@ def _clip_scorer(handle, s: CompareSettings, attrs: dict):
 
 
 def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] | None = None, *,
-                    settings: CompareSettings | None = None, control: RunControl | None = None) -> pd.DataFrame:
+                    settings: CompareSettings | None = None, control: RunControl | None = None,
+                    refit: Callable | None = None) -> pd.DataFrame:
     """Long table: method, label (the method and the settings it ran with, e.g. "EcoDiff
     (authors' configs, 3 epochs)"), reconstructed, sparsity (target), params_fraction (measured),
     params, macs, latent_mse (and latent_mse_se), psnr, ssim, (shapes models) acc_color /
@@ -276,8 +276,12 @@ def compare_methods(handle, sparsities: Sequence[float], methods: Sequence[str] 
     numbers. When ``control`` stops the run, the rows finished so far come back and
     ``attrs["partial"]`` is True (``attrs["stopped"]`` says why). :func:`compare_chunk` runs
     the same comparison in resumable chunks.
+
+    ``refit(handle, plan, reconstruct_settings, control)`` re-fits a plan for the reconstructed
+    rows (default :func:`pruning.reconstruct.reconstruct`): the app passes one that reuses a
+    re-fit it already holds. ``reconstruct_s`` is the re-fit's own time (its report's seconds).
     """
-    return compare_chunk(handle, sparsities, methods, settings=settings, control=control)[0]
+    return compare_chunk(handle, sparsities, methods, settings=settings, control=control, refit=refit)[0]
 
 
 FEWER_STEPS = "fewer steps"  # the method column of the baseline's rows
@@ -465,7 +469,7 @@ def _fewer_steps_rows(handle, rows, prompts, seeds, ref, s: CompareSettings, con
 
 def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | None = None, *,
                   settings: CompareSettings | None = None, control: RunControl | None = None,
-                  state: RunState | None = None) -> tuple[pd.DataFrame, RunState | None]:
+                  state: RunState | None = None, refit: Callable | None = None) -> tuple[pd.DataFrame, RunState | None]:
     """One chunk of :func:`compare_methods`: ``(the table so far, the state to resume from)``,
     the state None once finished. Units: the original's evaluation, each method's scoring (whose
     own loop may end the chunk: its state is kept inside this one) and each (method, sparsity)
@@ -579,7 +583,7 @@ def compare_chunk(handle, sparsities: Sequence[float], methods: Sequence[str] | 
             if plans:
                 rows.extend({**r, "label": labels[name], "n_prompts": len(prompts)}
                             for r in _plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip,
-                                                recon))
+                                                recon, refit or _refit))
             j += 1
             if j == len(jobs) or jobs[j][0] == "score":
                 scored = None  # this method's plans are done
@@ -632,18 +636,22 @@ def _check_state(state: RunState, jobs: list, n_prompts: int, methods: list[str]
     sc.only_tensors(lambda k: k in ("ref.latents", "ref.images") or (inner is not None and k.startswith("inner.")))
 
 
-def _plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip, recon) -> list[dict]:
-    """The slim row of one (method, sparsity), and the reconstructed one with ``recon``."""
+def _refit(handle, plan, settings, control):
+    return reconstruct(handle, plan, settings, control=control)
+
+
+def _plan_rows(handle, name, t, plans, total, prompts, seeds, ref, s, control, clip, recon, refit) -> list[dict]:
+    """The slim row of one (method, sparsity), and the reconstructed one with ``recon`` (``refit``
+    re-fits a plan)."""
     variants = [(False, lambda p: build_model(handle, p))]  # build: a plan that carries its own weights (OBS-Diff) gets them
     if recon is not None:
-        variants.append((True, lambda p: reconstruct(handle, p, recon, control=control)))
+        variants.append((True, lambda p: refit(handle, p, recon, control)))
     out = []
     for rebuilt, build in variants:
         evals, seconds = [], []
         for p in plans:
-            t0 = time.perf_counter()
             small = build(p)
-            seconds.append(time.perf_counter() - t0)
+            seconds.append(small.reconstruction["seconds"] if rebuilt else 0.0)  # the re-fit's own time
             evals.append(_evaluate(handle, small, prompts, seeds, ref, s, control, clip)[0])
         row = _row(evals)
         row["params_fraction"] = 1 - row["params"] / total

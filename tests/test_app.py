@@ -219,10 +219,11 @@ def test_generate_and_export_share_one_refit_of_the_same_plan(monkeypatch):
     from app_support import comparison
     from pruning.errors import RunStopped
     from pruning.plan import PruningPlan
+    from pruning.reconstruct import ReconstructSettings
 
     calls = []
 
-    def fake(handle, plan, control=None):
+    def fake(handle, plan, settings=None, control=None):
         if control == "stop":
             raise RunStopped("stopped")
         calls.append(plan.removed_operators)
@@ -239,6 +240,15 @@ def test_generate_and_export_share_one_refit_of_the_same_plan(monkeypatch):
     assert comparison.refit(h, a) is first  # the stopped one left the cache as it was
     assert comparison.refit(h, b) is not first and comparison.refit(SimpleNamespace(**{**vars(h), "dtype": "bf16"}), b)
     assert calls == [("x",), ("y",), ("y",)]
+    # the How much? comparison reuses the re-fit held for its plan (default settings) and keeps none of its own
+    held = comparison.refit(h, a)
+    assert calls[-1] == ("x",) and comparison.comparison_refit(h, a, ReconstructSettings()) is held
+    again = a.with_provenance(created_at="later")  # the same cut, made again by the comparison
+    assert again.to_json() != a.to_json() and comparison.comparison_refit(h, again, ReconstructSettings()) is held
+    n = len(calls)
+    assert comparison.comparison_refit(h, a, ReconstructSettings(ridge=0.5)) is not held  # other settings: afresh
+    assert comparison.comparison_refit(h, b, ReconstructSettings()) is not held  # another plan: afresh...
+    assert len(calls) == n + 2 and comparison.refit(h, a) is held  # ...and the visitor's re-fit stays cached
 
 
 def test_estimate_before_a_run(c):

@@ -19,6 +19,7 @@ from pruning.plan import PruningPlan
 
 from .. import format as fmt
 from .. import guide, results, wiring
+from ..comparison import comparison_refit
 from ..inputs import Checkbox
 from ..runs import check_count, check_flag
 from ..tables import totals
@@ -190,7 +191,7 @@ def wire(S, T) -> None:
         chosen = [methods.get(n).name for n in chosen]
         def work(control):
             return compare_chunked(h, sp, list(chosen), settings=settings, budget=wiring.CHUNK, control=control,
-                                   call=wiring.gpu_chunk)
+                                   call=wiring.gpu_chunk, refit=comparison_refit)
 
         def cost():
             return estimate_text(h, estimate_comparison(h, sp, list(chosen), settings, budget_s=gpu_budget()))
