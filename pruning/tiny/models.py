@@ -194,49 +194,52 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=MAX_LENGTH)
 
 
-def clip_text_encoder(seed: int = 0):
+def _seeded(seed: int, model_class, config: dict):
+    """``model_class(**config)`` right after ``torch.manual_seed(seed)``: each component's random
+    init has its own seed offset, so building one never shifts another's weights."""
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(vocab_size=len(clip_tokenizer().get_vocab()), **CLIP_CONFIG)
-    return CLIPTextModel(cfg).eval().requires_grad_(False)
+    return model_class(**config)
+
+
+def _frozen_text_encoder(seed: int, model_class, config_class, tokenizer, config: dict):
+    """A text encoder frozen at its seeded random init, its vocabulary the size of ``tokenizer``'s."""
+    torch.manual_seed(seed)
+    cfg = config_class(vocab_size=len(tokenizer.get_vocab()), **config)
+    return model_class(cfg).eval().requires_grad_(False)
+
+
+def clip_text_encoder(seed: int = 0):
+    return _frozen_text_encoder(seed, CLIPTextModel, CLIPTextConfig, clip_tokenizer(), CLIP_CONFIG)
 
 
 def t5_text_encoder(seed: int = 0):
-    torch.manual_seed(seed + 1)
-    cfg = T5Config(vocab_size=len(t5_tokenizer().get_vocab()), **T5_CONFIG)
-    return T5EncoderModel(cfg).eval().requires_grad_(False)
+    return _frozen_text_encoder(seed + 1, T5EncoderModel, T5Config, t5_tokenizer(), T5_CONFIG)
 
 
 def vae(seed: int = 0):
-    torch.manual_seed(seed + 2)
-    return AutoencoderKL(**VAE_CONFIG)
+    return _seeded(seed + 2, AutoencoderKL, VAE_CONFIG)
 
 
 def unet(seed: int = 0):
-    torch.manual_seed(seed + 3)
-    return UNet2DConditionModel(**UNET_CONFIG)
+    return _seeded(seed + 3, UNet2DConditionModel, UNET_CONFIG)
 
 
 def flux_transformer(seed: int = 0):
-    torch.manual_seed(seed + 4)
-    return FluxTransformer2DModel(**FLUX_CONFIG)
+    return _seeded(seed + 4, FluxTransformer2DModel, FLUX_CONFIG)
 
 
 def clip_text_encoder_with_projection(seed: int = 0, index: int = 0):
     """SD3's CLIP text encoders (CLIPTextModelWithProjection; `index` 0 or 1 seeds them apart)."""
-    torch.manual_seed(seed + 5 + index)
-    cfg = CLIPTextConfig(vocab_size=len(clip_tokenizer().get_vocab()), **CLIP_CONFIG)
-    return CLIPTextModelWithProjection(cfg).eval().requires_grad_(False)
+    return _frozen_text_encoder(seed + 5 + index, CLIPTextModelWithProjection, CLIPTextConfig, clip_tokenizer(),
+                                CLIP_CONFIG)
 
 
 def sd3_t5_text_encoder(seed: int = 0):
-    torch.manual_seed(seed + 7)
-    cfg = T5Config(vocab_size=len(t5_tokenizer().get_vocab()), **SD3_T5_CONFIG)
-    return T5EncoderModel(cfg).eval().requires_grad_(False)
+    return _frozen_text_encoder(seed + 7, T5EncoderModel, T5Config, t5_tokenizer(), SD3_T5_CONFIG)
 
 
 def sd3_transformer(seed: int = 0):
-    torch.manual_seed(seed + 8)
-    return SD3Transformer2DModel(**SD3_CONFIG)
+    return _seeded(seed + 8, SD3Transformer2DModel, SD3_CONFIG)
 
 
 def sd3_scheduler():

@@ -118,19 +118,38 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, 64, 64)
 
 
+def _vae_batches(opt, steps: int, peak: float, rng: random.Random):
+    """The steps of a VAE cycle: sets ``opt``'s learning rate (:func:`_lr`'s schedule scaled to
+    ``peak``), then yields ``(step, images (B, 64, 64, 3) uint8, the same as (B, 3, 64, 64) in [-1, 1])``."""
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps) * peak / LR
+        imgs = _render_batch(rng)
+        yield step, imgs, _to_tensor(imgs)
+
+
+def _update(opt, loss: torch.Tensor, params) -> None:
+    """One optimizer step on ``loss``, its gradient clipped to norm 1 over ``params``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def _check_images() -> tuple[np.ndarray, list[str]]:
+    """The VAE's reconstruction check: one image of each of the first 32 held-out prompts."""
+    return make_images(HELDOUT_PROMPTS[:32], per_prompt=1, seed=99)
+
+
 def _vae_cycle(vae, steps: int, lr: float, seed: int, reseed: bool = True) -> None:
     """One cosine cycle of VAE training (fresh AdamW, rng seeded by `seed`)."""
     if reseed:
         torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    check, check_caps = make_images(HELDOUT_PROMPTS[:32], per_prompt=1, seed=99)
+    check, check_caps = _check_images()
     t0 = time.time()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps) * lr / LR
-        imgs = _render_batch(rng)
-        x = _to_tensor(imgs)
+    for step, imgs, x in _vae_batches(opt, steps, lr, rng):
         if VAE_CROP:  # a random 8-aligned crop: same local task, a quarter of the compute
             i, j = rng.randrange(0, 64 - VAE_CROP + 1, 8), rng.randrange(0, 64 - VAE_CROP + 1, 8)
             x = x[:, :, i : i + VAE_CROP, j : j + VAE_CROP]
@@ -143,17 +162,11 @@ def _vae_cycle(vae, steps: int, lr: float, seed: int, reseed: bool = True) -> No
         rec = vae.decode(z).sample
         err = rec - x
         loss = (weight * (err.abs() + err.pow(2))).mean() / weight.mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        _update(opt, loss, vae.parameters())
         if step % 100 == 0 or step == steps - 1:
-            with torch.no_grad():
-                r = vae.decode(vae.encode(_to_tensor(check)).latent_dist.mean).sample
-            acc = shape_task_accuracy(to_uint8((r / 2 + 0.5).clamp(0, 1)), check_caps)
             _log(
-                f"vae step {step} loss {loss.item():.4f} recon acc color {acc['color']:.2f} shape "
-                f"{acc['shape']:.2f} position {acc['position']:.2f} ({time.time() - t0:.0f}s)"
+                f"vae step {step} loss {loss.item():.4f} recon acc {_recon_acc(vae, check, check_caps)} "
+                f"({time.time() - t0:.0f}s)"
             )
 
 
@@ -166,13 +179,9 @@ def _decoder_cycle(vae, steps: int, lr: float, seed: int) -> None:
     for q in params:
         q.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    check, check_caps = make_images(HELDOUT_PROMPTS[:32], per_prompt=1, seed=99)
+    check, check_caps = _check_images()
     t0 = time.time()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps) * lr / LR
-        imgs = _render_batch(rng)
-        x = _to_tensor(imgs)
+    for step, _, x in _vae_batches(opt, steps, lr, rng):
         bg = x[:, :, :1, :1]
         weight = 1.0 + VAE_FG_WEIGHT * ((x - bg).abs().amax(1, keepdim=True) > 0.1).float()
         with torch.no_grad():
@@ -180,10 +189,7 @@ def _decoder_cycle(vae, steps: int, lr: float, seed: int) -> None:
         rec = vae.decode(z + VAE_LATENT_NOISE * torch.randn_like(z)).sample
         err = rec - x
         loss = (weight * (err.abs() + err.pow(2))).mean() / weight.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _update(opt, loss, params)
         if step % 100 == 0 or step == steps - 1:
             _log(
                 f"decoder step {step} loss {loss.item():.4f} recon {_recon_acc(vae, check, check_caps)} "
@@ -193,6 +199,7 @@ def _decoder_cycle(vae, steps: int, lr: float, seed: int) -> None:
 
 
 def _recon_acc(vae, images, captions) -> str:
+    """The VAE's round trip of ``images`` scored by the shape task: "color 1.00 shape 0.97 position 1.00"."""
     with torch.no_grad():
         r = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mean).sample
     acc = shape_task_accuracy(to_uint8((r / 2 + 0.5).clamp(0, 1)), captions)
@@ -342,10 +349,7 @@ def train_denoiser(arch: str, vae, steps: int | None = None, seed: int = SEED, t
         cond = {**{k: v[p] for k, v in rows.items()}, **shared}
         # (B, 4, 8, 8) latents as the denoiser consumes them (FLUX: (B, 16 tokens, 16))
         loss = family.train_loss(handle, family.pack(pipe, x0), family.pack(pipe, noise), cond, t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        _update(opt, loss, model.parameters())
         decay = min(EMA, (1 + step) / (10 + step))
         with torch.no_grad():
             for k, v in model.state_dict().items():
