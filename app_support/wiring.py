@@ -208,6 +208,19 @@ def relay(messages, est, status, extra=None):
     return run, asked
 
 
+def run_in_tab(h, work, cost, *, request, clicked, progress, phase: str, est, status, extra=None):
+    """A tab's run (use ``yield from``): :func:`run_with_estimate` relayed to ``est`` and ``status``
+    (:func:`relay`). Returns ``(run, estimate text)``, or None when a model switch waited for this
+    run (:func:`switched`): the Model tab clears the result with the switch and says so, so the tab
+    writes nothing (its status stays as it is)."""
+    out = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked, progress=progress,
+                                             phase=phase), est, status, extra)
+    if switched(request):
+        yield {status: gr.skip()}
+        return None
+    return out
+
+
 def _forward(h, work, session, clicked, request, progress, phase):
     best, main = 0.0, None  # main: the run's own count (the first total > 1); nested counts only name the phase
     for msg in owned(work, runs=RUNS, session=session, lock=CACHE.lock(h),

@@ -36,12 +36,10 @@ from ..wiring import (
     handle,
     plan,
     prompts,
-    relay,
-    run_with_estimate,
+    run_in_tab,
     sid,
     stamp,
     steps,
-    switched,
 )
 
 KEY = "export"
@@ -182,11 +180,11 @@ def wire(S, T) -> None:
             return estimate_text(h, estimate_export(h, reconstruct=recon, recover_iters=iters, budget_s=gpu_budget()))
 
         yield {**_gone(t), t.status: f"Exporting {results.model_label(h)}...", t.est: ""}
-        out, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
-                                                        progress=progress, phase="export"), t.est, t.status)
-        if switched(request):  # the Model tab clears this result with the switch and says so
-            yield {t.status: gr.skip()}
+        ran = yield from run_in_tab(h, work, cost, request=request, clicked=clicked, progress=progress,
+                                    phase="export", est=t.est, status=t.status)
+        if ran is None:  # a model switch clears this result and says so
             return
+        out, asked = ran
         done = "Exported" + (f" ({results.reconstruction_note(out['reconstruction'])})" if recon else "")
         if out.get("lora"):
             r = out["lora"]

@@ -37,12 +37,10 @@ from ..wiring import (
     handle,
     plan,
     prompts,
-    relay,
-    run_with_estimate,
+    run_in_tab,
     stamp,
     steps,
     stop_run,
-    switched,
 )
 
 KEY = "quality"
@@ -197,11 +195,11 @@ def wire(S, T) -> None:
             return estimate_text(h, estimate_comparison(h, sp, list(chosen), settings, budget_s=gpu_budget()))
 
         yield {t.status: f"Comparing on {results.model_label(h)}...", t.est: ""}
-        run, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
-                                                        progress=progress, phase="compare"), t.est, t.status)
-        if switched(request):  # the Model tab clears this result with the switch and says so
-            yield {t.status: gr.skip()}
+        ran = yield from run_in_tab(h, work, cost, request=request, clicked=clicked, progress=progress,
+                                    phase="compare", est=t.est, status=t.status)
+        if ran is None:  # a model switch clears this result and says so
             return
+        run, asked = ran
         df = run.result
         table = {"records": df.to_dict("records"), "attrs": dict(df.attrs), "label": results.model_label(h),
                  "own_plan": plan_dict or None}

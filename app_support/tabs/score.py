@@ -34,13 +34,11 @@ from ..wiring import (
     gpu_budget,
     handle,
     prompts,
-    relay,
-    run_with_estimate,
+    run_in_tab,
     sid,
     stamp,
     steps,
     stop_run,
-    switched,
 )
 
 KEY = "score"
@@ -224,12 +222,11 @@ def wire(S, T) -> None:
                 return {t.loss: gr.update(value=_history_plot(h, live), visible=True)}
             return None
 
-        run, asked = yield from relay(run_with_estimate(h, work, cost, request=request, clicked=clicked,
-                                                        progress=progress, phase=labels.method_name(name)),
-                                      t.est, t.status, curves)
-        if switched(request):  # the Model tab clears this result with the switch and says so
-            yield {t.status: gr.skip()}
+        ran = yield from run_in_tab(h, work, cost, request=request, clicked=clicked, progress=progress,
+                                    phase=labels.method_name(name), est=t.est, status=t.status, extra=curves)
+        if ran is None:  # a model switch clears this result and says so
             return
+        run, asked = ran
         scores = run.result
         history = _curves(scores)
         yield {t.table: gr.update(value=results.score_table(h, scores), label=results.table_label(h, scores)),
