@@ -199,3 +199,22 @@ class Family:
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
+
+
+class FlowFamily(Family):
+    """A rectified-flow family (FLUX, SD3): its models train on z_t = (1 - s) x0 + s noise with
+    target noise - x0 and a logit-normal s; the denoiser reads the timestep s x ``timestep_scale``."""
+
+    timestep_scale: ClassVar[float] = 1.0  # FLUX reads t = s, SD3 t = 1000 s
+
+    def train_loss(self, handle, x0, noise, cond, t):
+        """Rectified flow: z_t = (1 - s) x0 + s noise, target noise - x0."""
+        n_train = handle.pipe.scheduler.config.num_train_timesteps
+        timestep, sigma = flow_sigma(t, n_train, x0, scale=self.timestep_scale)
+        zt = (1 - sigma) * x0 + sigma * noise
+        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond_kwargs(cond))[0]
+        return torch.nn.functional.mse_loss(pred, noise - x0)
+
+    def train_timesteps(self, batch, generator, n_train):
+        """A logit-normal sigma in (0, 1) per sample, as a timestep sigma * n_train."""
+        return torch.sigmoid(torch.randn(batch, generator=generator)) * n_train

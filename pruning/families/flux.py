@@ -14,13 +14,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-from transformers import T5Config, T5EncoderModel
 
 from ..catalog import discover
 from ..replacements import EmptyAttention, IdentityFluxBlock
 from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter, set_heads
 from ..tiny import parts
-from .base import Family, Trajectory, cond_kwargs, flow_sigma
+from .base import FlowFamily, Trajectory
 from .renamer import Renamer
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
@@ -73,7 +72,7 @@ def _cut_single(block: FluxSingleTransformerBlock, s: dict[str, Structure]) -> N
         block.proj_out._tp_packed_row_blocks = [attn_width, block.mlp_hidden_dim]
 
 
-class FluxFamily(Family):
+class FluxFamily(FlowFamily):
     name = "flux"
     pipeline_class = FluxPipeline
     denoiser_name = "transformer"
@@ -263,27 +262,11 @@ class FluxFamily(Family):
         embedded = handle.defaults.get("guidance_mode", "embedded") == "embedded"
         return handle.defaults["guidance"] if embedded else 1.0
 
-    def train_loss(self, handle, x0, noise, cond, t):
-        """Rectified flow on packed latents: z_t = (1 - s) x0 + s noise, target noise - x0; FLUX reads t = s."""
-        timestep, sigma = flow_sigma(t, handle.pipe.scheduler.config.num_train_timesteps, x0)
-        zt = (1 - sigma) * x0 + sigma * noise
-        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond_kwargs(cond))[0]
-        return torch.nn.functional.mse_loss(pred, noise - x0)
-
-    def train_timesteps(self, batch, generator, n_train):
-        """A logit-normal sigma in (0, 1) per sample, as a timestep sigma * n_train."""
-        return torch.sigmoid(torch.randn(batch, generator=generator)) * n_train
-
     def tiny_components(self):
         """2 double and 2 single blocks of width 64, a CLIP and a T5 text encoder."""
         tokenizer, tokenizer_2 = parts.clip_tokenizer(), parts.t5_tokenizer()
         text_encoder = parts.clip_text_encoder(tokenizer, hidden=32)
-        t5 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-            pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id,
-            decoder_start_token_id=0,
-        )).eval()
+        t5 = parts.t5_text_encoder(tokenizer_2, hidden=32)
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=4 * 4,  # latent channels x the 2x2 packing
             num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=4,

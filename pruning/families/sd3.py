@@ -31,7 +31,7 @@ from ..catalog import discover
 from ..replacements import IdentityFluxBlock
 from ..specs import Operator
 from ..tiny import parts
-from .base import Family, Trajectory, cond_kwargs, flow_sigma
+from .base import FlowFamily, Trajectory
 from .renamer import Renamer
 
 # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
@@ -70,13 +70,14 @@ T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length default
 CLIP_TOKENS = 77
 
 
-class SD3Family(Family):
+class SD3Family(FlowFamily):
     name = "sd3"
     pipeline_class = StableDiffusion3Pipeline
     denoiser_name = "transformer"
     denoiser_class = SD3Transformer2DModel
     denoiser_label = "an SD3 transformer"
     defaults = {"steps": 28, "guidance": 7.0, "resolution": 1024}
+    timestep_scale = 1000  # the transformer reads t = 1000 s
     patch_multiple = 2  # patch_size 2 on the latents
     # EcoDiff released no SD3 config; FLUX's (the other MMDiT) is the nearest
     ecodiff_authors = {"masking_eps": 0.1, "beta": 0.01}
@@ -251,32 +252,14 @@ class SD3Family(Family):
         return NativeLayout(config, renames)
 
     # ------------------------------------------------------------------ Taylor
-    def train_loss(self, handle, x0, noise, cond, t):
-        """Rectified flow: z_t = (1 - s) x0 + s noise, target noise - x0; SD3 reads t = 1000 s."""
-        timestep, sigma = flow_sigma(t, handle.pipe.scheduler.config.num_train_timesteps, x0, scale=1000)
-        zt = (1 - sigma) * x0 + sigma * noise
-        pred = handle.denoiser(hidden_states=zt, timestep=timestep, return_dict=False, **cond_kwargs(cond))[0]
-        return torch.nn.functional.mse_loss(pred, noise - x0)
-
-    def train_timesteps(self, batch, generator, n_train):
-        """A logit-normal sigma in (0, 1) per sample, as a timestep sigma * n_train."""
-        return torch.sigmoid(torch.randn(batch, generator=generator)) * n_train
-
     # ------------------------------------------------------------------ tests
     def tiny_components(self) -> dict:
         """Like diffusers' SD3 ``get_dummy_components``: two CLIPs of width 32 (concatenated: 64),
         a T5 of width 64, 3 blocks (block 0 with dual attention, the last context_pre_only)."""
-        from transformers import T5Config, T5EncoderModel
-
         tokenizer, tokenizer_2, tokenizer_3 = parts.clip_tokenizer(), parts.clip_tokenizer(), parts.t5_tokenizer()
         text_encoder = parts.clip_text_encoder(tokenizer, projection=True, hidden=32)
         text_encoder_2 = parts.clip_text_encoder(tokenizer_2, projection=True, hidden=32)
-        t5 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_3), d_model=64, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-            pad_token_id=tokenizer_3.pad_token_id, eos_token_id=tokenizer_3.eos_token_id,
-            decoder_start_token_id=0,
-        )).eval()
+        t5 = parts.t5_text_encoder(tokenizer_3, hidden=64)
         transformer = SD3Transformer2DModel(
             sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=3,
             attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,

@@ -16,6 +16,8 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
     T5Tokenizer,
 )
 
@@ -52,6 +54,17 @@ def clip_text_encoder(tokenizer, *, projection: bool = False, hidden: int = 32):
     )
     cls = CLIPTextModelWithProjection if projection else CLIPTextModel
     return cls(config).eval()
+
+
+def t5_text_encoder(tokenizer, *, hidden: int = 32):
+    """A 2-layer T5 encoder of width ``hidden`` (4 heads of 8) over ``tokenizer``'s vocabulary."""
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=hidden, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
 
 
 def vae(*, latent_channels: int = 4, scaling_factor: float = 0.18215, shift_factor=None):
