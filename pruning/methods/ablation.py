@@ -65,7 +65,7 @@ from ..rollout import Trajectory, advance, guided, prepare, raw_outputs
 from ..runs import as_control
 from ..sampling import GenerationStopped
 from .proxy import model_entry, read_measured
-from .sweep_table import SCORE_COLUMNS, _table, ldpruner_score, select_operators
+from .sweep_table import SCORE_COLUMNS, halted, ldpruner_score, resumed_rows, scored_table, select_operators
 
 TARGETS = ("uniform", "step", "denoised")  # the weightings, in the order of the distance arrays' axis 1
 
@@ -345,9 +345,7 @@ def sweep(handle, s, *, control=None, resume: pd.DataFrame | None = None, record
     control = as_control(control)
     todo = select_operators(handle, s)
     total = len(todo)
-    done = {}
-    if resume is not None and len(resume):
-        done = {r["fqn"]: r for r in resume.to_dict("records") if r["fqn"] in set(todo["fqn"])}
+    done = resumed_rows(resume, todo)
     rows = {r["fqn"]: r for r in todo.to_dict("records")}
     results = {f: {**rows[f], **{k: done[f][k] for k in SCORE_COLUMNS[:3]}} for f in todo["fqn"] if f in done}
     pending = [f for f in todo["fqn"] if f not in done]
@@ -357,11 +355,8 @@ def sweep(handle, s, *, control=None, resume: pd.DataFrame | None = None, record
     try:
         rec = None
         for start in range(0, len(pending), s.ablation_batch):
-            if control.stopped():
-                partial = True
-                break
-            if control.chunk_full():
-                partial = chunk_ended = True
+            if halt := halted(control):
+                partial, chunk_ended = True, halt == "chunk"
                 break
             try:
                 rec = rec or recording(handle, s, stop=control, z=recorded)
@@ -376,10 +371,7 @@ def sweep(handle, s, *, control=None, resume: pd.DataFrame | None = None, record
             bar.update(len(group))
     finally:
         bar.close()
-    table = pd.DataFrame([results[f] for f in todo["fqn"] if f in results], columns=[*todo.columns, *SCORE_COLUMNS[:3]])
-    df = _table(table, s, partial=partial, model_ref=handle.model_ref, total=total)
-    df.attrs["chunk_ended"] = chunk_ended
-    return df
+    return scored_table(results, todo, s, model_ref=handle.model_ref, partial=partial, chunk_ended=chunk_ended)
 
 
 # --------------------------------------------------------------------------- first order

@@ -61,9 +61,12 @@ from .sweep_table import (  # noqa: F401 (the sweep table's vocabulary, re-expor
     SCORE_COLUMNS,
     _table,
     finalize_ranks,
+    halted,
     latent_stats,
     ldpruner_score,
     mac_resolution,
+    resumed_rows,
+    scored_table,
     select_operators,
 )
 
@@ -277,9 +280,7 @@ def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl 
                               show_progress=show_progress)
     todo = select_operators(handle, s)
     total = len(todo)
-    done_rows: dict[str, dict] = {}
-    if resume is not None and len(resume):
-        done_rows = {r["fqn"]: r for r in resume.to_dict("records") if r["fqn"] in set(todo["fqn"])}
+    done_rows = resumed_rows(resume, todo)
     results: dict[str, dict] = {}
     partial = chunk_ended = False
     bar = tqdm(total=total, desc="LD-Pruner sweep", unit="op", disable=not show_progress, leave=False)
@@ -290,11 +291,8 @@ def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl 
             if fqn in done_rows:
                 results[fqn] = {**row, **{k: done_rows[fqn][k] for k in ("avg_dist", "std_dist", "score")}}
             else:
-                if control.stopped():
-                    partial = True
-                    break
-                if control.chunk_full():
-                    partial = chunk_ended = True
+                if halt := halted(control):
+                    partial, chunk_ended = True, halt == "chunk"
                     break
                 try:
                     if z0 is None:
@@ -312,10 +310,7 @@ def sweep(handle, settings: SweepSettings | None = None, *, control: RunControl 
             bar.set_postfix_str(fqn, refresh=False)
     finally:
         bar.close()
-    rows = pd.DataFrame([results[f] for f in todo["fqn"] if f in results], columns=[*todo.columns, *SCORE_COLUMNS[:3]])
-    df = _table(rows, s, partial=partial, model_ref=handle.model_ref, total=total)
-    df.attrs["chunk_ended"] = chunk_ended
-    return df
+    return scored_table(results, todo, s, model_ref=handle.model_ref, partial=partial, chunk_ended=chunk_ended)
 
 
 def cached_originals(handle, settings: SweepSettings) -> torch.Tensor | None:

@@ -1,6 +1,7 @@
 """The table of an LD-Pruner score (the full sweep and the fast one-step score share it): which
-operators are scored, LD-Pruner's distance between two sets of latents, and the table's columns
-and ranks. Below both scorers: ``ldpruner`` and ``ablation`` import it, never each other.
+operators are scored, LD-Pruner's distance between two sets of latents, the table's columns and
+ranks, and the steps of the resumable loop that fills it. Below both scorers: ``ldpruner`` and
+``ablation`` import it, never each other.
 """
 
 from __future__ import annotations
@@ -67,6 +68,34 @@ def select_operators(handle, settings) -> pd.DataFrame:
             raise PlanError(f"unknown operator {fqn!r}: not a removable operator of this denoiser "
                             f"({len(known)} operators, e.g. {ops['fqn'].iloc[0]!r})")
     return ops[ops["fqn"].isin(settings.operators)].reset_index(drop=True)
+
+
+def resumed_rows(resume: pd.DataFrame | None, todo: pd.DataFrame) -> dict[str, dict]:
+    """The rows of the partial table ``resume`` whose operators ``todo`` still scores, by FQN
+    ({} without one)."""
+    if resume is None or not len(resume):
+        return {}
+    fqns = set(todo["fqn"])
+    return {r["fqn"]: r for r in resume.to_dict("records") if r["fqn"] in fqns}
+
+
+def halted(control) -> str | None:
+    """Why a sweep ends before its next operator: ``"stopped"`` (Stop or the time limit),
+    ``"chunk"`` (the chunk is full, see :mod:`pruning.chunks`), or None to go on."""
+    if control.stopped():
+        return "stopped"
+    return "chunk" if control.chunk_full() else None
+
+
+def scored_table(results: dict[str, dict], todo: pd.DataFrame, settings, *, model_ref: str, partial: bool,
+                 chunk_ended: bool) -> pd.DataFrame:
+    """The table of a sweep's scored rows ``results`` (by FQN; in ``todo``'s order), of the
+    ``len(todo)`` operators it was asked to score; ``attrs["chunk_ended"]`` says whether a chunk
+    boundary ended it."""
+    rows = pd.DataFrame([results[f] for f in todo["fqn"] if f in results], columns=[*todo.columns, *SCORE_COLUMNS[:3]])
+    df = _table(rows, settings, partial=partial, model_ref=model_ref, total=len(todo))
+    df.attrs["chunk_ended"] = chunk_ended
+    return df
 
 
 def _table(rows: pd.DataFrame, settings, *, partial: bool, model_ref: str,
