@@ -41,32 +41,41 @@ def test_threshold_rule_on_hand_built_losses():
         ThresholdRule(1.5)
 
 
-def test_importance_equals_hand_computed_taylor(tiny_sd):
+ROW_PROJECTIONS = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")  # SD3's context ones too
+
+
+@pytest.mark.parametrize("family, fqn", [("sd", None), ("sd3", "transformer_blocks.0.attn")],
+                         ids=["sd-first-head-structure", "sd3-joint-heads"])
+def test_importance_equals_hand_computed_taylor(request, family, fqn):
+    """Per head: sum |w * grad| over its rows of the q/k/v projections (+ biases; SD3's joint
+    attention adds its context stream's add_q/k/v_proj) and its columns of to_out (SD3: and to_add_out)."""
+    handle = request.getfixturevalue(f"tiny_{family}")
     settings = DiffPruningSettings(prompts=["a red circle", "a blue square"], steps=2, stride=1000, kinds=("head",))
-    df = importance(tiny_sd, settings)
+    df = importance(handle, settings)
     assert df.attrs["timesteps"] == [0]  # stride 1000: only t = 0
-    fqn = next(f for f, s in discover(tiny_sd.denoiser).structures.items() if s.kind == "head")
-    s = discover(tiny_sd.denoiser).structures[fqn]
+    found = discover(handle.denoiser).structures
+    fqn = fqn or next(f for f, s in found.items() if s.kind == "head")
+    s = found[fqn]
 
     # by hand: the same loss on a copy of the model, .backward(), then |w * grad| per head
-    model = copy.deepcopy(tiny_sd.denoiser)
-    twin = copy.copy(tiny_sd)
+    model = copy.deepcopy(handle.denoiser)
+    twin = copy.copy(handle)
     twin.denoiser = model
-    x0, cond = _clean_latents(tiny_sd, settings)
+    x0, cond = _clean_latents(handle, settings)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(settings.noise_seed))
     _loss_at(twin, x0, noise, cond, 0).backward()
     attn = model.get_submodule(fqn)
+    rows_of = [lin for lin in (getattr(attn, n, None) for n in ROW_PROJECTIONS) if lin is not None]
+    columns_of = [lin for lin in (attn.to_out[0], getattr(attn, "to_add_out", None)) if lin is not None]
     hd = s.unit_size
     for h in range(s.units):
         rows = slice(h * hd, (h + 1) * hd)
-        want = sum((lin.weight[rows] * lin.weight.grad[rows]).abs().sum() for lin in (attn.to_q, attn.to_k, attn.to_v))
-        want = want + (attn.to_out[0].weight[:, rows] * attn.to_out[0].weight.grad[:, rows]).abs().sum()
-        for lin in (attn.to_q, attn.to_k, attn.to_v):
-            if lin.bias is not None:
-                want = want + (lin.bias[rows] * lin.bias.grad[rows]).abs().sum()
+        want = sum((lin.weight[rows] * lin.weight.grad[rows]).abs().sum() for lin in rows_of)
+        want = want + sum((lin.bias[rows] * lin.bias.grad[rows]).abs().sum() for lin in rows_of if lin.bias is not None)
+        want = want + sum((lin.weight[:, rows] * lin.weight.grad[:, rows]).abs().sum() for lin in columns_of)
         got = df[(df["fqn"] == fqn) & (df["index"] == h)]["importance"].item()
         assert got == pytest.approx(want.item(), rel=1e-4)
-    assert all(p.grad is None for p in tiny_sd.denoiser.parameters())  # the model got no gradients
+    assert all(p.grad is None for p in handle.denoiser.parameters())  # the model got no gradients
 
 
 def test_importance_table_and_plan(tiny_handle):

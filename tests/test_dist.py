@@ -108,27 +108,18 @@ class Launch:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    from pruning.testing import tiny_pipeline
-
-    folder = tmp_path_factory.mktemp("dist") / "tiny-sd"
-    tiny_pipeline("sd").save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def launched(folder, tmp_path_factory):
+def launched(sd_folder, tmp_path_factory):
     """Starts at once and runs while the tests compute their single-process references."""
-    launch = Launch(folder, tmp_path_factory.mktemp("launched"))
+    launch = Launch(sd_folder, tmp_path_factory.mktemp("launched"))
     yield launch
     if launch.proc.poll() is None:
         launch.proc.kill()
 
 
-def test_two_process_sweep_equals_single_process(folder, launched):
+def test_two_process_sweep_equals_single_process(sd_folder, launched):
     prompts = PROMPTS[:2]
     settings = ldp.SweepSettings(prompts=tuple(prompts), n_gen=3, steps=2, granularity="fine")
-    single = ldp.sweep(load_pipeline(str(folder)), settings, show_progress=False)
+    single = ldp.sweep(load_pipeline(str(sd_folder)), settings, show_progress=False)
     scores = Scores.read(launched.output("sweep"))
     merged = scores.table
     assert scores.settings == single.attrs["settings"]
@@ -141,44 +132,44 @@ def test_two_process_sweep_equals_single_process(folder, launched):
     pd.testing.assert_frame_equal(merged[same], single[same].reset_index(drop=True), check_dtype=False)
 
 
-def test_two_process_fast_score_equals_single_process(folder, launched):
+def test_two_process_fast_score_equals_single_process(sd_folder, launched):
     """LD-Pruner's fast score (one-step ablation) sharded over the launch's 2 processes."""
     s = ldp.SweepSettings(prompts=FAST_PROMPTS, n_gen=3, steps=4, granularity="fine", fast=True)
-    single = ldp.sweep(load_pipeline(str(folder)), s, show_progress=False)
+    single = ldp.sweep(load_pipeline(str(sd_folder)), s, show_progress=False)
     merged = Scores.read(launched.output("sweep-fast"))
     assert merged.settings == single.attrs["settings"]
     assert list(merged.table["fqn"]) == list(single["fqn"]) and len(merged.table) == 32
     np.testing.assert_allclose(merged.table["score"], single["score"], rtol=0, atol=1e-6)
 
 
-def _ecodiff(folder, launched, name: str, n: int, batch: int, epochs: int = 2):
+def _ecodiff(sd_folder, launched, name: str, n: int, batch: int, epochs: int = 2):
     """The launched EcoDiff run ``name`` of :data:`RUNS` and the single-process one of its settings."""
     s = methods.get("ecodiff").settings(prompts=PROMPTS[:n], steps=2, epochs=epochs, batch_size=batch)
-    single = methods.get("ecodiff").score(load_pipeline(str(folder)), s)
+    single = methods.get("ecodiff").score(load_pipeline(str(sd_folder)), s)
     dp = Scores.read(launched.output(name))
     assert dp.settings == single.settings and dp.partial is False and len(dp.info["history"]) == epochs * -(-n // batch)
     assert list(dp.table["fqn"]) == list(single.table["fqn"])
     return dp, single
 
 
-def test_two_process_ecodiff_with_an_empty_share_equals_single_process(folder, launched):
+def test_two_process_ecodiff_with_an_empty_share_equals_single_process(sd_folder, launched):
     """Batches of 1 prompt: rank 0 computes exactly what one process does, rank 1 adds zeros, the
     regularizer is added once and both draw the same gate noise: the same gates to float rounding
     (measured: bit-equal)."""
-    dp, single = _ecodiff(folder, launched, "ecodiff-empty-share", n=3, batch=1)
+    dp, single = _ecodiff(sd_folder, launched, "ecodiff-empty-share", n=3, batch=1)
     np.testing.assert_allclose(dp.table["score"], single.table["score"], rtol=1e-6, atol=0)
     for k in ("recon", "reg", "loss", "kept_head", "kept_neuron"):
         np.testing.assert_allclose([r[k] for r in dp.info["history"]], [r[k] for r in single.info["history"]],
                                    rtol=1e-6, atol=0)
 
 
-def test_two_process_ecodiff_with_uneven_shares_equals_single_process(folder, launched):
+def test_two_process_ecodiff_with_uneven_shares_equals_single_process(sd_folder, launched):
     """4 prompts in batches of 3: shares 2 + 1, then 1 + 0. The whole batch's MSE (the history) agrees
     to float rounding (measured 8e-6 relative over 4 steps). The gates agree to 1e-2 (measured 2.4e-3,
     after moves of about 2): the batches of 2 and 1 round differently from the batch of 3 (about
     1e-7 of the largest gate gradient), and AdamW, which divides each gradient by its running
     size, turns that into visible moves for gates whose gradient is near zero."""
-    dp, single = _ecodiff(folder, launched, "ecodiff-uneven", n=4, batch=3)
+    dp, single = _ecodiff(sd_folder, launched, "ecodiff-uneven", n=4, batch=3)
     np.testing.assert_allclose([r["recon"] for r in dp.info["history"]],
                                [r["recon"] for r in single.info["history"]], rtol=1e-4)
     a, b = dp.table["score"].to_numpy(), single.table["score"].to_numpy()
@@ -187,11 +178,11 @@ def test_two_process_ecodiff_with_uneven_shares_equals_single_process(folder, la
     assert np.abs(a - b).mean() < 1e-4  # most gates agree much more closely
 
 
-def test_two_process_taylor_equals_single_process(folder, launched):
+def test_two_process_taylor_equals_single_process(sd_folder, launched):
     """3 prompts: shares 2 + 1; the threshold rule sees the loss over all three (measured: scores
     within 5e-6 relative, 2e-7 of the largest)."""
     s = methods.get("taylor").settings(prompts=PROMPTS[:3], steps=2, stride=250, thr=0.0)
-    single = methods.get("taylor").score(load_pipeline(str(folder)), s)
+    single = methods.get("taylor").score(load_pipeline(str(sd_folder)), s)
     dp = Scores.read(launched.output("taylor"))
     assert dp.settings == single.settings and dp.partial is False
     assert list(dp.table["fqn"]) == list(single.table["fqn"]) and list(dp.table["index"]) == list(single.table["index"])
@@ -203,7 +194,7 @@ def test_two_process_taylor_equals_single_process(folder, launched):
 
 
 @pytest.mark.thorough  # its own launch; chunked == uninterrupted stays in test_chunks.py and test_cli.py
-def test_a_chunk_of_two_processes_resumes_in_one(folder, tmp_path, capsys):
+def test_a_chunk_of_two_processes_resumes_in_one(sd_folder, tmp_path, capsys):
     """The state holds all the clean images (gathered from both shares) and the summed gradients:
     one process finishes the run and gets the single-process scores. Under the launcher, a
     chunk's exit code 3 comes back as the launcher's failure report."""
@@ -211,14 +202,14 @@ def test_a_chunk_of_two_processes_resumes_in_one(folder, tmp_path, capsys):
 
     out, state = tmp_path / "taylor.csv", tmp_path / "run.safetensors"
     args = ["taylor", "--steps", "2", "--stride", "250", "--thr", "0.0", "--prompts", *PROMPTS[:3]]
-    proc = _launch(folder, out, *args, "--chunk-units", "3", "--state", str(state))
-    single = methods.get("taylor").score(load_pipeline(str(folder)),
+    proc = _launch(sd_folder, out, *args, "--chunk-units", "3", "--state", str(state))
+    single = methods.get("taylor").score(load_pipeline(str(sd_folder)),
                                          methods.get("taylor").settings(prompts=PROMPTS[:3], steps=2, stride=250,
                                                                         thr=0.0))
     log = _finish(proc, code=1)
     assert "chunk     ended at 2/4 timesteps (at most) on 2 processes" in log and "exitcode: 3" in log
     assert state.is_file() and not out.exists()
-    assert main([*args, "--model", str(folder), "--out", str(out), "--state", str(state)]) == 0
+    assert main([*args, "--model", str(sd_folder), "--out", str(out), "--state", str(state)]) == 0
     assert "no longer needed" in capsys.readouterr().out
     dp = Scores.read(out)
     assert dp.info["timesteps"] == single.info["timesteps"] and dp.settings == single.settings

@@ -170,26 +170,19 @@ def _http_error(cls, status):
     return cls(f"{status} error", response=response)
 
 
-def test_unknown_hub_id(online, monkeypatch):
-    from huggingface_hub.errors import RepositoryNotFoundError
+@pytest.mark.parametrize("error, ref, says", [
+    ("RepositoryNotFoundError", "nobody/nothing", r"unknown Hub model 'nobody/nothing'"),
+    ("RevisionNotFoundError", "org/model@nope", r"revision 'nope' not found.*'org/model@nope'"),
+], ids=["unknown_id", "unknown_revision"])
+def test_unknown_hub_model(online, monkeypatch, error, ref, says):
+    import huggingface_hub.errors
 
     def fake_info(repo_id, revision, timeout):
-        raise _http_error(RepositoryNotFoundError, 404)
+        raise _http_error(getattr(huggingface_hub.errors, error), 404)
 
     monkeypatch.setattr(loading, "_model_info", fake_info)
-    with pytest.raises(ModelLoadError, match=r"unknown Hub model 'nobody/nothing'"):
-        load_pipeline("nobody/nothing")
-
-
-def test_unknown_hub_revision(online, monkeypatch):
-    from huggingface_hub.errors import RevisionNotFoundError
-
-    def fake_info(repo_id, revision, timeout):
-        raise _http_error(RevisionNotFoundError, 404)
-
-    monkeypatch.setattr(loading, "_model_info", fake_info)
-    with pytest.raises(ModelLoadError, match=r"revision 'nope' not found.*'org/model@nope'"):
-        load_pipeline("org/model@nope")
+    with pytest.raises(ModelLoadError, match=says):
+        load_pipeline(ref)
 
 
 def test_offline_hub_from_cache(tmp_path, monkeypatch):
