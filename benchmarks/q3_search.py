@@ -198,8 +198,18 @@ def _describe(cfg) -> str:
 
 
 def table(lines) -> str:
-    """Markdown tables (one per model and set, in run order) of results.jsonl lines."""
+    """Markdown tables (one per model and set, in run order) of results.jsonl lines (a repeated
+    model, set and name: its last line).
+
+    >>> line = json.dumps({"model": "m", "set": "val", "name": "a", "params_fraction": 0.2, "latent_mse": 0.001,
+    ...                    "cfg": {"method": "obsdiff", "sparsity": 0.2, "settings": {"skip_last": 1}, "recon": None},
+    ...                    "latent_mse_se": 0.0001, "acc_all": 0.9, "acc_all_lo": 0.8, "acc_all_hi": 0.95,
+    ...                    "original_acc_all": 0.92})
+    >>> print(table([line, line]).splitlines()[-1])  # the repeated line: one row
+    | 1 | a | obsdiff; skip_last=1; target 0.2; plain | 0.200 | 0.0010 ± 0.0001 | 0.900 [0.800, 0.950] | 2.0 |
+    """
     runs = [json.loads(x) for x in lines if x.strip()]
+    runs = list({(r.get("model", ""), r["set"], r["name"]): r for r in runs}.values())
     out = []
     for key in dict.fromkeys((r.get("model", ""), r["set"]) for r in runs):
         rows = [r for r in runs if (r.get("model", ""), r["set"]) == key]
