@@ -138,12 +138,14 @@ def fit(h, plan, recon):
 
 def evaluate(h, small, prompts, seeds, ref, s) -> tuple[dict, dict]:
     """``small``'s figures on the set (against the original's cached outputs ``ref``), and the
-    evaluation itself (per-sample figures under ``"samples"``)."""
+    evaluation itself (per-sample figures under ``"samples"``); ``wrong``: the images (indices into
+    the set) that fail the task accuracy."""
     t0 = time.time()
     ev, _ = _evaluate(h, small, prompts, seeds, {"latents": ref["latents"], "images": ref["images"]}, s, None)
     row = _row([ev])
     return {"params_fraction": 1 - row["params"] / ref["row"]["params"], **{k: row[k] for k in FIGURES},
-            "original_acc_all": ref["row"]["acc_all"], "eval_s": time.time() - t0}, ev
+            "original_acc_all": ref["row"]["acc_all"], "eval_s": time.time() - t0,
+            "wrong": [i for i, ok in enumerate(ev["samples"]["acc_all"]) if ok < 1]}, ev
 
 
 def log(out: dict, root: Path) -> None:
@@ -165,6 +167,10 @@ def run(model, which, name, cfg, root: Path = ROOT, cache: Path | None = None):
     ref, s = reference(h, which, prompts, seeds, cache)
     if cfg.get("caps"):  # experiment: per-structure caps by name suffix, e.g. {"ff_context": 1.0}
         _patch_caps(cfg["caps"], (cfg.get("budget") or {}).get("max_fraction", 0.75))
+    if cfg["method"] == "original":  # the original itself: which images it gets wrong
+        out = {"model": model, "set": which, "name": name, "cfg": cfg, "plan_s": 0.0, "fit_s": 0.0,
+               **evaluate(h, h.denoiser, prompts, seeds, ref, s)[0]}
+        return log(out, root)
     m = get(cfg["method"])
     t0 = time.time()
     if m.name == "obsdiff":  # its plan is its run at the target: score there (cached in the process)
@@ -185,6 +191,8 @@ def run(model, which, name, cfg, root: Path = ROOT, cache: Path | None = None):
 
 def _describe(cfg) -> str:
     """A configuration in words: what differs from the comparison's defaults."""
+    if cfg["method"] == "original":
+        return "the original"
     parts = [cfg["method"]]
     parts += [f"{k}={v}" for k, v in sorted((cfg.get("settings") or {}).items())]
     parts += [f"budget {k}={v}" for k, v in sorted((cfg.get("budget") or {}).items())]
@@ -198,7 +206,7 @@ def _describe(cfg) -> str:
 
 
 def table(lines) -> str:
-    """Markdown tables (one per model and set, in run order) of results.jsonl lines (a repeated
+    """Markdown tables (one per model and set: validation first; rows in run order) of results.jsonl lines (a repeated
     model, set and name: its last line).
 
     >>> line = json.dumps({"model": "m", "set": "val", "name": "a", "params_fraction": 0.2, "latent_mse": 0.001,
@@ -211,7 +219,7 @@ def table(lines) -> str:
     runs = [json.loads(x) for x in lines if x.strip()]
     runs = list({(r.get("model", ""), r["set"], r["name"]): r for r in runs}.values())
     out = []
-    for key in dict.fromkeys((r.get("model", ""), r["set"]) for r in runs):
+    for key in sorted(dict.fromkeys((r.get("model", ""), r["set"]) for r in runs), key=lambda k: (k[0], k[1] != "val")):
         rows = [r for r in runs if (r.get("model", ""), r["set"]) == key]
         out += [f"### {key[0]}, {'validation' if key[1] == 'val' else 'held-out'} (original acc_all "
                 f"{rows[0]['original_acc_all']:.3f})", "",
