@@ -169,48 +169,64 @@ print(json.dumps({
 """
 
 
-def test_installed_wheel_works_outside_the_checkout(venv_python, tmp_path):
+# One interpreter runs both checks in the fresh venv (importing torch and diffusers there is most of
+# each check's time): the smoke script in one folder, then each card's lines where its export was
+# unpacked, each as a script of its own.
+CHILD = """
+import os, runpy, sys
+smoke_dir, cards_dir, *smoke_args = sys.argv[1:]
+os.chdir(smoke_dir)
+sys.argv = ["smoke.py", *smoke_args]
+runpy.run_path("smoke.py", run_name="__main__")
+os.chdir(cards_dir)
+for name in ("pruned-model", "pruned-plan"):
+    runpy.run_path(f"{name}.py", run_name="__main__")
+    os.replace("pruned.png", f"{name}.png")
+"""
+CARDS = ("pruned-model", "pruned-plan")
+
+
+@pytest.fixture(scope="module")
+def fresh_run(venv_python, tmp_path_factory) -> dict:
+    """The smoke script's output and the folder where the cards' lines ran, in the fresh venv."""
+    from pruning import PruningPlan, export, load_pipeline
+
+    venv = venv_python.parents[1]
+    expected_ref = f"bundled:tiny-shapes-sd@{folder_hash(REPO / 'pruning' / 'assets' / 'tiny-shapes-sd')}"
+    work, cards = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("downloads")
+    (work / "smoke.py").write_text(textwrap.dedent(SMOKE))
+    h = load_pipeline("tiny-shapes-sd")
+    plan = PruningPlan(family="sd", base=h.model_ref, removed_operators=("mid_block.resnets.0",))
+    codes = {}
+    for name, kw in zip(CARDS, ({"full_pipeline": True}, {"plan_only": True})):
+        folder = export(h, plan, cards / name, evaluate=False, **kw)
+        card = (folder / "README.md").read_text()
+        codes[name] = card.split("```python\n", 1)[1].split("```", 1)[0]
+        (cards / f"{name}.py").write_text(codes[name])
+    runner = tmp_path_factory.mktemp("runner") / "child.py"
+    runner.write_text(CHILD)
+    r = _run([venv_python, runner, work, cards, REPO, venv.resolve(), expected_ref, PROMPT], cwd=work)
+    return {"smoke": json.loads(r.stdout.strip().splitlines()[-1]), "expected_ref": expected_ref, "cards": cards,
+            "codes": codes}
+
+
+def test_installed_wheel_works_outside_the_checkout(venv_python, fresh_run, tmp_path):
     venv = venv_python.parents[1]
     deps = json.loads(_run([venv_python, "-c", DEPS_CHECK], cwd=tmp_path).stdout.strip().splitlines()[-1])
     assert deps["missing"] == [], deps
     assert venv in Path(deps["location"]).resolve().parents
 
-    expected_ref = f"bundled:tiny-shapes-sd@{folder_hash(REPO / 'pruning' / 'assets' / 'tiny-shapes-sd')}"
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "smoke.py").write_text(textwrap.dedent(SMOKE))
-    r = _run([venv_python, "smoke.py", REPO, venv.resolve(), expected_ref, PROMPT], cwd=work)
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = fresh_run["smoke"]
     assert out["size"] == [out["resolution"]] * 2, out
     assert out["params"][1] < out["params"][0], out
-    assert out["ref"].startswith(f"pruned:{expected_ref}#"), out
+    assert out["ref"].startswith(f"pruned:{fresh_run['expected_ref']}#"), out
 
 
 # Every library module importing without the app's packages: tests/test_architecture.py.
 
 
-SNIPPETS = """
-import os, runpy, sys
-for name in sys.argv[1:]:  # each card's lines as a script of their own, one interpreter for all
-    runpy.run_path(f"{name}.py", run_name="__main__")
-    os.replace("pruned.png", f"{name}.png")
-"""
-
-
-def test_card_snippet_loads_the_export_in_a_fresh_venv(venv_python, tmp_path):
+def test_card_snippet_loads_the_export_in_a_fresh_venv(fresh_run):
     """The lines in an export's README.md, run where the folder was unpacked, with only the wheel installed."""
-    from pruning import PruningPlan, export, load_pipeline
-
-    h = load_pipeline("tiny-shapes-sd")
-    plan = PruningPlan(family="sd", base=h.model_ref, removed_operators=("mid_block.resnets.0",))
-    work = tmp_path / "downloads"
-    names = ("pruned-model", "pruned-plan")
-    for name, kw in zip(names, ({"full_pipeline": True}, {"plan_only": True})):
-        folder = export(h, plan, work / name, evaluate=False, **kw)
-        card = (folder / "README.md").read_text()
-        code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    for name, code in fresh_run["codes"].items():
         assert f'load_pruned("{name}"' in code, code
-        (work / f"{name}.py").write_text(code)
-    (work / "snippets.py").write_text(SNIPPETS)
-    _run([venv_python, "snippets.py", *names], cwd=work)
-    assert all((work / f"{name}.png").is_file() for name in names)
+        assert (fresh_run["cards"] / f"{name}.png").is_file(), name
