@@ -565,6 +565,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     settings = (settings or ReconstructSettings()).resolved(handle)
     den = handle.denoiser
     start = start_record(plan)
+    method = _start_method(start)  # an unknown method is an error now, before any calibration
     base_plan = replace(plan.normalized(den), reconstruction=None)
     found = discover(den)
     ops = [op for op in base_plan.removed_operators if settings.standin != "none" and op in found.operators]
@@ -586,7 +587,9 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
                                                   "compensated": ops if mode != "none" else []})
 
     def start_for(mode: str) -> nn.Module:  # the plain slim model, or the method's compensated one
-        return slim(den, plan_for(mode)) if start is None else _start_model(handle, base_plan, start)
+        if method is None:
+            return slim(den, plan_for(mode))
+        return method.rebuild(handle, replace(base_plan, reconstruction={"settings": start, "compensated": []}))
 
     small, chosen, standins = fit_standins(handle, start_for, trajs, ops,
                                            settings.standin, settings.standin_ridge, control, held_out,
@@ -672,12 +675,12 @@ def start_record(plan: PruningPlan) -> dict | None:
     return dict(settings["start"]) if "start" in settings else None
 
 
-def _start_model(handle, plan: PruningPlan, start: Mapping) -> nn.Module:
-    """The slim model of ``plan`` compensated by the method ``start`` records (``Method.rebuild``)."""
+def _start_method(start: Mapping | None):
+    """The registered method whose compensation ``start`` records (its ``rebuild`` gives the start
+    model), or None for plain slimming; ``UnknownName`` naming an unregistered one."""
     from . import methods
 
-    return methods.get(start["method"]).rebuild(handle, replace(plan, reconstruction={"settings": dict(start),
-                                                                                      "compensated": []}))
+    return None if start is None else methods.get(start["method"])
 
 
 def _final_error(small: nn.Module, trajs: list, targets: list[torch.Tensor], handle) -> float:

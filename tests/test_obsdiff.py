@@ -313,3 +313,21 @@ def test_a_reconstructed_obsdiff_plan_exports_reloads_and_reapplies_bit_for_bit(
     assert same(only.denoiser)
     written, _ = read_manifest(tmp_path / "plan")
     assert written.reconstruction == done.reconstruction and start_record(written) == start_record(plan)
+
+
+def test_a_bad_reconstruction_start_names_the_field_or_the_method(tiny_sd):
+    """A plan's ``reconstruction.settings.start`` is read through the plan's checks: not a method's
+    record is a PlanError naming the field; an unregistered method is an UnknownName naming it."""
+    from pruning.errors import UnknownName
+    from pruning.plan import PruningPlan
+
+    base = PruningPlan(family="sd", base=tiny_sd.model_ref,
+                       kept_heads={"down_blocks.0.attentions.0.transformer_blocks.0.attn1": (0,)})
+    for start in ({"ridge": 0.01}, "obsdiff", {"method": ""}):
+        with pytest.raises(PlanError, match=r"reconstruction\.settings\.start must be the settings of a method"):
+            PruningPlan.from_dict({**base.to_dict(), "reconstruction": {"settings": {"start": start},
+                                                                        "compensated": []}})
+    odd = PruningPlan.from_dict({**base.to_dict(), "reconstruction": {"settings": {"start": {"method": "nope"}},
+                                                                      "compensated": []}})
+    with pytest.raises(UnknownName, match="nope"):
+        reapply(tiny_sd, odd)

@@ -298,6 +298,29 @@ def test_fuzz_plans(h, plan, data):
         survive("plan", read, Path(d), memory=BIG_MEMORY_LIMIT)
 
 
+@FUZZ
+@given(data=st.data())
+def test_fuzz_plans_reconstructed_on_a_methods_compensation(h, plan, data):
+    """A plan whose reconstruction started from its method's compensation (``settings.start``,
+    pruning.reconstruct.start_record): mutations of that record read or raise one line of ours."""
+    from pruning.reconstruct import start_record
+
+    start = {"method": "obsdiff", "damping": 0.01, "groups": 4, "target_sparsity": 0.2}
+    seed = {**plan.to_dict(), "reconstruction": {"settings": {"ridge": 0.01, "start": start}, "compensated": []}}
+    raw = data.draw(json_sources(seed))
+
+    def read():
+        p = PruningPlan.read(path)
+        assert PruningPlan.from_json(p.to_json()) == p
+        rec = start_record(p)
+        assert rec is None or isinstance(rec.get("method"), str) and rec["method"]  # a start names its method
+        return p
+
+    with tempfile.TemporaryDirectory() as d:
+        path = write(Path(d), "plan.json", raw)
+        survive("plan (reconstruction start)", read, Path(d), memory=BIG_MEMORY_LIMIT)
+
+
 # --------------------------------------------------------------------------- manifests
 
 
