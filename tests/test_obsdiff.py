@@ -123,13 +123,56 @@ def test_registered_presets_and_settings():
     with pytest.raises(SettingsError, match="schedule"):
         m.settings(schedule="cosine")
     assert obsdiff.timestep_weights(m.settings(), 3) == pytest.approx([1.2, 1.0, 0.8])
+    assert m.settings().allocation == "measured" and a.allocation == "uniform"
+    with pytest.raises(SettingsError, match="allocation"):
+        m.settings(allocation="greedy")
+    with pytest.raises(SettingsError, match="max_fraction"):
+        m.settings(max_fraction=1.5)
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "flux", "sd3"])
-def test_plan_masked_equals_slim_and_compensation_is_recorded(family, request):
+def test_the_measured_allocation_follows_its_probes_and_its_check(tiny_sd3):
+    """Measured: every job probed alone at several fractions; the plan's fractions (recorded in its
+    provenance) reach the target within the cap, differ from layer to layer, and the check's joint
+    error of the chosen allocation is at most the uniform one's."""
+    h = tiny_sd3
+    r = obsdiff.run(h, _settings(kinds=("neuron",)), 0.2)
+    info, prov = r.info, r.plan.provenance
+    assert r.plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.2, abs=0.01)
+    check = info["allocation_check"]
+    assert check["chosen"] == "measured" and check["measured"] <= check["uniform"]
+    assert prov["allocation"] == "measured per layer" and prov["allocation_check"] == check
+    fractions = prov["layer_fractions"]
+    assert len(set(fractions.values())) > 1 and max(fractions.values()) <= prov["max_fraction"] + 1e-9
+    uniform = obsdiff.allocate(h, obsdiff.targets(h, _settings(kinds=("neuron",))), 0.2)[1]  # its fraction p
+    assert prov["max_fraction"] == max(0.75, (1 + uniform) / 2)
+    for f, frac in fractions.items():
+        units = len(r.table[r.table["fqn"] == f])
+        assert frac == pytest.approx((units - len(r.plan.kept_neurons[f])) / units, abs=1e-4), f
+    probed = {tuple(p["structures"]) for p in info["probes"]}
+    assert {(f,) for f in fractions} == probed and all(p["latent_mse"] >= 0 for p in info["probes"])
+
+
+def test_a_worse_measured_allocation_falls_back_to_the_uniform_one(tiny_sd3, monkeypatch):
+    """The check keeps the uniform allocation when the measured one's joint error is higher: here a
+    sharing that puts the whole cut on one layer."""
+    first = obsdiff.discover(tiny_sd3.denoiser).structures
+
+    def lopsided(curves, params, need):
+        return {j: (1.0 if j == 0 else 0.05) for j in curves}
+
+    monkeypatch.setattr(obsdiff, "share", lopsided)
+    r = obsdiff.run(tiny_sd3, _settings(kinds=("neuron",), seeds=(5, 6)), 0.2)
+    check = r.info["allocation_check"]
+    assert check["chosen"] == "uniform" and check["measured"] > check["uniform"]
+    assert r.plan.provenance["allocation"] == "uniform per layer" and first
+
+
+@pytest.mark.parametrize("family, allocation", [("sd", "uniform"), ("sdxl", "uniform"), ("flux", "measured"),
+                                                ("sd3", "measured")])  # the UNets' many probes: measured on sd3/flux
+def test_plan_masked_equals_slim_and_compensation_is_recorded(family, allocation, request):
     h = request.getfixturevalue(f"tiny_{family}")
     m = methods.get("obsdiff")
-    scores = m.score(h, _settings())
+    scores = m.score(h, _settings(allocation=allocation))
     assert set(scores.table["kind"]) <= {"head", "neuron", "group"} and (scores.table["score"] >= 0).all()
     plan = m.to_plan(h, scores, target_sparsity=0.2)
     assert plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.2, abs=0.01)
@@ -176,10 +219,14 @@ def test_rebuild_without_the_cache_is_deterministic(tiny_sd3):
 
 
 def test_estimator_counts_its_calibration_and_it_runs_in_one_chunk(tiny_sd):
-    s = _settings()
+    s = _settings(allocation="uniform")
     e = estimate(tiny_sd, "obsdiff", s)
     assert e.calls["passes"] == 4 and e.calls["denoiser calls"] == 4 * 2 and e.seconds > 0.05
     assert e.calls["gram_mb"] > 0 and not e.chunkable
+    m = estimate(tiny_sd, "obsdiff", _settings())  # measured: a calibration of the original and every probe's run
+    consumers = len({c for g in obsdiff.passes(tiny_sd, s) for c in g})
+    assert m.calls["probes"] == consumers * len(obsdiff.LEVELS) + 3
+    assert m.calls["denoiser calls"] == 4 * 2 + 2 + 2 * m.calls["probes"] and m.seconds > e.seconds
     scores, state = score_chunk(tiny_sd, "obsdiff", s, budget=Budget(units=1))
     assert state is None and not scores.partial
     assert score_chunked(tiny_sd, "obsdiff", s, budget=Budget(units=1)).chunks == 1
@@ -234,9 +281,9 @@ def test_the_apps_comparison_shows_the_compensated_model(tiny_sd3):
 RECON_PROMPTS = ("a red circle", "a blue square on the left", "a green star", "a small yellow triangle")
 
 
-def _obsdiff_plan(h, target=0.2):
+def _obsdiff_plan(h, target=0.2, allocation="uniform"):  # uniform: the UNets' measured allocation probes many jobs
     m = methods.get("obsdiff")
-    return m.to_plan(h, m.score(h, _settings(sparsity=target)), target_sparsity=target)
+    return m.to_plan(h, m.score(h, _settings(sparsity=target, allocation=allocation)), target_sparsity=target)
 
 
 def test_reconstruct_starts_from_the_compensation_and_a_huge_ridge_keeps_it(tiny_sd):
@@ -293,7 +340,7 @@ def test_the_guard_and_the_check_fall_back_to_the_compensated_weights(tiny_sd):
 
 def test_a_reconstructed_obsdiff_plan_exports_reloads_and_reapplies_bit_for_bit(tiny_sd3, tmp_path):
     h = tiny_sd3
-    plan = _obsdiff_plan(h)
+    plan = _obsdiff_plan(h, allocation="measured")
     small = reconstruct(h, plan, ReconstructSettings(prompts=RECON_PROMPTS, steps=2, batch_size=2, groups=2))
     done = small.pruning_plan
     assert done.reconstruction["settings"]["start"]["method"] == "obsdiff"

@@ -52,11 +52,13 @@ reconstruction's ``"start"``) and keeps its weights wherever a re-fit does not h
 
 >>> from pruning.testing import tiny_pipeline
 >>> from pruning.loading import handle_from_pipe
->>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
->>> s = METHOD.settings(prompts=["a red circle", "a blue square"], steps=2, kinds=("head", "neuron"))
+>>> h = handle_from_pipe(tiny_pipeline("sd3"), model_ref="tiny:sd3")
+>>> s = METHOD.settings(prompts=["a red circle", "a blue square"], steps=2)
 >>> plan = METHOD.to_plan(h, METHOD.score(h, s), target_sparsity=0.2)
 >>> abs(plan.summary(h.denoiser)["params_fraction"] - 0.2) < 0.05, plan.reconstruction["settings"]["method"]
 (True, 'obsdiff')
+>>> plan.provenance["allocation"], plan.provenance["allocation_check"]["chosen"]
+('measured per layer', 'measured')
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ import json
 import math
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 
 import pandas as pd
@@ -85,6 +88,7 @@ from .obs import OBSLayer, Unit, compensated, prepare_hessian, rrf, select  # no
 
 SEED_OFFSET = 10_000  # calibration seeds apart from the evaluation seeds 0..
 SCHEDULES = ("linear", "log")
+ALLOCATIONS = ("uniform", "measured")
 # Measured at 20% params removed on the bundled models (16 held-out prompts, latent MSE): with heads
 # tiny-shapes-flux 0.282 and tiny-shapes-sd3 0.056, without 0.0052 and 0.026 (their layers have 4 heads).
 DEFAULT_KINDS = ("neuron", "group")
@@ -95,7 +99,7 @@ PRESETS = ("ours", "authors")
 # blocks minlayer 0 .. maxlayer num_layers - 1 (the last block is left unpruned, the first is pruned).
 AUTHORS = {"num_prompts": 100, "steps": 25, "resolution": 512, "guidance": 7.0, "batch_size": 4,
            "alpha_first": 1.2, "alpha_last": 0.8, "schedule": "log", "damping": 0.01, "groups": 4, "rrf_k": 60,
-           "skip_first": 0, "skip_last": 1, "kinds": ("head", "neuron")}
+           "skip_first": 0, "skip_last": 1, "kinds": ("head", "neuron"), "allocation": "uniform"}
 AUTHORS_SOURCE = ("Alrightlone/OBS-Diff @3383a4f: scripts/OBS_Diff_Structured.sh, main.py, lib/prune.py, "
                   "lib/OBS_Diff_Structured.py")
 MAX_CACHED = 2  # runs kept (their compensated consumer weights): a comparison plans and builds one target at a time
@@ -128,6 +132,11 @@ class OBSDiffSettings:
     rrf_k: int = opt(60, "k of the reciprocal rank fusion of joint heads' rankings (to_out, to_add_out)", "int")
     skip_first: int = opt(0, "blocks at the start left unpruned", "int")
     skip_last: int = opt(0, "blocks at the end left unpruned", "int")
+    allocation: str = opt("measured", "how the target is shared among the layers: uniform (every layer loses the "
+                          "same fraction, the authors' allocation) or measured (each layer's fraction from the "
+                          "error its own pruning adds to the final latents)", "choice", ALLOCATIONS)
+    probe_prompts: int = opt(8, "measured allocation: calibration prompts each layer's probe samples", "int")
+    max_fraction: float = opt(0.75, "measured allocation: the most any layer loses (fraction of its units)", "float")
     batch_size: int = opt(8, "prompts per calibration batch", "int")
     max_gram_mb: float = opt(2048.0, "memory for the statistics (float64 H) of one calibration pass, in MB; a group "
                              "that needs more is split into more passes", "float")
@@ -147,6 +156,9 @@ class OBSDiffSettings:
                   "rrf_k": v.integer("rrf_k", self.rrf_k, lo=0, hi=10 ** 6),
                   "skip_first": v.integer("skip_first", self.skip_first, lo=0, hi=1000),
                   "skip_last": v.integer("skip_last", self.skip_last, lo=0, hi=1000),
+                  "allocation": v.choice("allocation", self.allocation, ALLOCATIONS),
+                  "probe_prompts": v.integer("probe_prompts", self.probe_prompts, lo=1, hi=v.LIMITS.max_prompts),
+                  "max_fraction": v.number("max_fraction", self.max_fraction, lo=0, hi=1, open_lo=True),
                   "batch_size": v.integer("batch_size", self.batch_size, lo=1, hi=v.LIMITS.max_prompts),
                   "max_gram_mb": v.number("max_gram_mb", self.max_gram_mb, lo=0.01, hi=1 << 20)}
         for k, val in values.items():
@@ -221,34 +233,51 @@ def targets(handle, s: OBSDiffSettings) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def allocate(handle, rows: pd.DataFrame, target: float) -> tuple[dict[str, int], float, float]:
-    """Units to remove per structure (the same fraction ``p`` of each, all but one at most) so that
-    ``target`` of the params is removed: ``(counts, p, params fraction reached)``."""
+def allocate(handle, rows: pd.DataFrame, target: float, weights: dict[str, float] | None = None,
+             cap: float = 1.0) -> tuple[dict[str, int], float, float]:
+    """Units to remove per structure so that ``target`` of the params is removed: each structure
+    ``f`` loses the fraction ``min(p * weights[f], cap)`` of its units (all but one at most; no
+    ``weights``: the same ``p`` everywhere), ``p`` found by bisection. Returns ``(counts, p, params
+    fraction reached)``.
+
+    >>> import pruning
+    >>> h = pruning.load_pipeline("tiny-shapes-sd3")
+    >>> rows = targets(h, OBSDiffSettings())
+    >>> c, p, reached = allocate(h, rows, 0.2)
+    >>> round(reached, 3), len(set(round(n / u, 2) for n, u in zip(c.values(), rows["units"])))  # one fraction
+    (0.2, 1)
+    >>> w = {f: 2.0 if f.startswith("transformer_blocks.2") else 1.0 for f in rows["fqn"]}
+    >>> c2, _, _ = allocate(h, rows, 0.2, w)
+    >>> c2["transformer_blocks.2.ff"] / c["transformer_blocks.2.ff"] > 1.5  # twice the weight, about twice the cut
+    True
+    """
     total = catalog(handle.denoiser)[1].attrs["total_params"]
+    w = {f: 1.0 for f in rows["fqn"]} if weights is None else {f: float(weights[f]) for f in rows["fqn"]}
+    units = dict(zip(rows["fqn"], rows["units"]))
 
     def counts(p):
-        return {f: min(int(round(p * u)), u - 1) for f, u in zip(rows["fqn"], rows["units"])}
+        return {f: min(int(round(min(p * w[f], cap) * u)), u - 1) for f, u in units.items()}
 
     def reached(c):
         return sum(n * int(up) for n, up in zip(c.values(), rows["unit_params"])) / total
 
-    most = reached(counts(1.0))
+    top = cap / max(min(v for v in w.values() if v > 0), 1e-12) if any(v > 0 for v in w.values()) else 1.0
+    most = reached(counts(top))
     if target > most + 0.01:
         raise PlanError(f"target sparsity {target:.3f} is not reachable with OBS-Diff's targets: keeping one unit of "
-                        f"each of its {len(rows)} structures removes at most {most:.3f} of the params (fewer "
-                        "skipped blocks or more kinds?)")
-    lo, hi = 0.0, 1.0
+                        f"each of its {len(rows)} structures (at most {cap:.2f} of any) removes at most {most:.3f} of "
+                        "the params (fewer skipped blocks, more kinds or a higher max_fraction?)")
+    lo, hi = 0.0, top
     for _ in range(40):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if reached(counts(mid)) < target else (lo, mid)
     p = min((lo, hi), key=lambda q: abs(reached(counts(q)) - target))
     c = counts(p)
-    units = dict(zip(rows["fqn"], rows["units"]))
-    while reached(c) < target:  # rounding left a gap: one more unit where the smallest fraction went
-        open_ = [f for f in c if c[f] < units[f] - 1]
+    while reached(c) < target:  # rounding left a gap: one more unit where the smallest (weighted) fraction went
+        open_ = [f for f in c if c[f] < min(units[f] - 1, int(cap * units[f])) and w[f] > 0]
         if not open_:
             break
-        f = min(open_, key=lambda f: ((c[f] + 1) / units[f], f))
+        f = min(open_, key=lambda f: ((c[f] + 1) / units[f] / w[f], f))
         bigger = {**c, f: c[f] + 1}
         if abs(reached(bigger) - target) >= abs(reached(c) - target):
             break
@@ -373,6 +402,170 @@ def passes(handle, s: OBSDiffSettings) -> list[list[str]]:
             for g in split_groups(handle.denoiser, jobs, s.groups, s.max_gram_mb)]
 
 
+def final_latents(model: nn.Module, trajs: list, control: RunControl, what: str) -> list[torch.Tensor]:
+    """The last latents of ``model``'s sampling of each trajectory batch."""
+    out = []
+    with torch.no_grad():
+        for traj in trajs:
+            z = traj.z0
+            for i in range(traj.steps):
+                if control.stopped():
+                    raise RunStopped(f"OBS-Diff {control.reason or 'stopped'} during {what}; nothing was pruned")
+                z = step(model, traj, i, z)
+            out.append(z)
+    return out
+
+
+LEVELS = (0.5, 1.0, 1.5, 2.0)  # measured allocation: probed fractions, times the uniform fraction
+
+
+def _hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The lower convex hull of ``(q, error)`` points, from ``(0, 0)``, in increasing ``q``.
+
+    >>> _hull([(0.0, 0.0), (0.2, 1.0), (0.4, 1.2), (0.6, 3.0)])
+    [(0.0, 0.0), (0.4, 1.2), (0.6, 3.0)]
+    """
+    out: list[tuple[float, float]] = []
+    for q, e in sorted(points):
+        while len(out) >= 2 and (out[-1][1] - out[-2][1]) * (q - out[-2][0]) >= (e - out[-2][1]) * (out[-1][0] - out[-2][0]):
+            out.pop()
+        out.append((q, e))
+    return out
+
+
+def share(curves: dict[int, list[tuple[float, float]]], params: dict[int, float], need: float) -> dict[int, float]:
+    """Fractions ``q_j`` that remove ``need`` params at the least summed error, each job's error
+    linear between its measured points (their lower convex hull): the hulls' segments are taken
+    cheapest error per param first, the last one in part.
+
+    >>> share({0: [(0.5, 1.0), (1.0, 4.0)], 1: [(0.5, 2.0), (1.0, 3.0)]}, {0: 10, 1: 10}, 10)
+    {0: 0.5, 1: 0.5}
+    >>> share({0: [(0.5, 1.0), (1.0, 4.0)], 1: [(0.5, 2.0), (1.0, 3.0)]}, {0: 10, 1: 10}, 15)
+    {0: 0.5, 1: 1.0}
+    """
+    segs = []
+    for j, pts in curves.items():
+        hull = _hull([(0.0, 0.0), *pts])
+        segs += [((e1 - e0) / (params[j] * (q1 - q0)), j, q1 - q0) for (q0, e0), (q1, e1) in zip(hull, hull[1:])]
+    q = {j: 0.0 for j in curves}
+    left = need
+    for _, j, dq in sorted(segs):
+        take = min(dq, left / params[j])
+        q[j] += take
+        left -= take * params[j]
+        if left <= 1e-9:
+            break
+    return q
+
+
+def _solve(handle, s: OBSDiffSettings, jobs: list[list[Unit]], H: dict, counts: dict[str, int]) -> tuple[dict, dict]:
+    """``(kept units, compensated consumer weights)`` of removing ``counts`` units from the jobs'
+    structures, each consumer compensated from the statistics ``H`` (no sequential groups)."""
+    den = handle.denoiser
+    kept, weights = {}, {}
+    for job in jobs:
+        todo = [replace(u, remove=counts[u.fqn]) for u in job if counts.get(u.fqn, 0) > 0]
+        if not todo:
+            continue
+        layers = {c: OBSLayer(_reuse()[2](den.get_submodule(c)).cpu(), H[c], s.damping)
+                  for c in sorted({c for u in todo for c in u.cols})}
+        for u in todo:
+            order, _ = select(u, layers, s.rrf_k)
+            kept[u.fqn] = sorted(set(range(u.units)) - set(order))
+        weights.update({c: layer.final() for c, layer in layers.items()})
+    return kept, weights
+
+
+@contextmanager
+def _swapped(den: nn.Module, weights: dict[str, torch.Tensor]):
+    """``den`` with these full-width consumer weights (a removed unit's columns are zero, so its
+    output is what the slim model's is) written in place, restored on exit: a probe without a copy."""
+    saved = {c: den.get_submodule(c).weight.detach().clone() for c in weights}
+    try:
+        with torch.no_grad():
+            for c, W in weights.items():
+                layer = den.get_submodule(c)
+                layer.weight.copy_(W.reshape(layer.weight.shape).to(layer.weight))  # (out, D) -> the layer's shape
+        yield den
+    finally:
+        with torch.no_grad():
+            for c, W in saved.items():
+                den.get_submodule(c).weight.copy_(W)
+
+
+def measure(handle, s: OBSDiffSettings, rows: pd.DataFrame, target: float, control: RunControl) -> dict:
+    """The measured allocation. Each job (the structures that share a consumer) is pruned alone at
+    ``LEVELS`` times the uniform fraction ``p`` for ``target`` (at most ``max(max_fraction, (1 + p) / 2)``),
+    compensated from the original model's statistics, and the latent MSE it adds to the final
+    latents of ``probe_prompts`` calibration prompts is measured. The jobs' fractions then minimize
+    the summed error at the target (:func:`share`, errors linear between the probes). A check: both
+    this allocation and the uniform one, every job at once, on the same prompts; the lower error is
+    kept. The statistics are those of one calibration pass at a time (``max_gram_mb``; with more
+    than one pass, the check calibrates again). Returns ``{"weights": {fqn: fraction / p} or None
+    (uniform kept), "cap": ..., "probes": [...], "check": {...}}``."""
+    den = handle.denoiser
+    units = dict(zip(rows["fqn"], rows["units"]))
+    unit_params = dict(zip(rows["fqn"], rows["unit_params"]))
+    uniform, p, _ = allocate(handle, rows, target)
+    cap = max(s.max_fraction, (1 + p) / 2)
+    jobs = _jobs(den, rows, uniform)
+    parts = split_groups(den, jobs, 1, s.max_gram_mb)
+    k = min(s.probe_prompts, len(s.prompts))
+    probe = _trajectories(handle, replace(s, prompts=s.prompts[:k], seeds=s.seeds[:k]), control)
+    trajs = _trajectories(handle, s, control)
+    dense = final_latents(den, probe, control, "the measured allocation's reference run")
+    total_probes = len(jobs) * len(LEVELS) + 2
+    done = 0
+
+    def error(kept, weights, what):
+        with _swapped(den, weights):
+            got = final_latents(den, probe, control, what)
+        return float(sum(((a - b).double() ** 2).sum() for a, b in zip(got, dense)) / sum(b.numel() for b in dense))
+
+    def stats(n, part, what):
+        names = sorted({c for job in part for u in job for c in u.cols})
+        return calibrate(den, trajs, names, s, control, f"{what} (pass {n + 1} of {len(parts)})")
+
+    curves, params, report, H = {}, {}, [], {}
+    for n, part in enumerate(parts):
+        H = stats(n, part, "the measured allocation's statistics")
+        for job in part:
+            j = len(params)
+            params[j] = sum(units[u.fqn] * unit_params[u.fqn] for u in job)
+            seen = set()
+            for m in LEVELS:
+                counts = {u.fqn: max(1, min(int(round(min(m * p, cap) * units[u.fqn])), units[u.fqn] - 1))
+                          for u in job}
+                done += 1
+                if tuple(counts.values()) in seen:
+                    continue
+                seen.add(tuple(counts.values()))
+                q = sum(counts[u.fqn] * unit_params[u.fqn] for u in job) / params[j]
+                e = error(*_solve(handle, s, [job], H, counts), f"probe {done} of {total_probes}")
+                curves.setdefault(j, []).append((q, e))
+                report.append({"structures": [u.fqn for u in job], "fraction": round(q, 4), "latent_mse": e})
+                control.report(done, total_probes, probe=done)
+    q = share(curves, params, target * catalog(den)[1].attrs["total_params"])
+    weights = {u.fqn: q[j] / p for j, job in enumerate(jobs) for u in job}
+    measured, _, _ = allocate(handle, rows, target, weights, cap)
+    solved = {"measured": ({}, {}), "uniform": ({}, {})}
+    for n, part in enumerate(parts):
+        H = H if len(parts) == 1 else stats(n, part, "the allocation check's statistics")
+        for name, counts in (("measured", measured), ("uniform", uniform)):
+            kept, w = _solve(handle, s, part, H, counts)
+            solved[name][0].update(kept)
+            solved[name][1].update(w)
+    del H
+    check = {}
+    for name, (kept, w) in solved.items():
+        done += 1
+        check[name] = error(kept, w, f"the allocation check ({name})")
+        control.report(done, total_probes, probe=done)
+    check["chosen"] = "measured" if check["measured"] <= check["uniform"] else "uniform"
+    return {"weights": weights if check["chosen"] == "measured" else None, "cap": cap, "probes": report,
+            "check": check}
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -423,7 +616,9 @@ def _run(handle, s: OBSDiffSettings, target: float, control: RunControl) -> Resu
     t0 = time.perf_counter()
     den = handle.denoiser
     rows = targets(handle, s)
-    counts, p, reached = allocate(handle, rows, target)
+    probes = measure(handle, s, rows, target, control) if s.allocation == "measured" else None
+    counts, p, reached = (allocate(handle, rows, target) if probes is None or probes["weights"] is None else
+                          allocate(handle, rows, target, probes["weights"], probes["cap"]))
     jobs = _jobs(den, rows, counts)
     groups = split_groups(den, jobs, s.groups, s.max_gram_mb)
     trajs = _trajectories(handle, s, control)
@@ -459,13 +654,19 @@ def _run(handle, s: OBSDiffSettings, target: float, control: RunControl) -> Resu
                            "score": sc[i], "removed": i not in set(kept[f])} for f, sc in scores.items()
                           for i in range(found[f].units)],
                          columns=["fqn", "kind", "component", "index", "score", "removed"])
-    plan = plan.with_provenance(method="obsdiff", target_sparsity=target, allocation="uniform per layer",
-                                layer_fraction=p, settings=record["settings"])
+    alloc = {"allocation": "uniform per layer", "layer_fraction": p} if probes is None or probes["weights"] is None \
+        else {"allocation": "measured per layer", "max_fraction": probes["cap"],
+              "layer_fractions": {f: round(n / u, 4) for f, n, u in zip(counts, counts.values(), rows["units"])}}
+    if probes is not None:
+        alloc["allocation_check"] = probes["check"]
+    plan = plan.with_provenance(method="obsdiff", target_sparsity=target, **alloc, settings=record["settings"])
     plain = slim(den, plan).state_dict()
     own = model.state_dict()
     deltas = {k: v.detach().clone() for k, v in own.items() if not torch.equal(v, plain[k])}
-    info = {"target_sparsity": target, "params_fraction": reached, "layer_fraction": p, "passes": len(groups),
-            "gram_mb": round(gram_mb, 3), "seconds": round(time.perf_counter() - t0, 2), "layers": layers_info}
+    info = {"target_sparsity": target, "params_fraction": reached, **({"layer_fraction": p} if "layer_fraction" in alloc
+                                                                       else {}), "passes": len(groups),
+            "gram_mb": round(gram_mb, 3), "seconds": round(time.perf_counter() - t0, 2), "layers": layers_info,
+            **({} if probes is None else {"probes": probes["probes"], "allocation_check": probes["check"]})}
     return Result(plan, deltas, table, info)
 
 
@@ -555,11 +756,21 @@ class OBSDiff(Method):
         seconds = len(groups) * batches * calls * plain + batches * calls * max(hooked - plain, 0.0)
         seconds += sum(step.solve_seconds(w) for w in widths.values()) + len(groups) * step.weights_bytes / 1e9
         grams = max(sum(8 * (widths[c] + 1) ** 2 for c in g) for g in groups)
+        n_calls, facts = len(groups) * batches * calls, {}
+        if settings.allocation == "measured":  # a calibration of the original, then each probe samples its prompts
+            probes = len(layers) * len(LEVELS) + 3  # every job at each level, the reference and the two checks
+            k = min(settings.probe_prompts, prompts)
+            k_calls, k_batch = generation_calls(handle, s, k)
+            seconds += batches * calls * hooked + probes * (k_calls * step.call(k_batch) + step.weights_bytes / 1e9)
+            seconds += (len(LEVELS) + 2) * sum(step.solve_seconds(w) for w in widths.values())
+            n_calls += batches * calls + probes * k_calls
+            grams = max(grams, sum(8 * (w + 1) ** 2 for w in widths.values()))
+            facts = {"probes": probes}
         working = grams + step.weights_bytes + step.working_bytes(batch)
-        return MethodCost(seconds, {"denoiser calls": len(groups) * batches * calls, "passes": len(groups),
+        return MethodCost(seconds, {"denoiser calls": n_calls, "passes": len(groups), **facts,
                                     "batch": batch, "gram_mb": round(grams / 2 ** 20, 1)}, working,
                           ["fewer calibration prompts or steps", "a smaller max_gram_mb (more passes, less memory)",
-                           "fewer groups"])
+                           "fewer groups", "the uniform allocation (no probes)"])
 
     def preset_settings(self, preset: str, family: str, **values) -> OBSDiffSettings:
         """"authors": the released script's values (``AUTHORS``, source ``AUTHORS_SOURCE``)."""
