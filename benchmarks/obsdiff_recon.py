@@ -66,9 +66,37 @@ def summary(model: str, values: dict | None = None) -> list[dict]:
     return out
 
 
+def into_tables(model: str, why: str) -> None:
+    """Replace the OBS-Diff rows (plain and reconstructed) of ``quality_<model>.csv`` with this
+    module's default run, and say so in ``quality_runs.json`` (``replaced_rows``)."""
+    from benchmarks.quality_tables import RUNS_FILE as RUNS
+    from pruning.files import atomic_write
+
+    new = pd.read_csv(_csv(model, {}))
+    old = pd.read_csv(OUT / f"quality_{model}.csv")
+    rows = new[new["method"] == "obsdiff"]
+    at = int((old["method"] == "obsdiff").to_numpy().argmax())  # where its rows were: the tables' order stays
+    others = old["method"] != "obsdiff"
+    merged = pd.concat([old[:at][others[:at]], rows[old.columns.intersection(rows.columns)], old[at:][others[at:]]],
+                       ignore_index=True)
+    with atomic_write(OUT / f"quality_{model}.csv") as tmp:
+        merged.to_csv(tmp, index=False)
+    runs = json.loads(RUNS.read_text())
+    runs[model]["replaced_rows"] = {"rows": "obsdiff, plain and reconstructed (20% and 30%)",
+                                    "commit": os.environ.get("COMMIT", "?"), "measured_at": time.strftime("%Y-%m-%d"),
+                                    "how": f"python -m benchmarks.obsdiff_recon {model} --into-tables (the same "
+                                           f"compare_methods defaults): {_csv(model, {}).relative_to(OUT.parent.parent)}; "
+                                           f"{why}"}
+    with atomic_write(RUNS) as tmp:
+        tmp.write_text(json.dumps(runs, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     values = json.loads(args.pop(args.index("--settings") + 1)) if "--settings" in args else {}
-    for m in [a for a in args if a != "--settings"]:
+    tables = "--into-tables" in args
+    for m in [a for a in args if a not in ("--settings", "--into-tables")]:
         run(m, values)
         print(pd.DataFrame(summary(m, values)).to_string(), flush=True)
+        if tables and not values:
+            into_tables(m, "OBS-Diff's default allocation is now measured per layer")
