@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import open_page
+from visual.theme import plain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real browser
 CONFIGS = [(1440, 900, "light"), (390, 844, "dark")]  # all four: python -m tests.e2e.shots
@@ -107,6 +108,14 @@ def heatmap(page, elem: str) -> dict:
                           colorscale: d.colorscale, zmin: d.zmin, title: g._fullLayout.title.text}; }""")
 
 
+def title_fits(page, elem: str) -> None:
+    """The plot's drawn title lies inside the plot, left to right (Plotly cuts off, never wraps, a
+    title wider than the figure)."""
+    title, plot = page.locator(f"{elem} .js-plotly-plot").evaluate(
+        """g => [g.querySelector('.g-gtitle').getBoundingClientRect().toJSON(), g.getBoundingClientRect().toJSON()]""")
+    assert title["width"] > 0 and plot["left"] <= title["left"] and title["right"] <= plot["right"] + 0.5, (title, plot)
+
+
 def image_boxes(page) -> list[dict]:
     page.wait_for_function("""() => ['#img-original img', '#img-pruned img'].every(s => {
         const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0 &&
@@ -160,7 +169,8 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
         lowest = min(scores)
         assert lowest[1] == 0 and h["zmin"] == 0  # the lowest score sits at the bottom of the scale...
         assert h["colorscale"][0][1].lower() == PRUNABLE  # ...which is the 'prunable' colour
-        assert "tiny-shapes-sd" in h["title"] and method in h["title"]  # whose plot it is
+        assert "tiny-shapes-sd" in plain(h["title"]) and method in plain(h["title"])  # whose plot it is
+        title_fits(page, "#score-plot")  # wrapped to the width of a phone
         shot(page, config, "05-colours-heatmap", page.locator("#score-plot"))
         if scheme == "dark":  # the page's dark theme shows through every plot
             bg = page.locator("#score-plot .js-plotly-plot").evaluate("g => g._fullLayout.paper_bgcolor")
@@ -254,6 +264,7 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
             page.get_by_role("option", name="PSNR vs the original (dB)").click()
             expect(page.locator("#quality-plot")).to_contain_text("PSNR")  # redrawn from the stored table...
             assert page.locator("#quality-status").inner_text() == status  # ...without running it again
+            title_fits(page, "#quality-plot")  # the longer PSNR title and its "not drawn" note too
             shot(page, config, "07-controls-metric-redraw", page.locator("#quality-plot"))
             if scheme == "dark":
                 bg = plot.evaluate("g => g._fullLayout.paper_bgcolor")
