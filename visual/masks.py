@@ -55,7 +55,7 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
               target: float | None = None) -> go.Figure:
     """Loss and its image part (top, log scale); expected sparsity = 1 - expected kept fraction
     per kind (bottom), with the target sparsity as a dotted line when given."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.14,  # room for a two-line panel title
                         subplot_titles=[broken(t, PANEL_CHARS) for t in (
                             "loss (total, and its image part: lower = closer to the original)",
                             "expected sparsity of the gates (fraction of units off)")])

@@ -22,11 +22,12 @@ FONT = "#8a8f98"  # readable on white and on near-black
 GRID = "rgba(138,143,152,0.25)"
 TITLE_SIZE = 15
 # Characters per line, for a figure about 350 px wide (a 390 px phone less the page's padding) in the
-# widest font a browser falls back to for Plotly's "Open Sans, verdana, arial" (DejaVu Sans, about
-# 0.6 em a character); tests/e2e/test_journey.py checks the drawn title fits at 390 px.
+# widest font a browser may draw Plotly's "Open Sans, verdana, arial" with: Verdana (an iPhone has it,
+# not Open Sans), about 0.58 em a character; tests/e2e/test_journey.py checks the drawn title fits.
 TITLE_CHARS = 36  # a title line at TITLE_SIZE
 SUBTITLE_CHARS = 50  # a subtitle line (Plotly draws <sup> at 70% of the title's size)
 LINE_PX = 1.3 * TITLE_SIZE  # Plotly's line spacing: every line of a title, <sup> or not, takes this much
+TITLE_TOP = 42  # px above the title: the app's plot label ("scores per layer") sits there, over the figure
 
 
 def apply_theme(fig: go.Figure) -> go.Figure:
@@ -68,7 +69,7 @@ def titled(title: str, subtitle: str = "") -> dict:
     """
     lines = wrap(title, TITLE_CHARS) + [f"<sup>{ln}</sup>" for ln in wrap(subtitle, SUBTITLE_CHARS)]
     return {"text": "<br>".join(lines), "x": 0.01, "xanchor": "left", "xref": "container",
-            "y": 1, "yanchor": "top", "yref": "container", "pad": {"t": 10}, "automargin": True,
+            "y": 1, "yanchor": "top", "yref": "container", "pad": {"t": TITLE_TOP}, "automargin": True,
             "font": {"size": TITLE_SIZE}}
 
 
@@ -77,7 +78,7 @@ def top_margin(title: dict, gap: int = 16) -> int:
     (room for what sits just above the plot: a panel title, a marker's label).
 
     >>> top_margin(titled("Scores", "model a · method b"))
-    65
+    97
     """
     lines = title["text"].count("<br>") + 1
     return round(title["pad"]["t"] + lines * LINE_PX + gap)
