@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from app_support.wiring import toast_seconds
 from tests.e2e.conftest import open_page
 from visual.theme import plain
 
@@ -110,10 +111,13 @@ def heatmap(page, elem: str) -> dict:
 
 def title_fits(page, elem: str) -> None:
     """The plot's drawn title lies inside the plot, left to right (Plotly cuts off, never wraps, a
-    title wider than the figure)."""
-    title, plot = page.locator(f"{elem} .js-plotly-plot").evaluate(
-        """g => [g.querySelector('.g-gtitle').getBoundingClientRect().toJSON(), g.getBoundingClientRect().toJSON()]""")
+    title wider than the figure), and below the plot's label (gradio draws it over the figure)."""
+    title, plot, label = page.locator(elem).evaluate(
+        """e => [e.querySelector('.g-gtitle').getBoundingClientRect().toJSON(),
+                 e.querySelector('.js-plotly-plot').getBoundingClientRect().toJSON(),
+                 (l => l && l.getBoundingClientRect().toJSON())(e.querySelector('[data-testid=block-label]'))]""")
     assert title["width"] > 0 and plot["left"] <= title["left"] and title["right"] <= plot["right"] + 0.5, (title, plot)
+    assert label is None or label["bottom"] <= title["top"], (label, title)
 
 
 def image_boxes(page) -> list[dict]:
@@ -241,6 +245,9 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
         expect(page.locator("#img-original img")).to_be_visible()
         expect(page.locator("#gen-status")).to_contain_text("seed 0")  # the caption of what is shown stays
         expect(page.locator("#gen-status").get_by_text("Error", exact=True)).to_be_hidden()
+        toast = page.locator(".toast-body.error").filter(has_text="Give at least one prompt")
+        duration = toast_seconds("Give at least one prompt (one per line).")  # the app's time, not gradio's 10 s
+        assert toast.locator(".timer").evaluate("t => getComputedStyle(t).animationDuration") == f"{duration:g}s"
 
         if full:  # (the narrow page checks its dark plot on the heatmap above)
             # "How much can I prune?": quality against sparsity, the visitor's plan marked; the metric redraws
@@ -273,6 +280,7 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
 
         # export: says what it exports, and the snippet works on the zip as downloaded
         tab(page, "5 Export")
+        expect(toast).to_have_count(0, timeout=2_000)  # a tab's error toast does not follow the visitor to the next tab
         expect(page.locator("#export-summary")).to_contain_text("of the params")
         if full:
             expect(page.locator("#export-summary")).to_contain_text("LD-Pruner 10%, edited by hand")
