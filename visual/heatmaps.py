@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .theme import apply_theme, broken, titled, top_margin
+from .theme import apply_theme, broken, set_title
 
 HEIGHT = 560
 PRUNABLE_COLOR, MID_COLOR, KEEP_COLOR = "#e4572e", "#f3d9a4", "#2e5eaa"  # remove first ... keep
@@ -99,12 +99,11 @@ def _figure(rows, cols, z, custom, hover: str, title: str, subtitle: str, flat: 
     fig = go.Figure(go.Heatmap(
         z=rank_scale(z), x=cols, y=rows, customdata=custom, hovertemplate=hover + "<extra></extra>",
         colorscale=FLAT if flat else COLORSCALE, zmin=0, zmax=1, hoverongaps=False, xgap=1, ygap=1, colorbar=bar))
-    head = titled(title, subtitle)
-    fig.update_layout(title=head, height=HEIGHT, margin={"l": 90, "r": 10, "t": top_margin(head), "b": 60},
+    fig.update_layout(height=HEIGHT, margin={"l": 90, "r": 10, "b": 60},
                       yaxis={"autorange": "reversed", "type": "category", "title": "layer (depth order)",
                              "showgrid": False},
                       xaxis={"type": "category", "title": None, "showgrid": False})
-    return apply_theme(fig)
+    return apply_theme(set_title(fig, title, subtitle))
 
 
 def operator_heatmap(scores: pd.DataFrame, value: str = "score", title: str | None = None,

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .heatmaps import layer_of
-from .theme import TITLE_CHARS, TITLE_SIZE, apply_theme, broken, titled, top_margin
+from .theme import TITLE_CHARS, TITLE_SIZE, apply_theme, broken, set_title
 
 HEIGHT = 480
 PANEL_SIZE = 13  # the loss plot's panel titles, a little smaller than the figure's title
@@ -78,10 +78,8 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=2, col=1)
     fig.update_xaxes(title="optimizer step", row=2, col=1)
     fig.update_xaxes(tickformat="d", dtick=1 if len(h) <= 12 else None)  # whole steps, never half-step ticks
-    head = titled(title, subtitle)
-    fig.update_layout(title=head, height=HEIGHT,  # room above the top panel for its (two-line) title
-                      margin={"l": 60, "r": 20, "t": top_margin(head, gap=2 * PANEL_SIZE + 16), "b": 40})
-    return apply_theme(fig)
+    fig.update_layout(height=HEIGHT, margin={"l": 60, "r": 20, "b": 40})
+    return apply_theme(set_title(fig, title, subtitle, top=110, gap=2 * PANEL_SIZE + 16))  # room: a panel title
 
 
 def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer", subtitle: str = "") -> go.Figure:
@@ -111,9 +109,7 @@ def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer
                              marker_color=KIND_COLORS[kind], customdata=part[["fqn", "units"]].to_numpy(),
                              hovertemplate="%{customdata[0]}<br>kept: %{y:.1%} of %{customdata[1]} units"
                                            "<extra></extra>"))
-    head = titled(title, subtitle)
-    fig.update_layout(title=head, height=HEIGHT,
-                      barmode="group", margin={"l": 60, "r": 20, "t": top_margin(head), "b": 90},
+    fig.update_layout(height=HEIGHT, barmode="group", margin={"l": 60, "r": 20, "b": 90},
                       yaxis={"range": [0, 1.05], "title": "kept fraction (1 = untouched)", "tickformat": ".0%"},
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": layers})
-    return apply_theme(fig)
+    return apply_theme(set_title(fig, title, subtitle))

@@ -84,6 +84,21 @@ def top_margin(title: dict, gap: int = 16) -> int:
     return round(title["pad"]["t"] + lines * LINE_PX + gap)
 
 
+def set_title(fig: go.Figure, title: str, subtitle: str = "", top: int = 100, gap: int = 16) -> go.Figure:
+    """Title ``fig`` (:func:`titled`) with a top margin for all its lines (:func:`top_margin`); the
+    figure grows by what the title takes beyond ``top`` px, so a long subtitle on a phone does not
+    squeeze the plot (or push a legend below it onto the axis title).
+
+    >>> fig = set_title(go.Figure(layout={"height": 400}), "Scores", "a · b · c · d · " * 8)
+    >>> fig.layout.margin.t, fig.layout.height
+    (136, 436)
+    """
+    head = titled(title, subtitle)
+    t = top_margin(head, gap)
+    fig.update_layout(title=head, margin={"t": t}, height=fig.layout.height + max(0, t - top))
+    return fig
+
+
 def plain(text: str) -> str:
     """A wrapped title as one line of words (what it says, without its line breaks and tags).
 
