@@ -239,13 +239,15 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
         # 3. an error is a toast, and the previous comparison stays on screen
         page.locator("#prompt textarea").fill("")
         page.get_by_role("button", name="Generate original vs pruned").click()
-        expect(page.get_by_text("Give at least one prompt").first).to_be_visible()
+        toast = page.locator(".toast-body.error").filter(has_text="Give at least one prompt")
+        expect(toast).to_be_in_viewport()
+        toast.evaluate("""t => new Promise(done => { const faded = () => getComputedStyle(t).opacity === '1' ?
+                          done() : requestAnimationFrame(faded); faded(); })""")  # faded in: the shot shows it
         shot(page, config, "03-error-keeps-outputs")
         assert [page.locator(f"{e} img").get_attribute("src") for e in ("#img-original", "#img-pruned")] == sources
         expect(page.locator("#img-original img")).to_be_visible()
         expect(page.locator("#gen-status")).to_contain_text("seed 0")  # the caption of what is shown stays
         expect(page.locator("#gen-status").get_by_text("Error", exact=True)).to_be_hidden()
-        toast = page.locator(".toast-body.error").filter(has_text="Give at least one prompt")
         duration = toast_seconds("Give at least one prompt (one per line).")  # the app's time, not gradio's 10 s
         assert toast.locator(".timer").evaluate("t => getComputedStyle(t).animationDuration") == f"{duration:g}s"
 
