@@ -445,3 +445,18 @@ def test_a_model_switch_says_what_it_waits_for():
     finally:
         wiring.ACTIVE.pop("s-wait", None)
         wiring.WAITED.pop("s-wait", None)
+
+
+def test_every_error_toast_is_made_in_one_place():
+    """How long an error toast stays is set in one place (wiring.toast): no other module of the app builds
+    a gr.Error, and the time grows with the text, within wiring.TOAST_S (gradio's default is 10 s for all)."""
+    import re
+    from pathlib import Path
+
+    root = Path(app.__file__).resolve().parent
+    files = [root / "app.py", *(root / "app_support").rglob("*.py")]
+    found = [f"{p.relative_to(root)}:{i}" for p in files if p.name != "wiring.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bgr\.Error\(", line)]
+    assert found == [], found
+    short, long = wiring.toast("Load a model first."), wiring.toast("word " * 200)
+    assert (short.duration, long.duration) == wiring.TOAST_S and not short.print_exception
