@@ -62,6 +62,9 @@ CSS = """
 }
 """
 
+# An error toast belongs to the tab whose action raised it (and it times out: wiring.toast): another tab closes it.
+CLOSE_TOASTS = "() => { document.querySelectorAll('.toast-body.error .toast-close').forEach(b => b.click()); }"
+
 
 def end_session(request: gr.Request):
     """A closed tab: stop its runs, remove its exports and forget what the server kept for it."""
@@ -87,6 +90,7 @@ def build_app() -> gr.Blocks:
                 setattr(T, tab.KEY, tab.build(S))
         for tab in TABS:
             tab.wire(S, T)
+        tabs.change(None, js=CLOSE_TOASTS, **wiring.PRIVATE)  # a tab's error toast does not follow the visitor
         demo.unload(end_session)
     wiring.DEMOS.add(demo)
     demo.parts = SimpleNamespace(shared=S, tabs=T)  # for tests: the components by tab and name

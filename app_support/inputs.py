@@ -18,6 +18,8 @@ import gradio as gr
 
 from pruning.validate import shown
 
+from .wiring import toast
+
 MAX_ROWS = 20_000  # far more rows than any supported denoiser has operators or structures
 
 
@@ -26,9 +28,9 @@ def _check_number(label: str, payload, allow_none: bool, integer: bool = False):
         return
     ok = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
     if not ok:
-        raise gr.Error(f"{label} must be a number, got {shown(payload)}", print_exception=False)
+        raise toast(f"{label} must be a number, got {shown(payload)}")
     if integer and not float(payload).is_integer():  # never rounded: 1.5 steps is a mistake, not 2
-        raise gr.Error(f"{label} must be an integer, got {payload!r}", print_exception=False)
+        raise toast(f"{label} must be an integer, got {payload!r}")
 
 
 class Number(gr.Number):
@@ -69,8 +71,7 @@ class Checkbox(gr.Checkbox):
 
     def preprocess(self, payload):
         if payload is not None and not isinstance(payload, bool):
-            raise gr.Error(f"{self.label or 'this checkbox'} must be true or false, got {shown(payload)}",
-                           print_exception=False)
+            raise toast(f"{self.label or 'this checkbox'} must be true or false, got {shown(payload)}")
         return super().preprocess(payload)
 
 
@@ -83,13 +84,13 @@ def _table_model(label: str):
         def model_validate(cls, obj, *a, **k):
             rows = obj.get("data") if isinstance(obj, dict) else None
             if isinstance(rows, list) and len(rows) > MAX_ROWS:  # before validating every cell
-                raise gr.Error(f"{label} has {len(rows)} rows, at most {MAX_ROWS}: its rows must be the model's "
-                               "operators or structures", print_exception=False)
+                raise toast(f"{label} has {len(rows)} rows, at most {MAX_ROWS}: its rows must be the model's "
+                            "operators or structures")
             try:
                 return DataframeData.model_validate(obj, *a, **k)
             except Exception:
-                raise gr.Error(f"{label} must be a table ({{'headers': [...], 'data': [[...]]}}), got "
-                               f"{shown(obj)}", print_exception=False) from None
+                raise toast(f"{label} must be a table ({{'headers': [...], 'data': [[...]]}}), got "
+                            f"{shown(obj)}") from None
     return TableData
 
 

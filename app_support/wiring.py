@@ -75,8 +75,34 @@ def message(e: Exception) -> str:
     return f"unexpected {type(e).__name__}: {e}"
 
 
+TOAST_S = (5.0, 15.0)  # an error toast's shortest and longest time on screen (the visitor can close it sooner)
+
+
+def toast_seconds(text: str) -> float:
+    """How long an error toast stays: a 3 s glance plus the time to read it (about 200 words a
+    minute), within ``TOAST_S``: long enough to read, and it does not follow the visitor through
+    the next tabs (Gradio's default is 10 s whatever the text).
+
+    >>> toast_seconds("Give at least one prompt (one per line).")
+    5.4
+    >>> toast_seconds("word " * 100)
+    15.0
+    """
+    return round(min(TOAST_S[1], max(TOAST_S[0], 3 + 0.3 * len(text.split()))), 1)
+
+
+def toast(text: str) -> gr.Error:
+    """The app's one error toast (every ``gr.Error`` of the app is made here): the text, on screen
+    for :func:`toast_seconds`; what the screen showed stays (no output changes).
+
+    >>> toast("Give at least one prompt (one per line).").duration
+    5.4
+    """
+    return gr.Error(text, duration=toast_seconds(text), print_exception=False)
+
+
 def friendly(fn):
-    """Every error becomes a ``gr.Error`` toast naming the problem (never a traceback)."""
+    """Every error becomes a :func:`toast` naming the problem (never a traceback)."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*a, **k):
@@ -85,7 +111,7 @@ def friendly(fn):
             except gr.Error:
                 raise
             except Exception as e:
-                raise gr.Error(message(e), print_exception=False) from e
+                raise toast(message(e)) from e
         return gen
 
     @functools.wraps(fn)
@@ -95,12 +121,8 @@ def friendly(fn):
         except gr.Error:
             raise
         except Exception as e:
-            raise gr.Error(message(e), print_exception=False) from e
+            raise toast(message(e)) from e
     return wrapper
-
-
-def toast(text: str) -> gr.Error:
-    return gr.Error(text, print_exception=False)
 
 
 def handle(model: dict | None):

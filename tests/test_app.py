@@ -22,6 +22,7 @@ from app_support import method_controls as mc  # noqa: E402
 from app_support import wiring  # noqa: E402
 from app_support.tabs import score as score_tab  # noqa: E402
 from pruning import labels, methods  # noqa: E402
+from visual.theme import plain  # noqa: E402
 
 SOURCE = "tiny-shapes-sd"
 PROMPT = "a red circle at the top left on a white background"
@@ -145,7 +146,8 @@ def test_sweep_prefill_generate_export(c, tmp_path):
     assert len(frame(table)) == 3 and "3 of 3 operators" in status
     heat = figure(fig).data[0]
     assert heat.type == "heatmap" and "params" in heat.hovertemplate
-    assert SOURCE in figure(fig).layout.title.text and "2 samples" in figure(fig).layout.title.text
+    title = plain(figure(fig).layout.title.text)  # wrapped into lines for a phone: read as one line
+    assert SOURCE in title and "2 samples" in title
     table, mode, totals = c.predict("ldpruner", 0.02, "global", api_name="/prefill")[:3]
     assert mode == "operators" and 0 < sum(r["prune"] for r in frame(table)) <= 3
     assert float(frame(totals)[0]["fraction"].rstrip("%")) >= 2
@@ -305,7 +307,7 @@ def test_ldpruner_fast_score_runs_from_the_app(c):
     _, ops = resnets(c, 3)
     table, fig, _, status, _, _ = c.predict(*score_args("ldpruner", operators=ops, preset="fast"), api_name="/score")
     assert len(frame(table)) == 3 and "3 of 3 operators" in status
-    assert "LD-Pruner (fast preset" in figure(fig).layout.title.text
+    assert "LD-Pruner (fast preset" in plain(figure(fig).layout.title.text)
 
 
 def test_manual_selection_totals_match(c):
@@ -443,3 +445,18 @@ def test_a_model_switch_says_what_it_waits_for():
     finally:
         wiring.ACTIVE.pop("s-wait", None)
         wiring.WAITED.pop("s-wait", None)
+
+
+def test_every_error_toast_is_made_in_one_place():
+    """How long an error toast stays is set in one place (wiring.toast): no other module of the app builds
+    a gr.Error, and the time grows with the text, within wiring.TOAST_S (gradio's default is 10 s for all)."""
+    import re
+    from pathlib import Path
+
+    root = Path(app.__file__).resolve().parent
+    files = [root / "app.py", *(root / "app_support").rglob("*.py")]
+    found = [f"{p.relative_to(root)}:{i}" for p in files if p.name != "wiring.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bgr\.Error\(", line)]
+    assert found == [], found
+    short, long = wiring.toast("Load a model first."), wiring.toast("word " * 200)
+    assert (short.duration, long.duration) == wiring.TOAST_S and not short.print_exception

@@ -77,3 +77,55 @@ def test_one_colour_rule_and_rank_scale():
     st = pd.DataFrame({"fqn": ops["fqn"], "component": ["resnet"] * 4, "score": [5.0, 1.0, 3.0, 4.0]})
     heat = visual.structure_heatmap(st).data[0]
     assert pd.DataFrame(heat.z).to_numpy().flatten()[1] == 0.0 and [list(c) for c in heat.colorscale] == visual.COLORSCALE
+
+
+# the longest subtitle the app writes: model, method with its settings, prompts, a stop and its reason
+LONG_SUB = ("tiny-shapes-sd, float32 · LD-Pruner (fast preset: one-step ablation at 8 timesteps, block granularity, "
+            "2 samples) · 16 prompts · STOPPED (time limit of 900 s reached)")
+SUB_WIDTH = {"title": visual.theme.TITLE_CHARS, "sup": visual.theme.SUBTITLE_CHARS}
+
+
+def _every_figure():
+    """(name, figure, the subtitle it was given) for every figure builder in visual/, with long texts."""
+    ops = pd.DataFrame({"fqn": ["down_blocks.0.resnets.0", "mid_block.resnets.0"], "kind": ["resnet"] * 2,
+                        "component": ["resnet"] * 2, "score": [0.1, 0.2], "kept": [0.5, 1.0]})
+    hist = pd.DataFrame({"step": [0, 1], "loss": [1.0, 0.5], "recon": [0.9, 0.4], "kept_head": [1.0, 0.8]})
+    rows = pd.DataFrame({"method": ["original", "magnitude", "magnitude"], "params_fraction": [0.0, 0.1, 0.2],
+                         "label": [None, "Weight magnitude (baseline)", None],
+                         **{m: [100.0, 0.5, 0.4] for m in visual.METRICS}})
+    yield "operator heatmap", visual.operator_heatmap(ops, subtitle=LONG_SUB), LONG_SUB
+    yield "structure heatmap", visual.structure_heatmap(ops, subtitle=LONG_SUB, flat=True), LONG_SUB
+    yield "loss", visual.loss_plot(hist, title="Optimization", subtitle=LONG_SUB, target=0.2), LONG_SUB
+    yield "kept", visual.mask_sparsity_plot(ops.assign(kind="group"), title="Kept fraction per layer under your plan",
+                                            subtitle=f"{LONG_SUB} · EcoDiff at 20% (global)"), LONG_SUB
+    for metric in visual.METRICS:  # psnr: the original is left out, and the subtitle says why
+        sub = f"{LONG_SUB} · 16 prompts, seeds 0-15"
+        yield f"quality {metric}", visual.quality_vs_sparsity(rows, metric, subtitle=sub, mark=0.15), sub
+    yield "placeholder", visual.placeholder("No comparison for tiny-shapes-sd, float32 yet. Run the comparison "
+                                            "to see quality against sparsity."), ""
+
+
+def test_every_title_fits_a_phone():
+    """Plotly never wraps a title: every line of every figure's title, subtitle and in-plot text must fit
+    a 390 px phone (TITLE_CHARS at the title's size, SUBTITLE_CHARS in <sup>, fewer characters at a larger
+    size), no word of the subtitle is dropped, and the plot starts below the title's last line."""
+    theme = visual.theme
+    for name, fig, sub in _every_figure():
+        text = fig.layout.title.text or ""
+        for line in filter(None, text.split("<br>")):
+            width = SUB_WIDTH["sup" if line.startswith("<sup>") else "title"]
+            assert len(theme.plain(line)) <= width, (name, line)
+        words = lambda t: [w for w in t.split() if w != "·"]  # noqa: E731 - a line break stands for a separator
+        assert " ".join(words(sub)) in " ".join(words(theme.plain(text))), (name, text)  # the model and run, every word
+        if text:
+            assert fig.layout.title.automargin and fig.layout.margin.t >= text.count("<br>") * theme.LINE_PX + 20, name
+        for note in fig.layout.annotations:
+            size = note.font.size or 12  # plotly's default annotation size
+            for line in note.text.split("<br>"):
+                assert len(theme.plain(line)) * size <= theme.TITLE_CHARS * theme.TITLE_SIZE, (name, line)
+        axis = fig.layout.yaxis.title.text or ""
+        assert all(len(line) <= 36 for line in axis.split("<br>")), (name, axis)
+    psnr = visual.quality_vs_sparsity(pd.DataFrame({"method": ["original", "a"], "params_fraction": [0, 0.1],
+                                                    "psnr": [100.0, 30.0]}), "psnr")
+    assert "the original (and any identical result) is not drawn: identical images have no finite PSNR" in \
+        theme.plain(psnr.layout.title.text)  # broken over lines, not cut

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .theme import apply_theme, titled
+from .theme import apply_theme, broken, set_title
 
 HEIGHT = 560
 PRUNABLE_COLOR, MID_COLOR, KEEP_COLOR = "#e4572e", "#f3d9a4", "#2e5eaa"  # remove first ... keep
@@ -99,11 +99,11 @@ def _figure(rows, cols, z, custom, hover: str, title: str, subtitle: str, flat: 
     fig = go.Figure(go.Heatmap(
         z=rank_scale(z), x=cols, y=rows, customdata=custom, hovertemplate=hover + "<extra></extra>",
         colorscale=FLAT if flat else COLORSCALE, zmin=0, zmax=1, hoverongaps=False, xgap=1, ygap=1, colorbar=bar))
-    fig.update_layout(title=titled(title, subtitle), height=HEIGHT, margin={"l": 90, "r": 10, "t": 90, "b": 60},
+    fig.update_layout(height=HEIGHT, margin={"l": 90, "r": 10, "b": 60},
                       yaxis={"autorange": "reversed", "type": "category", "title": "layer (depth order)",
                              "showgrid": False},
                       xaxis={"type": "category", "title": None, "showgrid": False})
-    return apply_theme(fig)
+    return apply_theme(set_title(fig, title, subtitle))
 
 
 def operator_heatmap(scores: pd.DataFrame, value: str = "score", title: str | None = None,
@@ -147,13 +147,15 @@ def structure_heatmap(units: pd.DataFrame, value: str = "score", title: str | No
 
 
 def placeholder(title: str = "Run a method to see this plot", height: int = HEIGHT) -> go.Figure:
-    """An empty figure of fixed height with a message (keeps the layout still before a run).
+    """An empty figure of fixed height with a message (keeps the layout still before a run),
+    wrapped to fit a phone.
 
-    >>> placeholder().layout.height
-    560
+    >>> fig = placeholder("No comparison for tiny-shapes-sd yet. Run the comparison to see quality.")
+    >>> fig.layout.height, fig.layout.annotations[0].text
+    (560, 'No comparison for tiny-shapes-sd<br>yet. Run the comparison to see<br>quality.')
     """
     fig = go.Figure()
     fig.update_layout(height=height, xaxis={"visible": False}, yaxis={"visible": False},
-                      annotations=[{"text": title, "showarrow": False, "xref": "paper", "yref": "paper",
+                      annotations=[{"text": broken(title), "showarrow": False, "xref": "paper", "yref": "paper",
                                     "x": 0.5, "y": 0.5, "font": {"size": 15}}])
     return apply_theme(fig)

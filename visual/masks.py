@@ -19,9 +19,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .heatmaps import layer_of
-from .theme import apply_theme, titled
+from .theme import TITLE_CHARS, TITLE_SIZE, apply_theme, broken, set_title
 
 HEIGHT = 480
+PANEL_SIZE = 13  # the loss plot's panel titles, a little smaller than the figure's title
+PANEL_CHARS = TITLE_CHARS * TITLE_SIZE // PANEL_SIZE  # as wide as a title line
 KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#2e8fb8"}  # never orange (= prunable)
 KIND_DASH = {"head": "solid", "neuron": "dash", "group": "dot"}  # equal curves stay visible
 KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "group": "resnet channel groups"}
@@ -53,9 +55,11 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
               target: float | None = None) -> go.Figure:
     """Loss and its image part (top, log scale); expected sparsity = 1 - expected kept fraction
     per kind (bottom), with the target sparsity as a dotted line when given."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=("loss (total, and its image part: lower = closer to the original)",
-                                        "expected sparsity of the gates (fraction of units off)"))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.14,  # room for a two-line panel title
+                        subplot_titles=[broken(t, PANEL_CHARS) for t in (
+                            "loss (total, and its image part: lower = closer to the original)",
+                            "expected sparsity of the gates (fraction of units off)")])
+    fig.update_annotations(font={"size": PANEL_SIZE})  # the two panel titles
     h = history if len(history) else pd.DataFrame({"step": [], "loss": [], "recon": []})
     for col in ("loss", "recon"):
         if col in h.columns:
@@ -74,9 +78,8 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=2, col=1)
     fig.update_xaxes(title="optimizer step", row=2, col=1)
     fig.update_xaxes(tickformat="d", dtick=1 if len(h) <= 12 else None)  # whole steps, never half-step ticks
-    fig.update_layout(title=titled(title, subtitle), height=HEIGHT,
-                      margin={"l": 60, "r": 20, "t": 90, "b": 40})
-    return apply_theme(fig)
+    fig.update_layout(height=HEIGHT, margin={"l": 60, "r": 20, "b": 40})
+    return apply_theme(set_title(fig, title, subtitle, top=110, gap=2 * PANEL_SIZE + 16))  # room: a panel title
 
 
 def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer", subtitle: str = "") -> go.Figure:
@@ -106,8 +109,7 @@ def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer
                              marker_color=KIND_COLORS[kind], customdata=part[["fqn", "units"]].to_numpy(),
                              hovertemplate="%{customdata[0]}<br>kept: %{y:.1%} of %{customdata[1]} units"
                                            "<extra></extra>"))
-    fig.update_layout(title=titled(title, subtitle), height=HEIGHT,
-                      barmode="group", margin={"l": 60, "r": 20, "t": 70, "b": 90},
+    fig.update_layout(height=HEIGHT, barmode="group", margin={"l": 60, "r": 20, "b": 90},
                       yaxis={"range": [0, 1.05], "title": "kept fraction (1 = untouched)", "tickformat": ".0%"},
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": layers})
-    return apply_theme(fig)
+    return apply_theme(set_title(fig, title, subtitle))

@@ -54,9 +54,10 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from .theme import apply_theme, titled
+from .theme import apply_theme, broken, set_title
 
 HEIGHT = 420
+AXIS_CHARS = 32  # a line of the y axis title, along the plot's height (about 300 px)
 PSNR_IDENTICAL = 100.0  # pruning.quality's PSNR of identical images (a cap, not a measurement)
 FEWER_STEPS = "fewer steps"  # pruning.compare.FEWER_STEPS (kept in step by tests/test_visual.py)
 METRICS = {  # column -> (axis label, direction)
@@ -141,10 +142,12 @@ def quality_vs_sparsity(df: pd.DataFrame, metric: str = "latent_mse", x: str = "
                       annotation_text=f"your plan: {mark:.0%}", annotation_position="top")
         xs.append(mark)
     hi = max(xs + [0.1]) * 1.08
-    fig.update_layout(title=titled(title or f"Quality vs sparsity: {label} ({direction})", subtitle),
-                      height=HEIGHT + 60, margin={"l": 60, "r": 20, "t": 70, "b": 40},
+    fig.update_layout(height=HEIGHT + 60, margin={"l": 60, "r": 20, "b": 40},
                       legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"},  # below: long labels, phones
                       xaxis={"title": "params removed", "tickformat": ".0%", "range": [-0.01, hi]},
-                      yaxis={"title": f"{label} ({direction})" if direction else label,
+                      yaxis={"title": broken(label, AXIS_CHARS) + (f"<br>({direction})" if direction else ""),
+                             "automargin": True,  # room for its lines
                              **({"range": [-0.02, 1.02]} if metric.startswith("acc") else {"rangemode": "tozero"})})
+    set_title(fig, title or f"Quality vs sparsity: {label} ({direction})", subtitle,
+              gap=16 if mark is None else 32)  # room above the plot for the mark's label
     return apply_theme(fig)

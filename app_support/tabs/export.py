@@ -40,6 +40,7 @@ from ..wiring import (
     sid,
     stamp,
     steps,
+    toast,
 )
 
 KEY = "export"
@@ -103,8 +104,8 @@ def _lora_path(lora_file) -> str | None:
         return None
     path = str(getattr(lora_file, "name", lora_file))
     if not path.endswith(".safetensors"):
-        raise gr.Error(f"The LoRA {Path(path).name!r} is not a .safetensors file: only safetensors LoRAs are read "
-                       "(nothing is unpickled).", print_exception=False)
+        raise toast(f"The LoRA {Path(path).name!r} is not a .safetensors file: only safetensors LoRAs are read "
+                    "(nothing is unpickled).")
     return path
 
 
@@ -121,8 +122,7 @@ def _export(h, p, full_pipeline, recover_iters, rec_prompts, n_steps, session, c
         small = recover(h, p, RecoverSettings(prompts=rec_prompts, iters=recover_iters, steps=n_steps),
                         denoiser=copy.deepcopy(small) if small is not None else None, control=control)
         if small.recovery["partial"]:
-            raise gr.Error(f"Export stopped during recovery ({control.reason}); nothing was exported.",
-                           print_exception=False)
+            raise toast(f"Export stopped during recovery ({control.reason}); nothing was exported.")
     out = export_zip(h, p, session=session, full_pipeline=full_pipeline, denoiser=small, lora=lora, native=native)
     if reconstructed:
         out["reconstruction"] = small.reconstruction

@@ -41,6 +41,7 @@ from ..wiring import (
     stamp,
     steps,
     stop_run,
+    toast,
 )
 
 KEY = "quality"
@@ -101,7 +102,7 @@ def quality_settings(chosen, sps, prompt_text, n_steps, recon, store=None, plan_
     Score tab is cut from those scores (its settings, not the defaults); the others run at their
     quick settings; the visitor's plan from Select is one more point on the same prompts and seeds."""
     if not chosen:
-        raise gr.Error("Pick at least one method to compare.", print_exception=False)
+        raise toast("Pick at least one method to compare.")
     p = prompts(prompt_text)
     chosen = [methods.get(n).name for n in chosen]
     h = handle(model) if model else None

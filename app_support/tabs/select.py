@@ -46,6 +46,7 @@ from ..wiring import (
     run_with_estimate,
     stamp,
     steps,
+    toast,
 )
 
 KEY = "select"
@@ -149,8 +150,8 @@ def scores_for(h, name, store) -> Scores:
     if m.data_free:
         return m.score(h)
     free = next((methods.get(n).title for n in methods.names() if methods.get(n).data_free), None)
-    raise gr.Error(f"Run {m.title} in the Score tab first" + (f" (or pre-fill from {free}, which needs no run)."
-                                                               if free else "."), print_exception=False)
+    raise toast(f"Run {m.title} in the Score tab first" + (f" (or pre-fill from {free}, which needs no run)."
+                                                            if free else "."))
 
 
 def totals_view(h, p: PruningPlan) -> pd.DataFrame:
@@ -258,7 +259,7 @@ def wire(S, T) -> None:
         top, why = results.slider_max(h, scores)
         target = validate.fraction("target sparsity", target)
         if float(target) > top + 1e-9:
-            raise gr.Error(f"Target {float(target):.0%} is out of reach. {why}", print_exception=False)
+            raise toast(f"Target {float(target):.0%} is out of reach. {why}")
         p = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope, native=check_flag("native", native))
         mode = "operators" if scores.level == "operator" else "structures"
         per = scores.per_structure()
@@ -280,7 +281,7 @@ def wire(S, T) -> None:
     def plan_totals(model, mode, table, plan_dict):
         h = handle(model)
         if not isinstance(table, pd.DataFrame):
-            raise gr.Error("The selection table must be a table (headers and rows).", print_exception=False)
+            raise toast("The selection table must be a table (headers and rows).")
         origin = PruningPlan.from_dict(plan_dict) if plan_dict else None
         p = mark_edited(plan_from_table(h, mode, table), origin)  # a method's plan, edited: both are kept
         return {t.table: refresh_kept(h, mode, table), t.plan_df: totals_view(h, p), S.plan: p.to_dict(),

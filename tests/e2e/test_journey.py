@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from app_support.wiring import toast_seconds
 from tests.e2e.conftest import open_page
+from visual.theme import plain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real browser
 CONFIGS = [(1440, 900, "light"), (390, 844, "dark")]  # all four: python -m tests.e2e.shots
@@ -107,6 +109,17 @@ def heatmap(page, elem: str) -> dict:
                           colorscale: d.colorscale, zmin: d.zmin, title: g._fullLayout.title.text}; }""")
 
 
+def title_fits(page, elem: str) -> None:
+    """The plot's drawn title lies inside the plot, left to right (Plotly cuts off, never wraps, a
+    title wider than the figure), and below the plot's label (gradio draws it over the figure)."""
+    title, plot, label = page.locator(elem).evaluate(
+        """e => [e.querySelector('.g-gtitle').getBoundingClientRect().toJSON(),
+                 e.querySelector('.js-plotly-plot').getBoundingClientRect().toJSON(),
+                 (l => l && l.getBoundingClientRect().toJSON())(e.querySelector('[data-testid=block-label]'))]""")
+    assert title["width"] > 0 and plot["left"] <= title["left"] and title["right"] <= plot["right"] + 0.5, (title, plot)
+    assert label is None or label["bottom"] <= title["top"], (label, title)
+
+
 def image_boxes(page) -> list[dict]:
     page.wait_for_function("""() => ['#img-original img', '#img-pruned img'].every(s => {
         const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0 &&
@@ -160,7 +173,8 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
         lowest = min(scores)
         assert lowest[1] == 0 and h["zmin"] == 0  # the lowest score sits at the bottom of the scale...
         assert h["colorscale"][0][1].lower() == PRUNABLE  # ...which is the 'prunable' colour
-        assert "tiny-shapes-sd" in h["title"] and method in h["title"]  # whose plot it is
+        assert "tiny-shapes-sd" in plain(h["title"]) and method in plain(h["title"])  # whose plot it is
+        title_fits(page, "#score-plot")  # wrapped to the width of a phone
         shot(page, config, "05-colours-heatmap", page.locator("#score-plot"))
         if scheme == "dark":  # the page's dark theme shows through every plot
             bg = page.locator("#score-plot .js-plotly-plot").evaluate("g => g._fullLayout.paper_bgcolor")
@@ -225,12 +239,17 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
         # 3. an error is a toast, and the previous comparison stays on screen
         page.locator("#prompt textarea").fill("")
         page.get_by_role("button", name="Generate original vs pruned").click()
-        expect(page.get_by_text("Give at least one prompt").first).to_be_visible()
+        toast = page.locator(".toast-body.error").filter(has_text="Give at least one prompt")
+        expect(toast).to_be_in_viewport()
+        toast.evaluate("""t => new Promise(done => { const faded = () => getComputedStyle(t).opacity === '1' ?
+                          done() : requestAnimationFrame(faded); faded(); })""")  # faded in: the shot shows it
         shot(page, config, "03-error-keeps-outputs")
         assert [page.locator(f"{e} img").get_attribute("src") for e in ("#img-original", "#img-pruned")] == sources
         expect(page.locator("#img-original img")).to_be_visible()
         expect(page.locator("#gen-status")).to_contain_text("seed 0")  # the caption of what is shown stays
         expect(page.locator("#gen-status").get_by_text("Error", exact=True)).to_be_hidden()
+        duration = toast_seconds("Give at least one prompt (one per line).")  # the app's time, not gradio's 10 s
+        assert toast.locator(".timer").evaluate("t => getComputedStyle(t).animationDuration") == f"{duration:g}s"
 
         if full:  # (the narrow page checks its dark plot on the heatmap above)
             # "How much can I prune?": quality against sparsity, the visitor's plan marked; the metric redraws
@@ -254,6 +273,7 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
             page.get_by_role("option", name="PSNR vs the original (dB)").click()
             expect(page.locator("#quality-plot")).to_contain_text("PSNR")  # redrawn from the stored table...
             assert page.locator("#quality-status").inner_text() == status  # ...without running it again
+            title_fits(page, "#quality-plot")  # the longer PSNR title and its "not drawn" note too
             shot(page, config, "07-controls-metric-redraw", page.locator("#quality-plot"))
             if scheme == "dark":
                 bg = plot.evaluate("g => g._fullLayout.paper_bgcolor")
@@ -262,6 +282,7 @@ def journey(browser, app_url, tmp_path, width: int, height: int, scheme: str, fu
 
         # export: says what it exports, and the snippet works on the zip as downloaded
         tab(page, "5 Export")
+        expect(toast).to_have_count(0, timeout=2_000)  # a tab's error toast does not follow the visitor to the next tab
         expect(page.locator("#export-summary")).to_contain_text("of the params")
         if full:
             expect(page.locator("#export-summary")).to_contain_text("LD-Pruner 10%, edited by hand")
