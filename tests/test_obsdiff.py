@@ -205,17 +205,25 @@ def test_export_and_plan_only_export_reload_bit_for_bit(tiny_sd3, tmp_path):
     assert torch.equal(generate_latents(only, PROMPTS, [0, 1], **kw), z)
 
 
-def test_rebuild_without_the_cache_is_deterministic(tiny_sd3):
+def test_rebuild_without_the_cache_is_deterministic(tiny_sd3, monkeypatch):
+    """Without the cache a plan is rebuilt from its own allocation (a measured one is not measured
+    again: the probes are never run) and OBS-Diff's selection, bit for bit; an edited plan is refused."""
     h = tiny_sd3
     m = methods.get("obsdiff")
     plan = m.to_plan(h, m.score(h, _settings(sparsity=0.3)), target_sparsity=0.3)
+    assert plan.provenance["allocation"] == "measured per layer"
     first = build(h, plan).state_dict()
     obsdiff._CACHE.clear()
+    monkeypatch.setattr(obsdiff, "measure", lambda *a, **k: pytest.fail("a rebuild measured the allocation again"))
     second = build(h, plan).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     edited = plan.__class__.from_dict({**plan.to_dict(), "kept_heads": {}})
-    with pytest.raises(PlanError, match="differ"):
+    with pytest.raises(PlanError, match="edited"):
         build(h, edited)
+    uniform = m.to_plan(h, m.score(h, _settings(sparsity=0.3, allocation="uniform")), target_sparsity=0.3)
+    moved = {f: k[1:] for f, k in uniform.kept_neurons.items()}  # one more neuron gone in each layer
+    with pytest.raises(PlanError, match="differ"):
+        build(h, uniform.__class__.from_dict({**uniform.to_dict(), "kept_neurons": moved}))
 
 
 def test_estimator_counts_its_calibration_and_it_runs_in_one_chunk(tiny_sd):

@@ -591,34 +591,40 @@ class Result:
 _CACHE: OrderedDict = OrderedDict()
 
 
-def _key(handle, s: OBSDiffSettings, target: float) -> tuple:
+def _key(handle, s: OBSDiffSettings, target: float, counts: dict | None = None) -> tuple:
     return handle.model_ref, str(handle.device), str(handle.dtype), json.dumps(s.to_dict(), sort_keys=True), \
-        round(target, 12)
+        round(target, 12), json.dumps(counts, sort_keys=True)
 
 
 def run(handle, settings: OBSDiffSettings | None = None, target: float = 0.2, *,
-        control: RunControl | None = None) -> Result:
-    """OBS-Diff at ``target`` (fraction of params removed); cached per model, settings and target."""
+        control: RunControl | None = None, counts: dict[str, int] | None = None) -> Result:
+    """OBS-Diff at ``target`` (fraction of params removed); cached per model, settings and target.
+    ``counts``: the units to remove per structure, given (a plan's), instead of allocated."""
     s = (settings or OBSDiffSettings()).resolved(handle)
     target = validate.fraction("target sparsity", target)
-    key = _key(handle, s, target)
+    key = _key(handle, s, target, counts)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    result = _run(handle, s, target, as_control(control))
+    result = _run(handle, s, target, as_control(control), counts)
     _CACHE[key] = result
     while len(_CACHE) > MAX_CACHED:
         _CACHE.popitem(last=False)
     return result
 
 
-def _run(handle, s: OBSDiffSettings, target: float, control: RunControl) -> Result:
+def _run(handle, s: OBSDiffSettings, target: float, control: RunControl, given: dict | None = None) -> Result:
     t0 = time.perf_counter()
     den = handle.denoiser
     rows = targets(handle, s)
-    probes = measure(handle, s, rows, target, control) if s.allocation == "measured" else None
-    counts, p, reached = (allocate(handle, rows, target) if probes is None or probes["weights"] is None else
-                          allocate(handle, rows, target, probes["weights"], probes["cap"]))
+    probes = measure(handle, s, rows, target, control) if s.allocation == "measured" and given is None else None
+    if given is not None:
+        counts = {f: int(given.get(f, 0)) for f in rows["fqn"]}
+        p, reached = None, sum(n * int(up) for n, up in zip(counts.values(), rows["unit_params"])) / \
+            catalog(den)[1].attrs["total_params"]
+    else:
+        counts, p, reached = (allocate(handle, rows, target) if probes is None or probes["weights"] is None else
+                              allocate(handle, rows, target, probes["weights"], probes["cap"]))
     jobs = _jobs(den, rows, counts)
     groups = split_groups(den, jobs, s.groups, s.max_gram_mb)
     trajs = _trajectories(handle, s, control)
@@ -654,7 +660,8 @@ def _run(handle, s: OBSDiffSettings, target: float, control: RunControl) -> Resu
                            "score": sc[i], "removed": i not in set(kept[f])} for f, sc in scores.items()
                           for i in range(found[f].units)],
                          columns=["fqn", "kind", "component", "index", "score", "removed"])
-    alloc = {"allocation": "uniform per layer", "layer_fraction": p} if probes is None or probes["weights"] is None \
+    alloc = {"allocation": "given per layer"} if given is not None else \
+        {"allocation": "uniform per layer", "layer_fraction": p} if probes is None or probes["weights"] is None \
         else {"allocation": "measured per layer", "max_fraction": probes["cap"],
               "layer_fractions": {f: round(n / u, 4) for f, n, u in zip(counts, counts.values(), rows["units"])}}
     if probes is not None:
@@ -705,12 +712,22 @@ def rebuild(handle, plan: PruningPlan) -> nn.Module:
     rec = dict(plan.reconstruction["settings"])
     rec.pop("method", None)
     target = rec.pop("target_sparsity")
-    result = run(handle, OBSDiffSettings.from_dict(rec), target)
+    s = OBSDiffSettings.from_dict(rec)
     mine = plan.normalized(handle.denoiser)
-    if any(result.plan.kept(k) != mine.kept(k) for k in UNIT_KINDS) or mine.removed_operators:
+    made = _CACHE.get(_key(handle, s.resolved(handle), validate.fraction("target sparsity", target)))
+    if s.allocation == "uniform" or (made is not None and all(made.plan.kept(k) == mine.kept(k) for k in UNIT_KINDS)):
+        made = run(handle, s, target)
+    else:  # the plan's own measured allocation (not measured again: a probe's rounding must not move a unit)
+        found = discover(handle.denoiser).structures
+        counts = {f: found[f].units - len(kept) for kind in UNIT_KINDS for f, kept in mine.kept(kind).items()}
+        made = run(handle, s, target, counts=counts)
+        if abs(made.info["params_fraction"] - target) > 0.02:
+            raise PlanError(f"this OBS-Diff plan removes {made.info['params_fraction']:.3f} of the params of the "
+                            f"targets its settings prune, not its recorded target {target:.3f}: it was edited")
+    if any(made.plan.kept(k) != mine.kept(k) for k in UNIT_KINDS) or mine.removed_operators:
         raise PlanError("this OBS-Diff plan's units differ from what its recorded settings select on "
                         f"{handle.model_ref}: it was edited, or made on another device")
-    return result.build(handle)
+    return made.build(handle)
 
 
 class OBSDiff(Method):
