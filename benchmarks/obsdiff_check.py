@@ -34,9 +34,9 @@ def check(model: str) -> dict:
     seconds = {}
     run = obsdiff._run
 
-    def timed(handle, settings, target, control):  # the wall time of each (uncached) run
+    def timed(handle, settings, target, control, *given):  # the wall time of each (uncached) run
         t0 = time.perf_counter()
-        out = run(handle, settings, target, control)
+        out = run(handle, settings, target, control, *given)
         seconds[target] = round(time.perf_counter() - t0, 1)
         return out
 

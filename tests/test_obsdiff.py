@@ -134,9 +134,15 @@ def test_the_measured_allocation_follows_its_probes_and_its_check(tiny_sd3):
     """Measured: every job probed alone at several fractions; the plan's fractions (recorded in its
     provenance) reach the target within the cap, differ from layer to layer, and the check's joint
     error of the chosen allocation is at most the uniform one's."""
+    from pruning.runs import as_control
+
     h = tiny_sd3
-    r = obsdiff.run(h, _settings(kinds=("neuron",)), 0.2)
+    seen = []
+    obsdiff._CACHE.clear()
+    r = obsdiff.run(h, _settings(kinds=("neuron",)), 0.2, control=as_control(progress=lambda d, n, i: seen.append((d, n))))
     info, prov = r.info, r.plan.provenance
+    done, totals = [d for d, _ in seen], {n for _, n in seen}  # one count: the probes, then the groups
+    assert done == sorted(done) and len(totals) == 1 and done[-1] == totals.pop()
     assert r.plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.2, abs=0.01)
     check = info["allocation_check"]
     assert check["chosen"] == "measured" and check["measured"] <= check["uniform"]
