@@ -145,7 +145,8 @@ class OBSDiffSettings:
                           "same fraction, the authors' allocation) or measured (each layer's fraction from the "
                           "error its own pruning adds to the final latents)", "choice", ALLOCATIONS)
     probe_prompts: int = opt(8, "measured allocation: calibration prompts each layer's probe samples", "int")
-    max_fraction: float = opt(0.75, "measured allocation: the most any layer loses (fraction of its units)", "float")
+    max_fraction: float = opt(0.75, "measured allocation: the most any layer loses (fraction of its units; raised to "
+                              "(1 + p) / 2 where the uniform fraction p for the target is higher)", "float")
     batch_size: int = opt(8, "prompts per calibration batch", "int")
     max_gram_mb: float = opt(2048.0, "memory for the statistics (float64 H) of one calibration pass, in MB; a group "
                              "that needs more is split into more passes", "float")
