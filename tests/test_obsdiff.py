@@ -5,6 +5,8 @@ greedy, the registry / CLI / estimator / chunks wiring, the invariants every met
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from pruning.masks import masked
 from pruning.methods import obsdiff
 from pruning.methods.obsdiff import OBSLayer, Unit, compensated, prepare_hessian, rrf, select
 from pruning.reconstruct import ReconstructSettings, reapply, reconstruct, start_record
-from pruning.runs import Budget
+from pruning.runs import Budget, as_control
 from pruning.sampling import generate_latents
 from pruning.slim import slim
 
@@ -134,8 +136,6 @@ def test_the_measured_allocation_follows_its_probes_and_its_check(tiny_sd3):
     """Measured: every job probed alone at several fractions; the plan's fractions (recorded in its
     provenance) reach the target within the cap, differ from layer to layer, and the check's joint
     error of the chosen allocation is at most the uniform one's."""
-    from pruning.runs import as_control
-
     h = tiny_sd3
     seen = []
     obsdiff._CACHE.clear()
@@ -156,6 +156,25 @@ def test_the_measured_allocation_follows_its_probes_and_its_check(tiny_sd3):
         assert frac == pytest.approx((units - len(r.plan.kept_neurons[f])) / units, abs=1e-4), f
     probed = {tuple(p["structures"]) for p in info["probes"]}
     assert {(f,) for f in fractions} == probed and all(p["latent_mse"] >= 0 for p in info["probes"])
+
+
+def test_the_measured_allocation_is_the_same_when_its_statistics_take_several_passes(tiny_sd3):
+    """Every probe is calibrated on the original model, so splitting the statistics into passes
+    (a small ``max_gram_mb``; the check then calibrates again) changes nothing it measures."""
+    h = tiny_sd3
+    s = _settings(kinds=("neuron",)).resolved(h)
+    rows = obsdiff.targets(h, s)
+    one = obsdiff.measure(h, s, rows, 0.2, as_control())
+    small = replace(s, max_gram_mb=0.02)
+    jobs = obsdiff._jobs(h.denoiser, rows, {f: 0 for f in rows["fqn"]})
+    assert len(obsdiff.split_groups(h.denoiser, jobs, 1, small.max_gram_mb)) > 1
+    many = obsdiff.measure(h, small, rows, 0.2, as_control())
+    assert many["weights"] == pytest.approx(one["weights"], rel=1e-9)
+    assert [p["latent_mse"] for p in many["probes"]] == pytest.approx([p["latent_mse"] for p in one["probes"]],
+                                                                       rel=1e-9)
+    assert many["check"]["chosen"] == one["check"]["chosen"]
+    assert [many["check"][k] for k in ("measured", "uniform")] == pytest.approx([one["check"][k] for k in
+                                                                                ("measured", "uniform")], rel=1e-9)
 
 
 def test_a_worse_measured_allocation_falls_back_to_the_uniform_one(tiny_sd3, monkeypatch):
