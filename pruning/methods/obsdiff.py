@@ -556,7 +556,7 @@ def measure(handle, s: OBSDiffSettings, rows: pd.DataFrame, target: float, contr
                 e = error(*_solve(handle, s, [job], H, counts), f"probe {done} of {total_probes}")
                 curves.setdefault(j, []).append((q, e))
                 report.append({"structures": [u.fqn for u in job], "fraction": round(q, 4), "latent_mse": e})
-                control.report(done, total_probes + later, probe=done)
+                control.report(done, total_probes + later, probe=done, phase="OBS-Diff, measuring each layer's share")
     q = share(curves, params, target * catalog(den)[1].attrs["total_params"])
     weights = {u.fqn: q[j] / p for j, job in enumerate(jobs) for u in job}
     measured, _, _ = allocate(handle, rows, target, weights, cap)
@@ -572,7 +572,7 @@ def measure(handle, s: OBSDiffSettings, rows: pd.DataFrame, target: float, contr
     for name, (kept, w) in solved.items():
         done += 1
         check[name] = error(kept, w, f"the allocation check ({name})")
-        control.report(done, total_probes + later, probe=done)
+        control.report(done, total_probes + later, probe=done, phase="OBS-Diff, measuring each layer's share")
     check["chosen"] = "measured" if check["measured"] <= check["uniform"] else "uniform"
     return {"weights": weights if check["chosen"] == "measured" else None, "cap": cap, "probes": report,
             "check": check, "steps": total_probes}
@@ -669,7 +669,8 @@ def _run(handle, s: OBSDiffSettings, target: float, control: RunControl, given: 
         plan = _plan(handle, kept, record)
         model = _apply(den, plan, weights)
         done = (probes["steps"] if probes else 0) + n + 1
-        control.report(done, (probes["steps"] if probes else 0) + len(groups), group=n + 1)
+        control.report(done, (probes["steps"] if probes else 0) + len(groups), group=n + 1,
+                       phase="OBS-Diff, pruning and compensating")
     found = discover(den).structures
     table = pd.DataFrame([{"fqn": f, "kind": found[f].kind, "component": found[f].component, "index": i,
                            "score": sc[i], "removed": i not in set(kept[f])} for f, sc in scores.items()
@@ -761,6 +762,7 @@ class OBSDiff(Method):
                    "(100 prompts x 25 steps at 512 px, guidance 7, log-shaped weights 1.2 -> 0.8, the last block "
                    "kept, every layer the same fraction). Both: 1% damping, 4 groups, rank fusion k = 60.")
     chunkable = False  # a sequential calibration: one chunk
+    work_unit = "steps (the layers' probes, then the calibration groups)"
 
     def comparison_settings(self, calib: tuple[str, ...], quick: bool = False) -> dict:
         """Its own default kinds (neurons and channel groups): with heads, an equal per-layer fraction
