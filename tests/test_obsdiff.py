@@ -158,6 +158,21 @@ def test_the_measured_allocation_follows_its_probes_and_its_check(tiny_sd3):
     assert {(f,) for f in fractions} == probed and all(p["latent_mse"] >= 0 for p in info["probes"])
 
 
+def test_the_measured_allocation_on_a_unets_channel_groups(tiny_sd):
+    h = tiny_sd
+    r = obsdiff.run(h, _settings(kinds=("group",), steps=1), 0.1)
+    prov = r.plan.provenance
+    assert r.plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.1, abs=0.02)
+    chosen = prov["allocation_check"]["chosen"]
+    assert prov["allocation"] == {"measured": "measured per layer", "uniform": "uniform per layer"}[chosen]
+    assert r.plan.kept_groups and all(len(k) >= 1 for k in r.plan.kept_groups.values())
+    kw = dict(steps=1, resolution=h.defaults["resolution"])
+    with masked(h.denoiser, r.plan):
+        z_masked = generate_latents(h, PROMPTS, [0, 1], **kw)
+    assert torch.allclose(z_masked, generate_latents(h, PROMPTS, [0, 1], denoiser=slim(h.denoiser, r.plan), **kw),
+                          atol=1e-5)
+
+
 def test_the_measured_allocation_is_the_same_when_its_statistics_take_several_passes(tiny_sd3):
     """Every probe is calibrated on the original model, so splitting the statistics into passes
     (a small ``max_gram_mb``; the check then calibrates again) changes nothing it measures."""
@@ -189,7 +204,67 @@ def test_a_worse_measured_allocation_falls_back_to_the_uniform_one(tiny_sd3, mon
     r = obsdiff.run(tiny_sd3, _settings(kinds=("neuron",), seeds=(5, 6)), 0.2)
     check = r.info["allocation_check"]
     assert check["chosen"] == "uniform" and check["measured"] > check["uniform"]
-    assert r.plan.provenance["allocation"] == "uniform per layer" and first
+    assert r.plan.provenance["allocation"] == "uniform per layer"
+    uniform = obsdiff.run(tiny_sd3, _settings(kinds=("neuron",), seeds=(5, 6), allocation="uniform"), 0.2)
+    assert all(r.plan.kept(k) == uniform.plan.kept(k) for k in ("head", "neuron", "group")) and first
+
+
+@pytest.mark.parametrize("family", ["sd", "flux", "sd3"])
+def test_a_probe_in_place_equals_the_slim_model(family, request):
+    """A probe writes a job's compensated weights into the model (a removed unit's consumer columns
+    are zero) instead of slimming a copy: the same final latents as the slim model, and the model
+    is given back bit for bit. sd: channel groups (a GroupNorm between conv1 and conv2); flux: heads
+    and MLP neurons sharing a single block's ``proj_out``; sd3: joint heads (two consumers)."""
+    h = request.getfixturevalue(f"tiny_{family}")
+    s = _settings(steps=1).resolved(h)
+    rows = obsdiff.targets(h, s)
+    counts, _, _ = obsdiff.allocate(h, rows, 0.2)
+    jobs = obsdiff._jobs(h.denoiser, rows, counts)
+    trajs = obsdiff._trajectories(h, s, as_control())
+    names = sorted({c for job in jobs for u in job for c in u.cols})
+    H = obsdiff.calibrate(h.denoiser, trajs, names, s, as_control(), "test")
+    before = {k: v.clone() for k, v in h.denoiser.state_dict().items()}
+    kinds = {"sd": "group", "flux": "neuron", "sd3": "head"}
+    job = next(j for j in jobs if any(u.kind == kinds[family] for u in j) and len({c for u in j for c in u.cols}) >= 1)
+    kept, weights = obsdiff._solve(h, s, [job], H, counts)
+    slim_model = obsdiff._apply(h.denoiser, obsdiff._plan(h, kept, {"settings": {"method": "obsdiff"},
+                                                                    "compensated": []}), weights)
+    want = obsdiff.final_latents(slim_model, trajs, as_control(), "test")
+    with obsdiff._swapped(h.denoiser, weights):
+        got = obsdiff.final_latents(h.denoiser, trajs, as_control(), "test")
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-4) for a, b in zip(got, want))
+    assert all(torch.equal(v, before[k]) for k, v in h.denoiser.state_dict().items())
+
+
+def test_a_stop_during_a_probe_gives_the_model_back(tiny_sd3):
+    from pruning.errors import RunStopped
+    from pruning.runs import RunControl
+
+    h = tiny_sd3
+    before = {k: v.clone() for k, v in h.denoiser.state_dict().items()}
+    stop = RunControl(progress=lambda d, n, i: i.get("probe") == 3 and stop.stop("stopped by the test"))
+    obsdiff._CACHE.clear()
+    with pytest.raises(RunStopped):
+        obsdiff.run(h, _settings(kinds=("neuron",), seeds=(7, 8)), 0.2, control=stop)
+    assert all(torch.equal(v, before[k]) for k, v in h.denoiser.state_dict().items())
+
+
+def test_a_plan_recorded_before_the_allocation_setting_exports_as_it_was_made(tiny_sd3, tmp_path):
+    """An OBS-Diff plan whose record predates ``allocation`` (and its two settings) was allocated
+    uniformly: it rebuilds to the uniform run's weights, keeps its own record, and exports."""
+    h = tiny_sd3
+    m = methods.get("obsdiff")
+    plan = m.to_plan(h, m.score(h, _settings(allocation="uniform")), target_sparsity=0.2)
+    want = build(h, plan).state_dict()
+    rec = {k: v for k, v in plan.reconstruction["settings"].items()
+           if k not in ("allocation", "probe_prompts", "max_fraction")}
+    old = plan.__class__.from_dict({**plan.to_dict(), "reconstruction": {"settings": rec, "compensated": []}})
+    obsdiff._CACHE.clear()
+    small = build(h, old)
+    assert small.pruning_plan.reconstruction == old.reconstruction
+    assert all(torch.equal(v, want[k]) for k, v in small.state_dict().items())
+    again = load_pruned_denoiser(export(h, old, tmp_path / "old", card=False))
+    assert all(torch.equal(v, want[k]) for k, v in again.state_dict().items())
 
 
 @pytest.mark.parametrize("family, allocation", [("sd", "uniform"), ("sdxl", "uniform"), ("flux", "measured"),
@@ -257,14 +332,46 @@ def test_estimator_counts_its_calibration_and_it_runs_in_one_chunk(tiny_sd):
     assert e.calls["passes"] == 4 and e.calls["denoiser calls"] == 4 * 2 and e.seconds > 0.05
     assert e.calls["gram_mb"] > 0 and not e.chunkable
     m = estimate(tiny_sd, "obsdiff", _settings())  # measured: a calibration of the original and every probe's run
-    consumers = len({c for g in obsdiff.passes(tiny_sd, s) for c in g})
-    assert m.calls["probes"] == consumers * len(obsdiff.LEVELS) + 3
+    jobs, parts = obsdiff.probe_passes(tiny_sd, _settings())
+    assert m.calls["probes"] == jobs * len(obsdiff.LEVELS) + 3 and len(parts) == 1
     assert m.calls["denoiser calls"] == 4 * 2 + 2 + 2 * m.calls["probes"] and m.seconds > e.seconds
+    assert m.peak_bytes > e.peak_bytes  # the check's weights
+    one = estimate(tiny_sd, "obsdiff", _settings(batch_size=1, max_gram_mb=0.05))  # 2 prompts: 2 batches a probe
+    jobs, parts = obsdiff.probe_passes(tiny_sd, _settings(max_gram_mb=0.05))
+    den = tiny_sd.denoiser
+
+    def mb(names):  # float64 Grams of these consumers, in MB
+        return sum(8 * (den.get_submodule(c).weight[0].numel() + 1) ** 2 for c in names) / 2 ** 20
+
+    together = mb({c for part in parts for c in part})
+    biggest = max(mb(part) for part in parts + obsdiff.passes(tiny_sd, _settings(max_gram_mb=0.05)))
+    assert len(parts) > 1 and one.calls["gram_mb"] == round(biggest, 1) < together  # one pass at a time
+    groups = len(obsdiff.passes(tiny_sd, _settings(max_gram_mb=0.05)))
+    assert one.calls["denoiser calls"] == groups * 2 * 2 + 2 * len(parts) * 2 * 2 + one.calls["probes"] * 2 * 2
     scores, state = score_chunk(tiny_sd, "obsdiff", s, budget=Budget(units=1))
     assert state is None and not scores.partial
     assert score_chunked(tiny_sd, "obsdiff", s, budget=Budget(units=1)).chunks == 1
     with pytest.raises(SettingsError, match="one chunk"):
         methods.get("obsdiff").run(tiny_sd, s, state=object())
+
+
+def test_the_estimate_counts_the_calls_a_measured_run_makes(tiny_sd3):
+    """Every denoiser call of a measured run (batches of one prompt, statistics in several passes),
+    counted: the estimate's, less the probes the run skipped as repeats of a fraction it had tried."""
+    h = tiny_sd3
+    s = _settings(batch_size=1, max_gram_mb=0.01, kinds=("head", "neuron"))
+    e = estimate(h, "obsdiff", s)
+    calls = []
+    hook = h.denoiser.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        obsdiff._CACHE.clear()
+        r = obsdiff.run(h, s, s.sparsity)
+    finally:
+        hook.remove()
+    jobs, parts = obsdiff.probe_passes(h, s)
+    per_probe = 2 * 2  # two prompts in batches of one, two steps each
+    skipped = jobs * len(obsdiff.LEVELS) - len(r.info["probes"])
+    assert len(parts) > 1 and len(calls) == e.calls["denoiser calls"] - skipped * per_probe
 
 
 def test_cli_lists_it(capsys):

@@ -265,8 +265,8 @@ def allocate(handle, rows: pd.DataFrame, target: float, weights: dict[str, float
     w = {f: 1.0 for f in rows["fqn"]} if weights is None else {f: float(weights[f]) for f in rows["fqn"]}
     units = dict(zip(rows["fqn"], rows["units"]))
 
-    def counts(p):
-        return {f: min(int(round(min(p * w[f], cap) * u)), u - 1) for f, u in units.items()}
+    def counts(p):  # never above the cap, however the rounding falls
+        return {f: min(int(round(p * w[f] * u)), math.floor(cap * u + 1e-9), u - 1) for f, u in units.items()}
 
     def reached(c):
         return sum(n * int(up) for n, up in zip(c.values(), rows["unit_params"])) / total
@@ -404,6 +404,15 @@ def calibrate(model: nn.Module, trajs: list, layers: list[str], s: OBSDiffSettin
     return rec.means()
 
 
+def probe_passes(handle, s: OBSDiffSettings) -> tuple[int, list[list[str]]]:
+    """The measured allocation's jobs (how many) and the consumer layers of each of its calibration
+    passes (for the estimator)."""
+    rows = targets(handle, s)
+    jobs = _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]})
+    return len(jobs), [sorted({c for job in part for u in job for c in u.cols})
+                       for part in split_groups(handle.denoiser, jobs, 1, s.max_gram_mb)]
+
+
 def passes(handle, s: OBSDiffSettings) -> list[list[str]]:
     """The consumer layers of each calibration pass (for the estimator)."""
     rows = targets(handle, s)
@@ -456,7 +465,8 @@ def share(curves: dict[int, list[tuple[float, float]]], params: dict[int, float]
     segs = []
     for j, pts in curves.items():
         hull = _hull([(0.0, 0.0), *pts])
-        segs += [((e1 - e0) / (params[j] * (q1 - q0)), j, q1 - q0) for (q0, e0), (q1, e1) in zip(hull, hull[1:])]
+        segs += [((e1 - e0) / (params[j] * (q1 - q0)), j, q1 - q0) for (q0, e0), (q1, e1) in zip(hull, hull[1:])
+                 if q1 > q0]
     q = {j: 0.0 for j in curves}
     left = need
     for _, j, dq in sorted(segs):
@@ -482,8 +492,8 @@ def _solve(handle, s: OBSDiffSettings, jobs: list[list[Unit]], H: dict, counts: 
         for u in todo:
             order, _ = select(u, layers, s.rrf_k)
             kept[u.fqn] = sorted(set(range(u.units)) - set(order))
-        weights.update({c: layer.final() for c, layer in layers.items()})
-    return kept, weights
+        weights.update({c: layer.final().to(den.get_submodule(c).weight) for c, layer in layers.items()})
+    return kept, weights  # in the layers' dtype and device: the check holds two sets at once
 
 
 @contextmanager
@@ -727,6 +737,7 @@ def rebuild(handle, plan: PruningPlan) -> nn.Module:
     its recorded settings and target: deterministic on one device)."""
     rec = dict(plan.reconstruction["settings"])
     rec.pop("method", None)
+    rec.setdefault("allocation", "uniform")  # a plan recorded before the setting existed was allocated uniformly
     target = rec.pop("target_sparsity")
     s = OBSDiffSettings.from_dict(rec)
     mine = plan.normalized(handle.denoiser)
@@ -743,7 +754,9 @@ def rebuild(handle, plan: PruningPlan) -> nn.Module:
     if any(made.plan.kept(k) != mine.kept(k) for k in UNIT_KINDS) or mine.removed_operators:
         raise PlanError("this OBS-Diff plan's units differ from what its recorded settings select on "
                         f"{handle.model_ref}: it was edited, or made on another device")
-    return made.build(handle)
+    small = made.build(handle)
+    small.pruning_plan = plan  # the same units and weights; the plan (its record, its provenance) is the caller's
+    return small
 
 
 class OBSDiff(Method):
@@ -792,16 +805,25 @@ class OBSDiff(Method):
         seconds += sum(step.solve_seconds(w) for w in widths.values()) + len(groups) * step.weights_bytes / 1e9
         grams = max(sum(8 * (widths[c] + 1) ** 2 for c in g) for g in groups)
         n_calls, facts = len(groups) * batches * calls, {}
-        if settings.allocation == "measured":  # a calibration of the original, then each probe samples its prompts
-            probes = len(layers) * len(LEVELS) + 3  # every job at each level, the reference and the two checks
+        consumers = {c: handle.denoiser.get_submodule(c).weight for c in layers}
+        held = sum(8 * w.numel() for w in consumers.values())  # the run's float64 held weights
+        if settings.allocation == "measured":  # the original's statistics, then each probe samples its prompts
+            jobs, parts = probe_passes(handle, settings)
+            probes = jobs * len(LEVELS) + 3  # at most: every job at each level, the reference and the two checks
             k = min(settings.probe_prompts, prompts)
-            k_calls, k_batch = generation_calls(handle, s, k)
-            seconds += batches * calls * hooked + probes * (k_calls * step.call(k_batch) + step.weights_bytes / 1e9)
+            kb = min(settings.batch_size, k)
+            k_calls, k_batch = generation_calls(handle, s, kb)
+            per_probe = math.ceil(k / kb) * k_calls
+            stats = len(parts) * (2 if len(parts) > 1 else 1)  # with several passes the check calibrates again
+            seconds += stats * batches * calls * hooked
+            seconds += probes * (per_probe * step.call(k_batch) + step.weights_bytes / 1e9)
             seconds += (len(LEVELS) + 2) * sum(step.solve_seconds(w) for w in widths.values())
-            n_calls += batches * calls + probes * k_calls
-            grams = max(grams, sum(8 * (w + 1) ** 2 for w in widths.values()))
+            n_calls += stats * batches * calls + probes * per_probe
+            grams = max(grams, max(sum(8 * (widths[c] + 1) ** 2 for c in part) for part in parts))
+            # the check's two allocations and the probe's saved weights, in the model's dtype
+            held += 3 * sum(w.numel() * w.element_size() for w in consumers.values())
             facts = {"probes": probes}
-        working = grams + step.weights_bytes + step.working_bytes(batch)
+        working = grams + held + step.weights_bytes + step.working_bytes(batch)
         return MethodCost(seconds, {"denoiser calls": n_calls, "passes": len(groups), **facts,
                                     "batch": batch, "gram_mb": round(grams / 2 ** 20, 1)}, working,
                           ["fewer calibration prompts or steps", "a smaller max_gram_mb (more passes, less memory)",
@@ -820,9 +842,9 @@ class OBSDiff(Method):
 
     def to_plan(self, handle, scores: Scores, *, target_sparsity: float, scope: str | None = "local",
                 budget=None, native: bool = False) -> PruningPlan:
-        """OBS-Diff's plan at ``target_sparsity``: its own run at that target (every layer loses the same
-        fraction of its units, the authors' allocation, whatever ``scope`` or a ``budget`` say; the plan's
-        provenance records it). The plan records the run, so ``pruning.export.build`` gives its
+        """OBS-Diff's plan at ``target_sparsity``: its own run at that target (its ``allocation`` shares the
+        target among the layers, whatever ``scope`` or a ``budget`` say; the plan's provenance records
+        it). The plan records the run, so ``pruning.export.build`` gives its
         compensated model. ``native``: whole blocks cut from its scores (no compensation: a native
         plan removes whole blocks, which leaves no consumer to compensate)."""
         if native:
