@@ -523,7 +523,10 @@ def measure(handle, s: OBSDiffSettings, rows: pd.DataFrame, target: float, contr
     this allocation and the uniform one, every job at once, on the same prompts; the lower error is
     kept. The statistics are those of one calibration pass at a time (``max_gram_mb``; with more
     than one pass, the check calibrates again). Progress counts the probes and then ``later`` more
-    steps (the run's groups). Returns ``{"weights": {fqn: fraction / p} or None (uniform kept),
+    steps (the run's groups). Each probe writes its weights into ``handle.denoiser`` in place
+    (:func:`_swapped`; given back after it, also on a stop or an error): nothing else may sample the
+    same model meanwhile (the app runs one job a model at a time). Returns ``{"weights": {fqn:
+    fraction / p} or None (uniform kept),
     "cap": ..., "probes": [...], "check": {...}, "steps": probe steps counted}``."""
     den = handle.denoiser
     units = dict(zip(rows["fqn"], rows["units"]))
