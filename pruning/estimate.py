@@ -34,7 +34,7 @@ import math
 import os
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -56,6 +56,7 @@ from .reconstruct import (
     consumers,
     layer_inputs,
     sequential_groups,
+    start_record,
 )
 from .sampling import count_inputs, spec
 
@@ -566,9 +567,17 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     checks = held * (2 + len(groups)) * calls * cost.call(batch)
     parts = {"calibration calls": len(groups) * per_pass, "gram updates": updates, "solves": solves,
              "checks": checks, "slim copy": cost.weights_bytes / 1e9}
+    n_calls = len(groups) * batches * calls * (2 if paired else 1) + held * (2 + len(groups)) * calls
+    start = start_record(plan)
+    if start is not None:  # the start model: its method's rebuild (OBS-Diff's run), unless the method holds it
+        rebuilt = methods.get(start["method"]).rebuild_cost(
+            handle, replace(plan, reconstruction={"settings": start, "compensated": []}), cost)
+        if rebuilt is not None:
+            parts["the start's rebuild"] = rebuilt.seconds
+            phases["the start's rebuild"] = rebuilt.working_bytes
+            n_calls += rebuilt.calls.get("denoiser calls", 0)
     return ReconCost(len(groups), group_bytes, phases, sum(parts.values()), parts,
-                     {"denoiser calls": len(groups) * batches * calls * (2 if paired else 1)
-                      + held * (2 + len(groups)) * calls, "batch": batch, "passes": len(groups),
+                     {"denoiser calls": n_calls, "batch": batch, "passes": len(groups),
                       "gram_mb": round(max(group_bytes, default=0) / 2 ** 20, 1), "layers": len(items)})
 
 

@@ -502,6 +502,26 @@ def test_a_reconstructed_obsdiff_plan_exports_reloads_and_reapplies_bit_for_bit(
     assert written.reconstruction == done.reconstruction and start_record(written) == start_record(plan)
 
 
+def test_the_reconstruction_estimate_counts_obsdiffs_rebuild_unless_it_is_held(tiny_sd3):
+    """A reconstruction starting from OBS-Diff's compensation rebuilds it first: the estimate adds
+    that run (its groups at the plan's counts, no probes) when the run is not cached."""
+    from pruning.estimate import estimate_reconstruction, reconstruction_cost, step_cost
+
+    h = tiny_sd3
+    plan = _obsdiff_plan(h, allocation="measured")
+    s = ReconstructSettings(prompts=RECON_PROMPTS, steps=2, batch_size=2, groups=2)
+    held = reconstruction_cost(h, plan, s)
+    assert "the start's rebuild" not in held.parts  # cached by the run that made the plan
+    obsdiff._CACHE.clear()
+    cold = reconstruction_cost(h, plan, s)
+    rebuild = obsdiff.METHOD.cost(h, obsdiff.OBSDiffSettings.from_dict(
+        {**{k: v for k, v in plan.reconstruction["settings"].items() if k not in ("method", "target_sparsity")},
+         "allocation": "uniform"}), step_cost(h, resolution=s.resolved(h).resolution))
+    assert cold.calls["denoiser calls"] == held.calls["denoiser calls"] + rebuild.calls["denoiser calls"]
+    assert cold.parts["the start's rebuild"] > 0 and "probes" not in rebuild.calls
+    assert estimate_reconstruction(h, s, plan=plan).calls["denoiser calls"] == cold.calls["denoiser calls"]
+
+
 def test_a_bad_reconstruction_start_names_the_field_or_the_method(tiny_sd):
     """A plan's ``reconstruction.settings.start`` is read through the plan's checks: not a method's
     record is a PlanError naming the field; an unregistered method is an UnknownName naming it."""

@@ -414,6 +414,12 @@ class Method:
         compensates weights itself, as OBS-Diff, overrides it; ``pruning.export.build`` calls it)."""
         raise PlanError(f"{self.name} plans carry no weights of their own: slim them (pruning.slim)")
 
+    def rebuild_cost(self, handle, plan: PruningPlan, step) -> MethodCost | None:
+        """What :meth:`rebuild` of ``plan`` would run (the estimator adds it to a reconstruction that
+        starts from this method's compensation), or None when there is nothing to run (a method
+        without weights of its own, or a rebuild it holds ready)."""
+        return None
+
     def check_state(self, handle, settings, state: RunState) -> None:
         """Refuse a state this run cannot resume (another run's, or one whose fields do not fit this
         model and these settings): one ``StateMismatch`` naming the field. :meth:`run` checks the

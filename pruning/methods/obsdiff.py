@@ -735,14 +735,31 @@ def _apply(den: nn.Module, plan: PruningPlan, weights: dict[str, torch.Tensor]) 
     return small
 
 
+def _recorded(handle, plan: PruningPlan) -> tuple[OBSDiffSettings, float]:
+    """The settings and target an OBS-Diff plan records (a record older than ``allocation`` was
+    allocated uniformly)."""
+    rec = dict(plan.reconstruction["settings"])
+    rec.pop("method", None)
+    rec.setdefault("allocation", "uniform")
+    target = rec.pop("target_sparsity")
+    return OBSDiffSettings.from_dict(rec), target
+
+
+def rebuild_cost(handle, plan: PruningPlan, step) -> MethodCost | None:
+    """What :func:`rebuild` of ``plan`` runs: nothing when the run is cached with these units, else
+    the sequential groups at the plan's own counts (a measured allocation is not probed again)."""
+    s, target = _recorded(handle, plan)
+    made = _CACHE.get(_key(handle, s.resolved(handle), validate.fraction("target sparsity", target)))
+    mine = plan.normalized(handle.denoiser)
+    if made is not None and all(made.plan.kept(k) == mine.kept(k) for k in UNIT_KINDS):
+        return None
+    return METHOD.cost(handle, replace(s, allocation="uniform"), step)
+
+
 def rebuild(handle, plan: PruningPlan) -> nn.Module:
     """The compensated slim denoiser an OBS-Diff plan describes (from the cache, or run again with
     its recorded settings and target: deterministic on one device)."""
-    rec = dict(plan.reconstruction["settings"])
-    rec.pop("method", None)
-    rec.setdefault("allocation", "uniform")  # a plan recorded before the setting existed was allocated uniformly
-    target = rec.pop("target_sparsity")
-    s = OBSDiffSettings.from_dict(rec)
+    s, target = _recorded(handle, plan)
     mine = plan.normalized(handle.denoiser)
     made = _CACHE.get(_key(handle, s.resolved(handle), validate.fraction("target sparsity", target)))
     if s.allocation == "uniform" or (made is not None and all(made.plan.kept(k) == mine.kept(k) for k in UNIT_KINDS)):
@@ -861,6 +878,9 @@ class OBSDiff(Method):
 
     def rebuild(self, handle, plan: PruningPlan) -> nn.Module:
         return rebuild(handle, plan)
+
+    def rebuild_cost(self, handle, plan: PruningPlan, step) -> MethodCost | None:
+        return rebuild_cost(handle, plan, step)
 
 
 METHOD = OBSDiff()
