@@ -336,9 +336,15 @@ def wire(S, T) -> None:
         a, b, d, sl = _pair(pair, view)
         return {t.img_a: a, t.img_b: b, t.img_d: d, t.slider: sl}
 
+    def ran_range(model, name, target, store, last):
+        """After a run: the range of the method that ran. A run's end sets the store and the pre-fill choice
+        at once, and the store's event can still read the choice it replaces (the older method's reach, landing
+        last, stayed on screen); the method the store just received is the one chosen."""
+        return target_range(model, last if last in (store or {}) else name, target, store)
+
     t.fill_method.change(target_range, [S.model, t.fill_method, t.target, S.store],
-                         [t.target, t.target_slider, t.target_note], **PRIVATE, **UI)
-    S.store.change(target_range, [S.model, t.fill_method, t.target, S.store],  # the method ran again
+                         [t.target, t.target_slider, t.target_note], trigger_mode="always_last", **PRIVATE, **UI)
+    S.store.change(ran_range, [S.model, t.fill_method, t.target, S.store, S.last_method],  # the method ran again
                    [t.target, t.target_slider, t.target_note], **PRIVATE, **UI)
     gr.on([t.target.submit, t.target.blur], set_target, [S.model, t.fill_method, t.target, t.target_slider, S.store],
           [t.target, t.target_slider, t.target_note], trigger_mode="always_last", **PRIVATE, **UI)
