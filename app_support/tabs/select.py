@@ -263,12 +263,13 @@ def wire(S, T) -> None:
         p = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope, native=check_flag("native", native))
         mode = "operators" if scores.level == "operator" else "structures"
         per = scores.per_structure()
-        tie = results.ties(scores, float(target))
-        warn = f" **Warning: {tie.message}** (the plan is cut from near-tied scores)." if tie.tied else ""
+        shared = results.allocation_note(p.provenance)  # the method shared the target by its own rule...
+        tie = results.ties(scores, float(target))  # ...so the scores' near-tie at a global cut says nothing of it
+        warn = f" **Warning: {tie.message}** (the plan is cut from near-tied scores)." if tie.tied and not shared else ""
         return {t.table: selection_table(h, mode, p, dict(zip(per["fqn"], per["score"]))), t.mode: mode,
                 t.plan_df: totals_view(h, p), S.plan: p.to_dict(),
                 t.kept_plot: kept_plot(h, p, f"{methods.get(name).title} at {float(target):.0%} ({scope})"),
-                t.target_note: plan_note(h, p) + warn}
+                t.target_note: plan_note(h, p) + (f" {shared}" if shared else "") + warn}
 
     @friendly
     def change_mode(model, mode):
