@@ -100,6 +100,44 @@ def subtitle(handle: Handle, scores: Scores) -> str:
     return f"{model_label(handle)} · {named}{on}{stop}"
 
 
+def allocation_note(provenance: dict | None) -> str:
+    """How a plan that shares its target among the layers by a rule of its own (OBS-Diff's
+    ``allocation``) shared it, in words; "" for a plan cut from one ranking of the scores.
+
+    >>> allocation_note({"allocation": "measured per layer", "max_fraction": 0.75,
+    ...                  "allocation_check": {"measured": 1e-5, "uniform": 3e-5, "chosen": "measured"}})
+    "Each layer's share of the target was measured (every layer pruned alone, the error it adds to the final latents), so the layers lose different fractions (the plot below), at most 75% of a layer; the scores only order the units inside a layer. On the probe prompts this allocation's latent error 1e-05 beat the uniform one's 3e-05."
+    >>> allocation_note({"allocation": "uniform per layer", "layer_fraction": 0.4,
+    ...                  "allocation_check": {"measured": 3e-5, "uniform": 1e-5, "chosen": "uniform"}})
+    "Every layer loses the same fraction of its units (40%, to the nearest whole unit). The measured allocation was tried and kept the uniform one: on the probe prompts its latent error 3e-05 was above the uniform one's 1e-05."
+    >>> allocation_note({"target_sparsity": 0.2})
+    ''
+    """
+    prov = provenance or {}
+    alloc, check = prov.get("allocation"), prov.get("allocation_check") or {}
+    errors = {k: check.get(k) for k in ("measured", "uniform")}
+    known = all(isinstance(v, (int, float)) for v in errors.values())
+    if alloc == "measured per layer":
+        cap = prov.get("max_fraction")
+        text = ("Each layer's share of the target was measured (every layer pruned alone, the error it adds to the "
+                "final latents), so the layers lose different fractions (the plot below)"
+                + (f", at most {cap:.0%} of a layer" if isinstance(cap, (int, float)) else "")
+                + "; the scores only order the units inside a layer.")
+        if known:
+            text += (f" On the probe prompts this allocation's latent error {fmt.number(errors['measured'])} beat the "
+                     f"uniform one's {fmt.number(errors['uniform'])}.")
+        return text
+    if alloc == "uniform per layer":
+        p = prov.get("layer_fraction")
+        text = "Every layer loses the same fraction of its units" + (
+            f" ({p:.0%}, to the nearest whole unit)." if isinstance(p, (int, float)) else ".")
+        if known and check.get("chosen") == "uniform":
+            text += (f" The measured allocation was tried and kept the uniform one: on the probe prompts its latent "
+                     f"error {fmt.number(errors['measured'])} was above the uniform one's {fmt.number(errors['uniform'])}.")
+        return text
+    return ""
+
+
 def ties(scores: Scores, target: float | None = None):
     """The near-tie check of what a view of these scores shows (``pruning.ties``)."""
     from pruning.ties import check_ties

@@ -263,12 +263,13 @@ def wire(S, T) -> None:
         p = methods.to_plan(h, scores, target_sparsity=float(target), scope=scope, native=check_flag("native", native))
         mode = "operators" if scores.level == "operator" else "structures"
         per = scores.per_structure()
-        tie = results.ties(scores, float(target))
-        warn = f" **Warning: {tie.message}** (the plan is cut from near-tied scores)." if tie.tied else ""
+        shared = results.allocation_note(p.provenance)  # the method shared the target by its own rule...
+        tie = results.ties(scores, float(target))  # ...so the scores' near-tie at a global cut says nothing of it
+        warn = f" **Warning: {tie.message}** (the plan is cut from near-tied scores)." if tie.tied and not shared else ""
         return {t.table: selection_table(h, mode, p, dict(zip(per["fqn"], per["score"]))), t.mode: mode,
                 t.plan_df: totals_view(h, p), S.plan: p.to_dict(),
                 t.kept_plot: kept_plot(h, p, f"{methods.get(name).title} at {float(target):.0%} ({scope})"),
-                t.target_note: plan_note(h, p) + warn}
+                t.target_note: plan_note(h, p) + (f" {shared}" if shared else "") + warn}
 
     @friendly
     def change_mode(model, mode):
@@ -336,9 +337,15 @@ def wire(S, T) -> None:
         a, b, d, sl = _pair(pair, view)
         return {t.img_a: a, t.img_b: b, t.img_d: d, t.slider: sl}
 
+    def ran_range(model, name, target, store, last):
+        """After a run: the range of the method that ran. A run's end sets the store and the pre-fill choice
+        at once, and the store's event can still read the choice it replaces (the older method's reach, landing
+        last, stayed on screen); the method the store just received is the one chosen."""
+        return target_range(model, last if last in (store or {}) else name, target, store)
+
     t.fill_method.change(target_range, [S.model, t.fill_method, t.target, S.store],
-                         [t.target, t.target_slider, t.target_note], **PRIVATE, **UI)
-    S.store.change(target_range, [S.model, t.fill_method, t.target, S.store],  # the method ran again
+                         [t.target, t.target_slider, t.target_note], trigger_mode="always_last", **PRIVATE, **UI)
+    S.store.change(ran_range, [S.model, t.fill_method, t.target, S.store, S.last_method],  # the method ran again
                    [t.target, t.target_slider, t.target_note], **PRIVATE, **UI)
     gr.on([t.target.submit, t.target.blur], set_target, [S.model, t.fill_method, t.target, t.target_slider, S.store],
           [t.target, t.target_slider, t.target_note], trigger_mode="always_last", **PRIVATE, **UI)
