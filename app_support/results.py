@@ -109,7 +109,7 @@ def allocation_note(provenance: dict | None) -> str:
     "Each layer's share of the target was measured (every layer pruned alone, the error it adds to the final latents), so the layers lose different fractions (the plot below), at most 75% of a layer; the scores only order the units inside a layer. On the probe prompts this allocation's latent error 1e-05 beat the uniform one's 3e-05."
     >>> allocation_note({"allocation": "uniform per layer", "layer_fraction": 0.4,
     ...                  "allocation_check": {"measured": 3e-5, "uniform": 1e-5, "chosen": "uniform"}})
-    "Every layer loses the same fraction of its units (40%, to the nearest whole unit). The measured allocation was tried and kept the uniform one: on the probe prompts its latent error 3e-05 was above the uniform one's 1e-05."
+    "Every layer loses the same fraction of its units (40%, to the nearest whole unit). The measured allocation was tried and lost: on the probe prompts its latent error 3e-05 was above the uniform one's 1e-05."
     >>> allocation_note({"target_sparsity": 0.2})
     ''
     """
@@ -132,7 +132,7 @@ def allocation_note(provenance: dict | None) -> str:
         text = "Every layer loses the same fraction of its units" + (
             f" ({p:.0%}, to the nearest whole unit)." if isinstance(p, (int, float)) else ".")
         if known and check.get("chosen") == "uniform":
-            text += (f" The measured allocation was tried and kept the uniform one: on the probe prompts its latent "
+            text += (f" The measured allocation was tried and lost: on the probe prompts its latent "
                      f"error {fmt.number(errors['measured'])} was above the uniform one's {fmt.number(errors['uniform'])}.")
         return text
     return ""
@@ -196,6 +196,27 @@ def _gates_line(scores: Scores) -> str:
             "is cut from their scores at the target you choose in Select.")
 
 
+def _allocation_line(scores: Scores) -> str:
+    """OBS-Diff: which allocation its run at the scoring target kept, and the check's errors.
+
+    >>> from pruning.methods import Scores
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"fqn": ["a"], "index": [0], "score": [1.0]})
+    >>> s = Scores("obsdiff", "unit", table, "m", {}, info={"target_sparsity": 0.2,
+    ...            "allocation_check": {"measured": 6e-7, "uniform": 1.2e-3, "chosen": "measured"}})
+    >>> _allocation_line(s)
+    " At 20% the measured allocation was kept (the probe prompts' latent error 6e-07, uniform's 0.0012); a plan at another target runs again there."
+    """
+    check = scores.info.get("allocation_check") or {}
+    if check.get("chosen") not in ("measured", "uniform"):
+        return ""
+    target = scores.info.get("target_sparsity")
+    at = f"At {target:.0%}" if isinstance(target, (int, float)) else "At the scoring target"
+    return (f" {at} the {check['chosen']} allocation was kept (the probe prompts' latent error "
+            f"{fmt.number(check['measured'])}, uniform's {fmt.number(check['uniform'])}); a plan at another target "
+            "runs again there.")
+
+
 def status(handle: Handle, scores: Scores) -> str:
     what = "operators" if scores.level == "operator" else "units"
     n = len(scores.table)
@@ -205,7 +226,7 @@ def status(handle: Handle, scores: Scores) -> str:
     warn = f" **Warning: {tie.message}.**" if tie is not None and tie.tied else ""
     if scores.partial:
         return f"**Stopped**{_why(scores)}: {done}; the finished part is shown." + _gates_line(scores) + warn
-    return f"Done: {done} on {model_label(handle)}." + _gates_line(scores) + warn
+    return f"Done: {done} on {model_label(handle)}." + _gates_line(scores) + _allocation_line(scores) + warn
 
 
 def reachable(handle: Handle, scores: Scores) -> float:

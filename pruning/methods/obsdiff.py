@@ -141,12 +141,15 @@ class OBSDiffSettings:
     rrf_k: int = opt(60, "k of the reciprocal rank fusion of joint heads' rankings (to_out, to_add_out)", "int")
     skip_first: int = opt(0, "blocks at the start left unpruned", "int")
     skip_last: int = opt(0, "blocks at the end left unpruned", "int")
-    allocation: str = opt("measured", "how the target is shared among the layers: uniform (every layer loses the "
-                          "same fraction, the authors' allocation) or measured (each layer's fraction from the "
-                          "error its own pruning adds to the final latents)", "choice", ALLOCATIONS)
-    probe_prompts: int = opt(8, "measured allocation: calibration prompts each layer's probe samples", "int")
-    max_fraction: float = opt(0.75, "measured allocation: the most any layer loses (fraction of its units; raised to "
-                              "(1 + p) / 2 where the uniform fraction p for the target is higher)", "float")
+    allocation: str = opt("measured", "how the target is shared among the layers: measured (each layer is pruned "
+                          "alone on a few prompts and the error it adds to the final latents sets its share; "
+                          "checked against uniform, which is kept if it does better) or uniform (every layer loses "
+                          "the same fraction, the authors' allocation)", "choice", ALLOCATIONS)
+    probe_prompts: int = opt(8, "measured allocation: how many of the calibration prompts each layer's probe "
+                             "generates", "int")
+    max_fraction: float = opt(0.75, "measured allocation: the most any layer loses, as a fraction of its units "
+                              "(raised to halfway between the uniform fraction and 1 when the target needs more)",
+                              "float")
     batch_size: int = opt(8, "prompts per calibration batch", "int")
     max_gram_mb: float = opt(2048.0, "memory for the statistics (float64 H) of one calibration pass, in MB; a group "
                              "that needs more is split into more passes", "float")
@@ -789,9 +792,10 @@ class OBSDiff(Method):
     Settings = OBSDiffSettings
     presets = PRESETS
     preset_titles = {"ours": "ours (default)", "authors": "the authors' values"}
-    preset_help = ("ours: the model's steps and resolution, 32 calibration prompts, weights falling linearly "
-                   "from 1.2 to 0.8 over the steps, every block pruned, each layer's share of the target measured "
-                   "(every layer probed alone on 8 prompts); the authors' values: their released script "
+    preset_help = ("ours: the model's steps and resolution, the calibration prompts given (else 32 of the model's), "
+                   "weights falling linearly from 1.2 to 0.8 over the steps, every block pruned, each layer's share "
+                   "of the target measured (every layer probed alone on 8 of the prompts); the authors' values: "
+                   "their released script "
                    "(100 prompts x 25 steps at 512 px, guidance 7, log-shaped weights 1.2 -> 0.8, the last block "
                    "kept, every layer the same fraction). Both: 1% damping, 4 groups, rank fusion k = 60.")
     chunkable = False  # a sequential calibration: one chunk
