@@ -81,7 +81,8 @@ HELP = {
     "prefill": "Fill the table from a method's scores, cut at the target.",
     "target": "Fraction of the denoiser's parameters to remove: type it, like 0.2 for 20%, or drag the slider. The "
               "slider ends at the most the chosen method can reach (the note below says how much and why).",
-    "scope": "global: rank all units together; local: remove the same fraction in every layer.",
+    "scope": ("global: rank all units together; local: remove the same fraction in every layer. OBS-Diff shares "
+              "the target by its own allocation (its settings), whatever this says."),
     "mode": "operators: switch off whole branches; structures: keep chosen units of each layer.",
     "prompt": "What to draw. On the shapes models: '<color> <shape> at/in the <position> on a <color> background'.",
     "seed": "The same seed gives the same starting noise to the original and the pruned model.",

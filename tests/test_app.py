@@ -356,10 +356,13 @@ def test_structure_methods(c):
 
 def test_obsdiff_scores_in_the_app(c):
     table, fig, _, status, _, _ = c.predict(*score_args("obsdiff", kinds=["head", "neuron"]), api_name="/score")
-    assert frame(table) and "Done" in status
-    note = c.predict("obsdiff", 0.2, "global", api_name="/prefill")[-1]  # its plan says how the target was shared
+    assert frame(table) and "Done" in status and "allocation was kept" in status  # which allocation the run kept
+    out = c.predict("obsdiff", 0.2, "local", api_name="/prefill")
+    note = out[-1]  # its plan says how the target was shared
     assert "share of the target was measured" in note or "Every layer loses the same fraction" in note, note
     assert "latent error" in note and "barely differ" not in note, note  # not cut from the scores: no near-tie warning
+    kept = [o for o in out if isinstance(o, dict) and "plot" in o]  # the kept plot names its allocation, not "local"
+    assert kept and "per layer)" in json.dumps(kept[0]) and "(local)" not in json.dumps(kept[0]), kept
 
 
 def test_every_registered_method_is_offered(c):

@@ -268,7 +268,8 @@ def wire(S, T) -> None:
         warn = f" **Warning: {tie.message}** (the plan is cut from near-tied scores)." if tie.tied and not shared else ""
         return {t.table: selection_table(h, mode, p, dict(zip(per["fqn"], per["score"]))), t.mode: mode,
                 t.plan_df: totals_view(h, p), S.plan: p.to_dict(),
-                t.kept_plot: kept_plot(h, p, f"{methods.get(name).title} at {float(target):.0%} ({scope})"),
+                t.kept_plot: kept_plot(h, p, f"{methods.get(name).title} at {float(target):.0%} "
+                                       f"({p.provenance.get('allocation') if shared else scope})"),
                 t.target_note: plan_note(h, p) + (f" {shared}" if shared else "") + warn}
 
     @friendly
