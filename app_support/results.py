@@ -210,6 +210,8 @@ def _allocation_line(scores: Scores) -> str:
     check = scores.info.get("allocation_check") or {}
     if check.get("chosen") not in ("measured", "uniform"):
         return ""
+    if not all(isinstance(check.get(k), (int, float)) for k in ("measured", "uniform")):
+        return f" The uniform allocation was kept ({check.get('why') or 'the measured one was not run'})."
     target = scores.info.get("target_sparsity")
     at = f"At {target:.0%}" if isinstance(target, (int, float)) else "At the scoring target"
     return (f" {at} the {check['chosen']} allocation was kept (the probe prompts' latent error "
@@ -232,6 +234,9 @@ def status(handle: Handle, scores: Scores) -> str:
 def reachable(handle: Handle, scores: Scores) -> float:
     """The largest fraction of params a plan from ``scores`` can remove: every operator it scores, or
     every unit the selection's per-structure cap allows (what ``methods.to_plan`` reaches)."""
+    own = get(scores.method).reach(handle, scores)  # a method that shares the target by its own rule
+    if own is not None:
+        return own[0]
     if scores.level != "operator":
         return removable_fraction(handle, unit_scores_for(handle, scores))
     fqns = list(dict.fromkeys(scores.table["fqn"]))
@@ -247,8 +252,10 @@ def slider_max(handle: Handle, scores: Scores | None) -> tuple[float, str]:
     top = math.floor(reachable(handle, scores) * 100 - 1e-9) / 100
     top = max(0.01, min(0.95, top))
     kinds = sorted(set(scores.table["kind"])) if "kind" in scores.table.columns else []
-    what = (f"its {', '.join(kinds)} units, at most {LayerBudget().max_fraction:.0%} of each layer"
-            if scores.level == "unit" and kinds else "the operators it scored")
+    own = get(scores.method).reach(handle, scores)
+    what = own[1] if own is not None else (
+        f"its {', '.join(kinds)} units, at most {LayerBudget().max_fraction:.0%} of each layer"
+        if scores.level == "unit" and kinds else "the operators it scored")
     return top, f"{get(scores.method).title} can remove at most {top:.0%} of the params ({what})."
 
 

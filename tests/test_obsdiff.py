@@ -5,6 +5,7 @@ greedy, the registry / CLI / estimator / chunks wiring, the invariants every met
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -190,6 +191,30 @@ def test_the_measured_allocation_is_the_same_when_its_statistics_take_several_pa
     assert many["check"]["chosen"] == one["check"]["chosen"]
     assert [many["check"][k] for k in ("measured", "uniform")] == pytest.approx([one["check"][k] for k in
                                                                                 ("measured", "uniform")], rel=1e-9)
+
+
+def test_measured_shares_that_cannot_reach_the_target_fall_back_to_the_uniform_allocation(tiny_sd3, monkeypatch):
+    """Shares that leave layers out (here all but one) and cannot carry the target within the cap: the
+    run keeps the uniform allocation and says why, instead of failing; the app's slider ends at
+    OBS-Diff's own reach (all but one unit of each layer), not the generic selection's 75% cap."""
+    h = tiny_sd3
+    s = _settings(kinds=("neuron",), seeds=(11, 12))
+    monkeypatch.setattr(obsdiff, "share", lambda curves, params, need: {j: float(j == 0) for j in curves})
+    r = obsdiff.run(h, s, 0.3)
+    check = r.info["allocation_check"]
+    assert check["chosen"] == "uniform" and "not reachable" in check["why"]
+    assert r.plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.3, abs=0.01)
+    assert r.plan.provenance["allocation"] == "uniform per layer"
+    monkeypatch.undo()
+    top = obsdiff.reach(h, s.resolved(h))
+    scores = methods.get("obsdiff").score(h, s)
+    own = methods.get("obsdiff").reach(h, scores)
+    assert own[0] == pytest.approx(top) and "all but one" in own[1]
+    pytest.importorskip("gradio")
+    from app_support.results import slider_max
+
+    most, why = slider_max(h, scores)
+    assert most == pytest.approx(min(0.95, math.floor(top * 100 - 1e-9) / 100)) and "all but one" in why
 
 
 def test_a_worse_measured_allocation_falls_back_to_the_uniform_one(tiny_sd3, monkeypatch):

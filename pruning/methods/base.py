@@ -414,6 +414,12 @@ class Method:
         compensates weights itself, as OBS-Diff, overrides it; ``pruning.export.build`` calls it)."""
         raise PlanError(f"{self.name} plans carry no weights of their own: slim them (pruning.slim)")
 
+    def reach(self, handle, scores: Scores) -> tuple[float, str] | None:
+        """``(the most a plan from these scores can remove, in words why)`` for a method whose
+        ``to_plan`` shares the target by its own rule (OBS-Diff); None: the selection's
+        (:func:`pruning.methods.select.removable_fraction`)."""
+        return None
+
     def rebuild_cost(self, handle, plan: PruningPlan, step) -> MethodCost | None:
         """What :meth:`rebuild` of ``plan`` would run (the estimator adds it to a reconstruction that
         starts from this method's compensation), or None when there is nothing to run (a method

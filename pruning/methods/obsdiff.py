@@ -575,7 +575,13 @@ def measure(handle, s: OBSDiffSettings, rows: pd.DataFrame, target: float, contr
                 control.report(done, total_probes + later, probe=done, phase="OBS-Diff, measuring each layer's share")
     q = share(curves, params, target * catalog(den)[1].attrs["total_params"])
     weights = {u.fqn: q[j] / p for j, job in enumerate(jobs) for u in job}
-    measured, _, _ = allocate(handle, rows, target, weights, cap)
+    try:
+        measured, _, _ = allocate(handle, rows, target, weights, cap)
+    except PlanError as e:  # a target near the most the layers can lose: only all-but-one everywhere reaches it
+        control.report(total_probes, total_probes + later, probe=total_probes,
+                       phase="OBS-Diff, measuring each layer's share")
+        return {"weights": None, "cap": cap, "probes": report, "steps": total_probes,
+                "check": {"measured": None, "uniform": None, "chosen": "uniform", "why": str(e)}}
     solved = {"measured": ({}, {}), "uniform": ({}, {})}
     for n, part in enumerate(parts):
         H = H if len(parts) == 1 else stats(n, part, "the allocation check's statistics")
@@ -748,6 +754,13 @@ def _recorded(handle, plan: PruningPlan) -> tuple[OBSDiffSettings, float]:
     return OBSDiffSettings.from_dict(rec), target
 
 
+def reach(handle, s: OBSDiffSettings) -> float:
+    """The most a plan can remove (fraction of the params): all but one unit of each target structure."""
+    rows = targets(handle, s)
+    return sum((int(u) - 1) * int(up) for u, up in zip(rows["units"], rows["unit_params"])) / \
+        catalog(handle.denoiser)[1].attrs["total_params"]
+
+
 def rebuild_cost(handle, plan: PruningPlan, step) -> MethodCost | None:
     """What :func:`rebuild` of ``plan`` runs: nothing when the run is cached with these units, else
     the sequential groups at the plan's own counts (a measured allocation is not probed again)."""
@@ -885,6 +898,10 @@ class OBSDiff(Method):
 
     def rebuild_cost(self, handle, plan: PruningPlan, step) -> MethodCost | None:
         return rebuild_cost(handle, plan, step)
+
+    def reach(self, handle, scores: Scores) -> tuple[float, str]:
+        s = OBSDiffSettings.from_dict(scores.settings)
+        return reach(handle, s), f"its {', '.join(s.kinds)} units, all but one of each layer"
 
 
 METHOD = OBSDiff()
