@@ -27,7 +27,7 @@ KINDS = ("head", "neuron", "group")
 TARGET = 0.2
 N_EVAL = 8
 CALIB_STEPS = 5  # the methods score on 5-step trajectories (the evaluation samples the model's 10)
-CHEAP = {"ldpruner": {"n_gen": 2}}
+CHEAP = {"ldpruner": {"n_gen": 2}, "obsdiff": {"probe_prompts": 4}}  # OBS-Diff: its measured allocation, cheaper probes
 
 
 class Bench:
