@@ -249,10 +249,10 @@ def slider_max(handle: Handle, scores: Scores | None) -> tuple[float, str]:
     """(slider maximum, why) for cutting ``scores``: a hair below what is reachable."""
     if scores is None:
         return 0.9, ""
-    top = math.floor(reachable(handle, scores) * 100 - 1e-9) / 100
+    own = get(scores.method).reach(handle, scores)  # a method's own reach, computed once for both
+    top = math.floor((own[0] if own is not None else reachable(handle, scores)) * 100 - 1e-9) / 100
     top = max(0.01, min(0.95, top))
     kinds = sorted(set(scores.table["kind"])) if "kind" in scores.table.columns else []
-    own = get(scores.method).reach(handle, scores)
     what = own[1] if own is not None else (
         f"its {', '.join(kinds)} units, at most {LayerBudget().max_fraction:.0%} of each layer"
         if scores.level == "unit" and kinds else "the operators it scored")

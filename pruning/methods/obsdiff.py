@@ -88,7 +88,7 @@ from ..catalog import UNIT_KINDS, catalog, discover
 from ..errors import PlanError, RunStopped, SettingsError
 from ..plan import KEPT_FIELDS, PruningPlan
 from ..prompts import calibration_prompts
-from ..rollout import prepare, step
+from ..rollout import prepare, rollout, step
 from ..runs import RunControl, as_control
 from ..slim import slim
 from .base import Method, Scores, check_scores_fit, opt
@@ -425,17 +425,12 @@ def passes(handle, s: OBSDiffSettings) -> list[list[str]]:
 
 
 def final_latents(model: nn.Module, trajs: list, control: RunControl, what: str) -> list[torch.Tensor]:
-    """The last latents of ``model``'s sampling of each trajectory batch."""
-    out = []
-    with torch.no_grad():
-        for traj in trajs:
-            z = traj.z0
-            for i in range(traj.steps):
-                if control.stopped():
-                    raise RunStopped(f"OBS-Diff {control.reason or 'stopped'} during {what}; nothing was pruned")
-                z = step(model, traj, i, z)
-            out.append(z)
-    return out
+    """The last latents of ``model``'s sampling of each trajectory batch (:func:`pruning.rollout.rollout`)."""
+    try:
+        with torch.no_grad():
+            return [rollout(model, traj, control=control)[-1] for traj in trajs]
+    except RunStopped as e:
+        raise RunStopped(f"OBS-Diff {e} during {what}; nothing was pruned") from None
 
 
 LEVELS = (0.5, 1.0, 1.5, 2.0)  # measured allocation: probed fractions, times the uniform fraction
@@ -761,15 +756,18 @@ def reach(handle, s: OBSDiffSettings) -> float:
         catalog(handle.denoiser)[1].attrs["total_params"]
 
 
+def _held(handle, s: OBSDiffSettings, target: float, plan: PruningPlan) -> Result | None:
+    """The cached run at ``s`` and ``target`` when it selected ``plan``'s units, else None."""
+    made = _CACHE.get(_key(handle, s.resolved(handle), validate.fraction("target sparsity", target)))
+    mine = plan.normalized(handle.denoiser)
+    return made if made is not None and all(made.plan.kept(k) == mine.kept(k) for k in UNIT_KINDS) else None
+
+
 def rebuild_cost(handle, plan: PruningPlan, step) -> MethodCost | None:
     """What :func:`rebuild` of ``plan`` runs: nothing when the run is cached with these units, else
     the sequential groups at the plan's own counts (a measured allocation is not probed again)."""
     s, target = _recorded(handle, plan)
-    made = _CACHE.get(_key(handle, s.resolved(handle), validate.fraction("target sparsity", target)))
-    mine = plan.normalized(handle.denoiser)
-    if made is not None and all(made.plan.kept(k) == mine.kept(k) for k in UNIT_KINDS):
-        return None
-    return METHOD.cost(handle, replace(s, allocation="uniform"), step)
+    return None if _held(handle, s, target, plan) else METHOD.cost(handle, replace(s, allocation="uniform"), step)
 
 
 def rebuild(handle, plan: PruningPlan) -> nn.Module:
@@ -777,8 +775,7 @@ def rebuild(handle, plan: PruningPlan) -> nn.Module:
     its recorded settings and target: deterministic on one device)."""
     s, target = _recorded(handle, plan)
     mine = plan.normalized(handle.denoiser)
-    made = _CACHE.get(_key(handle, s.resolved(handle), validate.fraction("target sparsity", target)))
-    if s.allocation == "uniform" or (made is not None and all(made.plan.kept(k) == mine.kept(k) for k in UNIT_KINDS)):
+    if s.allocation == "uniform" or _held(handle, s, target, plan):
         made = run(handle, s, target)
     else:  # the plan's own measured allocation (not measured again: a probe's rounding must not move a unit)
         found = discover(handle.denoiser).structures
