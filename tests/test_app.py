@@ -355,7 +355,7 @@ def test_structure_methods(c):
 
 
 def test_obsdiff_scores_in_the_app(c):
-    table, fig, _, status, _, _ = c.predict(*score_args("obsdiff", kinds=["head", "neuron"]), api_name="/score")
+    table, fig, _, status, _, _ = c.predict(*score_args("obsdiff", kinds=["neuron"]), api_name="/score")
     assert frame(table) and "Done" in status and "allocation was kept" in status  # which allocation the run kept
     out = c.predict("obsdiff", 0.2, "local", api_name="/prefill")
     note = out[-1]  # its plan says how the target was shared
