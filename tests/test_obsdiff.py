@@ -131,6 +131,8 @@ def test_registered_presets_and_settings():
         m.settings(allocation="greedy")
     with pytest.raises(SettingsError, match="max_fraction"):
         m.settings(max_fraction=1.5)
+    with pytest.raises(SettingsError, match="probe_prompts"):
+        m.settings(probe_prompts=0)
 
 
 def test_the_measured_allocation_follows_its_probes_and_its_check(tiny_sd3):
