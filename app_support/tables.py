@@ -25,7 +25,7 @@ import pandas as pd
 from pruning.catalog import UNIT_KINDS, catalog
 from pruning.errors import PlanError
 from pruning.loading import Handle
-from pruning.plan import PruningPlan
+from pruning.plan import KEPT_FIELDS, PruningPlan
 from pruning.sampling import count_inputs
 from pruning.validate import few, integer, shown
 
@@ -149,8 +149,8 @@ def plan_from_table(handle: Handle, mode: str, table: pd.DataFrame, provenance: 
             if fqn not in info.index:
                 raise PlanError(f"unknown structure {fqn!r} in the selection table")
             kept[info.loc[fqn, "kind"]][fqn] = _indices(rec.get(column, ""), fqn, int(info.loc[fqn, "units"]))
-        plan = PruningPlan(family=handle.family, base=handle.model_ref, kept_heads=kept["head"],
-                           kept_neurons=kept["neuron"], kept_groups=kept["group"], provenance=prov)
+        plan = PruningPlan(family=handle.family, base=handle.model_ref, provenance=prov,
+                           **{KEPT_FIELDS[k]: v for k, v in kept.items()})
     plan.validate(handle.denoiser, family=handle.family)
     return plan
 

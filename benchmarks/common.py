@@ -52,7 +52,8 @@ def uniform_plan(denoiser: nn.Module, keep: float, family: str = "sd", base: str
 
     kept = {"head": {}, "neuron": {}, "group": {}}
     for fqn, s in discover(denoiser).structures.items():
-        kept[s.kind][fqn] = tuple(range(max(1, round(keep * s.units))))
+        if s.kind in kept:  # the conditioning channels stay (the figures compare with earlier rounds')
+            kept[s.kind][fqn] = tuple(range(max(1, round(keep * s.units))))
     return PruningPlan(family=family, base=base, kept_heads=kept["head"], kept_neurons=kept["neuron"],
                        kept_groups=kept["group"], provenance={"method": "uniform", "keep": keep})
 

@@ -43,7 +43,7 @@ CARD_PROMPTS = 4
 EVALUATE_BELOW_PARAMS = 50_000_000  # evaluate=None: measure only below this many denoiser params
 PIPELINE_TAG = "text-to-image"
 KIND_WORDS = {"operator": "whole operators", "head": "attention heads", "neuron": "FFN neurons",
-              "group": "resnet channel groups"}
+              "group": "resnet channel groups", "channel": "conditioning channels"}
 
 
 # The package's published install line (README, "Install the library"): the library installs from

@@ -10,7 +10,7 @@ what a head, a neuron or a channel group is.
 >>> sorted(set(ops["kind"]))
 ['attn1', 'attn2', 'ff', 'resnet', 'transformer']
 >>> sorted(set(structs["kind"]))
-['group', 'head', 'neuron']
+['channel', 'group', 'head', 'neuron']
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from torch import nn
 from . import families
 from .metrics import example_inputs, meta_twin, module_macs
 from .specs import (  # noqa: F401 (the vocabulary of specs, re-exported: catalog is where callers look)
+    BLOCK_UNIT_KINDS,
     UNIT_KINDS,
     Cut,
     Operator,
@@ -50,12 +51,14 @@ class Discovery:
 
 _DISCOVERY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CATALOG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DOUBLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def forget(denoiser: nn.Module) -> None:
     """Drop the cached discovery and catalogs of ``denoiser`` (its structure is about to change in place)."""
     _DISCOVERY.pop(denoiser, None)
     _CATALOG.pop(denoiser, None)
+    _DOUBLE.pop(denoiser, None)
 
 
 def discover(denoiser: nn.Module) -> Discovery:
@@ -77,6 +80,9 @@ def discover(denoiser: nn.Module) -> Discovery:
             if s is not None:
                 structs[name] = s
     owner = families.for_denoiser(denoiser)
+    cond = owner.conditioning(denoiser) if owner is not None else None
+    if cond is not None:
+        structs[cond.fqn] = cond
     found = Discovery(ops, structs, owner.name if owner is not None else "unknown")
     _DISCOVERY[denoiser] = found
     return found
@@ -179,6 +185,44 @@ def unit_totals(denoiser: nn.Module, per_param, kinds=UNIT_KINDS) -> dict:
     return out
 
 
+def unit_parts(denoiser: nn.Module, macs: dict[str, int], s: Structure) -> dict[str, tuple[int, float]]:
+    """``{module fqn: (params, MACs)}`` removed per unit of ``s`` in each module it cuts (a plan that
+    also removes an operator holding one of them counts that module once, with the operator)."""
+    params = dict(denoiser.named_parameters())
+    out: dict[str, list] = {}
+    for c in s.cuts:
+        part = out.setdefault(c.param.rsplit(".", 1)[0], [0, 0.0])
+        part[0] += params[c.param].numel() // params[c.param].shape[c.dim] * s.unit_size
+    for fqn, extent in s.mac_parts:
+        out.setdefault(fqn, [0, 0.0])[1] += macs.get(fqn, 0) * s.unit_size / extent
+    return {k: (int(p), float(m)) for k, (p, m) in out.items()}
+
+
+def double_cuts(denoiser: nn.Module) -> list[tuple[str, str, str, int]]:
+    """``(param, rows structure, columns structure, params)`` for every weight that two structures cut
+    along its two dims (a UNet resnet's ``time_emb_proj``: rows with its channel groups, columns with
+    the conditioning channels); ``params`` is what one unit of each removes twice when both go.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> double_cuts(tiny_pipeline("sd").unet)[0]
+    ('down_blocks.0.resnets.0.time_emb_proj.weight', 'down_blocks.0.resnets.0', 'time_embedding', 4)
+    """
+    if denoiser in _DOUBLE:
+        return _DOUBLE[denoiser]
+    params = dict(denoiser.named_parameters())
+    by_param: dict[str, dict[int, Structure]] = {}
+    for s in discover(denoiser).structures.values():
+        for c in s.cuts:
+            by_param.setdefault(c.param, {})[c.dim] = s
+    out = []
+    for name, dims in by_param.items():
+        if 0 in dims and 1 in dims and dims[0] is not dims[1]:
+            t, rows, cols = params[name], dims[0], dims[1]
+            out.append((name, rows.fqn, cols.fqn, rows.unit_size * cols.unit_size * t.numel() // (t.shape[0] * t.shape[1])))
+    _DOUBLE[denoiser] = out
+    return out
+
+
 def unit_macs(macs: dict[str, int], s: Structure) -> float:
     """MACs removed per unit of ``s`` (exact: every part is linear in the unit count)."""
     return sum(macs.get(fqn, 0) * s.unit_size / extent for fqn, extent in s.mac_parts)
@@ -241,8 +285,10 @@ def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: in
         in_module = sum(c.param.startswith(s.fqn + ".") for c in s.cuts) and unit_params(denoiser, s, within=True)
         st_rows.append(dict(fqn=s.fqn, kind=s.kind, component=s.component, units=s.units, unit_size=s.unit_size,
                             **position(s.fqn, n_levels), depth=order.get(s.fqn, -1),
-                            module_params=module_p, fixed_params=module_p - in_module * s.units,
-                            unit_params=up, unit_macs=um,
+                            module_params=module_p,
+                            # an emptied channel structure removes its channels only (the embedders stay)
+                            fixed_params=0 if s.kind == "channel" else module_p - in_module * s.units,
+                            unit_params=up, unit_macs=um, parts=unit_parts(denoiser, macs, s),
                             params=up * s.units, macs=um * s.units,
                             param_share=up * s.units / total_p, mac_share=um * s.units / total_m))
     ops_df = pd.DataFrame(op_rows).sort_values("depth", kind="stable").reset_index(drop=True)
@@ -271,6 +317,7 @@ def kind_shares(denoiser: nn.Module, structures: pd.DataFrame | None = None) -> 
 
 __all__ = [
     "Cut", "Structure", "Operator", "Discovery", "discover", "catalog", "kind_shares", "position",
-    "unit_params", "unit_macs", "unit_view", "unit_totals", "operator_params", "operator_macs", "UNIT_KINDS",
+    "unit_params", "unit_parts", "unit_macs", "unit_view", "double_cuts", "unit_totals", "operator_params", "operator_macs", "UNIT_KINDS",
+    "BLOCK_UNIT_KINDS",
     "inside", "linear_cuts", "fine_kinds", "block_kinds", "forget",
 ]

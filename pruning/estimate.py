@@ -46,7 +46,7 @@ from .compare import CALIB_PROMPTS, EVAL_PROMPTS, CompareSettings, check_sparsit
 from .errors import SettingsError
 from .methods.cost import MethodCost, generation_calls, generation_seconds, latent_bytes
 from .metrics import SavedTensorMeter, example_inputs
-from .plan import PruningPlan
+from .plan import KEPT_FIELDS, PruningPlan
 from .prompts import calibration_prompts
 from .reconstruct import (
     HOLDOUT_EVERY,
@@ -434,11 +434,10 @@ def typical_plan(handle, keep: float = TYPICAL_KEEP) -> PruningPlan:
     >>> p = typical_plan(h); 0.1 < p.summary(h.denoiser)["params_fraction"] < 0.5
     True
     """
-    kept = {"head": {}, "neuron": {}, "group": {}}
+    kept = {kind: {} for kind in KEPT_FIELDS}
     for fqn, s in discover(handle.denoiser).structures.items():
         kept[s.kind][fqn] = tuple(range(max(1, round(keep * s.units))))
-    return PruningPlan(family=handle.family, base=handle.model_ref, kept_heads=kept["head"],
-                       kept_neurons=kept["neuron"], kept_groups=kept["group"])
+    return PruningPlan(family=handle.family, base=handle.model_ref, **{KEPT_FIELDS[k]: v for k, v in kept.items()})
 
 
 def matmul_rate(device) -> float:

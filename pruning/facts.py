@@ -6,7 +6,7 @@ parts by kind).
 >>> from pruning.loading import handle_from_pipe
 >>> f = model_facts(handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd"))
 >>> f["family"], f["macs"] > 0, sorted(f["structures"])
-('sd', True, ['group', 'head', 'neuron'])
+('sd', True, ['channel', 'group', 'head', 'neuron'])
 """
 
 from __future__ import annotations

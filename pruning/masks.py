@@ -3,10 +3,11 @@
 Everything here is a hook or an instance-level ``forward`` override that is removed on exit
 (also on exceptions); nothing is added to the denoiser's ``state_dict``.
 
-* A **gate** multiplies the activations of each unit (head, neuron, channel group) by a
-  value: before ``to_out[0]`` (and ``to_add_out``) for heads, on a FLUX single block's
-  attention output, before an FFN's output ``Linear``, on a single block's ``act_mlp``
-  output, and at a resnet's ``conv2`` input.
+* A **gate** multiplies the activations of each unit (head, neuron, channel group,
+  conditioning channel) by a value: before ``to_out[0]`` (and ``to_add_out``) for heads, on a
+  FLUX single block's attention output, before an FFN's output ``Linear``, on a single block's
+  ``act_mlp`` output, at a resnet's ``conv2`` input, and at the input of every layer that reads
+  the conditioning embedding (AdaLN ``linear``, a resnet's ``time_emb_proj``).
 * A **skip** makes an operator's residual branch contribute nothing: attention/FFN output
   zeros, a resnet returns its shortcut, a transformer or FLUX block returns its input. The
   skipped module is not computed at all.
@@ -40,6 +41,7 @@ from .catalog import Structure, discover
 from .memory import execution_device
 from .plan import PruningPlan
 from .replacements import replacement_for
+from .specs import UNIT_KINDS, consumers_of
 
 # --------------------------------------------------------------------------- gates on activations
 
@@ -66,6 +68,8 @@ def _gate_points(denoiser: nn.Module, s: Structure) -> list[tuple[nn.Module, str
         return points
     if s.kind == "neuron":
         return [(get(s.fqn).net[2], "pre", -1)]
+    if s.kind == "channel":  # every consumer reads (B, D) after its activation: gating there is removal
+        return [(get(c), "pre", -1) for c in consumers_of(s)]
     return [(get(s.fqn).conv2, "pre", 1)]  # resnet groups: (B, C, H, W) input of conv2
 
 
@@ -151,7 +155,7 @@ def plan_gates(denoiser: nn.Module, plan: PruningPlan) -> dict[str, torch.Tensor
     found = discover(denoiser)
     device = execution_device(denoiser)  # not the weights' (CPU, or meta with sequential offload)
     gates = {}
-    for kind in ("head", "neuron", "group"):
+    for kind in UNIT_KINDS:
         for fqn, kept in plan.kept(kind).items():
             g = torch.zeros(found.structures[fqn].units, device=device)
             g[list(kept)] = 1.0

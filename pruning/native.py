@@ -61,6 +61,7 @@ UNIT_WHY = {
             "their hidden size, UNets their head dim, so a smaller head count cannot be stated)",
     "neuron": "FFN neurons pruned (the configs fix the FFN width at 4 x the block width)",
     "group": "resnet channels pruned (the configs fix a resnet's width to its block's channels)",
+    "channel": "conditioning channels pruned (the configs fix the time / text embedding's width to the block width)",
 }
 
 

@@ -23,14 +23,16 @@ from typing import Any
 from torch import nn
 
 from . import families
-from .catalog import UNIT_KINDS, catalog, discover, inside
+from .catalog import UNIT_KINDS, catalog, discover, double_cuts, inside
 from .errors import PlanError, SettingsError
 from .standin import added_params
 from .validate import few, integer, parse_json, read_json, shown
 
 SCHEMA_VERSION = 1
 FAMILIES = families.names()
-KEPT_FIELDS = {"head": "kept_heads", "neuron": "kept_neurons", "group": "kept_groups"}  # unit kind -> field
+KEPT_FIELDS = {"head": "kept_heads", "neuron": "kept_neurons", "group": "kept_groups",
+               "channel": "kept_channels"}  # unit kind -> field
+OPTIONAL_FIELDS = ("kept_channels",)  # written only when not empty: plans made before it read and hash as before
 assert tuple(KEPT_FIELDS) == UNIT_KINDS
 
 
@@ -81,6 +83,7 @@ class PruningPlan:
     # set by ``pruning.reconstruct``: {"settings": {...}, "compensated": [removed operator FQNs
     # whose stand-in carries a bias]}; the exported weights hold the re-fitted values
     reconstruction: Mapping[str, Any] | None = None
+    kept_channels: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # conditioning channels (last: new)
 
     def __post_init__(self):
         if not isinstance(self.family, str) or self.family not in FAMILIES:
@@ -113,7 +116,8 @@ class PruningPlan:
             "family": self.family,
             "base": self.base,
             "removed_operators": list(self.removed_operators),
-            **{name: {k: list(v) for k, v in getattr(self, name).items()} for name in KEPT_FIELDS.values()},
+            **{name: {k: list(v) for k, v in getattr(self, name).items()} for name in KEPT_FIELDS.values()
+               if name not in OPTIONAL_FIELDS or getattr(self, name)},
             "provenance": _jsonable(dict(self.provenance)),
             **({} if self.reconstruction is None else {"reconstruction": _jsonable(dict(self.reconstruction))}),
         }
@@ -166,7 +170,7 @@ class PruningPlan:
     # ------------------------------------------------------------------ queries
 
     def kept(self, kind: str) -> Mapping[str, tuple[int, ...]]:
-        """The kept-index map for a structure kind: 'head', 'neuron' or 'group'."""
+        """The kept-index map for a structure kind: 'head', 'neuron', 'group' or 'channel'."""
         return getattr(self, KEPT_FIELDS[kind])
 
     @property
@@ -265,10 +269,17 @@ class PruningPlan:
             for fqn, kept in plan.kept(kind).items():
                 row = st_rows.loc[fqn]
                 n = int(row["units"]) - len(kept)
-                p_kind += n * int(row["unit_params"]) + (0 if kept else int(row["fixed_params"]))
-                m_st += n * float(row["unit_macs"])
+                # parts inside a removed operator (a conditioning channel's consumer in a removed block) count there
+                gone = [v for m, v in row["parts"].items()
+                        if any(m == r or inside(m, r) for r in plan.removed_operators)]
+                p_kind += n * (int(row["unit_params"]) - sum(p for p, _ in gone)) + \
+                    (0 if kept else int(row["fixed_params"]))
+                m_st += n * (float(row["unit_macs"]) - sum(m for _, m in gone))
             by_kind[kind] = p_kind
             p_st += p_kind
+        both_p, both_m = _cut_twice(denoiser, plan, st_rows)
+        by_kind["channel"] -= both_p
+        p_st, m_st = p_st - both_p, m_st - both_m
         added = added_params(denoiser, plan) if plan.compensated else 0  # fitted stand-ins' maps and biases
         p, m = p_ops + p_st - added, m_ops + m_st
         return {
@@ -279,6 +290,21 @@ class PruningPlan:
             "operators_removed": len(plan.removed_operators),
             "structures_pruned": sum(len(plan.kept(k)) for k in UNIT_KINDS),
         }
+
+
+def _cut_twice(denoiser: nn.Module, plan: PruningPlan, st_rows) -> tuple[int, float]:
+    """``(params, MACs)`` that the per-unit sums count twice: a weight cut along both dims
+    (:func:`~pruning.catalog.double_cuts`), where the removed rows' removed columns are in both sums."""
+    found = discover(denoiser).structures
+    gone = {f: found[f].units - len(k) for kind in UNIT_KINDS for f, k in plan.kept(kind).items()}
+    p, m = 0, 0.0
+    for param, rows, cols, per in double_cuts(denoiser):
+        if gone.get(rows) and gone.get(cols) and not any(inside(param, r) for r in plan.removed_operators):
+            layer = param.rsplit(".", 1)[0]
+            out = denoiser.get_submodule(layer).weight.shape[0]
+            p += gone[rows] * gone[cols] * per
+            m += gone[rows] * found[rows].unit_size * gone[cols] * st_rows.loc[cols, "parts"][layer][1] / out
+    return p, m
 
 
 # --------------------------------------------------------------------------- provenance in words

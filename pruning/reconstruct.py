@@ -223,6 +223,9 @@ class Consumer:
 
     fqn: str  # the Linear / Conv2d module
     keep: torch.Tensor  # (D,) bool over the layer's flattened inputs (C*kh*kw for a conv)
+    # (out,) bool: the outputs the plan keeps, where it cuts them too (a UNet resnet's time_emb_proj
+    # reads the conditioning channels and loses the rows of its channel groups); None: all
+    rows: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -253,7 +256,7 @@ def consumers(denoiser: nn.Module, plan: PruningPlan) -> list[Consumer]:
             if layer.groups != 1:
                 continue
             keep = keep.repeat_interleave(layer.kernel_size[0] * layer.kernel_size[1])  # (C*kh*kw,)
-        out.append((depth.get(owner[param], -1), fqn, Consumer(fqn, keep)))
+        out.append((depth.get(owner[param], -1), fqn, Consumer(fqn, keep, dims.get(0))))
     return [c for _, _, c in sorted(out, key=lambda t: t[:2])]
 
 
@@ -612,7 +615,7 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
             st = stats.pop(c.fqn)  # dropped from the dict: freed as soon as this layer's fit is written
             st, st_held = st if isinstance(st, tuple) else (st, None)
             keep = c.keep.to(st.G.device)
-            W, b = _weights(layer, st.G.device)  # (out, D): the original layer
+            W, b = _weights(layer, st.G.device, c.rows)  # (out, D): the original layer (its kept outputs)
             W0, b0 = _weights(new, st.G.device)  # (out, k): the start (plain pruning's W_K and b, or the method's)
             Wk, bk = solve(W, b, st, keep, settings.ridge, W0)
             entry = {}
@@ -650,10 +653,13 @@ def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None 
     return small
 
 
-def _weights(layer: nn.Module, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A layer's flat weight (out, D) and bias as float64 on ``device``."""
+def _weights(layer: nn.Module, device, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's flat weight (out, D) and bias as float64 on ``device`` (only the outputs ``rows``)."""
     b = own_tensor(layer, "bias")
-    return flat_weight(layer).to(device), None if b is None else b.detach().double().to(device)
+    W, b = flat_weight(layer).to(device), None if b is None else b.detach().double().to(device)
+    if rows is not None:
+        W, b = W[rows.to(device)], None if b is None else b[rows.to(device)]
+    return W, b
 
 
 def start_record(plan: PruningPlan) -> dict | None:

@@ -37,6 +37,11 @@ from collections import defaultdict
 import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import (
+    CombinedTimestepGuidanceTextProjEmbeddings,
+    CombinedTimestepTextProjEmbeddings,
+    TimestepEmbedding,
+)
 from diffusers.models.transformers.transformer_flux import FluxAttention
 from torch import nn
 
@@ -45,7 +50,7 @@ from .errors import SettingsError
 from .memory import offloaded, plain_copy
 from .plan import PruningPlan
 from .replacements import replacement_for
-from .specs import CUTTERS, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
+from .specs import CUTTERS, UNIT_KINDS, consumers_of, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
 from .standin import linear_operators, map_shapes
 
 
@@ -67,11 +72,11 @@ def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn
     if inplace:
         _realign(new)
     owned: dict[str, dict[str, Structure]] = defaultdict(dict)
-    for kind in ("head", "neuron", "group"):
+    for kind in UNIT_KINDS:
         for fqn in plan.kept(kind):
             s = found.structures[fqn]
             owned[_owner_of(s)][kind] = s
-    _sync_leaves(new, owned)
+    _sync_leaves(new, [*owned, *(consumers_of(found.structures[f]) for k in UNIT_KINDS for f in plan.kept(k))])
     for fqn, structures in sorted(owned.items()):
         module = new.get_submodule(fqn)
         cutter = next((fn for t, fn in CUTTERS.items() if isinstance(module, t)), None)
@@ -98,11 +103,17 @@ def keep_masks(model: nn.Module, structures: dict[str, Structure], plan: Pruning
     """``{param: {dim: (size,) bool}}``: which slices of each parameter a plan keeps."""
     params = dict(model.named_parameters())
     masks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
-    for kind in ("head", "neuron", "group"):
+    ops = plan.removed_operators
+
+    def gone(param: str) -> bool:
+        return bool(ops) and any(param.startswith(op + ".") for op in ops)
+    for kind in UNIT_KINDS:
         for fqn, kept in plan.kept(kind).items():
             s = structures[fqn]
             removed = sorted(set(range(s.units)) - set(kept))
             for cut in s.cuts:
+                if gone(cut.param):
+                    continue  # a conditioning channel's consumer inside a removed operator: replaced whole
                 size = params[cut.param].shape[cut.dim]
                 mask = masks[cut.param].setdefault(cut.dim, torch.ones(size, dtype=torch.bool))
                 for u in removed:
@@ -147,8 +158,9 @@ def _realign(model: nn.Module, alignment: int = 64) -> None:
 
 
 def _sync_leaves(model: nn.Module, owners) -> None:
-    """Linear / Conv2d / GroupNorm attributes follow their (sliced) weights."""
-    for owner in owners:
+    """Linear / Conv2d / GroupNorm attributes follow their (sliced) weights (``owners``: module FQNs,
+    or lists of them: a structure's consumers outside its own module)."""
+    for owner in [o for item in owners for o in ([item] if isinstance(item, str) else item)]:
         for _, m in model.get_submodule(owner).named_modules():
             if isinstance(m, nn.Linear):
                 m.out_features, m.in_features = m.weight.shape
@@ -166,3 +178,8 @@ def _cut_attention(attn: nn.Module, s: dict[str, Structure]) -> None:
 @register_cutter(FeedForward)
 def _cut_ffn(ff: FeedForward, s: dict[str, Structure]) -> None:
     pass  # a FeedForward keeps all its sizes in its Linear layers, which _sync_leaves updates
+
+
+@register_cutter(TimestepEmbedding, CombinedTimestepTextProjEmbeddings, CombinedTimestepGuidanceTextProjEmbeddings)
+def _cut_embedding(emb: nn.Module, s: dict[str, Structure]) -> None:
+    pass  # conditioning channels: the embedders' and consumers' sizes live in Linear layers (_sync_leaves)

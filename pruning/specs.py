@@ -20,7 +20,11 @@ from torch import nn
 
 from . import families
 
-UNIT_KINDS = ("head", "neuron", "group")  # the kinds of prunable units, everywhere in the package
+UNIT_KINDS = ("head", "neuron", "group", "channel")  # the kinds of prunable units, everywhere in the package
+# The kinds inside blocks: the score-only methods' default. A "channel" is one channel of the
+# conditioning embedding (time / pooled text) that every modulation layer reads; removed without
+# compensation it shifts every block at once, so those methods take it only when asked.
+BLOCK_UNIT_KINDS = ("head", "neuron", "group")
 
 
 def inside(fqn: str, parent: str) -> bool:
@@ -46,8 +50,8 @@ class Structure:
     """A prunable family of units (heads, neurons, channel groups) owned by one module."""
 
     fqn: str
-    kind: str  # head | neuron | group
-    component: str  # attn1 | attn2 | attn | single_attn | ff | ff_context | proj_mlp | resnet
+    kind: str  # head | neuron | group | channel
+    component: str  # attn1 | attn2 | attn | single_attn | ff | ff_context | proj_mlp | resnet | cond
     units: int
     unit_size: int
     cuts: tuple[Cut, ...]
@@ -84,6 +88,42 @@ def linear_cuts(prefix: str, linears: list[tuple[str, nn.Linear]], dim: int, off
         if dim == 0 and lin.bias is not None:
             cuts.append(Cut(f"{prefix}.{name}.bias", 0, offset))
     return cuts
+
+
+def channel_structure(denoiser: nn.Module, fqn: str, producers: list[str], consumers: list[str]) -> Structure | None:
+    """The conditioning channels of a denoiser: the embedding ``fqn`` whose output is the sum of the
+    ``producers`` (Linear layers, one row per channel) and that the ``consumers`` read (Linear layers
+    that take it through an elementwise activation: one column per channel). None where the widths
+    do not agree (then the family's layout is not the one it knows).
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> sd3 = tiny_pipeline("sd3").transformer
+    >>> s = channel_structure(sd3, "time_text_embed", ["time_text_embed.text_embedder.linear_2"],
+    ...                       ["norm_out.linear"])
+    >>> s.kind, s.units == sd3.norm_out.linear.in_features, [c.dim for c in s.cuts]
+    ('channel', True, [0, 0, 1])
+    """
+    prods = [(p, denoiser.get_submodule(p)) for p in producers]
+    cons = [(c, denoiser.get_submodule(c)) for c in consumers]
+    if not prods or not cons or not all(isinstance(m, nn.Linear) for _, m in prods + cons):
+        return None
+    width = prods[0][1].out_features
+    if any(m.out_features != width for _, m in prods) or any(m.in_features != width for _, m in cons):
+        return None
+    cuts = [Cut(f"{p}.{t}", 0) for p, m in prods for t in ("weight", "bias") if getattr(m, t) is not None]
+    cuts += [Cut(f"{c}.weight", 1) for c, _ in cons]
+    parts = tuple((name, width) for name, _ in prods + cons)
+    return Structure(fqn, "channel", "cond", width, 1, tuple(cuts), parts)
+
+
+def consumers_of(s: Structure) -> list[str]:
+    """The layers that read a structure's units as input columns (its cuts along dim 1), in order.
+
+    >>> s = Structure("ff", "neuron", "ff", 4, 1, (Cut("ff.net.0.proj.weight", 0), Cut("ff.net.2.weight", 1)), ())
+    >>> consumers_of(s)
+    ['ff.net.2']
+    """
+    return list(dict.fromkeys(c.param.rsplit(".", 1)[0] for c in s.cuts if c.dim == 1))
 
 
 CUTTERS: dict[type, Callable[[nn.Module, dict[str, Structure]], None]] = {}

@@ -122,7 +122,7 @@ def test_registered_presets_and_settings():
     assert (a.num_prompts, a.steps, a.resolution, a.alpha_first, a.alpha_last, a.damping, a.groups, a.rrf_k) == \
         (100, 25, 512, 1.2, 0.8, 0.01, 4, 60)
     assert a.schedule == "log" and a.skip_last == 1 and a.kinds == ("head", "neuron")
-    assert "OBS-Diff" in obsdiff.AUTHORS_SOURCE and m.settings().kinds == ("neuron", "group")
+    assert "OBS-Diff" in obsdiff.AUTHORS_SOURCE and m.settings().kinds == ("neuron", "group", "channel")
     with pytest.raises(SettingsError, match="schedule"):
         m.settings(schedule="cosine")
     assert obsdiff.timestep_weights(m.settings(), 3) == pytest.approx([1.2, 1.0, 0.8])

@@ -14,6 +14,7 @@ from pruning.catalog import discover, unit_view
 from pruning.errors import PlanError, RunStopped, SettingsError
 from pruning.loading import handle_from_pipe
 from pruning.metrics import example_inputs
+from pruning.plan import KEPT_FIELDS
 from pruning.reconstruct import (
     ReconstructSettings,
     Stats,
@@ -41,12 +42,13 @@ def random_plan(h, seed: int, keep: float = 0.6, operators: int = 0) -> PruningP
     """About ``keep`` of every structure's units (at least one), and ``operators`` removed operators."""
     rng = random.Random(seed)
     found = discover(h.denoiser)
-    kept = {"head": {}, "neuron": {}, "group": {}}
+    kept = {kind: {} for kind in KEPT_FIELDS}
     for fqn, s in found.structures.items():
-        kept[s.kind][fqn] = tuple(sorted(rng.sample(range(s.units), max(1, round(keep * s.units)))))
+        draw = rng if s.kind != "channel" else random.Random(seed + 1000)  # the others' draws as before channels
+        kept[s.kind][fqn] = tuple(sorted(draw.sample(range(s.units), max(1, round(keep * s.units)))))
     ops = tuple(rng.sample(sorted(o for o, op in found.operators.items() if op.granularity != "block"), operators))
-    return PruningPlan(family=h.family, base=h.model_ref, removed_operators=ops, kept_heads=kept["head"],
-                       kept_neurons=kept["neuron"], kept_groups=kept["group"])
+    return PruningPlan(family=h.family, base=h.model_ref, removed_operators=ops,
+                       **{KEPT_FIELDS[k]: v for k, v in kept.items()})
 
 
 def forward(den, h, seed=0):
@@ -60,7 +62,7 @@ def silence(h, plan):
     found = discover(h.denoiser)
     params = dict(h.denoiser.named_parameters())
     with torch.no_grad():
-        for kind in ("head", "neuron", "group"):
+        for kind in KEPT_FIELDS:
             for fqn, kept in plan.kept(kind).items():
                 s = found.structures[fqn]
                 gone = [u for u in range(s.units) if u not in kept]
@@ -100,6 +102,8 @@ def held_out_errors(h, plan, small, prompts=("a yellow triangle at the top", "a 
     for c in items:
         layer, new = h.denoiser.get_submodule(c.fqn), small.get_submodule(c.fqn)
         W, b = flat_weight(layer), None if layer.bias is None else layer.bias.detach().double()
+        if c.rows is not None:  # a consumer that loses rows too (a resnet's time_emb_proj): its kept outputs
+            W, b = W[c.rows], None if b is None else b[c.rows]
         bk = None if new.bias is None else new.bias.detach().double()
         out[c.fqn] = (rel_error(W, b, stats[c.fqn], W[:, c.keep], b),
                       rel_error(W, b, stats[c.fqn], flat_weight(new), bk))

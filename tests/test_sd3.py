@@ -60,7 +60,7 @@ def test_info_reference_shows_params_macs_and_parts(capsys):
     f = json.loads(capsys.readouterr().out)
     assert f["family"] == "sd3" and f["params"] == TOTALS["sd35-medium"] and f["macs"] > 1e11
     assert set(f["operators"]) == {"joint_block", "attn", "attn2", "ff", "ff_context"}
-    assert set(f["structures"]) == {"head", "neuron"}
+    assert set(f["structures"]) == {"head", "neuron", "channel"}
 
 
 def test_family_is_one_registered_unit():

@@ -97,6 +97,11 @@ class Family:
         """Add the operators (and structures) of a family block type; True: ``module`` is handled."""
         return False
 
+    def conditioning(self, denoiser: nn.Module):
+        """The conditioning channels of ``denoiser`` (a ``"channel"`` :class:`~pruning.specs.Structure`,
+        see :func:`~pruning.specs.channel_structure`), or None where the family has none it knows."""
+        return None
+
     def standin(self, module: nn.Module, kind: str):
         """The stand-in of a removed operator of a family kind (None: not this family's kind)."""
         return None
@@ -199,6 +204,33 @@ class Family:
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
+
+
+ADALN_EMBEDDERS = ("CombinedTimestepTextProjEmbeddings", "CombinedTimestepGuidanceTextProjEmbeddings")
+ADALN_NORMS = ("AdaLayerNormZero", "AdaLayerNormZeroSingle", "AdaLayerNormContinuous", "SD35AdaLayerNormZeroX")
+
+
+def adaln_channels(denoiser: nn.Module, embedder: str = "time_text_embed"):
+    """The conditioning channels of a DiT with AdaLN modulation (FLUX, SD3): ``embedder`` sums its
+    children's ``linear_2`` outputs (timestep, guidance, pooled text) into the embedding that every
+    AdaLN layer reads as ``linear(silu(emb))``. None for another layout (an AdaLN that embeds its own
+    timestep, an unknown embedder).
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> s = adaln_channels(tiny_pipeline("flux").transformer)
+    >>> s.fqn, s.component, sorted({c.param.split(".")[-2] for c in s.cuts if c.dim == 1})
+    ('time_text_embed', 'cond', ['linear'])
+    """
+    from ..specs import channel_structure  # specs imports the family registry
+
+    emb = getattr(denoiser, embedder, None)
+    if emb is None or type(emb).__name__ not in ADALN_EMBEDDERS:
+        return None
+    producers = [f"{embedder}.{n}.linear_2" for n, child in emb.named_children() if hasattr(child, "linear_2")]
+    norms = [(n, m) for n, m in denoiser.named_modules() if type(m).__name__ in ADALN_NORMS]
+    if any(getattr(m, "emb", None) is not None for _, m in norms):
+        return None
+    return channel_structure(denoiser, embedder, producers, [f"{n}.linear" for n, _ in norms])
 
 
 class FlowFamily(Family):

@@ -19,7 +19,7 @@ from ..catalog import discover
 from ..replacements import EmptyAttention, IdentityFluxBlock
 from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter, set_heads
 from ..tiny import parts
-from .base import FlowFamily, Trajectory
+from .base import FlowFamily, Trajectory, adaln_channels
 from .renamer import Renamer
 
 FLUX_DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
@@ -107,6 +107,9 @@ class FluxFamily(FlowFamily):
         if res:
             defaults["resolution"] = int(res)
         return defaults
+
+    def conditioning(self, denoiser):
+        return adaln_channels(denoiser)
 
     def discover_module(self, name, mod, ops, structs) -> bool:
         if isinstance(mod, FluxTransformerBlock):

@@ -23,7 +23,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from ..catalog import discover
 from ..native import renumber
 from ..replacements import IdentityTransformer, ResnetShortcut
-from ..specs import Cut, Operator, Structure, linear_cuts, register_cutter
+from ..specs import Cut, Operator, Structure, channel_structure, linear_cuts, register_cutter
 from ..tiny import parts
 from .base import Family, Trajectory, cond_kwargs
 
@@ -141,6 +141,21 @@ class UNetFamily(Family):
         else:
             return False
         return True
+
+    def conditioning(self, denoiser):
+        """The time embedding (plus SDXL's added embedding) that every resnet reads through
+        ``time_emb_proj(silu(temb))``; None with a class embedding or another added embedding."""
+        if getattr(denoiser, "class_embedding", None) is not None or not hasattr(denoiser, "time_embedding"):
+            return None
+        producers = ["time_embedding.linear_2"]
+        add = getattr(denoiser, "add_embedding", None)
+        if add is not None:
+            if getattr(denoiser.config, "addition_embed_type", None) != "text_time":
+                return None
+            producers.append("add_embedding.linear_2")
+        consumers = [f"{n}.time_emb_proj" for n, m in denoiser.named_modules()
+                     if isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None]
+        return channel_structure(denoiser, "time_embedding", producers, consumers)
 
     def standin(self, module, kind):
         if kind == "resnet":

@@ -31,7 +31,7 @@ from ..catalog import discover
 from ..replacements import IdentityFluxBlock
 from ..specs import Operator
 from ..tiny import parts
-from .base import FlowFamily, Trajectory
+from .base import FlowFamily, Trajectory, adaln_channels
 from .renamer import Renamer
 
 # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
@@ -107,6 +107,9 @@ class SD3Family(FlowFamily):
         return defaults
 
     # ------------------------------------------------------------------ catalog, masks, slim
+    def conditioning(self, denoiser):
+        return adaln_channels(denoiser)
+
     def discover_module(self, name, mod, ops, structs) -> bool:
         if not isinstance(mod, JointTransformerBlock):
             return False

@@ -387,11 +387,11 @@ class Method:
     def comparison_settings(self, calib: tuple[str, ...], quick: bool = False) -> dict:
         """What a method comparison (``compare_methods``, the app's How much? tab, the Q benchmarks)
         sets for this method beyond the shared calibration prompts and steps: by default every unit
-        kind, so unit methods compare on the same structures; ``quick`` (an interactive comparison
+        kind inside blocks (``BLOCK_UNIT_KINDS``), so unit methods compare on the same structures; ``quick`` (an interactive comparison
         on a CPU) adds the fields' quick values. A method overrides it with its own."""
-        from ..catalog import UNIT_KINDS
+        from ..catalog import BLOCK_UNIT_KINDS
 
-        out = {"kinds": UNIT_KINDS} if "kinds" in {f.name for f in fields(self.Settings)} else {}
+        out = {"kinds": BLOCK_UNIT_KINDS} if "kinds" in {f.name for f in fields(self.Settings)} else {}
         return {**out, **self.quick_values()} if quick else out
 
     def comparison_draws(self, settings, draws: int) -> list:

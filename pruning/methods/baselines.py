@@ -21,19 +21,19 @@ import pandas as pd
 import torch
 
 from .. import validate
-from ..catalog import UNIT_KINDS, discover, unit_totals
+from ..catalog import BLOCK_UNIT_KINDS, UNIT_KINDS, discover, unit_totals
 from ..runs import RunControl
 from .base import Method, Scores, opt
 from .cost import MethodCost, weights_only
 
 
-def magnitude_scores(handle, kinds=UNIT_KINDS) -> dict[str, torch.Tensor]:
+def magnitude_scores(handle, kinds=BLOCK_UNIT_KINDS) -> dict[str, torch.Tensor]:
     """Per-unit L2 norm of the weights a unit owns (the magnitude baseline)."""
     squares = unit_totals(handle.denoiser, lambda name, w: w.detach().float().pow(2), kinds)
     return {fqn: sq.sqrt() for fqn, sq in squares.items()}
 
 
-def random_scores(handle, kinds=UNIT_KINDS, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_scores(handle, kinds=BLOCK_UNIT_KINDS, seed: int = 0) -> dict[str, torch.Tensor]:
     """Uniform random unit scores (the random baseline)."""
     g = torch.Generator().manual_seed(seed)
     return {fqn: torch.rand(s.units, generator=g) for fqn, s in sorted(discover(handle.denoiser).structures.items())
@@ -50,8 +50,10 @@ def unit_table(handle, scores: dict[str, torch.Tensor]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class BaselineSettings:
-    kinds: tuple[str, ...] = opt(UNIT_KINDS, "which units are scored: attention heads (head), FFN neurons (neuron), "
-                                 "resnet channel groups (group)", "choices", UNIT_KINDS, label="units", basic=True)
+    kinds: tuple[str, ...] = opt(BLOCK_UNIT_KINDS, "which units are scored: attention heads (head), FFN neurons "
+                                 "(neuron), resnet channel groups (group), conditioning channels (channel: the "
+                                 "time / text embedding every modulation layer reads)", "choices", UNIT_KINDS,
+                                 label="units", basic=True)
     seed: int = opt(0, "random draw (random only)", "int")
 
     def __post_init__(self):

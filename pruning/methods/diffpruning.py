@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import families, validate
-from ..catalog import UNIT_KINDS, discover, unit_totals
+from ..catalog import BLOCK_UNIT_KINDS, UNIT_KINDS, discover, unit_totals
 from ..errors import RunDiverged, RunStopped, SettingsError
 from ..grads import requires_grad
 from ..memory import execution_device
@@ -100,8 +100,9 @@ class DiffPruningSettings:
                       "faster", "int", label="noise-level stride", basic=True, low=1, high=500, step=1, quick=100)
     thr: float = opt(0.05, "stop once the loss falls below this fraction of its maximum [thr in Diff-Pruning, "
                      "0-0.1]", "float", label="stop threshold", basic=True, low=0.0, high=0.5, step=0.01)
-    kinds: tuple[str, ...] = opt(UNIT_KINDS, "which units get an importance score: attention heads (head), FFN "
-                                 "neurons (neuron), resnet channel groups (group)", "choices", UNIT_KINDS,
+    kinds: tuple[str, ...] = opt(BLOCK_UNIT_KINDS, "which units get an importance score: attention heads (head), "
+                                 "FFN neurons (neuron), resnet channel groups (group), conditioning channels "
+                                 "(channel)", "choices", UNIT_KINDS,
                                  label="units", basic=True)
     noise_seed: int = opt(0, "seed of the noise added to the clean images", "int")
     scope: str = opt("global", "how a plan cuts these scores: global (one ranking of the scores, "
@@ -235,7 +236,7 @@ def _reduce_step(processes: Processes, grads: dict[str, torch.Tensor], loss: tor
     return value.item()
 
 
-def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=UNIT_KINDS) -> dict[str, torch.Tensor]:
+def taylor_scores(handle, grads: dict[str, torch.Tensor], kinds=BLOCK_UNIT_KINDS) -> dict[str, torch.Tensor]:
     """Per-unit sum |w * g| over the weights each unit owns (``grads``: param name -> dL/dw)."""
     return unit_totals(handle.denoiser, lambda name, w: (w.detach().float() * grads[name].float()).abs(), kinds)
 
@@ -397,7 +398,7 @@ class DiffPruning(Method):
         secs, calls, batch = generation_seconds(step, handle, s, prompts)
         n_t = math.ceil(1000 / settings.stride)
         grads = n_t * step.grad_call(prompts, weights=True)
-        numel = sum(p.numel() for p in unit_params(handle, settings.kinds or UNIT_KINDS).values())
+        numel = sum(p.numel() for p in unit_params(handle, settings.kinds or BLOCK_UNIT_KINDS).values())
         grads += step.sums_seconds(numel, n_t)
         # one timestep's backward with its weight gradients, the float32 sums, or the clean images' generation
         working = max(step.working_bytes(prompts, "weights"), step.working_bytes(batch)) + numel * 4

@@ -99,22 +99,28 @@ def rrf(rankings: list[list[int]], k: int) -> list[int]:
 
 
 def _order(unit: Unit, layers: dict[str, OBSLayer], alive: list[int], rrf_k: int) -> tuple[list[int], dict]:
-    """Live units, least error first (fused over consumers), and each one's error (summed)."""
+    """Live units, least error first (fused over consumers), and each one's error (summed).
+
+    Conditioning channels rank by the summed error: their consumers read one input, so the sum is
+    the exact OBS error of the consumers stacked as one layer (rank fusion is for consumers that
+    read different inputs, as MMDiT's ``to_out`` and ``to_add_out``)."""
     errs = {c: layers[c].errors(cols[alive]) for c, cols in unit.cols.items()}
     total = {u: float(sum(e[j] for e in errs.values())) for j, u in enumerate(alive)}
+    if unit.kind == "channel":
+        return sorted(alive, key=lambda u: total[u]), total
     rankings = [[alive[j] for j in torch.argsort(e, stable=True).tolist()] for e in errs.values()]
     return (rankings[0] if len(rankings) == 1 else rrf(rankings, rrf_k)), total
 
 
 def select(unit: Unit, layers: dict[str, OBSLayer], rrf_k: int) -> tuple[list[int], dict[int, float]]:
-    """Remove ``unit.remove`` units greedily (heads and groups one at a time, neurons in the authors'
-    shrinking blocks), compensating after each removal. Returns the removal order and every unit's
+    """Remove ``unit.remove`` units greedily (heads and groups one at a time, neurons and conditioning
+    channels in the authors' shrinking blocks), compensating after each removal. Returns the removal order and every unit's
     OBS error (at its removal; for a kept unit, at the end)."""
     alive, order, score = list(range(unit.units)), [], {}
     block = (unit.remove - 512) // 2
     while len(order) < unit.remove:
         ranked, err = _order(unit, layers, alive, rrf_k)
-        if unit.kind == "neuron":
+        if unit.kind in ("neuron", "channel"):
             cnt = min(unit.remove - len(order), max(block, 64), 1024)
             block = (block - 512) // 2
         else:

@@ -84,13 +84,13 @@ import torch
 from torch import nn
 
 from .. import validate
-from ..catalog import UNIT_KINDS, catalog, discover
+from ..catalog import UNIT_KINDS, catalog, discover, double_cuts
 from ..errors import PlanError, RunStopped, SettingsError
 from ..plan import KEPT_FIELDS, PruningPlan
 from ..prompts import calibration_prompts
 from ..rollout import prepare, rollout, step
 from ..runs import RunControl, as_control
-from ..slim import slim
+from ..slim import keep_masks, slim
 from .base import Method, Scores, check_scores_fit, opt
 from .cost import MethodCost, generation_calls, run_spec
 from .obs import OBSLayer, Unit, compensated, prepare_hessian, rrf, select  # noqa: F401 (the solver, re-exported)
@@ -100,7 +100,7 @@ SCHEDULES = ("linear", "log")
 ALLOCATIONS = ("uniform", "measured")
 # Measured at 20% params removed on the bundled models (16 held-out prompts, latent MSE): with heads
 # tiny-shapes-flux 0.282 and tiny-shapes-sd3 0.056, without 0.0052 and 0.026 (their layers have 4 heads).
-DEFAULT_KINDS = ("neuron", "group")
+DEFAULT_KINDS = ("neuron", "group", "channel")
 PRESETS = ("ours", "authors")
 # The authors' values: scripts/OBS_Diff_Structured.sh and main.py of Alrightlone/OBS-Diff (commit
 # 3383a4f): 100 prompts (gcc3m) x 25 steps at 512 px, guidance 7.0, batch 4, timestep weights
@@ -237,7 +237,7 @@ def targets(handle, s: OBSDiffSettings) -> pd.DataFrame:
     """The structures OBS-Diff prunes (catalog rows, in depth order): the chosen kinds outside the
     blocks left unpruned."""
     _, st = catalog(handle.denoiser)
-    blocks = list(dict.fromkeys(st["block"]))  # in depth order
+    blocks = [b for b in dict.fromkeys(st["block"]) if b != "other"]  # in depth order (not the embeddings)
     skipped = set(blocks[:s.skip_first]) | set(blocks[len(blocks) - s.skip_last:] if s.skip_last else [])
     rows = st[st["kind"].isin(s.kinds) & ~st["block"].isin(skipped) & (st["units"] > 1)]
     if rows.empty:
@@ -264,7 +264,6 @@ def allocate(handle, rows: pd.DataFrame, target: float, weights: dict[str, float
     >>> c2["transformer_blocks.2.ff"] / c["transformer_blocks.2.ff"] > 1.5  # twice the weight, about twice the cut
     True
     """
-    total = catalog(handle.denoiser)[1].attrs["total_params"]
     w = {f: 1.0 for f in rows["fqn"]} if weights is None else {f: float(weights[f]) for f in rows["fqn"]}
     units = dict(zip(rows["fqn"], rows["units"]))
 
@@ -272,7 +271,7 @@ def allocate(handle, rows: pd.DataFrame, target: float, weights: dict[str, float
         return {f: min(int(round(p * w[f] * u)), math.floor(cap * u + 1e-9), u - 1) for f, u in units.items()}
 
     def reached(c):
-        return sum(n * int(up) for n, up in zip(c.values(), rows["unit_params"])) / total
+        return removed_fraction(handle, rows, c)
 
     top = cap / max(min(v for v in w.values() if v > 0), 1e-12) if any(v > 0 for v in w.values()) else 1.0
     most = reached(counts(top))
@@ -296,6 +295,14 @@ def allocate(handle, rows: pd.DataFrame, target: float, weights: dict[str, float
             break
         c = bigger
     return c, p, reached(c)
+
+
+def removed_fraction(handle, rows: pd.DataFrame, counts: dict[str, int]) -> float:
+    """The fraction of the params that removing ``counts`` units of the ``rows`` structures removes
+    (less what a weight cut along both dims would count twice: a resnet's ``time_emb_proj``)."""
+    twice = sum(counts.get(a, 0) * counts.get(b, 0) * per for _, a, b, per in double_cuts(handle.denoiser))
+    return (sum(counts.get(f, 0) * int(up) for f, up in zip(rows["fqn"], rows["unit_params"])) - twice) / \
+        catalog(handle.denoiser)[1].attrs["total_params"]
 
 
 def _jobs(den: nn.Module, rows: pd.DataFrame, counts: dict[str, int]) -> list[list[Unit]]:
@@ -651,8 +658,7 @@ def _run(handle, s: OBSDiffSettings, target: float, control: RunControl, given: 
         if s.allocation == "measured" and given is None else None
     if given is not None:
         counts = {f: int(given.get(f, 0)) for f in rows["fqn"]}
-        p, reached = None, sum(n * int(up) for n, up in zip(counts.values(), rows["unit_params"])) / \
-            catalog(den)[1].attrs["total_params"]
+        p, reached = None, removed_fraction(handle, rows, counts)
     else:
         counts, p, reached = (allocate(handle, rows, target) if probes is None or probes["weights"] is None else
                               allocate(handle, rows, target, probes["weights"], probes["cap"]))
@@ -732,10 +738,14 @@ def _apply(den: nn.Module, plan: PruningPlan, weights: dict[str, torch.Tensor]) 
                 if c in keep_cols:
                     gone = sorted(set(range(found[f].units)) - set(kept))
                     keep_cols[c][cols[gone].flatten()] = False
+    rows = keep_masks(den, found, plan)  # a consumer may lose rows too (a resnet's time_emb_proj: its groups)
     with torch.no_grad():
         for c, W in weights.items():
             layer = small.get_submodule(c)
-            layer.weight.copy_(W[:, keep_cols[c]].reshape(layer.weight.shape).to(layer.weight))  # (out, k) -> conv
+            W = W[:, keep_cols[c]]
+            if 0 in rows.get(f"{c}.weight", {}):
+                W = W[rows[f"{c}.weight"][0]]
+            layer.weight.copy_(W.reshape(layer.weight.shape).to(layer.weight))  # (out, k) -> conv
     return small
 
 

@@ -56,7 +56,7 @@ import torch
 from .. import validate
 from ..catalog import UNIT_KINDS, catalog, discover, inside
 from ..errors import PlanError, SettingsError
-from ..plan import PruningPlan
+from ..plan import KEPT_FIELDS, PruningPlan
 from ..sampling import count_inputs
 
 SCOPES = ("global", "local")
@@ -120,7 +120,7 @@ def _layout(handle, budget: LayerBudget, fqns) -> tuple[dict, dict, set]:
     params = {f: float(st.loc[f, "unit_params"]) for f in fqns}
     protected = set()
     if budget.protect_ends:
-        blocks = st.groupby("block")["depth"].agg(["min", "max"])
+        blocks = st[st["block"] != "other"].groupby("block")["depth"].agg(["min", "max"])  # not the embeddings
         first, last = blocks["min"].idxmin(), blocks["max"].idxmax()
         protected = {f for f in fqns if st.loc[f, "block"] in (first, last)}
     return scale, params, protected
@@ -160,8 +160,8 @@ def _plan(handle, kept: dict[str, list[int]], provenance: Mapping | None) -> Pru
     by_kind = {k: {} for k in UNIT_KINDS}
     for fqn, idx in kept.items():
         by_kind[found.structures[fqn].kind][fqn] = sorted(idx)
-    plan = PruningPlan(family=handle.family, base=handle.model_ref, kept_heads=by_kind["head"],
-                       kept_neurons=by_kind["neuron"], kept_groups=by_kind["group"])
+    plan = PruningPlan(family=handle.family, base=handle.model_ref,
+                       **{KEPT_FIELDS[k]: by_kind[k] for k in UNIT_KINDS})
     return plan.with_provenance(**(provenance or {})).normalized(handle.denoiser)
 
 
