@@ -23,6 +23,7 @@ from pruning.methods.obs import OBSLayer, Unit, _order, compensated, prepare_hes
 from pruning.metrics import example_inputs
 from pruning.plan import PruningPlan
 from pruning.reconstruct import ReconstructSettings, reconstruct
+from pruning.runs import as_control
 from pruning.sampling import generate_latents
 from pruning.slim import slim
 from pruning.specs import consumers_of
@@ -180,3 +181,28 @@ def test_score_only_methods_take_channels_when_asked(tiny_flux):
     assert list(plan.kept_channels) == ["time_text_embed"] and not plan.kept_neurons
     st = catalog(tiny_flux.denoiser)[1].set_index("fqn")
     assert st.loc["time_text_embed", "block"] == "other"
+
+
+def test_obsdiff_selects_channels_on_a_surrogate_equal_to_every_consumer_stacked(tiny_sd3):
+    from pruning.methods import obsdiff
+    from pruning.reconstruct import flat_weight
+
+    h, s = tiny_sd3, obsdiff.METHOD.settings(prompts=PROMPTS, steps=2)
+    rows = obsdiff.targets(h, s)
+    ch = rows[rows["kind"] == "channel"]
+    counts = {f: 0 for f in rows["fqn"]}
+    counts[ch["fqn"].item()] = int(ch["units"].item()) // 2
+    job = next(j for j in obsdiff._jobs(h.denoiser, rows, counts) if j[0].kind == "channel")
+    every = list(job[0].cols)
+    assert obsdiff.recorded(job[0]) == every[:1]  # one Gram for all readers
+    trajs = obsdiff._trajectories(h, s.resolved(h), as_control(None))
+    H = obsdiff.calibrate(h.denoiser, trajs, every, s, as_control(None), "test")
+    assert all(torch.equal(H[c], H[every[0]]) for c in every)  # they do read one input
+    kept, scores, weights, info = obsdiff.solve_job(h.denoiser, job, {every[0]: H[every[0]]}, s)
+    layers = {c: OBSLayer(flat_weight(h.denoiser.get_submodule(c)), H[c], s.damping) for c in every}
+    order, direct = select(job[0], layers, s.rrf_k)  # every consumer in float64, errors summed
+    assert kept[job[0].fqn] == sorted(set(range(job[0].units)) - set(order))
+    assert scores[job[0].fqn] == pytest.approx(direct, rel=1e-6)
+    for c in every:
+        assert torch.allclose(weights[c].double(), layers[c].final(), atol=1e-6)
+        assert weights[c].dtype == h.denoiser.get_submodule(c).weight.dtype and 0 < info[c]["obs_rel_error"] < 1

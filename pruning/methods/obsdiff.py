@@ -330,6 +330,12 @@ def _width(den: nn.Module, fqn: str) -> int:
     return _reuse()[2](den.get_submodule(fqn)).shape[1]
 
 
+def recorded(u: Unit) -> list[str]:
+    """The consumers whose input statistics a unit needs: all of them, but one for conditioning
+    channels (every consumer reads the same embedding, so one Gram serves them all)."""
+    return [next(iter(u.cols))] if u.kind == "channel" else list(u.cols)
+
+
 def split_groups(den: nn.Module, jobs: list[list[Unit]], groups: int, budget_mb: float) -> list[list[list[Unit]]]:
     """``groups`` contiguous groups of jobs (sizes as the authors' ``group_modules_with_parallelism``),
     each split again where its statistics would pass ``budget_mb``."""
@@ -341,7 +347,7 @@ def split_groups(den: nn.Module, jobs: list[list[Unit]], groups: int, budget_mb:
         part, mb = [[]], 0.0
         for job in jobs[start:end]:
             need = sum(_reuse()[0](c, torch.ones(_width(den, c), dtype=torch.bool)).gram_bytes() / 2 ** 20
-                       for c in {c for u in job for c in u.cols})
+                       for c in {c for u in job for c in recorded(u)})
             if part[-1] and mb + need > budget_mb:
                 part.append([])
                 mb = 0.0
@@ -419,15 +425,44 @@ def probe_passes(handle, s: OBSDiffSettings) -> tuple[int, list[list[str]]]:
     passes (for the estimator)."""
     rows = targets(handle, s)
     jobs = _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]})
-    return len(jobs), [sorted({c for job in part for u in job for c in u.cols})
+    return len(jobs), [sorted({c for job in part for u in job for c in recorded(u)})
                        for part in split_groups(handle.denoiser, jobs, 1, s.max_gram_mb)]
+
+
+def every_consumer(handle, s: OBSDiffSettings) -> list[str]:
+    """Every layer a run compensates (for the estimator)."""
+    rows = targets(handle, s)
+    return sorted({c for job in _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]}) for u in job for c in u.cols})
+
+
+def job_bytes(handle, s: OBSDiffSettings) -> int:
+    """The largest job's float64 OBS states (for the estimator): per consumer its weight twice (the
+    original and the compensated) and H, its damped copy and its inverse; for conditioning
+    channels the (D, D) surrogate's and one consumer's at a time (:func:`solve_job`)."""
+    rows = targets(handle, s)
+    den = handle.denoiser
+
+    def size(c):  # (out, D) of a consumer's flattened weight
+        w = den.get_submodule(c).weight
+        return w.shape[0], w[0].numel()
+
+    most = 0
+    for job in _jobs(den, rows, {f: 0 for f in rows["fqn"]}):
+        shapes = [size(c) for c in {c for u in job for c in u.cols}]
+        if len(job) == 1 and job[0].kind == "channel":
+            d = shapes[0][1]
+            need = 8 * (5 * d * d + 2 * max(o * d for o, d in shapes))
+        else:
+            need = 8 * sum(2 * o * d + 3 * d * d for o, d in shapes)
+        most = max(most, need)
+    return most
 
 
 def passes(handle, s: OBSDiffSettings) -> list[list[str]]:
     """The consumer layers of each calibration pass (for the estimator)."""
     rows = targets(handle, s)
     jobs = _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]})
-    return [sorted({c for job in g for u in job for c in u.cols})
+    return [sorted({c for job in g for u in job for c in recorded(u)})
             for g in split_groups(handle.denoiser, jobs, s.groups, s.max_gram_mb)]
 
 
@@ -490,15 +525,56 @@ def _solve(handle, s: OBSDiffSettings, jobs: list[list[Unit]], H: dict, counts: 
     kept, weights = {}, {}
     for job in jobs:
         todo = [replace(u, remove=counts[u.fqn]) for u in job if counts.get(u.fqn, 0) > 0]
-        if not todo:
-            continue
-        layers = {c: OBSLayer(_reuse()[2](den.get_submodule(c)).cpu(), H[c], s.damping)
-                  for c in sorted({c for u in todo for c in u.cols})}
-        for u in todo:
-            order, _ = select(u, layers, s.rrf_k)
-            kept[u.fqn] = sorted(set(range(u.units)) - set(order))
-        weights.update({c: layer.final().to(den.get_submodule(c).weight) for c, layer in layers.items()})
+        if todo:
+            k, _, w, _ = solve_job(den, todo, H, s)
+            kept.update(k)
+            weights.update(w)
     return kept, weights  # in the layers' dtype and device: the check holds two sets at once
+
+
+def solve_job(den: nn.Module, job: list[Unit], H: dict, s: OBSDiffSettings) -> tuple[dict, dict, dict, dict]:
+    """Select and compensate one job (structures that share consumers): ``(kept units, OBS errors,
+    compensated consumer weights in each layer's dtype, per consumer {columns_kept, columns,
+    obs_rel_error})``. The float64 states live only while the job is solved.
+
+    Conditioning channels (one input read by many consumers) are selected on a surrogate: the
+    consumers' OBS errors and updates depend on ``W`` only through ``W^T W``, so one (D, D) layer
+    ``L`` with ``L^T L = sum_c W_c^T W_c`` stands for all of them stacked (the same errors, at
+    (D, D) instead of every modulation weight in float64); each consumer is then compensated in
+    closed form over the kept columns, one at a time."""
+    flat = _reuse()[2]
+    if len(job) == 1 and job[0].kind == "channel":
+        u = job[0]
+        first = next(iter(u.cols))  # every consumer reads the same input: one H
+        S = sum(flat(den.get_submodule(c)).cpu().T @ flat(den.get_submodule(c)).cpu() for c in u.cols)  # (D, D)
+        lam, V = torch.linalg.eigh(S)
+        layer = OBSLayer((V * lam.clamp_min(0).sqrt()).T, H[first], s.damping)  # (D, D): L^T L = S
+        order, score = select(replace(u, cols={first: u.cols[first]}), {first: layer}, s.rrf_k)
+        live, consumers = layer.live, list(u.cols)
+        kept = {u.fqn: sorted(set(range(u.units)) - set(order))}
+        scores = {u.fqn: score}
+    else:
+        layers = {c: OBSLayer(flat(den.get_submodule(c)).cpu(), H[c], s.damping)
+                  for c in sorted({c for u in job for c in u.cols})}
+        kept, scores = {}, {}
+        for u in job:
+            order, scores[u.fqn] = select(u, layers, s.rrf_k)
+            kept[u.fqn] = sorted(set(range(u.units)) - set(order))
+        consumers = list(layers)
+    weights, info = {}, {}
+    for c in consumers:
+        if len(job) == 1 and job[0].kind == "channel":
+            Hc, W0 = prepare_hessian(H[first], flat(den.get_submodule(c)).cpu(), s.damping)
+            final = compensated(W0, Hc, live)
+        else:
+            Hc, W0, final = layers[c].H, layers[c].W0, layers[c].final()
+            live = layers[c].live
+        diff = W0 - final
+        info[c] = {"columns_kept": int(live.sum()), "columns": int(live.numel()),
+                   "obs_rel_error": float(torch.einsum("od,de,oe->", diff, Hc, diff) /
+                                          torch.einsum("od,de,oe->", W0, Hc, W0).clamp_min(1e-30))}
+        weights[c] = final.to(den.get_submodule(c).weight)  # cast once, as _apply would: bit for bit the same
+    return kept, scores, weights, info
 
 
 @contextmanager
@@ -553,7 +629,7 @@ def measure(handle, s: OBSDiffSettings, rows: pd.DataFrame, target: float, contr
         return float(sum(((a - b).double() ** 2).sum() for a, b in zip(got, dense)) / sum(b.numel() for b in dense))
 
     def stats(n, part, what):
-        names = sorted({c for job in part for u in job for c in u.cols})
+        names = sorted({c for job in part for u in job for c in recorded(u)})
         return calibrate(den, trajs, names, s, control, f"{what} (pass {n + 1} of {len(parts)})")
 
     curves, params, report, H = {}, {}, [], {}
@@ -667,28 +743,21 @@ def _run(handle, s: OBSDiffSettings, target: float, control: RunControl, given: 
     trajs = _trajectories(handle, s, control)
     record = {"settings": {"method": "obsdiff", **s.to_dict(), "target_sparsity": target}, "compensated": []}
     kept: dict[str, list[int]] = {}
-    weights: dict[str, torch.Tensor] = {}  # consumer fqn -> compensated (out, D) float64
+    weights: dict[str, torch.Tensor] = {}  # consumer fqn -> compensated (out, D), in the layer's dtype
     scores: dict[str, dict[int, float]] = {}
     layers_info = {}
     model, gram_mb = den, 0.0
     for n, group in enumerate(groups):
-        names = sorted({c for job in group for u in job for c in u.cols})
+        names = sorted({c for job in group for u in job for c in recorded(u)})
         H = calibrate(model, trajs, names, s, control, f"calibration pass {n + 1} of {len(groups)}")
         gram_mb = max(gram_mb, sum(h.numel() * 8 for h in H.values()) / 2 ** 20)
         for job in group:
-            layers = {c: OBSLayer(_reuse()[2](den.get_submodule(c)).cpu(), H[c], s.damping) for c in
-                      sorted({c for u in job for c in u.cols})}
-            for u in job:
-                order, scores[u.fqn] = select(u, layers, s.rrf_k)
-                kept[u.fqn] = sorted(set(range(u.units)) - set(order))
-            for c, layer in layers.items():
-                weights[c] = layer.final()
-                Hc = layer.H
-                W0 = layer.W0
-                diff = W0 - weights[c]
-                layers_info[c] = {"columns_kept": int(layer.live.sum()), "columns": int(layer.live.numel()),
-                                  "obs_rel_error": float(torch.einsum("od,de,oe->", diff, Hc, diff) /
-                                                         torch.einsum("od,de,oe->", W0, Hc, W0).clamp_min(1e-30))}
+            k, sc, w, info = solve_job(den, job, H, s)
+            kept.update(k)
+            scores.update(sc)
+            weights.update(w)
+            layers_info.update(info)
+        del H
         plan = _plan(handle, kept, record)
         model = _apply(den, plan, weights)
         done = (probes["steps"] if probes else 0) + n + 1
@@ -849,8 +918,9 @@ class OBSDiff(Method):
         seconds += sum(step.solve_seconds(w) for w in widths.values()) + len(groups) * step.weights_bytes / 1e9
         grams = max(sum(8 * (widths[c] + 1) ** 2 for c in g) for g in groups)
         n_calls, facts = len(groups) * batches * calls, {}
-        consumers = {c: handle.denoiser.get_submodule(c).weight for c in layers}
-        held = sum(8 * w.numel() for w in consumers.values())  # the run's float64 held weights
+        consumers = {c: handle.denoiser.get_submodule(c).weight for c in every_consumer(handle, settings)}
+        # the compensated weights the run keeps (in their dtype), and the largest job's float64 OBS states
+        held = sum(w.numel() * w.element_size() for w in consumers.values()) + job_bytes(handle, settings)
         if settings.allocation == "measured":  # the original's statistics, then each probe samples its prompts
             jobs, parts = probe_passes(handle, settings)
             probes = jobs * len(LEVELS) + 3  # at most: every job at each level, the reference and the two checks
