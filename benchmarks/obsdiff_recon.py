@@ -3,7 +3,8 @@
 
 The same ``compare_methods`` run as ``benchmarks.quality_tables`` (default ``CompareSettings``:
 64 held-out prompts and seeds 0..63, 32 calibration prompts, the model's steps), for OBS-Diff
-alone, without the fewer-steps baseline:
+alone, with the fewer-steps baseline at its plans' MACs (``--into-tables`` moves "obsdiff" to the
+quality tables' fewer-steps rows at those step counts):
 
     OMP_NUM_THREADS=1 python -m benchmarks.obsdiff_recon tiny-shapes-sd [tiny-shapes-flux ...]
     OMP_NUM_THREADS=1 python -m benchmarks.obsdiff_recon tiny-shapes-sd --settings '{"ridge": 0.1}'
@@ -40,7 +41,7 @@ def run(model: str, values: dict | None = None) -> pd.DataFrame:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     h = load_pipeline(model)
     t0 = time.perf_counter()
-    settings = CompareSettings(reconstruct=True, fewer_steps=False, reconstruct_settings=values or {})
+    settings = CompareSettings(reconstruct=True, fewer_steps=True, reconstruct_settings=values or {})
     df = compare_methods(h, SPARSITIES, ["obsdiff"], settings=settings)
     df.to_csv(_csv(model, values or {}), index=False)
     print(f"{model}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -66,9 +67,43 @@ def summary(model: str, values: dict | None = None) -> list[dict]:
     return out
 
 
+def with_fewer_steps(old: pd.DataFrame, new: pd.DataFrame, method: str = "obsdiff") -> pd.DataFrame:
+    """``old``'s fewer-steps rows matched to ``new``'s plans of ``method``: the method leaves the rows
+    it named (a row naming no plan then goes) and joins the row at its new plans' step counts (added
+    from ``new`` where ``old`` has none), so every fewer-steps row names the plans whose MACs it spends.
+
+    >>> old = pd.DataFrame({"method": ["fewer steps"] * 2, "sparsity": [0.2, 0.2], "steps": [8, 9],
+    ...                     "plans": ["a, obsdiff", "obsdiff"]})
+    >>> new = pd.DataFrame({"method": ["fewer steps"], "sparsity": [0.2], "steps": [9], "plans": ["obsdiff"]})
+    >>> with_fewer_steps(old, new)[["steps", "plans"]].values.tolist()
+    [[8, 'a'], [9, 'obsdiff']]
+    """
+    few = old["method"] == "fewer steps"
+
+    def names(plans):
+        return [p.strip() for p in str(plans).split(",") if p.strip() and p.strip() != "nan"]
+
+    old = old.copy()
+    old.loc[few, "plans"] = [", ".join(n for n in names(p) if n != method) for p in old.loc[few, "plans"]]
+    old = old[~(few & (old["plans"] == ""))].reset_index(drop=True)
+    for _, row in new[new["method"] == "fewer steps"].iterrows():
+        if method not in names(row.get("plans")):
+            continue
+        same = (old["method"] == "fewer steps") & (old["sparsity"] == row["sparsity"]) & (old["steps"] == row["steps"])
+        if same.any():
+            i = same.to_numpy().argmax()
+            old.loc[i, "plans"] = ", ".join([*names(old.loc[i, "plans"]), method])
+        else:
+            old = pd.concat([old, row[old.columns.intersection(row.index)].to_frame().T], ignore_index=True)
+    few = old["method"] == "fewer steps"
+    ordered = old[few].sort_values(["sparsity", "steps"], kind="stable")
+    return pd.concat([old[~few], ordered], ignore_index=True)
+
+
 def into_tables(model: str, why: str) -> None:
     """Replace the OBS-Diff rows (plain and reconstructed) of ``quality_<model>.csv`` with this
-    module's default run, and say so in ``quality_runs.json`` (``replaced_rows``)."""
+    module's default run, match the fewer-steps rows to its plans' MACs (:func:`with_fewer_steps`),
+    and say so in ``quality_runs.json`` (``replaced_rows``)."""
     from benchmarks.quality_tables import RUNS_FILE as RUNS
     from pruning.files import atomic_write
 
@@ -79,6 +114,7 @@ def into_tables(model: str, why: str) -> None:
     others = old["method"] != "obsdiff"
     merged = pd.concat([old[:at][others[:at]], rows[old.columns.intersection(rows.columns)], old[at:][others[at:]]],
                        ignore_index=True)
+    merged = with_fewer_steps(merged, new)
     with atomic_write(OUT / f"quality_{model}.csv") as tmp:
         merged.to_csv(tmp, index=False)
     runs = json.loads(RUNS.read_text())
