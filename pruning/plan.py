@@ -180,7 +180,7 @@ class PruningPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.removed_operators or self.kept_heads or self.kept_neurons or self.kept_groups)
+        return not (self.removed_operators or any(self.kept(kind) for kind in UNIT_KINDS))
 
     def with_provenance(self, **info) -> PruningPlan:
         stamp = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -1,0 +1,27 @@
+"""Conditioning channels (kind "channel") through the rest of the package: the places that assumed
+the three block kinds, or that a structure's cuts live inside its own module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pruning.catalog import discover
+from pruning.export import check_removes_something
+from pruning.plan import PruningPlan
+
+FAMILIES = ("sd", "sdxl", "flux", "sd3")
+
+
+def _channels(h):
+    return next(s for s in discover(h.denoiser).structures.values() if s.kind == "channel")
+
+
+def _plan(h, kept, **kw):
+    return PruningPlan(family=h.family, base=h.model_ref, kept_channels={_channels(h).fqn: tuple(kept)}, **kw)
+
+
+def test_a_plan_that_prunes_channels_only_is_not_empty(tiny_sd3):
+    plan = _plan(tiny_sd3, (0, 1))
+    assert not plan.is_empty and not plan.normalized(tiny_sd3.denoiser).is_empty
+    assert check_removes_something(plan, tiny_sd3).kept_channels  # exportable
