@@ -25,3 +25,15 @@ def test_a_plan_that_prunes_channels_only_is_not_empty(tiny_sd3):
     plan = _plan(tiny_sd3, (0, 1))
     assert not plan.is_empty and not plan.normalized(tiny_sd3.denoiser).is_empty
     assert check_removes_something(plan, tiny_sd3).kept_channels  # exportable
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slim_keeps_every_cut_layers_sizes_in_line_and_rediscovers_the_channels(family, request):
+    from pruning.slim import slim
+
+    h = request.getfixturevalue(f"tiny_{family}")
+    small = slim(h.denoiser, _plan(h, (0, 1, 2)))
+    stale = [n for n, m in small.named_modules() if isinstance(m, torch.nn.Linear)
+             and (m.out_features, m.in_features) != tuple(m.weight.shape)]
+    assert stale == []  # SDXL's add_embedding.linear_2 (a producer outside time_embedding) was left at 64
+    assert _channels(type("H", (), {"denoiser": small})).units == 3  # a slim model's channels are found again
