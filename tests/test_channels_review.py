@@ -37,3 +37,18 @@ def test_slim_keeps_every_cut_layers_sizes_in_line_and_rediscovers_the_channels(
              and (m.out_features, m.in_features) != tuple(m.weight.shape)]
     assert stale == []  # SDXL's add_embedding.linear_2 (a producer outside time_embedding) was left at 64
     assert _channels(type("H", (), {"denoiser": small})).units == 3  # a slim model's channels are found again
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_early_depth_scale_ignores_the_conditioning_channels(family, request):
+    """``early`` scales by depth among the blocks' structures: the first block's get 1 - early, as
+    before the channels were a structure (their depth 0, outside every block, stretched the range),
+    and the channels, which feed every block, are at no depth (scale 1)."""
+    from pruning.methods.select import LayerBudget, _layout
+
+    h = request.getfixturevalue(f"tiny_{family}")
+    found = discover(h.denoiser).structures
+    scale, _, protected = _layout(h, LayerBudget(early=0.5, protect_ends=True), list(found))
+    blocks = [f for f, s in found.items() if s.kind != "channel"]
+    assert min(scale[f] for f in blocks) == pytest.approx(0.5) and max(scale[f] for f in blocks) == pytest.approx(1.0)
+    assert scale[_channels(h).fqn] == 1.0 and _channels(h).fqn not in protected
