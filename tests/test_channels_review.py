@@ -52,3 +52,25 @@ def test_early_depth_scale_ignores_the_conditioning_channels(family, request):
     blocks = [f for f, s in found.items() if s.kind != "channel"]
     assert min(scale[f] for f in blocks) == pytest.approx(0.5) and max(scale[f] for f in blocks) == pytest.approx(1.0)
     assert scale[_channels(h).fqn] == 1.0 and _channels(h).fqn not in protected
+
+
+def test_the_select_table_builds_a_channel_plan_and_the_kept_plot_shows_it(tiny_sd):
+    """The app's structures table: ticking the channel row (kept indices typed in) gives the plan,
+    its totals are the summary's, and the kept-fraction plot has a bar for the channels."""
+    from app_support.tables import plan_from_table, selection_table, totals, unit_kept_table
+    from visual.masks import mask_sparsity_plot
+
+    h, s = tiny_sd, _channels(tiny_sd)
+    table = selection_table(h, "structures")
+    row = table.index[table["fqn"] == s.fqn][0]
+    group = table.index[table["kind"] == "group"][0]
+    table.loc[[row, group], "prune"] = True
+    table.loc[row, "kept indices"], table.loc[group, "kept indices"] = "0,2,4", "1"
+    plan = plan_from_table(h, "structures", table)
+    assert plan.kept_channels == {s.fqn: (0, 2, 4)} and len(plan.kept_groups) == 1
+    assert totals(h, plan)["params_removed_by_kind"]["channel"] > 0
+    kept = unit_kept_table(h, plan)
+    assert kept.set_index("fqn").loc[s.fqn, "kept"] == pytest.approx(3 / s.units)
+    names = [t.name for t in mask_sparsity_plot(kept).data]
+    assert "conditioning channels" in names  # the channel row was dropped from the figure
+    assert selection_table(h, "structures", plan).set_index("fqn").loc[s.fqn, "kept indices"] == "0,2,4"
