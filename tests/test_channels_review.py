@@ -74,3 +74,17 @@ def test_the_select_table_builds_a_channel_plan_and_the_kept_plot_shows_it(tiny_
     names = [t.name for t in mask_sparsity_plot(kept).data]
     assert "conditioning channels" in names  # the channel row was dropped from the figure
     assert selection_table(h, "structures", plan).set_index("fqn").loc[s.fqn, "kept indices"] == "0,2,4"
+
+
+def test_every_kinds_setting_names_the_channel_kind_it_offers():
+    """The help the CLI and the app show for a ``kinds`` field names every kind it offers, and
+    OBS-Diff's states its real default (it prunes channels by default)."""
+    from dataclasses import fields
+
+    from pruning import methods
+
+    for name in ("magnitude", "random", "taylor", "ecodiff", "obsdiff"):
+        f = next(x for x in fields(methods.get(name).Settings) if x.name == "kinds")
+        assert "channel" in f.metadata["choices"] and "channel" in f.metadata["help"], name
+    obs = next(x for x in fields(methods.get("obsdiff").Settings) if x.name == "kinds")
+    assert "default neuron and group:" not in obs.metadata["help"] and "channel" in obs.default
