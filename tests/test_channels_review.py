@@ -88,3 +88,26 @@ def test_every_kinds_setting_names_the_channel_kind_it_offers():
         assert "channel" in f.metadata["choices"] and "channel" in f.metadata["help"], name
     obs = next(x for x in fields(methods.get("obsdiff").Settings) if x.name == "kinds")
     assert "default neuron and group:" not in obs.metadata["help"] and "channel" in obs.default
+
+
+def test_a_scale_shift_resnet_counts_its_time_emb_proj_once():
+    """A resnet with ``time_embedding_norm="scale_shift"`` cuts its ``time_emb_proj`` rows twice per
+    channel ([scale | shift]); the summary subtracted the overlap with the conditioning channels'
+    columns once, so it overstated what slim removes (params and MACs)."""
+    from diffusers import UNet2DConditionModel
+
+    from pruning.metrics import count_params, total_macs
+    from pruning.slim import slim
+    from pruning.testing import tiny_pipeline
+
+    config = {k: v for k, v in tiny_pipeline("sd").unet.config.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**config, "resnet_time_scale_shift": "scale_shift"})
+    found = discover(unet).structures
+    group = next(f for f, s in found.items() if s.kind == "group")
+    assert unet.get_submodule(group).time_embedding_norm == "scale_shift"
+    plan = PruningPlan(family="sd", base="tiny:sd", kept_groups={group: (0,)},
+                       kept_channels={"time_embedding": (0, 1)})
+    small, s = slim(unet, plan), plan.summary(unet, sample_size=8, text_len=8)
+    assert count_params(small) == s["params_total"] - s["params_removed"]
+    assert total_macs(small, sample_size=8, text_len=8) == s["macs_total"] - s["macs_removed"]
