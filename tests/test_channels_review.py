@@ -111,3 +111,14 @@ def test_a_scale_shift_resnet_counts_its_time_emb_proj_once():
     small, s = slim(unet, plan), plan.summary(unet, sample_size=8, text_len=8)
     assert count_params(small) == s["params_total"] - s["params_removed"]
     assert total_macs(small, sample_size=8, text_len=8) == s["macs_total"] - s["macs_removed"]
+
+
+def test_the_apps_glossary_explains_every_structure_kind_the_model_tab_lists(tiny_flux):
+    """The Model tab's "What can be pruned, by kind" lists a ``channel`` row; the glossary beside
+    it says what that is."""
+    from app_support.guide import glossary
+    from pruning.facts import denoiser_facts
+
+    assert "channel" in denoiser_facts(tiny_flux.denoiser, sample_size=8, text_len=8)["structures"]
+    text = glossary(None)
+    assert "conditioning embedding" in text and "`channel`" in text
