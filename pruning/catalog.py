@@ -257,7 +257,7 @@ def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: in
     """``(operators, structures)`` DataFrames for ``denoiser`` at a reference input size.
 
     operators: fqn, kind, granularity, stage, level, block, depth, params, macs, param_share,
-    mac_share. structures: one row per prunable module: fqn, kind (head/neuron/group),
+    mac_share. structures: one row per prunable structure: fqn, kind (head/neuron/group/channel),
     component, units, unit_size, module_params, fixed_params (module params no unit owns: lost
     too when a structure that is not an operator is emptied), unit_params, unit_macs, params (prunable),
     macs (prunable), param_share, mac_share and the same position columns.

@@ -47,7 +47,9 @@ class Cut:
 
 @dataclass(frozen=True)
 class Structure:
-    """A prunable family of units (heads, neurons, channel groups) owned by one module."""
+    """A prunable family of units (heads, neurons, channel groups) owned by one module, or the
+    conditioning channels (kind "channel"): ``fqn`` is the embedding, and the cuts span its producers
+    and every consumer, in modules all over the denoiser (see :func:`consumers_of`)."""
 
     fqn: str
     kind: str  # head | neuron | group | channel

@@ -824,7 +824,7 @@ class OBSDiff(Method):
     work_unit = "steps (the layers' probes, then the calibration groups)"
 
     def comparison_settings(self, calib: tuple[str, ...], quick: bool = False) -> dict:
-        """Its own default kinds (neurons and channel groups): with heads, an equal per-layer fraction
+        """Its own default kinds (neurons, channel groups and conditioning channels): with heads, an equal per-layer fraction
         removes a quarter or half of every 4-head attention (latent MSE at 20%: flux 0.282 vs 0.0052,
         sd3 0.056 vs 0.0257 without heads)."""
         return self.quick_values() if quick else {}
