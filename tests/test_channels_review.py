@@ -122,3 +122,19 @@ def test_the_apps_glossary_explains_every_structure_kind_the_model_tab_lists(tin
     assert "channel" in denoiser_facts(tiny_flux.denoiser, sample_size=8, text_len=8)["structures"]
     text = glossary(None)
     assert "conditioning embedding" in text and "`channel`" in text
+
+
+def test_a_lora_on_the_consumers_of_emptied_channels_is_dropped_not_written_with_no_inputs(tiny_flux, tmp_path):
+    """With every conditioning channel pruned, each AdaLN ``linear`` reads nothing: its LoRA factors
+    (``B @ A`` = 0) are dropped and reported, not written with a rank-r x 0 ``lora_A`` that our own
+    reader (and ``fuse_lora`` on the pruned model) refuses."""
+    from pruning.lora import read_lora, slice_lora
+    from tests.test_lora import _make_lora
+    from pruning.testing import tiny_pipeline
+
+    path = _make_lora(tiny_pipeline("flux"), ["linear", "to_q"], tmp_path, 0)
+    plan = _plan(tiny_flux, ())
+    lora = slice_lora(tiny_flux, plan, read_lora(tiny_flux, path))
+    assert all(A.shape[1] > 0 for A, _, _ in lora.layers.values())
+    assert "transformer.norm_out.linear (all its inputs pruned)" in lora.dropped
+    assert any(k.endswith("to_q") for k in lora.layers)  # the others stay
