@@ -138,3 +138,19 @@ def test_a_lora_on_the_consumers_of_emptied_channels_is_dropped_not_written_with
     assert all(A.shape[1] > 0 for A, _, _ in lora.layers.values())
     assert "transformer.norm_out.linear (all its inputs pruned)" in lora.dropped
     assert any(k.endswith("to_q") for k in lora.layers)  # the others stay
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_a_model_exported_with_every_channel_pruned_loads_and_catalogs(family, request, tmp_path):
+    """An emptied channel structure (the Select table's channel row ticked with no kept indices) is a
+    legal plan; its export must load and describe itself (the catalog divided by a zero width)."""
+    from pruning.catalog import catalog
+    from pruning.export import export, load_pruned
+    from pruning.facts import model_facts
+
+    h = request.getfixturevalue(f"tiny_{family}")
+    out = export(h, _plan(h, ()), tmp_path / "all-channels", evaluate=False, card=False)
+    pruned = load_pruned(out, base=h)
+    catalog(pruned.denoiser)  # a 0-unit channel structure divided by zero here
+    assert not [s for s in discover(pruned.denoiser).structures.values() if s.kind == "channel"]
+    assert "channel" not in model_facts(pruned)["structures"]
