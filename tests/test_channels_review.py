@@ -154,3 +154,17 @@ def test_a_model_exported_with_every_channel_pruned_loads_and_catalogs(family, r
     catalog(pruned.denoiser)  # a 0-unit channel structure divided by zero here
     assert not [s for s in discover(pruned.denoiser).structures.values() if s.kind == "channel"]
     assert "channel" not in model_facts(pruned)["structures"]
+
+
+@pytest.mark.parametrize("kind", ["kept_heads", "kept_neurons"])
+def test_a_flux_model_slimmed_with_an_emptied_single_block_structure_catalogs(tiny_flux, kind):
+    """The same for the other structures that may be emptied without being an operator (a FLUX single
+    block's heads or MLP): the slim model's discovery met an EmptyAttention, or a 0-wide MLP."""
+    from pruning.catalog import catalog
+    from pruning.slim import slim
+
+    fqn = "single_transformer_blocks.0." + ("attn" if kind == "kept_heads" else "proj_mlp")
+    small = slim(tiny_flux.denoiser, PruningPlan(family="flux", base=tiny_flux.model_ref, **{kind: {fqn: ()}}))
+    catalog(small)
+    found = discover(small).structures
+    assert fqn not in found and "single_transformer_blocks.1.attn" in found
