@@ -259,8 +259,9 @@ def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: in
     operators: fqn, kind, granularity, stage, level, block, depth, params, macs, param_share,
     mac_share. structures: one row per prunable structure: fqn, kind (head/neuron/group/channel),
     component, units, unit_size, module_params, fixed_params (module params no unit owns: lost
-    too when a structure that is not an operator is emptied), unit_params, unit_macs, params (prunable),
-    macs (prunable), param_share, mac_share and the same position columns.
+    too when a structure that is not an operator is emptied), unit_params, unit_macs, parts (``{module:
+    (params, MACs)}`` per unit in each module it cuts: a channel structure's span the denoiser), params
+    (prunable), macs (prunable), param_share, mac_share and the same position columns.
     ``sample_size`` is the latent side (defaults: UNet ``config.sample_size``, FLUX 128).
     """
     key = (sample_size, text_len)
