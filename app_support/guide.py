@@ -48,7 +48,8 @@ GLOSSARY = """\
 **Words used here.** An **operator** is a whole branch that can be switched off: a self-attention (`attn1`), a
 cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block (`resnet`) or a whole block. A
 **structure** is a layer whose small **units** can be removed one by one: attention **heads**, FFN **neurons**,
-and resnet channel **groups**. **Sparsity** is the fraction of the denoiser's parameters removed. Every score in
+resnet channel **groups**, and the **channels** of the conditioning embedding (kind `channel`: the time / text
+embedding every block's modulation reads). **Sparsity** is the fraction of the denoiser's parameters removed. Every score in
 this app means the same: **low = prunable** (remove first), drawn in orange; high = keep, drawn in blue.
 """
 PARTS = {  # what the loaded family calls its operators (the glossary names the loaded model's parts)

@@ -210,15 +210,18 @@ def double_cuts(denoiser: nn.Module) -> list[tuple[str, str, str, int]]:
     if denoiser in _DOUBLE:
         return _DOUBLE[denoiser]
     params = dict(denoiser.named_parameters())
-    by_param: dict[str, dict[int, Structure]] = {}
+    by_param: dict[str, dict[int, list]] = {}  # param -> dim -> [structure, its cuts along that dim]
     for s in discover(denoiser).structures.values():
         for c in s.cuts:
-            by_param.setdefault(c.param, {})[c.dim] = s
+            entry = by_param.setdefault(c.param, {}).setdefault(c.dim, [s, 0])
+            entry[1] += entry[0] is s
     out = []
     for name, dims in by_param.items():
-        if 0 in dims and 1 in dims and dims[0] is not dims[1]:
-            t, rows, cols = params[name], dims[0], dims[1]
-            out.append((name, rows.fqn, cols.fqn, rows.unit_size * cols.unit_size * t.numel() // (t.shape[0] * t.shape[1])))
+        if 0 in dims and 1 in dims and dims[0][0] is not dims[1][0]:
+            t, (rows, n_rows), (cols, n_cols) = params[name], dims[0], dims[1]
+            # a unit's slices along a dim: one per cut (a scale_shift resnet's time_emb_proj: [scale | shift])
+            out.append((name, rows.fqn, cols.fqn,
+                        n_rows * rows.unit_size * n_cols * cols.unit_size * t.numel() // (t.shape[0] * t.shape[1])))
     _DOUBLE[denoiser] = out
     return out
 
@@ -254,10 +257,11 @@ def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: in
     """``(operators, structures)`` DataFrames for ``denoiser`` at a reference input size.
 
     operators: fqn, kind, granularity, stage, level, block, depth, params, macs, param_share,
-    mac_share. structures: one row per prunable module: fqn, kind (head/neuron/group),
+    mac_share. structures: one row per prunable structure: fqn, kind (head/neuron/group/channel),
     component, units, unit_size, module_params, fixed_params (module params no unit owns: lost
-    too when a structure that is not an operator is emptied), unit_params, unit_macs, params (prunable),
-    macs (prunable), param_share, mac_share and the same position columns.
+    too when a structure that is not an operator is emptied), unit_params, unit_macs, parts (``{module:
+    (params, MACs)}`` per unit in each module it cuts: a channel structure's span the denoiser), params
+    (prunable), macs (prunable), param_share, mac_share and the same position columns.
     ``sample_size`` is the latent side (defaults: UNet ``config.sample_size``, FLUX 128).
     """
     key = (sample_size, text_len)

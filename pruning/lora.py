@@ -275,6 +275,10 @@ def slice_lora(handle, plan: PruningPlan, lora: Lora) -> Lora:
         if op is not None or (rows is not None and not rows.any()):
             dropped.append(f"{module} (removed with {op})" if op else f"{module} (all its units pruned)")
             continue
+        if cols is not None and not cols.any():  # every input pruned (all the conditioning channels): B @ A is 0
+            dropped.append(f"{module} (all its inputs pruned" + ("; its LoRA bias goes with it)" if bias is not None
+                                                                  else ")"))
+            continue
         if rows is not None:
             keep = rows.nonzero().flatten()
             B = B.index_select(0, keep)

@@ -180,7 +180,7 @@ class PruningPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.removed_operators or self.kept_heads or self.kept_neurons or self.kept_groups)
+        return not (self.removed_operators or any(self.kept(kind) for kind in UNIT_KINDS))
 
     def with_provenance(self, **info) -> PruningPlan:
         stamp = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -300,10 +300,9 @@ def _cut_twice(denoiser: nn.Module, plan: PruningPlan, st_rows) -> tuple[int, fl
     p, m = 0, 0.0
     for param, rows, cols, per in double_cuts(denoiser):
         if gone.get(rows) and gone.get(cols) and not any(inside(param, r) for r in plan.removed_operators):
-            layer = param.rsplit(".", 1)[0]
-            out = denoiser.get_submodule(layer).weight.shape[0]
+            col_p, col_m = st_rows.loc[cols, "parts"][param.rsplit(".", 1)[0]]  # per column unit in this layer
             p += gone[rows] * gone[cols] * per
-            m += gone[rows] * found[rows].unit_size * gone[cols] * st_rows.loc[cols, "parts"][layer][1] / out
+            m += gone[rows] * gone[cols] * per * col_m / col_p  # MACs per weight: the same for every weight
     return p, m
 
 

@@ -50,7 +50,7 @@ from .errors import SettingsError
 from .memory import offloaded, plain_copy
 from .plan import PruningPlan
 from .replacements import replacement_for
-from .specs import CUTTERS, UNIT_KINDS, consumers_of, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
+from .specs import CUTTERS, UNIT_KINDS, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
 from .standin import linear_operators, map_shapes
 
 
@@ -76,7 +76,8 @@ def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn
         for fqn in plan.kept(kind):
             s = found.structures[fqn]
             owned[_owner_of(s)][kind] = s
-    _sync_leaves(new, [*owned, *(consumers_of(found.structures[f]) for k in UNIT_KINDS for f in plan.kept(k))])
+    # every layer a structure cuts, also outside its own module (SDXL's add_embedding.linear_2, the consumers)
+    _sync_leaves(new, [*owned, *(_cut_layers(found.structures[f]) for k in UNIT_KINDS for f in plan.kept(k))])
     for fqn, structures in sorted(owned.items()):
         module = new.get_submodule(fqn)
         cutter = next((fn for t, fn in CUTTERS.items() if isinstance(module, t)), None)
@@ -92,6 +93,11 @@ def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn
                                                maps=map_shapes(module, kind) if fqn in linear else None))
     new.pruning_plan = plan  # plain attribute for introspection; not part of the state_dict
     return new
+
+
+def _cut_layers(s: Structure) -> list[str]:
+    """The modules whose parameters ``s`` cuts (producers and consumers alike), in order."""
+    return list(dict.fromkeys(c.param.rsplit(".", 1)[0] for c in s.cuts))
 
 
 def _owner_of(s: Structure) -> str:

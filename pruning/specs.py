@@ -47,7 +47,9 @@ class Cut:
 
 @dataclass(frozen=True)
 class Structure:
-    """A prunable family of units (heads, neurons, channel groups) owned by one module."""
+    """A prunable family of units (heads, neurons, channel groups) owned by one module, or the
+    conditioning channels (kind "channel"): ``fqn`` is the embedding, and the cuts span its producers
+    and every consumer, in modules all over the denoiser (see :func:`consumers_of`)."""
 
     fqn: str
     kind: str  # head | neuron | group | channel
@@ -110,6 +112,8 @@ def channel_structure(denoiser: nn.Module, fqn: str, producers: list[str], consu
     width = prods[0][1].out_features
     if any(m.out_features != width for _, m in prods) or any(m.in_features != width for _, m in cons):
         return None
+    if width == 0:
+        return None  # a model slimmed with every channel pruned: nothing left to prune
     cuts = [Cut(f"{p}.{t}", 0) for p, m in prods for t in ("weight", "bias") if getattr(m, t) is not None]
     cuts += [Cut(f"{c}.weight", 1) for c, _ in cons]
     parts = tuple((name, width) for name, _ in prods + cons)

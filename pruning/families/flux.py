@@ -118,8 +118,10 @@ class FluxFamily(FlowFamily):
                 ops[f"{name}.{child}"] = Operator(f"{name}.{child}", child)
         elif isinstance(mod, FluxSingleTransformerBlock):
             ops[name] = Operator(name, "single_block")
-            structs[f"{name}.attn"] = _single_heads(name, mod)
-            structs[f"{name}.proj_mlp"] = _single_mlp(name, mod)
+            if getattr(mod.attn, "heads", 0):  # a slim model's emptied attention (EmptyAttention) has none left
+                structs[f"{name}.attn"] = _single_heads(name, mod)
+            if mod.proj_mlp.out_features:  # nor a slim model's emptied MLP
+                structs[f"{name}.proj_mlp"] = _single_mlp(name, mod)
         else:
             return False
         return True

@@ -96,7 +96,8 @@ class EcoDiffSettings:
     gate: str = opt("hard_concrete", "hard_concrete (the paper's noisy gates) or sigmoid", "choice",
                     tuple(GATE_TYPES))
     kinds: tuple[str, ...] = opt(("head", "neuron"), "which units get a gate: attention heads (head), FFN neurons "
-                                 "(neuron), resnet channel groups (group)", "choices", UNIT_KINDS, label="gates on",
+                                 "(neuron), resnet channel groups (group), conditioning channels (channel: the time / "
+                                 "text embedding every modulation layer reads)", "choices", UNIT_KINDS, label="gates on",
                                  basic=True)
     checkpointing: str = opt("timestep", "timestep: memory O(1) in T; none: plain autograd (for checks)",
                              "choice", CHECKPOINTING)

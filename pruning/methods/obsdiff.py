@@ -2,13 +2,14 @@
 Surgeon, with timestep-weighted statistics, selection coupled with compensation and sequential
 groups in depth order. Training free.
 
-**Units** are attention heads, FFN neurons and resnet channel groups, pruned as *input columns
-of their consumer layer* (``to_out.0`` and ``to_add_out`` for heads, ``ff.net.2`` /
-``ff_context.net.2`` for neurons, a FLUX single block's ``proj_out`` for its heads and MLP,
-a resnet's ``conv2`` (its ``k x k`` patches) for channel groups); the producers are sliced to
-match by the plan (``kept_heads`` / ``kept_neurons`` / ``kept_groups``) as for every method.
-The defaults prune neurons and channel groups only (``DEFAULT_KINDS``: on the bundled models'
-4-head layers heads measured worse); the authors' preset prunes heads and neurons.
+**Units** are attention heads, FFN neurons, resnet channel groups and conditioning channels,
+pruned as *input columns of their consumer layer* (``to_out.0`` and ``to_add_out`` for heads,
+``ff.net.2`` / ``ff_context.net.2`` for neurons, a FLUX single block's ``proj_out`` for its heads
+and MLP, a resnet's ``conv2`` (its ``k x k`` patches) for channel groups, every AdaLN ``linear`` /
+resnet ``time_emb_proj`` for the conditioning channels); the producers are sliced to match by the
+plan (``kept_heads`` / ``kept_neurons`` / ``kept_groups`` / ``kept_channels``) as for every method.
+The defaults prune neurons, channel groups and conditioning channels (``DEFAULT_KINDS``: on the
+bundled models' 4-head layers heads measured worse); the authors' preset prunes heads and neurons.
 
 **Statistics.** For each consumer, ``H = sum_t alpha_t X_t^T X_t / sum_t alpha_t rows_t`` in
 float64 over the calibration trajectories (both classifier-free-guidance branches), ``alpha``
@@ -128,9 +129,10 @@ class OBSDiffSettings:
     resolution: int | None = opt(None, "image side in pixels (default: the model's)", "int")
     sparsity: float = opt(0.2, "the target (fraction of params) at which `score` computes the OBS errors; a plan at "
                           "another target runs the procedure again at that target", "float")
-    kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "structures to prune: head, neuron, group (default neuron and group: "
-                                 "the bundled models have 4 heads a layer, so a per-layer fraction removes heads a "
-                                 "quarter at a time, which measured worse; the authors' preset prunes heads too)",
+    kinds: tuple[str, ...] = opt(DEFAULT_KINDS, "structures to prune: head, neuron, group, channel (the conditioning "
+                                 "channels every modulation layer reads; default neuron, group and channel: the bundled "
+                                 "models have 4 heads a layer, so a per-layer fraction removes heads a quarter at a "
+                                 "time, which measured worse; the authors' preset prunes heads and neurons)",
                                  "choices", UNIT_KINDS, label="units", basic=True)
     alpha_first: float = opt(1.2, "timestep weight of the first (noisiest) step", "float")
     alpha_last: float = opt(0.8, "timestep weight of the last step", "float")
@@ -891,7 +893,7 @@ class OBSDiff(Method):
     work_unit = "steps (the layers' probes, then the calibration groups)"
 
     def comparison_settings(self, calib: tuple[str, ...], quick: bool = False) -> dict:
-        """Its own default kinds (neurons and channel groups): with heads, an equal per-layer fraction
+        """Its own default kinds (neurons, channel groups and conditioning channels): with heads, an equal per-layer fraction
         removes a quarter or half of every 4-head attention (latent MSE at 20%: flux 0.282 vs 0.0052,
         sd3 0.056 vs 0.0257 without heads)."""
         return self.quick_values() if quick else {}

@@ -113,10 +113,13 @@ def _layout(handle, budget: LayerBudget, fqns) -> tuple[dict, dict, set]:
     """Per structure: its depth scale 1 - early * (1 - d), its unit params, and the protected ones."""
     _, st = catalog(handle.denoiser)
     st = st.set_index("fqn")
-    depth = st["depth"].astype(float)
+    # depth over the structures inside blocks: the conditioning channels (block "other", depth 0: the
+    # embedding runs first) feed every block, so they are at no depth (scale 1) and do not stretch it
+    in_blocks = st["block"] != "other"
+    depth = st.loc[in_blocks, "depth"].astype(float)
     lo, hi = float(depth.min()), float(depth.max())
     rel = (depth - lo) / max(hi - lo, 1e-9)
-    scale = {f: 1.0 - budget.early * (1.0 - float(rel[f])) for f in fqns}
+    scale = {f: 1.0 - budget.early * (1.0 - float(rel[f])) if f in rel.index else 1.0 for f in fqns}
     params = {f: float(st.loc[f, "unit_params"]) for f in fqns}
     protected = set()
     if budget.protect_ends:
