@@ -129,8 +129,8 @@ def test_a_lora_on_the_consumers_of_emptied_channels_is_dropped_not_written_with
     (``B @ A`` = 0) are dropped and reported, not written with a rank-r x 0 ``lora_A`` that our own
     reader (and ``fuse_lora`` on the pruned model) refuses."""
     from pruning.lora import read_lora, slice_lora
-    from tests.test_lora import _make_lora
     from pruning.testing import tiny_pipeline
+    from tests.test_lora import _make_lora
 
     path = _make_lora(tiny_pipeline("flux"), ["linear", "to_q"], tmp_path, 0)
     plan = _plan(tiny_flux, ())
