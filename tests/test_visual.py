@@ -55,6 +55,24 @@ def test_mask_plots():
     assert visual.loss_plot(pd.DataFrame()).layout.height == 480  # empty history: still a figure
 
 
+def test_kept_plot_draws_every_unit_kind(tiny_sd3):
+    """The kept-fraction plot has a bar for every structure kind of the catalog: a plan that prunes
+    the conditioning channels only showed every layer at 100% kept (the channel kind was dropped)."""
+    from pruning.catalog import UNIT_KINDS
+    from visual.masks import KIND_COLORS, KIND_DASH, KIND_NAMES
+
+    assert set(KIND_COLORS) == set(KIND_DASH) == set(KIND_NAMES) == set(UNIT_KINDS)
+    _, st = catalog(tiny_sd3.denoiser)
+    cond = st.loc[st["kind"] == "channel", "fqn"].item()
+    kept = st[["fqn", "kind", "units", "depth"]].assign(kept=[0.25 if f == cond else 1.0 for f in st["fqn"]])
+    fig = visual.mask_sparsity_plot(kept)
+    bars = {t.name: t for t in fig.data}
+    assert set(bars) == {"attention heads", "FFN neurons", "conditioning channels"}
+    ch = bars["conditioning channels"]
+    assert list(ch.y) == [0.25] and ch.customdata[0][0] == cond  # its kept fraction, its FQN on hover
+    assert ch.marker.color not in {b.marker.color for n, b in bars.items() if n != ch.name}
+
+
 def test_quality_vs_sparsity_sorted_per_method():
     df = pd.DataFrame({"method": ["a", "a", "b"], "params_fraction": [0.3, 0.1, 0.2], "psnr": [20.0, 30.0, 25.0]})
     fig = visual.quality_vs_sparsity(df, "psnr", mark=0.25)

@@ -1,7 +1,8 @@
 """EcoDiff figures: the live loss / expected-sparsity curves and per-layer kept fractions.
 
 Colours mean one thing each: the two loss curves are greys (solid: total, dashed: image
-part), and every structure kind has its own colour in both figures (heads, neurons, groups).
+part), and every structure kind has its own colour in both figures (heads, neurons, groups,
+conditioning channels).
 
 >>> import pandas as pd
 >>> h = pd.DataFrame({"step": [0, 1], "loss": [0.3, 0.2], "recon": [0.2, 0.1], "reg": [1.0, 0.9],
@@ -24,9 +25,12 @@ from .theme import TITLE_CHARS, TITLE_SIZE, apply_theme, broken, set_title
 HEIGHT = 480
 PANEL_SIZE = 13  # the loss plot's panel titles, a little smaller than the figure's title
 PANEL_CHARS = TITLE_CHARS * TITLE_SIZE // PANEL_SIZE  # as wide as a title line
-KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#2e8fb8"}  # never orange (= prunable)
-KIND_DASH = {"head": "solid", "neuron": "dash", "group": "dot"}  # equal curves stay visible
-KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "group": "resnet channel groups"}
+# one entry per unit kind of pruning.catalog.UNIT_KINDS (a kind missing here would vanish from the plots)
+KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#2e8fb8",
+               "channel": "#8c564b"}  # never orange (= prunable)
+KIND_DASH = {"head": "solid", "neuron": "dash", "group": "dot", "channel": "dashdot"}  # equal curves stay visible
+KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "group": "resnet channel groups",
+              "channel": "conditioning channels"}
 LOSS_STYLE = {"loss": {"color": "#555555"}, "recon": {"color": "#999999", "dash": "dash"}}
 
 
@@ -83,9 +87,10 @@ def loss_plot(history: pd.DataFrame, title: str = "EcoDiff optimization", subtit
 
 
 def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer", subtitle: str = "") -> go.Figure:
-    """Grouped bars: kept fraction of heads, neurons and channel groups per layer (depth order).
+    """Grouped bars: kept fraction of heads, neurons, channel groups and conditioning channels per
+    layer (depth order).
 
-    ``kept`` has one row per structure: fqn, kind (head/neuron/group), kept (fraction in [0, 1]),
+    ``kept`` has one row per structure: fqn, kind (head/neuron/group/channel), kept (fraction in [0, 1]),
     optionally units and depth.
 
     >>> df = pd.DataFrame({"fqn": ["mid_block.resnets.0", "mid_block.attentions.0.transformer_blocks.0.ff"],
