@@ -55,6 +55,18 @@ def test_mask_plots():
     assert visual.loss_plot(pd.DataFrame()).layout.height == 480  # empty history: still a figure
 
 
+def test_conditioning_channels_are_the_embedding_row(tiny_sd, tiny_flux, tiny_sd3):
+    """The conditioning channels' row is a short name, first (they are computed before any block):
+    their FQN (``time_text_embed``) was cut off by the heatmap's margin at every width."""
+    for h in (tiny_sd, tiny_flux, tiny_sd3):
+        _, st = catalog(h.denoiser)
+        fig = visual.structure_heatmap(st.assign(score=1.0))
+        rows = list(fig.data[0].y)
+        assert rows[0] == "embedding" and rows.count("embedding") == 1, (h.family, rows)
+        assert max(map(len, rows)) <= len("embedding") or h.family == "sd", rows  # as wide as "double.0"
+        assert fig.data[0].customdata[0][list(fig.data[0].x).index("cond")][0] in ("time_text_embed", "time_embedding")
+
+
 def test_kept_plot_draws_every_unit_kind(tiny_sd3):
     """The kept-fraction plot has a bar for every structure kind of the catalog: a plan that prunes
     the conditioning channels only showed every layer at 100% kept (the channel kind was dropped)."""
@@ -69,7 +81,7 @@ def test_kept_plot_draws_every_unit_kind(tiny_sd3):
     bars = {t.name: t for t in fig.data}
     assert set(bars) == {"attention heads", "FFN neurons", "conditioning channels"}
     ch = bars["conditioning channels"]
-    assert list(ch.y) == [0.25] and ch.customdata[0][0] == cond  # its kept fraction, its FQN on hover
+    assert list(ch.x) == ["embedding"] and list(ch.y) == [0.25] and ch.customdata[0][0] == cond  # its kept fraction, its FQN on hover
     assert ch.marker.color not in {b.marker.color for n, b in bars.items() if n != ch.name}
 
 
