@@ -16,9 +16,9 @@ from . import format as fmt
 INTRO = """\
 # Diffusion Pruning Explorer
 **Structural pruning** removes whole parts of a diffusion model's denoiser (attention heads, feed-forward
-neurons, channel groups, or entire blocks) so the model gets physically smaller and faster. The question is
-*which* parts can go without changing the images much. This app answers it for the loaded model, with three
-published methods and two baselines, and lets you leave with the smaller model.
+neurons, channel groups, conditioning channels, or entire blocks) so the model gets physically smaller and
+faster. The question is *which* parts can go without changing the images much. This app answers it for the
+loaded model, with three published methods and two baselines, and lets you leave with the smaller model.
 """
 
 STEPS = """\
@@ -48,8 +48,10 @@ GLOSSARY = """\
 **Words used here.** An **operator** is a whole branch that can be switched off: a self-attention (`attn1`), a
 cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block (`resnet`) or a whole block. A
 **structure** is a layer whose small **units** can be removed one by one: attention **heads**, FFN **neurons**,
-and resnet channel **groups**. **Sparsity** is the fraction of the denoiser's parameters removed. Every score in
-this app means the same: **low = prunable** (remove first), drawn in orange; high = keep, drawn in blue.
+resnet channel **groups**, and the **conditioning channels** (kind `channel`, column `cond`, row `embedding`) of
+the time / text embedding that every block's modulation layer reads. **Sparsity** is the fraction of the
+denoiser's parameters removed. Every score in this app means the same: **low = prunable** (remove first),
+drawn in orange; high = keep, drawn in blue.
 """
 PARTS = {  # what the loaded family calls its operators (the glossary names the loaded model's parts)
     "sd": "a self-attention (`attn1`), a cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block "

@@ -453,6 +453,20 @@ def test_a_model_switch_says_what_it_waits_for():
         wiring.WAITED.pop("s-wait", None)
 
 
+def test_the_guide_names_every_unit_kind():
+    """The opening guide's words name every kind of unit the tables and plots show (the conditioning
+    channels, kind "channel", appeared in the Model, Score and Select tabs with no word about them)."""
+    from app_support import guide
+    from pruning.card import KIND_WORDS
+    from pruning.catalog import UNIT_KINDS
+
+    words = guide.GLOSSARY.replace("**", "").replace("\n", " ")
+    for kind in UNIT_KINDS:
+        assert KIND_WORDS[kind].split()[-1] in words, kind
+    assert "conditioning channels" in words and "`channel`" in words
+    assert "conditioning channels" in guide.INTRO.replace("\n", " ")
+
+
 def test_every_error_toast_is_made_in_one_place():
     """How long an error toast stays is set in one place (wiring.toast): no other module of the app builds
     a gr.Error, and the time grows with the text, within wiring.TOAST_S (gradio's default is 10 s for all)."""
