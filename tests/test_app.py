@@ -467,6 +467,23 @@ def test_the_guide_names_every_unit_kind():
     assert "conditioning channels" in guide.INTRO.replace("\n", " ")
 
 
+def test_export_summary_counts_conditioning_channels_apart():
+    """The Export tab's summary: the conditioning channels are channels removed, not "a layer slimmed"
+    (an OBS-Diff plan on tiny-shapes-sd3 read "0 operators removed and 3 layers slimmed" for two FFNs
+    and the time / text embedding, whose channels every block reads)."""
+    from app_support.tables import totals
+    from app_support.tabs.export import removed_parts
+    from pruning.plan import PruningPlan
+
+    h = app.CACHE.get("tiny-shapes-sd3")
+    p = PruningPlan(family="sd3", base=h.model_ref, kept_neurons={"transformer_blocks.0.ff": tuple(range(100))},
+                    kept_channels={"time_text_embed": tuple(range(58))})
+    assert removed_parts(h, p, totals(h, p)) == ("0 operators removed, 1 layer slimmed and 70 of 128 conditioning "
+                                                 "channels removed")
+    q = PruningPlan(family="sd3", base=h.model_ref, kept_neurons={"transformer_blocks.0.ff": (0, 1)})
+    assert removed_parts(h, q, totals(h, q)) == "0 operators removed and 1 layer slimmed"
+
+
 def test_every_error_toast_is_made_in_one_place():
     """How long an error toast stays is set in one place (wiring.toast): no other module of the app builds
     a gr.Error, and the time grows with the text, within wiring.TOAST_S (gradio's default is 10 s for all)."""
