@@ -110,6 +110,8 @@ def test_load_model(c):
     out = c.predict(SOURCE, "cpu", "float32", api_name="/load_model")
     info, kinds = out[0], frame(out[1])
     assert "family `sd`" in info and "params" in info and "MACs" in info and SOURCE in info
+    cond = next(r for r in kinds if r["kind"] == "channel")  # the conditioning channels, in the table and the line
+    assert f"conditioning channels {cond['share of params']}" in info
     assert {r["kind"] for r in kinds} >= {"resnet", "attn1", "attn2", "ff", "head", "neuron", "group"}
     table = frame(out[11])
     assert out[12] == "operators" and len(table) > 10
