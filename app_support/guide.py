@@ -44,9 +44,8 @@ def steps(handle, estimates_line: str = "") -> str:
                         first=methods.get(first).title, estimates=estimates_line)
 
 
-GLOSSARY = """\
-**Words used here.** An **operator** is a whole branch that can be switched off: a self-attention (`attn1`), a
-cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block (`resnet`) or a whole block. A
+GLOSSARY_TEXT = """\
+**Words used here.** An **operator** is a whole branch that can be switched off: {parts}. A
 **structure** is a layer whose small **units** can be removed one by one: attention **heads**, FFN **neurons**,
 resnet channel **groups**, and the **conditioning channels** (kind `channel`, column `cond`, row `embedding`) of
 the time / text embedding that every block's modulation layer reads. **Sparsity** is the fraction of the
@@ -57,17 +56,23 @@ PARTS = {  # what the loaded family calls its operators (the glossary names the 
     "sd": "a self-attention (`attn1`), a cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block "
           "(`resnet`) or a whole block",
 }
+GLOSSARY = GLOSSARY_TEXT.format(parts=PARTS["sd"])
 
 
 def glossary(handle) -> str:
-    """The glossary in the loaded model's words: a UNet's parts, or a transformer's blocks."""
+    """The glossary in the loaded model's words: a UNet's parts, or a transformer's blocks.
+
+    >>> from app_support.cache import ModelCache
+    >>> text = glossary(ModelCache().get("tiny-shapes-sd3"))
+    >>> "this sd3 model's operator kinds (`joint_block`" in text, "`resnet`" in text
+    (True, False)
+    """
     from pruning.facts import model_facts
 
     if handle is None or handle.family in PARTS:
         return GLOSSARY
     kinds = ", ".join(f"`{k}`" for k, r in model_facts(handle)["operators"].items() if r["count"])
-    return GLOSSARY.replace(PARTS["sd"], f"one of this {handle.family} model's operator kinds ({kinds}) or a whole "
-                                         "block")
+    return GLOSSARY_TEXT.format(parts=f"one of this {handle.family} model's operator kinds ({kinds}) or a whole block")
 
 
 HELP = {
