@@ -13,13 +13,30 @@ import torch
 
 from . import format as fmt
 
-INTRO = """\
+INTRO_TEXT = """\
 # Diffusion Pruning Explorer
 **Structural pruning** removes whole parts of a diffusion model's denoiser (attention heads, feed-forward
 neurons, channel groups, conditioning channels, or entire blocks) so the model gets physically smaller and
 faster. The question is *which* parts can go without changing the images much. This app answers it for the
-loaded model, with three published methods and two baselines, and lets you leave with the smaller model.
+loaded model, with {methods}, and lets you leave with the smaller model.
 """
+NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def intro() -> str:
+    """The opening paragraph, with the registered methods counted (a baseline's title says so).
+
+    >>> "with four published methods and two baselines" in intro()
+    True
+    """
+    from pruning import methods
+    from pruning.labels import plural
+
+    base = sum(methods.get(n).title.endswith("(baseline)") for n in methods.names())
+    counts = [(len(methods.names()) - base, "published method"), (base, "baseline")]
+    words = [plural(n, w).replace(f"{n:,}", NUMBERS[n] if n < len(NUMBERS) else f"{n:,}", 1) for n, w in counts if n]
+    return INTRO_TEXT.format(methods=" and ".join(words))
+
 
 STEPS = """\
 **The five steps** (the tabs, in order)

@@ -466,7 +466,7 @@ def test_the_guide_names_every_unit_kind():
     for kind in UNIT_KINDS:
         assert KIND_WORDS[kind].split()[-1] in words, kind
     assert "conditioning channels" in words and "`channel`" in words
-    assert "conditioning channels" in guide.INTRO.replace("\n", " ")
+    assert "conditioning channels" in guide.intro().replace("\n", " ")
 
 
 def test_export_summary_counts_conditioning_channels_apart():
