@@ -83,6 +83,7 @@ def test_kept_plot_draws_every_unit_kind(tiny_sd3):
     ch = bars["conditioning channels"]
     assert list(ch.x) == ["embedding"] and list(ch.y) == [0.25] and ch.customdata[0][0] == cond  # its kept fraction, its FQN on hover
     assert ch.marker.color not in {b.marker.color for n, b in bars.items() if n != ch.name}
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # below: the bars keep a phone's width
 
 
 def test_quality_vs_sparsity_sorted_per_method():

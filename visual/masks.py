@@ -115,6 +115,8 @@ def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer
                              hovertemplate="%{customdata[0]}<br>kept: %{y:.1%} of %{customdata[1]} units"
                                            "<extra></extra>"))
     fig.update_layout(height=HEIGHT, barmode="group", margin={"l": 60, "r": 20, "b": 90},
+                      # below the layer names: at the right it took half a phone's width from the bars
+                      legend={"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"},
                       yaxis={"range": [0, 1.05], "title": "kept fraction (1 = untouched)", "tickformat": ".0%"},
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": layers})
     return apply_theme(set_title(fig, title, subtitle))
