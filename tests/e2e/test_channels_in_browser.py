@@ -86,3 +86,38 @@ def test_conditioning_channels_read_the_same_on_every_tab(browser, app_url, widt
         assert not page.errors, page.errors
     finally:
         ctx.close()
+
+
+def test_a_plan_of_conditioning_channels_by_hand(browser, app_url):
+    """Tick the conditioning channels' row in the structures table and type the channels to keep: the
+    row, the totals, the plot and the plan agree; switching the table to operators says the plan went."""
+    ctx, page = open_page(browser, 1440, 900)
+    try:
+        page.goto(app_url)
+        expect(page.locator("#model-status")).to_contain_text("Loaded tiny-shapes-sd", timeout=120_000)
+        tab(page, "3 Select")
+        page.get_by_label("structures", exact=True).check()
+        expect(page.locator("#selection")).to_contain_text("time_embedding")
+        cond = "time_embedding"  # a UNet's conditioning channels: first in depth order
+        cell = page.locator('#selection [role=gridcell][data-row="0"]')
+        assert _row(page, cond)[2:5] == [cond, "channel", "128 of 128"]
+        cell.locator("input[type=checkbox]").check()
+        expect(page.locator("#plan-totals")).to_contain_text("6.5%")  # every channel: 69.8 k of 1.08 M params
+        cell.nth(7).dblclick()
+        box = cell.nth(7).locator("textarea, input").first
+        box.fill("0,1,2,3,4,5,6,7")
+        box.press("Enter")
+        expect(page.locator('#selection [role=gridcell][data-row="0"][data-col="4"]')).to_have_text("8 of 128")
+        expect(page.locator("#plan-totals")).to_contain_text("6.1%")
+        assert _kept_traces(page)["conditioning channels"] == {"x": ["embedding"], "y": [8 / 128]}
+        page.locator("#plan-row").get_by_text("plan (JSON)").click()
+        expect(page.locator("#plan-row")).to_contain_text("kept_channels")
+        shot(page, "channels-by-hand", "kept-plot", page.locator("#kept-plot"))
+
+        page.get_by_label("operators", exact=True).check()  # a plan is one table's ticks: said, not silent
+        expect(page.locator("#target-note")).to_contain_text(
+            "The table now lists operators, so your plan (chosen by hand, 6.1% of the params) was cleared")
+        expect(page.locator("#plan-totals")).to_contain_text("0.0%")
+        assert not page.errors, page.errors
+    finally:
+        ctx.close()
