@@ -165,7 +165,7 @@ def wire(S, T) -> None:
         h = handle(model)
         p = plan(plan_dict)
         s = totals(h, p)
-        return {t.summary: (f"Exports **{results.model_label(h)}** pruned by the plan from **{plan_source(p)}**: "
+        return {t.summary: (f"Exports **{results.model_label(h)}** pruned by your plan (**{plan_source(p)}**): "
                             f"{removed_parts(h, p, s)}, **{fmt.percent(s['params_fraction'])} of the params** "
                             f"({fmt.count(s['params_removed'])} of {fmt.count(s['params_total'])}) and "
                             f"{fmt.percent(s['macs_fraction'])} of the MACs per denoiser call. The plan is "

@@ -82,6 +82,7 @@ def test_conditioning_channels_read_the_same_on_every_tab(browser, app_url, widt
         tab(page, "5 Export")
         expect(page.locator("#export-summary")).to_contain_text(
             f"0 operators removed, 0 layers slimmed and {units_n - kept} of {units_n} conditioning channels removed")
+        expect(page.locator("#export-summary")).to_contain_text("pruned by your plan (Weight magnitude 20%)")
         shot(page, config, "export-summary", page.locator("#export-summary"))
         assert not page.errors, page.errors
     finally:
@@ -117,7 +118,13 @@ def test_a_plan_of_conditioning_channels_by_hand(browser, app_url):
         page.get_by_label("operators", exact=True).check()  # a plan is one table's ticks: said, not silent
         expect(page.locator("#target-note")).to_contain_text(
             "The table now lists operators, so your plan (chosen by hand, 6.1% of the params) was cleared")
-        expect(page.locator("#plan-totals")).to_contain_text("0.0%")
+        page.get_by_label("structures", exact=True).check()  # a plan by hand reads as one on the Export tab
+        page.locator('#selection [role=gridcell][data-row="0"] input[type=checkbox]').check()
+        expect(page.locator("#plan-totals")).to_contain_text("6.5%")
+        tab(page, "5 Export")
+        expect(page.locator("#export-summary")).to_contain_text(
+            "pruned by your plan (chosen by hand): 0 operators removed, 0 layers slimmed and 128 of 128 conditioning "
+            "channels removed")
         assert not page.errors, page.errors
     finally:
         ctx.close()
