@@ -79,7 +79,7 @@ def build_app() -> gr.Blocks:
     method controls are built from the registry as it is now."""
     serve_in_place()  # downloads are served from PRUNING_EXPORT_DIR, never copied into gradio's cache
     with gr.Blocks(title="Diffusion Pruning Explorer", delete_cache=(600, 3600)) as demo:
-        gr.Markdown(guide.INTRO)
+        gr.Markdown(guide.intro())
         with gr.Accordion("How it works, and the words used here", open=True, elem_id="guide"):
             steps_md = gr.Markdown(guide.steps(None), elem_id="guide-steps")
             glossary = gr.Markdown(guide.GLOSSARY, elem_id="glossary")

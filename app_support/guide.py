@@ -13,13 +13,30 @@ import torch
 
 from . import format as fmt
 
-INTRO = """\
+INTRO_TEXT = """\
 # Diffusion Pruning Explorer
 **Structural pruning** removes whole parts of a diffusion model's denoiser (attention heads, feed-forward
-neurons, channel groups, or entire blocks) so the model gets physically smaller and faster. The question is
-*which* parts can go without changing the images much. This app answers it for the loaded model, with three
-published methods and two baselines, and lets you leave with the smaller model.
+neurons, channel groups, conditioning channels, or entire blocks) so the model gets physically smaller and
+faster. The question is *which* parts can go without changing the images much. This app answers it for the
+loaded model, with {methods}, and lets you leave with the smaller model.
 """
+NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def intro() -> str:
+    """The opening paragraph, with the registered methods counted (a baseline's title says so).
+
+    >>> "with four published methods and two baselines" in intro()
+    True
+    """
+    from pruning import methods
+    from pruning.labels import plural
+
+    base = sum(methods.get(n).title.endswith("(baseline)") for n in methods.names())
+    counts = [(len(methods.names()) - base, "published method"), (base, "baseline")]
+    words = [plural(n, w).replace(f"{n:,}", NUMBERS[n] if n < len(NUMBERS) else f"{n:,}", 1) for n, w in counts if n]
+    return INTRO_TEXT.format(methods=" and ".join(words))
+
 
 STEPS = """\
 **The five steps** (the tabs, in order)
@@ -44,29 +61,35 @@ def steps(handle, estimates_line: str = "") -> str:
                         first=methods.get(first).title, estimates=estimates_line)
 
 
-GLOSSARY = """\
-**Words used here.** An **operator** is a whole branch that can be switched off: a self-attention (`attn1`), a
-cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block (`resnet`) or a whole block. A
+GLOSSARY_TEXT = """\
+**Words used here.** An **operator** is a whole branch that can be switched off: {parts}. A
 **structure** is a layer whose small **units** can be removed one by one: attention **heads**, FFN **neurons**,
-resnet channel **groups**, and the **channels** of the conditioning embedding (kind `channel`: the time / text
-embedding every block's modulation reads). **Sparsity** is the fraction of the denoiser's parameters removed. Every score in
-this app means the same: **low = prunable** (remove first), drawn in orange; high = keep, drawn in blue.
+resnet channel **groups**, and the **conditioning channels** (kind `channel`, column `cond`, row `embedding`) of
+the time / text embedding that every block's modulation layer reads. **Sparsity** is the fraction of the
+denoiser's parameters removed. Every score in this app means the same: **low = prunable** (remove first),
+drawn in orange; high = keep, drawn in blue.
 """
 PARTS = {  # what the loaded family calls its operators (the glossary names the loaded model's parts)
     "sd": "a self-attention (`attn1`), a cross-attention (`attn2`), a feed-forward network (`ff`), a resnet block "
           "(`resnet`) or a whole block",
 }
+GLOSSARY = GLOSSARY_TEXT.format(parts=PARTS["sd"])
 
 
 def glossary(handle) -> str:
-    """The glossary in the loaded model's words: a UNet's parts, or a transformer's blocks."""
+    """The glossary in the loaded model's words: a UNet's parts, or a transformer's blocks.
+
+    >>> from app_support.cache import ModelCache
+    >>> text = glossary(ModelCache().get("tiny-shapes-sd3"))
+    >>> "this sd3 model's operator kinds (`joint_block`" in text, "`resnet`" in text
+    (True, False)
+    """
     from pruning.facts import model_facts
 
     if handle is None or handle.family in PARTS:
         return GLOSSARY
     kinds = ", ".join(f"`{k}`" for k, r in model_facts(handle)["operators"].items() if r["count"])
-    return GLOSSARY.replace(PARTS["sd"], f"one of this {handle.family} model's operator kinds ({kinds}) or a whole "
-                                         "block")
+    return GLOSSARY_TEXT.format(parts=f"one of this {handle.family} model's operator kinds ({kinds}) or a whole block")
 
 
 HELP = {

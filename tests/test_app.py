@@ -110,6 +110,8 @@ def test_load_model(c):
     out = c.predict(SOURCE, "cpu", "float32", api_name="/load_model")
     info, kinds = out[0], frame(out[1])
     assert "family `sd`" in info and "params" in info and "MACs" in info and SOURCE in info
+    cond = next(r for r in kinds if r["kind"] == "channel")  # the conditioning channels, in the table and the line
+    assert f"conditioning channels {cond['share of params']}" in info
     assert {r["kind"] for r in kinds} >= {"resnet", "attn1", "attn2", "ff", "head", "neuron", "group"}
     table = frame(out[11])
     assert out[12] == "operators" and len(table) > 10
@@ -451,6 +453,37 @@ def test_a_model_switch_says_what_it_waits_for():
     finally:
         wiring.ACTIVE.pop("s-wait", None)
         wiring.WAITED.pop("s-wait", None)
+
+
+def test_the_guide_names_every_unit_kind():
+    """The opening guide's words name every kind of unit the tables and plots show (the conditioning
+    channels, kind "channel", appeared in the Model, Score and Select tabs with no word about them)."""
+    from app_support import guide
+    from pruning.card import KIND_WORDS
+    from pruning.catalog import UNIT_KINDS
+
+    words = guide.GLOSSARY.replace("**", "").replace("\n", " ")
+    for kind in UNIT_KINDS:
+        assert KIND_WORDS[kind].split()[-1] in words, kind
+    assert "conditioning channels" in words and "`channel`" in words
+    assert "conditioning channels" in guide.intro().replace("\n", " ")
+
+
+def test_export_summary_counts_conditioning_channels_apart():
+    """The Export tab's summary: the conditioning channels are channels removed, not "a layer slimmed"
+    (an OBS-Diff plan on tiny-shapes-sd3 read "0 operators removed and 3 layers slimmed" for two FFNs
+    and the time / text embedding, whose channels every block reads)."""
+    from app_support.tables import totals
+    from app_support.tabs.export import removed_parts
+    from pruning.plan import PruningPlan
+
+    h = app.CACHE.get("tiny-shapes-sd3")
+    p = PruningPlan(family="sd3", base=h.model_ref, kept_neurons={"transformer_blocks.0.ff": tuple(range(100))},
+                    kept_channels={"time_text_embed": tuple(range(58))})
+    assert removed_parts(h, p, totals(h, p)) == ("0 operators removed, 1 layer slimmed and 70 of 128 conditioning "
+                                                 "channels removed")
+    q = PruningPlan(family="sd3", base=h.model_ref, kept_neurons={"transformer_blocks.0.ff": (0, 1)})
+    assert removed_parts(h, q, totals(h, q)) == "0 operators removed and 1 layer slimmed"
 
 
 def test_every_error_toast_is_made_in_one_place():

@@ -55,6 +55,37 @@ def test_mask_plots():
     assert visual.loss_plot(pd.DataFrame()).layout.height == 480  # empty history: still a figure
 
 
+def test_conditioning_channels_are_the_embedding_row(tiny_sd, tiny_flux, tiny_sd3):
+    """The conditioning channels' row is a short name, first (they are computed before any block):
+    their FQN (``time_text_embed``) was cut off by the heatmap's margin at every width."""
+    for h in (tiny_sd, tiny_flux, tiny_sd3):
+        _, st = catalog(h.denoiser)
+        fig = visual.structure_heatmap(st.assign(score=1.0))
+        rows = list(fig.data[0].y)
+        assert rows[0] == "embedding" and rows.count("embedding") == 1, (h.family, rows)
+        assert max(map(len, rows)) <= len("embedding") or h.family == "sd", rows  # as wide as "double.0"
+        assert fig.data[0].customdata[0][list(fig.data[0].x).index("cond")][0] in ("time_text_embed", "time_embedding")
+
+
+def test_kept_plot_draws_every_unit_kind(tiny_sd3):
+    """The kept-fraction plot has a bar for every structure kind of the catalog: a plan that prunes
+    the conditioning channels only showed every layer at 100% kept (the channel kind was dropped)."""
+    from pruning.catalog import UNIT_KINDS
+    from visual.masks import KIND_COLORS, KIND_DASH, KIND_NAMES
+
+    assert set(KIND_COLORS) == set(KIND_DASH) == set(KIND_NAMES) == set(UNIT_KINDS)
+    _, st = catalog(tiny_sd3.denoiser)
+    cond = st.loc[st["kind"] == "channel", "fqn"].item()
+    kept = st[["fqn", "kind", "units", "depth"]].assign(kept=[0.25 if f == cond else 1.0 for f in st["fqn"]])
+    fig = visual.mask_sparsity_plot(kept)
+    bars = {t.name: t for t in fig.data}
+    assert set(bars) == {"attention heads", "FFN neurons", "conditioning channels"}
+    ch = bars["conditioning channels"]
+    assert list(ch.x) == ["embedding"] and list(ch.y) == [0.25] and ch.customdata[0][0] == cond  # its kept fraction, its FQN on hover
+    assert ch.marker.color not in {b.marker.color for n, b in bars.items() if n != ch.name}
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # below: the bars keep a phone's width
+
+
 def test_quality_vs_sparsity_sorted_per_method():
     df = pd.DataFrame({"method": ["a", "a", "b"], "params_fraction": [0.3, 0.1, 0.2], "psnr": [20.0, 30.0, 25.0]})
     fig = visual.quality_vs_sparsity(df, "psnr", mark=0.25)

@@ -6,7 +6,9 @@ rest), from ``PRUNABLE_COLOR`` (the lowest scores: remove first) to ``KEEP_COLOR
 highest: keep). Hovering shows the score itself.
 
 A *layer* groups what sits at one place in the denoiser: resnet ``i`` and attention ``i`` of a
-UNet block share the row ``down.0 · 0``; FLUX blocks are ``double.3`` and ``single.7``.
+UNet block share the row ``down.0 · 0``; FLUX blocks are ``double.3`` and ``single.7``; the
+conditioning channels (the time / text embedding every block's modulation reads: ``time_text_embed``
+on FLUX and SD3, ``time_embedding`` on UNets) are the row ``embedding``, first, as in the denoiser.
 
 >>> layer_of("down_blocks.1.attentions.0.transformer_blocks.0.attn2")
 'down.1 · 0'
@@ -14,6 +16,8 @@ UNet block share the row ``down.0 · 0``; FLUX blocks are ``double.3`` and ``sin
 ('up.2 · 1.3', 'mid · 1')
 >>> layer_of("single_transformer_blocks.7.proj_mlp"), layer_of("conv_in")
 ('single.7', 'conv_in')
+>>> layer_of("time_text_embed"), layer_of("time_embedding")
+('embedding', 'embedding')
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ KIND_ORDER = ("resnet", "attn1", "attn2", "ff", "transformer", "attn", "ff_conte
 _UNET = re.compile(r"^(down|up)_blocks\.(\d+)\.(?:resnets|attentions)\.(\d+)(?:\.transformer_blocks\.(\d+))?")
 _MID = re.compile(r"^mid_block\.(?:resnets|attentions)\.(\d+)(?:\.transformer_blocks\.(\d+))?")
 _FLUX = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)")
+# the conditioning-channel structures (pruning.families' ``conditioning``): one short row name, as wide as
+# "double.0", where their FQNs would not fit the heatmap's margin on any screen
+EMBEDDING_LAYERS = ("time_text_embed", "time_embedding")
 
 
 def layer_of(fqn: str) -> str:
@@ -46,6 +53,8 @@ def layer_of(fqn: str) -> str:
         return f"mid · {i}" + (f".{j}" if j not in (None, "0") else "")
     if m := _FLUX.match(fqn):
         return f"{'double' if m.group(1) == 'transformer_blocks' else 'single'}.{m.group(2)}"
+    if fqn in EMBEDDING_LAYERS:
+        return "embedding"
     return fqn
 
 

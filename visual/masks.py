@@ -25,8 +25,9 @@ from .theme import TITLE_CHARS, TITLE_SIZE, apply_theme, broken, set_title
 HEIGHT = 480
 PANEL_SIZE = 13  # the loss plot's panel titles, a little smaller than the figure's title
 PANEL_CHARS = TITLE_CHARS * TITLE_SIZE // PANEL_SIZE  # as wide as a title line
+# one entry per unit kind of pruning.catalog.UNIT_KINDS (a kind missing here would vanish from the plots)
 KIND_COLORS = {"head": "#7b4fb8", "neuron": "#1b9e77", "group": "#2e8fb8",
-               "channel": "#c2408d"}  # never orange (= prunable)
+               "channel": "#8c564b"}  # never orange (= prunable)
 KIND_DASH = {"head": "solid", "neuron": "dash", "group": "dot", "channel": "dashdot"}  # equal curves stay visible
 KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "group": "resnet channel groups",
               "channel": "conditioning channels"}
@@ -114,6 +115,8 @@ def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer
                              hovertemplate="%{customdata[0]}<br>kept: %{y:.1%} of %{customdata[1]} units"
                                            "<extra></extra>"))
     fig.update_layout(height=HEIGHT, barmode="group", margin={"l": 60, "r": 20, "b": 90},
+                      # below the layer names: at the right it took half a phone's width from the bars
+                      legend={"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"},
                       yaxis={"range": [0, 1.05], "title": "kept fraction (1 = untouched)", "tickformat": ".0%"},
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": layers})
     return apply_theme(set_title(fig, title, subtitle))

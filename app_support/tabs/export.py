@@ -98,6 +98,31 @@ def plan_source(p) -> str:
     return describe_plan(p)
 
 
+def removed_parts(h, p, s: dict) -> str:
+    """What the plan removes, in words: operators, slimmed layers and, apart (they are no layer: every
+    block's modulation reads them), the conditioning channels.
+
+    >>> from app_support.cache import ModelCache
+    >>> from pruning.plan import PruningPlan
+    >>> h = ModelCache().get("tiny-random-sd")
+    >>> p = PruningPlan(family="sd", base=h.model_ref, kept_channels={"time_embedding": (0, 1)})
+    >>> removed_parts(h, p, totals(h, p))  # doctest: +ELLIPSIS
+    '0 operators removed, 0 layers slimmed and ... of ... conditioning channels removed'
+    """
+    from pruning.catalog import discover
+
+    found = discover(h.denoiser).structures
+    channels = p.kept("channel")
+    gone = sum(found[f].units - len(k) for f, k in channels.items())
+    of = sum(found[f].units for f in channels)
+    ops, layers = s["operators_removed"], s["structures_pruned"] - len(channels)
+    head = f"{labels.plural(ops, 'operator')} removed"
+    if not channels:
+        return f"{head} and {labels.plural(layers, 'layer')} slimmed"
+    return (f"{head}, {labels.plural(layers, 'layer')} slimmed and {gone:,} of "
+            f"{labels.plural(of, 'conditioning channel')} removed")
+
+
 def _lora_path(lora_file) -> str | None:
     """The uploaded LoRA's path (a gr.File value: a path or a file object), or None."""
     if not lora_file:
@@ -140,10 +165,8 @@ def wire(S, T) -> None:
         h = handle(model)
         p = plan(plan_dict)
         s = totals(h, p)
-        ops, layers = s["operators_removed"], s["structures_pruned"]
-        return {t.summary: (f"Exports **{results.model_label(h)}** pruned by the plan from **{plan_source(p)}**: "
-                            f"{labels.plural(ops, 'operator')} removed and {labels.plural(layers, 'layer')} "
-                            f"slimmed, **{fmt.percent(s['params_fraction'])} of the params** "
+        return {t.summary: (f"Exports **{results.model_label(h)}** pruned by your plan (**{plan_source(p)}**): "
+                            f"{removed_parts(h, p, s)}, **{fmt.percent(s['params_fraction'])} of the params** "
                             f"({fmt.count(s['params_removed'])} of {fmt.count(s['params_total'])}) and "
                             f"{fmt.percent(s['macs_fraction'])} of the MACs per denoiser call. The plan is "
                             f"{describe(report(h.denoiser, p))}."), **_gone(t)}

@@ -41,6 +41,20 @@ def build(S) -> SimpleNamespace:
                            kinds=kinds, next=next_)
 
 
+def param_shares(f: dict) -> str:
+    """The Model tab's "Parameter shares": the modules that hold the prunable units, then the
+    conditioning channels (the time / text embedding's outputs and every modulation layer's inputs; on a
+    UNet their ``time_emb_proj`` columns are also part of the resnet share).
+
+    >>> param_shares({"kind_shares": {"attention": 0.245, "ffn": 0.362, "resnet": 0.0},
+    ...               "structures": {"channel": {"param_share": 0.351}}})
+    'attention 24.5%, ffn 36.2%, conditioning channels 35.1%'
+    """
+    shares = [f"{k} {v:.1%}" for k, v in f["kind_shares"].items() if v]
+    cond = f["structures"].get("channel", {}).get("param_share")
+    return ", ".join(shares + ([f"conditioning channels {cond:.1%}"] if cond else []))
+
+
 def _kinds(f: dict) -> pd.DataFrame:
     return pd.DataFrame(
         [{"what": "operator", "kind": k, "count": r["count"], "params": fmt.count(r["params"]),
@@ -64,7 +78,7 @@ def wire(S, T) -> None:
         progress(0.1, desc=f"loading {source}")
         h = CACHE.get(str(source or "").strip(), device, dtype)
         f = model_facts(h)
-        shares = ", ".join(f"{k} {v:.1%}" for k, v in f["kind_shares"].items() if v)
+        shares = param_shares(f)
         with CACHE.lock(h):  # the estimate times the shared denoiser
             est = guide.estimates(h)
         md = (f"### {results.model_label(h)}\nfamily `{f['family']}` ({f['denoiser_class']}): "

@@ -10,6 +10,7 @@ import pandas as pd
 
 import visual
 from pruning import labels, methods, validate
+from pruning.catalog import UNIT_KINDS
 from pruning.compare import CompareSettings, evaluate_plan
 from pruning.methods import Scores
 from pruning.native import describe, report
@@ -167,6 +168,26 @@ def kept_plot(h, p: PruningPlan, label: str):
                                      subtitle=f"{results.model_label(h)} · {label}")
 
 
+def cleared_note(h, plan_dict, mode: str) -> str:
+    """What a switch of the table's mode did to the plan on screen: a plan is one table's ticks, so the
+    switch starts a new one, and a plan that removed something is said to be gone (it went silently).
+
+    >>> from app_support.cache import ModelCache
+    >>> h = ModelCache().get("tiny-random-sd")
+    >>> cleared_note(h, None, "operators")
+    ''
+    >>> p = PruningPlan(family="sd", base=h.model_ref, kept_channels={"time_embedding": (0, 1)})
+    >>> cleared_note(h, p.to_dict(), "operators")  # doctest: +ELLIPSIS
+    'The table now lists operators, so your plan (chosen by hand, ...% of the params) was cleared: ...'
+    """
+    old = PruningPlan.from_dict(plan_dict) if plan_dict else None
+    if old is None or not (old.removed_operators or any(old.kept(k) for k in UNIT_KINDS)):
+        return ""
+    gone = totals(h, old)["params_fraction"]
+    return (f"The table now lists {mode}, so your plan ({describe_plan(old)}, {gone:.1%} of the params) was "
+            f"cleared: a plan is the ticks of one table. Pre-fill again, or tick the {mode} to remove.")
+
+
 def plan_note(h, p: PruningPlan) -> str:
     """What the plan on screen removes, recomputed from the plan itself (hand edits included)."""
     prov = p.provenance or {}
@@ -273,11 +294,11 @@ def wire(S, T) -> None:
                 t.target_note: plan_note(h, p) + (f" {shared}" if shared else "") + warn}
 
     @friendly
-    def change_mode(model, mode):
+    def change_mode(model, mode, plan_dict=None):
         h = handle(model)
         empty = PruningPlan(family=h.family, base=h.model_ref)
         return {t.table: selection_table(h, mode), t.plan_df: totals_view(h, empty), S.plan: empty.to_dict(),
-                t.kept_plot: kept_plot(h, empty, "nothing selected"), t.target_note: ""}
+                t.kept_plot: kept_plot(h, empty, "nothing selected"), t.target_note: cleared_note(h, plan_dict, mode)}
 
     @friendly
     def plan_totals(model, mode, table, plan_dict):
@@ -355,7 +376,7 @@ def wire(S, T) -> None:
                           trigger_mode="always_last", **PRIVATE, **UI)
     t.fill.click(prefill, [S.model, t.fill_method, t.target, t.scope, S.store, t.native], plan_outputs,
                  api_name="prefill", **UI)
-    t.mode.input(change_mode, [S.model, t.mode], plan_outputs, api_name="table_mode", **UI)
+    t.mode.input(change_mode, [S.model, t.mode, S.plan], plan_outputs, api_name="table_mode", **UI)
     t.table.input(plan_totals, [S.model, t.mode, t.table, S.plan], plan_outputs, api_name="plan_totals",
                   trigger_mode="always_last", **UI)
     S.plan.change(lambda p: p, S.plan, t.plan_json, **PRIVATE, **UI)
