@@ -121,7 +121,7 @@ def test_the_apps_glossary_explains_every_structure_kind_the_model_tab_lists(tin
 
     assert "channel" in denoiser_facts(tiny_flux.denoiser, sample_size=8, text_len=8)["structures"]
     text = glossary(None)
-    assert "conditioning embedding" in text and "`channel`" in text
+    assert "conditioning channels" in text and "`channel`" in text
 
 
 def test_a_lora_on_the_consumers_of_emptied_channels_is_dropped_not_written_with_no_inputs(tiny_flux, tmp_path):
