@@ -335,8 +335,10 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
         out += [f"{plural(len(s['removed_operators']), 'operator')} removed: "
                 + ", ".join(code(f) for f in s["removed_operators"]) + ".", ""]
     if s["kept_fraction"]:
-        out += ["Kept fraction of every slimmed layer:", "",
-                _table([(code(f), f"{v:.2f}") for f, v in s["kept_fraction"].items()], ("layer", "kept")), ""]
+        out += ["Kept fraction of every slimmed layer (and of the conditioning channels, which every block's "
+                "modulation reads):", "",
+                _table([(code(f) + (" (conditioning channels)" if f in plan.kept_channels else ""), f"{v:.2f}")
+                        for f, v in s["kept_fraction"].items()], ("layer", "kept")), ""]
     settings = plan.provenance.get("settings")
     target = plan.provenance.get("target_sparsity")
     text = card.get("method_text") or describe(plan)

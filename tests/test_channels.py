@@ -144,7 +144,9 @@ def test_obsdiff_prunes_channels_and_its_plan_exports_and_reloads_bit_for_bit(fa
     m = methods.get("obsdiff")
     s = m.settings(prompts=PROMPTS, steps=2, allocation="uniform")
     assert "channel" in s.kinds
-    plan = m.to_plan(h, m.score(h, s), target_sparsity=0.2)
+    scores = m.score(h, s)
+    assert ("group" in m.reach(h, scores)[1]) == (family == "sd")  # the note names the kinds the model has
+    plan = m.to_plan(h, scores, target_sparsity=0.2)
     assert plan.kept_channels and plan.summary(h.denoiser)["params_fraction"] == pytest.approx(0.2, abs=0.01)
     kw = dict(steps=2, resolution=h.defaults["resolution"])
     with masked(h.denoiser, plan):
@@ -206,3 +208,13 @@ def test_obsdiff_selects_channels_on_a_surrogate_equal_to_every_consumer_stacked
     for c in every:
         assert torch.allclose(weights[c].double(), layers[c].final(), atol=1e-6)
         assert weights[c].dtype == h.denoiser.get_submodule(c).weight.dtype and 0 < info[c]["obs_rel_error"] < 1
+
+
+def test_the_model_card_names_the_conditioning_channels(tiny_sd3, tmp_path):
+    from pruning.card import write_card
+
+    plan = PruningPlan(family="sd3", base=tiny_sd3.model_ref, kept_channels={"time_text_embed": tuple(range(10))})
+    write_card(tmp_path, tiny_sd3, plan, slim(tiny_sd3.denoiser, plan), full_pipeline=False, plan_only=True,
+               evaluate=False)
+    text = (tmp_path / "README.md").read_text()
+    assert "| conditioning channels |" in text and "`time_text_embed` (conditioning channels)" in text

@@ -980,7 +980,8 @@ class OBSDiff(Method):
 
     def reach(self, handle, scores: Scores) -> tuple[float, str]:
         s = OBSDiffSettings.from_dict(scores.settings)
-        return reach(handle, s), f"its {', '.join(s.kinds)} units, all but one of each layer"
+        present = set(targets(handle, s)["kind"])  # the kinds this model has (SD3: no channel groups)
+        return reach(handle, s), f"its {', '.join(k for k in s.kinds if k in present)} units, all but one of each layer"
 
 
 METHOD = OBSDiff()
