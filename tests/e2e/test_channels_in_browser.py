@@ -119,6 +119,8 @@ def test_a_plan_of_conditioning_channels_by_hand(browser, app_url):
         expect(page.locator("#target-note")).to_contain_text(
             "The table now lists operators, so your plan (chosen by hand, 6.1% of the params) was cleared")
         page.get_by_label("structures", exact=True).check()  # a plan by hand reads as one on the Export tab
+        expect(page.locator("#selection")).to_contain_text(cond)  # the structures table is back before a tick
+        expect(page.locator('#selection [role=gridcell][data-row="0"][data-col="4"]')).to_have_text("128 of 128")
         page.locator('#selection [role=gridcell][data-row="0"] input[type=checkbox]').check()
         expect(page.locator("#plan-totals")).to_contain_text("6.5%")
         tab(page, "5 Export")
