@@ -82,6 +82,7 @@ from .manifest import (
     verify_files,
     weights_path,
 )
+from .metrics import count_params
 from .plan import PruningPlan
 from .reconstruct import reapply
 from .shards import INDEX, weight_files
@@ -244,7 +245,7 @@ def export(handle, plan: PruningPlan, folder: str | os.PathLike, *, full_pipelin
                             full_pipeline=full_pipeline, repo=push_to_hub, base=handle.source)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
         write_manifest(tmp, plan, name, type(handle.denoiser), full_pipeline=full_pipeline,
-                       params=sum(v.numel() for v in state.values()), files=files, extra=extra)
+                       params=count_params(small), files=files, extra=extra)  # parameters: not buffers (SD3's pos_embed)
     if push_to_hub is not None:
         from .hub import push
 

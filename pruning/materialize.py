@@ -56,8 +56,9 @@ from .loading import (
     read_defaults,
 )
 from .manifest import DELTAS, FORMAT
+from .metrics import count_params
 from .plan import PruningPlan
-from .shards import MAX_SHARD_SIZE, LazyWeights, nbytes, write_sharded
+from .shards import MAX_SHARD_SIZE, LazyWeights, write_sharded
 from .slim import keep_masks, slice_tensor, slim
 
 
@@ -108,13 +109,9 @@ def materialize(plan: PruningPlan | str | os.PathLike, base: str | os.PathLike, 
         files = write_sharded(specs, tensor, tmp / name, max_shard_size=max_shard_size,
                               metadata={"format": "pt", "pruning": FORMAT})
         (tmp / DEFAULTS_FILE).write_text(json.dumps(handle.defaults, indent=2, default=str))
-        write_manifest(tmp, plan, name, cls, full_pipeline=False, params=sum(_numel(s) for s, _ in specs.values()),
+        write_manifest(tmp, plan, name, cls, full_pipeline=False, params=count_params(small),  # parameters, as export
                        files={f"{name}/{f}": sha for f, sha in sorted(files.items())}, extra=extra)
     return out
-
-
-def _numel(shape) -> int:
-    return nbytes(shape, torch.uint8)
 
 
 def _plan_and_deltas(plan) -> tuple[PruningPlan, dict, str]:

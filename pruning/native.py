@@ -138,12 +138,12 @@ def describe(rep: Mapping) -> str:
     >>> describe({"native": True, "blockers": []})
     'native: plain diffusers loads its export (export --native)'
     >>> describe({"native": False, "blockers": ["a: x", "b: y"]})
-    'not native: a: x (and 1 more layer)'
+    'not native: a: x (and 1 more)'
     """
     if rep["native"]:
         return "native: plain diffusers loads its export (export --native)"
     more = len(rep["blockers"]) - 1
-    return f"not native: {rep['blockers'][0]}" + (f" (and {more} more layer{'s' * (more > 1)})" if more else "")
+    return f"not native: {rep['blockers'][0]}" + (f" (and {more} more)" if more else "")  # layers, or the channels
 
 
 def native_layout(denoiser: nn.Module, plan: PruningPlan) -> NativeLayout:

@@ -18,6 +18,7 @@ from pruning import methods
 from pruning.catalog import catalog, discover, double_cuts
 from pruning.errors import PlanError
 from pruning.export import build, export, load_pruned, load_pruned_denoiser
+from pruning.manifest import read_manifest
 from pruning.masks import masked
 from pruning.methods.obs import OBSLayer, Unit, _order, compensated, prepare_hessian, select
 from pruning.metrics import example_inputs
@@ -155,7 +156,11 @@ def test_obsdiff_prunes_channels_and_its_plan_exports_and_reloads_bit_for_bit(fa
                           atol=1e-5)
     small = build(h, plan)
     z = generate_latents(h, PROMPTS, [0, 1], denoiser=small, **kw)
-    full = load_pruned_denoiser(export(h, plan, tmp_path / "full", denoiser=small, card=False))
+    folder = export(h, plan, tmp_path / "full", denoiser=small, card=False)
+    # the manifest counts parameters, as the plan does (SD3's pos_embed buffer is saved but is no parameter)
+    assert read_manifest(folder)[1]["params"] == _count(small) == \
+        plan.summary(h.denoiser)["params_total"] - plan.summary(h.denoiser)["params_removed"]
+    full = load_pruned_denoiser(folder)
     assert torch.equal(generate_latents(h, PROMPTS, [0, 1], denoiser=full, **kw), z)
     only = load_pruned(export(h, plan, tmp_path / "plan", plan_only=True, card=False), base=h)
     assert torch.equal(generate_latents(only, PROMPTS, [0, 1], **kw), z)
