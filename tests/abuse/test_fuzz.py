@@ -266,7 +266,8 @@ def plan(h):
 
     s = discover(h.denoiser).structures[ATTN]
     return PruningPlan(family="sd", base=h.model_ref, removed_operators=("mid_block.resnets.0",),
-                       kept_heads={ATTN: tuple(range(s.units - 1))}, provenance={"method": "magnitude"})
+                       kept_heads={ATTN: tuple(range(s.units - 1))}, provenance={"method": "magnitude"},
+                       kept_channels={"time_embedding": (0, 1, 2)})  # every kept-unit field mutated too
 
 
 @pytest.fixture(scope="module")
