@@ -50,7 +50,7 @@ from .errors import SettingsError
 from .memory import offloaded, plain_copy
 from .plan import PruningPlan
 from .replacements import replacement_for
-from .specs import CUTTERS, UNIT_KINDS, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
+from .specs import CUTTERS, UNIT_KINDS, inside, layers_of, register_cutter, set_heads  # noqa: F401 (re-exported: families register here)
 from .standin import linear_operators, map_shapes
 
 
@@ -77,7 +77,7 @@ def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn
             s = found.structures[fqn]
             owned[_owner_of(s)][kind] = s
     # every layer a structure cuts, also outside its own module (SDXL's add_embedding.linear_2, the consumers)
-    _sync_leaves(new, [*owned, *(_cut_layers(found.structures[f]) for k in UNIT_KINDS for f in plan.kept(k))])
+    _sync_leaves(new, dict.fromkeys(m for k in UNIT_KINDS for f in plan.kept(k) for m in layers_of(found.structures[f])))
     for fqn, structures in sorted(owned.items()):
         module = new.get_submodule(fqn)
         cutter = next((fn for t, fn in CUTTERS.items() if isinstance(module, t)), None)
@@ -95,11 +95,6 @@ def slim(denoiser: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn
     return new
 
 
-def _cut_layers(s: Structure) -> list[str]:
-    """The modules whose parameters ``s`` cuts (producers and consumers alike), in order."""
-    return list(dict.fromkeys(c.param.rsplit(".", 1)[0] for c in s.cuts))
-
-
 def _owner_of(s: Structure) -> str:
     """The module whose cutter updates the attributes for ``s``."""
     return s.fqn.rsplit(".", 1)[0] if s.component in ("single_attn", "proj_mlp") else s.fqn
@@ -109,16 +104,12 @@ def keep_masks(model: nn.Module, structures: dict[str, Structure], plan: Pruning
     """``{param: {dim: (size,) bool}}``: which slices of each parameter a plan keeps."""
     params = dict(model.named_parameters())
     masks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
-    ops = plan.removed_operators
-
-    def gone(param: str) -> bool:
-        return bool(ops) and any(param.startswith(op + ".") for op in ops)
     for kind in UNIT_KINDS:
         for fqn, kept in plan.kept(kind).items():
             s = structures[fqn]
             removed = sorted(set(range(s.units)) - set(kept))
             for cut in s.cuts:
-                if gone(cut.param):
+                if any(inside(cut.param, op) for op in plan.removed_operators):
                     continue  # a conditioning channel's consumer inside a removed operator: replaced whole
                 size = params[cut.param].shape[cut.dim]
                 mask = masks[cut.param].setdefault(cut.dim, torch.ones(size, dtype=torch.bool))
@@ -164,9 +155,8 @@ def _realign(model: nn.Module, alignment: int = 64) -> None:
 
 
 def _sync_leaves(model: nn.Module, owners) -> None:
-    """Linear / Conv2d / GroupNorm attributes follow their (sliced) weights (``owners``: module FQNs,
-    or lists of them: a structure's consumers outside its own module)."""
-    for owner in [o for item in owners for o in ([item] if isinstance(item, str) else item)]:
+    """Linear / Conv2d / GroupNorm attributes follow their (sliced) weights (``owners``: module FQNs)."""
+    for owner in owners:
         for _, m in model.get_submodule(owner).named_modules():
             if isinstance(m, nn.Linear):
                 m.out_features, m.in_features = m.weight.shape

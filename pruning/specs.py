@@ -120,14 +120,19 @@ def channel_structure(denoiser: nn.Module, fqn: str, producers: list[str], consu
     return Structure(fqn, "channel", "cond", width, 1, tuple(cuts), parts)
 
 
-def consumers_of(s: Structure) -> list[str]:
-    """The layers that read a structure's units as input columns (its cuts along dim 1), in order.
+def layers_of(s: Structure, dim: int | None = None) -> list[str]:
+    """The modules whose parameters ``s`` cuts (only along ``dim`` if given), in order.
 
     >>> s = Structure("ff", "neuron", "ff", 4, 1, (Cut("ff.net.0.proj.weight", 0), Cut("ff.net.2.weight", 1)), ())
-    >>> consumers_of(s)
-    ['ff.net.2']
+    >>> layers_of(s), consumers_of(s)
+    (['ff.net.0.proj', 'ff.net.2'], ['ff.net.2'])
     """
-    return list(dict.fromkeys(c.param.rsplit(".", 1)[0] for c in s.cuts if c.dim == 1))
+    return list(dict.fromkeys(c.param.rsplit(".", 1)[0] for c in s.cuts if dim is None or c.dim == dim))
+
+
+def consumers_of(s: Structure) -> list[str]:
+    """The layers that read a structure's units as input columns (its cuts along dim 1), in order."""
+    return layers_of(s, 1)
 
 
 CUTTERS: dict[type, Callable[[nn.Module, dict[str, Structure]], None]] = {}

@@ -223,3 +223,20 @@ def test_the_model_card_names_the_conditioning_channels(tiny_sd3, tmp_path):
                evaluate=False)
     text = (tmp_path / "README.md").read_text()
     assert "| conditioning channels |" in text and "`time_text_embed` (conditioning channels)" in text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_sliced_layer_states_its_new_size(family, request):
+    """slim brings the sizes of every layer a structure cuts in line with its weights, also the layers
+    outside the structure's own module (the conditioning channels' embedders and readers)."""
+    from tests.plans import random_plan
+
+    h = request.getfixturevalue(f"tiny_{family}")
+    for seed in range(3):
+        for n, m in slim(h.denoiser, random_plan(h, seed)).named_modules():
+            if isinstance(m, torch.nn.Linear):
+                assert (m.out_features, m.in_features) == tuple(m.weight.shape), n
+            elif isinstance(m, torch.nn.Conv2d):
+                assert (m.out_channels, m.in_channels) == tuple(m.weight.shape[:2]), n
+            elif isinstance(m, torch.nn.GroupNorm) and m.weight is not None:
+                assert m.num_channels == m.weight.shape[0], n

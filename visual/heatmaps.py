@@ -7,8 +7,9 @@ highest: keep). Hovering shows the score itself.
 
 A *layer* groups what sits at one place in the denoiser: resnet ``i`` and attention ``i`` of a
 UNet block share the row ``down.0 · 0``; FLUX blocks are ``double.3`` and ``single.7``; the
-conditioning channels (the time / text embedding every block's modulation reads: ``time_text_embed``
-on FLUX and SD3, ``time_embedding`` on UNets) are the row ``embedding``, first, as in the denoiser.
+conditioning channels (kind ``channel``, component ``cond``: the time / text embedding every block's
+modulation reads, whatever the family calls it) are the row ``embedding``, first, as in the denoiser
+(:func:`layers`).
 
 >>> layer_of("down_blocks.1.attentions.0.transformer_blocks.0.attn2")
 'down.1 · 0'
@@ -16,8 +17,6 @@ on FLUX and SD3, ``time_embedding`` on UNets) are the row ``embedding``, first, 
 ('up.2 · 1.3', 'mid · 1')
 >>> layer_of("single_transformer_blocks.7.proj_mlp"), layer_of("conv_in")
 ('single.7', 'conv_in')
->>> layer_of("time_text_embed"), layer_of("time_embedding")
-('embedding', 'embedding')
 """
 
 from __future__ import annotations
@@ -38,9 +37,7 @@ KIND_ORDER = ("resnet", "attn1", "attn2", "ff", "transformer", "attn", "ff_conte
 _UNET = re.compile(r"^(down|up)_blocks\.(\d+)\.(?:resnets|attentions)\.(\d+)(?:\.transformer_blocks\.(\d+))?")
 _MID = re.compile(r"^mid_block\.(?:resnets|attentions)\.(\d+)(?:\.transformer_blocks\.(\d+))?")
 _FLUX = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)")
-# the conditioning-channel structures (pruning.families' ``conditioning``): one short row name, as wide as
-# "double.0", where their FQNs would not fit the heatmap's margin on any screen
-EMBEDDING_LAYERS = ("time_text_embed", "time_embedding")
+EMBEDDING = "embedding"  # the conditioning channels' row: as wide as "double.0" (their FQNs did not fit the margin)
 
 
 def layer_of(fqn: str) -> str:
@@ -53,9 +50,22 @@ def layer_of(fqn: str) -> str:
         return f"mid · {i}" + (f".{j}" if j not in (None, "0") else "")
     if m := _FLUX.match(fqn):
         return f"{'double' if m.group(1) == 'transformer_blocks' else 'single'}.{m.group(2)}"
-    if fqn in EMBEDDING_LAYERS:
-        return "embedding"
     return fqn
+
+
+def layers(df: pd.DataFrame) -> pd.Series:
+    """Each row's layer: :func:`layer_of` its FQN, or ``embedding`` for the conditioning channels (a
+    row of kind ``channel`` or component ``cond``, as the catalog and the score tables say).
+
+    >>> layers(pd.DataFrame({"fqn": ["time_text_embed", "single_transformer_blocks.7.attn"],
+    ...                      "kind": ["channel", "head"]})).tolist()
+    ['embedding', 'single.7']
+    """
+    cond = pd.Series(False, index=df.index)
+    for column, value in (("kind", "channel"), ("component", "cond")):
+        if column in df.columns:
+            cond |= df[column] == value
+    return df["fqn"].map(layer_of).where(~cond, EMBEDDING)
 
 
 def _columns(values) -> list[str]:
@@ -82,7 +92,7 @@ def rank_scale(values: np.ndarray) -> np.ndarray:
 def _grid(df: pd.DataFrame, column: str, value: str, extras: list[str]):
     """(rows, cols, z, customdata): one cell per (layer, column); rows by first depth."""
     df = df.copy()
-    df["layer"] = df["fqn"].map(layer_of)
+    df["layer"] = layers(df)
     order = df["depth"] if "depth" in df.columns else pd.Series(range(len(df)), index=df.index)
     rows = list(df.assign(_o=order).groupby("layer", sort=False)["_o"].min().sort_values(kind="stable").index)
     cols = _columns(df[column])

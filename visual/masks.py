@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .heatmaps import layer_of
+from .heatmaps import layers as layer_names
 from .theme import TITLE_CHARS, TITLE_SIZE, apply_theme, broken, set_title
 
 HEIGHT = 480
@@ -100,7 +100,7 @@ def mask_sparsity_plot(kept: pd.DataFrame, title: str = "Kept fraction per layer
     (['FFN neurons', 'resnet channel groups'], 480)
     """
     df = kept.copy()
-    df["layer"] = df["fqn"].map(layer_of)
+    df["layer"] = layer_names(df)
     if "depth" in df.columns:
         df = df.sort_values("depth", kind="stable")
     layers = list(dict.fromkeys(df["layer"]))

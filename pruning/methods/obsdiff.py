@@ -422,26 +422,29 @@ def calibrate(model: nn.Module, trajs: list, layers: list[str], s: OBSDiffSettin
     return rec.means()
 
 
+def all_jobs(handle, s: OBSDiffSettings) -> list[list[Unit]]:
+    """Every job of a run with these settings, in depth order (no units removed yet)."""
+    rows = targets(handle, s)
+    return _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]})
+
+
 def probe_passes(handle, s: OBSDiffSettings) -> tuple[int, list[list[str]]]:
     """The measured allocation's jobs (how many) and the consumer layers of each of its calibration
     passes (for the estimator)."""
-    rows = targets(handle, s)
-    jobs = _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]})
+    jobs = all_jobs(handle, s)
     return len(jobs), [sorted({c for job in part for u in job for c in recorded(u)})
                        for part in split_groups(handle.denoiser, jobs, 1, s.max_gram_mb)]
 
 
 def every_consumer(handle, s: OBSDiffSettings) -> list[str]:
     """Every layer a run compensates (for the estimator)."""
-    rows = targets(handle, s)
-    return sorted({c for job in _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]}) for u in job for c in u.cols})
+    return sorted({c for job in all_jobs(handle, s) for u in job for c in u.cols})
 
 
 def job_bytes(handle, s: OBSDiffSettings) -> int:
     """The largest job's float64 OBS states (for the estimator): per consumer its weight twice (the
     original and the compensated) and H, its damped copy and its inverse; for conditioning
     channels the (D, D) surrogate's and one consumer's at a time (:func:`solve_job`)."""
-    rows = targets(handle, s)
     den = handle.denoiser
 
     def size(c):  # (out, D) of a consumer's flattened weight
@@ -449,7 +452,7 @@ def job_bytes(handle, s: OBSDiffSettings) -> int:
         return w.shape[0], w[0].numel()
 
     most = 0
-    for job in _jobs(den, rows, {f: 0 for f in rows["fqn"]}):
+    for job in all_jobs(handle, s):
         shapes = [size(c) for c in {c for u in job for c in u.cols}]
         if len(job) == 1 and job[0].kind == "channel":
             d = shapes[0][1]
@@ -462,10 +465,8 @@ def job_bytes(handle, s: OBSDiffSettings) -> int:
 
 def passes(handle, s: OBSDiffSettings) -> list[list[str]]:
     """The consumer layers of each calibration pass (for the estimator)."""
-    rows = targets(handle, s)
-    jobs = _jobs(handle.denoiser, rows, {f: 0 for f in rows["fqn"]})
     return [sorted({c for job in g for u in job for c in recorded(u)})
-            for g in split_groups(handle.denoiser, jobs, s.groups, s.max_gram_mb)]
+            for g in split_groups(handle.denoiser, all_jobs(handle, s), s.groups, s.max_gram_mb)]
 
 
 def final_latents(model: nn.Module, trajs: list, control: RunControl, what: str) -> list[torch.Tensor]:
@@ -537,46 +538,53 @@ def _solve(handle, s: OBSDiffSettings, jobs: list[list[Unit]], H: dict, counts: 
 def solve_job(den: nn.Module, job: list[Unit], H: dict, s: OBSDiffSettings) -> tuple[dict, dict, dict, dict]:
     """Select and compensate one job (structures that share consumers): ``(kept units, OBS errors,
     compensated consumer weights in each layer's dtype, per consumer {columns_kept, columns,
-    obs_rel_error})``. The float64 states live only while the job is solved.
-
-    Conditioning channels (one input read by many consumers) are selected on a surrogate: the
-    consumers' OBS errors and updates depend on ``W`` only through ``W^T W``, so one (D, D) layer
-    ``L`` with ``L^T L = sum_c W_c^T W_c`` stands for all of them stacked (the same errors, at
-    (D, D) instead of every modulation weight in float64); each consumer is then compensated in
-    closed form over the kept columns, one at a time."""
-    flat = _reuse()[2]
-    if len(job) == 1 and job[0].kind == "channel":
-        u = job[0]
-        first = next(iter(u.cols))  # every consumer reads the same input: one H
-        S = sum(flat(den.get_submodule(c)).cpu().T @ flat(den.get_submodule(c)).cpu() for c in u.cols)  # (D, D)
-        lam, V = torch.linalg.eigh(S)
-        layer = OBSLayer((V * lam.clamp_min(0).sqrt()).T, H[first], s.damping)  # (D, D): L^T L = S
-        order, score = select(replace(u, cols={first: u.cols[first]}), {first: layer}, s.rrf_k)
-        live, consumers = layer.live, list(u.cols)
-        kept = {u.fqn: sorted(set(range(u.units)) - set(order))}
-        scores = {u.fqn: score}
-    else:
-        layers = {c: OBSLayer(flat(den.get_submodule(c)).cpu(), H[c], s.damping)
-                  for c in sorted({c for u in job for c in u.cols})}
-        kept, scores = {}, {}
-        for u in job:
-            order, scores[u.fqn] = select(u, layers, s.rrf_k)
-            kept[u.fqn] = sorted(set(range(u.units)) - set(order))
-        consumers = list(layers)
+    obs_rel_error})``. The float64 states live only while the job is solved."""
+    solve = _solve_channels if len(job) == 1 and job[0].kind == "channel" else _solve_layers
+    kept, scores, finals = solve(den, job, H, s)
     weights, info = {}, {}
-    for c in consumers:
-        if len(job) == 1 and job[0].kind == "channel":
-            Hc, W0 = prepare_hessian(H[first], flat(den.get_submodule(c)).cpu(), s.damping)
-            final = compensated(W0, Hc, live)
-        else:
-            Hc, W0, final = layers[c].H, layers[c].W0, layers[c].final()
-            live = layers[c].live
+    for c, (W0, Hc, final, live) in finals:
         diff = W0 - final
         info[c] = {"columns_kept": int(live.sum()), "columns": int(live.numel()),
                    "obs_rel_error": float(torch.einsum("od,de,oe->", diff, Hc, diff) /
                                           torch.einsum("od,de,oe->", W0, Hc, W0).clamp_min(1e-30))}
         weights[c] = final.to(den.get_submodule(c).weight)  # cast once, as _apply would: bit for bit the same
     return kept, scores, weights, info
+
+
+def _solve_layers(den: nn.Module, job: list[Unit], H: dict, s: OBSDiffSettings):
+    """Every consumer its own OBS state; yields ``(consumer, (W0, H, compensated W, live columns))``."""
+    layers = {c: OBSLayer(_reuse()[2](den.get_submodule(c)).cpu(), H[c], s.damping)
+              for c in sorted({c for u in job for c in u.cols})}
+    kept, scores = {}, {}
+    for u in job:
+        order, scores[u.fqn] = select(u, layers, s.rrf_k)
+        kept[u.fqn] = sorted(set(range(u.units)) - set(order))
+    return kept, scores, ((c, (x.W0, x.H, x.final(), x.live)) for c, x in layers.items())
+
+
+def _solve_channels(den: nn.Module, job: list[Unit], H: dict, s: OBSDiffSettings):
+    """Conditioning channels (one input read by many consumers), selected on a surrogate: the
+    consumers' OBS errors and updates depend on ``W`` only through ``W^T W``, so one (D, D) layer ``L``
+    with ``L^T L = sum_c W_c^T W_c`` stands for all of them stacked (the same errors, at (D, D) instead
+    of every modulation weight in float64); each consumer is then compensated in closed form over the
+    kept columns, one at a time (a generator: one consumer's float64 weights at once)."""
+    flat, (u,) = _reuse()[2], job
+    first = recorded(u)[0]  # every consumer reads the same input: one H
+
+    def weight(c):
+        return flat(den.get_submodule(c)).cpu()
+
+    S = sum(w.T @ w for w in map(weight, u.cols))  # (D, D)
+    lam, V = torch.linalg.eigh(S)
+    layer = OBSLayer((V * lam.clamp_min(0).sqrt()).T, H[first], s.damping)  # (D, D): L^T L = S
+    order, score = select(replace(u, cols={first: u.cols[first]}), {first: layer}, s.rrf_k)
+
+    def finals():
+        for c in u.cols:
+            Hc, W0 = prepare_hessian(H[first], weight(c), s.damping)
+            yield c, (W0, Hc, compensated(W0, Hc, layer.live), layer.live)
+
+    return {u.fqn: sorted(set(range(u.units)) - set(order))}, {u.fqn: score}, finals()
 
 
 @contextmanager
@@ -731,7 +739,7 @@ def _run(handle, s: OBSDiffSettings, target: float, control: RunControl, given: 
     t0 = time.perf_counter()
     den = handle.denoiser
     rows = targets(handle, s)
-    n_groups = len(split_groups(den, _jobs(den, rows, {f: 0 for f in rows["fqn"]}), s.groups, s.max_gram_mb))
+    n_groups = len(passes(handle, s))  # the progress count, before the probes
     probes = measure(handle, s, rows, target, control, later=n_groups) \
         if s.allocation == "measured" and given is None else None
     if given is not None:
@@ -809,7 +817,8 @@ def _apply(den: nn.Module, plan: PruningPlan, weights: dict[str, torch.Tensor]) 
                 if c in keep_cols:
                     gone = sorted(set(range(found[f].units)) - set(kept))
                     keep_cols[c][cols[gone].flatten()] = False
-    rows = keep_masks(den, found, plan)  # a consumer may lose rows too (a resnet's time_emb_proj: its groups)
+    twice = {p for p, *_ in double_cuts(den)}  # a consumer that loses rows too (a resnet's time_emb_proj: its groups)
+    rows = keep_masks(den, found, plan) if any(f"{c}.weight" in twice for c in weights) else {}
     with torch.no_grad():
         for c, W in weights.items():
             layer = small.get_submodule(c)
