@@ -148,9 +148,10 @@ def _get(root: nn.Module, fqn: str) -> nn.Module:
     return root.get_submodule(fqn) if fqn else root
 
 
-def unit_params(denoiser: nn.Module, s: Structure, within: bool = False) -> int:
-    """Parameters removed per unit of ``s`` (``within``: only those inside the owning module)."""
-    params = dict(denoiser.named_parameters())
+def unit_params(denoiser: nn.Module, s: Structure, within: bool = False, params: dict | None = None) -> int:
+    """Parameters removed per unit of ``s`` (``within``: only those inside the owning module;
+    ``params``: ``dict(denoiser.named_parameters())`` when the caller holds it)."""
+    params = params if params is not None else dict(denoiser.named_parameters())
     cuts = [c for c in s.cuts if not within or c.param.startswith(s.fqn + ".")]
     return sum(params[c.param].numel() // params[c.param].shape[c.dim] * s.unit_size for c in cuts)
 
@@ -185,10 +186,11 @@ def unit_totals(denoiser: nn.Module, per_param, kinds=UNIT_KINDS) -> dict:
     return out
 
 
-def unit_parts(denoiser: nn.Module, macs: dict[str, int], s: Structure) -> dict[str, tuple[int, float]]:
+def unit_parts(denoiser: nn.Module, macs: dict[str, int], s: Structure,
+               params: dict | None = None) -> dict[str, tuple[int, float]]:
     """``{module fqn: (params, MACs)}`` removed per unit of ``s`` in each module it cuts (a plan that
     also removes an operator holding one of them counts that module once, with the operator)."""
-    params = dict(denoiser.named_parameters())
+    params = params if params is not None else dict(denoiser.named_parameters())
     out: dict[str, list] = {}
     for c in s.cuts:
         part = out.setdefault(c.param.rsplit(".", 1)[0], [0, 0.0])
@@ -282,17 +284,18 @@ def catalog(denoiser: nn.Module, *, sample_size: int | None = None, text_len: in
         op_rows.append(dict(fqn=op.fqn, kind=op.kind, granularity=op.granularity, **position(op.fqn, n_levels),
                             depth=order.get(op.fqn, -1), params=p, macs=m,
                             param_share=p / total_p, mac_share=m / total_m))
-    st_rows = []
+    st_rows, params = [], dict(denoiser.named_parameters())
     for s in found.structures.values():
-        up, um = unit_params(denoiser, s), unit_macs(macs, s)
+        up, um = unit_params(denoiser, s, params=params), unit_macs(macs, s)
         module_p = sum(q.numel() for q in _get(denoiser, s.fqn).parameters())
-        in_module = sum(c.param.startswith(s.fqn + ".") for c in s.cuts) and unit_params(denoiser, s, within=True)
+        in_module = sum(c.param.startswith(s.fqn + ".") for c in s.cuts) and unit_params(denoiser, s, within=True,
+                                                                                         params=params)
         st_rows.append(dict(fqn=s.fqn, kind=s.kind, component=s.component, units=s.units, unit_size=s.unit_size,
                             **position(s.fqn, n_levels), depth=order.get(s.fqn, -1),
                             module_params=module_p,
                             # an emptied channel structure removes its channels only (the embedders stay)
                             fixed_params=0 if s.kind == "channel" else module_p - in_module * s.units,
-                            unit_params=up, unit_macs=um, parts=unit_parts(denoiser, macs, s),
+                            unit_params=up, unit_macs=um, parts=unit_parts(denoiser, macs, s, params),
                             params=up * s.units, macs=um * s.units,
                             param_share=up * s.units / total_p, mac_share=um * s.units / total_m))
     ops_df = pd.DataFrame(op_rows).sort_values("depth", kind="stable").reset_index(drop=True)
