@@ -83,7 +83,7 @@ def scores(h, method, extra=None, cache: Path | None = None):
     t0 = time.time()
     sc = get(method).score(h, method_settings(h, method, extra))
     print(f"scored {method} in {time.time() - t0:.0f}s", flush=True)
-    if path:
+    if path and sc.level == "unit":
         cache.mkdir(parents=True, exist_ok=True)
         sc.write(path)
     return sc

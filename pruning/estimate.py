@@ -44,6 +44,7 @@ from . import families, methods, validate
 from .catalog import discover
 from .compare import CALIB_PROMPTS, EVAL_PROMPTS, CompareSettings, check_sparsities, method_settings
 from .errors import SettingsError
+from .memory import offloaded
 from .methods.cost import MethodCost, generation_calls, generation_seconds, latent_bytes
 from .metrics import SavedTensorMeter, example_inputs
 from .plan import KEPT_FIELDS, PruningPlan
@@ -53,8 +54,9 @@ from .reconstruct import (
     Consumer,
     ReconstructSettings,
     _augment,
-    consumers,
     layer_inputs,
+    refit_layers,
+    run_order,
     sequential_groups,
     start_record,
 )
@@ -539,8 +541,8 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     cost = cost or step_cost(handle, resolution=s0.resolution)
     den = handle.denoiser
     plan = plan.normalized(den)
-    items = consumers(den, plan)
     paired = s0.inputs == "pruned"
+    items = refit_layers(den, plan, s0.layers if paired else "consumers")
     copies = 2 if s0.guard else 1  # the guard's held-out statistics
     groups = sequential_groups(items, s0.max_gram_mb * 2 ** 20 / copies, paired, s0.groups)
     s = spec(handle, steps=s0.steps, guidance=s0.guidance, resolution=s0.resolution)
@@ -551,7 +553,8 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     size = params[0].element_size() if params else 4
     largest = max((p.numel() * p.element_size() for p in params), default=0)
     small = cost.weights_bytes - plan.summary(den)["params_removed"] * size  # the slim model
-    latents = 2 * batches * latent_bytes(handle, s, batch)  # each batch's z0 and the checks' targets
+    # each batch's z0 and final latents, and the recorded calls' inputs (CFG doubles them): replayed by every pass
+    latents = 2 * batches * latent_bytes(handle, s, batch) + 2 * batches * calls * latent_bytes(handle, s, batch)
     group_bytes = [copies * sum(c.gram_bytes(paired) for c in g) for g in groups]
     phases = {"slim copy": cost.weights_bytes + largest,
               "calibration": small + max(group_bytes, default=0) + hooked + latents,
@@ -561,12 +564,20 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     rate = matmul_rate(handle.device if handle.device.type != "mps" else "cpu")
     held = sum(1 for n in range(batches) if n % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) if s0.check else 0
     per_pass = batches * calls * cost.call(batch) * (2 if paired else 1)
+    order = {f: i for i, f in enumerate(run_order(den))}
+
+    def reach(g):  # a pass's calls stop after the group's last layer: about that share of a call's work
+        if not g or offloaded(den):
+            return 1.0
+        return (max(order.get(c.fqn, len(order) - 1) for c in g) + 1) / max(len(order), 1)
     updates = batches * calls * sum(_update_flops(c, rows[c.fqn], paired) for c in items) / rate
     solves = sum(_solve_flops(den, c, s0.guard) for c in items) / rate
-    checks = held * (2 + len(groups)) * calls * cost.call(batch)
-    parts = {"calibration calls": len(groups) * per_pass, "gram updates": updates, "solves": solves,
-             "checks": checks, "slim copy": cost.weights_bytes / 1e9}
-    n_calls = len(groups) * batches * calls * (2 if paired else 1) + held * (2 + len(groups)) * calls
+    judged = len(items) if s0.check_by == "layer" else len(groups)  # rollouts of the check (an upper bound)
+    checks = held * (1 + judged) * calls * cost.call(batch)
+    parts = {"recording the original's sampling": batches * calls * cost.call(batch),
+             "calibration calls": sum(per_pass * reach(g) for g in groups), "gram updates": updates,
+             "solves": solves, "checks": checks, "slim copy": cost.weights_bytes / 1e9}
+    n_calls = (1 + len(groups) * (2 if paired else 1)) * batches * calls + held * (1 + judged) * calls
     start = start_record(plan)
     if start is not None:  # the start model: its method's rebuild (OBS-Diff's run), unless the method holds it
         rebuilt = methods.get(start["method"]).rebuild_cost(

@@ -488,7 +488,7 @@ def test_the_guard_and_the_check_fall_back_to_the_compensated_weights(tiny_sd):
     plan = _obsdiff_plan(h)
     start = build(h, plan)
     guard = reconstruct(h, plan, ReconstructSettings(prompts=RECON_PROMPTS, steps=2, batch_size=1, guard=True,
-                                                     check=False, groups=2))
+                                                     check=False, groups=2, layers="consumers"))
     layers = guard.reconstruction["layers"]
     assert any(r["fallback"] for r in layers.values()) and not all(r["fallback"] for r in layers.values())
     for fqn, r in layers.items():
@@ -497,7 +497,7 @@ def test_the_guard_and_the_check_fall_back_to_the_compensated_weights(tiny_sd):
                 for t in ("weight", "bias")]
         assert same == [r["fallback"]] * 2, fqn
     checked = reconstruct(h, plan, ReconstructSettings(prompts=RECON_PROMPTS * 2, steps=2, ridge=0.0, batch_size=1,
-                                                       groups=3))
+                                                       groups=3, layers="consumers", check_by="group"))
     for fqn, r in checked.reconstruction["layers"].items():
         same = torch.equal(start.get_submodule(fqn).weight, checked.get_submodule(fqn).weight)
         assert same == (not r["kept_by_check"]), fqn

@@ -93,11 +93,12 @@ def test_exact_when_the_removed_units_are_silent(family, inputs):
 def held_out_errors(h, plan, small, prompts=("a yellow triangle at the top", "a big blue circle")):
     """Per consumer: relative output error against the original layer on held-out activations
     (the original model's inputs on held-out prompts and seeds): plain pruning vs ``small``."""
-    from pruning.reconstruct import _calibrate, _trajectories
+    from pruning.reconstruct import _calibrate, _trajectories, record_calls
 
     s = ReconstructSettings(prompts=prompts, seeds=(77, 78), steps=3).resolved(h)
     items = consumers(h.denoiser, plan.normalized(h.denoiser))
-    stats = _calibrate(h, None, _trajectories(h, s, RunControl()), items, RunControl(), "held-out")
+    recorded = record_calls(h.denoiser, _trajectories(h, s, RunControl()), RunControl())
+    stats = _calibrate(h, None, recorded, items, RunControl(), "held-out")
     out = {}
     for c in items:
         layer, new = h.denoiser.get_submodule(c.fqn), small.get_submodule(c.fqn)

@@ -1,0 +1,157 @@
+"""Reconstruction that re-fits every layer (``layers="all"``) and judges each re-fit alone
+(``check_by="layer"``): what it re-fits, that a check never lets the held-out error rise, that a
+plan with only removed operators (LD-Pruner's) gets something re-fitted, and that the records,
+exports and estimates follow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pruning import PruningPlan, export, load_pruned, load_pruned_denoiser, slim
+from pruning.catalog import discover
+from pruning.estimate import reconstruction_cost
+from pruning.loading import handle_from_pipe
+from pruning.reconstruct import ReconstructSettings, consumers, reapply, reconstruct, refit_layers, run_order
+from pruning.specs import inside
+from pruning.testing import tiny_pipeline
+
+PROMPTS = ("a red circle", "a blue square on the left", "a green star", "a big yellow triangle",
+           "a small red square", "a blue circle at the top", "a green triangle", "a yellow star on the right")
+
+
+def fresh(family: str):
+    return handle_from_pipe(tiny_pipeline(family), model_ref=f"tiny:{family}")
+
+
+def heads_and_operator(h) -> PruningPlan:
+    """Half the heads of every attention and one removed FFN."""
+    found = discover(h.denoiser)
+    heads = {f: tuple(range(s.units // 2)) for f, s in found.structures.items() if s.kind == "head"}
+    ffn = sorted(o for o, op in found.operators.items() if op.kind in ("ff", "ff_context"))[0]
+    return PruningPlan(family=h.family, base=h.model_ref, kept_heads=heads, removed_operators=(ffn,))
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_every_layer_in_run_order_without_the_removed_operators(family):
+    h = fresh(family)
+    den = h.denoiser
+    plan = heads_and_operator(h).normalized(den)
+    every = refit_layers(den, plan, "all")
+    names = [c.fqn for c in every]
+    order = run_order(den)
+    assert names == [f for f in order if f in names]  # in run order
+    gone = [f for f in order if any(inside(f, op) for op in plan.removed_operators)]
+    assert gone and not set(gone) & set(names)
+    kept = {f for f, m in den.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))} - set(gone)
+    assert set(names) == kept
+    own = {c.fqn: c for c in consumers(den, plan)}
+    assert own and all(torch.equal(c.keep, own[c.fqn].keep) for c in every if c.fqn in own)
+    assert all(bool(c.keep.all()) for c in every if c.fqn not in own)
+
+
+def test_an_operator_only_plan_gets_layers_refitted_and_each_check_lowers_the_error():
+    """LD-Pruner's plans remove whole operators: no consumer is left, yet with every layer the
+    layers after the removed one are re-fitted to the original's outputs. Each re-fit is judged
+    alone; a kept one never raises the check error, an undone one keeps the start weights bit for
+    bit, and the final error is at most the plain slim model's."""
+    h = fresh("sd")
+    found = discover(h.denoiser)
+    ops = tuple(sorted(o for o, op in found.operators.items() if op.kind in ("ff", "attn1"))[:2])
+    plan = PruningPlan(family="sd", base="tiny:sd", removed_operators=ops)
+    s = ReconstructSettings(prompts=PROMPTS[:4], steps=2, batch_size=1, groups=4)
+    assert (s.layers, s.check_by) == ("all", "layer")
+    assert not consumers(h.denoiser, plan.normalized(h.denoiser))
+    small = reconstruct(h, plan, s)
+    rep = small.reconstruction
+    plain = slim(h.denoiser, plan)
+    checks = rep["check"]
+    assert checks and all(c["layers"] == 1 for c in checks)
+    best = rep["start_error"]
+    for c in checks:  # a fit is kept only if it does not raise the best error so far
+        assert c["kept"] == (c["final_error"] <= best)
+        best = min(best, c["final_error"]) if c["kept"] else best
+    assert best < rep["start_error"]
+    refit = [f for f, r in rep["layers"].items() if r.get("kept_by_check")]
+    undone = [f for f, r in rep["layers"].items() if r.get("kept_by_check") is False]
+    assert refit and undone
+    for fqn in undone:
+        assert torch.equal(small.get_submodule(fqn).weight, plain.get_submodule(fqn).weight), fqn
+    for fqn in refit:
+        assert not torch.equal(small.get_submodule(fqn).weight, plain.get_submodule(fqn).weight), fqn
+    # the layers before the first removed operator read exactly the original's inputs: left alone
+    assert "time_embedding.linear_1" in rep["unchanged"] and "conv_in" in rep["unchanged"]
+    for fqn in rep["unchanged"]:
+        assert torch.equal(small.get_submodule(fqn).weight, plain.get_submodule(fqn).weight), fqn
+
+
+def test_group_and_layer_checks_are_recorded_and_exports_reload_bit_for_bit(tmp_path):
+    h = fresh("sd")
+    plan = heads_and_operator(h)
+    s = ReconstructSettings(prompts=PROMPTS[:4], steps=2, batch_size=1, groups=3)
+    small = reconstruct(h, plan, s)
+    rec = small.pruning_plan.reconstruction["settings"]
+    assert (rec["layers"], rec["check_by"], rec["groups"]) == ("all", "layer", 3)
+    back = load_pruned_denoiser(export(h, small.pruning_plan, tmp_path / "full", denoiser=small))
+    plan_only = load_pruned(export(h, small.pruning_plan, tmp_path / "plan", denoiser=small, plan_only=True,
+                                   evaluate=False), base=h).denoiser
+    again = reapply(h, small.pruning_plan)
+    a = small.state_dict()
+    for other in (back, plan_only, again):
+        b = other.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    grouped = reconstruct(h, plan, ReconstructSettings(prompts=PROMPTS[:4], steps=2, batch_size=1, groups=3,
+                                                       check_by="group"))
+    assert len(grouped.reconstruction["check"]) <= 3 < len(small.reconstruction["check"])
+
+
+def test_the_original_inputs_refit_only_the_consumers():
+    h = fresh("sd")
+    plan = heads_and_operator(h)
+    small = reconstruct(h, plan, ReconstructSettings(prompts=PROMPTS[:2], steps=2, inputs="original"))
+    assert set(small.reconstruction["layers"]) == {c.fqn for c in consumers(h.denoiser, plan.normalized(h.denoiser))}
+
+
+def test_a_record_without_the_new_settings_means_consumers_and_group_checks():
+    rec = {k: v for k, v in ReconstructSettings(prompts=PROMPTS[:1]).__dict__.items()
+           if k not in ("layers", "check_by")}
+    s = ReconstructSettings.from_record({**rec, "prompts": list(rec["prompts"])})
+    assert (s.layers, s.check_by) == ("consumers", "group")
+
+
+@pytest.mark.parametrize("kw, word", [({"layers": "some"}, "layers"), ({"check_by": "block"}, "check_by")])
+def test_bad_values_name_the_setting(kw, word):
+    from pruning.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=word):
+        ReconstructSettings(**kw)
+
+
+def test_the_estimate_counts_every_layer_and_each_check():
+    h = fresh("sd")
+    plan = heads_and_operator(h)
+    every = ReconstructSettings(prompts=PROMPTS, steps=2, batch_size=2)
+    few = ReconstructSettings(prompts=PROMPTS, steps=2, batch_size=2, layers="consumers", check_by="group")
+    a, b = reconstruction_cost(h, plan, every), reconstruction_cost(h, plan, few)
+    assert a.calls["layers"] == len(refit_layers(h.denoiser, plan.normalized(h.denoiser), "all"))
+    assert b.calls["layers"] == len(consumers(h.denoiser, plan.normalized(h.denoiser)))
+    assert a.parts["checks"] > b.parts["checks"] and a.calls["denoiser calls"] > b.calls["denoiser calls"]
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_calls_that_stop_after_the_groups_layers_give_the_same_model(family, monkeypatch):
+    """Each pass replays the original's recorded calls and stops a call once the group's layers have
+    run; forced to run every call whole, the reconstruction is the same bit for bit."""
+    import sys
+
+    rec = sys.modules["pruning.reconstruct"]  # the module (the package exports the function by that name)
+    h = fresh(family)
+    plan = heads_and_operator(h)
+    s = ReconstructSettings(prompts=PROMPTS[:4], steps=2, batch_size=2, groups=4)
+    early = reconstruct(h, plan, s)
+    monkeypatch.setattr(rec, "offloaded", lambda m: True)  # what an offloaded model gets: whole calls
+    whole = reconstruct(h, plan, s)
+    a, b = early.state_dict(), whole.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert early.reconstruction["layers"] == whole.reconstruction["layers"]
