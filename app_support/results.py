@@ -23,6 +23,7 @@ from pruning.methods import Scores, get
 from pruning.methods.base import unit_scores_for
 from pruning.methods.select import LayerBudget, removable_fraction
 from pruning.plan import PruningPlan
+from pruning.reconstruct import fit_summary
 from pruning.sampling import count_inputs
 
 from . import format as fmt
@@ -40,20 +41,22 @@ def model_label(handle: Handle) -> str:
 
 def reconstruction_note(report: dict) -> str:
     """What a reconstruction did, in words: layers re-fitted (from the compensation of the plan's
-    method, if it started from one), their error, its time.
+    method, if it started from one), fits the end-to-end check undid, their error, its time.
 
     >>> e = {"rel_error_before": 0.2, "rel_error_after": 0.1}
     >>> reconstruction_note({"layers": {"a": e, "b": e}, "seconds": 2, "start": "obsdiff"})
     "reconstructed on OBS-Diff's compensation: 2 layers re-fitted in 2.0 s, their output error on the calibration set 20.0% -> 10.0%"
+    >>> reconstruction_note({"layers": {"a": e, "b": {**e, "kept_by_check": False}}, "seconds": 2})
+    'reconstructed: 1 layer re-fitted (1 fit undone: it raised the error on held-out prompts) in 2.0 s, their output error on the calibration set 20.0% -> 10.0%'
     """
-    layers = list(report["layers"].values())
-    if not layers:
+    if not report["layers"]:
         return f"reconstructed: nothing to re-fit (only whole operators removed), {report['seconds']:.1f} s"
-    before = sum(x["rel_error_before"] for x in layers) / len(layers)
-    after = sum(x["rel_error_after"] for x in layers) / len(layers)
+    f = fit_summary(report)
     on = f" on {labels.method_name(report['start'])}'s compensation" if report.get("start") else ""
-    return (f"reconstructed{on}: {len(layers)} layers re-fitted in {report['seconds']:.1f} s, their output error on "
-            f"the calibration set {before:.1%} -> {after:.1%}")
+    undone = (f" ({labels.plural(f['undone'], 'fit')} undone: {'it' if f['undone'] == 1 else 'they'} raised the "
+              "error on held-out prompts)") if f["undone"] else ""
+    return (f"reconstructed{on}: {labels.plural(f['refitted'], 'layer')} re-fitted{undone} in {report['seconds']:.1f} "
+            f"s, their output error on the calibration set {f['before']:.1%} -> {f['after']:.1%}")
 
 
 def settings_line(settings: dict) -> str:

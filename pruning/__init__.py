@@ -14,8 +14,8 @@ The public API (a contract: code outside this package uses these names; ``__all_
   sparsities is ``compare_methods`` / ``CompareSettings``.
 * **Plans**: :class:`PruningPlan` (what to remove, as JSON); ``masked`` (a zero-cost preview of a
   plan) and ``slim`` (the physically smaller denoiser) agree exactly.
-* **Quality**: ``reconstruct`` / ``ReconstructSettings`` (training-free re-fit of the layers that
-  read pruned units), ``recover`` / ``RecoverSettings`` (a short distillation finetune).
+* **Quality**: ``reconstruct`` / ``ReconstructSettings`` (training-free re-fit of the slim
+  model's layers to the original's outputs), ``recover`` / ``RecoverSettings`` (a short distillation finetune).
 * **Images**: ``generate_latents`` / ``generate_images`` (the one generation path).
 * **Exports**: ``export`` writes safetensors, the plan, a manifest and a model card;
   ``load_pruned`` reads an export folder, a plan-only export, a plan file or a Hub repo, always

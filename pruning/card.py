@@ -350,7 +350,7 @@ def _render(handle, plan, card, *, full_pipeline, plan_only, folder_name, repo, 
     if isinstance(settings, dict) and settings:
         out += [f"Settings: {_settings_text(settings)}.", ""]
     rec = card["reconstruction"]
-    out += [("Reconstruction: applied (closed-form re-fit of the layers that read pruned units; settings "
+    out += [("Reconstruction: applied (closed-form re-fit of the slim model's layers to the original's outputs; settings "
              + _settings_text(rec) + ").") if rec else "Reconstruction: not applied.",
             "", f"Recovery finetune: applied ({int(card['recovery']['steps'])} steps)." if card["recovery"]
             else "Recovery finetune: not applied.", ""]

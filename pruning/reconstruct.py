@@ -832,9 +832,29 @@ def _judge(small: nn.Module, saved: dict, best_error: float, checked: list, targ
                 for t, v in zip([t for t in (m.weight, m.bias) if t is not None], tensors):
                     t.copy_(v)
     for fqn in saved:
-        report["layers"][fqn]["kept_by_check"] = kept
+        r = report["layers"][fqn]
+        r["kept_by_check"] = kept
+        if not kept:  # the start weights stand again: so does their error; the fit's is kept apart
+            r["rel_error_fit"], r["rel_error_after"] = r["rel_error_after"], r["rel_error_before"]
     report.setdefault("check", []).append({"layers": len(saved), "final_error": error, "kept": kept})
     return error if kept else best_error
+
+
+def fit_summary(report: dict) -> dict:
+    """A reconstruction's report in figures: how many layers were re-fitted (their fit stands),
+    how many fits were undone (by the check or the guard-rail), and the mean relative output error
+    of those layers on the calibration set before and after (an undone layer counts its start).
+
+    >>> e = {"rel_error_before": 0.2, "rel_error_after": 0.1}
+    >>> fit_summary({"layers": {"a": e, "b": {**e, "rel_error_after": 0.2, "kept_by_check": False}}})
+    {'refitted': 1, 'undone': 1, 'before': 0.2, 'after': 0.15000000000000002}
+    """
+    layers = list(report["layers"].values())
+    undone = sum(1 for x in layers if x.get("kept_by_check") is False or x.get("fallback"))
+    n = max(len(layers), 1)
+    return {"refitted": len(layers) - undone, "undone": undone,
+            "before": sum(x["rel_error_before"] for x in layers) / n,
+            "after": sum(x["rel_error_after"] for x in layers) / n}
 
 
 def _weights(layer: nn.Module, device, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -903,5 +923,6 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
 
 
 __all__ = ["ReconstructSettings", "reconstruct", "reapply", "start_record", "consumers", "refit_layers", "run_order",
+           "fit_summary",
            "consumer_groups",
            "sequential_groups", "step_weights", "Stats", "solve", "rel_error", "layer_inputs", "flat_weight"]

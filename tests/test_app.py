@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import zipfile
 
@@ -188,7 +189,7 @@ def test_sweep_prefill_generate_export(c, tmp_path):
 def test_reconstruct_switch_in_generate_compare_and_export(url, tmp_path, monkeypatch):
     from pruning import load_pruned
 
-    monkeypatch.setattr("pruning.reconstruct.DEFAULT_PROMPTS", 8)  # the default settings on fewer prompts: the wiring
+    monkeypatch.setattr(sys.modules["pruning.reconstruct"], "DEFAULT_PROMPTS", 8)  # the default settings on fewer prompts: the wiring
     from pruning.manifest import read_manifest
 
     c = client(url)

@@ -166,7 +166,7 @@ def test_module_help_subprocess(help_proc):
 
 
 def test_reconstruct_and_export_reconstruct(capsys, sd_folder, sd_folder_handle, plan_file, tmp_path, monkeypatch):
-    monkeypatch.setattr("pruning.reconstruct.DEFAULT_PROMPTS", 8)  # export's defaults, on fewer prompts: the wiring
+    monkeypatch.setattr(sys.modules["pruning.reconstruct"], "DEFAULT_PROMPTS", 8)  # export's defaults, on fewer prompts: the wiring
     code, out, err = run(capsys, "reconstruct", "--model", sd_folder, "--plan", plan_file, "--out", tmp_path / "r",
                          "--prompt", "a red circle", "--prompt", "a blue square", "--steps", 2, "--ridge", 0.5,
                          "--compensate-operators")

@@ -12,7 +12,7 @@ from ..export import check_removes_something, check_target, export, inplace_refu
 from ..labels import method_name, plural
 from ..manifest import read_manifest
 from ..metrics import count_params
-from ..reconstruct import ReconstructSettings, reconstruct
+from ..reconstruct import ReconstructSettings, fit_summary, reconstruct
 from ..recover import RecoverSettings, recover
 from .common import (
     add_command,
@@ -39,7 +39,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing export folder (only one written by an earlier export)")
     p.add_argument("--reconstruct", action="store_true",
-                   help="re-fit the layers that read the pruned units first, with the default settings "
+                   help="re-fit the slim model's layers to the original's outputs first, with the default settings "
                         "(the `reconstruct` command sets them)")
     p.add_argument("--lora", metavar="LORA", help="a LoRA (.safetensors, diffusers/peft or kohya) for the base model: "
                    "exported sliced for the plan into lora/ (layers of removed operators are dropped and listed)")
@@ -143,13 +143,12 @@ def _export_kw(args) -> dict:
 
 def _fitted(small) -> str:
     r = small.reconstruction
-    layers = r["layers"].values()
-    before = sum(x["rel_error_before"] for x in layers) / max(len(layers), 1)
-    after = sum(x["rel_error_after"] for x in layers) / max(len(layers), 1)
+    f = fit_summary(r)
     on = f" on {method_name(r['start'])}'s compensation" if r.get("start") else ""
-    return (f" (reconstructed{on} in {r['seconds']:.1f} s: {plural(len(layers), 'layer')} re-fitted, mean relative "
-            f"output error {before:.3g} -> {after:.3g} on the calibration set; {plural(len(r['operators']), 'operator')} "
-            "compensated)")
+    undone = f", {plural(f['undone'], 'fit')} undone by the check" if f["undone"] else ""
+    return (f" (reconstructed{on} in {r['seconds']:.1f} s: {plural(f['refitted'], 'layer')} re-fitted{undone}, mean "
+            f"relative output error {f['before']:.3g} -> {f['after']:.3g} on the calibration set; "
+            f"{plural(len(r['operators']), 'operator')} compensated)")
 
 
 def _reconstruct_args(p: argparse.ArgumentParser) -> None:
@@ -161,8 +160,8 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
                    help="also fold each removed operator's mean output into a bias on its stand-in")
 
 
-@add_command("reconstruct", help="re-fit the layers that read pruned units (closed-form least squares on the "
-             "original's activations), then export", arguments=_reconstruct_args)
+@add_command("reconstruct", help="re-fit the slim model's layers to the original's outputs (closed-form least "
+             "squares on the original's and the pruned model's activations), then export", arguments=_reconstruct_args)
 def cmd_reconstruct(args) -> int:
     values = {f: getattr(args, f) for f in ReconstructSettings.__dataclass_fields__
               if getattr(args, f, None) is not None}  # --compensate-operators is one of them (a flag)
