@@ -116,9 +116,10 @@ HELP = {
     "metric": "What the plot shows; it redraws from the last comparison without re-running it.",
     "full": "Also save the VAE, text encoders and scheduler, so the export loads on its own.",
     "recover": "Optional short finetune of the slim model towards the original's outputs (0 = none).",
-    "reconstruct": "Re-fit the layers that read the removed units so they best reproduce the original's outputs "
-                   "(closed-form least squares, no training). Costs one pass of the original over 32 calibration "
-                   "prompts: about 2-5 s on the bundled models on this CPU, like generating 32 images on others.",
+    "reconstruct": "Re-fit the slim model's layers, in the order it runs them, so each reproduces the original's "
+                   "output there (closed-form least squares, no training); a fit is kept only if it lowers the final "
+                   "images' error on held-out prompts. Costs about 32 passes over 32 calibration prompts plus a check "
+                   "per layer (Export's Estimate gives the time for your model and plan).",
     "cmp_reconstruct": "Also evaluate every plan after reconstruction (dashed lines): shows what the re-fit recovers. "
                        "Adds one calibration pass per plan.",
 }
