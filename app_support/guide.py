@@ -121,7 +121,7 @@ HELP = {
                    "images' error on held-out prompts. Costs about 32 passes over 32 calibration prompts plus a check "
                    "per layer (Export's Estimate gives the time for your model and plan).",
     "cmp_reconstruct": "Also evaluate every plan after reconstruction (dashed lines): shows what the re-fit recovers. "
-                       "Adds one calibration pass per plan.",
+                       "Adds one reconstruction per plan (its cost: see the estimate beside Compare).",
 }
 
 EXAMPLE_PROMPTS = {
