@@ -155,3 +155,23 @@ def test_calls_that_stop_after_the_groups_layers_give_the_same_model(family, mon
     a, b = early.state_dict(), whole.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert early.reconstruction["layers"] == whole.reconstruction["layers"]
+
+
+def test_the_estimate_counts_the_checks_the_run_makes():
+    """Layers that read the original's inputs (before the first pruned part, a producer that only
+    loses rows, a cross-attention's key and value) are neither re-fitted nor checked: the estimate
+    finds them on one example forward (:func:`pruning.estimate.reads_original`) and counts exactly
+    the run's end-to-end checks, not one per layer."""
+    from pruning.estimate import reads_original
+
+    h = fresh("sd")
+    late = sorted(o for o, op in discover(h.denoiser).operators.items() if op.kind == "ff")[-1]
+    s = ReconstructSettings(prompts=PROMPTS[:4], steps=2, batch_size=1, groups=4)
+    for plan in (heads_and_operator(h), PruningPlan(family="sd", base="tiny:sd", removed_operators=(late,))):
+        small = reconstruct(h, plan, s)
+        rep = small.reconstruction
+        normal = plan.normalized(h.denoiser)
+        same = reads_original(h.denoiser, normal)
+        assert rep["unchanged"] == [c.fqn for c in refit_layers(h.denoiser, normal, "all")
+                                    if bool(c.keep.all()) and c.fqn in same]
+        assert reconstruction_cost(h, plan, s).calls["checks"] == 1 + len(rep["check"])
