@@ -175,3 +175,15 @@ def test_the_estimate_counts_the_checks_the_run_makes():
         assert rep["unchanged"] == [c.fqn for c in refit_layers(h.denoiser, normal, "all")
                                     if bool(c.keep.all()) and c.fqn in same]
         assert reconstruction_cost(h, plan, s).calls["checks"] == 1 + len(rep["check"])
+
+
+def test_the_cli_caption_does_not_blame_the_check_for_the_guards_fallbacks():
+    """``fit_summary`` counts a fit the guard-rail undid (``fallback``) as undone, although the
+    end-to-end check kept it; the CLI's caption must not say the check undid it."""
+    from types import SimpleNamespace
+
+    from pruning.cli.outputs import _fitted
+
+    e = {"rel_error_before": 0.2, "rel_error_after": 0.2, "fallback": True, "kept_by_check": True}
+    text = _fitted(SimpleNamespace(reconstruction={"layers": {"a": e}, "seconds": 1.0, "operators": {}}))
+    assert "0 layers re-fitted, 1 fit undone" in text and "check" not in text
