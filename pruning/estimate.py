@@ -556,8 +556,7 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     size = params[0].element_size() if params else 4
     largest = max((p.numel() * p.element_size() for p in params), default=0)
     small = cost.weights_bytes - plan.summary(den)["params_removed"] * size  # the slim model
-    # each batch's z0 and final latents, and the recorded calls' inputs (CFG doubles them): replayed by every pass
-    latents = 2 * batches * latent_bytes(handle, s, batch) + 2 * batches * calls * latent_bytes(handle, s, batch)
+    latents = recorded_bytes(handle, s, len(s0.prompts), s0.batch_size)  # replayed by every pass
     group_bytes = [copies * sum(c.gram_bytes(paired) for c in g) for g in groups]
     phases = {"slim copy": cost.weights_bytes + largest,
               "calibration": small + max(group_bytes, default=0) + hooked + latents,
@@ -637,6 +636,28 @@ def reads_original(den, plan: PruningPlan) -> set[str]:
     return {f for f, ps in prints.items() if seen.get(f) == ps}
 
 
+def recorded_bytes(handle, s, prompts: int, batch_size: int) -> int:
+    """Bytes of the original's recorded sampling that every reconstruction pass replays
+    (:func:`pruning.reconstruct.record_calls`) at spec ``s``: each batch's first and final latents
+    and one denoiser input per step (classifier-free guidance doubles the batch where the family
+    runs both branches in one call; FLUX's true CFG runs two calls on the same latents). The
+    conditioning is the trajectories' own, shared by every call.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+    >>> s = spec(h, steps=2)  # CFG: each step's input is the doubled batch
+    >>> recorded_bytes(h, s, 3, 2) == (2 * 3 + 2 * 2 * 3) * latent_bytes(h, s, 1)
+    True
+    """
+    out = 0
+    for start in range(0, prompts, batch_size):
+        b = min(batch_size, prompts - start)
+        _, samples = generation_calls(handle, s, b)
+        out += 2 * latent_bytes(handle, s, b) + s.steps * latent_bytes(handle, s, samples)
+    return out
+
+
 def _kept(c: Consumer) -> int:
     return int(c.keep.sum()) + 1
 
@@ -700,6 +721,6 @@ def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:
 
 __all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_methods", "estimate_reconstruction",
            "estimate_comparison", "ReconCost", "reconstruction_cost", "typical_plan", "call_profile", "matmul_rate",
-           "reads_original",
+           "reads_original", "recorded_bytes",
            "TYPICAL_KEEP", "estimate_export", "device_memory", "streaming_export_bytes", "inplace_slim_bytes",
            "RUNTIME_BYTES"]
