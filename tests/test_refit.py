@@ -221,3 +221,50 @@ def test_the_estimate_counts_the_recorded_calls_as_they_are_held(family):
     got, est = sum(held.values()), recorded_bytes(h, spec(h, steps=2), 3, 2)
     z0 = sum(tr.z0.untyped_storage().nbytes() for tr in trajs)  # FLUX's first call reads z0 itself
     assert got - 1024 <= est <= got + z0  # 1024: FLUX's per-call timestep vectors; the old count was 2.7-4.4x got
+
+
+@pytest.mark.parametrize("family", ["flux", "sdxl"])
+def test_stopped_calls_give_the_statistics_of_whole_calls(family, monkeypatch):
+    """FLUX's true CFG (two calls a step) and SDXL's added conditioning: for every group of every
+    layer (run order) and of the consumers (depth order), with the guard's held-out statistics and
+    with the original's inputs alone, the statistics of calls stopped after the group's layers
+    equal those of whole calls bit for bit; the calls did stop, and the recorded inputs are unchanged."""
+    import sys
+
+    from pruning.runs import RunControl
+
+    rec = sys.modules["pruning.reconstruct"]
+    d = {"guidance_mode": "true_cfg", "negative_prompt": "", "guidance": 3.0} if family == "flux" else None
+    h = handle_from_pipe(tiny_pipeline(family), model_ref=f"tiny:{family}", defaults=d)
+    den = h.denoiser
+    plan = heads_and_operator(h).normalized(den)
+    small = slim(den, plan)
+    s = ReconstructSettings(prompts=PROMPTS[:2], steps=2, batch_size=1).resolved(h)
+    recorded = rec.record_calls(den, rec._trajectories(h, s, RunControl()), RunControl())
+    assert family != "flux" or [len(c) for c in recorded.calls[0]] == [2, 2]
+    def inputs():  # every tensor of every recorded call, in order
+        return [t for steps in recorded.calls for calls in steps for a, k in calls for t in [*a, *k.values()]
+                if torch.is_tensor(t)]
+
+    kept = [t.clone() for t in inputs()]
+    last = den.get_submodule(run_order(den)[-1])
+    ends = []
+    last.register_forward_pre_hook(lambda m, a: ends.append(1))
+
+    def stats(group, pruned, held, whole):
+        monkeypatch.setattr(rec, "offloaded", lambda m: whole)
+        ends.clear()
+        out = rec._calibrate(h, small if pruned else None, recorded, group, RunControl(), "t", "linear", held)
+        return out, len(ends)
+
+    for which in ("all", "consumers"):
+        group = rec.sequential_groups(refit_layers(den, plan, which), 1e12, True, 3)[0]
+        for pruned, held in ((True, {1}), (False, set())):
+            (a, stopped), (b, whole) = stats(group, pruned, held, False), stats(group, pruned, held, True)
+            assert stopped < whole
+            for f in a:
+                pairs = zip(*(x if isinstance(x, tuple) else (x,) for x in (a[f], b[f])))
+                for x, y in pairs:
+                    assert x.rows == y.rows > 0 and all(
+                        (u is None and v is None) or torch.equal(u, v) for u, v in ((x.G, y.G), (x.H, y.H), (x.X, y.X))), f
+    assert all(torch.equal(x, y) for x, y in zip(kept, inputs()))
