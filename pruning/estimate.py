@@ -525,9 +525,12 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     Bytes autograd saves for a backward (what this estimate used before) are not in it: the run
     never builds a graph.
 
-    **Time**: the calibration calls (:meth:`~pruning.estimate.StepCost.call`), the Gram updates and
-    the solves as float64 FLOPs at a timed matmul rate, the end-to-end check's held-out rollouts,
-    and the slim copy.
+    **Time**: the recording of the original's sampling, the calibration calls
+    (:meth:`~pruning.estimate.StepCost.call`; each pass's calls stop after its group's last layer,
+    counted as that layer's share of the run order), the Gram updates and the solves as float64
+    FLOPs at a timed matmul rate, the end-to-end check's held-out rollouts (one per layer or group
+    it judges: not the layers that read the original's inputs, :func:`reads_original`), and the
+    slim copy.
 
     >>> from pruning.testing import tiny_pipeline
     >>> from pruning.loading import handle_from_pipe
@@ -553,8 +556,7 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     size = params[0].element_size() if params else 4
     largest = max((p.numel() * p.element_size() for p in params), default=0)
     small = cost.weights_bytes - plan.summary(den)["params_removed"] * size  # the slim model
-    # each batch's z0 and final latents, and the recorded calls' inputs (CFG doubles them): replayed by every pass
-    latents = 2 * batches * latent_bytes(handle, s, batch) + 2 * batches * calls * latent_bytes(handle, s, batch)
+    latents = recorded_bytes(handle, s, len(s0.prompts), s0.batch_size)  # replayed by every pass
     group_bytes = [copies * sum(c.gram_bytes(paired) for c in g) for g in groups]
     phases = {"slim copy": cost.weights_bytes + largest,
               "calibration": small + max(group_bytes, default=0) + hooked + latents,
@@ -571,8 +573,10 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
             return 1.0
         return (max(order.get(c.fqn, len(order) - 1) for c in g) + 1) / max(len(order), 1)
     updates = batches * calls * sum(_update_flops(c, rows[c.fqn], paired) for c in items) / rate
-    solves = sum(_solve_flops(den, c, s0.guard) for c in items) / rate
-    judged = len(items) if s0.check_by == "layer" else len(groups)  # rollouts of the check (an upper bound)
+    same = reads_original(den, plan) if paired else set()  # reconstruct skips these: no fit, no check
+    refit = [[c for c in g if not (bool(c.keep.all()) and c.fqn in same)] for g in groups]
+    judged = sum(len(g) for g in refit) if s0.check_by == "layer" else sum(1 for g in refit if g)
+    solves = sum(_solve_flops(den, c, s0.guard) for g in refit for c in g) / rate
     checks = held * (1 + judged) * calls * cost.call(batch)
     parts = {"recording the original's sampling": batches * calls * cost.call(batch),
              "calibration calls": sum(per_pass * reach(g) for g in groups), "gram updates": updates,
@@ -588,7 +592,70 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
             n_calls += rebuilt.calls.get("denoiser calls", 0)
     return ReconCost(len(groups), group_bytes, phases, sum(parts.values()), parts,
                      {"denoiser calls": n_calls, "batch": batch, "passes": len(groups),
-                      "gram_mb": round(max(group_bytes, default=0) / 2 ** 20, 1), "layers": len(items)})
+                      "gram_mb": round(max(group_bytes, default=0) / 2 ** 20, 1), "layers": len(items),
+                      "checks": (1 + judged) if held else 0})
+
+
+def reads_original(den, plan: PruningPlan) -> set[str]:
+    """The Linear / Conv2d layers whose inputs ``plan`` leaves exactly as the original's: on one
+    forward on example inputs, the original's and the plan's masked preview's (:func:`pruning.masks.masked`,
+    no copy) inputs to the layer agree at every call. ``reconstruct`` finds the same layers on its
+    calibration set (``report["unchanged"]``) and neither re-fits nor checks them: the layers before
+    the first pruned part, a producer that only loses rows, a cross-attention's key and value.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> den = tiny_pipeline("sd").unet
+    >>> attn = "up_blocks.2.attentions.1.transformer_blocks.0.attn1"
+    >>> same = reads_original(den, PruningPlan(family="sd", base="tiny:sd", kept_heads={attn: (0,)}))
+    >>> attn + ".to_q" in same, attn + ".to_out.0" in same, "conv_out" in same
+    (True, False, False)
+    """
+    from .masks import masked
+
+    kw = example_inputs(den, batch=1, generator=torch.Generator().manual_seed(0))
+    prints: dict[str, list] = {}
+
+    def fingerprint(x: torch.Tensor) -> tuple:  # equal inputs give equal prints (same kernels, same order)
+        x = x.detach().float()
+        return tuple(x.shape), float(x.sum()), float(x.square().sum())
+
+    def run(model, record):
+        layers = [(f, m) for f, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        hooks = [m.register_forward_pre_hook(lambda m, a, f=f: record(f, fingerprint(a[0]))) for f, m in layers]
+        try:
+            with torch.no_grad():
+                model(**kw)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    run(den, lambda f, p: prints.setdefault(f, []).append(p))
+    seen: dict[str, list] = {}
+    with masked(den, plan) as preview:
+        run(preview, lambda f, p: seen.setdefault(f, []).append(p))
+    return {f for f, ps in prints.items() if seen.get(f) == ps}
+
+
+def recorded_bytes(handle, s, prompts: int, batch_size: int) -> int:
+    """Bytes of the original's recorded sampling that every reconstruction pass replays
+    (:func:`pruning.reconstruct.record_calls`) at spec ``s``: each batch's first and final latents
+    and one denoiser input per step (classifier-free guidance doubles the batch where the family
+    runs both branches in one call; FLUX's true CFG runs two calls on the same latents). The
+    conditioning is the trajectories' own, shared by every call.
+
+    >>> from pruning.testing import tiny_pipeline
+    >>> from pruning.loading import handle_from_pipe
+    >>> h = handle_from_pipe(tiny_pipeline("sd"), model_ref="tiny:sd")
+    >>> s = spec(h, steps=2)  # CFG: each step's input is the doubled batch
+    >>> recorded_bytes(h, s, 3, 2) == (2 * 3 + 2 * 2 * 3) * latent_bytes(h, s, 1)
+    True
+    """
+    out = 0
+    for start in range(0, prompts, batch_size):
+        b = min(batch_size, prompts - start)
+        _, samples = generation_calls(handle, s, b)
+        out += 2 * latent_bytes(handle, s, b) + s.steps * latent_bytes(handle, s, samples)
+    return out
 
 
 def _kept(c: Consumer) -> int:
@@ -654,5 +721,6 @@ def _finish(e: Estimate, handle, budget_s, levers: list[str]) -> Estimate:
 
 __all__ = ["LiveBytes", "StepCost", "step_cost", "Estimate", "estimate", "estimate_methods", "estimate_reconstruction",
            "estimate_comparison", "ReconCost", "reconstruction_cost", "typical_plan", "call_profile", "matmul_rate",
+           "reads_original", "recorded_bytes",
            "TYPICAL_KEEP", "estimate_export", "device_memory", "streaming_export_bytes", "inplace_slim_bytes",
            "RUNTIME_BYTES"]

@@ -1,4 +1,5 @@
-"""Training-free reconstruction: re-fit the layers that consume pruned units, in closed form.
+"""Training-free reconstruction: re-fit the slim model's layers to the original's outputs, in closed form
+(by default every Linear / Conv2d it runs, ``layers="all"``; or only the layers that consume pruned units).
 
 Pruning a head, an FFN neuron or a resnet channel group removes columns of the layer that
 reads those units (its *consumer*): ``to_out[0]`` (and FLUX's ``to_add_out``), ``ff.net[2]``,
@@ -27,8 +28,11 @@ runs them (:func:`refit_layers`, :func:`run_order`): each fitted on what the pru
 earlier layers already re-fitted, feeds it, against the original layer's output. So a layer after
 a removed operator, or after a badly pruned block, is pulled back towards what the original
 computed there: LD-Pruner's whole-operator plans, which leave no consumer, get something to
-re-fit. A layer that reads exactly the original's inputs (before the first pruned part) is left
-alone (``report["unchanged"]``). With ``check_by="layer"`` each layer's fit is kept only if it
+re-fit. A layer that reads exactly the original's inputs and keeps them all (before the first
+pruned part, a producer that only loses rows, a cross-attention's key and value) is left alone
+(``report["unchanged"]``): its fit would be its start weights. A removed operator's stand-in (a
+resnet's kept ``conv_shortcut``, a linear map) is not re-fitted; with ``inputs="original"`` only the
+consumers are. With ``check_by="layer"`` each layer's fit is kept only if it
 does not raise the final latents' error on the held-out calibration batches (one sampling run
 of those batches per layer), so a fit that is good locally but hurts downstream is undone alone,
 not with its whole group. Measured on a validation set (96 training captions apart from the
@@ -48,9 +52,9 @@ what the model, its earlier groups already re-fitted, feeds it, against the orig
 (asymmetric); ``timestep_weights="linear"`` weights the steps from 1.2 (noisiest) to 0.8
 (OBS-Diff); ``guard`` judges each layer's fit on held-out calibration batches (every fourth)
 and keeps the start weights where the fit raised that error; ``check`` (default on)
-keeps a group's fits (``check_by="group"``) or each layer's (``"layer"``) only if they lower the
-final latents' error against the original on those
-held-out batches (else they keep the start weights). So on a method's compensated plan a
+keeps a group's fits (``check_by="group"``) or each layer's (``"layer"``) only if they do not raise
+the final latents' error against the original on those held-out batches (else they keep the start
+weights; with fewer than four calibration batches none is held out and nothing is checked). So on a method's compensated plan a
 reconstruction can only keep or improve on the method's compensation on those batches. Measured
 on OBS-Diff's plans (64 held-out prompts, reconstructed / OBS-Diff's latent MSE at 20% / 30%):
 tiny-shapes-sd 0.97 / 0.94, tiny-shapes-flux 1.02 / 1.01, tiny-shapes-sd3 0.97 / 1.02 (from the
@@ -190,22 +194,25 @@ class ReconstructSettings:
     inputs: str = opt(DEFAULT_INPUTS, "which inputs the re-fit reads: 'pruned' (what the pruned model feeds the layer, "
                       "layers re-fitted in order) or 'original' (the original model's)", "choice",
                       ("pruned", "original"))
-    groups: int = opt(DEFAULT_GROUPS, "sequential groups: the consumers are split into this many groups in depth order, each "
-                      "re-fitted on the inputs of the model whose earlier groups are already re-fitted (with "
-                      "inputs='pruned'; one calibration pass per group)", "int")
+    groups: int = opt(DEFAULT_GROUPS, "sequential groups: the layers re-fitted are split into this many groups in "
+                      "order (the order the model runs them; the consumers' depth order), each re-fitted on the "
+                      "inputs of the model whose earlier groups are already re-fitted (with inputs='pruned'; one "
+                      "calibration pass per group)", "int")
     timestep_weights: str = opt(DEFAULT_WEIGHTS, "weight of each sampling step in the statistics: 'flat', or 'linear' from "
                                 "1.2 at the first (noisiest) step to 0.8 at the last (OBS-Diff)", "choice",
                                 TIMESTEP_WEIGHTS)
     guard: bool = opt(False, "guard-rail: a re-fit that raises the output error on held-out calibration prompts "
                       "(every fourth batch) falls back to the start weights for that layer (plain pruning's, or "
                       "the compensation of the plan's method)", "bool")
-    check: bool = opt(True, "end-to-end check: a group's re-fits are kept only if they lower the final latents' "
-                      "error against the original on the held-out calibration batches (else that group keeps "
-                      "the start weights)", "bool")
+    check: bool = opt(True, "end-to-end check: each layer's re-fit (check_by='layer') or each group's re-fits "
+                      "('group') are kept only if they do not raise the final latents' error against the original "
+                      "on the held-out calibration batches (every fourth batch; else they keep the start weights)",
+                      "bool")
     layers: str = opt(DEFAULT_LAYERS, "which layers are re-fitted: 'consumers' (the layers that read pruned units) or "
                       "'all' (every linear and convolution the slim model runs, in the order it runs them: "
                       "with inputs='pruned' each is fitted to the original's output, which also corrects the "
-                      "error the layers before it accumulated)", "choice", LAYER_CHOICES)
+                      "error the layers before it accumulated; inputs='original' re-fits only the consumers)",
+                      "choice", LAYER_CHOICES)
     check_by: str = opt(DEFAULT_CHECK_BY, "what the end-to-end check judges: each 'group' of re-fits as a whole, or each "
                         "'layer' (a re-fit that raises the error on the held-out batches is undone alone; one "
                         "held-out sampling run per layer)", "choice", CHECK_BY)
@@ -713,18 +720,22 @@ def _calibrate(handle, small: nn.Module | None, recorded: Recorded, group: list[
 
 def reconstruct(handle, plan: PruningPlan, settings: ReconstructSettings | None = None, *,
                 control: RunControl | None = None) -> nn.Module:
-    """The slim denoiser for ``plan`` with its consumer layers re-fitted and removed operators
-    compensated (see the module docstring). ``handle.denoiser`` is only read.
+    """The slim denoiser for ``plan`` with its layers re-fitted (``settings.layers``: every one it
+    runs, or the consumers) and removed operators compensated (see the module docstring).
+    ``handle.denoiser`` is only read.
 
     A plan compensated by its method (:func:`start_record`: OBS-Diff's) starts from that method's
     model (``Method.rebuild``) instead of the plain slim one: its weights are the ridge's ``W0``
     and what the guard-rail and the check fall back to.
 
     The module carries ``pruning_plan`` (``plan`` with ``reconstruction`` recorded) and
-    ``reconstruction``: per consumer ``rows`` and the relative output error on the calibration
-    set before (the start weights) and after; per compensated operator the bias norm; ``start``
-    (the method whose compensation it started from, or None); ``seconds``, ``passes`` and
-    ``gram_mb`` (the largest group's statistics). Stop raises ``RunStopped`` and changes nothing.
+    ``reconstruction``: per re-fitted layer (``layers``) ``rows`` and the relative output error on
+    the calibration set before (the start weights) and after (with the check: ``kept_by_check``;
+    an undone fit's own error is ``rel_error_fit``); ``unchanged``, the layers that read the
+    original's inputs (not re-fitted); ``check``, each end-to-end check (``final_error``, ``kept``)
+    after ``start_error``; per compensated operator the bias norm; ``start`` (the method whose
+    compensation it started from, or None); ``seconds``, ``passes`` and ``gram_mb`` (the largest
+    group's statistics). Stop raises ``RunStopped`` and changes nothing.
     """
     control = as_control(control)
     t0 = time.perf_counter()

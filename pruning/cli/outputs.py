@@ -145,7 +145,7 @@ def _fitted(small) -> str:
     r = small.reconstruction
     f = fit_summary(r)
     on = f" on {method_name(r['start'])}'s compensation" if r.get("start") else ""
-    undone = f", {plural(f['undone'], 'fit')} undone by the check" if f["undone"] else ""
+    undone = f", {plural(f['undone'], 'fit')} undone (they raised the error on held-out prompts)" if f["undone"] else ""
     return (f" (reconstructed{on} in {r['seconds']:.1f} s: {plural(f['refitted'], 'layer')} re-fitted{undone}, mean "
             f"relative output error {f['before']:.3g} -> {f['after']:.3g} on the calibration set; "
             f"{plural(len(r['operators']), 'operator')} compensated)")
