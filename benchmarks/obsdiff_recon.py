@@ -135,4 +135,4 @@ if __name__ == "__main__":
         run(m, values)
         print(pd.DataFrame(summary(m, values)).to_string(), flush=True)
         if tables and not values:
-            into_tables(m, "OBS-Diff's default allocation is now measured per layer")
+            into_tables(m, os.environ.get("WHY", "re-measured with the committed defaults"))
