@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pruning import PruningPlan, export, load_pruned, load_pruned_denoiser, slim
@@ -268,3 +270,23 @@ def test_stopped_calls_give_the_statistics_of_whole_calls(family, monkeypatch):
                     assert x.rows == y.rows > 0 and all(
                         (u is None and v is None) or torch.equal(u, v) for u, v in ((x.G, y.G), (x.H, y.H), (x.X, y.X))), f
     assert all(torch.equal(x, y) for x, y in zip(kept, inputs()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(layers=st.one_of(st.text(max_size=12), st.integers(), st.none(), st.sampled_from(["all", "consumers"])),
+       check_by=st.one_of(st.text(max_size=12), st.booleans(), st.sampled_from(["group", "layer"])))
+def test_a_recorded_layers_or_check_by_reads_or_names_the_field(layers, check_by):
+    """A plan's reconstruction record, as read back by ``reapply``: any value of the two settings
+    gives settings with exactly that value, or a SettingsError naming the field it came from."""
+    from pruning.errors import SettingsError
+
+    rec = {**ReconstructSettings(prompts=PROMPTS[:1]).__dict__, "prompts": list(PROMPTS[:1]),
+           "layers": layers, "check_by": check_by}
+    try:
+        s = ReconstructSettings.from_record(rec)
+    except SettingsError as e:
+        bad = [name for name, value, ok in (("layers", layers, ("all", "consumers")),
+                                            ("check_by", check_by, ("group", "layer"))) if value not in ok]
+        assert bad and bad[0] in str(e)
+    else:
+        assert (s.layers, s.check_by) == (layers, check_by)
