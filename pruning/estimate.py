@@ -59,6 +59,7 @@ from .reconstruct import (
     run_order,
     sequential_groups,
     start_record,
+    trace_layers,
 )
 from .sampling import count_inputs, spec
 
@@ -545,7 +546,8 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     den = handle.denoiser
     plan = plan.normalized(den)
     paired = s0.inputs == "pruned"
-    items = refit_layers(den, plan, s0.layers if paired else "consumers")
+    ran = run_order(den)
+    items = refit_layers(den, plan, s0.layers if paired else "consumers", order=ran)
     copies = 2 if s0.guard else 1  # the guard's held-out statistics
     groups = sequential_groups(items, s0.max_gram_mb * 2 ** 20 / copies, paired, s0.groups)
     s = spec(handle, steps=s0.steps, guidance=s0.guidance, resolution=s0.resolution)
@@ -566,7 +568,7 @@ def reconstruction_cost(handle, plan: PruningPlan, settings: ReconstructSettings
     rate = matmul_rate(handle.device if handle.device.type != "mps" else "cpu")
     held = sum(1 for n in range(batches) if n % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) if s0.check else 0
     per_pass = batches * calls * cost.call(batch) * (2 if paired else 1)
-    order = {f: i for i, f in enumerate(run_order(den))}
+    order = {f: i for i, f in enumerate(ran)}
 
     def reach(g):  # a pass's calls stop after the group's last layer: about that share of a call's work
         if not g or offloaded(den):
@@ -613,26 +615,16 @@ def reads_original(den, plan: PruningPlan) -> set[str]:
     from .masks import masked
 
     kw = example_inputs(den, batch=1, generator=torch.Generator().manual_seed(0))
-    prints: dict[str, list] = {}
 
     def fingerprint(x: torch.Tensor) -> tuple:  # equal inputs give equal prints (same kernels, same order)
         x = x.detach().float()
         return tuple(x.shape), float(x.sum()), float(x.square().sum())
 
-    def run(model, record):
-        layers = [(f, m) for f, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-        hooks = [m.register_forward_pre_hook(lambda m, a, f=f: record(f, fingerprint(a[0]))) for f, m in layers]
-        try:
-            with torch.no_grad():
-                model(**kw)
-        finally:
-            for h in hooks:
-                h.remove()
-
-    run(den, lambda f, p: prints.setdefault(f, []).append(p))
+    prints: dict[str, list] = {}
+    trace_layers(den, lambda f, x: prints.setdefault(f, []).append(fingerprint(x)), kw)
     seen: dict[str, list] = {}
     with masked(den, plan) as preview:
-        run(preview, lambda f, p: seen.setdefault(f, []).append(p))
+        trace_layers(preview, lambda f, x: seen.setdefault(f, []).append(fingerprint(x)), kw)
     return {f for f, ps in prints.items() if seen.get(f) == ps}
 
 

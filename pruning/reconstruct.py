@@ -150,7 +150,7 @@ from .standin import fit as fit_standins
 DEFAULT_RIDGE = 0.01
 DEFAULT_GROUPS = 32
 DEFAULT_INPUTS, DEFAULT_WEIGHTS = "pruned", "linear"  # measured 2026-12-07 (module docstring)
-DEFAULT_LAYERS, DEFAULT_CHECK_BY = "all", "layer"  # measured 2026-12-08 (module docstring)
+DEFAULT_LAYERS, DEFAULT_CHECK_BY = "all", "layer"  # measured 2026-12-07 (module docstring)
 DEFAULT_STANDIN_RIDGE = 0.3  # tiny-shapes-sd, LD-Pruner 30%: 0.01 fitted the calibration prompts (1.33x plain), 0.3 0.87x
 TIMESTEP_WEIGHTS = ("flat", "linear")
 LAYER_CHOICES = ("consumers", "all")
@@ -313,11 +313,13 @@ def consumers(denoiser: nn.Module, plan: PruningPlan) -> list[Consumer]:
     return [c for _, _, c in sorted(out, key=lambda t: t[:2])]
 
 
-def refit_layers(denoiser: nn.Module, plan: PruningPlan, which: str = "consumers") -> list[Consumer]:
+def refit_layers(denoiser: nn.Module, plan: PruningPlan, which: str = "consumers",
+                 order: list[str] | None = None) -> list[Consumer]:
     """The layers ``reconstruct`` re-fits for a (normalized) ``plan``, in the order the denoiser runs
     them: its :func:`consumers` (``which="consumers"``), or (``"all"``) every Linear / Conv2d
     (groups 1) the slim model keeps, the consumers with their kept inputs and every other layer
     with all its inputs and the outputs the plan keeps. Layers inside a removed operator are gone.
+    ``order``: the denoiser's :func:`run_order`, where the caller has it already.
 
     >>> from pruning.testing import tiny_pipeline
     >>> den = tiny_pipeline("sd").unet
@@ -338,7 +340,7 @@ def refit_layers(denoiser: nn.Module, plan: PruningPlan, which: str = "consumers
     own = {c.fqn: c for c in own}
     masks = keep_masks(denoiser, discover(denoiser).structures, plan)
     out = []
-    for fqn in run_order(denoiser):
+    for fqn in order if order is not None else run_order(denoiser):
         layer = denoiser.get_submodule(fqn)
         if fqn in plan.removed_operators or any(inside(fqn, op) for op in plan.removed_operators):
             continue  # replaced whole (or by its stand-in)
@@ -354,18 +356,25 @@ def refit_layers(denoiser: nn.Module, plan: PruningPlan, which: str = "consumers
 def run_order(denoiser: nn.Module) -> list[str]:
     """The Linear / Conv2d layers of ``denoiser`` in the order one forward on example inputs first
     runs them (layers it never runs are left out)."""
+    seen: dict[str, None] = {}
+    trace_layers(denoiser, lambda fqn, x: seen.setdefault(fqn, None))
+    return list(seen)
+
+
+def trace_layers(model: nn.Module, record, kwargs: dict | None = None) -> None:
+    """One no-grad forward of ``model`` on ``kwargs`` (default: seeded example inputs) that calls
+    ``record(fqn, x)`` with each Linear / Conv2d's input at every call; no hook is left behind."""
     from .metrics import example_inputs
 
-    seen: dict[str, None] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, f=f: seen.setdefault(f, None))
-             for f, m in denoiser.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    kwargs = kwargs if kwargs is not None else example_inputs(model, batch=1, generator=torch.Generator().manual_seed(0))
+    hooks = [m.register_forward_pre_hook(lambda m, a, f=f: record(f, a[0]))
+             for f, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     try:
         with torch.no_grad():
-            denoiser(**example_inputs(denoiser, batch=1, generator=torch.Generator().manual_seed(0)))
+            model(**kwargs)
     finally:
         for h in hooks:
             h.remove()
-    return list(seen)
 
 
 def layer_inputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -607,8 +616,8 @@ class Recorded:
 def record_calls(den: nn.Module, trajs: list, control: RunControl) -> Recorded:
     """Run the original's sampling on ``trajs`` once, keeping every denoiser call's arguments
     (its latents, timesteps and conditioning: references, the conditioning shared)."""
-    calls: list = []
-    hook = den.register_forward_pre_hook(lambda m, args, kwargs: calls[-1].append((args, dict(kwargs))),
+    step_calls: list = []  # this step's calls (rebound each step; the hook reads the current list)
+    hook = den.register_forward_pre_hook(lambda m, args, kwargs: step_calls.append((args, dict(kwargs))),
                                          with_kwargs=True)
     out = Recorded([], [])
     try:
@@ -619,9 +628,9 @@ def record_calls(den: nn.Module, trajs: list, control: RunControl) -> Recorded:
                     if control.stopped():
                         raise RunStopped(f"reconstruction {control.reason or 'stopped'} while recording the "
                                          f"original's sampling (batch {n + 1} of {len(trajs)}); nothing was changed")
-                    calls = [[]]
+                    step_calls = []
                     z = step(den, traj, i, z)
-                    steps.append(calls[0])
+                    steps.append(step_calls)
                 out.calls.append(steps)
                 out.final.append(z)
     finally:
@@ -936,6 +945,7 @@ def reapply(handle, plan: PruningPlan, control: RunControl | None = None) -> nn.
 
 
 __all__ = ["ReconstructSettings", "reconstruct", "reapply", "start_record", "consumers", "refit_layers", "run_order",
+           "trace_layers",
            "fit_summary",
            "consumer_groups",
            "sequential_groups", "step_weights", "Stats", "solve", "rel_error", "layer_inputs", "flat_weight"]
