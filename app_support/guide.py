@@ -117,9 +117,9 @@ HELP = {
     "full": "Also save the VAE, text encoders and scheduler, so the export loads on its own.",
     "recover": "Optional short finetune of the slim model towards the original's outputs (0 = none).",
     "reconstruct": "Re-fit the slim model's layers, in the order it runs them, so each reproduces the original's "
-                   "output there (closed-form least squares, no training); a fit is kept only if it lowers the final "
-                   "images' error on held-out prompts. Costs about 32 passes over 32 calibration prompts plus a check "
-                   "per layer (Export's Estimate gives the time for your model and plan).",
+                   "output there (closed-form least squares, no training); a fit is kept only if it does not raise the "
+                   "final images' error on held-out prompts. Costs about 32 passes over 32 calibration prompts plus a "
+                   "check per layer ('Estimate the cost' on the Export tab gives the time for your model and plan).",
     "cmp_reconstruct": "Also evaluate every plan after reconstruction (dashed lines): shows what the re-fit recovers. "
                        "Adds one reconstruction per plan (its cost: see the estimate beside Compare).",
 }
